@@ -1,0 +1,12 @@
+//! Compiles the protobuf APIs. protoc comes from the `protoc-bin-vendored`
+//! crate, so a fresh machine needs no system package.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    // SAFETY: build scripts are single-threaded; nothing else reads the environment concurrently.
+    unsafe { std::env::set_var("PROTOC", protoc) };
+    for proto in ["proto/funnel.proto"] {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    tonic_prost_build::configure().compile_protos(&["proto/funnel.proto"], &["proto"])?;
+    Ok(())
+}
