@@ -7,6 +7,7 @@
 //! See docs/architecture.md for the map.
 
 pub mod dataset;
+pub mod eval;
 pub mod features;
 pub mod ids;
 pub mod matrix;
