@@ -14,6 +14,7 @@ pub mod matrix;
 pub mod recall;
 pub mod rng;
 pub mod sparse;
+pub mod training;
 
 /// Generated protobuf types for the public API (`proto/funnel.proto`).
 pub mod proto {
