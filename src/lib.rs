@@ -11,6 +11,7 @@ pub mod eval;
 pub mod features;
 pub mod ids;
 pub mod matrix;
+pub mod progress;
 pub mod recall;
 pub mod rng;
 pub mod sparse;

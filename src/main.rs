@@ -1,3 +1,207 @@
-fn main() {
-    println!("funnel");
+//! The `funnel` command line: parses arguments and hands each subcommand to
+//! the library. No logic lives here.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use funnel::eval::run::{EvalOptions, Search};
+use funnel::eval::split::Variant;
+use funnel::gen::GenParams;
+use funnel::ingest::DataArgs;
+use funnel::training::pipeline::PipelineParams;
+use funnel::training::trainer::{train, TrainOptions};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "funnel", version, about = "A recommendation system: offline training, multi-path recall, online ranking.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a synthetic interaction log (CSV files) with planted structure.
+    Gen {
+        #[command(flatten)]
+        params: GenParams,
+        /// Directory to write interactions.csv, items.csv and users.csv into.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Train every model and write a bundle the serving nodes load.
+    Train {
+        #[command(flatten)]
+        source: Source,
+        /// Bundle directory to create.
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace an existing bundle directory.
+        #[arg(long)]
+        force: bool,
+        /// Number of item shards (S).
+        #[arg(long, default_value_t = 1)]
+        shards: u32,
+        /// TOML file with pipeline parameters (any subset; the rest default).
+        #[arg(long)]
+        params: Option<PathBuf>,
+        /// Model version id (default: derived from the time and the input).
+        #[arg(long)]
+        model_version: Option<String>,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Evaluate every recall path and the ranked pipeline under the protocol.
+    Eval {
+        #[command(flatten)]
+        source: Source,
+        /// Only ratings >= this count as positives (variant posN); default: all.
+        #[arg(long)]
+        min_rating: Option<f32>,
+        /// Hyper-parameter search on the validation split.
+        #[arg(long, value_enum, default_value_t = Search::Small)]
+        search: Search,
+        /// TOML file with pipeline parameters (any subset; the rest default).
+        #[arg(long)]
+        params: Option<PathBuf>,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Also write an HTML report with a recall@K chart per path.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+    /// Build a bundle from embeddings trained elsewhere (.npy or Parquet).
+    Import {
+        #[command(flatten)]
+        args: funnel::bundle::import::ImportArgs,
+    },
+    /// Work with bundles.
+    Bundle {
+        #[command(subcommand)]
+        command: BundleCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BundleCommand {
+    /// Verify a bundle and print a summary.
+    Inspect {
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Where the interactions come from: files (`--data ...`) or the built-in
+/// synthetic set.
+#[derive(Args, Clone)]
+struct Source {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Use the built-in synthetic data set instead of files (see `funnel gen`).
+    #[arg(long, conflicts_with_all = ["data", "interactions"])]
+    synthetic: bool,
+}
+
+impl Source {
+    fn load(&self) -> Result<funnel::dataset::Dataset> {
+        if self.synthetic {
+            return funnel::gen::generate(&GenParams::default()).context("generating the built-in data set");
+        }
+        if self.data.data.is_none() && self.data.interactions.is_none() {
+            bail!("no input: pass --data PATH (a MovieLens directory, CSV/TSV/Parquet file or event log) or --synthetic");
+        }
+        let ds = funnel::ingest::load(&self.data)?;
+        for b in &ds.bad_rows {
+            eprintln!("skipped bad row: {}:{}: {}", b.file, b.line, b.reason);
+        }
+        Ok(ds)
+    }
+}
+
+fn load_params(path: &Option<PathBuf>) -> Result<PipelineParams> {
+    match path {
+        None => Ok(PipelineParams::default()),
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            toml::from_str(&text).with_context(|| format!("{}: invalid pipeline parameters", p.display()))
+        }
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let interactive = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    match cli.command {
+        Command::Gen { params, out } => {
+            let summary = funnel::gen::write_csv(&params, &out, interactive)?;
+            println!("{summary}");
+        }
+        Command::Train { source, out, force, shards, params, model_version, json } => {
+            let ds = source.load()?;
+            let opts = TrainOptions {
+                out,
+                force,
+                shards,
+                params: load_params(&params)?,
+                index: Default::default(),
+                model_version,
+                progress: interactive && !json,
+                metrics: serde_json::Value::Null,
+            };
+            let s = train(&ds, &opts).map_err(anyhow::Error::msg)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                println!(
+                    "trained {} on {} ({} users, {} items, {} interactions) in {:.1}s",
+                    s.model_version, ds.name, s.users, s.items, s.interactions, s.seconds
+                );
+                for (step, secs) in &s.steps {
+                    println!("  {step:<16} {secs:>8.2}s");
+                }
+                println!(
+                    "  ranker: {} groups, best iteration {}, validation ndcg {:.4}",
+                    s.ranker.train_groups, s.ranker.best_iteration, s.ranker.valid_ndcg
+                );
+                println!("bundle: {} ({} shards, dimension {})", s.bundle.display(), s.shards, s.dimension);
+            }
+        }
+        Command::Eval { source, min_rating, search, params, json, report } => {
+            let ds = source.load()?;
+            let variant = match min_rating {
+                Some(r) if r.is_finite() => Variant::MinRating(r),
+                Some(r) => bail!("--min-rating must be a finite number, got {r}"),
+                None => Variant::All,
+            };
+            let opts = EvalOptions { variant, params: load_params(&params)?, search, progress: interactive && !json };
+            let r = funnel::eval::run::run(&ds, &opts).map_err(anyhow::Error::msg)?;
+            if let Some(path) = report {
+                std::fs::write(&path, funnel::eval::report::html(&r))
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{}", funnel::eval::report::table(&r));
+            }
+        }
+        Command::Import { args } => {
+            let m = funnel::bundle::import::import(&args)?;
+            println!(
+                "imported {} items ({} users) into {} as {} ({} shards, dimension {})",
+                m.n_items,
+                m.n_users,
+                args.out.display(),
+                m.model_version,
+                m.shard_count,
+                m.dimension
+            );
+        }
+        Command::Bundle { command: BundleCommand::Inspect { dir, json } } => {
+            print!("{}", funnel::bundle::inspect::inspect(&dir, json)?);
+        }
+    }
+    Ok(())
 }

@@ -8,4 +8,6 @@
 //! dataset it is given).
 
 pub mod metrics;
+pub mod report;
+pub mod run;
 pub mod split;

@@ -168,7 +168,7 @@ pub fn protocol_splits(ds: &Dataset, variant: Variant) -> Result<ProtocolSplits,
     let n_items = item_ds.len();
     let dropped = users_with_any - n_users;
 
-    let (test_train, test_held) = split_lists(&lists);
+    let (test_train, test_held) = temporal_holdout(&lists);
     let test = make_split(
         Phase::Test,
         n_users,
@@ -182,7 +182,7 @@ pub fn protocol_splits(ds: &Dataset, variant: Variant) -> Result<ProtocolSplits,
     );
     // validation: the same rule inside each user's training part
     lists = test_train;
-    let (val_train, val_held) = split_lists(&lists);
+    let (val_train, val_held) = temporal_holdout(&lists);
     let val = make_split(
         Phase::Val,
         n_users,
@@ -206,8 +206,9 @@ fn dedup_earliest(xs: Vec<Interaction>) -> Vec<Interaction> {
         .collect()
 }
 
-/// Per user: (first part, last ceil(20%) part).
-fn split_lists(lists: &[Vec<Interaction>]) -> (Vec<Vec<Interaction>>, Vec<Vec<Interaction>>) {
+/// The protocol's temporal holdout per user: (first part, last ceil(20%)
+/// part). Each input list must be in time order.
+pub fn temporal_holdout(lists: &[Vec<Interaction>]) -> (Vec<Vec<Interaction>>, Vec<Vec<Interaction>>) {
     lists
         .iter()
         .map(|v| {

@@ -188,6 +188,11 @@ impl<'a> UserFeatures<'a> {
         self.cf.get(&item).map_or(0.0, |a| a.sum)
     }
 
+    /// The user's taste per category at request time, normalised.
+    pub fn taste(&self) -> &[(u16, f32)] {
+        &self.taste
+    }
+
     /// Candidates the item-CF aggregates know about, with their score.
     pub fn cf_candidates(&self) -> impl Iterator<Item = (u64, f32)> + '_ {
         self.cf.iter().map(|(&k, a)| (k, a.sum))

@@ -10,9 +10,11 @@
 //! `UserFeatures`' item-CF aggregates, so the path and the feature agree).
 
 mod cf_index;
+mod local;
 mod merge;
 mod paths;
 
 pub use cf_index::CfIndex;
+pub use local::{local_paths, KeyLists, RecallConfig};
 pub use merge::{merge, Candidate, MergeConfig, PathQuota, PathResult};
 pub use paths::{from_list, rules, top_by_score};

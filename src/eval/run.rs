@@ -1,0 +1,378 @@
+//! `funnel eval`: every recall path alone, the merged candidate set, and
+//! the ranked pipeline, under the protocol. Hyper-parameters are chosen on
+//! the validation phase; the test phase is touched once, with the chosen
+//! values, and that is the figure reported.
+
+use super::metrics::{evaluate, top_k, user_metrics, Metrics};
+use super::split::{protocol_splits, Split, SplitStats, Variant};
+use crate::dataset::Dataset;
+use crate::features::Demographics;
+use crate::ids::item_key;
+use crate::progress::Progress;
+use crate::ranking::score::Ranker;
+use crate::training::als::AlsParams;
+use crate::training::itemcf::ItemCfParams;
+use crate::training::pipeline::{
+    fit_models, holdout_requests, ranker_from_holdout, train_ranker, FitInput, FittedModels, PipelineParams,
+    RankerReport,
+};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+/// Cut-offs of the per-path recall curves in the report.
+pub const CURVE_KS: [usize; 6] = [10, 20, 50, 100, 200, 300];
+
+/// How much of the hyper-parameter space to search on validation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Search {
+    /// No search: the given parameters as they are.
+    None,
+    /// A small grid over ALS and item-CF (the default).
+    Small,
+}
+
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    pub variant: Variant,
+    pub params: PipelineParams,
+    pub search: Search,
+    pub progress: bool,
+}
+
+/// One model's (or path's) test-phase row.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelRow {
+    pub model: String,
+    pub params: serde_json::Value,
+    #[serde(flatten)]
+    pub metrics: Metrics,
+    /// The validation NDCG@10 that chose these parameters.
+    pub val_ndcg10: Option<f64>,
+    pub train_seconds: f64,
+    pub score_seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CandidateRecall {
+    pub budget: usize,
+    /// Mean over evaluated users of hits / min(budget, |T|).
+    pub recall: f64,
+    pub mean_candidates: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Curve {
+    pub model: String,
+    /// (K, recall@K)
+    pub points: Vec<(usize, f64)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvalReport {
+    pub dataset: String,
+    pub fingerprint: String,
+    pub variant: String,
+    pub users_counted: usize,
+    pub split: SplitSummary,
+    pub rows: Vec<ModelRow>,
+    pub candidates: CandidateRecall,
+    pub curves: Vec<Curve>,
+    pub chosen: PipelineParams,
+    pub ranker: RankerReport,
+    pub grid: Vec<GridPoint>,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SplitSummary {
+    pub val: SplitStats,
+    pub test: SplitStats,
+}
+
+/// A validation-phase grid point.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GridPoint {
+    pub model: String,
+    pub params: serde_json::Value,
+    pub val_ndcg10: f64,
+}
+
+/// Dense arrays of the split's items and users for `FitInput`.
+struct SplitData {
+    keys: Vec<u64>,
+    categories: Vec<Vec<u16>>,
+    created: Vec<Option<i64>>,
+    demographics: Vec<Demographics>,
+    n_categories: usize,
+}
+
+impl SplitData {
+    fn new(ds: &Dataset, s: &Split) -> Self {
+        SplitData {
+            keys: s.item_ds.iter().map(|&i| item_key(ds.items.external(i))).collect(),
+            categories: s.item_ds.iter().map(|&i| ds.item_meta[i as usize].categories.clone()).collect(),
+            created: s.item_ds.iter().map(|&i| ds.item_meta[i as usize].created_at).collect(),
+            demographics: s.user_ds.iter().map(|&u| Demographics::from(&ds.user_meta[u as usize])).collect(),
+            n_categories: ds.categories.len(),
+        }
+    }
+
+    fn input<'a>(&'a self, s: &'a Split) -> FitInput<'a> {
+        FitInput {
+            n_users: s.n_users,
+            interactions: &s.train,
+            item_keys: &self.keys,
+            item_categories: &self.categories,
+            item_created: &self.created,
+            demographics: &self.demographics,
+            n_categories: self.n_categories,
+            include_cold_items: false,
+        }
+    }
+}
+
+/// Ranked lists (local item indices, best first) for every evaluated user.
+fn lists_for(s: &Split, f: &(dyn Fn(u32) -> Vec<u32> + Sync)) -> Vec<Vec<u32>> {
+    s.eval_users.par_iter().map(|&u| f(u)).collect()
+}
+
+fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
+    let t = Instant::now();
+    let v = f();
+    (v, t.elapsed().as_secs_f64())
+}
+
+fn exclude_of(s: &Split, u: u32) -> &[u32] {
+    s.train_matrix.row_indices(u as usize)
+}
+
+fn ann_lists(m: &FittedModels, s: &Split, k: usize) -> Vec<Vec<u32>> {
+    lists_for(s, &|u| {
+        let uv = m.als.user_factors.row(u as usize);
+        let scores: Vec<f32> =
+            (0..s.n_items).map(|i| crate::linalg::dot(uv, m.als.item_factors.row(i))).collect();
+        top_k(&scores, k, exclude_of(s, u), &s.catalog)
+    })
+}
+
+fn itemcf_lists(m: &FittedModels, s: &Split, k: usize) -> Vec<Vec<u32>> {
+    lists_for(s, &|u| {
+        let uf = m.prepare_user(u, &m.default_context(u));
+        let mut scores = vec![f32::NEG_INFINITY; s.n_items];
+        for (key, sc) in uf.cf_candidates() {
+            if let Some(i) = m.idx(key) {
+                scores[i as usize] = sc;
+            }
+        }
+        top_k(&scores, k, exclude_of(s, u), &s.catalog)
+    })
+}
+
+fn popular_lists(m: &FittedModels, s: &Split, k: usize) -> Vec<Vec<u32>> {
+    // the path's own order: position in the popular list
+    let mut scores = vec![f32::NEG_INFINITY; s.n_items];
+    for (r, &i) in m.lists.popular.iter().enumerate() {
+        scores[i as usize] = -(r as f32);
+    }
+    lists_for(s, &|u| top_k(&scores, k, exclude_of(s, u), &s.catalog))
+}
+
+fn pipeline_lists(m: &FittedModels, ranker: &Ranker, s: &Split, p: &PipelineParams, k: usize) -> Vec<Vec<u32>> {
+    lists_for(s, &|u| {
+        m.recommend(ranker, u, &m.default_context(u), k, p, p.seed ^ u as u64)
+            .into_iter()
+            .filter_map(|key| m.idx(key))
+            .collect()
+    })
+}
+
+fn candidate_lists(m: &FittedModels, s: &Split, p: &PipelineParams) -> Vec<Vec<u32>> {
+    lists_for(s, &|u| {
+        let uf = m.prepare_user(u, &m.default_context(u));
+        let mut c: Vec<u32> = m.candidates(u, &uf, &p.recall).iter().filter_map(|c| m.idx(c.key)).collect();
+        c.sort_unstable();
+        c
+    })
+}
+
+fn curve(model: &str, lists: &[Vec<u32>], s: &Split) -> Curve {
+    let points = CURVE_KS
+        .iter()
+        .map(|&k| {
+            let sum: f64 = lists.iter().zip(&s.targets).map(|(l, t)| user_metrics(l, t, k).0).sum();
+            (k, sum / s.targets.len().max(1) as f64)
+        })
+        .collect();
+    Curve { model: model.into(), points }
+}
+
+/// The validation grid: ALS and item-CF, each judged alone by NDCG@10.
+fn search_grid(
+    inp: &FitInput,
+    s: &Split,
+    base: &PipelineParams,
+    grid: &mut Vec<GridPoint>,
+    progress: &Progress,
+) -> Result<PipelineParams, String> {
+    let mut best = base.clone();
+    let mut best_score = f64::NEG_INFINITY;
+    for factors in [64, 128] {
+        for regularization in [1.0, 10.0, 30.0] {
+            for alpha in [1.0, 4.0] {
+                let mut p = best.clone();
+                p.als = AlsParams { factors, regularization, alpha, ..base.als.clone() };
+                let m = fit_models(inp, &p, &Progress::hidden())?;
+                let ndcg = evaluate(&ann_lists(&m, s, 20), &s.targets, s.n_catalog()).ndcg10;
+                grid.push(GridPoint { model: "ann".into(), params: serde_json::json!(p.als), val_ndcg10: ndcg });
+                if ndcg > best_score {
+                    best_score = ndcg;
+                    best = p;
+                }
+            }
+        }
+    }
+    let step = progress.step("itemcf grid", 6);
+    let mut best_cf = f64::NEG_INFINITY;
+    let mut chosen_cf = best.itemcf;
+    for neighbours in [50, 100, 200] {
+        for shrink in [0.0, 10.0] {
+            let mut p = best.clone();
+            p.itemcf = ItemCfParams { neighbours, shrink, ..base.itemcf };
+            let m = fit_models(inp, &p, &Progress::hidden())?;
+            let ndcg = evaluate(&itemcf_lists(&m, s, 20), &s.targets, s.n_catalog()).ndcg10;
+            grid.push(GridPoint { model: "itemcf".into(), params: serde_json::json!(p.itemcf), val_ndcg10: ndcg });
+            if ndcg > best_cf {
+                best_cf = ndcg;
+                chosen_cf = p.itemcf;
+            }
+            step.inc(1);
+        }
+    }
+    step.done();
+    best.itemcf = chosen_cf;
+    Ok(best)
+}
+
+pub fn run(ds: &Dataset, opts: &EvalOptions) -> Result<EvalReport, String> {
+    let t0 = Instant::now();
+    let progress = Progress::new(opts.progress);
+    let splits = protocol_splits(ds, opts.variant)?;
+    let (val, test) = (&splits.val, &splits.test);
+    let val_data = SplitData::new(ds, val);
+    let test_data = SplitData::new(ds, test);
+    let val_in = val_data.input(val);
+    let test_in = test_data.input(test);
+
+    // 1. choose parameters on validation
+    let mut grid = Vec::new();
+    let chosen = match opts.search {
+        Search::None => opts.params.clone(),
+        Search::Small => {
+            let step = progress.step("validation grid", 1);
+            let c = search_grid(&val_in, val, &opts.params, &mut grid, &progress)?;
+            step.done();
+            c
+        }
+    };
+    let val_best = |model: &str| {
+        grid.iter().filter(|g| g.model == model).map(|g| g.val_ndcg10).fold(None, |a: Option<f64>, v| {
+            Some(a.map_or(v, |a| a.max(v)))
+        })
+    };
+
+    // 2. validation pipeline: its ranker learns from a holdout inside val-train
+    let (val_models, _) = timed(|| fit_models(&val_in, &chosen, &progress));
+    let val_models = val_models?;
+    let (val_ranker, _) = ranker_from_holdout(&val_in, &chosen, 2, &progress)?;
+    let val_pipe = evaluate(&pipeline_lists(&val_models, &val_ranker, val, &chosen, 20), &val.targets, val.n_catalog());
+
+    // 3. test: models on test-train; the ranker learns from the val phase
+    let (test_models, fit_s) = timed(|| fit_models(&test_in, &chosen, &progress));
+    let test_models = test_models?;
+    let (ranker_out, ranker_s) = timed(|| {
+        let req = holdout_requests(&val_models, &val.heldout);
+        train_ranker(&val_models, &req, &chosen, &progress)
+    });
+    let (test_ranker, ranker_report) = ranker_out?;
+
+    let step = progress.step("test scoring", 5);
+    let n_cat = test.n_catalog();
+    let mut rows = Vec::new();
+    let mut curves = Vec::new();
+    let k_max = *CURVE_KS.iter().max().unwrap_or(&20);
+    let (pop, pop_s) = timed(|| popular_lists(&test_models, test, k_max));
+    rows.push(ModelRow {
+        model: "popular".into(),
+        params: serde_json::json!({"list": "trending + all-time, interleaved"}),
+        metrics: evaluate(&pop, &test.targets, n_cat),
+        val_ndcg10: None,
+        train_seconds: 0.0,
+        score_seconds: pop_s,
+    });
+    curves.push(curve("popular", &pop, test));
+    step.inc(1);
+    let (cf, cf_s) = timed(|| itemcf_lists(&test_models, test, k_max));
+    rows.push(ModelRow {
+        model: "itemcf".into(),
+        params: serde_json::json!(chosen.itemcf),
+        metrics: evaluate(&cf, &test.targets, n_cat),
+        val_ndcg10: val_best("itemcf"),
+        train_seconds: 0.0,
+        score_seconds: cf_s,
+    });
+    curves.push(curve("itemcf", &cf, test));
+    step.inc(1);
+    let (ann, ann_s) = timed(|| ann_lists(&test_models, test, k_max));
+    rows.push(ModelRow {
+        model: "ann".into(),
+        params: serde_json::json!(chosen.als),
+        metrics: evaluate(&ann, &test.targets, n_cat),
+        val_ndcg10: val_best("ann"),
+        train_seconds: 0.0,
+        score_seconds: ann_s,
+    });
+    curves.push(curve("ann", &ann, test));
+    step.inc(1);
+    let cands = candidate_lists(&test_models, test, &chosen);
+    let budget = chosen.recall.merge.budget;
+    let cand_recall = cands
+        .iter()
+        .zip(&test.targets)
+        .map(|(c, t)| {
+            let hits = t.iter().filter(|x| c.binary_search(x).is_ok()).count();
+            hits as f64 / t.len().min(budget).max(1) as f64
+        })
+        .sum::<f64>()
+        / test.targets.len().max(1) as f64;
+    let mean_candidates = cands.iter().map(|c| c.len()).sum::<usize>() as f64 / cands.len().max(1) as f64;
+    step.inc(1);
+    let (pipe, pipe_s) = timed(|| pipeline_lists(&test_models, &test_ranker, test, &chosen, k_max));
+    rows.push(ModelRow {
+        model: "pipeline".into(),
+        params: serde_json::json!({"ranker": test_ranker.kind(), "candidates": budget, "rerank": chosen.rerank}),
+        metrics: evaluate(&pipe, &test.targets, n_cat),
+        val_ndcg10: Some(val_pipe.ndcg10),
+        train_seconds: fit_s + ranker_s,
+        score_seconds: pipe_s,
+    });
+    curves.push(curve("pipeline", &pipe, test));
+    step.inc(1);
+    step.done();
+
+    Ok(EvalReport {
+        dataset: ds.name.clone(),
+        fingerprint: ds.fingerprint.clone(),
+        variant: opts.variant.name(),
+        users_counted: test.targets.len(),
+        split: SplitSummary { val: val.stats.clone(), test: test.stats.clone() },
+        rows,
+        candidates: CandidateRecall { budget, recall: cand_recall, mean_candidates },
+        curves,
+        chosen,
+        ranker: ranker_report,
+        grid,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
