@@ -9,6 +9,7 @@
 pub mod dataset;
 pub mod eventlog;
 pub mod ids;
+pub mod ingest;
 pub mod matrix;
 pub mod rng;
 pub mod sparse;
