@@ -8,8 +8,10 @@
 
 pub mod dataset;
 pub mod eval;
+pub mod eventlog;
 pub mod features;
 pub mod ids;
+pub mod ingest;
 pub mod matrix;
 pub mod progress;
 pub mod recall;
