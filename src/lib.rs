@@ -8,9 +8,11 @@
 
 pub mod dataset;
 pub mod ids;
+pub mod linalg;
 pub mod matrix;
 pub mod rng;
 pub mod sparse;
+pub mod training;
 
 /// Generated protobuf types for the public API (`proto/funnel.proto`).
 pub mod proto {
