@@ -12,6 +12,7 @@ pub mod eventlog;
 pub mod features;
 pub mod ids;
 pub mod ingest;
+pub mod linalg;
 pub mod matrix;
 pub mod progress;
 pub mod recall;
