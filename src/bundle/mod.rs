@@ -34,13 +34,18 @@
 
 pub mod error;
 pub mod fsio;
+pub mod import;
+pub mod inspect;
 pub mod items;
 pub mod manifest;
+pub mod npy;
 pub mod reader;
 pub mod shard_index;
 pub mod writer;
 
 pub use error::{BundleError, Result};
+pub use import::{import, ImportArgs};
+pub use inspect::{inspect, inspect_report, InspectReport};
 pub use items::{ItemTable, UserTable};
 pub use manifest::{
     FeatureSchemaRef, FileEntry, IndexParams, Manifest, ManifestFields, FORMAT_VERSION,
