@@ -9,6 +9,7 @@
 pub mod dataset;
 pub mod ids;
 pub mod matrix;
+pub mod ranking;
 pub mod rng;
 pub mod sparse;
 
