@@ -133,6 +133,106 @@ impl Tree {
     }
 }
 
+/// Rows scored together through each tree: their walks are independent,
+/// so the CPU overlaps them instead of waiting on one node load at a time.
+const LANES: usize = 8;
+
+/// Top bit of `HotNode::feature`: missing values go right.
+const MISSING_RIGHT: u32 = 1 << 31;
+
+/// A node in the scoring layout. Leaves are nodes whose children are
+/// themselves, so a walk can run exactly `depth` steps without branching
+/// on "is this a leaf".
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct HotNode {
+    threshold: f32,
+    /// Feature index, with `MISSING_RIGHT` or-ed in.
+    feature: u32,
+    /// Global indices into `Compiled::nodes`.
+    children: [u32; 2],
+}
+
+/// All trees concatenated in the scoring layout. Built only from validated
+/// trees: every child index is in range and every walk reaches a leaf
+/// within its tree's depth.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Compiled {
+    nodes: Vec<HotNode>,
+    /// Leaf value per node (0 for split nodes).
+    values: Vec<f32>,
+    /// (root node, depth) per tree.
+    trees: Vec<(u32, u32)>,
+}
+
+impl Compiled {
+    fn from_trees(trees: &[Tree]) -> Self {
+        let mut c = Compiled::default();
+        for tree in trees {
+            let base = c.nodes.len() as u32;
+            let leaves_at = base + tree.nodes.len() as u32;
+            let global = |child: i32| {
+                if child < 0 {
+                    leaves_at + !child as u32
+                } else {
+                    base + child as u32
+                }
+            };
+            // Children come after parents, so one forward pass gives depths.
+            let mut node_depth = vec![0u32; tree.nodes.len()];
+            let mut depth = 0;
+            for (i, node) in tree.nodes.iter().enumerate() {
+                let d = node_depth[i];
+                for child in [node.left, node.right] {
+                    if child >= 0 {
+                        node_depth[child as usize] = d + 1;
+                    }
+                    depth = depth.max(d + 1);
+                }
+                c.nodes.push(HotNode {
+                    threshold: node.threshold,
+                    feature: node.feature | if node.default_left { 0 } else { MISSING_RIGHT },
+                    children: [global(node.left), global(node.right)],
+                });
+                c.values.push(0.0);
+            }
+            for (k, &value) in tree.leaf_values.iter().enumerate() {
+                let me = leaves_at + k as u32;
+                c.nodes.push(HotNode {
+                    threshold: 0.0,
+                    feature: 0,
+                    children: [me, me],
+                });
+                c.values.push(value);
+            }
+            c.trees.push((base, depth));
+        }
+        c
+    }
+
+    /// Scores K rows that each hold at least every feature the trees use
+    /// (callers check the width; a short row would panic on indexing).
+    #[inline]
+    fn score_lanes<const K: usize>(&self, base: f32, rows: [&[f32]; K]) -> [f32; K] {
+        let mut scores = [base; K];
+        for &(root, depth) in &self.trees {
+            let mut at = [root; K];
+            for _ in 0..depth {
+                for k in 0..K {
+                    let node = &self.nodes[at[k] as usize];
+                    let value = rows[k][(node.feature & !MISSING_RIGHT) as usize];
+                    let go_right = value > node.threshold
+                        || (value.is_nan() && node.feature & MISSING_RIGHT != 0);
+                    at[k] = node.children[go_right as usize];
+                }
+            }
+            for k in 0..K {
+                scores[k] += self.values[at[k] as usize];
+            }
+        }
+        scores
+    }
+}
+
 /// A trained GBDT: `score = base_score + sum of tree outputs`. For the
 /// logistic objective the score is log-odds (see `probability`); for
 /// LambdaRank only the order of scores within a request means anything.
@@ -148,6 +248,9 @@ pub struct GbdtModel {
     /// validation set.
     best_iteration: Option<u32>,
     trees: Vec<Tree>,
+    /// Scoring layout derived from `trees`; rebuilt on load, never stored.
+    #[serde(skip)]
+    compiled: Compiled,
 }
 
 /// The serialised form before `validate` has vouched for it.
@@ -174,9 +277,9 @@ impl TryFrom<UncheckedModel> for GbdtModel {
             base_score: raw.base_score,
             best_iteration: raw.best_iteration,
             trees: raw.trees,
+            compiled: Compiled::default(),
         };
-        model.validate()?;
-        Ok(model)
+        model.checked()
     }
 }
 
@@ -187,7 +290,7 @@ impl GbdtModel {
         base_score: f32,
         best_iteration: Option<u32>,
         trees: Vec<Tree>,
-    ) -> Self {
+    ) -> Result<Self, GbdtError> {
         GbdtModel {
             format_version: FORMAT_VERSION,
             objective,
@@ -196,7 +299,17 @@ impl GbdtModel {
             base_score,
             best_iteration,
             trees,
+            compiled: Compiled::default(),
         }
+        .checked()
+    }
+
+    /// Validates, then builds the scoring layout (which relies on the
+    /// structure `validate` guarantees).
+    fn checked(mut self) -> Result<Self, GbdtError> {
+        self.validate()?;
+        self.compiled = Compiled::from_trees(&self.trees);
+        Ok(self)
     }
 
     pub fn n_features(&self) -> usize {
@@ -241,6 +354,9 @@ impl GbdtModel {
     /// the absent features as missing (NaN) and extra values are ignored;
     /// use `predict_batch` to have wrong widths rejected.
     pub fn predict_row(&self, row: &[f32]) -> f32 {
+        if row.len() >= self.n_features() && self.n_features > 0 {
+            return self.compiled.score_lanes(self.base_score, [row])[0];
+        }
         let mut score = self.base_score;
         for tree in &self.trees {
             score += tree.predict(row);
@@ -250,7 +366,8 @@ impl GbdtModel {
 
     /// Scores `out.len()` row-major rows of `n_features` values into `out`.
     /// Allocation-free. Errors when `n_features` differs from the model's
-    /// or `rows` does not hold exactly `out.len()` rows.
+    /// or `rows` does not hold exactly `out.len()` rows. Gives bit-identical
+    /// scores to `predict_row`.
     pub fn predict_batch(
         &self,
         rows: &[f32],
@@ -271,24 +388,25 @@ impl GbdtModel {
             });
         }
         if n_features == 0 {
-            out.fill(self.base_score);
+            // No features means no splits: every tree is one leaf.
+            let score = self.predict_row(&[]);
+            out.fill(score);
             return Ok(());
         }
-        // Tree-major within blocks of rows: one tree's nodes stay in cache
-        // while it scores the block, and the block's rows stay in L1.
-        // Accumulation order per row (base, tree 0, tree 1, ...) is the
-        // same as predict_row, so both give identical scores.
-        const BLOCK_ROWS: usize = 64;
-        for (block, scores) in rows
-            .chunks(BLOCK_ROWS * n_features)
-            .zip(out.chunks_mut(BLOCK_ROWS))
+        let lane_values = LANES * n_features;
+        let mut row_chunks = rows.chunks_exact(lane_values);
+        let mut out_chunks = out.chunks_exact_mut(LANES);
+        for (block, scores) in (&mut row_chunks).zip(&mut out_chunks) {
+            let lanes: [&[f32]; LANES] =
+                std::array::from_fn(|k| &block[k * n_features..(k + 1) * n_features]);
+            scores.copy_from_slice(&self.compiled.score_lanes(self.base_score, lanes));
+        }
+        for (row, score) in row_chunks
+            .remainder()
+            .chunks_exact(n_features)
+            .zip(out_chunks.into_remainder())
         {
-            scores.fill(self.base_score);
-            for tree in &self.trees {
-                for (row, score) in block.chunks_exact(n_features).zip(scores.iter_mut()) {
-                    *score += tree.predict(row);
-                }
-            }
+            *score = self.compiled.score_lanes(self.base_score, [row])[0];
         }
         Ok(())
     }
@@ -309,6 +427,12 @@ impl GbdtModel {
                 self.format_version
             )));
         }
+        if self.n_features >= MISSING_RIGHT {
+            return Err(corrupt(format!(
+                "{} features is more than the supported 2^31 - 1",
+                self.n_features
+            )));
+        }
         if self.feature_names.len() != self.n_features() {
             return Err(corrupt(format!(
                 "{} feature names for {} features",
@@ -325,10 +449,28 @@ impl GbdtModel {
         if let Objective::LambdaRank { ndcg_at: 0 } = self.objective {
             return Err(corrupt("LambdaRank objective with ndcg_at = 0".into()));
         }
+        let mut total_nodes = 0usize;
         for (i, tree) in self.trees.iter().enumerate() {
             tree.validate(i, self.n_features()).map_err(corrupt)?;
+            total_nodes += tree.nodes.len() + tree.leaf_values.len();
+        }
+        if total_nodes >= u32::MAX as usize {
+            return Err(corrupt(format!(
+                "{total_nodes} nodes is more than 2^32 - 1"
+            )));
         }
         Ok(())
+    }
+
+    /// Straightforward per-tree walk, the reference the fast layout must
+    /// match.
+    #[cfg(test)]
+    pub(crate) fn predict_row_reference(&self, row: &[f32]) -> f32 {
+        let mut score = self.base_score;
+        for tree in &self.trees {
+            score += tree.predict(row);
+        }
+        score
     }
 
     #[cfg(test)]
@@ -372,6 +514,7 @@ mod tests {
             None,
             vec![tree, constant],
         )
+        .expect("hand-built model is valid")
     }
 
     #[test]

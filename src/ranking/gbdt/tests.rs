@@ -442,3 +442,34 @@ fn params_round_trip_through_toml_with_defaults_filled_in() {
         "typos are errors"
     );
 }
+
+#[test]
+fn fast_scoring_layout_matches_the_reference_walk() {
+    let train_set = interaction_data(60, 17);
+    let model = train_quiet(&train_set, None, &sampled_params(2));
+    // 301 rows: full 8-row lanes plus a remainder; values outside the
+    // training range, infinities and NaNs exercise every branch.
+    let mut rng = Rng::new(18);
+    let rows: Vec<f32> = (0..301 * D)
+        .map(|_| match rng.below(20) {
+            0 => f32::NAN,
+            1 => f32::INFINITY,
+            2 => f32::NEG_INFINITY,
+            _ => rng.f32() * 1.4 - 0.2,
+        })
+        .collect();
+    let mut out = vec![0.0; 301];
+    model
+        .predict_batch(&rows, D, &mut out)
+        .expect("right width");
+    for (row, &got) in rows.chunks(D).zip(&out) {
+        let want = model.predict_row_reference(row);
+        assert_eq!(got.to_bits(), want.to_bits());
+        assert_eq!(model.predict_row(row).to_bits(), want.to_bits());
+    }
+    // Short rows take the safe path: absent features read as missing.
+    let short = &rows[..D - 1];
+    let mut padded = short.to_vec();
+    padded.push(f32::NAN);
+    assert_eq!(model.predict_row(short), model.predict_row(&padded));
+}
