@@ -16,6 +16,7 @@ pub mod ingest;
 pub mod linalg;
 pub mod matrix;
 pub mod progress;
+pub mod ranking;
 pub mod recall;
 pub mod rng;
 pub mod sparse;

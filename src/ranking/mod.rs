@@ -1,0 +1,7 @@
+//! Online ranking stage: models that reorder the few hundred candidates
+//! recall returned for one request.
+//!
+//! Owns: the ranking models and their training. Must not touch: feature
+//! computation (that is `features`), recall, serving transport.
+
+pub mod gbdt;
