@@ -7,6 +7,7 @@
 //! See docs/architecture.md for the map.
 
 pub mod dataset;
+pub mod gen;
 pub mod ids;
 pub mod matrix;
 pub mod rng;
