@@ -679,37 +679,39 @@ fn budgets(p: &GenParams) -> Vec<u32> {
         to_share = to_share.saturating_sub(newly_pinned * room);
     }
     let free_weight: f64 = (0..n).filter(|&u| !pinned[u]).map(|u| activity[u]).sum();
-    let mut extra = vec![0u64; n];
-    let mut remainders: Vec<(f64, usize)> = Vec::new();
+    // u32 is enough: room is at most half the catalogue (validated).
+    let mut extra = vec![0u32; n];
+    let mut remainders: Vec<(f64, u32)> = Vec::new();
     let mut given = 0u64;
     for u in 0..n {
         if pinned[u] {
-            extra[u] = room;
+            extra[u] = room as u32;
             continue;
         }
         let share = to_share as f64 * activity[u] / free_weight;
         let whole = (share.floor() as u64).min(room);
-        extra[u] = whole;
+        extra[u] = whole as u32;
         given += whole;
-        remainders.push((share - whole as f64, u));
+        remainders.push((share - whole as f64, u as u32));
     }
     // Largest remainders first; the loop also absorbs float rounding.
     remainders.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-    let mut left = to_share - given;
+    // Float rounding could in theory overshoot by a unit; never underflow.
+    let mut left = to_share.saturating_sub(given);
     while left > 0 {
         let before = left;
         for &(_, u) in &remainders {
             if left == 0 {
                 break;
             }
-            if extra[u] < room {
-                extra[u] += 1;
+            if (extra[u as usize] as u64) < room {
+                extra[u as usize] += 1;
                 left -= 1;
             }
         }
         assert!(left < before, "validated totals always fit under the caps");
     }
-    extra.into_iter().map(|e| (floor + e) as u32).collect()
+    extra.into_iter().map(|e| floor as u32 + e).collect()
 }
 
 #[cfg(test)]

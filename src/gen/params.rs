@@ -10,10 +10,10 @@ use super::GenError;
 /// different data sets.
 pub(crate) const GENERATOR_VERSION: &str = "funnel-gen/1";
 
-/// Upper bounds chosen so the in-memory catalogue/user tables stay within a
-/// few GiB; counts beyond them are not a benchmark anyone runs on one box.
-pub const MAX_USERS: u64 = 100_000_000;
-pub const MAX_ITEMS: u64 = 100_000_000;
+/// Upper bounds chosen so the in-memory tables stay within a few GiB (about
+/// 100 bytes per item and 30 per user while the world is built).
+pub const MAX_USERS: u64 = 50_000_000;
+pub const MAX_ITEMS: u64 = 20_000_000;
 /// Interaction counts are carried in `u32` budgets per user and in summaries.
 pub const MAX_INTERACTIONS: u64 = u32::MAX as u64;
 pub const MAX_CATEGORIES: u16 = 1024;

@@ -71,8 +71,13 @@ pub fn write_csv(
             return Err(e);
         }
     };
-    for (partial, done) in partials.iter().zip(&finals) {
-        fs::rename(partial, done).map_err(io_error("rename into place", done))?;
+    for (k, (partial, done)) in partials.iter().zip(&finals).enumerate() {
+        if let Err(source) = fs::rename(partial, done) {
+            for later in &partials[k..] {
+                let _ = fs::remove_file(later);
+            }
+            return Err(io_error("rename into place", done)(source));
+        }
     }
     if let Some(pb) = progress {
         pb.finish();
