@@ -390,16 +390,19 @@ fn csv_rows_equal_generated_rows() {
 #[test]
 fn csv_output_is_independent_of_thread_count() {
     let p = small(9);
+    let progress = indicatif::ProgressBar::hidden();
     let dirs = [1usize, 3].map(|threads| {
         let dir = tempfile::tempdir().expect("temp dir");
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
             .expect("pool")
-            .install(|| write_csv(&p, dir.path(), None))
+            .install(|| write_csv(&p, dir.path(), Some(&progress)))
             .expect("writes");
         dir
     });
+    assert_eq!(progress.length(), Some(p.interactions));
+    assert_eq!(progress.position(), p.interactions);
     for name in [INTERACTIONS_FILE, ITEMS_FILE, USERS_FILE] {
         let a = std::fs::read(dirs[0].path().join(name)).expect("read");
         let b = std::fs::read(dirs[1].path().join(name)).expect("read");
