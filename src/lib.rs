@@ -11,6 +11,7 @@ pub mod dataset;
 pub mod eval;
 pub mod eventlog;
 pub mod features;
+pub mod gen;
 pub mod ids;
 pub mod ingest;
 pub mod linalg;
