@@ -545,6 +545,14 @@ pub fn gram<K: Kernels>(kern: K, m: &Matrix, diag: f32) -> Vec<f32> {
     out
 }
 
+/// `M^T M` with the fastest kernels this CPU has.
+pub fn gram_matrix(m: &Matrix) -> Vec<f32> {
+    match Backend::detect() {
+        Backend::Portable(k) => gram(k, m, 0.0),
+        Backend::Avx2Fma(k) => gram(k, m, 0.0),
+    }
+}
+
 fn gram_block<K: Kernels>(kern: K, block: &[f32], k: usize) -> Vec<f32> {
     let mut g = vec![0f32; k * k];
     match kern.as_avx2() {

@@ -12,7 +12,11 @@ use funnel::training::trainer::{train, TrainOptions};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "funnel", version, about = "A recommendation system: offline training, multi-path recall, online ranking.")]
+#[command(
+    name = "funnel",
+    version,
+    about = "A recommendation system: offline training, multi-path recall, online ranking."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -107,7 +111,8 @@ struct Source {
 impl Source {
     fn load(&self) -> Result<funnel::dataset::Dataset> {
         if self.synthetic {
-            return funnel::gen::generate(&GenParams::default()).context("generating the built-in data set");
+            return funnel::gen::generate(&GenParams::default())
+                .context("generating the built-in data set");
         }
         if self.data.data.is_none() && self.data.interactions.is_none() {
             bail!("no input: pass --data PATH (a MovieLens directory, CSV/TSV/Parquet file or event log) or --synthetic");
@@ -124,8 +129,10 @@ fn load_params(path: &Option<PathBuf>) -> Result<PipelineParams> {
     match path {
         None => Ok(PipelineParams::default()),
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            toml::from_str(&text).with_context(|| format!("{}: invalid pipeline parameters", p.display()))
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            toml::from_str(&text)
+                .with_context(|| format!("{}: invalid pipeline parameters", p.display()))
         }
     }
 }
@@ -135,10 +142,33 @@ fn main() -> Result<()> {
     let interactive = std::io::IsTerminal::is_terminal(&std::io::stderr());
     match cli.command {
         Command::Gen { params, out } => {
-            let summary = funnel::gen::write_csv(&params, &out, interactive)?;
-            println!("{summary}");
+            let bar = interactive.then(|| indicatif::ProgressBar::new(params.interactions));
+            let s = funnel::gen::write_csv(&params, &out, bar.as_ref())?;
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
+            println!(
+                "wrote {} interactions ({} users, {} items of which {} arrive late) to {}",
+                s.interactions,
+                s.users,
+                s.items,
+                s.new_items,
+                s.dir.display()
+            );
+            println!(
+                "train on it with: funnel train --data {} --out BUNDLE_DIR",
+                s.dir.join("interactions.csv").display()
+            );
         }
-        Command::Train { source, out, force, shards, params, model_version, json } => {
+        Command::Train {
+            source,
+            out,
+            force,
+            shards,
+            params,
+            model_version,
+            json,
+        } => {
             let ds = source.load()?;
             let opts = TrainOptions {
                 out,
@@ -165,17 +195,34 @@ fn main() -> Result<()> {
                     "  ranker: {} groups, best iteration {}, validation ndcg {:.4}",
                     s.ranker.train_groups, s.ranker.best_iteration, s.ranker.valid_ndcg
                 );
-                println!("bundle: {} ({} shards, dimension {})", s.bundle.display(), s.shards, s.dimension);
+                println!(
+                    "bundle: {} ({} shards, dimension {})",
+                    s.bundle.display(),
+                    s.shards,
+                    s.dimension
+                );
             }
         }
-        Command::Eval { source, min_rating, search, params, json, report } => {
+        Command::Eval {
+            source,
+            min_rating,
+            search,
+            params,
+            json,
+            report,
+        } => {
             let ds = source.load()?;
             let variant = match min_rating {
                 Some(r) if r.is_finite() => Variant::MinRating(r),
                 Some(r) => bail!("--min-rating must be a finite number, got {r}"),
                 None => Variant::All,
             };
-            let opts = EvalOptions { variant, params: load_params(&params)?, search, progress: interactive && !json };
+            let opts = EvalOptions {
+                variant,
+                params: load_params(&params)?,
+                search,
+                progress: interactive && !json,
+            };
             let r = funnel::eval::run::run(&ds, &opts).map_err(anyhow::Error::msg)?;
             if let Some(path) = report {
                 std::fs::write(&path, funnel::eval::report::html(&r))
@@ -199,7 +246,9 @@ fn main() -> Result<()> {
                 m.dimension
             );
         }
-        Command::Bundle { command: BundleCommand::Inspect { dir, json } } => {
+        Command::Bundle {
+            command: BundleCommand::Inspect { dir, json },
+        } => {
             print!("{}", funnel::bundle::inspect::inspect(&dir, json)?);
         }
     }

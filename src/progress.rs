@@ -14,7 +14,10 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(enabled: bool) -> Self {
-        Progress { enabled, steps: Mutex::new(Vec::new()) }
+        Progress {
+            enabled,
+            steps: Mutex::new(Vec::new()),
+        }
     }
 
     /// A silent progress (tests, library callers).
@@ -27,23 +30,34 @@ impl Progress {
         let bar = if self.enabled {
             let b = ProgressBar::new(len);
             b.set_style(
-                ProgressStyle::with_template("{prefix:>14} [{bar:30}] {pos}/{len} {elapsed_precise} {msg}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar())
-                    .progress_chars("=> "),
+                ProgressStyle::with_template(
+                    "{prefix:>14} [{bar:30}] {pos}/{len} {elapsed_precise} {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
             );
             b.set_prefix(name.to_string());
             b
         } else {
             ProgressBar::hidden()
         };
-        Step { owner: self, name: name.to_string(), bar, start: Instant::now() }
+        Step {
+            owner: self,
+            name: name.to_string(),
+            bar,
+            start: Instant::now(),
+        }
     }
 
     /// (step, seconds) in the order steps finished.
     pub fn summary(&self) -> Vec<(String, f64)> {
         self.steps
             .lock()
-            .map(|s| s.iter().map(|(n, d)| (n.clone(), d.as_secs_f64())).collect())
+            .map(|s| {
+                s.iter()
+                    .map(|(n, d)| (n.clone(), d.as_secs_f64()))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }

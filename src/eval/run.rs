@@ -13,8 +13,8 @@ use crate::ranking::score::Ranker;
 use crate::training::als::AlsParams;
 use crate::training::itemcf::ItemCfParams;
 use crate::training::pipeline::{
-    fit_models, holdout_requests, ranker_from_holdout, train_ranker, FitInput, FittedModels, PipelineParams,
-    RankerReport,
+    fit_models, holdout_requests, ranker_from_holdout, train_ranker, FitInput, FittedModels,
+    PipelineParams, RankerReport,
 };
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -111,10 +111,26 @@ struct SplitData {
 impl SplitData {
     fn new(ds: &Dataset, s: &Split) -> Self {
         SplitData {
-            keys: s.item_ds.iter().map(|&i| item_key(ds.items.external(i))).collect(),
-            categories: s.item_ds.iter().map(|&i| ds.item_meta[i as usize].categories.clone()).collect(),
-            created: s.item_ds.iter().map(|&i| ds.item_meta[i as usize].created_at).collect(),
-            demographics: s.user_ds.iter().map(|&u| Demographics::from(&ds.user_meta[u as usize])).collect(),
+            keys: s
+                .item_ds
+                .iter()
+                .map(|&i| item_key(ds.items.external(i)))
+                .collect(),
+            categories: s
+                .item_ds
+                .iter()
+                .map(|&i| ds.item_meta[i as usize].categories.clone())
+                .collect(),
+            created: s
+                .item_ds
+                .iter()
+                .map(|&i| ds.item_meta[i as usize].created_at)
+                .collect(),
+            demographics: s
+                .user_ds
+                .iter()
+                .map(|&u| Demographics::from(&ds.user_meta[u as usize]))
+                .collect(),
             n_categories: ds.categories.len(),
         }
     }
@@ -151,8 +167,9 @@ fn exclude_of(s: &Split, u: u32) -> &[u32] {
 fn ann_lists(m: &FittedModels, s: &Split, k: usize) -> Vec<Vec<u32>> {
     lists_for(s, &|u| {
         let uv = m.als.user_factors.row(u as usize);
-        let scores: Vec<f32> =
-            (0..s.n_items).map(|i| crate::linalg::dot(uv, m.als.item_factors.row(i))).collect();
+        let scores: Vec<f32> = (0..s.n_items)
+            .map(|i| crate::linalg::dot(uv, m.als.item_factors.row(i)))
+            .collect();
         top_k(&scores, k, exclude_of(s, u), &s.catalog)
     })
 }
@@ -179,7 +196,13 @@ fn popular_lists(m: &FittedModels, s: &Split, k: usize) -> Vec<Vec<u32>> {
     lists_for(s, &|u| top_k(&scores, k, exclude_of(s, u), &s.catalog))
 }
 
-fn pipeline_lists(m: &FittedModels, ranker: &Ranker, s: &Split, p: &PipelineParams, k: usize) -> Vec<Vec<u32>> {
+fn pipeline_lists(
+    m: &FittedModels,
+    ranker: &Ranker,
+    s: &Split,
+    p: &PipelineParams,
+    k: usize,
+) -> Vec<Vec<u32>> {
     lists_for(s, &|u| {
         m.recommend(ranker, u, &m.default_context(u), k, p, p.seed ^ u as u64)
             .into_iter()
@@ -191,7 +214,11 @@ fn pipeline_lists(m: &FittedModels, ranker: &Ranker, s: &Split, p: &PipelinePara
 fn candidate_lists(m: &FittedModels, s: &Split, p: &PipelineParams) -> Vec<Vec<u32>> {
     lists_for(s, &|u| {
         let uf = m.prepare_user(u, &m.default_context(u));
-        let mut c: Vec<u32> = m.candidates(u, &uf, &p.recall).iter().filter_map(|c| m.idx(c.key)).collect();
+        let mut c: Vec<u32> = m
+            .candidates(u, &uf, &p.recall)
+            .iter()
+            .filter_map(|c| m.idx(c.key))
+            .collect();
         c.sort_unstable();
         c
     })
@@ -201,11 +228,18 @@ fn curve(model: &str, lists: &[Vec<u32>], s: &Split) -> Curve {
     let points = CURVE_KS
         .iter()
         .map(|&k| {
-            let sum: f64 = lists.iter().zip(&s.targets).map(|(l, t)| user_metrics(l, t, k).0).sum();
+            let sum: f64 = lists
+                .iter()
+                .zip(&s.targets)
+                .map(|(l, t)| user_metrics(l, t, k).0)
+                .sum();
             (k, sum / s.targets.len().max(1) as f64)
         })
         .collect();
-    Curve { model: model.into(), points }
+    Curve {
+        model: model.into(),
+        points,
+    }
 }
 
 /// The validation grid: ALS and item-CF, each judged alone by NDCG@10.
@@ -222,10 +256,19 @@ fn search_grid(
         for regularization in [1.0, 10.0, 30.0] {
             for alpha in [1.0, 4.0] {
                 let mut p = best.clone();
-                p.als = AlsParams { factors, regularization, alpha, ..base.als.clone() };
+                p.als = AlsParams {
+                    factors,
+                    regularization,
+                    alpha,
+                    ..base.als.clone()
+                };
                 let m = fit_models(inp, &p, &Progress::hidden())?;
                 let ndcg = evaluate(&ann_lists(&m, s, 20), &s.targets, s.n_catalog()).ndcg10;
-                grid.push(GridPoint { model: "ann".into(), params: serde_json::json!(p.als), val_ndcg10: ndcg });
+                grid.push(GridPoint {
+                    model: "ann".into(),
+                    params: serde_json::json!(p.als),
+                    val_ndcg10: ndcg,
+                });
                 if ndcg > best_score {
                     best_score = ndcg;
                     best = p;
@@ -239,10 +282,18 @@ fn search_grid(
     for neighbours in [50, 100, 200] {
         for shrink in [0.0, 10.0] {
             let mut p = best.clone();
-            p.itemcf = ItemCfParams { neighbours, shrink, ..base.itemcf };
+            p.itemcf = ItemCfParams {
+                neighbours,
+                shrink,
+                ..base.itemcf
+            };
             let m = fit_models(inp, &p, &Progress::hidden())?;
             let ndcg = evaluate(&itemcf_lists(&m, s, 20), &s.targets, s.n_catalog()).ndcg10;
-            grid.push(GridPoint { model: "itemcf".into(), params: serde_json::json!(p.itemcf), val_ndcg10: ndcg });
+            grid.push(GridPoint {
+                model: "itemcf".into(),
+                params: serde_json::json!(p.itemcf),
+                val_ndcg10: ndcg,
+            });
             if ndcg > best_cf {
                 best_cf = ndcg;
                 chosen_cf = p.itemcf;
@@ -277,16 +328,21 @@ pub fn run(ds: &Dataset, opts: &EvalOptions) -> Result<EvalReport, String> {
         }
     };
     let val_best = |model: &str| {
-        grid.iter().filter(|g| g.model == model).map(|g| g.val_ndcg10).fold(None, |a: Option<f64>, v| {
-            Some(a.map_or(v, |a| a.max(v)))
-        })
+        grid.iter()
+            .filter(|g| g.model == model)
+            .map(|g| g.val_ndcg10)
+            .fold(None, |a: Option<f64>, v| Some(a.map_or(v, |a| a.max(v))))
     };
 
     // 2. validation pipeline: its ranker learns from a holdout inside val-train
     let (val_models, _) = timed(|| fit_models(&val_in, &chosen, &progress));
     let val_models = val_models?;
     let (val_ranker, _) = ranker_from_holdout(&val_in, &chosen, 2, &progress)?;
-    let val_pipe = evaluate(&pipeline_lists(&val_models, &val_ranker, val, &chosen, 20), &val.targets, val.n_catalog());
+    let val_pipe = evaluate(
+        &pipeline_lists(&val_models, &val_ranker, val, &chosen, 20),
+        &val.targets,
+        val.n_catalog(),
+    );
 
     // 3. test: models on test-train; the ranker learns from the val phase
     let (test_models, fit_s) = timed(|| fit_models(&test_in, &chosen, &progress));
@@ -346,7 +402,8 @@ pub fn run(ds: &Dataset, opts: &EvalOptions) -> Result<EvalReport, String> {
         })
         .sum::<f64>()
         / test.targets.len().max(1) as f64;
-    let mean_candidates = cands.iter().map(|c| c.len()).sum::<usize>() as f64 / cands.len().max(1) as f64;
+    let mean_candidates =
+        cands.iter().map(|c| c.len()).sum::<usize>() as f64 / cands.len().max(1) as f64;
     step.inc(1);
     let (pipe, pipe_s) = timed(|| pipeline_lists(&test_models, &test_ranker, test, &chosen, k_max));
     rows.push(ModelRow {
@@ -366,9 +423,16 @@ pub fn run(ds: &Dataset, opts: &EvalOptions) -> Result<EvalReport, String> {
         fingerprint: ds.fingerprint.clone(),
         variant: opts.variant.name(),
         users_counted: test.targets.len(),
-        split: SplitSummary { val: val.stats.clone(), test: test.stats.clone() },
+        split: SplitSummary {
+            val: val.stats.clone(),
+            test: test.stats.clone(),
+        },
         rows,
-        candidates: CandidateRecall { budget, recall: cand_recall, mean_candidates },
+        candidates: CandidateRecall {
+            budget,
+            recall: cand_recall,
+            mean_candidates,
+        },
         curves,
         chosen,
         ranker: ranker_report,

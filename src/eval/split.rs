@@ -208,7 +208,9 @@ fn dedup_earliest(xs: Vec<Interaction>) -> Vec<Interaction> {
 
 /// The protocol's temporal holdout per user: (first part, last ceil(20%)
 /// part). Each input list must be in time order.
-pub fn temporal_holdout(lists: &[Vec<Interaction>]) -> (Vec<Vec<Interaction>>, Vec<Vec<Interaction>>) {
+pub fn temporal_holdout(
+    lists: &[Vec<Interaction>],
+) -> (Vec<Vec<Interaction>>, Vec<Vec<Interaction>>) {
     lists
         .iter()
         .map(|v| {

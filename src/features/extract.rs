@@ -157,7 +157,16 @@ impl<'a> UserFeatures<'a> {
         let ctx_block = [hour as f32, weekday as f32, ctx.device.code()];
 
         let mut aggs: HashMap<u64, CfAgg> = HashMap::new();
-        for (pos, ev) in state.recent.iter().rev().enumerate() {
+        // Recency is by time, not by list position: events logged in the
+        // same second have no order between them (bulk ratings, batched
+        // clients), so they share a recency step.
+        let mut pos = 0usize;
+        let mut prev_ts = None;
+        for ev in state.recent.iter().rev() {
+            if prev_ts.is_some_and(|t| t != ev.ts) {
+                pos += 1;
+            }
+            prev_ts = Some(ev.ts);
             let w = CF_RECENCY_DECAY.powi(pos as i32) * ev.strength.min(6.0);
             cf.for_each_neighbour(ev.item, &mut |n, s| {
                 let a = aggs.entry(n).or_default();
@@ -165,7 +174,7 @@ impl<'a> UserFeatures<'a> {
                 a.max = a.max.max(s);
                 a.count += 1.0;
                 if pos == 0 {
-                    a.last = s;
+                    a.last = a.last.max(s);
                 }
                 if pos < 3 {
                     a.last3 += s;

@@ -20,17 +20,27 @@ pub struct RerankConfig {
 
 impl Default for RerankConfig {
     fn default() -> Self {
-        RerankConfig { diversity: 0.0, exploration: 0.0, explore_pool: 50 }
+        RerankConfig {
+            diversity: 0.0,
+            exploration: 0.0,
+            explore_pool: 50,
+        }
     }
 }
 
 impl RerankConfig {
     pub fn validate(&self) -> Result<(), String> {
         if !(0.0..1.0).contains(&self.diversity) {
-            return Err(format!("diversity must be in [0, 1), got {}", self.diversity));
+            return Err(format!(
+                "diversity must be in [0, 1), got {}",
+                self.diversity
+            ));
         }
         if !(0.0..1.0).contains(&self.exploration) {
-            return Err(format!("exploration must be in [0, 1), got {}", self.exploration));
+            return Err(format!(
+                "exploration must be in [0, 1), got {}",
+                self.exploration
+            ));
         }
         Ok(())
     }
@@ -66,24 +76,48 @@ pub fn rerank(
     } else {
         order[..n_exploit].to_vec()
     };
-    let mut out: Vec<Ranked> =
-        picked.iter().map(|&i| Ranked { index: i, score: scores[i], explored: false }).collect();
+    let mut out: Vec<Ranked> = picked
+        .iter()
+        .map(|&i| Ranked {
+            index: i,
+            score: scores[i],
+            explored: false,
+        })
+        .collect();
 
     if n_explore > 0 {
         let mut rng = Rng::new(seed);
-        let rest: Vec<usize> = order.iter().copied().filter(|i| !picked.contains(i)).take(cfg.explore_pool.max(n_explore)).collect();
+        let rest: Vec<usize> = order
+            .iter()
+            .copied()
+            .filter(|i| !picked.contains(i))
+            .take(cfg.explore_pool.max(n_explore))
+            .collect();
         let mut rest = rest;
         rng.shuffle(&mut rest);
         for &i in rest.iter().take(n_explore) {
             // exploration slots are spread over the list, never the first
             let pos = 1 + rng.usize_below(out.len().max(1));
-            out.insert(pos.min(out.len()), Ranked { index: i, score: scores[i], explored: true });
+            out.insert(
+                pos.min(out.len()),
+                Ranked {
+                    index: i,
+                    score: scores[i],
+                    explored: true,
+                },
+            );
         }
     }
     out
 }
 
-fn mmr(scores: &[f32], pool: &[usize], n: usize, lambda: f32, sim: &dyn Fn(usize, usize) -> f32) -> Vec<usize> {
+fn mmr(
+    scores: &[f32],
+    pool: &[usize],
+    n: usize,
+    lambda: f32,
+    sim: &dyn Fn(usize, usize) -> f32,
+) -> Vec<usize> {
     let hi = scores[pool[0]];
     let lo = scores[*pool.last().expect("pool is not empty")];
     let span = if hi > lo { hi - lo } else { 1.0 };
@@ -123,7 +157,13 @@ mod tests {
 
     #[test]
     fn pure_relevance_is_a_sort() {
-        let got = rerank(&[0.1, 0.9, 0.5], 2, &RerankConfig::default(), &|_, _| 0.0, 1);
+        let got = rerank(
+            &[0.1, 0.9, 0.5],
+            2,
+            &RerankConfig::default(),
+            &|_, _| 0.0,
+            1,
+        );
         assert_eq!(got.iter().map(|r| r.index).collect::<Vec<_>>(), vec![1, 2]);
         assert!(got.iter().all(|r| !r.explored));
     }
@@ -132,16 +172,32 @@ mod tests {
     fn diversity_skips_near_duplicates() {
         // 0 and 1 are twins; 2 is different and slightly less relevant
         let scores = [1.0, 0.99, 0.9, 0.0];
-        let sim = |a: usize, b: usize| if a.min(b) == 0 && a.max(b) == 1 { 1.0 } else { 0.0 };
-        let cfg = RerankConfig { diversity: 0.5, ..Default::default() };
-        let got: Vec<usize> = rerank(&scores, 2, &cfg, &sim, 1).iter().map(|r| r.index).collect();
+        let sim = |a: usize, b: usize| {
+            if a.min(b) == 0 && a.max(b) == 1 {
+                1.0
+            } else {
+                0.0
+            }
+        };
+        let cfg = RerankConfig {
+            diversity: 0.5,
+            ..Default::default()
+        };
+        let got: Vec<usize> = rerank(&scores, 2, &cfg, &sim, 1)
+            .iter()
+            .map(|r| r.index)
+            .collect();
         assert_eq!(got, vec![0, 2]);
     }
 
     #[test]
     fn exploration_is_seeded_and_bounded() {
         let scores: Vec<f32> = (0..100).map(|i| 100.0 - i as f32).collect();
-        let cfg = RerankConfig { diversity: 0.0, exploration: 0.2, explore_pool: 20 };
+        let cfg = RerankConfig {
+            diversity: 0.0,
+            exploration: 0.2,
+            explore_pool: 20,
+        };
         let a = rerank(&scores, 10, &cfg, &|_, _| 0.0, 7);
         let b = rerank(&scores, 10, &cfg, &|_, _| 0.0, 7);
         assert_eq!(a, b);
@@ -153,6 +209,11 @@ mod tests {
         assert!(!a[0].explored);
         let c = rerank(&scores, 10, &cfg, &|_, _| 0.0, 8);
         assert_ne!(a, c);
-        assert!(RerankConfig { exploration: 1.0, ..cfg }.validate().is_err());
+        assert!(RerankConfig {
+            exploration: 1.0,
+            ..cfg
+        }
+        .validate()
+        .is_err());
     }
 }

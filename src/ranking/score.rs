@@ -37,10 +37,16 @@ impl Ranker {
     /// Scores row-major feature rows (`N_FEATURES` each) into `out`.
     pub fn score_rows(&self, rows: &[f32], out: &mut [f32]) -> Result<(), String> {
         if rows.len() != out.len() * N_FEATURES {
-            return Err(format!("{} feature values for {} rows of {N_FEATURES}", rows.len(), out.len()));
+            return Err(format!(
+                "{} feature values for {} rows of {N_FEATURES}",
+                rows.len(),
+                out.len()
+            ));
         }
         match self {
-            Ranker::Gbdt(m) => m.predict_batch(rows, N_FEATURES, out).map_err(|e| e.to_string()),
+            Ranker::Gbdt(m) => m
+                .predict_batch(rows, N_FEATURES, out)
+                .map_err(|e| e.to_string()),
             Ranker::RankFusion => {
                 for (row, o) in rows.chunks_exact(N_FEATURES).zip(out.iter_mut()) {
                     *o = row[FIRST_RANK_FEATURE..FIRST_RANK_FEATURE + 5]

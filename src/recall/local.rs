@@ -50,9 +50,21 @@ pub fn local_paths(
     allow: &dyn Fn(u64) -> bool,
 ) -> Vec<PathResult> {
     vec![
-        PathResult { path: RecallPath::ItemCf, items: top_by_score(uf.cf_candidates(), cfg.itemcf_k, allow) },
-        PathResult { path: RecallPath::Popular, items: from_list(&lists.popular, cfg.popular_k, allow) },
-        PathResult { path: RecallPath::Fresh, items: from_list(&lists.fresh, cfg.fresh_k, allow) },
-        PathResult { path: RecallPath::Rules, items: rules(uf.taste(), &lists.by_category, cfg.rules_k, allow) },
+        PathResult {
+            path: RecallPath::ItemCf,
+            items: top_by_score(uf.cf_candidates(), cfg.itemcf_k, allow),
+        },
+        PathResult {
+            path: RecallPath::Popular,
+            items: from_list(&lists.popular, cfg.popular_k, allow),
+        },
+        PathResult {
+            path: RecallPath::Fresh,
+            items: from_list(&lists.fresh, cfg.fresh_k, allow),
+        },
+        PathResult {
+            path: RecallPath::Rules,
+            items: rules(uf.taste(), &lists.by_category, cfg.rules_k, allow),
+        },
     ]
 }

@@ -36,7 +36,8 @@ use crate::rng::Rng;
 use crate::sparse::Csr;
 
 /// Hyper-parameters of implicit ALS.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct AlsParams {
     /// Latent dimensions `k`. Default 64: enough for catalogues of 10^3 to
     /// 10^5 items; cost grows with `k^2`.

@@ -10,14 +10,16 @@ use super::popularity::{build_lists, replay_item_stats, ItemFacts, ItemLists};
 use crate::dataset::Interaction;
 use crate::eval::split::temporal_holdout;
 use crate::features::{
-    event_strength, Demographics, ItemInput, ItemStats, RecallPath, RequestContext, StateParams, UserFeatures,
-    UserState, FEATURE_NAMES, N_FEATURES,
+    event_strength, Demographics, ItemInput, ItemStats, RecallPath, RequestContext, StateParams,
+    UserFeatures, UserState, FEATURE_NAMES, N_FEATURES,
 };
 use crate::progress::Progress;
 use crate::ranking::gbdt::{self, GbdtParams};
 use crate::ranking::rerank::{rerank, RerankConfig};
 use crate::ranking::score::{feature_rows, ItemSource, Ranker};
-use crate::recall::{local_paths, merge, top_by_score, Candidate, CfIndex, KeyLists, PathResult, RecallConfig};
+use crate::recall::{
+    local_paths, merge, top_by_score, Candidate, CfIndex, KeyLists, PathResult, RecallConfig,
+};
 use crate::sparse::Csr;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -85,7 +87,10 @@ impl FitInput<'_> {
     where
         Self: 'b,
     {
-        FitInput { interactions, ..*self }
+        FitInput {
+            interactions,
+            ..*self
+        }
     }
 }
 
@@ -110,7 +115,11 @@ pub struct FittedModels {
 }
 
 /// Fits ALS, item-CF, item stats and lists, and replays user state.
-pub fn fit_models(inp: &FitInput, p: &PipelineParams, progress: &Progress) -> Result<FittedModels, String> {
+pub fn fit_models(
+    inp: &FitInput,
+    p: &PipelineParams,
+    progress: &Progress,
+) -> Result<FittedModels, String> {
     let n_items = inp.n_items();
     let xs = inp.interactions;
     if xs.is_empty() {
@@ -120,11 +129,22 @@ pub fn fit_models(inp: &FitInput, p: &PipelineParams, progress: &Progress) -> Re
 
     // users' state, replayed event by event through the serving code
     let step = progress.step("user state", xs.len() as u64);
-    let mut user_states: Vec<UserState> = inp.demographics.iter().map(|d| UserState::new(*d)).collect();
+    let mut user_states: Vec<UserState> = inp
+        .demographics
+        .iter()
+        .map(|d| UserState::new(*d))
+        .collect();
     user_states.resize(inp.n_users, UserState::default());
     for x in xs {
         let cats = &inp.item_categories[x.item as usize];
-        user_states[x.user as usize].apply(inp.item_keys[x.item as usize], cats, x.ts, x.kind, x.value, &p.state);
+        user_states[x.user as usize].apply(
+            inp.item_keys[x.item as usize],
+            cats,
+            x.ts,
+            x.kind,
+            x.value,
+            &p.state,
+        );
     }
     step.inc(xs.len() as u64);
     step.done();
@@ -136,8 +156,9 @@ pub fn fit_models(inp: &FitInput, p: &PipelineParams, progress: &Progress) -> Re
         let f = &mut first_seen[x.item as usize];
         *f = Some(f.map_or(x.ts, |t| t.min(x.ts)));
     }
-    let available: Vec<Option<i64>> =
-        (0..n_items).map(|i| inp.item_created[i].or(first_seen[i])).collect();
+    let available: Vec<Option<i64>> = (0..n_items)
+        .map(|i| inp.item_created[i].or(first_seen[i]))
+        .collect();
     let lists = build_lists(
         &ItemFacts {
             stats: &item_stats,
@@ -150,9 +171,16 @@ pub fn fit_models(inp: &FitInput, p: &PipelineParams, progress: &Progress) -> Re
         p.per_category,
     );
     let in_catalog: Vec<bool> = (0..n_items)
-        .map(|i| item_stats[i].count > 0.0 || (inp.include_cold_items && available[i].is_some_and(|t| t <= as_of)))
+        .map(|i| {
+            item_stats[i].count > 0.0
+                || (inp.include_cold_items && available[i].is_some_and(|t| t <= as_of))
+        })
         .collect();
-    let keys = |v: &[u32]| v.iter().map(|&i| inp.item_keys[i as usize]).collect::<Vec<u64>>();
+    let keys = |v: &[u32]| {
+        v.iter()
+            .map(|&i| inp.item_keys[i as usize])
+            .collect::<Vec<u64>>()
+    };
     let key_lists = KeyLists {
         popular: keys(&lists.popular),
         fresh: keys(&lists.fresh),
@@ -162,14 +190,23 @@ pub fn fit_models(inp: &FitInput, p: &PipelineParams, progress: &Progress) -> Re
     step.done();
 
     // ALS on summed event strengths (binary for deduplicated ratings)
-    let triples: Vec<(u32, u32, f32)> =
-        xs.iter().map(|x| (x.user, x.item, event_strength(x.kind, x.value))).collect();
+    let triples: Vec<(u32, u32, f32)> = xs
+        .iter()
+        .map(|x| (x.user, x.item, event_strength(x.kind, x.value)))
+        .collect();
     let matrix = Csr::from_triples(inp.n_users, n_items, &triples);
     let step = progress.step("als", p.als.iterations as u64);
     let als = als::fit(&matrix, &p.als, &mut |_| step.inc(1)).map_err(|e| e.to_string())?;
     step.done();
     let item_norms: Vec<f32> = (0..n_items)
-        .map(|i| als.item_factors.row(i).iter().map(|v| v * v).sum::<f32>().sqrt())
+        .map(|i| {
+            als.item_factors
+                .row(i)
+                .iter()
+                .map(|v| v * v)
+                .sum::<f32>()
+                .sqrt()
+        })
         .collect();
 
     let step = progress.step("item-cf", 1);
@@ -180,13 +217,21 @@ pub fn fit_models(inp: &FitInput, p: &PipelineParams, progress: &Progress) -> Re
             user_items[x.user as usize].push(x.item);
         }
     }
-    let cf = CfIndex::new(inp.item_keys.to_vec(), itemcf::fit(&user_items, n_items, &p.itemcf))?;
+    let cf = CfIndex::new(
+        inp.item_keys.to_vec(),
+        itemcf::fit(&user_items, n_items, &p.itemcf),
+    )?;
     step.inc(1);
     step.done();
 
     Ok(FittedModels {
         item_keys: inp.item_keys.to_vec(),
-        key_to_idx: inp.item_keys.iter().enumerate().map(|(i, &k)| (k, i as u32)).collect(),
+        key_to_idx: inp
+            .item_keys
+            .iter()
+            .enumerate()
+            .map(|(i, &k)| (k, i as u32))
+            .collect(),
         item_categories: inp.item_categories.to_vec(),
         item_created: inp.item_created.to_vec(),
         item_stats,
@@ -226,7 +271,11 @@ impl FittedModels {
 
     /// A user's request context: right after their last known event.
     pub fn default_context(&self, user: u32) -> RequestContext {
-        RequestContext::at(self.user_states[user as usize].last_ts.unwrap_or(self.as_of))
+        RequestContext::at(
+            self.user_states[user as usize]
+                .last_ts
+                .unwrap_or(self.as_of),
+        )
     }
 
     pub fn prepare_user(&self, user: u32, ctx: &RequestContext) -> UserFeatures<'_> {
@@ -248,14 +297,23 @@ impl FittedModels {
 
     /// Whether recall may propose `key` to `user`: in the catalogue and not seen.
     pub fn allowed(&self, user: u32, key: u64) -> bool {
-        self.idx(key).is_some_and(|i| self.in_catalog[i as usize]) && !self.user_states[user as usize].has_seen(key)
+        self.idx(key).is_some_and(|i| self.in_catalog[i as usize])
+            && !self.user_states[user as usize].has_seen(key)
     }
 
     /// Exact embedding search (what the shards approximate online).
     pub fn ann_path(&self, user: u32, k: usize, allow: &dyn Fn(u64) -> bool) -> PathResult {
         let u = self.als.user_factors.row(user as usize);
-        let scores = (0..self.n_items()).map(|i| (self.item_keys[i], crate::linalg::dot(u, self.als.item_factors.row(i))));
-        PathResult { path: RecallPath::Ann, items: top_by_score(scores, k, allow) }
+        let scores = (0..self.n_items()).map(|i| {
+            (
+                self.item_keys[i],
+                crate::linalg::dot(u, self.als.item_factors.row(i)),
+            )
+        });
+        PathResult {
+            path: RecallPath::Ann,
+            items: top_by_score(scores, k, allow),
+        }
     }
 
     /// Every recall path, merged.
@@ -274,7 +332,10 @@ impl FittedModels {
                 if na == 0.0 || nb == 0.0 {
                     return 0.0;
                 }
-                let d = crate::linalg::dot(self.als.item_factors.row(a as usize), self.als.item_factors.row(b as usize));
+                let d = crate::linalg::dot(
+                    self.als.item_factors.row(a as usize),
+                    self.als.item_factors.row(b as usize),
+                );
                 (d / (na * nb)).clamp(0.0, 1.0)
             }
             _ => 0.0,
@@ -300,7 +361,10 @@ impl FittedModels {
         }
         let keys: Vec<u64> = kept.iter().map(|&i| cands[i].key).collect();
         let sim = |a: usize, b: usize| self.item_similarity(keys[a], keys[b]);
-        rerank(&scores, k, &p.rerank, &sim, seed).into_iter().map(|r| keys[r.index]).collect()
+        rerank(&scores, k, &p.rerank, &sim, seed)
+            .into_iter()
+            .map(|r| keys[r.index])
+            .collect()
     }
 }
 
@@ -327,7 +391,11 @@ pub struct RankerExamples {
     pub candidate_recall: f64,
 }
 
-pub fn ranker_examples(models: &FittedModels, requests: &[LabelledRequest], cfg: &RecallConfig) -> RankerExamples {
+pub fn ranker_examples(
+    models: &FittedModels,
+    requests: &[LabelledRequest],
+    cfg: &RecallConfig,
+) -> RankerExamples {
     let per: Vec<(Vec<f32>, Vec<f32>, f64)> = requests
         .par_iter()
         .map(|r| {
@@ -338,14 +406,23 @@ pub fn ranker_examples(models: &FittedModels, requests: &[LabelledRequest], cfg:
             targets.sort_unstable();
             let labels: Vec<f32> = kept
                 .iter()
-                .map(|&i| if targets.binary_search(&cands[i].key).is_ok() { 1.0 } else { 0.0 })
+                .map(|&i| {
+                    if targets.binary_search(&cands[i].key).is_ok() {
+                        1.0
+                    } else {
+                        0.0
+                    }
+                })
                 .collect();
             let hits = labels.iter().filter(|&&l| l > 0.0).count();
             let denom = targets.len().min(cfg.merge.budget).max(1);
             (rows, labels, hits as f64 / denom as f64)
         })
         .collect();
-    let mut ex = RankerExamples { requests_total: requests.len(), ..Default::default() };
+    let mut ex = RankerExamples {
+        requests_total: requests.len(),
+        ..Default::default()
+    };
     let mut recall_sum = 0.0;
     for (rows, labels, rec) in per {
         recall_sum += rec;
@@ -362,7 +439,10 @@ pub fn ranker_examples(models: &FittedModels, requests: &[LabelledRequest], cfg:
 
 /// Requests for ranker training from a per-user temporal holdout of
 /// `fit_models`' input: context = right after the last kept event.
-pub fn holdout_requests(models: &FittedModels, heldout: &[Vec<Interaction>]) -> Vec<LabelledRequest> {
+pub fn holdout_requests(
+    models: &FittedModels,
+    heldout: &[Vec<Interaction>],
+) -> Vec<LabelledRequest> {
     heldout
         .iter()
         .filter_map(|h| {
@@ -375,7 +455,11 @@ pub fn holdout_requests(models: &FittedModels, heldout: &[Vec<Interaction>]) -> 
             if targets.is_empty() || models.user_states[user as usize].last_ts.is_none() {
                 return None;
             }
-            Some(LabelledRequest { user, ctx: models.default_context(user), targets })
+            Some(LabelledRequest {
+                user,
+                ctx: models.default_context(user),
+                targets,
+            })
         })
         .collect()
 }
@@ -417,9 +501,11 @@ pub fn train_ranker(
     step.inc(1);
     step.done();
     if train.groups.is_empty() {
-        return Err("no training request had a target among its recalled candidates; \
+        return Err(
+            "no training request had a target among its recalled candidates; \
                     the data is too small or too sparse to train a ranker"
-            .into());
+                .into(),
+        );
     }
     let names: Vec<String> = FEATURE_NAMES.iter().map(|s| s.to_string()).collect();
     let tr = gbdt::Dataset {
@@ -438,12 +524,17 @@ pub fn train_ranker(
     };
     let step = progress.step("ranker", p.gbdt.trees as u64);
     let mut last_valid = 0.0;
-    let model = gbdt::train(&tr, (!valid.groups.is_empty()).then_some(&va), &p.gbdt, &mut |r| {
-        step.inc(1);
-        if let Some(v) = r.valid_metric {
-            last_valid = v;
-        }
-    })
+    let model = gbdt::train(
+        &tr,
+        (!valid.groups.is_empty()).then_some(&va),
+        &p.gbdt,
+        &mut |r| {
+            step.inc(1);
+            if let Some(v) = r.valid_metric {
+                last_valid = v;
+            }
+        },
+    )
     .map_err(|e| e.to_string())?;
     step.done();
     let report = RankerReport {
@@ -452,7 +543,7 @@ pub fn train_ranker(
         valid_groups: valid.groups.len(),
         rows: train.labels.len(),
         candidate_recall: train.candidate_recall,
-        best_iteration: model.best_iteration(),
+        best_iteration: model.best_iteration().unwrap_or(model.n_trees()),
         valid_ndcg: last_valid,
         seconds: t0.elapsed().as_secs_f64(),
     };

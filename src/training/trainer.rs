@@ -4,7 +4,9 @@
 //! bundle the serving nodes load.
 
 use super::pipeline::{fit_models, ranker_from_holdout, FitInput, PipelineParams, RankerReport};
-use crate::bundle::{BundleWriter, FeatureSchemaRef, IndexParams, ItemTable, ManifestFields, UserTable, WriteOptions};
+use crate::bundle::{
+    BundleWriter, FeatureSchemaRef, IndexParams, ItemTable, ManifestFields, UserTable, WriteOptions,
+};
 use crate::dataset::Dataset;
 use crate::features::{Demographics, FeatureSchema};
 use crate::ids::item_key;
@@ -83,7 +85,11 @@ pub fn train(ds: &Dataset, opts: &TrainOptions) -> Result<TrainSummary, String> 
     let (ranker, ranker_report) = ranker_from_holdout(&input, p, 3, &progress)?;
     let models = fit_models(&input, p, &progress)?;
     items.popularity = models.item_stats.iter().map(|s| s.count).collect();
-    items.trending = models.item_stats.iter().map(|s| s.trending_at(models.as_of)).collect();
+    items.trending = models
+        .item_stats
+        .iter()
+        .map(|s| s.trending_at(models.as_of))
+        .collect();
 
     let model_version = opts.model_version.clone().unwrap_or_else(|| {
         let now = std::time::SystemTime::now()
@@ -93,27 +99,47 @@ pub fn train(ds: &Dataset, opts: &TrainOptions) -> Result<TrainSummary, String> 
         format!("v{now}-{}", ds.fingerprint.get(..8).unwrap_or("00000000"))
     });
     let step = progress.step("write bundle", 1);
-    let mut w = BundleWriter::create(&opts.out, WriteOptions { force: opts.force }).map_err(|e| e.to_string())?;
-    w.put_items(&items).map_err(|e| e.to_string())?;
-    w.put_item_vectors(&items, &models.als.item_factors, opts.shards, opts.index.clone())
+    let mut w = BundleWriter::create(&opts.out, WriteOptions { force: opts.force })
         .map_err(|e| e.to_string())?;
-    let users = UserTable { ids: ds.users.ids().to_vec(), occupation_names: ds.occupations.clone() };
-    w.put_users(&users, &models.als.user_factors).map_err(|e| e.to_string())?;
+    w.put_items(&items).map_err(|e| e.to_string())?;
+    w.put_item_vectors(
+        &items,
+        &models.als.item_factors,
+        opts.shards,
+        opts.index.clone(),
+    )
+    .map_err(|e| e.to_string())?;
+    let users = UserTable {
+        ids: ds.users.ids().to_vec(),
+        occupation_names: ds.occupations.clone(),
+    };
+    w.put_users(&users, &models.als.user_factors)
+        .map_err(|e| e.to_string())?;
     let gram = crate::linalg::gram_matrix(&models.als.item_factors);
-    w.put_section(sections::ALS_GRAM, &gram).map_err(|e| e.to_string())?;
-    w.put_section(sections::ITEMCF, models.cf.lists()).map_err(|e| e.to_string())?;
-    w.put_section(sections::LISTS, &models.lists).map_err(|e| e.to_string())?;
-    w.put_section(sections::ITEM_STATS, &models.item_stats).map_err(|e| e.to_string())?;
-    w.put_section(sections::USER_STATES, &models.user_states).map_err(|e| e.to_string())?;
-    w.put_section(sections::RANKER, &ranker).map_err(|e| e.to_string())?;
-    w.put_section(sections::PIPELINE, p).map_err(|e| e.to_string())?;
+    w.put_section(sections::ALS_GRAM, &gram)
+        .map_err(|e| e.to_string())?;
+    w.put_section(sections::ITEMCF, models.cf.lists())
+        .map_err(|e| e.to_string())?;
+    w.put_section(sections::LISTS, &models.lists)
+        .map_err(|e| e.to_string())?;
+    w.put_section(sections::ITEM_STATS, &models.item_stats)
+        .map_err(|e| e.to_string())?;
+    w.put_section(sections::USER_STATES, &models.user_states)
+        .map_err(|e| e.to_string())?;
+    w.put_section(sections::RANKER, &ranker)
+        .map_err(|e| e.to_string())?;
+    w.put_section(sections::PIPELINE, p)
+        .map_err(|e| e.to_string())?;
     let schema = FeatureSchema::current();
     let manifest = w
         .finish(ManifestFields {
             model_version: model_version.clone(),
             created_at_unix: None,
             input_fingerprint: ds.fingerprint.clone(),
-            feature_schema: FeatureSchemaRef { version: schema.version, hash: schema.hash },
+            feature_schema: FeatureSchemaRef {
+                version: schema.version,
+                hash: schema.hash,
+            },
             components: vec![
                 sections::RANKER.into(),
                 sections::ITEMCF.into(),
