@@ -49,6 +49,8 @@ use table::{InteractionColumns, ItemAttrColumns, Table, UserAttrColumns};
 /// `Dataset::canonicalize`), with one metadata record per user and item,
 /// the input fingerprint, a name, and any tolerated bad rows.
 pub fn load(args: &DataArgs) -> Result<Dataset, IngestError> {
+    let expanded = expand_generated_dir(args);
+    let args = expanded.as_ref().unwrap_or(args);
     check_args(args)?;
     let input = resolve_input(args)?;
     let mut b = Builder::new(args.max_bad_rows);
@@ -183,6 +185,30 @@ fn check_args(a: &DataArgs) -> Result<(), IngestError> {
         ],
     )
 }
+
+/// A directory written by `funnel gen` (interactions.csv beside items.csv
+/// and users.csv) reads as those three CSV files with the generator's
+/// column names, so `--data DIR` is all it takes.
+fn expand_generated_dir(a: &DataArgs) -> Option<DataArgs> {
+    let dir = a.data.as_ref()?;
+    let file = dir.join(GENERATED_INTERACTIONS);
+    if a.interactions.is_some() || !file.is_file() || a.format != DataFormat::Auto {
+        return None;
+    }
+    let mut e = a.clone();
+    e.data = Some(file);
+    e.kind_col = e.kind_col.or(Some("kind".into()));
+    e.weight_col = e.weight_col.or(Some("weight".into()));
+    for (slot, name) in [(&mut e.item_attrs, "items.csv"), (&mut e.user_attrs, "users.csv")] {
+        if slot.is_none() && dir.join(name).is_file() {
+            *slot = Some(dir.join(name));
+        }
+    }
+    Some(e)
+}
+
+/// The interactions file in a `funnel gen` output directory.
+pub const GENERATED_INTERACTIONS: &str = "interactions.csv";
 
 fn resolve_input(a: &DataArgs) -> Result<Input, IngestError> {
     let path = match (&a.data, &a.interactions) {
