@@ -626,6 +626,12 @@ fn empty_inputs_are_refused() {
     assert!(matches!(err, IngestError::Empty { .. }), "{err:?}");
 }
 
+#[test]
+fn errors_can_cross_threads() {
+    fn is_send_sync<T: Send + Sync + 'static>() {}
+    is_send_sync::<IngestError>();
+}
+
 // ---- input resolution --------------------------------------------------------
 
 #[test]
