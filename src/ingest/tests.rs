@@ -694,6 +694,22 @@ fn format_detection_and_its_errors() {
         matches!(err, IngestError::InvalidArgument { .. }),
         "{err:?}"
     );
+    let ml = tiny_movielens(dir);
+    let err = load(&DataArgs {
+        rating_col: Some("stars".into()),
+        ..DataArgs::movielens(&ml)
+    })
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            IngestError::InvalidArgument {
+                flag: "--rating-col",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     let err = load(&DataArgs::csv(dir.join("missing.csv"))).unwrap_err();
     assert!(matches!(err, IngestError::Io { .. }), "{err:?}");
     assert!(err.to_string().contains("missing.csv"));
