@@ -20,7 +20,8 @@
 //! [u32 LE payload_len][u32 LE crc32(payload)][payload]
 //! ```
 //!
-//! and the payload is, all integers little endian:
+//! where the checksum is CRC-32 (IEEE 802.3 polynomial, as `crc32fast`
+//! computes it), and the payload is, all integers little endian:
 //!
 //! ```text
 //! seq u64 | ts i64 (Unix seconds) | kind u8 (EventKind as u8) | weight f32

@@ -440,3 +440,13 @@ fn segment_names_sort_like_their_seqs() {
     assert_eq!(segment::parse_segment_name("LOCK"), None);
     assert!(segment_file_name(9) < segment_file_name(10));
 }
+
+#[test]
+fn writer_reader_and_errors_can_move_between_threads() {
+    // The serving node hands the writer to an actor and errors to anyhow.
+    fn is_send<T: Send>() {}
+    fn is_send_sync<T: Send + Sync + 'static>() {}
+    is_send::<EventLogWriter>();
+    is_send::<EventLogReader>();
+    is_send_sync::<EventLogError>();
+}

@@ -53,6 +53,9 @@ pub fn load(args: &DataArgs) -> Result<Dataset, IngestError> {
     let args = expanded.as_ref().unwrap_or(args);
     check_args(args)?;
     let input = resolve_input(args)?;
+    if !matches!(input.format, Resolved::Table(_)) {
+        refuse_column_flags(args, &input)?;
+    }
     let mut b = Builder::new(args.max_bad_rows);
     let mut fp = Fingerprint::new();
     let interactions_file = match input.format {
@@ -209,6 +212,34 @@ fn expand_generated_dir(a: &DataArgs) -> Option<DataArgs> {
 
 /// The interactions file in a `funnel gen` output directory.
 pub const GENERATED_INTERACTIONS: &str = "interactions.csv";
+
+/// MovieLens and event logs have fixed fields; a column flag given for them
+/// would be silently ignored, which hides a mistake.
+fn refuse_column_flags(a: &DataArgs, input: &Input) -> Result<(), IngestError> {
+    let given = [
+        ("--user-col", a.user_col.is_some()),
+        ("--item-col", a.item_col.is_some()),
+        ("--time-col", a.time_col.is_some()),
+        ("--rating-col", a.rating_col.is_some()),
+        ("--weight-col", a.weight_col.is_some()),
+        ("--kind-col", a.kind_col.is_some()),
+    ];
+    match given.into_iter().find(|(_, g)| *g) {
+        Some((flag, _)) => Err(invalid(
+            flag,
+            format!(
+                "it names a column of a csv/tsv/parquet file, but {} is read as {}, whose \
+                 fields are fixed; drop {flag}",
+                input.path.display(),
+                match input.format {
+                    Resolved::Movielens => "MovieLens",
+                    _ => "an event log",
+                }
+            ),
+        )),
+        None => Ok(()),
+    }
+}
 
 fn resolve_input(a: &DataArgs) -> Result<Input, IngestError> {
     let path = match (&a.data, &a.interactions) {

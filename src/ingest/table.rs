@@ -187,8 +187,8 @@ fn named_column(
     }
 }
 
-fn column_name(columns: &[String], index: usize) -> String {
-    columns.get(index).cloned().unwrap_or_default()
+fn column_name(columns: &[String], index: usize) -> &str {
+    columns.get(index).map_or("", String::as_str)
 }
 
 // ---- cell interpretation -------------------------------------------------
@@ -358,7 +358,7 @@ impl InteractionColumns {
         v
     }
 
-    fn name(&self, index: usize) -> String {
+    fn name(&self, index: usize) -> &str {
         column_name(&self.names, index)
     }
 
@@ -366,27 +366,27 @@ impl InteractionColumns {
     /// row takes its kind from the kind column (default view) and its value
     /// from the weight column (default: the kind's default weight).
     pub(crate) fn parse<'r>(&self, row: &'r dyn Row) -> Result<ParsedInteraction<'r>, RowFault> {
-        let user = cell_id(row.cell(self.user), &self.name(self.user))?;
-        let item = cell_id(row.cell(self.item), &self.name(self.item))?;
+        let user = cell_id(row.cell(self.user), self.name(self.user))?;
+        let item = cell_id(row.cell(self.item), self.name(self.item))?;
         let ts =
-            cell_time(row.cell(self.time), &self.name(self.time), self.unit)?.ok_or_else(|| {
+            cell_time(row.cell(self.time), self.name(self.time), self.unit)?.ok_or_else(|| {
                 RowFault::Missing {
-                    column: self.name(self.time),
+                    column: self.name(self.time).to_string(),
                 }
             })?;
         let rating = match self.rating {
-            Some(c) => cell_f32(row.cell(c), &self.name(c))?,
+            Some(c) => cell_f32(row.cell(c), self.name(c))?,
             None => None,
         };
         let weight = match self.weight {
-            Some(c) => cell_f32(row.cell(c), &self.name(c))?,
+            Some(c) => cell_f32(row.cell(c), self.name(c))?,
             None => None,
         };
         let named_kind = match self.kind {
-            Some(c) => match cell_text(row.cell(c), &self.name(c))? {
+            Some(c) => match cell_text(row.cell(c), self.name(c))? {
                 Some(k) => Some(
                     EventKind::parse(&k).map_err(|message| RowFault::UnknownKind {
-                        column: self.name(c),
+                        column: self.name(c).to_string(),
                         message,
                     })?,
                 ),
@@ -495,13 +495,13 @@ impl ItemAttrColumns {
 
     pub(crate) fn parse<'r>(&self, row: &'r dyn Row) -> Result<ParsedItemAttrs<'r>, RowFault> {
         let name = |i| column_name(&self.names, i);
-        let id = cell_id(row.cell(self.id), &name(self.id))?;
+        let id = cell_id(row.cell(self.id), name(self.id))?;
         let title = match self.title {
-            Some(c) => cell_text(row.cell(c), &name(c))?,
+            Some(c) => cell_text(row.cell(c), name(c))?,
             None => None,
         };
         let categories = match self.categories {
-            Some(c) => Some(match cell_text(row.cell(c), &name(c))? {
+            Some(c) => Some(match cell_text(row.cell(c), name(c))? {
                 Some(text) => text
                     .split(self.category_sep.as_str())
                     .map(str::trim)
@@ -513,7 +513,7 @@ impl ItemAttrColumns {
             None => None,
         };
         let created_at = match self.created {
-            Some(c) => cell_time(row.cell(c), &name(c), self.unit)?,
+            Some(c) => cell_time(row.cell(c), name(c), self.unit)?,
             None => None,
         };
         Ok(ParsedItemAttrs {
@@ -584,17 +584,17 @@ impl UserAttrColumns {
 
     pub(crate) fn parse<'r>(&self, row: &'r dyn Row) -> Result<ParsedUserAttrs<'r>, RowFault> {
         let name = |i| column_name(&self.names, i);
-        let id = cell_id(row.cell(self.id), &name(self.id))?;
+        let id = cell_id(row.cell(self.id), name(self.id))?;
         let age = match self.age {
-            Some(c) => parse_age(row.cell(c), &name(c))?,
+            Some(c) => parse_age(row.cell(c), name(c))?,
             None => None,
         };
         let gender = match self.gender {
-            Some(c) => cell_text(row.cell(c), &name(c))?.and_then(|g| Gender::parse(&g)),
+            Some(c) => cell_text(row.cell(c), name(c))?.and_then(|g| Gender::parse(&g)),
             None => None,
         };
         let occupation = match self.occupation {
-            Some(c) => cell_text(row.cell(c), &name(c))?,
+            Some(c) => cell_text(row.cell(c), name(c))?,
             None => None,
         };
         Ok(ParsedUserAttrs {

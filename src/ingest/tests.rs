@@ -626,6 +626,12 @@ fn empty_inputs_are_refused() {
     assert!(matches!(err, IngestError::Empty { .. }), "{err:?}");
 }
 
+#[test]
+fn errors_can_cross_threads() {
+    fn is_send_sync<T: Send + Sync + 'static>() {}
+    is_send_sync::<IngestError>();
+}
+
 // ---- input resolution --------------------------------------------------------
 
 #[test]
@@ -686,6 +692,22 @@ fn format_detection_and_its_errors() {
     .unwrap_err();
     assert!(
         matches!(err, IngestError::InvalidArgument { .. }),
+        "{err:?}"
+    );
+    let ml = tiny_movielens(dir);
+    let err = load(&DataArgs {
+        rating_col: Some("stars".into()),
+        ..DataArgs::movielens(&ml)
+    })
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            IngestError::InvalidArgument {
+                flag: "--rating-col",
+                ..
+            }
+        ),
         "{err:?}"
     );
     let err = load(&DataArgs::csv(dir.join("missing.csv"))).unwrap_err();
