@@ -295,6 +295,16 @@ fn consistent_checksums_do_not_make_inconsistent_content_trusted() {
     let err = open(&out).unwrap().load_shard(0).unwrap_err();
     assert_names(&err, "shards/shard-0000/index.usearch");
 
+    // A real index cut short at several points (manifest updated to match).
+    for fraction in [2, 3, 10] {
+        let (_tmp, out) = fresh();
+        let full = std::fs::read(out.join("shards/shard-0000/index.usearch")).unwrap();
+        let cut = full[..full.len() - full.len() / fraction].to_vec();
+        rewrite(&out, Some(("shards/shard-0000/index.usearch", cut)), |_| {});
+        let err = open(&out).unwrap().load_shard(0).unwrap_err();
+        assert_names(&err, "shards/shard-0000/index.usearch");
+    }
+
     // User vectors listed with the wrong dimension.
     let (_tmp6, out) = fresh();
     rewrite(&out, None, |m| m.dimension += 1);

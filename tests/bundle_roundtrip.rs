@@ -357,3 +357,28 @@ fn more_shards_than_items_gives_loadable_empty_shards() {
         .expect("3 items cannot fill 8 shards");
     assert!(empty.search(&[0.5; 4], 3).unwrap().is_empty());
 }
+
+#[test]
+fn many_threads_can_search_one_loaded_shard_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("model");
+    write_sample(&out, 1, "v1");
+    let b = Bundle::open(&out, &OpenCheck::default()).unwrap();
+    let mut shard = b.load_shard(0).unwrap();
+    assert!(shard.search_threads() >= funnel::bundle::default_search_threads());
+    let threads = shard.search_threads() + 8;
+    shard.reserve_search_threads(threads).unwrap();
+    assert_eq!(shard.search_threads(), threads);
+    let shard = &shard;
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            scope.spawn(move || {
+                for round in 0..50 {
+                    let i = (t * 7 + round) % shard.keys.len();
+                    let hits = shard.search(shard.vectors.row(i), 3).unwrap();
+                    assert_eq!(hits[0].key, shard.keys[i]);
+                }
+            });
+        }
+    });
+}

@@ -73,7 +73,7 @@ pub struct ImportArgs {
     #[arg(long, value_name = "N", default_value_t = 128)]
     pub expansion_add: u32,
     /// HNSW expansion factor while searching (serving default).
-    #[arg(long, value_name = "N", default_value_t = 64)]
+    #[arg(long, value_name = "N", default_value_t = 128)]
     pub expansion_search: u32,
 }
 
@@ -612,6 +612,50 @@ fn read_item_attrs(path: &Path, table: &mut ItemTable) -> Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ImportArgs,
+    }
+
+    #[test]
+    fn command_line_defaults_match_import_args_default() {
+        let cli = Cli::try_parse_from(["funnel", "--out", "o"]).unwrap();
+        assert_eq!(
+            cli.args,
+            ImportArgs {
+                out: "o".into(),
+                ..ImportArgs::default()
+            }
+        );
+        assert!(Cli::try_parse_from(["funnel", "--out", "o", "--items-npy", "a.npy"]).is_err());
+        assert!(Cli::try_parse_from([
+            "funnel",
+            "--out",
+            "o",
+            "--items-npy",
+            "a",
+            "--item-ids",
+            "b",
+            "--items-parquet",
+            "c"
+        ])
+        .is_err());
+        let cli = Cli::try_parse_from([
+            "funnel",
+            "--out",
+            "o",
+            "--items-parquet",
+            "p",
+            "--shards",
+            "4",
+            "--force",
+        ])
+        .unwrap();
+        assert_eq!((cli.args.shards, cli.args.force), (4, true));
+    }
 
     #[test]
     fn id_lines_accept_crlf_and_an_optional_final_newline() {

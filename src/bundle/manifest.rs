@@ -71,7 +71,9 @@ impl Default for IndexParams {
             metric: "ip".to_owned(),
             connectivity: 16,
             expansion_add: 128,
-            expansion_search: 64,
+            // Measured on 20k random 64-d vectors: recall@10 0.75 at 64,
+            // 0.90 at 128, 0.97 at 256 (examples/bundle_bench.rs).
+            expansion_search: 128,
         }
     }
 }

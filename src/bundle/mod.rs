@@ -50,5 +50,5 @@ pub use items::{ItemTable, UserTable};
 pub use manifest::{
     FeatureSchemaRef, FileEntry, IndexParams, Manifest, ManifestFields, FORMAT_VERSION,
 };
-pub use reader::{Bundle, LoadedShard, OpenCheck, ShardHit};
+pub use reader::{default_search_threads, Bundle, LoadedShard, OpenCheck, ShardHit};
 pub use writer::{BundleWriter, WriteOptions};

@@ -43,11 +43,24 @@ pub struct Bundle {
 
 /// One shard loaded into memory: keys ascending, `vectors` row i belongs to
 /// `keys[i]`, and the ANN index holds the same keys.
+///
+/// usearch serves each concurrent search from one of a fixed number of
+/// per-thread slots and *fails* a search when all are busy, so a loaded
+/// shard reserves `default_search_threads()` slots; a node that runs more
+/// concurrent searches must call `reserve_search_threads` first.
 pub struct LoadedShard {
     pub shard: u32,
     pub keys: Vec<u64>,
     pub vectors: Matrix,
     pub index: usearch::Index,
+    search_threads: usize,
+}
+
+/// Search slots reserved per loaded shard: four per core, at least 16, so
+/// that a node's worker and blocking threads rarely exceed it.
+pub fn default_search_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores * 4).max(16)
 }
 
 /// One ANN result: an item key and its inner product with the query.
@@ -68,6 +81,26 @@ impl std::fmt::Debug for LoadedShard {
 }
 
 impl LoadedShard {
+    /// Makes room for `threads` concurrent searches (never shrinks).
+    pub fn reserve_search_threads(&mut self, threads: usize) -> Result<()> {
+        if threads <= self.search_threads {
+            return Ok(());
+        }
+        self.index
+            .reserve_capacity_and_threads(self.keys.len(), threads)
+            .map_err(|e| BundleError::Index {
+                context: format!("reserving {threads} search threads in shard {}", self.shard),
+                reason: e.to_string(),
+            })?;
+        self.search_threads = threads;
+        Ok(())
+    }
+
+    /// How many searches can run on this shard at the same time.
+    pub fn search_threads(&self) -> usize {
+        self.search_threads
+    }
+
     /// Approximate top-`k` items by inner product with `query`, best first.
     pub fn search(&self, query: &[f32], k: usize) -> Result<Vec<ShardHit>> {
         self.check_query(query)?;
@@ -93,11 +126,25 @@ impl LoadedShard {
         let m = self
             .index
             .filtered_search(query, k, keep)
-            .map_err(|e| BundleError::Index {
-                context: format!("filtered search in shard {}", self.shard),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| self.search_error("filtered search", e))?;
         Ok(hits(&m.keys, &m.distances))
+    }
+
+    fn search_error(&self, what: &str, e: impl std::fmt::Display) -> BundleError {
+        let reason = e.to_string();
+        // usearch's message for "no free thread slot" talks about capacity.
+        let reason = if reason.contains("Reserve capacity") {
+            format!(
+                "more than {} searches ran at once on this shard; call reserve_search_threads with the node's number of concurrent searchers ({reason})",
+                self.search_threads
+            )
+        } else {
+            reason
+        };
+        BundleError::Index {
+            context: format!("{what} in shard {}", self.shard),
+            reason,
+        }
     }
 
     fn check_query(&self, query: &[f32]) -> Result<()> {
@@ -344,11 +391,14 @@ impl Bundle {
             &keys,
             &m.index,
         )?;
-        Ok(LoadedShard {
+        let mut loaded = LoadedShard {
             shard,
             keys,
             vectors,
             index,
-        })
+            search_threads: 0,
+        };
+        loaded.reserve_search_threads(default_search_threads())?;
+        Ok(loaded)
     }
 }

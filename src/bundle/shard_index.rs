@@ -5,10 +5,12 @@
 //! index per shard, and turning an index into bytes and back with checks.
 //! Must not touch: files (the writer and reader do I/O) or the manifest.
 //!
-//! Reproducibility: each shard's index is built by one thread with one
-//! usearch thread slot, adding items in key order, so the same vectors give
-//! byte-identical index files. Throughput comes from building shards in
-//! parallel instead.
+//! Reproducibility: each shard's index is built by one thread, adding items
+//! in key order, so the same vectors give byte-identical index files on the
+//! same machine. (usearch seeds a level generator per thread slot and sizes
+//! the slot pool by core count, so machines with different core counts may
+//! build different, equally valid graphs.) Throughput comes from building
+//! shards in parallel instead.
 
 use super::error::{BundleError, Result};
 use super::manifest::IndexParams;

@@ -259,9 +259,18 @@ impl BundleWriter {
             .par_iter()
             .map(|part| write_shard(&tmp, part, vectors, &params))
             .collect();
-        for entries in written {
-            self.files.extend(entries?);
+        let mut entries = Vec::new();
+        for shard_entries in written {
+            match shard_entries {
+                Ok(e) => entries.extend(e),
+                Err(e) => {
+                    // Leave no half-written, unlisted shard files behind.
+                    let _ = std::fs::remove_dir_all(self.tmp.join("shards"));
+                    return Err(e);
+                }
+            }
         }
+        self.files.extend(entries);
         self.ann = Some(AnnState {
             dimension: vectors.cols(),
             shard_count,
