@@ -114,6 +114,41 @@ pub struct FittedModels {
     pub state_params: StateParams,
 }
 
+/// Replays `log` (time-ordered) through `UserState::apply`, the code the
+/// server runs per event. With `cuts`, user u's state stops at events with
+/// ts <= cuts[u] (point-in-time): what a request at that moment would see.
+pub fn replay_user_states(
+    inp: &FitInput,
+    log: &[Interaction],
+    params: &StateParams,
+    cuts: Option<&HashMap<u32, i64>>,
+) -> Vec<UserState> {
+    let mut states: Vec<UserState> = inp
+        .demographics
+        .iter()
+        .map(|d| UserState::new(*d))
+        .collect();
+    states.resize(inp.n_users, UserState::default());
+    for x in log {
+        if let Some(c) = cuts {
+            match c.get(&x.user) {
+                Some(&t) if x.ts <= t => {}
+                _ => continue,
+            }
+        }
+        let i = x.item as usize;
+        states[x.user as usize].apply(
+            inp.item_keys[i],
+            &inp.item_categories[i],
+            x.ts,
+            x.kind,
+            x.value,
+            params,
+        );
+    }
+    states
+}
+
 /// Fits ALS, item-CF, item stats and lists, and replays user state.
 pub fn fit_models(
     inp: &FitInput,
@@ -129,23 +164,7 @@ pub fn fit_models(
 
     // users' state, replayed event by event through the serving code
     let step = progress.step("user state", xs.len() as u64);
-    let mut user_states: Vec<UserState> = inp
-        .demographics
-        .iter()
-        .map(|d| UserState::new(*d))
-        .collect();
-    user_states.resize(inp.n_users, UserState::default());
-    for x in xs {
-        let cats = &inp.item_categories[x.item as usize];
-        user_states[x.user as usize].apply(
-            inp.item_keys[x.item as usize],
-            cats,
-            x.ts,
-            x.kind,
-            x.value,
-            &p.state,
-        );
-    }
+    let user_states = replay_user_states(inp, xs, &p.state, None);
     step.inc(xs.len() as u64);
     step.done();
 
@@ -278,8 +297,19 @@ impl FittedModels {
         )
     }
 
+    /// Per-request user features from the user's state at the end of the
+    /// fitted data.
     pub fn prepare_user(&self, user: u32, ctx: &RequestContext) -> UserFeatures<'_> {
-        let state = &self.user_states[user as usize];
+        self.prepare_with_state(user, &self.user_states[user as usize], ctx)
+    }
+
+    /// Per-request user features from a given state of the user.
+    pub fn prepare_with_state<'a>(
+        &'a self,
+        user: u32,
+        state: &'a UserState,
+        ctx: &RequestContext,
+    ) -> UserFeatures<'a> {
         let last_cats: &[u16] = state
             .recent
             .back()
@@ -295,10 +325,10 @@ impl FittedModels {
         )
     }
 
-    /// Whether recall may propose `key` to `user`: in the catalogue and not seen.
-    pub fn allowed(&self, user: u32, key: u64) -> bool {
-        self.idx(key).is_some_and(|i| self.in_catalog[i as usize])
-            && !self.user_states[user as usize].has_seen(key)
+    /// Whether recall may propose `key` to a user in `state`: in the
+    /// catalogue and not seen.
+    pub fn allowed(&self, state: &UserState, key: u64) -> bool {
+        self.idx(key).is_some_and(|i| self.in_catalog[i as usize]) && !state.has_seen(key)
     }
 
     /// Exact embedding search (what the shards approximate online).
@@ -316,9 +346,15 @@ impl FittedModels {
         }
     }
 
-    /// Every recall path, merged.
-    pub fn candidates(&self, user: u32, uf: &UserFeatures, cfg: &RecallConfig) -> Vec<Candidate> {
-        let allow = |key: u64| self.allowed(user, key);
+    /// Every recall path, merged, for a user in `state`.
+    pub fn candidates(
+        &self,
+        user: u32,
+        state: &UserState,
+        uf: &UserFeatures,
+        cfg: &RecallConfig,
+    ) -> Vec<Candidate> {
+        let allow = |key: u64| self.allowed(state, key);
         let mut paths = vec![self.ann_path(user, cfg.ann_k, &allow)];
         paths.extend(local_paths(uf, &self.key_lists, cfg, &allow));
         merge(&paths, &cfg.merge)
@@ -352,8 +388,9 @@ impl FittedModels {
         p: &PipelineParams,
         seed: u64,
     ) -> Vec<u64> {
-        let uf = self.prepare_user(user, ctx);
-        let cands = self.candidates(user, &uf, &p.recall);
+        let state = &self.user_states[user as usize];
+        let uf = self.prepare_with_state(user, state, ctx);
+        let cands = self.candidates(user, state, &uf, &p.recall);
         let (rows, kept) = feature_rows(&uf, &cands, self);
         let mut scores = vec![0f32; kept.len()];
         if ranker.score_rows(&rows, &mut scores).is_err() {
@@ -391,16 +428,24 @@ pub struct RankerExamples {
     pub candidate_recall: f64,
 }
 
+/// Builds ranker rows point-in-time: each request sees its user's state
+/// replayed from `inp.interactions` up to the request time, never later
+/// events. `models` are the fitted artefacts (embeddings, neighbours, item
+/// counters) the request is served with.
 pub fn ranker_examples(
     models: &FittedModels,
+    inp: &FitInput,
     requests: &[LabelledRequest],
     cfg: &RecallConfig,
 ) -> RankerExamples {
+    let cuts: HashMap<u32, i64> = requests.iter().map(|r| (r.user, r.ctx.now)).collect();
+    let states = replay_user_states(inp, inp.interactions, &models.state_params, Some(&cuts));
     let per: Vec<(Vec<f32>, Vec<f32>, f64)> = requests
         .par_iter()
         .map(|r| {
-            let uf = models.prepare_user(r.user, &r.ctx);
-            let cands = models.candidates(r.user, &uf, cfg);
+            let state = &states[r.user as usize];
+            let uf = models.prepare_with_state(r.user, state, &r.ctx);
+            let cands = models.candidates(r.user, state, &uf, cfg);
             let (rows, kept) = feature_rows(&uf, &cands, models);
             let mut targets = r.targets.clone();
             targets.sort_unstable();
@@ -481,6 +526,7 @@ pub struct RankerReport {
 /// of requests for early stopping.
 pub fn train_ranker(
     models: &FittedModels,
+    inp: &FitInput,
     requests: &[LabelledRequest],
     p: &PipelineParams,
     progress: &Progress,
@@ -496,8 +542,8 @@ pub fn train_ranker(
             train_req.push(r.clone());
         }
     }
-    let train = ranker_examples(models, &train_req, &p.recall);
-    let valid = ranker_examples(models, &valid_req, &p.recall);
+    let train = ranker_examples(models, inp, &train_req, &p.recall);
+    let valid = ranker_examples(models, inp, &valid_req, &p.recall);
     step.inc(1);
     step.done();
     if train.groups.is_empty() {
@@ -576,7 +622,164 @@ pub fn ranker_from_holdout(
         }
     }
     fit.sort_by_key(|x| (x.ts, x.user, x.item));
-    let models = fit_models(&input.with_interactions(&fit), p, progress)?;
+    let fit_input = input.with_interactions(&fit);
+    let models = fit_models(&fit_input, p, progress)?;
     let requests = holdout_requests(&models, &held);
-    train_ranker(&models, &requests, p, progress)
+    train_ranker(&models, &fit_input, &requests, p, progress)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataset::{Dataset, EventKind};
+    use crate::gen::{generate, GenParams};
+    use crate::ids::item_key;
+
+    fn small() -> Dataset {
+        generate(&GenParams {
+            users: 300,
+            items: 200,
+            interactions: 12_000,
+            ..GenParams::default()
+        })
+        .expect("generator accepts small parameters")
+    }
+
+    fn quick_params() -> PipelineParams {
+        let mut p = PipelineParams::default();
+        p.als.factors = 16;
+        p.als.iterations = 5;
+        p.gbdt.trees = 20;
+        p
+    }
+
+    struct Owned {
+        keys: Vec<u64>,
+        cats: Vec<Vec<u16>>,
+        created: Vec<Option<i64>>,
+        demo: Vec<Demographics>,
+    }
+
+    fn owned(ds: &Dataset) -> Owned {
+        Owned {
+            keys: ds.items.ids().iter().map(|id| item_key(id)).collect(),
+            cats: ds.item_meta.iter().map(|m| m.categories.clone()).collect(),
+            created: ds.item_meta.iter().map(|m| m.created_at).collect(),
+            demo: ds.user_meta.iter().map(Demographics::from).collect(),
+        }
+    }
+
+    fn input<'a>(ds: &Dataset, o: &'a Owned, log: &'a [Interaction]) -> FitInput<'a> {
+        FitInput {
+            n_users: ds.users.len(),
+            interactions: log,
+            item_keys: &o.keys,
+            item_categories: &o.cats,
+            item_created: &o.created,
+            demographics: &o.demo,
+            n_categories: ds.categories.len(),
+            include_cold_items: true,
+        }
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    #[test]
+    fn training_rows_are_point_in_time() {
+        let ds = small();
+        let o = owned(&ds);
+        let p = quick_params();
+        let log = ds.interactions.clone();
+        let models = fit_models(&input(&ds, &o, &log), &p, &Progress::hidden()).unwrap();
+        // requests at the median event time of a few active users
+        let mid = log[log.len() / 2].ts;
+        let users: Vec<u32> = (0..ds.users.len() as u32)
+            .filter(|&u| {
+                log.iter().any(|x| x.user == u && x.ts <= mid)
+                    && log.iter().any(|x| x.user == u && x.ts > mid)
+            })
+            .take(20)
+            .collect();
+        assert!(
+            users.len() >= 5,
+            "the generated log has users active on both sides of t"
+        );
+        let requests: Vec<LabelledRequest> = users
+            .iter()
+            .map(|&u| LabelledRequest {
+                user: u,
+                ctx: RequestContext::at(mid),
+                targets: log
+                    .iter()
+                    .filter(|x| x.user == u && x.ts > mid)
+                    .map(|x| o.keys[x.item as usize])
+                    .collect(),
+            })
+            .collect();
+        let base = ranker_examples(&models, &input(&ds, &o, &log), &requests, &p.recall);
+        assert!(!base.rows.is_empty());
+
+        // events after t, for the same users and others, change nothing
+        let mut later = log.clone();
+        for (n, &u) in users.iter().enumerate() {
+            later.push(Interaction {
+                user: u,
+                item: (n % 200) as u32,
+                ts: mid + 1 + n as i64,
+                kind: EventKind::Purchase,
+                value: 6.0,
+            });
+        }
+        later.push(Interaction {
+            user: 0,
+            item: 3,
+            ts: mid + 100,
+            kind: EventKind::Click,
+            value: 2.0,
+        });
+        later.sort_by_key(|x| (x.ts, x.user, x.item));
+        let after = ranker_examples(&models, &input(&ds, &o, &later), &requests, &p.recall);
+        assert_eq!(bits(&base.rows), bits(&after.rows));
+        assert_eq!(base.labels, after.labels);
+
+        // control: one event before t for a requesting user does change its rows
+        let mut earlier = log.clone();
+        let unseen = (0..200u32)
+            .find(|&i| !log.iter().any(|x| x.user == users[0] && x.item == i))
+            .unwrap();
+        earlier.push(Interaction {
+            user: users[0],
+            item: unseen,
+            ts: mid - 1,
+            kind: EventKind::Purchase,
+            value: 6.0,
+        });
+        earlier.sort_by_key(|x| (x.ts, x.user, x.item));
+        let before = ranker_examples(&models, &input(&ds, &o, &earlier), &requests, &p.recall);
+        assert_ne!(bits(&base.rows), bits(&before.rows));
+    }
+
+    #[test]
+    fn ranker_learns_and_recommendations_exclude_seen_items() {
+        let ds = small();
+        let o = owned(&ds);
+        let p = quick_params();
+        let inp = input(&ds, &o, &ds.interactions);
+        let (ranker, report) = ranker_from_holdout(&inp, &p, 3, &Progress::hidden()).unwrap();
+        assert!(report.train_groups > 50, "{report:?}");
+        assert!(matches!(ranker, Ranker::Gbdt(_)));
+        let models = fit_models(&inp, &p, &Progress::hidden()).unwrap();
+        for u in 0..20u32 {
+            let recs = models.recommend(&ranker, u, &models.default_context(u), 10, &p, 7);
+            assert_eq!(recs.len(), 10);
+            let state = &models.user_states[u as usize];
+            assert!(recs.iter().all(|k| !state.has_seen(*k)));
+            let mut dedup = recs.clone();
+            dedup.sort_unstable();
+            dedup.dedup();
+            assert_eq!(dedup.len(), 10);
+        }
+    }
 }
