@@ -7,6 +7,7 @@
 //! See docs/architecture.md for the map.
 
 pub mod bundle;
+pub mod catalog;
 pub mod dataset;
 pub mod eval;
 pub mod eventlog;
@@ -16,11 +17,14 @@ pub mod ids;
 pub mod ingest;
 pub mod linalg;
 pub mod matrix;
+pub mod model;
 pub mod progress;
 pub mod ranking;
 pub mod recall;
 pub mod rng;
+pub mod shard;
 pub mod sparse;
+pub mod telemetry;
 pub mod training;
 
 /// Generated protobuf types for the public API (`proto/funnel.proto`).

@@ -679,6 +679,58 @@ impl<'a> FoldIn<'a> {
     }
 }
 
+/// Fold-in from the interacted items' vectors themselves, for a node that
+/// holds only some item vectors (the serving side): `gram` is `Y^T Y` of
+/// the model's whole item matrix (without regularisation), `items` the
+/// user's (vector, raw strength) pairs. Solves the same system as
+/// `FoldIn::fold_in`.
+pub fn fold_in_from_vectors(
+    gram: &[f32],
+    regularization: f32,
+    alpha: f32,
+    items: &[(&[f32], f32)],
+) -> Result<Vec<f32>, AlsError> {
+    let k = (gram.len() as f64).sqrt() as usize;
+    if k == 0 || k * k != gram.len() {
+        return Err(AlsError::FactorMismatch {
+            expected: k * k,
+            got: gram.len(),
+        });
+    }
+    let mut a: Vec<f64> = gram.iter().map(|&v| f64::from(v)).collect();
+    for d in 0..k {
+        a[d * k + d] += f64::from(regularization);
+    }
+    let mut b = vec![0f64; k];
+    for (col, &(y, r)) in items.iter().enumerate() {
+        if y.len() != k {
+            return Err(AlsError::FactorMismatch {
+                expected: k,
+                got: y.len(),
+            });
+        }
+        let excess = f64::from(confidence_excess(r, alpha));
+        if !excess.is_finite() || y.iter().any(|v| !v.is_finite()) {
+            return Err(AlsError::NonFiniteValue {
+                row: 0,
+                col: col as u32,
+                value: r,
+            });
+        }
+        let w = f64::from(weighted_preference(r, alpha));
+        for i in 0..k {
+            let yi = f64::from(y[i]);
+            b[i] += w * yi;
+            for j in 0..k {
+                a[i * k + j] += excess * yi * f64::from(y[j]);
+            }
+        }
+    }
+    linalg::solve_spd_f64(&mut a, &mut b)
+        .map_err(|source| AlsError::NotPositiveDefinite { row: 0, source })?;
+    Ok(b.into_iter().map(|v| v as f32).collect())
+}
+
 /// One-off fold-in; see [`FoldIn`] (which amortises `Y^T Y` over calls).
 pub fn fold_in_user(
     item_factors: &Matrix,
@@ -692,6 +744,29 @@ pub fn fold_in_user(
 mod tests {
     use super::*;
     use crate::training::planted;
+
+    #[test]
+    fn fold_in_from_vectors_matches_fold_in() {
+        let p = planted::generate(60, 40, 4, 8, 1, 3);
+        let params = small_params();
+        let model = fit(&p.train, &params, &mut |_| {}).unwrap();
+        let items = &model.item_factors;
+        let gram = crate::linalg::gram_matrix(items);
+        let inter = [(3u32, 1.0f32), (7, 2.0), (11, 1.0)];
+        let want = fold_in_user(items, &inter, &params).unwrap();
+        let with: Vec<(&[f32], f32)> = inter
+            .iter()
+            .map(|&(i, r)| (items.row(i as usize), r))
+            .collect();
+        let got = fold_in_from_vectors(&gram, params.regularization, params.alpha, &with).unwrap();
+        for (a, b) in want.iter().zip(&got) {
+            assert!(
+                (a - b).abs() < 1e-3 * (1.0 + a.abs()),
+                "{want:?} vs {got:?}"
+            );
+        }
+        assert!(fold_in_from_vectors(&gram, 1.0, 1.0, &[(&[1.0][..], 1.0)]).is_err());
+    }
 
     fn small_params() -> AlsParams {
         AlsParams {

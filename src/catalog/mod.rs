@@ -1,0 +1,295 @@
+//! The live item catalogue every coordinator reads: the active model's
+//! item table plus what happened since it was trained — items upserted or
+//! deleted through the API, and item counters moved by events.
+//!
+//! Owns: item lookup by key and by external id across model and overlay,
+//! the live `ItemStats`, the fresh list of upserted items, and the category
+//! vocabulary extended by upserts. Must not touch: vectors and ANN indexes
+//! (shards own those), user state.
+
+use crate::features::{ItemInput, ItemStats};
+use crate::ids::item_key;
+use crate::model::ServingModel;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, RwLock};
+
+/// An item added or replaced after the bundle was trained.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveItem {
+    pub id: String,
+    pub key: u64,
+    pub categories: Vec<u16>,
+    pub title: Option<String>,
+    pub created_at: i64,
+}
+
+/// The longest fresh list kept for upserted items.
+const FRESH_KEEP: usize = 1000;
+
+#[derive(Default)]
+struct Overlay {
+    upserted: HashMap<u64, LiveItem>,
+    deleted: HashSet<u64>,
+    /// Upserted keys, newest first.
+    fresh: VecDeque<u64>,
+    /// Category names beyond the model's vocabulary.
+    extra_categories: Vec<String>,
+}
+
+pub struct Catalog {
+    model: Arc<ServingModel>,
+    overlay: RwLock<Overlay>,
+    stats: RwLock<HashMap<u64, ItemStats>>,
+}
+
+/// Owned copy of what the features need for one item (the catalogue's lock
+/// is never held while a request computes).
+#[derive(Debug, Clone)]
+pub struct ItemFacts {
+    pub key: u64,
+    pub stats: ItemStats,
+    pub created_at: Option<i64>,
+    pub categories: Vec<u16>,
+}
+
+impl ItemFacts {
+    pub fn input<'a>(&'a self, vector: Option<&'a [f32]>) -> ItemInput<'a> {
+        ItemInput {
+            key: self.key,
+            stats: self.stats,
+            created_at: self.created_at,
+            categories: &self.categories,
+            vector,
+        }
+    }
+}
+
+impl Catalog {
+    pub fn new(model: Arc<ServingModel>) -> Self {
+        let stats = model
+            .items
+            .keys
+            .iter()
+            .copied()
+            .zip(model.item_stats.iter().copied())
+            .collect();
+        Catalog {
+            model,
+            overlay: RwLock::new(Overlay::default()),
+            stats: RwLock::new(stats),
+        }
+    }
+
+    /// A catalogue for a new model version that keeps this one's overlay
+    /// and live counters for items the new model does not reset.
+    pub fn carry_over(&self, model: Arc<ServingModel>) -> Catalog {
+        let next = Catalog::new(model);
+        if let (Ok(old), Ok(mut new)) = (self.overlay.read(), next.overlay.write()) {
+            for (k, item) in &old.upserted {
+                let mut item = item.clone();
+                item.categories = item
+                    .categories
+                    .iter()
+                    .filter_map(|&c| {
+                        let name = self.name_in(&old, c)?;
+                        next.category_index_in(&mut new, &name)
+                    })
+                    .collect();
+                new.upserted.insert(*k, item);
+            }
+            new.deleted = old.deleted.clone();
+            new.fresh = old.fresh.clone();
+        }
+        next
+    }
+
+    pub fn model(&self) -> &Arc<ServingModel> {
+        &self.model
+    }
+
+    pub fn is_deleted(&self, key: u64) -> bool {
+        self.overlay
+            .read()
+            .map(|o| o.deleted.contains(&key))
+            .unwrap_or(false)
+    }
+
+    /// Whether the key names a live item (in the model or upserted, not deleted).
+    pub fn contains(&self, key: u64) -> bool {
+        let Ok(o) = self.overlay.read() else {
+            return false;
+        };
+        !o.deleted.contains(&key)
+            && (o.upserted.contains_key(&key) || self.model.item_index(key).is_some())
+    }
+
+    pub fn facts(&self, key: u64) -> Option<ItemFacts> {
+        let o = self.overlay.read().ok()?;
+        if o.deleted.contains(&key) {
+            return None;
+        }
+        let stats = self
+            .stats
+            .read()
+            .ok()?
+            .get(&key)
+            .copied()
+            .unwrap_or_default();
+        if let Some(item) = o.upserted.get(&key) {
+            return Some(ItemFacts {
+                key,
+                stats,
+                created_at: Some(item.created_at),
+                categories: item.categories.clone(),
+            });
+        }
+        let i = self.model.item_index(key)? as usize;
+        Some(ItemFacts {
+            key,
+            stats,
+            created_at: self.model.items.created_at[i],
+            categories: self.model.items.categories[i].clone(),
+        })
+    }
+
+    /// External id of a live item.
+    pub fn external_id(&self, key: u64) -> Option<String> {
+        let o = self.overlay.read().ok()?;
+        if let Some(item) = o.upserted.get(&key) {
+            return Some(item.id.clone());
+        }
+        self.model
+            .item_index(key)
+            .map(|i| self.model.items.ids[i as usize].clone())
+    }
+
+    pub fn categories_of(&self, key: u64) -> Vec<u16> {
+        self.facts(key).map(|f| f.categories).unwrap_or_default()
+    }
+
+    /// Category index of a name, if known.
+    pub fn category_index(&self, name: &str) -> Option<u16> {
+        if let Some(i) = self
+            .model
+            .items
+            .category_names
+            .iter()
+            .position(|c| c == name)
+        {
+            return Some(i as u16);
+        }
+        let o = self.overlay.read().ok()?;
+        o.extra_categories
+            .iter()
+            .position(|c| c == name)
+            .map(|i| (self.model.items.category_names.len() + i) as u16)
+    }
+
+    fn category_index_in(&self, o: &mut Overlay, name: &str) -> Option<u16> {
+        let base = &self.model.items.category_names;
+        if let Some(i) = base.iter().position(|c| c == name) {
+            return Some(i as u16);
+        }
+        if let Some(i) = o.extra_categories.iter().position(|c| c == name) {
+            return Some((base.len() + i) as u16);
+        }
+        let idx = base.len() + o.extra_categories.len();
+        if idx >= u16::MAX as usize {
+            return None;
+        }
+        o.extra_categories.push(name.to_string());
+        Some(idx as u16)
+    }
+
+    pub fn category_name(&self, index: u16) -> Option<String> {
+        let o = self.overlay.read().ok()?;
+        self.name_in(&o, index)
+    }
+
+    fn name_in(&self, o: &Overlay, index: u16) -> Option<String> {
+        let base = &self.model.items.category_names;
+        match base.get(index as usize) {
+            Some(n) => Some(n.clone()),
+            None => o.extra_categories.get(index as usize - base.len()).cloned(),
+        }
+    }
+
+    /// Adds or replaces an item; returns its category indices.
+    pub fn upsert(
+        &self,
+        id: &str,
+        categories: &[String],
+        title: Option<String>,
+        created_at: i64,
+    ) -> Vec<u16> {
+        let key = item_key(id);
+        let Ok(mut o) = self.overlay.write() else {
+            return Vec::new();
+        };
+        let mut cats: Vec<u16> = categories
+            .iter()
+            .filter_map(|c| self.category_index_in(&mut o, c))
+            .collect();
+        cats.sort_unstable();
+        cats.dedup();
+        o.deleted.remove(&key);
+        o.upserted.insert(
+            key,
+            LiveItem {
+                id: id.to_string(),
+                key,
+                categories: cats.clone(),
+                title,
+                created_at,
+            },
+        );
+        o.fresh.retain(|&k| k != key);
+        o.fresh.push_front(key);
+        o.fresh.truncate(FRESH_KEEP);
+        cats
+    }
+
+    /// Removes an item; true when it existed.
+    pub fn delete(&self, key: u64) -> bool {
+        let existed = self.contains(key);
+        if let Ok(mut o) = self.overlay.write() {
+            o.upserted.remove(&key);
+            o.fresh.retain(|&k| k != key);
+            if self.model.item_index(key).is_some() {
+                o.deleted.insert(key);
+            }
+        }
+        existed
+    }
+
+    /// Records an event's effect on the item's counters.
+    pub fn record_event(&self, key: u64, ts: i64, strength: f32) {
+        if let Ok(mut s) = self.stats.write() {
+            s.entry(key).or_default().apply(ts, strength);
+        }
+    }
+
+    /// The fresh list: upserted items (newest first), then the model's.
+    pub fn fresh_list(&self) -> Vec<u64> {
+        let o = match self.overlay.read() {
+            Ok(o) => o,
+            Err(_) => return self.model.lists.fresh.clone(),
+        };
+        o.fresh
+            .iter()
+            .copied()
+            .chain(
+                self.model
+                    .lists
+                    .fresh
+                    .iter()
+                    .copied()
+                    .filter(|k| !o.deleted.contains(k)),
+            )
+            .collect()
+    }
+
+    pub fn upserted_count(&self) -> usize {
+        self.overlay.read().map(|o| o.upserted.len()).unwrap_or(0)
+    }
+}

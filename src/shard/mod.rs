@@ -1,0 +1,16 @@
+//! Shards: one replica of one item shard — its usearch index and the item
+//! vectors — answering filtered top-k queries and applying upserts and
+//! deletes in the order they arrive.
+//!
+//! Owns: `ShardIndex` (the data and its operations, plain code) and
+//! `ShardActor` (an actix sync actor serving it from a few threads).
+//! Must not touch: users, ranking, the catalogue's attributes (filters come
+//! in as predicates built by the caller).
+
+mod actor;
+mod index;
+mod messages;
+
+pub use actor::{start_shard, ShardActor};
+pub use index::{ShardError, ShardIndex, ShardStats};
+pub use messages::{Delete, Digest, GetVectors, Search, SearchResult, Stats, Upsert};

@@ -1,0 +1,143 @@
+//! The Prometheus metrics funnel exports on /metrics.
+
+use prometheus::{
+    CounterVec, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts,
+    Registry, TextEncoder,
+};
+use std::sync::OnceLock;
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// End-to-end latency per API operation.
+    pub request_seconds: HistogramVec,
+    /// Latency per recommend stage.
+    pub stage_seconds: HistogramVec,
+    /// Candidates each recall path contributed.
+    pub path_candidates: HistogramVec,
+    pub coverage: Histogram,
+    pub degraded: IntCounterVec,
+    pub errors: IntCounterVec,
+    pub requests: IntCounterVec,
+    pub cpu_seconds: CounterVec,
+    pub process_cpu_seconds: Gauge,
+    pub events: IntCounterVec,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05,
+    0.075, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+fn build() -> Metrics {
+    let registry = Registry::new();
+    let h = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
+        let v = HistogramVec::new(
+            HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+            labels,
+        )
+        .expect("metric definition is valid");
+        registry
+            .register(Box::new(v.clone()))
+            .expect("metric registered once");
+        v
+    };
+    let c = |name: &str, help: &str, labels: &[&str]| {
+        let v =
+            IntCounterVec::new(Opts::new(name, help), labels).expect("metric definition is valid");
+        registry
+            .register(Box::new(v.clone()))
+            .expect("metric registered once");
+        v
+    };
+    let request_seconds = h(
+        "funnel_request_duration_seconds",
+        "API request latency",
+        &["op"],
+        LATENCY_BUCKETS,
+    );
+    let stage_seconds = h(
+        "funnel_stage_duration_seconds",
+        "Recommend stage latency",
+        &["stage"],
+        LATENCY_BUCKETS,
+    );
+    let path_candidates = h(
+        "funnel_recall_candidates",
+        "Candidates per recall path per request",
+        &["path"],
+        &[0.0, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 200.0, 400.0],
+    );
+    let coverage = Histogram::with_opts(
+        HistogramOpts::new(
+            "funnel_coverage",
+            "Fraction of shards that answered in time",
+        )
+        .buckets(vec![0.25, 0.5, 0.75, 0.9, 0.99, 1.0]),
+    )
+    .expect("metric definition is valid");
+    registry
+        .register(Box::new(coverage.clone()))
+        .expect("metric registered once");
+    let degraded = c(
+        "funnel_degraded_total",
+        "Requests answered degraded, by reason",
+        &["reason"],
+    );
+    let errors = c("funnel_errors_total", "Errors by kind", &["kind"]);
+    let requests = c(
+        "funnel_requests_total",
+        "API requests by operation and outcome",
+        &["op", "outcome"],
+    );
+    let cpu_seconds = CounterVec::new(
+        Opts::new("funnel_cpu_seconds_total", "CPU time by stage"),
+        &["stage"],
+    )
+    .expect("metric definition is valid");
+    registry
+        .register(Box::new(cpu_seconds.clone()))
+        .expect("metric registered once");
+    let process_cpu_seconds =
+        Gauge::new("process_cpu_seconds_total", "Total CPU time of the process")
+            .expect("metric definition is valid");
+    registry
+        .register(Box::new(process_cpu_seconds.clone()))
+        .expect("metric registered once");
+    let events = c("funnel_events_total", "Events ingested by kind", &["kind"]);
+    Metrics {
+        registry,
+        request_seconds,
+        stage_seconds,
+        path_candidates,
+        coverage,
+        degraded,
+        errors,
+        requests,
+        cpu_seconds,
+        process_cpu_seconds,
+        events,
+    }
+}
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(build)
+}
+
+pub fn record_cpu(stage: &str, micros: u64) {
+    metrics()
+        .cpu_seconds
+        .with_label_values(&[stage])
+        .inc_by(micros as f64 / 1e6);
+}
+
+/// Prometheus text exposition of every metric.
+pub fn render() -> String {
+    let m = metrics();
+    m.process_cpu_seconds
+        .set(super::cpu::process_cpu_micros() as f64 / 1e6);
+    let mut buf = Vec::new();
+    let _ = TextEncoder::new().encode(&m.registry.gather(), &mut buf);
+    String::from_utf8(buf).unwrap_or_default()
+}
