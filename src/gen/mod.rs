@@ -157,7 +157,7 @@ pub fn generate(p: &GenParams) -> Result<Dataset, GenError> {
         .map(|i| ItemMeta {
             title: Some(world.item_title(i)),
             categories: world.item_categories(i),
-            created_at: Some(world.item_created[i as usize]),
+            created_at: Some(world.created_at(i)),
         })
         .collect();
     let user_meta = (0..world.n_users() as u32)
