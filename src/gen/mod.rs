@@ -38,7 +38,7 @@
 //!   to the user's previous one (same cluster, nearby position), weighted by
 //!   popularity — what item-to-item CF and recency features can learn;
 //! - else with p = 0.1 a globally popular item;
-//! - else with p = 0.1, once new items exist, an item of a taste cluster
+//! - else with p = 0.1, once new items exist, a new item of a taste cluster
 //!   created within the last week (at most 1/8 of the span) — what a
 //!   "fresh" recall path can learn;
 //! - else a taste cluster from the mixture, then either (half the time) a
@@ -46,8 +46,10 @@
 //!   popularity-weighted item of the whole cluster.
 //!
 //! Only items with `created_at <= ts` are ever chosen, and a user never gets
-//! the same item twice: a proposal that fails either test is redrawn, and
-//! after 8 failed proposals the event is skipped (counted in the summary).
+//! the same item twice: a proposal that fails either test is redrawn; after
+//! 16 failed proposals a few uniform picks (in a taste cluster, or anywhere)
+//! reach the unseen tail, and only then is the event skipped (counted in the
+//! summary; none are skipped at the default or benchmark sizes).
 //! Kinds are mostly views, then clicks, likes and rare purchases, with more
 //! likes and purchases on items of the user's own tastes; the value is
 //! `EventKind::default_weight`.
@@ -157,7 +159,7 @@ pub fn generate(p: &GenParams) -> Result<Dataset, GenError> {
         .map(|i| ItemMeta {
             title: Some(world.item_title(i)),
             categories: world.item_categories(i),
-            created_at: Some(world.item_created[i as usize]),
+            created_at: Some(world.created_at(i)),
         })
         .collect();
     let user_meta = (0..world.n_users() as u32)

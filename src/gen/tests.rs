@@ -193,9 +193,7 @@ fn users_concentrate_on_their_top_two_clusters() {
     for h in histories(d) {
         let mut per_cluster: HashMap<u32, usize> = HashMap::new();
         for x in &h {
-            *per_cluster
-                .entry(w.item_cluster[x.item as usize])
-                .or_default() += 1;
+            *per_cluster.entry(w.cluster_of(x.item)).or_default() += 1;
         }
         let mut counts: Vec<usize> = per_cluster.into_values().collect();
         counts.sort_unstable_by(|a, b| b.cmp(a));
@@ -210,9 +208,7 @@ fn users_concentrate_on_their_top_two_clusters() {
 #[test]
 fn consecutive_items_are_latent_neighbours() {
     let (d, w) = default_data();
-    let near = |a: u32, b: u32| {
-        w.item_cluster[a as usize] == w.item_cluster[b as usize] && w.slot_distance(a, b) <= 16
-    };
+    let near = |a: u32, b: u32| w.cluster_of(a) == w.cluster_of(b) && w.slot_distance(a, b) <= 16;
     let (mut consecutive, mut consecutive_near) = (0u32, 0u32);
     let (mut distant, mut distant_near) = (0u32, 0u32);
     for h in histories(d) {
@@ -272,9 +268,7 @@ fn cluster_of_history_beats_popularity_on_held_out_items() {
         let seen: HashSet<u32> = train.iter().map(|x| x.item).collect();
         let mut per_cluster: HashMap<u32, usize> = HashMap::new();
         for x in train {
-            *per_cluster
-                .entry(w.item_cluster[x.item as usize])
-                .or_default() += 1;
+            *per_cluster.entry(w.cluster_of(x.item)).or_default() += 1;
         }
         let favourite = per_cluster
             .iter()
@@ -284,7 +278,7 @@ fn cluster_of_history_beats_popularity_on_held_out_items() {
         pop_hits += pop_top.clone().any(|&i| i == target) as u32;
         let cluster_top = by_popularity
             .iter()
-            .filter(|&&i| !seen.contains(&i) && Some(w.item_cluster[i as usize]) == favourite)
+            .filter(|&&i| !seen.contains(&i) && Some(w.cluster_of(i)) == favourite)
             .take(K);
         cluster_hits += cluster_top.clone().any(|&i| i == target) as u32;
     }

@@ -28,11 +28,14 @@ pub const INTERACTIONS_FILE: &str = "interactions.csv";
 pub const ITEMS_FILE: &str = "items.csv";
 pub const USERS_FILE: &str = "users.csv";
 
-/// Users formatted into one buffer by one rayon task.
+/// A block (one rayon task, one buffer) ends after this many users or
+/// budgeted events, whichever comes first; only a single user with more
+/// events makes a bigger block.
 const USERS_PER_BLOCK: u64 = 1024;
+const EVENTS_PER_BLOCK: u64 = 65_536;
 /// Blocks per batch handed to the writer; with two batches queued this
-/// bounds buffered output to roughly 3 x 16k users' rows.
-const BLOCKS_PER_BATCH: u64 = 16;
+/// bounds buffered output to about 3 x 16 x 65k rows (~130 MB).
+const BLOCKS_PER_BATCH: usize = 16;
 
 fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> GenError + 'a {
     move |source| GenError::Io {
@@ -86,10 +89,8 @@ pub fn write_csv(
         dir: dir.to_path_buf(),
         users: p.users,
         items: p.items,
-        new_items: world
-            .item_created
-            .iter()
-            .filter(|&&c| c >= world.new_from)
+        new_items: (0..world.n_items() as u32)
+            .filter(|&i| world.created_at(i) >= world.start)
             .count() as u64,
         interactions,
         skipped,
@@ -129,7 +130,7 @@ fn write_items(p: &GenParams, world: &World, path: &Path) -> Result<(), GenError
             names::format_id(b'i', i as u64, width).as_str(),
             world.item_title(i).as_str(),
             categories.join("|").as_str(),
-            world.item_created[i as usize].to_string().as_str(),
+            world.created_at(i).to_string().as_str(),
         ])
         .map_err(werr)?;
     }
@@ -161,6 +162,17 @@ fn write_users(p: &GenParams, world: &World, path: &Path) -> Result<(), GenError
     finish(inner, path)
 }
 
+/// End (exclusive) of the block of users starting at `start`.
+fn block_end(world: &World, start: u64, users: u64) -> u64 {
+    let mut end = start;
+    let mut events = 0;
+    while end < users && end - start < USERS_PER_BLOCK && events < EVENTS_PER_BLOCK {
+        events += world.budget_of(end..end + 1);
+        end += 1;
+    }
+    end
+}
+
 /// One block of users' rows, formatted; returns (bytes, written, skipped).
 fn format_block(
     world: &World,
@@ -170,7 +182,8 @@ fn format_block(
     let (user_width, item_width) = widths;
     let mut events = Vec::new();
     let mut seen = SeenSet::default();
-    let mut buf = Vec::new();
+    // ~40 bytes a row at benchmark id widths; avoids regrowth copies.
+    let mut buf = Vec::with_capacity(world.budget_of(users.clone()) as usize * 40);
     let mut written = 0;
     let mut skipped = 0;
     for u in users {
@@ -182,10 +195,22 @@ fn format_block(
             buf.push(b',');
             push_id(&mut buf, b'i', e.item as u64, item_width);
             // Writing into a Vec cannot fail.
-            let _ = writeln!(buf, ",{},{},{}", e.ts, e.kind.as_str(), e.value);
+            let _ = write!(buf, ",{},{},", e.ts, e.kind.as_str());
+            push_weight(&mut buf, e.value);
+            buf.push(b'\n');
         }
     }
     (buf, written, skipped)
+}
+
+/// Whole weights (all default weights are) as integers: float formatting
+/// is a visible share of the run time at benchmark sizes.
+fn push_weight(buf: &mut Vec<u8>, value: f32) {
+    if value.fract() == 0.0 && value.abs() < 1e9 {
+        let _ = write!(buf, "{}", value as i64);
+    } else {
+        let _ = write!(buf, "{value}");
+    }
 }
 
 fn write_interactions(
@@ -217,15 +242,17 @@ fn write_interactions(
 
         let mut written = 0;
         let mut skipped = 0;
-        let batch_users = USERS_PER_BLOCK * BLOCKS_PER_BATCH;
-        let mut batch_start = 0;
-        while batch_start < p.users {
-            let batch_end = (batch_start + batch_users).min(p.users);
-            let blocks: Vec<(Vec<u8>, u64, u64)> = (batch_start..batch_end)
-                .step_by(USERS_PER_BLOCK as usize)
-                .collect::<Vec<u64>>()
+        let mut next_user = 0;
+        while next_user < p.users {
+            let mut ranges = Vec::with_capacity(BLOCKS_PER_BATCH);
+            while ranges.len() < BLOCKS_PER_BATCH && next_user < p.users {
+                let end = block_end(world, next_user, p.users);
+                ranges.push(next_user..end);
+                next_user = end;
+            }
+            let blocks: Vec<(Vec<u8>, u64, u64)> = ranges
                 .into_par_iter()
-                .map(|lo| format_block(world, lo..(lo + USERS_PER_BLOCK).min(batch_end), widths))
+                .map(|users| format_block(world, users, widths))
                 .collect();
             let mut bufs = Vec::with_capacity(blocks.len());
             for (buf, w, s) in blocks {
@@ -240,7 +267,6 @@ fn write_interactions(
                 // The writer stopped early; its join below carries the error.
                 break;
             }
-            batch_start = batch_end;
         }
         drop(tx);
         let result = writer
