@@ -233,7 +233,10 @@ fn all_problems_are_reported_together() {
     let p = problems(&cfg);
     assert_eq!(p.len(), 3, "{p:?}");
     for key in ["api.max_k", "budget.rerank", "cluster.shards"] {
-        assert!(p.iter().any(|m| m.starts_with(key)), "{key} missing in {p:?}");
+        assert!(
+            p.iter().any(|m| m.starts_with(key)),
+            "{key} missing in {p:?}"
+        );
     }
     let shown = ConfigError::Invalid(p).to_string();
     assert_eq!(shown.lines().count(), 4, "{shown}");
@@ -262,7 +265,10 @@ fn unknown_key_in_the_file_is_named_with_its_line() {
     assert_eq!(at.map(|(line, _)| line), Some(6));
     assert_eq!(key.as_deref(), Some("api.max_kk"));
     assert!(message.contains("unknown field `max_kk`"), "{message}");
-    assert!(message.contains("`max_k`"), "should list the known keys: {message}");
+    assert!(
+        message.contains("`max_k`"),
+        "should list the known keys: {message}"
+    );
     assert!(shown.starts_with("node.toml:6:"), "{shown}");
 
     let (at, key, message, _) = parse_err("[nodes]\nid = 2\n");
@@ -283,7 +289,10 @@ fn wrong_types_and_syntax_errors_carry_position_and_key() {
     let (at, key, message, _) = parse_err("[api]\nmax_k = \"many\"\n");
     assert_eq!(at.map(|(line, _)| line), Some(2));
     assert_eq!(key.as_deref(), Some("api.max_k"));
-    assert!(message.contains("integer") || message.contains("usize"), "{message}");
+    assert!(
+        message.contains("integer") || message.contains("usize"),
+        "{message}"
+    );
 
     let (at, key, message, _) = parse_err("[events]\nfsync = \"sometimes\"\n");
     assert_eq!(at.map(|(line, _)| line), Some(2));
@@ -370,7 +379,10 @@ fn env_err(pairs: &[(&str, &str)]) -> (String, String) {
 fn bad_environment_overrides_name_the_variable() {
     let (var, message) = env_err(&[("FUNNEL_API__HTTP", "0.0.0.0:1"), ("FUNNEL_API__NOPE", "1")]);
     assert_eq!(var, "FUNNEL_API__NOPE");
-    assert!(message.contains("api.nope") && message.contains("max_k"), "{message}");
+    assert!(
+        message.contains("api.nope") && message.contains("max_k"),
+        "{message}"
+    );
 
     let (var, message) = env_err(&[("FUNNEL_APIS__HTTP", "x")]);
     assert_eq!(var, "FUNNEL_APIS__HTTP");
@@ -419,7 +431,10 @@ fn flags_beat_environment_beat_file() {
     let with_env = NodeConfig::load(Some(&path), &environment, &CliOverrides::default()).unwrap();
     assert_eq!(with_env.api.http, "127.0.0.1:9002");
     assert_eq!(with_env.node.data_dir, Path::new("from-env"));
-    assert_eq!(with_env.api.max_k, 300, "keys the env does not set stay as in the file");
+    assert_eq!(
+        with_env.api.max_k, 300,
+        "keys the env does not set stay as in the file"
+    );
 
     let all = NodeConfig::load(Some(&path), &environment, &flags).unwrap();
     assert_eq!(all.api.http, "127.0.0.1:9003");
