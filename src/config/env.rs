@@ -9,10 +9,40 @@
 //! or validation.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use toml::{Table, Value};
 
 pub const PREFIX: &str = "FUNNEL_";
 const SEPARATOR: &str = "__";
+
+/// The process environment as `load` takes it. `std::env::vars()` panics
+/// on a variable that is not UTF-8, which would let any unrelated variable
+/// crash the node; see `utf8_env`.
+pub fn process_env() -> HashMap<String, String> {
+    utf8_env(std::env::vars_os())
+}
+
+/// Keeps the UTF-8 variables. A non-UTF-8 `FUNNEL_*` variable is kept with
+/// its bad bytes replaced, so that it is reported rather than silently
+/// dropped; other non-UTF-8 variables are none of our business.
+pub fn utf8_env(vars: impl IntoIterator<Item = (OsString, OsString)>) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for (key, value) in vars {
+        match (key.into_string(), value.into_string()) {
+            (Ok(k), Ok(v)) => {
+                out.insert(k, v);
+            }
+            (Ok(k), Err(v)) if k.starts_with(PREFIX) => {
+                out.insert(k, v.to_string_lossy().into_owned());
+            }
+            (Err(k), _) if k.to_string_lossy().starts_with(PREFIX) => {
+                out.insert(k.to_string_lossy().into_owned(), String::new());
+            }
+            _ => {}
+        }
+    }
+    out
+}
 
 /// One `FUNNEL_A__B=value` variable, with its key path in lower case.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,6 +228,21 @@ mod tests {
         .unwrap();
         let paths: Vec<String> = found.iter().map(EnvOverride::dotted_key).collect();
         assert_eq!(paths, ["api.http", "recall.merge.budget"]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn non_utf8_variables_are_dropped_unless_they_are_ours() {
+        use std::os::unix::ffi::OsStringExt;
+        let bad = || OsString::from_vec(vec![b'a', 0xff]);
+        let got = utf8_env([
+            (OsString::from("HOME"), OsString::from("/root")),
+            (OsString::from("JUNK"), bad()),
+            (OsString::from("FUNNEL_API__HTTP"), bad()),
+        ]);
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got["HOME"], "/root");
+        assert_eq!(got["FUNNEL_API__HTTP"], "a\u{fffd}");
     }
 
     #[test]

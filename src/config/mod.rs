@@ -145,7 +145,7 @@ impl NodeConfig {
 
     /// Builds the configuration a node starts with: `path`'s TOML (or the
     /// defaults when `None`), then the `FUNNEL_*__*` variables in `env`
-    /// (pass `std::env::vars().collect()` in production), then the flags,
+    /// (pass `env::process_env()` in production), then the flags,
     /// and validates the result.
     pub fn load(
         path: Option<&Path>,

@@ -323,3 +323,48 @@ impl TlsFiles {
             .all(|p| p.as_os_str().is_empty())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_deadline_defaults_and_is_capped() {
+        let api = ApiConfig {
+            default_deadline_ms: 50,
+            max_deadline_ms: 2000,
+            ..ApiConfig::default()
+        };
+        assert_eq!(api.deadline(None), Duration::from_millis(50));
+        assert_eq!(api.deadline(Some(0)), Duration::from_millis(50));
+        assert_eq!(api.deadline(Some(10)), Duration::from_millis(10));
+        assert_eq!(api.deadline(Some(60_000)), Duration::from_millis(2000));
+    }
+
+    #[test]
+    fn stage_budget_splits_the_deadline_by_share() {
+        let b = StageBudget {
+            user: 0.125,
+            recall: 0.5,
+            rank: 0.25,
+            rerank: 0.125,
+        };
+        // shares that are exact in binary, so no rounding is involved
+        let d = b.split(Duration::from_millis(200));
+        assert_eq!(d.user, Duration::from_millis(25));
+        assert_eq!(d.recall, Duration::from_millis(100));
+        assert_eq!(d.rank, Duration::from_millis(50));
+        assert_eq!(d.rerank, Duration::from_millis(25));
+    }
+
+    #[test]
+    fn event_settings_become_log_options() {
+        let e = EventsConfig {
+            fsync: FsyncPolicy::Never,
+            segment_bytes: 1 << 20,
+            user_partitions: 3,
+        };
+        let o = e.log_options();
+        assert_eq!((o.fsync, o.segment_bytes), (FsyncPolicy::Never, 1 << 20));
+    }
+}
