@@ -202,10 +202,7 @@ fn expand_generated_dir(a: &DataArgs) -> Option<DataArgs> {
     e.data = Some(file);
     e.kind_col = e.kind_col.or(Some("kind".into()));
     e.weight_col = e.weight_col.or(Some("weight".into()));
-    for (slot, name) in [
-        (&mut e.item_attrs, "items.csv"),
-        (&mut e.user_attrs, "users.csv"),
-    ] {
+    for (slot, name) in [(&mut e.item_attrs, "items.csv"), (&mut e.user_attrs, "users.csv")] {
         if slot.is_none() && dir.join(name).is_file() {
             *slot = Some(dir.join(name));
         }
