@@ -8,6 +8,7 @@
 
 pub mod bundle;
 pub mod catalog;
+pub mod config;
 pub mod dataset;
 pub mod eval;
 pub mod eventlog;

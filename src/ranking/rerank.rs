@@ -8,7 +8,7 @@ use crate::rng::Rng;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct RerankConfig {
     /// MMR trade-off in [0, 1): 0 = pure relevance.
     pub diversity: f32,

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PathQuota {
     /// Slots this path is guaranteed (if it has that many new items).
     pub min: usize,
@@ -15,6 +16,7 @@ pub struct PathQuota {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct MergeConfig {
     /// Total candidates after the merge.
     pub budget: usize,

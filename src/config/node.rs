@@ -1,0 +1,370 @@
+//! The shape of a serving node's configuration: one struct per TOML section,
+//! each with the documented defaults (a single node on 127.0.0.1).
+//!
+//! Owns: the section types, their defaults and small accessors that turn
+//! settings into the types other modules take (`EventLogOptions`, stage
+//! deadlines). Must not touch: files, the environment or validation rules
+//! (see `config::env` and `config::validate`).
+//!
+//! Every struct has `#[serde(default, deny_unknown_fields)]`: a section may
+//! name any subset of its keys, and a misspelt key is an error instead of a
+//! silently ignored setting.
+
+use crate::eventlog::{EventLogOptions, FsyncPolicy};
+use crate::ranking::rerank::RerankConfig;
+use crate::recall::RecallConfig;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Everything a serving node reads at start.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    pub node: NodeSection,
+    pub api: ApiConfig,
+    pub recall: RecallConfig,
+    pub budget: StageBudget,
+    pub ranking: RankingConfig,
+    pub rerank: RerankConfig,
+    pub events: EventsConfig,
+    pub shards: ShardsConfig,
+    /// `None` (no `[cluster]` section): a single node that owns every shard.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterConfig>,
+}
+
+impl NodeConfig {
+    pub fn is_cluster(&self) -> bool {
+        self.cluster.is_some()
+    }
+
+    /// This node's entry in `cluster.members`, when it has one.
+    pub fn this_member(&self) -> Option<&ClusterMember> {
+        self.cluster
+            .as_ref()?
+            .members
+            .iter()
+            .find(|m| m.id == self.node.id)
+    }
+}
+
+/// `[node]`: who this node is and where it keeps its files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeSection {
+    pub id: u64,
+    /// Event log, raft log and shard cache live under this directory.
+    pub data_dir: PathBuf,
+    /// Bundle directory to load at start; empty = wait for a publish.
+    pub bundle: PathBuf,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        NodeSection {
+            id: 1,
+            data_dir: PathBuf::from("funnel-data/node-1"),
+            bundle: PathBuf::new(),
+        }
+    }
+}
+
+impl NodeSection {
+    /// The bundle to load at start, or `None` to wait for a publish.
+    pub fn bundle_dir(&self) -> Option<&Path> {
+        if self.bundle.as_os_str().is_empty() {
+            None
+        } else {
+            Some(&self.bundle)
+        }
+    }
+}
+
+/// `[api]`: the public HTTP and gRPC endpoints and their limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// HOST:PORT to bind the HTTP API to (port 0 = any free port).
+    pub http: String,
+    /// HOST:PORT to bind the gRPC API to (port 0 = any free port).
+    pub grpc: String,
+    pub default_k: usize,
+    pub max_k: usize,
+    /// Most events or items in one ingest/upsert request.
+    pub max_batch: usize,
+    /// Body limit for both gRPC messages and HTTP requests.
+    pub max_message_bytes: usize,
+    pub default_deadline_ms: u64,
+    pub max_deadline_ms: u64,
+    /// When non-empty, admin operations must present this token.
+    pub admin_token: String,
+    pub http_workers: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            http: "127.0.0.1:8080".into(),
+            grpc: "127.0.0.1:50051".into(),
+            default_k: 10,
+            max_k: 200,
+            max_batch: 1000,
+            max_message_bytes: 4 * 1024 * 1024,
+            default_deadline_ms: 50,
+            max_deadline_ms: 2000,
+            admin_token: String::new(),
+            http_workers: 2,
+        }
+    }
+}
+
+impl ApiConfig {
+    /// The deadline for a request that asked for `requested_ms` (or nothing),
+    /// capped at `max_deadline_ms` so one client cannot hold workers forever.
+    pub fn deadline(&self, requested_ms: Option<u64>) -> Duration {
+        let ms = requested_ms
+            .filter(|&ms| ms > 0)
+            .unwrap_or(self.default_deadline_ms)
+            .min(self.max_deadline_ms);
+        Duration::from_millis(ms)
+    }
+}
+
+/// `[budget]`: the share of a request's deadline each stage may use.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StageBudget {
+    pub user: f64,
+    pub recall: f64,
+    pub rank: f64,
+    pub rerank: f64,
+}
+
+impl Default for StageBudget {
+    fn default() -> Self {
+        StageBudget {
+            user: 0.1,
+            recall: 0.5,
+            rank: 0.3,
+            rerank: 0.1,
+        }
+    }
+}
+
+/// Per-stage time limits cut from one request deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StageDeadlines {
+    pub user: Duration,
+    pub recall: Duration,
+    pub rank: Duration,
+    pub rerank: Duration,
+}
+
+impl StageBudget {
+    pub fn split(&self, deadline: Duration) -> StageDeadlines {
+        StageDeadlines {
+            user: deadline.mul_f64(self.user),
+            recall: deadline.mul_f64(self.recall),
+            rank: deadline.mul_f64(self.rank),
+            rerank: deadline.mul_f64(self.rerank),
+        }
+    }
+}
+
+/// `[ranking]`: the scoring stage's worker pool.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RankingConfig {
+    /// RankWorker threads.
+    pub workers: usize,
+    /// Candidates scored per batch.
+    pub batch_rows: usize,
+}
+
+impl Default for RankingConfig {
+    fn default() -> Self {
+        RankingConfig {
+            workers: 2,
+            batch_rows: 512,
+        }
+    }
+}
+
+/// `[events]`: the node's event log and user-state partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    pub fsync: FsyncPolicy,
+    pub segment_bytes: u64,
+    /// User-state partitions on a single node.
+    pub user_partitions: usize,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        let log = EventLogOptions::default();
+        EventsConfig {
+            fsync: log.fsync,
+            segment_bytes: log.segment_bytes,
+            user_partitions: 8,
+        }
+    }
+}
+
+impl EventsConfig {
+    pub fn log_options(&self) -> EventLogOptions {
+        EventLogOptions {
+            fsync: self.fsync,
+            segment_bytes: self.segment_bytes,
+        }
+    }
+}
+
+/// `[shards]`: how this node searches the ANN shards it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShardsConfig {
+    /// Threads answering ANN queries (also the usearch search slots reserved).
+    pub search_threads: usize,
+    /// usearch `ef` at query time.
+    pub expansion_search: usize,
+}
+
+impl Default for ShardsConfig {
+    fn default() -> Self {
+        ShardsConfig {
+            search_threads: 2,
+            expansion_search: 128,
+        }
+    }
+}
+
+/// `[cluster]`: present only on nodes that are part of a cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// HOST:PORT this node binds for internal gRPC (raft, shard search).
+    pub internal: String,
+    /// True on exactly one seed node at first start: it initialises raft.
+    pub bootstrap: bool,
+    /// Every node of the cluster, with the addresses the others reach it at.
+    pub members: Vec<ClusterMember>,
+    /// Number of item shards (S), fixed when the cluster is created.
+    pub shards: u32,
+    /// Copies of each shard (R).
+    pub replication: u32,
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Raft log entries between snapshots.
+    pub snapshot_every: u64,
+    /// Shard copies this node sends or receives at once.
+    pub max_concurrent_transfers: usize,
+    /// mTLS between nodes: all three paths or none.
+    pub tls: TlsFiles,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            internal: "127.0.0.1:7001".into(),
+            bootstrap: false,
+            members: Vec::new(),
+            shards: 12,
+            replication: 2,
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            snapshot_every: 5000,
+            max_concurrent_transfers: 2,
+            tls: TlsFiles::default(),
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// The TLS files, when mTLS is configured (validation ensures all three
+    /// are set or none).
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        if self.tls.is_empty() {
+            None
+        } else {
+            Some(&self.tls)
+        }
+    }
+}
+
+/// One entry of `cluster.members`: addresses other nodes and clients use
+/// to reach node `id` (which may differ from the addresses it binds, e.g.
+/// `node2:7001` in containers).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterMember {
+    pub id: u64,
+    pub internal: String,
+    pub http: String,
+    pub grpc: String,
+}
+
+/// `cluster.tls`: PEM files for mTLS between nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+impl TlsFiles {
+    pub fn is_empty(&self) -> bool {
+        [&self.cert, &self.key, &self.ca]
+            .iter()
+            .all(|p| p.as_os_str().is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_deadline_defaults_and_is_capped() {
+        let api = ApiConfig {
+            default_deadline_ms: 50,
+            max_deadline_ms: 2000,
+            ..ApiConfig::default()
+        };
+        assert_eq!(api.deadline(None), Duration::from_millis(50));
+        assert_eq!(api.deadline(Some(0)), Duration::from_millis(50));
+        assert_eq!(api.deadline(Some(10)), Duration::from_millis(10));
+        assert_eq!(api.deadline(Some(60_000)), Duration::from_millis(2000));
+    }
+
+    #[test]
+    fn stage_budget_splits_the_deadline_by_share() {
+        let b = StageBudget {
+            user: 0.125,
+            recall: 0.5,
+            rank: 0.25,
+            rerank: 0.125,
+        };
+        // shares that are exact in binary, so no rounding is involved
+        let d = b.split(Duration::from_millis(200));
+        assert_eq!(d.user, Duration::from_millis(25));
+        assert_eq!(d.recall, Duration::from_millis(100));
+        assert_eq!(d.rank, Duration::from_millis(50));
+        assert_eq!(d.rerank, Duration::from_millis(25));
+    }
+
+    #[test]
+    fn event_settings_become_log_options() {
+        let e = EventsConfig {
+            fsync: FsyncPolicy::Never,
+            segment_bytes: 1 << 20,
+            user_partitions: 3,
+        };
+        let o = e.log_options();
+        assert_eq!((o.fsync, o.segment_bytes), (FsyncPolicy::Never, 1 << 20));
+    }
+}

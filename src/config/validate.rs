@@ -1,0 +1,466 @@
+//! Validation of a complete `NodeConfig`: every rule that a single field's
+//! type cannot express (ranges, orderings, cross-field and cluster rules).
+//!
+//! Owns: the rules and their messages. Each problem is one line that starts
+//! with the dotted key it is about and says what is allowed, and all
+//! problems are reported together so an operator fixes a file in one pass.
+//! Must not touch: parsing or the environment. The only I/O is checking
+//! that configured TLS files exist.
+
+use super::node::{ClusterConfig, NodeConfig};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+/// Largest id a node can have: TOML integers are signed 64-bit, so a larger
+/// id could not be written back by `--print-config`.
+pub const MAX_NODE_ID: u64 = i64::MAX as u64;
+
+/// Smallest event-log segment worth having: below this every batch gets a
+/// file of its own.
+pub const MIN_SEGMENT_BYTES: u64 = 4096;
+
+/// Smallest request body limit: a recommend request with a few ids must fit.
+pub const MIN_MESSAGE_BYTES: usize = 1024;
+
+/// Budget shares may add up to slightly more than 1.0 through decimal
+/// rounding (0.1 + 0.2 + ...); this much is tolerated.
+const BUDGET_EPSILON: f64 = 1e-9;
+
+/// A HOST:PORT string split into its parts. `host` keeps IPv6 brackets off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    pub host: String,
+    pub port: u16,
+}
+
+impl HostPort {
+    /// 0.0.0.0 and [::] bind every interface, so they clash with any host
+    /// on the same port.
+    fn binds_everything(&self) -> bool {
+        self.host == "0.0.0.0" || self.host == "::"
+    }
+}
+
+/// Checks the form of an address without resolving it: an IP socket
+/// address (`127.0.0.1:8080`, `[::1]:8080`) or a host name with a port
+/// (`node1:7001`), which is resolved when the node binds or connects.
+/// Port 0 is accepted here (it means "any free port" for a bind).
+pub fn parse_host_port(text: &str) -> Result<HostPort, String> {
+    const FORM: &str = "expected HOST:PORT such as 127.0.0.1:8080, [::1]:8080 or node1:8080";
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(HostPort {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        });
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!("{text:?} has no port; {FORM}"));
+    };
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{text:?} has port {port:?}, not a number in 0..=65535; {FORM}"))?;
+    if host.contains(':') || host.starts_with('[') {
+        return Err(format!(
+            "{text:?} is not a valid IPv6 socket address; write it in brackets, like [::1]:{port}"
+        ));
+    }
+    if !is_host_name(host) {
+        return Err(format!(
+            "{text:?} has host {host:?}, which is neither an IP address nor a host name \
+             (letters, digits, '-', '_' and '.'); {FORM}"
+        ));
+    }
+    Ok(HostPort {
+        host: host.to_ascii_lowercase(),
+        port,
+    })
+}
+
+fn is_host_name(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
+}
+
+/// Every problem with `cfg`, each naming its key; empty when it is valid.
+pub fn problems(cfg: &NodeConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    check_node(cfg, &mut out);
+    check_api(cfg, &mut out);
+    check_recall(cfg, &mut out);
+    check_budget(cfg, &mut out);
+    check_workers(cfg, &mut out);
+    if let Err(msg) = cfg.rerank.validate() {
+        // RerankConfig's messages start with the field name
+        out.push(format!("rerank.{msg}"));
+    }
+    if let Some(cluster) = &cfg.cluster {
+        check_cluster(cfg.node.id, cluster, &mut out);
+    }
+    check_bind_clashes(cfg, &mut out);
+    out
+}
+
+fn at_least<T: PartialOrd + std::fmt::Display + Copy>(
+    out: &mut Vec<String>,
+    key: &str,
+    value: T,
+    min: T,
+    why: &str,
+) {
+    if value < min {
+        out.push(format!("{key} = {value}: must be at least {min}{why}"));
+    }
+}
+
+fn check_node(cfg: &NodeConfig, out: &mut Vec<String>) {
+    let id = cfg.node.id;
+    if !(1..=MAX_NODE_ID).contains(&id) {
+        out.push(format!(
+            "node.id = {id}: must be between 1 and {MAX_NODE_ID}; give every node its own id"
+        ));
+    }
+    if cfg.node.data_dir.as_os_str().is_empty() {
+        out.push(
+            "node.data_dir is empty: set the directory for the event log and raft log, \
+             e.g. data_dir = \"funnel-data/node-1\" or --data-dir DIR"
+                .into(),
+        );
+    }
+}
+
+fn check_address(out: &mut Vec<String>, key: &str, text: &str, allow_port_zero: bool) {
+    match parse_host_port(text) {
+        Err(e) => out.push(format!("{key} = {text:?}: {e}")),
+        Ok(hp) if hp.port == 0 && !allow_port_zero => out.push(format!(
+            "{key} = {text:?}: port 0 cannot be dialled; other nodes and clients need the real port"
+        )),
+        Ok(_) => {}
+    }
+}
+
+fn check_api(cfg: &NodeConfig, out: &mut Vec<String>) {
+    let api = &cfg.api;
+    check_address(out, "api.http", &api.http, true);
+    check_address(out, "api.grpc", &api.grpc, true);
+    at_least(out, "api.default_k", api.default_k, 1, "");
+    if api.max_k < api.default_k {
+        out.push(format!(
+            "api.max_k = {}: must be at least api.default_k ({})",
+            api.max_k, api.default_k
+        ));
+    }
+    at_least(out, "api.max_batch", api.max_batch, 1, "");
+    at_least(
+        out,
+        "api.max_message_bytes",
+        api.max_message_bytes,
+        MIN_MESSAGE_BYTES,
+        " (the default is 4194304)",
+    );
+    at_least(
+        out,
+        "api.default_deadline_ms",
+        api.default_deadline_ms,
+        1,
+        "",
+    );
+    if api.max_deadline_ms < api.default_deadline_ms {
+        out.push(format!(
+            "api.max_deadline_ms = {}: must be at least api.default_deadline_ms ({})",
+            api.max_deadline_ms, api.default_deadline_ms
+        ));
+    }
+    at_least(out, "api.http_workers", api.http_workers, 1, "");
+}
+
+fn check_recall(cfg: &NodeConfig, out: &mut Vec<String>) {
+    let r = &cfg.recall;
+    for (key, k) in [
+        ("recall.ann_k", r.ann_k),
+        ("recall.itemcf_k", r.itemcf_k),
+        ("recall.popular_k", r.popular_k),
+        ("recall.fresh_k", r.fresh_k),
+        ("recall.rules_k", r.rules_k),
+    ] {
+        at_least(out, key, k, 1, "");
+    }
+    let merge = &r.merge;
+    at_least(out, "recall.merge.budget", merge.budget, 1, "");
+    let names = ["ann", "itemcf", "popular", "fresh", "rules"];
+    for (i, q) in merge.quotas.iter().enumerate() {
+        if q.min > q.max {
+            out.push(format!(
+                "recall.merge.quotas[{i}] ({} path): min = {} exceeds max = {}; min must be <= max",
+                names[i], q.min, q.max
+            ));
+        }
+    }
+    let min_total: usize = merge.quotas.iter().map(|q| q.min).sum();
+    if merge.budget >= 1 && min_total > merge.budget {
+        out.push(format!(
+            "recall.merge.quotas: the minimums add up to {min_total}, more than \
+             recall.merge.budget = {}; later paths would lose their guaranteed slots, \
+             so lower the minimums or raise the budget",
+            merge.budget
+        ));
+    }
+}
+
+fn check_budget(cfg: &NodeConfig, out: &mut Vec<String>) {
+    let b = &cfg.budget;
+    let shares = [
+        ("budget.user", b.user),
+        ("budget.recall", b.recall),
+        ("budget.rank", b.rank),
+        ("budget.rerank", b.rerank),
+    ];
+    let mut all_in_range = true;
+    for (key, share) in shares {
+        // written so that NaN fails too
+        if !(share > 0.0 && share <= 1.0) {
+            all_in_range = false;
+            out.push(format!(
+                "{key} = {share}: a stage's share of the deadline must be in (0, 1]"
+            ));
+        }
+    }
+    let sum: f64 = shares.iter().map(|(_, s)| s).sum();
+    if all_in_range && sum > 1.0 + BUDGET_EPSILON {
+        out.push(format!(
+            "budget: user + recall + rank + rerank = {sum}, must be at most 1.0 \
+             (they are shares of one request deadline)"
+        ));
+    }
+}
+
+fn check_workers(cfg: &NodeConfig, out: &mut Vec<String>) {
+    at_least(out, "ranking.workers", cfg.ranking.workers, 1, "");
+    at_least(out, "ranking.batch_rows", cfg.ranking.batch_rows, 1, "");
+    at_least(
+        out,
+        "events.segment_bytes",
+        cfg.events.segment_bytes,
+        MIN_SEGMENT_BYTES,
+        " (the default is 67108864)",
+    );
+    at_least(
+        out,
+        "events.user_partitions",
+        cfg.events.user_partitions,
+        1,
+        "",
+    );
+    at_least(
+        out,
+        "shards.search_threads",
+        cfg.shards.search_threads,
+        1,
+        "",
+    );
+    at_least(
+        out,
+        "shards.expansion_search",
+        cfg.shards.expansion_search,
+        1,
+        " (the default is 128)",
+    );
+}
+
+fn check_cluster(node_id: u64, c: &ClusterConfig, out: &mut Vec<String>) {
+    // a bind address: port 0 is fine for tests that start nodes on any port
+    check_address(out, "cluster.internal", &c.internal, true);
+
+    let mut first_index_of_id: HashMap<u64, usize> = HashMap::new();
+    let mut first_index_of_addr: HashMap<(String, u16), (usize, &str)> = HashMap::new();
+    for (i, m) in c.members.iter().enumerate() {
+        if !(1..=MAX_NODE_ID).contains(&m.id) {
+            out.push(format!(
+                "cluster.members[{i}].id = {}: must be between 1 and {MAX_NODE_ID}",
+                m.id
+            ));
+        }
+        if let Some(&j) = first_index_of_id.get(&m.id) {
+            out.push(format!(
+                "cluster.members[{i}].id = {}: the same id as cluster.members[{j}]; \
+                 every node needs its own id",
+                m.id
+            ));
+        } else {
+            first_index_of_id.insert(m.id, i);
+        }
+        // advertised addresses: others dial them, so port 0 is meaningless
+        for (field, addr) in [
+            ("internal", &m.internal),
+            ("http", &m.http),
+            ("grpc", &m.grpc),
+        ] {
+            let key = format!("cluster.members[{i}].{field}");
+            check_address(out, &key, addr, false);
+            if let Ok(hp) = parse_host_port(addr) {
+                if let Some((j, other)) = first_index_of_addr.get(&(hp.host.clone(), hp.port)) {
+                    out.push(format!(
+                        "{key} = {addr:?}: the same address as cluster.members[{j}].{other}; \
+                         every endpoint needs its own port"
+                    ));
+                } else {
+                    first_index_of_addr.insert((hp.host, hp.port), (i, field));
+                }
+            }
+        }
+    }
+    if !c.members.is_empty() && !first_index_of_id.contains_key(&node_id) {
+        let ids: Vec<String> = c.members.iter().map(|m| m.id.to_string()).collect();
+        out.push(format!(
+            "node.id = {node_id}: not in cluster.members (ids {}); add this node to members \
+             or fix node.id / --node-id",
+            ids.join(", ")
+        ));
+    }
+
+    at_least(out, "cluster.shards", c.shards, 1, "");
+    if c.members.is_empty() {
+        at_least(out, "cluster.replication", c.replication, 1, "");
+    } else if c.replication < 1 || c.replication as usize > c.members.len() {
+        out.push(format!(
+            "cluster.replication = {}: must be between 1 and the number of members ({})",
+            c.replication,
+            c.members.len()
+        ));
+    }
+
+    at_least(out, "cluster.heartbeat_ms", c.heartbeat_ms, 1, "");
+    let two_beats = c.heartbeat_ms.saturating_mul(2);
+    if c.election_timeout_min_ms <= two_beats {
+        out.push(format!(
+            "cluster.election_timeout_min_ms = {}: must be more than twice cluster.heartbeat_ms \
+             ({two_beats}), or followers start elections while the leader is healthy",
+            c.election_timeout_min_ms
+        ));
+    }
+    if c.election_timeout_max_ms <= c.election_timeout_min_ms {
+        out.push(format!(
+            "cluster.election_timeout_max_ms = {}: must be more than \
+             cluster.election_timeout_min_ms ({}); the spread keeps nodes from timing out together",
+            c.election_timeout_max_ms, c.election_timeout_min_ms
+        ));
+    }
+    at_least(out, "cluster.snapshot_every", c.snapshot_every, 1, "");
+    at_least(
+        out,
+        "cluster.max_concurrent_transfers",
+        c.max_concurrent_transfers,
+        1,
+        "",
+    );
+    check_tls(c, out);
+}
+
+fn check_tls(c: &ClusterConfig, out: &mut Vec<String>) {
+    let files = [
+        ("cluster.tls.cert", &c.tls.cert),
+        ("cluster.tls.key", &c.tls.key),
+        ("cluster.tls.ca", &c.tls.ca),
+    ];
+    let set: Vec<&str> = files
+        .iter()
+        .filter(|(_, p)| !p.as_os_str().is_empty())
+        .map(|(k, _)| *k)
+        .collect();
+    if set.is_empty() {
+        return;
+    }
+    if set.len() < files.len() {
+        let missing: Vec<&str> = files
+            .iter()
+            .filter(|(_, p)| p.as_os_str().is_empty())
+            .map(|(k, _)| *k)
+            .collect();
+        out.push(format!(
+            "cluster.tls: {} set but {} empty; mTLS needs cert, key and ca together \
+             (or none of them for plain connections)",
+            set.join(", "),
+            missing.join(", ")
+        ));
+    }
+    for (key, path) in files {
+        if !path.as_os_str().is_empty() && !path.is_file() {
+            out.push(format!(
+                "{key} = {:?}: no such file (relative paths start at the working directory)",
+                path.display().to_string()
+            ));
+        }
+    }
+}
+
+/// Two listeners on one port fail at bind time with a less helpful error.
+fn check_bind_clashes(cfg: &NodeConfig, out: &mut Vec<String>) {
+    let mut binds = vec![("api.http", &cfg.api.http), ("api.grpc", &cfg.api.grpc)];
+    if let Some(c) = &cfg.cluster {
+        binds.push(("cluster.internal", &c.internal));
+    }
+    let parsed: Vec<(&str, HostPort)> = binds
+        .into_iter()
+        .filter_map(|(k, a)| parse_host_port(a).ok().map(|hp| (k, hp)))
+        .collect();
+    for (i, (key_a, a)) in parsed.iter().enumerate() {
+        for (key_b, b) in &parsed[i + 1..] {
+            let same_host = a.host == b.host || a.binds_everything() || b.binds_everything();
+            if a.port != 0 && a.port == b.port && same_host {
+                out.push(format!(
+                    "{key_b}: port {} is also used by {key_a}; give each listener its own port",
+                    b.port
+                ));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_accepts_ips_and_host_names() {
+        assert_eq!(
+            parse_host_port("127.0.0.1:8080").unwrap(),
+            HostPort {
+                host: "127.0.0.1".into(),
+                port: 8080
+            }
+        );
+        assert_eq!(parse_host_port("[::1]:0").unwrap().host, "::1");
+        assert_eq!(parse_host_port("node1:7001").unwrap().port, 7001);
+        assert_eq!(
+            parse_host_port("Funnel-2.svc.local:1").unwrap().host,
+            "funnel-2.svc.local"
+        );
+    }
+
+    #[test]
+    fn host_port_refuses_malformed_addresses() {
+        for bad in [
+            "",
+            "8080",
+            "node1",
+            ":8080",
+            "node1:",
+            "node1:65536",
+            "node1:http",
+            "::1:8080",
+            "no de:1",
+            "-node:1",
+            "a..b:1",
+            "[::1]:x",
+        ] {
+            assert!(parse_host_port(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+}
