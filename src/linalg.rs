@@ -98,17 +98,21 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// The fastest kernel set this CPU supports. Setting the environment
-    /// variable `FUNNEL_PORTABLE_KERNELS=1` forces the portable set (to
-    /// compare paths or reproduce results from a machine without AVX2).
+    /// The fastest kernel set this CPU supports, decided once per process.
+    /// Setting the environment variable `FUNNEL_PORTABLE_KERNELS=1` forces
+    /// the portable set (to compare paths or reproduce results from a
+    /// machine without AVX2).
     pub fn detect() -> Self {
-        if std::env::var_os("FUNNEL_PORTABLE_KERNELS").is_some_and(|v| v == "1") {
-            return Backend::Portable(Portable);
-        }
-        match Avx2Fma::detect() {
-            Some(k) => Backend::Avx2Fma(k),
-            None => Backend::Portable(Portable),
-        }
+        static CHOSEN: std::sync::OnceLock<Backend> = std::sync::OnceLock::new();
+        *CHOSEN.get_or_init(|| {
+            if std::env::var_os("FUNNEL_PORTABLE_KERNELS").is_some_and(|v| v == "1") {
+                return Backend::Portable(Portable);
+            }
+            match Avx2Fma::detect() {
+                Some(k) => Backend::Avx2Fma(k),
+                None => Backend::Portable(Portable),
+            }
+        })
     }
 
     pub fn name(self) -> &'static str {
