@@ -29,9 +29,13 @@ import statistics
 import sys
 import time
 
-import numpy as np
-import scipy.sparse as sp
-from threadpoolctl import threadpool_limits
+# implicit warns (and slows down) when BLAS runs its own thread pool inside
+# its threads; this must be set before numpy loads BLAS
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import scipy.sparse as sp  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
 
 
 def load_coo(path: str) -> sp.csr_matrix:

@@ -951,6 +951,92 @@ mod tests {
     }
 
     #[test]
+    fn weighted_loss_matches_naive_sum_over_all_cells() {
+        let x = Csr::from_triples(3, 4, &[(0, 1, 2.0), (1, 0, 1.0), (1, 3, -1.0), (2, 2, 0.5)]);
+        let params = AlsParams {
+            factors: 3,
+            regularization: 0.7,
+            alpha: 2.0,
+            ..AlsParams::default()
+        };
+        let users = planted::random_factors(3, 3, 4);
+        let items = planted::random_factors(4, 3, 5);
+        let got = weighted_loss(Backend::detect(), &x, &users, &items, &params);
+        let (mut err, mut weight) = (0.0f64, 0.0f64);
+        for u in 0..3 {
+            for i in 0..4 {
+                let r = x
+                    .row(u)
+                    .find(|&(c, _)| c as usize == i)
+                    .map(|(_, v)| f64::from(v));
+                let (c, p) = match r {
+                    Some(r) => (1.0 + 2.0 * r.abs(), if r > 0.0 { 1.0 } else { 0.0 }),
+                    None => (1.0, 0.0),
+                };
+                let s: f64 = (0..3)
+                    .map(|f| f64::from(users.row(u)[f]) * f64::from(items.row(i)[f]))
+                    .sum();
+                err += c * (p - s) * (p - s);
+                weight += c;
+            }
+        }
+        let sq: f64 = users
+            .as_slice()
+            .iter()
+            .chain(items.as_slice())
+            .map(|&v| f64::from(v) * f64::from(v))
+            .sum();
+        let want = (err + 0.7 * sq) / weight;
+        assert!((got - want).abs() < 1e-5 * want, "{got} vs {want}");
+    }
+
+    #[test]
+    fn portable_kernels_give_nearly_the_same_half_step() {
+        // on machines without AVX2 every other test already runs the portable
+        // path; here both are compared where both exist
+        let Some(avx) = linalg::Avx2Fma::detect() else {
+            println!("no AVX2+FMA on this CPU: only the portable path exists");
+            return;
+        };
+        let data = planted_data();
+        let model = fit(&data.train, &small_params(), &mut |_| {}).unwrap();
+        for cg_steps in [0, 3] {
+            let p = AlsParams {
+                cg_steps,
+                ..small_params()
+            };
+            let mut a = model.user_factors.clone();
+            let mut b = model.user_factors.clone();
+            half_step(
+                Backend::Avx2Fma(avx),
+                &data.train,
+                &model.item_factors,
+                &mut a,
+                &p,
+            )
+            .unwrap();
+            half_step(
+                Backend::Portable(linalg::Portable),
+                &data.train,
+                &model.item_factors,
+                &mut b,
+                &p,
+            )
+            .unwrap();
+            let scale = a.as_slice().iter().fold(0f32, |m, v| m.max(v.abs()));
+            let diff = a
+                .as_slice()
+                .iter()
+                .zip(b.as_slice())
+                .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(
+                diff <= 1e-3 * scale,
+                "cg_steps {cg_steps}: max diff {diff}, scale {scale}"
+            );
+        }
+    }
+
+    #[test]
     fn users_without_interactions_get_zero_vectors() {
         let x = Csr::from_triples(3, 3, &[(0, 0, 1.0), (2, 1, 1.0)]);
         let p = AlsParams {
