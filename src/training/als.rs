@@ -25,6 +25,7 @@
 //! matrix is reduced in fixed blocks, so results are bit-identical for any
 //! thread count on a given machine type (see `linalg` for kernel sets).
 
+use std::borrow::Borrow;
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -593,27 +594,29 @@ fn weighted_loss_generic<K: Kernels>(
 /// Computes ALS user vectors for users the model has not seen, with the
 /// item factors fixed: exactly the row an exact (`cg_steps = 0`) user
 /// half-step would give. Precomputes `Y^T Y` once, so keep one per model.
+/// `M` is any owner of the item factors: `&Matrix`, `Arc<Matrix>`, `Matrix`.
 #[derive(Debug, Clone)]
-pub struct FoldIn<'a> {
-    item_factors: &'a Matrix,
+pub struct FoldIn<M: Borrow<Matrix>> {
+    item_factors: M,
     gram: Vec<f32>,
     alpha: f32,
     backend: Backend,
 }
 
-impl<'a> FoldIn<'a> {
-    pub fn new(item_factors: &'a Matrix, params: &AlsParams) -> Result<Self, AlsError> {
+impl<M: Borrow<Matrix>> FoldIn<M> {
+    pub fn new(item_factors: M, params: &AlsParams) -> Result<Self, AlsError> {
         validate_params(params)?;
-        if item_factors.cols() != params.factors {
+        let items = item_factors.borrow();
+        if items.cols() != params.factors {
             return Err(AlsError::FactorMismatch {
                 expected: params.factors,
-                got: item_factors.cols(),
+                got: items.cols(),
             });
         }
         let backend = Backend::detect();
         let gram = match backend {
-            Backend::Avx2Fma(kern) => linalg::gram(kern, item_factors, params.regularization),
-            Backend::Portable(kern) => linalg::gram(kern, item_factors, params.regularization),
+            Backend::Avx2Fma(kern) => linalg::gram(kern, items, params.regularization),
+            Backend::Portable(kern) => linalg::gram(kern, items, params.regularization),
         };
         Ok(FoldIn {
             item_factors,
@@ -627,7 +630,8 @@ impl<'a> FoldIn<'a> {
     /// Repeated items are summed, as in `Csr::from_triples`. No
     /// interactions gives the zero vector.
     pub fn fold_in(&self, interactions: &[(u32, f32)]) -> Result<Vec<f32>, AlsError> {
-        let n_items = self.item_factors.rows();
+        let item_factors = self.item_factors.borrow();
+        let n_items = item_factors.rows();
         let mut sorted = interactions.to_vec();
         for &(item, value) in &sorted {
             if item as usize >= n_items {
@@ -660,12 +664,12 @@ impl<'a> FoldIn<'a> {
         {
             return Err(AlsError::NonFiniteValue { row: 0, col, value });
         }
-        let k = self.item_factors.cols();
+        let k = item_factors.cols();
         // only the row-independent fields matter for a single exact solve
         let empty = Csr::default();
         let step = HalfStep {
             conf: &empty,
-            fixed: self.item_factors,
+            fixed: item_factors,
             gram: &self.gram,
             alpha: self.alpha,
             cg_steps: 0,
