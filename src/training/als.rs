@@ -258,6 +258,10 @@ fn init_factors(rows: usize, k: usize, seed: u64) -> Matrix {
     m
 }
 
+/// How far ahead (in gathered rows) the first pass over a row's entries
+/// prefetches: two groups of four, about the latency of a cache miss.
+const PREFETCH_AHEAD: usize = 8;
+
 /// What every row of one half-step shares.
 struct HalfStep<'a> {
     conf: &'a Csr,
@@ -371,20 +375,31 @@ fn solve_row_cg_generic<K: Kernels>(
     // r = b - A x = -(G x) + sum_obs (c p - (c - 1) y.x) y
     let r = &mut s.residual;
     linalg::sym_matvec(kern, step.gram, x, -1.0, r);
-    add_weighted_rows(kern, step.fixed, cols, vals, x, r, |value, y_dot| {
+    // the first pass over the row's entries gathers them from memory; the
+    // CG passes below find them in cache
+    add_weighted_rows(kern, step.fixed, cols, vals, x, r, true, |value, y_dot| {
         weighted_preference(value, alpha) - confidence_excess(value, alpha) * y_dot
     });
     linalg::cg_refine(kern, x, r, &mut s.cg, step.cg_steps, |p, ap| {
         // A p = G p + sum_obs (c - 1) (y.p) y, without forming A
         linalg::sym_matvec(kern, step.gram, p, 1.0, ap);
-        add_weighted_rows(kern, step.fixed, cols, vals, p, ap, |value, y_dot| {
-            confidence_excess(value, alpha) * y_dot
-        });
+        add_weighted_rows(
+            kern,
+            step.fixed,
+            cols,
+            vals,
+            p,
+            ap,
+            false,
+            |value, y_dot| confidence_excess(value, alpha) * y_dot,
+        );
     });
 }
 
 /// `out += sum_j weight(value_j, y_j . v) * y_j` over the observed rows
-/// `y_j = fixed.row(cols[j])`, four rows at a time.
+/// `y_j = fixed.row(cols[j])`, four rows at a time. With `prefetch`, rows
+/// are requested from memory `PREFETCH_AHEAD` rows before they are used.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn add_weighted_rows<K: Kernels>(
     kern: K,
@@ -393,11 +408,23 @@ fn add_weighted_rows<K: Kernels>(
     vals: &[f32],
     v: &[f32],
     out: &mut [f32],
+    prefetch: bool,
     weight: impl Fn(f32, f32) -> f32,
 ) {
+    if prefetch {
+        for &c in cols.iter().take(PREFETCH_AHEAD) {
+            linalg::prefetch(fixed.row(c as usize));
+        }
+    }
     let mut c4 = cols.chunks_exact(4);
     let mut v4 = vals.chunks_exact(4);
-    for (c, w) in (&mut c4).zip(&mut v4) {
+    for (g, (c, w)) in (&mut c4).zip(&mut v4).enumerate() {
+        if prefetch {
+            let ahead = g * 4 + PREFETCH_AHEAD;
+            for &c in cols.iter().skip(ahead).take(4) {
+                linalg::prefetch(fixed.row(c as usize));
+            }
+        }
         let rows = [
             fixed.row(c[0] as usize),
             fixed.row(c[1] as usize),
