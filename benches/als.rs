@@ -217,24 +217,26 @@ fn hit_rate_at(n: usize, model: &AlsModel, train: &Csr, test: &[(u32, u32)]) -> 
 }
 
 fn write_coo(path: &Path, m: &Csr) {
-    let mut out = Vec::with_capacity(32 + m.nnz() * 12);
-    out.extend_from_slice(b"FNLCOO01");
+    // streamed, so dumping does not inflate the peak RSS this bench reports
+    let file = std::fs::File::create(path).expect("create dump file");
+    let mut out = std::io::BufWriter::new(file);
+    let mut put = |bytes: &[u8]| out.write_all(bytes).expect("write dump file");
+    put(b"FNLCOO01");
     for v in [m.n_rows() as u64, m.n_cols() as u64, m.nnz() as u64] {
-        out.extend_from_slice(&v.to_le_bytes());
+        put(&v.to_le_bytes());
     }
     for r in 0..m.n_rows() {
         for _ in 0..m.row_len(r) {
-            out.extend_from_slice(&(r as u32).to_le_bytes());
+            put(&(r as u32).to_le_bytes());
         }
     }
     for c in m.indices() {
-        out.extend_from_slice(&c.to_le_bytes());
+        put(&c.to_le_bytes());
     }
     for v in m.values() {
-        out.extend_from_slice(&v.to_le_bytes());
+        put(&v.to_le_bytes());
     }
-    let mut f = std::fs::File::create(path).expect("create dump file");
-    f.write_all(&out).expect("write dump file");
+    out.flush().expect("write dump file");
 }
 
 // ---------------------------------------------------------------------------
