@@ -98,17 +98,21 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// The fastest kernel set this CPU supports. Setting the environment
-    /// variable `FUNNEL_PORTABLE_KERNELS=1` forces the portable set (to
-    /// compare paths or reproduce results from a machine without AVX2).
+    /// The fastest kernel set this CPU supports, decided once per process.
+    /// Setting the environment variable `FUNNEL_PORTABLE_KERNELS=1` forces
+    /// the portable set (to compare paths or reproduce results from a
+    /// machine without AVX2).
     pub fn detect() -> Self {
-        if std::env::var_os("FUNNEL_PORTABLE_KERNELS").is_some_and(|v| v == "1") {
-            return Backend::Portable(Portable);
-        }
-        match Avx2Fma::detect() {
-            Some(k) => Backend::Avx2Fma(k),
-            None => Backend::Portable(Portable),
-        }
+        static CHOSEN: std::sync::OnceLock<Backend> = std::sync::OnceLock::new();
+        *CHOSEN.get_or_init(|| {
+            if std::env::var_os("FUNNEL_PORTABLE_KERNELS").is_some_and(|v| v == "1") {
+                return Backend::Portable(Portable);
+            }
+            match Avx2Fma::detect() {
+                Some(k) => Backend::Avx2Fma(k),
+                None => Backend::Portable(Portable),
+            }
+        })
     }
 
     pub fn name(self) -> &'static str {
@@ -511,6 +515,27 @@ pub fn norm(x: &[f32]) -> f32 {
         .map(|&v| f64::from(v) * f64::from(v))
         .sum::<f64>()
         .sqrt() as f32
+}
+
+/// Hints the CPU to start loading `row` into cache. Used a few rows ahead
+/// of randomly gathered factor rows, which the hardware prefetcher cannot
+/// predict. A no-op off x86_64.
+#[inline(always)]
+pub fn prefetch(row: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        const LINE_FLOATS: usize = 16; // 64-byte cache lines
+        let mut i = 0;
+        while i < row.len() {
+            // SAFETY: SSE is part of the x86_64 baseline, and a prefetch
+            // never faults; the address is inside `row` anyway.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().add(i).cast::<i8>()) };
+            i += LINE_FLOATS;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = row;
 }
 
 // ---------------------------------------------------------------------------
