@@ -68,24 +68,25 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     let shared = Arc::new(Shared { plan, client });
     let plan = &shared.plan;
 
-    // The "before" scrape happens when measuring starts; with no warm-up that
-    // is before the first request, so it must finish before t0.
+    // The "before" scrape belongs at the start of the measured window; with
+    // no warm-up that is before the first request, so it runs before t0.
     let early_before = if plan.warmup.is_zero() {
         Some(scrape_all(&shared).await)
     } else {
         None
     };
     let t0 = Instant::now() + START_LEAD;
-    let scheduled_before = {
+    let before_scrape = {
         let shared = Arc::clone(&shared);
-        let at = t0 + plan.warmup;
-        let needed = early_before.is_none();
+        let measure_from = t0 + plan.warmup;
         tokio::spawn(async move {
-            if !needed {
-                return Vec::new();
+            match early_before {
+                Some(counters) => counters,
+                None => {
+                    tokio::time::sleep_until(measure_from).await;
+                    scrape_all(&shared).await
+                }
             }
-            tokio::time::sleep_until(at).await;
-            scrape_all(&shared).await
         })
     };
 
@@ -105,15 +106,17 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         .map_err(|e| anyhow::anyhow!("the sample collector stopped: {e}"))?;
     let drain_seconds = schedule_end.elapsed().as_secs_f64();
 
-    let scheduled_before = scheduled_before
+    let before = before_scrape
         .await
         .map_err(|e| anyhow::anyhow!("the metrics scrape task stopped: {e}"))?;
-    let before = early_before.unwrap_or(scheduled_before);
     let after = scrape_all(&shared).await;
     let server_cpu = server_cpu(plan, &before, &after, &recorder.answered_by_target);
 
     let facts = RunFacts {
-        command_line: std::env::args().collect(),
+        // args_os: a non-UTF-8 argument must not panic the report.
+        command_line: std::env::args_os()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect(),
         started,
         args: args.clone(),
         users: plan.users.len(),
