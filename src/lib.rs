@@ -6,6 +6,7 @@
 //! `features` is the one place features are computed, for both.
 //! See docs/architecture.md for the map.
 
+pub mod bench;
 pub mod bundle;
 pub mod catalog;
 pub mod config;
