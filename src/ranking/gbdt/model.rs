@@ -256,7 +256,9 @@ impl GbdtModel {
 
     /// Scores one row. Never panics: a row shorter than `n_features` reads
     /// the absent features as missing (NaN) and extra values are ignored;
-    /// use `predict_batch` to have wrong widths rejected.
+    /// use `predict_batch` to have wrong widths rejected. For a request's
+    /// candidates prefer `predict_batch`: walking eight rows at once makes
+    /// it about twice as fast per row.
     pub fn predict_row(&self, row: &[f32]) -> f32 {
         if self.scorer.supported() && row.len() >= self.n_features() {
             return self.scorer.score_row(self.base_score, row);
@@ -275,7 +277,7 @@ impl GbdtModel {
     }
 
     /// Scores `out.len()` row-major rows of `n_features` values into `out`.
-    /// Allocation-free. Errors when `n_features` differs from the model's
+    /// Allocation-free (its scratch is 16 KiB of stack). Errors when `n_features` differs from the model's
     /// or `rows` does not hold exactly `out.len()` rows. Gives bit-identical
     /// scores to `predict_row`.
     pub fn predict_batch(
