@@ -72,6 +72,10 @@ impl Histogram {
             .enumerate()
             .filter(|(f, _)| used[*f])
             .for_each(|(f, hist)| {
+                // As an array a u8 bin index needs no bounds check.
+                let hist: &mut [Sums; HIST_STRIDE] = hist
+                    .try_into()
+                    .expect("par_chunks_mut yields HIST_STRIDE slots per feature");
                 hist.fill(Sums::default());
                 let column = binned.column(f);
                 for (&row, &(g, h)) in rows.iter().zip(ordered_gh) {

@@ -11,12 +11,14 @@
 //! Layout: `binning` turns raw f32 columns into u8 bins, `histogram` sums
 //! gradients per bin and finds splits, `tree` grows one tree leaf-wise,
 //! `objective` holds the LambdaRank/logistic gradients and metrics,
-//! `train` is the boosting loop, `model` the frozen trees and `predict`.
+//! `train` is the boosting loop, `model` the frozen trees, `scoring` the
+//! cache-friendly layout `predict_*` walks.
 
 mod binning;
 mod histogram;
 mod model;
 mod objective;
+mod scoring;
 mod train;
 mod tree;
 

@@ -1,7 +1,7 @@
 //! End-to-end tests of training on generated data: learning quality,
 //! missing values, determinism, serialisation, early stopping.
 
-use super::objective::metric;
+use super::objective::Targets;
 use super::*;
 use crate::rng::Rng;
 
@@ -24,10 +24,6 @@ impl Generated {
             groups: &self.groups,
             feature_names: &[],
         }
-    }
-
-    fn offsets(&self) -> Vec<usize> {
-        objective::group_offsets(&self.groups, self.labels.len())
     }
 }
 
@@ -97,12 +93,12 @@ fn predict_all(model: &GbdtModel, data: &Generated) -> Vec<f32> {
 }
 
 fn mean_ndcg10(scores: &[f32], data: &Generated) -> f64 {
-    metric(
+    Targets::new(
         Objective::LambdaRank { ndcg_at: 10 },
-        scores,
         &data.labels,
-        &data.offsets(),
+        &data.groups,
     )
+    .metric(scores)
 }
 
 /// Area under the ROC curve by pair counting (ties count half).

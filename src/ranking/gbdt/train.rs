@@ -12,7 +12,8 @@
 use super::binning::{bin_all, fit_all};
 use super::histogram::SplitRules;
 use super::model::{GbdtModel, Tree};
-use super::objective::{self, group_offsets};
+use super::objective::Targets;
+use super::scoring::Scorer;
 use super::tree::{grow_tree, GrowInput, GrowScratch};
 use super::{Dataset, GbdtError, GbdtParams, Objective, RoundStats};
 use crate::rng::Rng;
@@ -61,7 +62,7 @@ pub fn train(
         })?;
     // Each parallel step runs inside `pool`; the loop itself stays on the
     // caller's thread so `on_round` need not be Send.
-    let booster = pool.install(|| Booster::new(train, valid, params));
+    let booster = pool.install(|| Booster::new(train, params));
     booster.run(&pool, train, valid, params, feature_names, on_round)
 }
 
@@ -69,13 +70,11 @@ pub fn train(
 struct Booster {
     bins: Vec<super::binning::FeatureBins>,
     binned: super::binning::BinnedData,
-    train_offsets: Vec<usize>,
-    valid_offsets: Vec<usize>,
     base_score: f32,
 }
 
 impl Booster {
-    fn new(train: &Dataset, valid: Option<&Dataset>, params: &GbdtParams) -> Self {
+    fn new(train: &Dataset, params: &GbdtParams) -> Self {
         let bins = fit_all(
             train.features,
             train.n_features,
@@ -86,10 +85,6 @@ impl Booster {
         Booster {
             bins,
             binned,
-            train_offsets: group_offsets(train.groups, train.rows()),
-            valid_offsets: valid
-                .map(|v| group_offsets(v.groups, v.rows()))
-                .unwrap_or_default(),
             base_score: base_score(params.objective, train.labels),
         }
     }
@@ -111,6 +106,12 @@ impl Booster {
         let mut hess = vec![0.0f32; n];
         let mut scratch = GrowScratch::default();
         let mut trees: Vec<Tree> = Vec::new();
+        let (train_targets, valid_targets) = pool.install(|| {
+            (
+                Targets::new(params.objective, train.labels, train.groups),
+                valid.map(|v| Targets::new(params.objective, v.labels, v.groups)),
+            )
+        });
         // (round, metric) of the best validation round so far.
         let mut best: Option<(usize, f64)> = None;
         let higher_is_better = params.objective.higher_is_better();
@@ -122,16 +123,7 @@ impl Booster {
         };
 
         for round in 0..params.trees {
-            pool.install(|| {
-                objective::gradients(
-                    params.objective,
-                    &scores,
-                    train.labels,
-                    &self.train_offsets,
-                    &mut grad,
-                    &mut hess,
-                )
-            });
+            pool.install(|| train_targets.gradients(&scores, &mut grad, &mut hess));
             let rows = sample_rows(n, params.bagging_fraction, params.seed, round);
             let used = sample_features(d, params.feature_fraction, params.seed, round);
             let input = GrowInput {
@@ -154,16 +146,8 @@ impl Booster {
                 if let Some(v) = valid {
                     add_tree_scores(&tree, v, &mut valid_scores);
                 }
-                let train_metric =
-                    objective::metric(params.objective, &scores, train.labels, &self.train_offsets);
-                let valid_metric = valid.map(|v| {
-                    objective::metric(
-                        params.objective,
-                        &valid_scores,
-                        v.labels,
-                        &self.valid_offsets,
-                    )
-                });
+                let train_metric = train_targets.metric(&scores);
+                let valid_metric = valid_targets.as_ref().map(|t| t.metric(&valid_scores));
                 (train_metric, valid_metric)
             });
             let leaves = tree.leaf_values.len();
@@ -208,14 +192,25 @@ impl Booster {
     }
 }
 
-/// Adds one tree's output to every row's running score, walking the raw
-/// features exactly as `GbdtModel::predict_row` will.
+/// Adds one tree's output to every row's running score with the same
+/// scoring code `GbdtModel::predict_*` uses, so a trained model reproduces
+/// the training-time scores exactly.
 fn add_tree_scores(tree: &Tree, data: &Dataset, scores: &mut [f32]) {
-    scores
-        .par_iter_mut()
-        .enumerate()
-        .with_min_len(1024)
-        .for_each(|(r, s)| *s += tree.predict(data.row(r)));
+    const CHUNK_ROWS: usize = 2048;
+    let d = data.n_features;
+    let scorer = Scorer::new(std::slice::from_ref(tree), d);
+    if scorer.supported() {
+        scores
+            .par_chunks_mut(CHUNK_ROWS)
+            .zip(data.features.par_chunks(CHUNK_ROWS * d))
+            .for_each(|(s, rows)| scorer.score_rows(rows, s));
+    } else {
+        scores
+            .par_iter_mut()
+            .enumerate()
+            .with_min_len(1024)
+            .for_each(|(r, s)| *s += tree.predict(data.row(r)));
+    }
 }
 
 /// Starting score: log-odds of the mean label for logistic (so the first
