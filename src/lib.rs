@@ -7,6 +7,7 @@
 //! See docs/architecture.md for the map.
 
 pub mod bundle;
+pub mod cluster;
 pub mod dataset;
 pub mod eval;
 pub mod eventlog;
