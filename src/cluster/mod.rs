@@ -11,14 +11,18 @@
 //! and read `RaftNode::state`.
 
 pub mod error;
+pub mod log_store;
 pub mod placement;
 pub mod state;
+pub mod state_machine;
 pub mod types;
 
 pub use error::{from_status, to_status, ClusterError};
+pub use log_store::LogStore;
 pub use placement::{initial_placement, plan_drain, plan_rebalance, Move, PlacementError};
 pub use state::{
     CatalogChange, ClusterState, Command, CommandResult, ItemRecord, ModelRef, NodeInfo,
     NodeStatus, Replica, ReplicaState, ShardMap, StateSummary,
 };
+pub use state_machine::{StateHandle, StateMachineStore};
 pub use types::{NodeId, TypeConfig};
