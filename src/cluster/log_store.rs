@@ -94,6 +94,12 @@ impl LogStore {
         &self.inner.path
     }
 
+    /// Number of live handles to this log (the file is closed when the
+    /// last one goes).
+    pub fn handle_count(&self) -> usize {
+        Arc::strong_count(&self.inner)
+    }
+
     fn startup_error(&self, e: StorageError) -> ClusterError {
         ClusterError::storage(&self.inner.path, e)
     }

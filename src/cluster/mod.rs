@@ -11,14 +11,26 @@
 //! and read `RaftNode::state`.
 
 pub mod error;
+pub mod fault;
 pub mod log_store;
+pub mod network;
+pub mod node;
 pub mod placement;
+pub mod service;
 pub mod state;
 pub mod state_machine;
 pub mod types;
 
+/// Generated types of the node-to-node API (`proto/cluster.proto`).
+pub mod proto {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("funnel.cluster.v1");
+}
+
 pub use error::{from_status, to_status, ClusterError};
+pub use fault::{Delay, FaultInjector, InjectedFault};
 pub use log_store::LogStore;
+pub use node::{ClusterStatus, RaftNode, RaftSettings};
 pub use placement::{initial_placement, plan_drain, plan_rebalance, Move, PlacementError};
 pub use state::{
     CatalogChange, ClusterState, Command, CommandResult, ItemRecord, ModelRef, NodeInfo,
