@@ -698,6 +698,31 @@ impl RaftNode {
         address: &str,
         linearizable: bool,
     ) -> Result<ClusterStatus, ClusterError> {
+        let target = {
+            let metrics = self.core.raft.metrics();
+            let m = metrics.borrow();
+            let found = m
+                .membership_config
+                .membership()
+                .nodes()
+                .find(|(_, n)| n.internal == address)
+                .map(|(id, _)| *id);
+            found
+        };
+        if let Some(target) = target {
+            if let Err(fault) = self
+                .core
+                .settings
+                .faults
+                .before_request(self.core.id, target)
+                .await
+            {
+                return Err(ClusterError::Transport {
+                    target: address.to_string(),
+                    reason: fault.to_string(),
+                });
+            }
+        }
         let mut client = self.core.channels.control_client(address)?;
         let budget = self.core.settings.request_timeout();
         let mut request = tonic::Request::new(proto::StatusRequest { linearizable });
