@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use funnel::cluster::state::{
     Command, CommandResult, ItemRecord, ModelRef, NodeInfo, ReplicaState,
 };
+use funnel::cluster::state_machine::encode_state;
 use funnel::cluster::{
     initial_placement, ClusterError, FaultInjector, NodeId, RaftNode, RaftSettings,
 };
@@ -27,21 +28,34 @@ struct TestNode {
 struct TestCluster {
     nodes: BTreeMap<NodeId, TestNode>,
     faults: FaultInjector,
-    snapshot_every: u64,
+    knobs: Knobs,
 }
+
+/// Per-test Raft settings.
+#[derive(Clone, Copy)]
+struct Knobs {
+    snapshot_every: u64,
+    max_message_bytes: usize,
+}
+
+const DEFAULT_KNOBS: Knobs = Knobs {
+    snapshot_every: 1000,
+    max_message_bytes: 64 << 20,
+};
 
 fn settings(
     id: NodeId,
     addr: &str,
     dir: &TempDir,
     faults: &FaultInjector,
-    snapshot_every: u64,
+    knobs: Knobs,
 ) -> RaftSettings {
     let mut s = RaftSettings::new(id, addr, dir.path());
     s.heartbeat_ms = 100;
     s.election_timeout_min_ms = 600;
     s.election_timeout_max_ms = 1200;
-    s.snapshot_every = snapshot_every;
+    s.snapshot_every = knobs.snapshot_every;
+    s.max_message_bytes = knobs.max_message_bytes;
     s.request_timeout_ms = 5_000;
     s.faults = faults.clone();
     s
@@ -49,18 +63,15 @@ fn settings(
 
 impl TestCluster {
     /// Starts nodes 1..=n; the first `voters` form the initial membership.
-    async fn start(n: u64, voters: u64, snapshot_every: u64) -> TestCluster {
+    async fn start(n: u64, voters: u64, knobs: Knobs) -> TestCluster {
         let faults = FaultInjector::new(42);
         let mut nodes = BTreeMap::new();
         for id in 1..=n {
             let dir = TempDir::new().unwrap();
             let (stop, rx) = watch::channel(false);
-            let node = RaftNode::start(
-                settings(id, "127.0.0.1:0", &dir, &faults, snapshot_every),
-                rx,
-            )
-            .await
-            .unwrap();
+            let node = RaftNode::start(settings(id, "127.0.0.1:0", &dir, &faults, knobs), rx)
+                .await
+                .unwrap();
             let addr = node.internal_addr().to_string();
             nodes.insert(
                 id,
@@ -75,7 +86,7 @@ impl TestCluster {
         let cluster = TestCluster {
             nodes,
             faults,
-            snapshot_every,
+            knobs,
         };
         let members: BTreeMap<NodeId, NodeInfo> =
             (1..=voters).map(|id| (id, cluster.info(id))).collect();
@@ -142,12 +153,9 @@ impl TestCluster {
     async fn restart(&mut self, id: NodeId, old: TestNode) {
         let TestNode { dir, addr, .. } = old;
         let (stop, rx) = watch::channel(false);
-        let node = RaftNode::start(
-            settings(id, &addr, &dir, &self.faults, self.snapshot_every),
-            rx,
-        )
-        .await
-        .unwrap();
+        let node = RaftNode::start(settings(id, &addr, &dir, &self.faults, self.knobs), rx)
+            .await
+            .unwrap();
         assert_eq!(node.internal_addr(), addr);
         self.nodes.insert(
             id,
@@ -201,6 +209,14 @@ async fn write_retrying(
     }
 }
 
+/// An item with a 64-dimensional vector (about 300 bytes encoded).
+fn wide_item(id: &str, x: f32) -> ItemRecord {
+    ItemRecord {
+        vector: (0..64).map(|d| (x + d as f32).sin()).collect(),
+        ..item(id, 0.0)
+    }
+}
+
 fn item(id: &str, x: f32) -> ItemRecord {
     ItemRecord {
         id: id.to_string(),
@@ -213,7 +229,7 @@ fn item(id: &str, x: f32) -> ItemRecord {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_nodes_agree_on_writes_from_any_node_and_run_a_model_rollout() {
-    let cluster = TestCluster::start(3, 3, 1000).await;
+    let cluster = TestCluster::start(3, 3, DEFAULT_KNOBS).await;
     let all = cluster.ids();
     let leader = cluster.agreed_leader(&all).await;
 
@@ -378,7 +394,7 @@ async fn three_nodes_agree_on_writes_from_any_node_and_run_a_model_rollout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_new_leader_takes_over_when_the_leader_stops() {
-    let mut cluster = TestCluster::start(3, 3, 1000).await;
+    let mut cluster = TestCluster::start(3, 3, DEFAULT_KNOBS).await;
     let all = cluster.ids();
     let old = cluster.agreed_leader(&all).await;
     write_retrying(
@@ -414,15 +430,19 @@ async fn a_new_leader_takes_over_when_the_leader_stops() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restarted_node_catches_up_through_a_snapshot() {
-    let snapshot_every = 20;
-    let mut cluster = TestCluster::start(3, 3, snapshot_every).await;
+    // Small messages, so the snapshot has to travel in several chunks.
+    let knobs = Knobs {
+        snapshot_every: 20,
+        max_message_bytes: 64 << 10,
+    };
+    let mut cluster = TestCluster::start(3, 3, knobs).await;
     let all = cluster.ids();
     let leader = cluster.agreed_leader(&all).await;
     let lagger = *all.iter().find(|&&id| id != leader).unwrap();
     for i in 0..5 {
         write_retrying(
             cluster.node(leader),
-            Command::UpsertItems(vec![item(&format!("early-{i}"), 0.1)]),
+            Command::UpsertItems(vec![wide_item(&format!("early-{i}"), 0.1)]),
         )
         .await
         .unwrap();
@@ -433,7 +453,7 @@ async fn a_restarted_node_catches_up_through_a_snapshot() {
 
     let rest: Vec<NodeId> = all.iter().copied().filter(|&id| id != lagger).collect();
     for i in 0..200 {
-        let cmd = Command::UpsertItems(vec![item(&format!("late-{i}"), (i % 10) as f32 / 10.0)]);
+        let cmd = Command::UpsertItems(vec![wide_item(&format!("late-{i}"), i as f32)]);
         write_retrying(cluster.node(rest[i % 2]), cmd)
             .await
             .unwrap();
@@ -459,6 +479,11 @@ async fn a_restarted_node_catches_up_through_a_snapshot() {
     let lagger_state = cluster.node(lagger).state().snapshot();
     let other_state = cluster.node(rest[0]).state().snapshot();
     assert_eq!(lagger_state.catalog.len(), 205);
+    let snapshot_bytes = encode_state(&lagger_state).unwrap().len();
+    assert!(
+        snapshot_bytes > 3 * (knobs.max_message_bytes / 4),
+        "snapshot of {snapshot_bytes} bytes fits one chunk; the test would not exercise chunking"
+    );
     for shard in 0..4 {
         assert_eq!(
             lagger_state.digest_shard(shard, 4),
@@ -470,7 +495,7 @@ async fn a_restarted_node_catches_up_through_a_snapshot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_partitioned_old_leader_cannot_commit_or_serve_linearizable_reads() {
-    let cluster = TestCluster::start(3, 3, 1000).await;
+    let cluster = TestCluster::start(3, 3, DEFAULT_KNOBS).await;
     let all = cluster.ids();
     let old = cluster.agreed_leader(&all).await;
     write_retrying(
@@ -547,7 +572,7 @@ async fn a_partitioned_old_leader_cannot_commit_or_serve_linearizable_reads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn membership_grows_from_three_to_five_voters_and_back() {
-    let cluster = TestCluster::start(5, 3, 1000).await;
+    let cluster = TestCluster::start(5, 3, DEFAULT_KNOBS).await;
     let leader = cluster.agreed_leader(&[1, 2, 3]).await;
     write_retrying(
         cluster.node(leader),
@@ -623,7 +648,7 @@ async fn membership_grows_from_three_to_five_voters_and_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn writes_get_through_lossy_slow_links_and_nodes_converge() {
-    let cluster = TestCluster::start(3, 3, 1000).await;
+    let cluster = TestCluster::start(3, 3, DEFAULT_KNOBS).await;
     let all = cluster.ids();
     cluster.agreed_leader(&all).await;
     cluster.faults.set_drop(None, 0.1);
@@ -648,5 +673,42 @@ async fn writes_get_through_lossy_slow_links_and_nodes_converge() {
     for i in 0..30 {
         assert_eq!(s.settings.get(&format!("k{i}")), Some(&format!("v{i}")));
     }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn log_catch_up_splits_batches_that_exceed_the_message_limit() {
+    // No snapshot: the restarted node must get everything from the log, in
+    // AppendEntries calls that each stay under 64 KiB.
+    let knobs = Knobs {
+        snapshot_every: 100_000,
+        max_message_bytes: 64 << 10,
+    };
+    let mut cluster = TestCluster::start(3, 3, knobs).await;
+    let all = cluster.ids();
+    let leader = cluster.agreed_leader(&all).await;
+    let lagger = *all.iter().find(|&&id| id != leader).unwrap();
+    let stopped = cluster.stop(lagger).await;
+    let rest: Vec<NodeId> = all.iter().copied().filter(|&id| id != lagger).collect();
+    let mut backlog = 0;
+    for batch in 0..60 {
+        let items: Vec<ItemRecord> = (0..20)
+            .map(|i| wide_item(&format!("b{batch}-{i}"), (batch * 20 + i) as f32))
+            .collect();
+        let cmd = Command::UpsertItems(items);
+        backlog += funnel::cluster::network::encode_payload(&cmd)
+            .unwrap()
+            .len();
+        write_retrying(cluster.node(rest[batch % 2]), cmd)
+            .await
+            .unwrap();
+    }
+    assert!(
+        backlog > 4 * knobs.max_message_bytes,
+        "backlog of {backlog} bytes would fit in few messages"
+    );
+    cluster.restart(lagger, stopped).await;
+    cluster.converged(&all).await;
+    assert_eq!(cluster.node(lagger).state().read().catalog.len(), 1200);
     cluster.shutdown().await;
 }
