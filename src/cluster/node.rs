@@ -627,8 +627,9 @@ impl RaftNode {
         self.membership_call("changing membership", call).await
     }
 
-    /// Removes nodes (learners, or voters after they were demoted) from the
-    /// membership entirely. Must run on the leader.
+    /// Removes learners from the membership entirely. A node that is still
+    /// a voter is refused (`Membership` error): demote it with
+    /// `change_membership` first. Must run on the leader.
     pub async fn remove_nodes(&self, ids: BTreeSet<NodeId>) -> Result<(), ClusterError> {
         let call = self
             .core
