@@ -4,9 +4,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     // SAFETY: build scripts are single-threaded; nothing else reads the environment concurrently.
     unsafe { std::env::set_var("PROTOC", protoc) };
-    for proto in ["proto/funnel.proto"] {
+    let protos = ["proto/funnel.proto", "proto/cluster.proto"];
+    for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }
-    tonic_prost_build::configure().compile_protos(&["proto/funnel.proto"], &["proto"])?;
+    tonic_prost_build::configure().compile_protos(&protos, &["proto"])?;
     Ok(())
 }

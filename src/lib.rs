@@ -9,6 +9,7 @@
 pub mod bench;
 pub mod bundle;
 pub mod catalog;
+pub mod cluster;
 pub mod config;
 pub mod dataset;
 pub mod eval;

@@ -1,0 +1,40 @@
+//! The cluster control plane: a Raft group (openraft) that replicates the
+//! control state of a funnel serving cluster — members, the shard map,
+//! model versions, the realtime item catalog and settings. Queries never go
+//! through Raft; the data plane watches the applied state instead.
+//!
+//! Owns: the replicated state and its rules (`state`), replica placement
+//! plans (`placement`), durable Raft storage on redb (`log_store`,
+//! `state_machine`), the gRPC transport with fault injection (`network`,
+//! `service`, `fault`) and the node handle (`node`). Must not touch: shard
+//! data, model bundles or the public API; those watch `RaftNode::subscribe`
+//! and read `RaftNode::state`.
+
+pub mod error;
+pub mod fault;
+pub mod log_store;
+pub mod network;
+pub mod node;
+pub mod placement;
+pub mod service;
+pub mod state;
+pub mod state_machine;
+pub mod types;
+
+/// Generated types of the node-to-node API (`proto/cluster.proto`).
+pub mod proto {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("funnel.cluster.v1");
+}
+
+pub use error::{from_status, to_status, ClusterError};
+pub use fault::{Delay, FaultInjector, InjectedFault};
+pub use log_store::LogStore;
+pub use node::{ClusterStatus, RaftNode, RaftSettings};
+pub use placement::{initial_placement, plan_drain, plan_rebalance, Move, PlacementError};
+pub use state::{
+    CatalogChange, ClusterState, Command, CommandResult, ItemRecord, ModelRef, NodeInfo,
+    NodeStatus, Replica, ReplicaState, ShardMap, StateSummary,
+};
+pub use state_machine::{StateHandle, StateMachineStore};
+pub use types::{NodeId, TypeConfig};

@@ -1,0 +1,188 @@
+//! Incoming cluster traffic: the tonic implementations of the `Raft` and
+//! `Control` services of `proto/cluster.proto`.
+//!
+//! Owns: decoding requests, handing them to openraft or the node core, and
+//! encoding replies; conversion of `ClusterStatus` to and from its protobuf
+//! form. Must not touch: the listener and server life cycle (`node.rs`) or
+//! outgoing requests (`network.rs`).
+
+use std::sync::Arc;
+
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use serde::Serialize;
+use tonic::{Request, Response, Status};
+
+use super::error::{to_status, ClusterError};
+use super::network::{decode_payload, encode_payload, raft_bytes};
+use super::node::{ClusterStatus, NodeCore};
+use super::proto;
+use super::proto::{PayloadFormat, RaftBytes};
+use super::state::StateSummary;
+use super::types::{NodeId, Raft, TypeConfig};
+
+/// Serves openraft's RPCs for this node.
+pub struct RaftService {
+    raft: Raft,
+}
+
+impl RaftService {
+    pub fn new(raft: Raft) -> Self {
+        Self { raft }
+    }
+}
+
+fn decode_request<T: serde::de::DeserializeOwned>(
+    request: Request<RaftBytes>,
+    what: &str,
+) -> Result<T, Status> {
+    let body = request.into_inner();
+    decode_payload(body.format, &body.payload, what).map_err(|e| to_status(&e))
+}
+
+fn reply<T: Serialize>(value: &T) -> Result<Response<RaftBytes>, Status> {
+    let payload = encode_payload(value).map_err(|e| to_status(&e))?;
+    Ok(Response::new(raft_bytes(payload)))
+}
+
+#[tonic::async_trait]
+impl proto::raft_server::Raft for RaftService {
+    async fn append_entries(
+        &self,
+        request: Request<RaftBytes>,
+    ) -> Result<Response<RaftBytes>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> =
+            decode_request(request, "AppendEntries request")?;
+        reply(&self.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, request: Request<RaftBytes>) -> Result<Response<RaftBytes>, Status> {
+        let rpc: VoteRequest<NodeId> = decode_request(request, "Vote request")?;
+        reply(&self.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<RaftBytes>,
+    ) -> Result<Response<RaftBytes>, Status> {
+        let rpc: InstallSnapshotRequest<TypeConfig> =
+            decode_request(request, "InstallSnapshot request")?;
+        reply(&self.raft.install_snapshot(rpc).await)
+    }
+}
+
+/// Serves control requests (forwarded writes, status) for this node.
+pub struct ControlService {
+    core: Arc<NodeCore>,
+}
+
+impl ControlService {
+    pub(crate) fn new(core: Arc<NodeCore>) -> Self {
+        Self { core }
+    }
+}
+
+#[tonic::async_trait]
+impl proto::control_server::Control for ControlService {
+    async fn forward_write(
+        &self,
+        request: Request<proto::WriteRequest>,
+    ) -> Result<Response<proto::WriteResponse>, Status> {
+        let body = request.into_inner();
+        let command = decode_payload(body.format, &body.command, "forwarded command")
+            .map_err(|e| to_status(&e))?;
+        tracing::debug!(origin = body.origin_node, "forwarded write");
+        let (result, log_index) = self
+            .core
+            .propose_as_leader(command)
+            .await
+            .map_err(|e| to_status(&e))?;
+        let result = encode_payload(&result).map_err(|e| to_status(&e))?;
+        Ok(Response::new(proto::WriteResponse {
+            format: PayloadFormat::Postcard as i32,
+            result,
+            log_index,
+        }))
+    }
+
+    async fn status(
+        &self,
+        request: Request<proto::StatusRequest>,
+    ) -> Result<Response<proto::StatusResponse>, Status> {
+        let linearizable = request.into_inner().linearizable;
+        let status = self
+            .core
+            .status(linearizable)
+            .await
+            .map_err(|e| to_status(&e))?;
+        Ok(Response::new(status.into()))
+    }
+}
+
+impl From<ClusterStatus> for proto::StatusResponse {
+    fn from(s: ClusterStatus) -> Self {
+        proto::StatusResponse {
+            node_id: s.id,
+            role: s.role,
+            term: s.term,
+            leader_id: s.leader,
+            leader_addr: s.leader_addr.unwrap_or_default(),
+            voters: s.voters,
+            learners: s.learners,
+            last_log_index: s.last_log_index,
+            last_applied_index: s.last_applied_index,
+            apply_lag: s.apply_lag,
+            state: Some(proto::StateSummary {
+                last_applied_index: s.state.last_applied_index,
+                nodes: s.state.nodes,
+                active_nodes: s.state.active_nodes,
+                shards: s.state.shards,
+                replication: s.state.replication,
+                active_version: s.state.active_version,
+                staged_version: s.state.staged_version,
+                catalog_items: s.state.catalog_items,
+                catalog_deleted: s.state.catalog_deleted,
+                catalog_last_index: s.state.catalog_last_index,
+                settings: s.state.settings,
+                state_digest: s.state_digest,
+            }),
+            read_index: s.read_index,
+        }
+    }
+}
+
+impl TryFrom<proto::StatusResponse> for ClusterStatus {
+    type Error = ClusterError;
+
+    fn try_from(p: proto::StatusResponse) -> Result<Self, ClusterError> {
+        let st = p.state.ok_or_else(|| {
+            ClusterError::Decode("status response without a state summary".to_string())
+        })?;
+        Ok(ClusterStatus {
+            id: p.node_id,
+            role: p.role,
+            term: p.term,
+            leader: p.leader_id,
+            leader_addr: (!p.leader_addr.is_empty()).then_some(p.leader_addr),
+            voters: p.voters,
+            learners: p.learners,
+            last_log_index: p.last_log_index,
+            last_applied_index: p.last_applied_index,
+            apply_lag: p.apply_lag,
+            state: StateSummary {
+                last_applied_index: st.last_applied_index,
+                nodes: st.nodes,
+                active_nodes: st.active_nodes,
+                shards: st.shards,
+                replication: st.replication,
+                active_version: st.active_version,
+                staged_version: st.staged_version,
+                catalog_items: st.catalog_items,
+                catalog_deleted: st.catalog_deleted,
+                catalog_last_index: st.catalog_last_index,
+                settings: st.settings,
+            },
+            state_digest: st.state_digest,
+            read_index: p.read_index,
+        })
+    }
+}
