@@ -9,12 +9,13 @@ use crate::dataset::Dataset;
 use crate::features::Demographics;
 use crate::ids::item_key;
 use crate::progress::Progress;
+use crate::ranking::gbdt::{GbdtParams, Objective};
 use crate::ranking::score::Ranker;
 use crate::training::als::AlsParams;
 use crate::training::itemcf::ItemCfParams;
 use crate::training::pipeline::{
-    fit_models, holdout_requests, ranker_from_holdout, train_ranker, FitInput, FittedModels,
-    PipelineParams, RankerReport,
+    fit_models, holdout_requests, train_ranker, FitInput, FittedModels, Holdout, PipelineParams,
+    RankerReport,
 };
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -242,6 +243,30 @@ fn curve(model: &str, lists: &[Vec<u32>], s: &Split) -> Curve {
     }
 }
 
+/// Ranker parameters tried on validation: the given ones, and under
+/// `Search::Small` both objectives with two leaf sizes.
+fn ranker_variants(base: &GbdtParams, search: Search) -> Vec<GbdtParams> {
+    match search {
+        Search::None => vec![base.clone()],
+        Search::Small => {
+            let mut v = vec![base.clone()];
+            for objective in [Objective::Logistic, Objective::LambdaRank { ndcg_at: 10 }] {
+                for min_data_in_leaf in [20, 100] {
+                    let g = GbdtParams {
+                        objective,
+                        min_data_in_leaf,
+                        ..base.clone()
+                    };
+                    if !v.contains(&g) {
+                        v.push(g);
+                    }
+                }
+            }
+            v
+        }
+    }
+}
+
 /// The validation grid: ALS and item-CF, each judged alone by NDCG@10.
 fn search_grid(
     inp: &FitInput,
@@ -327,22 +352,39 @@ pub fn run(ds: &Dataset, opts: &EvalOptions) -> Result<EvalReport, String> {
             c
         }
     };
+    // 2. validation pipeline: its ranker learns from a holdout inside
+    // val-train; the ranker's own parameters are chosen here too
+    let val_models = fit_models(&val_in, &chosen, &progress)?;
+    let inner = Holdout::new(&val_in, &chosen, 2, &progress)?;
+    let mut chosen = chosen;
+    let mut val_pipe: Option<Metrics> = None;
+    for gbdt in ranker_variants(&chosen.gbdt, opts.search) {
+        let mut p = chosen.clone();
+        p.gbdt = gbdt;
+        let (ranker, _) = inner.train(&val_in, &p, &progress)?;
+        let m = evaluate(
+            &pipeline_lists(&val_models, &ranker, val, &p, 20),
+            &val.targets,
+            val.n_catalog(),
+        );
+        grid.push(GridPoint {
+            model: "ranker".into(),
+            params: serde_json::json!(p.gbdt),
+            val_ndcg10: m.ndcg10,
+        });
+        if val_pipe.as_ref().is_none_or(|b| m.ndcg10 > b.ndcg10) {
+            val_pipe = Some(m);
+            chosen = p;
+        }
+    }
+    let val_pipe = val_pipe.unwrap_or_default();
+
     let val_best = |model: &str| {
         grid.iter()
             .filter(|g| g.model == model)
             .map(|g| g.val_ndcg10)
             .fold(None, |a: Option<f64>, v| Some(a.map_or(v, |a| a.max(v))))
     };
-
-    // 2. validation pipeline: its ranker learns from a holdout inside val-train
-    let (val_models, _) = timed(|| fit_models(&val_in, &chosen, &progress));
-    let val_models = val_models?;
-    let (val_ranker, _) = ranker_from_holdout(&val_in, &chosen, 2, &progress)?;
-    let val_pipe = evaluate(
-        &pipeline_lists(&val_models, &val_ranker, val, &chosen, 20),
-        &val.targets,
-        val.n_catalog(),
-    );
 
     // 3. test: models on test-train; the ranker learns from the val phase
     let (test_models, fit_s) = timed(|| fit_models(&test_in, &chosen, &progress));

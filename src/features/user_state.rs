@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 /// Knobs of the state update. Part of the feature schema hash: changing one
 /// changes what features mean.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct StateParams {
     /// How many most recent distinct items the state remembers.
     pub recent_len: usize,

@@ -50,7 +50,7 @@ impl Default for PipelineParams {
             als: AlsParams::default(),
             itemcf: ItemCfParams::default(),
             recall: RecallConfig::default(),
-            gbdt: GbdtParams::default(),
+            gbdt: default_ranker_params(),
             rerank: RerankConfig::default(),
             state: StateParams::default(),
             lists_len: 500,
@@ -58,6 +58,18 @@ impl Default for PipelineParams {
             ranker_valid_fraction: 0.1,
             seed: 42,
         }
+    }
+}
+
+/// The ranker's defaults: pointwise logistic loss proved steadier than
+/// LambdaRank when the ranker is trained on one holdout and applied on the
+/// next (validation NDCG@10 on ml-100k 0.239 vs 0.215), and larger leaves
+/// keep it from memorising users.
+pub fn default_ranker_params() -> GbdtParams {
+    GbdtParams {
+        objective: gbdt::Objective::Logistic,
+        min_data_in_leaf: 100,
+        ..GbdtParams::default()
     }
 }
 
@@ -596,36 +608,75 @@ pub fn train_ranker(
     Ok((Ranker::Gbdt(model), report))
 }
 
-/// Splits `input`'s interactions per user in time (the protocol's holdout
-/// rule), fits models on the first part, and trains the ranker on the
-/// held-out part. Users with fewer than `min_events` interactions keep them
-/// all for fitting.
+/// The per-user temporal holdout inside some fitting data, with models
+/// fitted on the kept part: what ranker training needs. Built once, it
+/// trains any number of ranker variants.
+pub struct Holdout {
+    fit: Vec<Interaction>,
+    pub models: FittedModels,
+    pub requests: Vec<LabelledRequest>,
+}
+
+impl Holdout {
+    /// Splits `input`'s interactions per user in time (the protocol's
+    /// holdout rule) and fits models on the first part. Users with fewer
+    /// than `min_events` interactions keep them all for fitting.
+    pub fn new(
+        input: &FitInput,
+        p: &PipelineParams,
+        min_events: usize,
+        progress: &Progress,
+    ) -> Result<Self, String> {
+        let mut per_user: Vec<Vec<Interaction>> = vec![Vec::new(); input.n_users];
+        for x in input.interactions {
+            per_user[x.user as usize].push(*x);
+        }
+        let (fit_lists, held_lists) = temporal_holdout(&per_user);
+        let mut fit: Vec<Interaction> = Vec::with_capacity(input.interactions.len());
+        let mut held: Vec<Vec<Interaction>> = Vec::new();
+        for ((all, f), h) in per_user.iter().zip(fit_lists).zip(held_lists) {
+            if all.len() >= min_events.max(2) {
+                fit.extend(f);
+                held.push(h);
+            } else {
+                fit.extend_from_slice(all);
+            }
+        }
+        fit.sort_by_key(|x| (x.ts, x.user, x.item));
+        let models = fit_models(&input.with_interactions(&fit), p, progress)?;
+        let requests = holdout_requests(&models, &held);
+        Ok(Holdout {
+            fit,
+            models,
+            requests,
+        })
+    }
+
+    /// Trains a ranker on the held-out interactions.
+    pub fn train(
+        &self,
+        input: &FitInput,
+        p: &PipelineParams,
+        progress: &Progress,
+    ) -> Result<(Ranker, RankerReport), String> {
+        train_ranker(
+            &self.models,
+            &input.with_interactions(&self.fit),
+            &self.requests,
+            p,
+            progress,
+        )
+    }
+}
+
+/// `Holdout::new` then `Holdout::train`.
 pub fn ranker_from_holdout(
     input: &FitInput,
     p: &PipelineParams,
     min_events: usize,
     progress: &Progress,
 ) -> Result<(Ranker, RankerReport), String> {
-    let mut per_user: Vec<Vec<Interaction>> = vec![Vec::new(); input.n_users];
-    for x in input.interactions {
-        per_user[x.user as usize].push(*x);
-    }
-    let (fit_lists, held_lists) = temporal_holdout(&per_user);
-    let mut fit: Vec<Interaction> = Vec::with_capacity(input.interactions.len());
-    let mut held: Vec<Vec<Interaction>> = Vec::new();
-    for ((all, f), h) in per_user.iter().zip(fit_lists).zip(held_lists) {
-        if all.len() >= min_events.max(2) {
-            fit.extend(f);
-            held.push(h);
-        } else {
-            fit.extend_from_slice(all);
-        }
-    }
-    fit.sort_by_key(|x| (x.ts, x.user, x.item));
-    let fit_input = input.with_interactions(&fit);
-    let models = fit_models(&fit_input, p, progress)?;
-    let requests = holdout_requests(&models, &held);
-    train_ranker(&models, &fit_input, &requests, p, progress)
+    Holdout::new(input, p, min_events, progress)?.train(input, p, progress)
 }
 
 #[cfg(test)]
