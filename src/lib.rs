@@ -6,12 +6,16 @@
 //! `features` is the one place features are computed, for both.
 //! See docs/architecture.md for the map.
 
+pub mod admin;
+pub mod api;
 pub mod bench;
 pub mod bundle;
 pub mod catalog;
 pub mod cluster;
 pub mod config;
+pub mod coordinator;
 pub mod dataset;
+pub mod demo;
 pub mod eval;
 pub mod eventlog;
 pub mod features;
@@ -21,6 +25,7 @@ pub mod ingest;
 pub mod linalg;
 pub mod matrix;
 pub mod model;
+pub mod node;
 pub mod progress;
 pub mod ranking;
 pub mod recall;
@@ -28,7 +33,9 @@ pub mod rng;
 pub mod shard;
 pub mod sparse;
 pub mod telemetry;
+pub mod testdata;
 pub mod training;
+pub mod userstate;
 
 /// Generated protobuf types for the public API (`proto/funnel.proto`).
 pub mod proto {

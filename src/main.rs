@@ -85,6 +85,46 @@ enum Command {
         #[command(subcommand)]
         command: BundleCommand,
     },
+    /// Run a serving node (gRPC + HTTP/JSON APIs).
+    Serve {
+        /// Node configuration (TOML); without it, single-node defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        overrides: funnel::config::CliOverrides,
+        /// Print the effective configuration and exit.
+        #[arg(long)]
+        print_config: bool,
+    },
+    /// The built-in demonstration: generate data, train, serve, show recommendations.
+    Demo(funnel::demo::DemoArgs),
+    /// Open-loop load generator against a running node's HTTP API.
+    Bench(funnel::bench::BenchArgs),
+    /// Operator commands against a running node.
+    Admin {
+        /// The node's HTTP address (HOST:PORT or URL).
+        #[arg(long, env = "FUNNEL_ADMIN_ADDR", default_value = "127.0.0.1:8080")]
+        addr: String,
+        /// Admin token (api.admin_token of the node).
+        #[arg(long, env = "FUNNEL_ADMIN_TOKEN", default_value = "")]
+        token: String,
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Load a bundle on the node and switch to it atomically.
+    Publish {
+        /// Bundle directory, as seen by the node.
+        bundle: PathBuf,
+    },
+    /// Print the node's health.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -250,6 +290,50 @@ fn main() -> Result<()> {
             command: BundleCommand::Inspect { dir, json },
         } => {
             print!("{}", funnel::bundle::inspect::inspect(&dir, json)?);
+        }
+        Command::Serve {
+            config,
+            overrides,
+            print_config,
+        } => {
+            let env = funnel::config::env::process_env();
+            let cfg = funnel::config::NodeConfig::load(config.as_deref(), &env, &overrides)?;
+            if print_config {
+                print!("{}", cfg.to_toml_string()?);
+                return Ok(());
+            }
+            funnel::telemetry::init_tracing();
+            let shutdown = funnel::api::server::shutdown_signal();
+            funnel::api::server::block_on(funnel::api::server::run(cfg, shutdown, |r| {
+                let model = r
+                    .node
+                    .model_version()
+                    .unwrap_or_else(|| "(none yet)".into());
+                println!(
+                    "funnel serving: http=http://{} grpc={} model={model}",
+                    r.http, r.grpc
+                );
+            }))?;
+        }
+        Command::Demo(args) => funnel::demo::run_demo(&args)?,
+        Command::Bench(args) => {
+            let report = funnel::bench::run_blocking(&args)?;
+            if args.json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.to_table());
+            }
+        }
+        Command::Admin {
+            addr,
+            token,
+            command,
+        } => {
+            let op = match command {
+                AdminCommand::Publish { bundle } => funnel::admin::AdminOp::Publish(bundle),
+                AdminCommand::Status { json } => funnel::admin::AdminOp::Status { json },
+            };
+            print!("{}", funnel::admin::run_http(&addr, &token, op)?);
         }
     }
     Ok(())

@@ -5,7 +5,6 @@ use clap::{CommandFactory, Parser};
 use funnel::dataset::EventKind;
 use funnel::ingest::{load, DataArgs, IngestError};
 use std::fs;
-use std::path::Path;
 
 /// Stand-in for a command such as `funnel train`.
 #[derive(Parser, Debug)]
@@ -119,14 +118,10 @@ fn csv_with_attributes_from_a_command_line() {
 
 #[test]
 fn movielens_from_a_command_line_when_present() {
-    let dir = Path::new("/work/shared/data/ml-100k");
-    if !dir.join("u.data").is_file() {
-        println!(
-            "skipping: {} is absent (dev-only copy of MovieLens-100K)",
-            dir.display()
-        );
+    let Some(dir) = funnel::testdata::ml100k_dir("ingest_cli_inputs::ml100k") else {
         return;
-    }
+    };
+    let dir = dir.as_path();
     let cli = parse(&["--data", &dir.display().to_string()]);
     let ds = load(&cli.data).unwrap();
     assert_eq!(

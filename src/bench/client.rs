@@ -303,6 +303,33 @@ pub async fn post_events(client: &HttpClient, uri: Uri, body: Bytes, timeout: Du
     }
 }
 
+/// One JSON request (for tools beside the load generator: admin, demo,
+/// tests). `body` None sends a GET; `bearer` adds an Authorization header.
+pub async fn send_json(
+    client: &HttpClient,
+    uri: Uri,
+    body: Option<Bytes>,
+    bearer: Option<&str>,
+    timeout: Duration,
+) -> Result<(StatusCode, Bytes), ErrorKind> {
+    let mut request = match body {
+        Some(b) => post_json(uri, b),
+        None => {
+            let mut r = Request::new(Full::new(Bytes::new()));
+            *r.uri_mut() = uri;
+            r
+        }
+    };
+    if let Some(t) = bearer.filter(|t| !t.is_empty()) {
+        if let Ok(v) = HeaderValue::from_str(&format!("Bearer {t}")) {
+            request
+                .headers_mut()
+                .insert(hyper::header::AUTHORIZATION, v);
+        }
+    }
+    exchange(client, request, timeout).await
+}
+
 /// `GET /metrics` as text, or why it could not be read (for the report).
 pub async fn fetch_metrics(
     client: &HttpClient,

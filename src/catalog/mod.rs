@@ -21,6 +21,8 @@ pub struct LiveItem {
     pub categories: Vec<u16>,
     pub title: Option<String>,
     pub created_at: i64,
+    /// Kept so a new model version's shards can take the item over.
+    pub vector: Vec<f32>,
 }
 
 /// The longest fresh list kept for upserted items.
@@ -218,6 +220,7 @@ impl Catalog {
     pub fn upsert(
         &self,
         id: &str,
+        vector: Vec<f32>,
         categories: &[String],
         title: Option<String>,
         created_at: i64,
@@ -241,6 +244,7 @@ impl Catalog {
                 categories: cats.clone(),
                 title,
                 created_at,
+                vector,
             },
         );
         o.fresh.retain(|&k| k != key);
@@ -287,6 +291,28 @@ impl Catalog {
                     .filter(|k| !o.deleted.contains(k)),
             )
             .collect()
+    }
+
+    /// Category indices for names, adding names the vocabulary lacks.
+    pub fn intern_categories(&self, names: &[String]) -> Vec<u16> {
+        let Ok(mut o) = self.overlay.write() else {
+            return Vec::new();
+        };
+        let mut cats: Vec<u16> = names
+            .iter()
+            .filter_map(|c| self.category_index_in(&mut o, c))
+            .collect();
+        cats.sort_unstable();
+        cats.dedup();
+        cats
+    }
+
+    /// Every item upserted since the model was trained.
+    pub fn upserted_items(&self) -> Vec<LiveItem> {
+        self.overlay
+            .read()
+            .map(|o| o.upserted.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     pub fn upserted_count(&self) -> usize {

@@ -162,14 +162,10 @@ fn movielens_bad_rating_line_names_u_data_and_line() {
 
 #[test]
 fn ml100k_counts_when_present() {
-    let dir = Path::new("/work/shared/data/ml-100k");
-    if !dir.join("u.data").is_file() {
-        println!(
-            "skipping: {} is absent (dev-only copy of MovieLens-100K)",
-            dir.display()
-        );
+    let Some(dir) = crate::testdata::ml100k_dir("ingest::ml100k") else {
         return;
-    }
+    };
+    let dir = dir.as_path();
     let ds = load(&DataArgs::movielens(dir)).unwrap();
     assert_eq!(ds.name, "ml-100k");
     assert_eq!(ds.users.len(), 943);

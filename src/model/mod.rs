@@ -45,6 +45,8 @@ pub struct ServingModel {
     /// `Y^T Y` of the item vectors, for folding in new users.
     pub gram: Option<Vec<f32>>,
     pub params: PipelineParams,
+    /// Mean vector per category (index = category), for folding in items.
+    pub category_centroids: Vec<Vec<f32>>,
     pub users: UserTable,
     user_rows: HashMap<String, u32>,
     pub user_vectors: Matrix,
@@ -154,6 +156,17 @@ impl ServingModel {
             }
         }
         let params: PipelineParams = bundle.section(sections::PIPELINE)?.unwrap_or_default();
+        let category_centroids: Vec<Vec<f32>> = bundle
+            .section(sections::CATEGORY_CENTROIDS)?
+            .unwrap_or_default();
+        if category_centroids
+            .iter()
+            .any(|c| !c.is_empty() && c.len() != dimension)
+        {
+            return Err(inconsistent(
+                "a category centroid has the wrong dimension".into(),
+            ));
+        }
         let states: Vec<UserState> = bundle.section(sections::USER_STATES)?.unwrap_or_default();
         if !states.is_empty() && states.len() != users.len() {
             return Err(inconsistent(format!(
@@ -184,12 +197,33 @@ impl ServingModel {
                 ranker: std::sync::Arc::new(ranker),
                 gram,
                 params,
+                category_centroids,
                 users,
                 user_rows,
                 user_vectors,
             },
             user_states,
         })
+    }
+
+    /// A vector for an item known only by its categories: the mean of
+    /// their centroids (None when no category has one).
+    pub fn fold_item(&self, categories: &[u16]) -> Option<Vec<f32>> {
+        let cs: Vec<&Vec<f32>> = categories
+            .iter()
+            .filter_map(|&c| self.category_centroids.get(c as usize))
+            .filter(|c| c.len() == self.dimension && self.dimension > 0)
+            .collect();
+        if cs.is_empty() {
+            return None;
+        }
+        let mut v = vec![0f32; self.dimension];
+        for c in &cs {
+            for (a, b) in v.iter_mut().zip(c.iter()) {
+                *a += b / cs.len() as f32;
+            }
+        }
+        Some(v)
     }
 
     pub fn item_index(&self, key: u64) -> Option<u32> {

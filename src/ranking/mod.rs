@@ -8,3 +8,4 @@
 pub mod gbdt;
 pub mod rerank;
 pub mod score;
+pub mod worker;

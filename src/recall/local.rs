@@ -42,10 +42,12 @@ pub struct KeyLists {
 }
 
 /// Runs the four local paths. `allow(key)` refuses seen, excluded,
-/// deleted or filtered-out items.
+/// deleted or filtered-out items. `fresh` overrides `lists.fresh` when the
+/// caller has a live one (items upserted since training).
 pub fn local_paths(
     uf: &UserFeatures,
     lists: &KeyLists,
+    fresh: Option<&[u64]>,
     cfg: &RecallConfig,
     allow: &dyn Fn(u64) -> bool,
 ) -> Vec<PathResult> {
@@ -60,7 +62,7 @@ pub fn local_paths(
         },
         PathResult {
             path: RecallPath::Fresh,
-            items: from_list(&lists.fresh, cfg.fresh_k, allow),
+            items: from_list(fresh.unwrap_or(&lists.fresh), cfg.fresh_k, allow),
         },
         PathResult {
             path: RecallPath::Rules,

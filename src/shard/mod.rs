@@ -13,4 +13,4 @@ mod messages;
 
 pub use actor::{start_shard, ShardActor};
 pub use index::{ShardError, ShardIndex, ShardStats};
-pub use messages::{Delete, Digest, GetVectors, Search, SearchResult, Stats, Upsert};
+pub use messages::{Delete, Digest, GetVectors, KeepFn, Search, SearchResult, Stats, Upsert};

@@ -368,7 +368,7 @@ impl FittedModels {
     ) -> Vec<Candidate> {
         let allow = |key: u64| self.allowed(state, key);
         let mut paths = vec![self.ann_path(user, cfg.ann_k, &allow)];
-        paths.extend(local_paths(uf, &self.key_lists, cfg, &allow));
+        paths.extend(local_paths(uf, &self.key_lists, None, cfg, &allow));
         merge(&paths, &cfg.merge)
     }
 

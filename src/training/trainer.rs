@@ -23,6 +23,7 @@ pub mod sections {
     pub const USER_STATES: &str = "user_states";
     pub const ALS_GRAM: &str = "als_gram";
     pub const PIPELINE: &str = "pipeline";
+    pub const CATEGORY_CENTROIDS: &str = "category_centroids";
 }
 
 #[derive(Debug, Clone)]
@@ -147,6 +148,7 @@ pub fn train(ds: &Dataset, opts: &TrainOptions) -> Result<TrainSummary, String> 
                 sections::ITEM_STATS.into(),
                 sections::USER_STATES.into(),
                 sections::ALS_GRAM.into(),
+                sections::CATEGORY_CENTROIDS.into(),
             ],
             metrics: serde_json::json!({ "ranker": ranker_report, "extra": opts.metrics }),
             params: serde_json::to_value(p).unwrap_or_default(),
@@ -165,4 +167,36 @@ pub fn train(ds: &Dataset, opts: &TrainOptions) -> Result<TrainSummary, String> 
         steps: progress.summary(),
         seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// Mean item vector per category: what an item upserted with categories
+/// but no vector is folded in as. Empty for a category without items.
+pub fn category_centroids(
+    vectors: &crate::matrix::Matrix,
+    categories: &[Vec<u16>],
+    n_categories: usize,
+) -> Vec<Vec<f32>> {
+    let dim = vectors.cols();
+    let mut sums = vec![vec![0f64; dim]; n_categories];
+    let mut counts = vec![0usize; n_categories];
+    for (i, cats) in categories.iter().enumerate() {
+        for &c in cats {
+            if let Some(s) = sums.get_mut(c as usize) {
+                for (a, &v) in s.iter_mut().zip(vectors.row(i)) {
+                    *a += f64::from(v);
+                }
+                counts[c as usize] += 1;
+            }
+        }
+    }
+    sums.into_iter()
+        .zip(counts)
+        .map(|(s, n)| {
+            if n == 0 {
+                Vec::new()
+            } else {
+                s.into_iter().map(|v| (v / n as f64) as f32).collect()
+            }
+        })
+        .collect()
 }

@@ -1,0 +1,124 @@
+//! Running a node's front ends: `run(config, shutdown, on_ready)` starts
+//! the node, the HTTP and gRPC servers, hands the bound addresses to
+//! `on_ready`, and on `shutdown` stops accepting, drains, and flushes the
+//! event log.
+
+use super::{grpc, http};
+use crate::config::NodeConfig;
+use crate::node::Node;
+use actix_web::{App, HttpServer};
+use std::future::Future;
+use std::net::SocketAddr;
+
+/// What a started node tells its caller.
+#[derive(Clone)]
+pub struct Ready {
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    pub node: Node,
+}
+
+/// Runs until `shutdown` resolves. Must be called inside an actix `System`
+/// whose runtime is tokio multi-thread (see `block_on`).
+pub async fn run<F>(
+    config: NodeConfig,
+    shutdown: F,
+    on_ready: impl FnOnce(Ready),
+) -> anyhow::Result<()>
+where
+    F: Future<Output = ()>,
+{
+    let node = Node::start(config.clone()).await?;
+    let max = config.api.max_message_bytes;
+    let for_http = node.clone();
+    let server = HttpServer::new(move || {
+        let n = for_http.clone();
+        App::new().configure(move |c| http::configure(c, n, max))
+    })
+    .workers(config.api.http_workers.max(1))
+    .disable_signals()
+    .shutdown_timeout(5)
+    .bind(&config.api.http)
+    .map_err(|e| anyhow::anyhow!("api.http: cannot listen on {}: {e}", config.api.http))?;
+    let http_addr = *server
+        .addrs()
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("api.http: no address bound"))?;
+    let server = server.run();
+    let http_handle = server.handle();
+    let http_task = actix_rt::spawn(server);
+
+    let listener = tokio::net::TcpListener::bind(&config.api.grpc)
+        .await
+        .map_err(|e| anyhow::anyhow!("api.grpc: cannot listen on {}: {e}", config.api.grpc))?;
+    let grpc_addr = listener.local_addr()?;
+    let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
+    let grpc_server = tonic::transport::Server::builder()
+        .add_service(grpc::service(node.clone()))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async {
+                let _ = grpc_stopped.await;
+            },
+        );
+    let grpc_task = tokio::spawn(grpc_server);
+
+    tracing::info!(http = %http_addr, grpc = %grpc_addr, node_id = config.node.id, "funnel node serving");
+    on_ready(Ready {
+        http: http_addr,
+        grpc: grpc_addr,
+        node: node.clone(),
+    });
+    shutdown.await;
+
+    tracing::info!("shutting down: draining requests");
+    http_handle.stop(true).await;
+    let _ = stop_grpc.send(());
+    let _ = grpc_task.await;
+    let _ = http_task.await;
+    if let Err(e) = node.flush().await {
+        tracing::error!(error = %e, "flushing the event log at shutdown failed");
+    }
+    Ok(())
+}
+
+/// Runs `fut` in a fresh actix system on a multi-thread tokio runtime (the
+/// gRPC server and blocking model loads need one).
+pub fn block_on<T>(fut: impl Future<Output = T>) -> T {
+    actix_rt::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(
+                std::thread::available_parallelism()
+                    .map_or(2, |n| n.get())
+                    .max(2),
+            )
+            .enable_all()
+            .build()
+            .expect("a tokio runtime can be built")
+    })
+    .block_on(fut)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

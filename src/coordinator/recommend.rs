@@ -1,0 +1,461 @@
+//! One recommend request, end to end, under its deadline: user state,
+//! recall fan-out, merge, ranking on the worker pool, rerank. Every stage
+//! gets a share of the budget (time a stage leaves unused passes to the
+//! next); a stage that runs out returns what it has and says so in
+//! `degraded`, and a late shard is reported, never awaited.
+
+use super::shards::{SearchSpec, ShardClient};
+use crate::catalog::{Catalog, ItemFacts};
+use crate::config::StageBudget;
+use crate::features::{Device, ItemInput, RecallPath, RequestContext, UserFeatures, UserState};
+use crate::ids::{item_key, shard_of, user_key};
+use crate::model::ServingModel;
+use crate::node::types::{Recommendation, RecommendedItem, ServiceError, StageTiming};
+use crate::node::validate::ValidRecommend;
+use crate::ranking::rerank::{rerank, RerankConfig};
+use crate::ranking::score::{feature_rows, ItemSource, Ranker};
+use crate::ranking::worker::{RankWorker, ScoreBatch};
+use crate::recall::{local_paths, merge, Candidate, PathResult, RecallConfig};
+use crate::telemetry::metrics::metrics;
+use crate::userstate::{GetUser, UserStateActor};
+use actix::Addr;
+use futures::future::join_all;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// One model version's serving state: everything a request reads.
+pub struct Serving {
+    pub model: Arc<ServingModel>,
+    pub catalog: Arc<Catalog>,
+    /// One client per shard id.
+    pub shards: Vec<Arc<dyn ShardClient>>,
+}
+
+/// What a coordinator needs besides the request.
+#[derive(Clone)]
+pub struct RecommendEnv {
+    pub serving: Arc<Serving>,
+    pub users: Arc<Vec<Addr<UserStateActor>>>,
+    pub rank: Addr<RankWorker>,
+    pub recall: RecallConfig,
+    pub rerank: RerankConfig,
+    pub budget: StageBudget,
+    pub batch_rows: usize,
+}
+
+/// The features' view of the request's candidates.
+struct CandidateItems {
+    facts: HashMap<u64, ItemFacts>,
+    vectors: HashMap<u64, Vec<f32>>,
+}
+
+impl ItemSource for CandidateItems {
+    fn item_input(&self, key: u64) -> Option<ItemInput<'_>> {
+        let f = self.facts.get(&key)?;
+        Some(f.input(self.vectors.get(&key).map(|v| v.as_slice())))
+    }
+}
+
+struct Clock {
+    t0: Instant,
+    total: Duration,
+    budget: StageBudget,
+    timings: Vec<StageTiming>,
+    last: Instant,
+}
+
+impl Clock {
+    /// The absolute deadline of the stage whose cumulative share ends at `share`.
+    fn until(&self, share: f64) -> Instant {
+        self.t0 + self.total.mul_f64(share.clamp(0.0, 1.0))
+    }
+
+    fn lap(&mut self, stage: &str) {
+        let now = Instant::now();
+        let d = now - self.last;
+        metrics()
+            .stage_seconds
+            .with_label_values(&[stage])
+            .observe(d.as_secs_f64());
+        self.timings.push(StageTiming {
+            stage: stage.into(),
+            micros: d.as_micros().min(u32::MAX as u128) as u32,
+        });
+        self.last = now;
+    }
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+pub async fn recommend(
+    env: RecommendEnv,
+    req: ValidRecommend,
+    request_id: String,
+) -> Result<Recommendation, ServiceError> {
+    let t0 = Instant::now();
+    let mut clock = Clock {
+        t0,
+        total: Duration::from_millis(req.deadline_ms as u64),
+        budget: env.budget,
+        timings: Vec::with_capacity(6),
+        last: t0,
+    };
+    let b = clock.budget;
+    let (user_end, recall_end, rank_end) = (b.user, b.user + b.recall, b.user + b.recall + b.rank);
+    let serving = env.serving.clone();
+    let model = &serving.model;
+    let catalog = &serving.catalog;
+    let mut degraded: Vec<String> = Vec::new();
+
+    // --- user: realtime state and a vector
+    let partition = shard_of(user_key(&req.user_id), env.users.len() as u32) as usize;
+    let state: Arc<UserState> = match tokio::time::timeout_at(
+        clock.until(user_end).into(),
+        env.users[partition].send(GetUser(req.user_id.clone())),
+    )
+    .await
+    {
+        Ok(Ok(Some(s))) => s,
+        Ok(Ok(None)) => Arc::new(UserState::default()),
+        Ok(Err(e)) => {
+            degraded.push(format!("user: state unavailable ({e})"));
+            Arc::new(UserState::default())
+        }
+        Err(_) => {
+            degraded.push("user: deadline".into());
+            Arc::new(UserState::default())
+        }
+    };
+    let mut user_vec: Option<Vec<f32>> = model.user_vector(&req.user_id).map(|v| v.to_vec());
+    let mut vectors: HashMap<u64, Vec<f32>> = HashMap::new();
+    if user_vec.is_none() && !state.recent.is_empty() {
+        // a user the model never saw: fold a vector in from what they did
+        let keys: Vec<u64> = state.recent.iter().map(|r| r.item).collect();
+        let (got, _, _) = fetch_vectors(&serving.shards, &keys, clock.until(user_end)).await;
+        vectors.extend(got);
+        user_vec = fold_in(model, &state, &vectors);
+        if user_vec.is_none() {
+            degraded.push("ann: no vector for this user yet".into());
+        }
+    }
+    clock.lap("user");
+
+    // --- recall: local paths first (cheap), then the ANN fan-out, which
+    // also brings back the vectors of every local candidate
+    let now = req.timestamp.unwrap_or_else(now_unix);
+    let ctx = RequestContext {
+        now,
+        device: Device::parse(&req.device),
+    };
+    let last_cats = state
+        .recent
+        .back()
+        .map(|r| catalog.categories_of(r.item))
+        .unwrap_or_default();
+    let uf = UserFeatures::prepare(
+        &state,
+        user_vec.as_deref(),
+        &last_cats,
+        &ctx,
+        &model.cf,
+        &model.params.state,
+    );
+    let mut exclude: Vec<u64> = state.seen().to_vec();
+    exclude.extend(req.exclude.iter().map(|id| item_key(id)));
+    exclude.sort_unstable();
+    exclude.dedup();
+    let wanted: Option<Vec<u16>> = (!req.categories.is_empty()).then(|| {
+        req.categories
+            .iter()
+            .filter_map(|c| catalog.category_index(c))
+            .collect()
+    });
+    let allow = |key: u64| -> bool {
+        if exclude.binary_search(&key).is_ok() {
+            return false;
+        }
+        match catalog.facts(key) {
+            None => false,
+            Some(f) => wanted
+                .as_ref()
+                .is_none_or(|w| f.categories.iter().any(|c| w.contains(c))),
+        }
+    };
+    let fresh = catalog.fresh_list();
+    let mut paths = local_paths(&uf, &model.lists, Some(&fresh), &env.recall, &allow);
+    let mut coverage = 1.0;
+    if let Some(q) = &user_vec {
+        let fetch: Vec<u64> = paths
+            .iter()
+            .flat_map(|p| p.items.iter().map(|x| x.0))
+            .filter(|k| !vectors.contains_key(k))
+            .collect();
+        let n_shards = serving.shards.len().max(1);
+        let per_shard_k = if n_shards == 1 {
+            env.recall.ann_k
+        } else {
+            (env.recall.ann_k * 3).div_ceil(2 * n_shards) + 10
+        };
+        let spec = SearchSpec {
+            query: Arc::from(q.as_slice()),
+            k: per_shard_k,
+            exclude: Arc::new(exclude.clone()),
+            categories: wanted.clone().map(Arc::new),
+            fetch: Arc::from(fetch.as_slice()),
+        };
+        let (hits, got, answered) = ann_fan_out(
+            &serving.shards,
+            spec,
+            clock.until(recall_end),
+            &mut degraded,
+        )
+        .await;
+        coverage = answered as f64 / n_shards as f64;
+        vectors.extend(got);
+        let mut hits = hits;
+        hits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        hits.truncate(env.recall.ann_k);
+        paths.insert(
+            0,
+            PathResult {
+                path: RecallPath::Ann,
+                items: hits,
+            },
+        );
+    } else if !serving.shards.is_empty() {
+        // no query vector: the candidates still need vectors for features
+        let keys: Vec<u64> = paths
+            .iter()
+            .flat_map(|p| p.items.iter().map(|x| x.0))
+            .collect();
+        let (got, answered, n) =
+            fetch_vectors(&serving.shards, &keys, clock.until(recall_end)).await;
+        coverage = answered as f64 / n.max(1) as f64;
+        vectors.extend(got);
+    }
+    for p in &paths {
+        metrics()
+            .path_candidates
+            .with_label_values(&[p.path.as_str()])
+            .observe(p.items.len() as f64);
+    }
+    let candidates = merge(&paths, &env.recall.merge);
+    clock.lap("recall");
+
+    // --- rank: features here, scoring on the worker pool
+    let items = CandidateItems {
+        facts: candidates
+            .iter()
+            .filter_map(|c| catalog.facts(c.key).map(|f| (c.key, f)))
+            .collect(),
+        vectors,
+    };
+    let (rows, kept) = feature_rows(&uf, &candidates, &items);
+    let scores = score(
+        &env,
+        &model.ranker,
+        rows,
+        kept.len(),
+        clock.until(rank_end),
+        &mut degraded,
+    )
+    .await;
+    clock.lap("rank");
+
+    // --- rerank: diversity and exploration, seeded per request
+    let kept_cands: Vec<&Candidate> = kept.iter().map(|&i| &candidates[i]).collect();
+    let sim = |a: usize, b: usize| similarity(&items, kept_cands[a].key, kept_cands[b].key);
+    let seed = req.seed.unwrap_or_else(|| user_key(&request_id));
+    let ranked = rerank(&scores, req.k, &env.rerank, &sim, seed);
+    let out: Vec<RecommendedItem> = ranked
+        .iter()
+        .filter_map(|r| {
+            let c = kept_cands[r.index];
+            Some(RecommendedItem {
+                item_id: catalog.external_id(c.key)?,
+                score: r.score,
+                sources: c.prov.paths().map(|p| p.as_str().to_string()).collect(),
+                exploration: r.explored,
+            })
+        })
+        .collect();
+    clock.lap("rerank");
+    let total = t0.elapsed();
+    clock.timings.push(StageTiming {
+        stage: "total".into(),
+        micros: total.as_micros().min(u32::MAX as u128) as u32,
+    });
+    metrics().coverage.observe(coverage);
+    for d in &degraded {
+        let reason = d.split(':').next().unwrap_or("other");
+        metrics().degraded.with_label_values(&[reason]).inc();
+    }
+    Ok(Recommendation {
+        items: out,
+        model_version: model.version.clone(),
+        coverage,
+        degraded,
+        timings: clock.timings,
+        request_id,
+    })
+}
+
+/// ALS fold-in from the user's recent items that have vectors.
+fn fold_in(
+    model: &ServingModel,
+    state: &UserState,
+    vectors: &HashMap<u64, Vec<f32>>,
+) -> Option<Vec<f32>> {
+    let gram = model.gram.as_ref()?;
+    let items: Vec<(&[f32], f32)> = state
+        .recent
+        .iter()
+        .filter_map(|r| vectors.get(&r.item).map(|v| (v.as_slice(), r.strength)))
+        .collect();
+    if items.is_empty() {
+        return None;
+    }
+    let als = &model.params.als;
+    crate::training::als::fold_in_from_vectors(gram, als.regularization, als.alpha, &items).ok()
+}
+
+/// Vectors of `keys` from the shards that hold them; (vectors, shards that
+/// answered, shards asked).
+async fn fetch_vectors(
+    shards: &[Arc<dyn ShardClient>],
+    keys: &[u64],
+    until: Instant,
+) -> (Vec<(u64, Vec<f32>)>, usize, usize) {
+    let n = shards.len() as u32;
+    if n == 0 || keys.is_empty() {
+        return (Vec::new(), 0, 0);
+    }
+    let mut by_shard: HashMap<u32, Vec<u64>> = HashMap::new();
+    for &k in keys {
+        by_shard.entry(shard_of(k, n)).or_default().push(k);
+    }
+    let asked = by_shard.len();
+    let calls = by_shard.into_iter().map(|(s, ks)| {
+        let client = shards[s as usize].clone();
+        async move {
+            tokio::time::timeout_at(until.into(), client.vectors(Arc::from(ks.as_slice()))).await
+        }
+    });
+    let mut out = Vec::new();
+    let mut answered = 0;
+    for r in join_all(calls).await {
+        if let Ok(Ok(v)) = r {
+            answered += 1;
+            out.extend(v);
+        }
+    }
+    (out, answered, asked)
+}
+
+/// Searches every shard at once; returns (hits, vectors, shards answered).
+async fn ann_fan_out(
+    shards: &[Arc<dyn ShardClient>],
+    spec: SearchSpec,
+    until: Instant,
+    degraded: &mut Vec<String>,
+) -> (Vec<(u64, f32)>, Vec<(u64, Vec<f32>)>, usize) {
+    let calls = shards.iter().map(|c| {
+        let c = c.clone();
+        let spec = spec.clone();
+        async move {
+            (
+                c.shard(),
+                tokio::time::timeout_at(until.into(), c.search(spec)).await,
+            )
+        }
+    });
+    let mut hits = Vec::new();
+    let mut vectors = Vec::new();
+    let mut answered = 0;
+    for (shard, r) in join_all(calls).await {
+        match r {
+            Ok(Ok(res)) => {
+                answered += 1;
+                hits.extend(res.hits);
+                vectors.extend(res.vectors);
+            }
+            Ok(Err(e)) => degraded.push(format!("shard {shard}: {e}")),
+            Err(_) => degraded.push(format!("shard {shard}: deadline")),
+        }
+    }
+    (hits, vectors, answered)
+}
+
+/// Scores rows on the worker pool in batches; past the deadline, falls back
+/// to rank fusion computed here (cheap) and says so.
+async fn score(
+    env: &RecommendEnv,
+    ranker: &Arc<Ranker>,
+    rows: Vec<f32>,
+    n_rows: usize,
+    until: Instant,
+    degraded: &mut Vec<String>,
+) -> Vec<f32> {
+    let width = crate::features::N_FEATURES;
+    let batch = env.batch_rows.max(1);
+    let calls = rows.chunks(batch * width).map(|chunk| {
+        let msg = ScoreBatch {
+            ranker: ranker.clone(),
+            rows: chunk.to_vec(),
+            n_rows: chunk.len() / width,
+        };
+        let rank = env.rank.clone();
+        async move { tokio::time::timeout_at(until.into(), rank.send(msg)).await }
+    });
+    let mut scores = Vec::with_capacity(n_rows);
+    let mut failed = None;
+    for r in join_all(calls).await {
+        match r {
+            Ok(Ok(Ok(s))) => scores.extend(s),
+            Ok(Ok(Err(e))) => failed = Some(format!("rank: {e}")),
+            Ok(Err(e)) => failed = Some(format!("rank: workers unavailable ({e})")),
+            Err(_) => failed = Some("rank: deadline".to_string()),
+        }
+    }
+    if let Some(reason) = failed {
+        degraded.push(format!("{reason}; ordered by recall rank fusion"));
+        let mut s = vec![0f32; n_rows];
+        if Ranker::RankFusion.score_rows(&rows, &mut s).is_ok() {
+            return s;
+        }
+        return vec![0.0; n_rows];
+    }
+    scores
+}
+
+/// Similarity for diversity: embedding cosine when both vectors are
+/// known, else category overlap.
+fn similarity(items: &CandidateItems, a: u64, b: u64) -> f32 {
+    if let (Some(x), Some(y)) = (items.vectors.get(&a), items.vectors.get(&b)) {
+        let d = crate::linalg::dot(x, y);
+        let n = crate::linalg::norm(x) * crate::linalg::norm(y);
+        return if n > 0.0 {
+            (d / n).clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+    }
+    match (items.facts.get(&a), items.facts.get(&b)) {
+        (Some(x), Some(y)) if !x.categories.is_empty() && !y.categories.is_empty() => {
+            let shared = x
+                .categories
+                .iter()
+                .filter(|c| y.categories.contains(c))
+                .count();
+            let union = x.categories.len() + y.categories.len() - shared;
+            shared as f32 / union as f32
+        }
+        _ => 0.0,
+    }
+}

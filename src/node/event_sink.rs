@@ -1,0 +1,85 @@
+//! `EventSink`: the one writer of this node's durable event log. A sync
+//! actor (its own thread), because appends block on fsync.
+
+use crate::eventlog::{EventLogError, EventLogOptions, EventLogWriter, LogEvent};
+use actix::{Actor, Addr, Handler, Message, SyncArbiter, SyncContext};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+pub struct EventSink {
+    writer: Arc<Mutex<EventLogWriter>>,
+}
+
+impl Actor for EventSink {
+    type Context = SyncContext<Self>;
+}
+
+/// Opens (recovering a torn tail) and starts the sink; returns what recovery did.
+pub fn start_event_sink(
+    dir: &Path,
+    opts: EventLogOptions,
+) -> Result<(Addr<EventSink>, String), EventLogError> {
+    let (writer, report) = EventLogWriter::open(dir, opts)?;
+    let writer = Arc::new(Mutex::new(writer));
+    let addr = SyncArbiter::start(1, move || EventSink {
+        writer: writer.clone(),
+    });
+    Ok((addr, format!("{report:?}")))
+}
+
+/// Appends a batch durably (per the fsync policy); answers (first, last) seq.
+pub struct Append(pub Vec<LogEvent>);
+
+impl Message for Append {
+    type Result = Result<(u64, u64), String>;
+}
+
+impl Handler<Append> for EventSink {
+    type Result = Result<(u64, u64), String>;
+
+    fn handle(&mut self, mut msg: Append, _: &mut SyncContext<Self>) -> Self::Result {
+        let mut w = self
+            .writer
+            .lock()
+            .map_err(|_| "event log writer is poisoned".to_string())?;
+        w.append_batch(&mut msg.0).map_err(|e| e.to_string())
+    }
+}
+
+/// Runs the interval fsync policy; sent periodically by the node.
+pub struct SyncDue;
+
+impl Message for SyncDue {
+    type Result = ();
+}
+
+impl Handler<SyncDue> for EventSink {
+    type Result = ();
+
+    fn handle(&mut self, _: SyncDue, _: &mut SyncContext<Self>) {
+        if let Ok(mut w) = self.writer.lock() {
+            if let Err(e) = w.maybe_sync_due() {
+                tracing::error!(error = %e, "event log fsync failed");
+            }
+        }
+    }
+}
+
+/// Flushes and fsyncs (shutdown).
+pub struct Flush;
+
+impl Message for Flush {
+    type Result = Result<(), String>;
+}
+
+impl Handler<Flush> for EventSink {
+    type Result = Result<(), String>;
+
+    fn handle(&mut self, _: Flush, _: &mut SyncContext<Self>) -> Self::Result {
+        let mut w = self
+            .writer
+            .lock()
+            .map_err(|_| "event log writer is poisoned".to_string())?;
+        w.sync().map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,150 @@
+//! The operations' own request and response types, independent of any
+//! wire format: gRPC and HTTP handlers convert to and from these and call
+//! the same `Node` method, so both front ends have identical semantics.
+//! The JSON API serialises these types directly (field names match
+//! proto/funnel.proto).
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContextIn {
+    /// Unix seconds; 0 = now.
+    pub timestamp: i64,
+    pub device: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecommendQuery {
+    pub user_id: String,
+    /// 0 = the configured default.
+    pub k: u32,
+    /// 0 = the configured default.
+    pub deadline_ms: u32,
+    pub exclude_item_ids: Vec<String>,
+    pub categories: Vec<String>,
+    pub context: ContextIn,
+    /// 0 = derived from the request id.
+    pub seed: u64,
+    pub request_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecommendedItem {
+    pub item_id: String,
+    pub score: f32,
+    pub sources: Vec<String>,
+    pub exploration: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageTiming {
+    pub stage: String,
+    pub micros: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recommendation {
+    pub items: Vec<RecommendedItem>,
+    pub model_version: String,
+    pub coverage: f64,
+    pub degraded: Vec<String>,
+    pub timings: Vec<StageTiming>,
+    pub request_id: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventIn {
+    pub user_id: String,
+    pub item_id: String,
+    pub kind: String,
+    /// 0 = the kind's default weight.
+    pub weight: f32,
+    /// Unix seconds; 0 = now.
+    pub timestamp: i64,
+    pub device: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ItemIn {
+    pub item_id: String,
+    /// Empty = folded in from the categories.
+    pub vector: Vec<f32>,
+    pub categories: Vec<String>,
+    pub title: String,
+    /// Unix seconds; 0 = now.
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecentItem {
+    pub item_id: String,
+    pub kind: String,
+    pub timestamp: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CategoryTaste {
+    pub category: String,
+    pub weight: f32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserView {
+    pub user_id: String,
+    pub known: bool,
+    pub events: u32,
+    pub recent: Vec<RecentItem>,
+    pub tastes: Vec<CategoryTaste>,
+    pub has_vector: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthView {
+    /// "serving", "loading" or "degraded".
+    pub status: String,
+    pub node_id: u64,
+    pub model_version: String,
+    pub shards_local: u32,
+    pub shards_total: u32,
+}
+
+/// Why an operation failed. Every front end maps it with `api::error`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ServiceError {
+    /// The request is malformed; nothing was changed.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The request is over a configured limit; nothing was changed.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// The node cannot serve yet (no model loaded) or is shutting down.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ServiceError {
+    /// Stable machine-readable code, used in JSON bodies and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ServiceError::InvalidArgument(_) => "invalid_argument",
+            ServiceError::ResourceExhausted(_) => "resource_exhausted",
+            ServiceError::NotFound(_) => "not_found",
+            ServiceError::Unavailable(_) => "unavailable",
+            ServiceError::Unauthenticated(_) => "unauthenticated",
+            ServiceError::FailedPrecondition(_) => "failed_precondition",
+            ServiceError::Internal(_) => "internal",
+        }
+    }
+}

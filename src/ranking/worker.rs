@@ -1,0 +1,40 @@
+//! `RankWorker`: sync-arbiter threads that score batches of feature rows,
+//! so ranking's CPU work never runs on the threads that move requests.
+
+use super::score::Ranker;
+use crate::telemetry::cpu::thread_cpu_micros;
+use actix::{Actor, Addr, Handler, Message, SyncArbiter, SyncContext};
+use std::sync::Arc;
+
+pub struct RankWorker;
+
+impl Actor for RankWorker {
+    type Context = SyncContext<Self>;
+}
+
+pub fn start_rank_workers(threads: usize) -> Addr<RankWorker> {
+    SyncArbiter::start(threads.max(1), || RankWorker)
+}
+
+/// Scores row-major feature rows with the request's model version.
+pub struct ScoreBatch {
+    pub ranker: Arc<Ranker>,
+    pub rows: Vec<f32>,
+    pub n_rows: usize,
+}
+
+impl Message for ScoreBatch {
+    type Result = Result<Vec<f32>, String>;
+}
+
+impl Handler<ScoreBatch> for RankWorker {
+    type Result = Result<Vec<f32>, String>;
+
+    fn handle(&mut self, msg: ScoreBatch, _: &mut SyncContext<Self>) -> Self::Result {
+        let t0 = thread_cpu_micros();
+        let mut out = vec![0f32; msg.n_rows];
+        let r = msg.ranker.score_rows(&msg.rows, &mut out);
+        crate::telemetry::metrics::record_cpu("ranking", thread_cpu_micros().saturating_sub(t0));
+        r.map(|_| out)
+    }
+}

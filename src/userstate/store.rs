@@ -1,0 +1,90 @@
+//! One partition's user states (plain data; the actor wraps it).
+
+use crate::dataset::EventKind;
+use crate::features::{StateParams, UserState};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// An event ready to apply: ids resolved, item categories looked up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppliedEvent {
+    pub user_id: String,
+    pub item_key: u64,
+    pub categories: Vec<u16>,
+    pub ts: i64,
+    pub kind: EventKind,
+    pub weight: f32,
+}
+
+#[derive(Default)]
+pub struct UserStore {
+    /// Copy-on-write: a request holds an `Arc` while events keep applying.
+    users: HashMap<String, Arc<UserState>>,
+}
+
+impl UserStore {
+    pub fn get(&self, user_id: &str) -> Option<Arc<UserState>> {
+        self.users.get(user_id).cloned()
+    }
+
+    pub fn apply(&mut self, e: &AppliedEvent, params: &StateParams) {
+        let state = self.users.entry(e.user_id.clone()).or_default();
+        Arc::make_mut(state).apply(e.item_key, &e.categories, e.ts, e.kind, e.weight, params);
+    }
+
+    /// Adds states for users this partition does not know yet; users it
+    /// already tracks keep their live state (it includes events the
+    /// incoming snapshot may not).
+    pub fn seed(&mut self, states: Vec<(String, UserState)>) -> usize {
+        let mut added = 0;
+        for (id, s) in states {
+            if let std::collections::hash_map::Entry::Vacant(v) = self.users.entry(id) {
+                v.insert(Arc::new(s));
+                added += 1;
+            }
+        }
+        added
+    }
+
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_state_does_not_change_under_later_events() {
+        let p = StateParams::default();
+        let mut s = UserStore::default();
+        let ev = |item| AppliedEvent {
+            user_id: "u".into(),
+            item_key: item,
+            categories: vec![],
+            ts: 1,
+            kind: EventKind::Click,
+            weight: 0.0,
+        };
+        s.apply(&ev(1), &p);
+        let held = s.get("u").unwrap();
+        s.apply(&ev(2), &p);
+        assert_eq!(held.events, 1);
+        assert_eq!(s.get("u").unwrap().events, 2);
+        // seeding never overwrites a live user
+        assert_eq!(
+            s.seed(vec![
+                ("u".into(), UserState::default()),
+                ("v".into(), UserState::default())
+            ]),
+            1
+        );
+        assert_eq!(s.get("u").unwrap().events, 2);
+        assert_eq!(s.len(), 2);
+    }
+}
