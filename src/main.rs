@@ -74,6 +74,10 @@ enum Command {
         /// Also write an HTML report with a recall@K chart per path.
         #[arg(long)]
         report: Option<PathBuf>,
+        /// Also write the test phase's models as a servable bundle (DIR/bundle)
+        /// and the evaluation requests (DIR/requests.json).
+        #[arg(long, value_name = "DIR")]
+        export: Option<PathBuf>,
     },
     /// Build a bundle from embeddings trained elsewhere (.npy or Parquet).
     Import {
@@ -250,6 +254,7 @@ fn main() -> Result<()> {
             params,
             json,
             report,
+            export,
         } => {
             let ds = source.load()?;
             let variant = match min_rating {
@@ -262,6 +267,7 @@ fn main() -> Result<()> {
                 params: load_params(&params)?,
                 search,
                 progress: interactive && !json,
+                export,
             };
             let r = funnel::eval::run::run(&ds, &opts).map_err(anyhow::Error::msg)?;
             if let Some(path) = report {

@@ -40,6 +40,27 @@ pub struct EvalOptions {
     pub params: PipelineParams,
     pub search: Search,
     pub progress: bool,
+    /// Also write the test phase's models as a servable bundle
+    /// (`DIR/bundle`) with the evaluation requests (`DIR/requests.json`), so
+    /// the same evaluation can be run through a server.
+    pub export: Option<std::path::PathBuf>,
+}
+
+/// One evaluation request as a client would send it to a server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExportedRequest {
+    pub user_id: String,
+    pub timestamp: i64,
+    pub targets: Vec<String>,
+}
+
+/// `DIR/requests.json`: the requests and the figures `funnel eval` got.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExportedEval {
+    pub n_catalog: usize,
+    pub requests: Vec<ExportedRequest>,
+    pub pipeline: Metrics,
+    pub rerank: crate::ranking::rerank::RerankConfig,
 }
 
 /// One model's (or path's) test-phase row.
@@ -335,7 +356,11 @@ pub fn run(ds: &Dataset, opts: &EvalOptions) -> Result<EvalReport, String> {
     let t0 = Instant::now();
     let progress = Progress::new(opts.progress);
     let splits = protocol_splits(ds, opts.variant)?;
-    let (val, test) = (&splits.val, &splits.test);
+    // models only know items the protocol can rank
+    let (val, test) = (
+        &splits.val.restrict_to_catalog(),
+        &splits.test.restrict_to_catalog(),
+    );
     let val_data = SplitData::new(ds, val);
     let test_data = SplitData::new(ds, test);
     let val_in = val_data.input(val);
@@ -460,6 +485,24 @@ pub fn run(ds: &Dataset, opts: &EvalOptions) -> Result<EvalReport, String> {
     step.inc(1);
     step.done();
 
+    if let Some(dir) = &opts.export {
+        let pipeline = rows
+            .iter()
+            .find(|r| r.model == "pipeline")
+            .map(|r| r.metrics.clone())
+            .unwrap_or_default();
+        export(
+            ds,
+            test,
+            &test_models,
+            &test_ranker,
+            &ranker_report,
+            &chosen,
+            pipeline,
+            dir,
+        )?;
+    }
+
     Ok(EvalReport {
         dataset: ds.name.clone(),
         fingerprint: ds.fingerprint.clone(),
@@ -542,4 +585,83 @@ mod tests {
         assert!(crate::eval::report::table(&r).contains("pipeline"));
         assert!(crate::eval::report::html(&r).contains("<svg"));
     }
+}
+
+/// Writes the test phase's models as a bundle plus the evaluation requests.
+#[allow(clippy::too_many_arguments)]
+fn export(
+    ds: &Dataset,
+    test: &Split,
+    models: &FittedModels,
+    ranker: &Ranker,
+    report: &RankerReport,
+    p: &PipelineParams,
+    pipeline: Metrics,
+    dir: &std::path::Path,
+) -> Result<(), String> {
+    use crate::training::trainer::{write_bundle, BundleSource, TrainOptions};
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let src = BundleSource {
+        item_ids: test
+            .item_ds
+            .iter()
+            .map(|&i| ds.items.external(i).to_string())
+            .collect(),
+        titles: test
+            .item_ds
+            .iter()
+            .map(|&i| ds.item_meta[i as usize].title.clone())
+            .collect(),
+        categories: test
+            .item_ds
+            .iter()
+            .map(|&i| ds.item_meta[i as usize].categories.clone())
+            .collect(),
+        created_at: test
+            .item_ds
+            .iter()
+            .map(|&i| ds.item_meta[i as usize].created_at)
+            .collect(),
+        category_names: ds.categories.clone(),
+        user_ids: test
+            .user_ds
+            .iter()
+            .map(|&u| ds.users.external(u).to_string())
+            .collect(),
+        occupation_names: ds.occupations.clone(),
+        fingerprint: ds.fingerprint.clone(),
+    };
+    let opts = TrainOptions {
+        out: dir.join("bundle"),
+        force: true,
+        shards: 1,
+        params: p.clone(),
+        index: Default::default(),
+        model_version: Some(format!("eval-{}", ds.fingerprint.get(..8).unwrap_or("0"))),
+        progress: false,
+        metrics: serde_json::json!({ "pipeline": pipeline }),
+    };
+    write_bundle(&src, models, ranker, report, &opts)?;
+    let requests = test
+        .eval_users
+        .iter()
+        .zip(&test.targets)
+        .map(|(&u, t)| ExportedRequest {
+            user_id: src.user_ids[u as usize].clone(),
+            timestamp: models.default_context(u).now,
+            targets: t
+                .iter()
+                .map(|&i| src.item_ids[i as usize].clone())
+                .collect(),
+        })
+        .collect();
+    let out = ExportedEval {
+        n_catalog: test.n_catalog(),
+        requests,
+        pipeline,
+        rerank: p.rerank,
+    };
+    let text = serde_json::to_string(&out).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("requests.json"), text)
+        .map_err(|e| format!("writing {}: {e}", dir.join("requests.json").display()))
 }

@@ -89,6 +89,51 @@ impl Split {
     pub fn n_catalog(&self) -> usize {
         self.catalog.iter().filter(|&&c| c).count()
     }
+
+    /// The same split with items renumbered over the catalogue only: items
+    /// without a training interaction can never be ranked, so models need
+    /// not know them (and a bundle exported from this split serves exactly
+    /// the items the protocol ranks). Order, hence tie-breaks, is kept.
+    pub fn restrict_to_catalog(&self) -> Split {
+        let mut to_cat = vec![u32::MAX; self.n_items];
+        let mut item_ds = Vec::new();
+        for i in 0..self.n_items {
+            if self.catalog[i] {
+                to_cat[i] = item_ds.len() as u32;
+                item_ds.push(self.item_ds[i]);
+            }
+        }
+        let remap = |xs: &[Interaction]| -> Vec<Interaction> {
+            xs.iter()
+                .filter(|x| to_cat[x.item as usize] != u32::MAX)
+                .map(|x| Interaction {
+                    item: to_cat[x.item as usize],
+                    ..*x
+                })
+                .collect()
+        };
+        let train = remap(&self.train);
+        let n_items = item_ds.len();
+        let triples: Vec<(u32, u32, f32)> = train.iter().map(|x| (x.user, x.item, 1.0)).collect();
+        Split {
+            phase: self.phase,
+            n_users: self.n_users,
+            n_items,
+            user_ds: self.user_ds.clone(),
+            item_ds,
+            train_matrix: Csr::from_triples(self.n_users, n_items, &triples),
+            train,
+            catalog: vec![true; n_items],
+            eval_users: self.eval_users.clone(),
+            targets: self
+                .targets
+                .iter()
+                .map(|t| t.iter().map(|&i| to_cat[i as usize]).collect())
+                .collect(),
+            heldout: self.heldout.iter().map(|h| remap(h)).collect(),
+            stats: self.stats.clone(),
+        }
+    }
 }
 
 /// Both phases of the protocol.
@@ -351,6 +396,27 @@ mod tests {
         assert_eq!(s.val.targets, vec![vec![1]]);
         assert_eq!(s.val.stats.n_train, 6);
         assert_eq!(s.val.stats.n_heldout, 2);
+    }
+
+    #[test]
+    fn restricting_to_the_catalogue_keeps_order_and_targets() {
+        let mut rows = vec![];
+        for (k, i) in ["10", "2", "3", "4", "5", "6"].iter().enumerate() {
+            rows.push(("a", *i, 100 + k as i64, 5.0));
+        }
+        for (k, i) in ["5", "6", "2", "3", "4"].iter().enumerate() {
+            rows.push(("d", *i, k as i64, 5.0));
+        }
+        let d = ds(&rows);
+        let s = protocol_splits(&d, Variant::All).unwrap();
+        // val catalogue lacks item "4" (only in held-out parts)
+        let r = s.val.restrict_to_catalog();
+        assert_eq!(r.n_items, s.val.n_catalog());
+        let names: Vec<&str> = r.item_ds.iter().map(|&i| d.items.external(i)).collect();
+        assert_eq!(names, vec!["2", "3", "5", "6", "10"]);
+        assert_eq!(r.targets, vec![vec![1]]);
+        assert_eq!(r.train.len(), s.val.train.len());
+        assert!(r.heldout[0].iter().all(|x| (x.item as usize) < r.n_items));
     }
 
     #[test]

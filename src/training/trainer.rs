@@ -3,7 +3,9 @@
 //! interactions), refits every recall model on all the data, and writes the
 //! bundle the serving nodes load.
 
-use super::pipeline::{fit_models, ranker_from_holdout, FitInput, PipelineParams, RankerReport};
+use super::pipeline::{
+    fit_models, ranker_from_holdout, FitInput, FittedModels, PipelineParams, RankerReport,
+};
 use crate::bundle::{
     BundleWriter, FeatureSchemaRef, IndexParams, ItemTable, ManifestFields, UserTable, WriteOptions,
 };
@@ -11,6 +13,7 @@ use crate::dataset::Dataset;
 use crate::features::{Demographics, FeatureSchema};
 use crate::ids::item_key;
 use crate::progress::Progress;
+use crate::ranking::score::Ranker;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -63,21 +66,26 @@ pub fn train(ds: &Dataset, opts: &TrainOptions) -> Result<TrainSummary, String> 
     if opts.shards == 0 {
         return Err("--shards must be at least 1".into());
     }
-    let mut items = ItemTable::from_ids(ds.items.ids().to_vec());
-    items.titles = ds.item_meta.iter().map(|m| m.title.clone()).collect();
-    items.categories = ds.item_meta.iter().map(|m| m.categories.clone()).collect();
-    items.created_at = ds.item_meta.iter().map(|m| m.created_at).collect();
-    items.category_names = ds.categories.clone();
+    let src = BundleSource {
+        item_ids: ds.items.ids().to_vec(),
+        titles: ds.item_meta.iter().map(|m| m.title.clone()).collect(),
+        categories: ds.item_meta.iter().map(|m| m.categories.clone()).collect(),
+        created_at: ds.item_meta.iter().map(|m| m.created_at).collect(),
+        category_names: ds.categories.clone(),
+        user_ids: ds.users.ids().to_vec(),
+        occupation_names: ds.occupations.clone(),
+        fingerprint: ds.fingerprint.clone(),
+    };
     // refuse 64-bit key collisions before hours of training
-    items.validate().map_err(|e| e.to_string())?;
+    src.item_table().validate().map_err(|e| e.to_string())?;
     let keys: Vec<u64> = ds.items.ids().iter().map(|id| item_key(id)).collect();
     let demographics: Vec<Demographics> = ds.user_meta.iter().map(Demographics::from).collect();
     let input = FitInput {
         n_users: ds.users.len(),
         interactions: &ds.interactions,
         item_keys: &keys,
-        item_categories: &items.categories,
-        item_created: &items.created_at,
+        item_categories: &src.categories,
+        item_created: &src.created_at,
         demographics: &demographics,
         n_categories: ds.categories.len(),
         include_cold_items: true,
@@ -85,75 +93,8 @@ pub fn train(ds: &Dataset, opts: &TrainOptions) -> Result<TrainSummary, String> 
     let p = &opts.params;
     let (ranker, ranker_report) = ranker_from_holdout(&input, p, 3, &progress)?;
     let models = fit_models(&input, p, &progress)?;
-    items.popularity = models.item_stats.iter().map(|s| s.count).collect();
-    items.trending = models
-        .item_stats
-        .iter()
-        .map(|s| s.trending_at(models.as_of))
-        .collect();
-
-    let model_version = opts.model_version.clone().unwrap_or_else(|| {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        format!("v{now}-{}", ds.fingerprint.get(..8).unwrap_or("00000000"))
-    });
     let step = progress.step("write bundle", 1);
-    let mut w = BundleWriter::create(&opts.out, WriteOptions { force: opts.force })
-        .map_err(|e| e.to_string())?;
-    w.put_items(&items).map_err(|e| e.to_string())?;
-    w.put_item_vectors(
-        &items,
-        &models.als.item_factors,
-        opts.shards,
-        opts.index.clone(),
-    )
-    .map_err(|e| e.to_string())?;
-    let users = UserTable {
-        ids: ds.users.ids().to_vec(),
-        occupation_names: ds.occupations.clone(),
-    };
-    w.put_users(&users, &models.als.user_factors)
-        .map_err(|e| e.to_string())?;
-    let gram = crate::linalg::gram_matrix(&models.als.item_factors);
-    w.put_section(sections::ALS_GRAM, &gram)
-        .map_err(|e| e.to_string())?;
-    w.put_section(sections::ITEMCF, models.cf.lists())
-        .map_err(|e| e.to_string())?;
-    w.put_section(sections::LISTS, &models.lists)
-        .map_err(|e| e.to_string())?;
-    w.put_section(sections::ITEM_STATS, &models.item_stats)
-        .map_err(|e| e.to_string())?;
-    w.put_section(sections::USER_STATES, &models.user_states)
-        .map_err(|e| e.to_string())?;
-    w.put_section(sections::RANKER, &ranker)
-        .map_err(|e| e.to_string())?;
-    w.put_section(sections::PIPELINE, p)
-        .map_err(|e| e.to_string())?;
-    let schema = FeatureSchema::current();
-    let manifest = w
-        .finish(ManifestFields {
-            model_version: model_version.clone(),
-            created_at_unix: None,
-            input_fingerprint: ds.fingerprint.clone(),
-            feature_schema: FeatureSchemaRef {
-                version: schema.version,
-                hash: schema.hash,
-            },
-            components: vec![
-                sections::RANKER.into(),
-                sections::ITEMCF.into(),
-                sections::LISTS.into(),
-                sections::ITEM_STATS.into(),
-                sections::USER_STATES.into(),
-                sections::ALS_GRAM.into(),
-                sections::CATEGORY_CENTROIDS.into(),
-            ],
-            metrics: serde_json::json!({ "ranker": ranker_report, "extra": opts.metrics }),
-            params: serde_json::to_value(p).unwrap_or_default(),
-        })
-        .map_err(|e| e.to_string())?;
+    let manifest = write_bundle(&src, &models, &ranker, &ranker_report, opts)?;
     step.done();
     Ok(TrainSummary {
         bundle: opts.out.clone(),
@@ -167,6 +108,118 @@ pub fn train(ds: &Dataset, opts: &TrainOptions) -> Result<TrainSummary, String> 
         steps: progress.summary(),
         seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// The data-side facts a bundle records besides the fitted models, indexed
+/// like the models' users and items.
+pub struct BundleSource {
+    pub item_ids: Vec<String>,
+    pub titles: Vec<Option<String>>,
+    pub categories: Vec<Vec<u16>>,
+    pub created_at: Vec<Option<i64>>,
+    pub category_names: Vec<String>,
+    pub user_ids: Vec<String>,
+    pub occupation_names: Vec<String>,
+    pub fingerprint: String,
+}
+
+impl BundleSource {
+    fn item_table(&self) -> ItemTable {
+        let mut items = ItemTable::from_ids(self.item_ids.clone());
+        items.titles = self.titles.clone();
+        items.categories = self.categories.clone();
+        items.created_at = self.created_at.clone();
+        items.category_names = self.category_names.clone();
+        items
+    }
+}
+
+/// Writes fitted models and a ranker as a bundle (used by `funnel train`
+/// and by `funnel eval --export-bundle`).
+pub fn write_bundle(
+    src: &BundleSource,
+    models: &FittedModels,
+    ranker: &Ranker,
+    ranker_report: &RankerReport,
+    opts: &TrainOptions,
+) -> Result<crate::bundle::Manifest, String> {
+    let err = |e: crate::bundle::BundleError| e.to_string();
+    let p = &opts.params;
+    let mut items = src.item_table();
+    items.popularity = models.item_stats.iter().map(|s| s.count).collect();
+    items.trending = models
+        .item_stats
+        .iter()
+        .map(|s| s.trending_at(models.as_of))
+        .collect();
+    let model_version = opts.model_version.clone().unwrap_or_else(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        format!("v{now}-{}", src.fingerprint.get(..8).unwrap_or("00000000"))
+    });
+    let mut w = BundleWriter::create(&opts.out, WriteOptions { force: opts.force }).map_err(err)?;
+    w.put_items(&items).map_err(err)?;
+    w.put_item_vectors(
+        &items,
+        &models.als.item_factors,
+        opts.shards,
+        opts.index.clone(),
+    )
+    .map_err(err)?;
+    let users = UserTable {
+        ids: src.user_ids.clone(),
+        occupation_names: src.occupation_names.clone(),
+    };
+    w.put_users(&users, &models.als.user_factors).map_err(err)?;
+    w.put_section(
+        sections::ALS_GRAM,
+        &crate::linalg::gram_matrix(&models.als.item_factors),
+    )
+    .map_err(err)?;
+    w.put_section(sections::ITEMCF, models.cf.lists())
+        .map_err(err)?;
+    w.put_section(sections::LISTS, &models.lists).map_err(err)?;
+    w.put_section(sections::ITEM_STATS, &models.item_stats)
+        .map_err(err)?;
+    w.put_section(sections::USER_STATES, &models.user_states)
+        .map_err(err)?;
+    w.put_section(sections::RANKER, ranker).map_err(err)?;
+    w.put_section(sections::PIPELINE, p).map_err(err)?;
+    let centroids = category_centroids(
+        &models.als.item_factors,
+        &src.categories,
+        src.category_names.len(),
+    );
+    w.put_section(sections::CATEGORY_CENTROIDS, &centroids)
+        .map_err(err)?;
+    let schema = FeatureSchema::current();
+    w.finish(ManifestFields {
+        model_version,
+        created_at_unix: None,
+        input_fingerprint: src.fingerprint.clone(),
+        feature_schema: FeatureSchemaRef {
+            version: schema.version,
+            hash: schema.hash,
+        },
+        components: [
+            sections::RANKER,
+            sections::ITEMCF,
+            sections::LISTS,
+            sections::ITEM_STATS,
+            sections::USER_STATES,
+            sections::ALS_GRAM,
+            sections::PIPELINE,
+            sections::CATEGORY_CENTROIDS,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+        metrics: serde_json::json!({ "ranker": ranker_report, "extra": opts.metrics }),
+        params: serde_json::to_value(p).unwrap_or_default(),
+    })
+    .map_err(err)
 }
 
 /// Mean item vector per category: what an item upserted with categories
