@@ -83,3 +83,18 @@ impl Handler<Flush> for EventSink {
         w.sync().map_err(|e| e.to_string())
     }
 }
+
+/// The seq the next appended event will get.
+pub struct NextSeq;
+
+impl Message for NextSeq {
+    type Result = u64;
+}
+
+impl Handler<NextSeq> for EventSink {
+    type Result = u64;
+
+    fn handle(&mut self, _: NextSeq, _: &mut SyncContext<Self>) -> u64 {
+        self.writer.lock().map(|w| w.next_seq()).unwrap_or(0)
+    }
+}

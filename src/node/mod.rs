@@ -26,7 +26,7 @@ use crate::shard::{start_shard, Delete, ShardActor, ShardIndex, Upsert};
 use crate::telemetry::metrics::metrics;
 use crate::userstate::{AppliedEvent, ApplyEvents, GetUser, SeedUsers, UserStateActor};
 use actix::{Actor, Addr, Arbiter};
-use event_sink::{start_event_sink, Append, EventSink, Flush, SyncDue};
+use event_sink::{start_event_sink, Append, EventSink, Flush, NextSeq, SyncDue};
 use futures::future::join_all;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -125,9 +125,30 @@ impl Node {
             }
         });
         if let Some(dir) = node.inner.config.node.bundle_dir().map(Path::to_path_buf) {
-            node.publish(dir)
+            let before = ServingMark::read(&node.mark_path());
+            let version = node
+                .publish(dir)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
+            // events acknowledged since this version went live are in the
+            // log, not in the bundle: replay them into user state
+            if let Some(mark) = before.filter(|m| m.model_version == version) {
+                let n = node
+                    .replay_log(mark.log_seq)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                ServingMark {
+                    model_version: version,
+                    log_seq: mark.log_seq,
+                }
+                .write(&node.mark_path())
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+                tracing::info!(
+                    events = n,
+                    from_seq = mark.log_seq,
+                    "replayed the event log into user state"
+                );
+            }
         }
         Ok(node)
     }
@@ -198,7 +219,8 @@ impl Node {
     /// counters; answers once the user's next request will see them.
     pub async fn ingest_events(&self, events: Vec<EventIn>) -> Result<u32, ServiceError> {
         let valid = validate::events(events, &self.inner.config.api, now_unix())?;
-        let serving = self.current()?;
+        // refuse before logging: applying needs a model's catalogue
+        self.current()?;
         let log: Vec<LogEvent> = valid
             .iter()
             .map(|e| LogEvent {
@@ -213,41 +235,15 @@ impl Node {
             .collect();
         self.inner
             .events
-            .send(Append(log))
+            .send(Append(log.clone()))
             .await
             .map_err(|e| ServiceError::Unavailable(format!("event log unavailable: {e}")))?
             .map_err(|e| ServiceError::Internal(format!("event log append failed: {e}")))?;
-        let n = valid.len() as u32;
-        let parts = self.inner.users.len() as u32;
-        let mut by_part: Vec<Vec<AppliedEvent>> = vec![Vec::new(); parts as usize];
-        for e in valid {
-            let key = item_key(&e.item_id);
-            serving
-                .catalog
-                .record_event(key, e.timestamp, event_strength(e.kind, e.weight));
+        for e in &log {
             metrics().events.with_label_values(&[e.kind.as_str()]).inc();
-            by_part[shard_of(user_key(&e.user_id), parts) as usize].push(AppliedEvent {
-                user_id: e.user_id,
-                item_key: key,
-                categories: serving.catalog.categories_of(key),
-                ts: e.timestamp,
-                kind: e.kind,
-                weight: e.weight,
-            });
         }
-        let sends = by_part
-            .into_iter()
-            .enumerate()
-            .filter(|(_, v)| !v.is_empty())
-            .map(|(p, v)| self.inner.users[p].send(ApplyEvents(v)));
-        for r in join_all(sends).await {
-            r.map_err(|e| {
-                ServiceError::Internal(format!(
-                    "events are logged but a user partition is unavailable: {e}"
-                ))
-            })?;
-        }
-        Ok(n)
+        self.apply_logged(&log).await?;
+        Ok(log.len() as u32)
     }
 
     pub async fn upsert_items(&self, items: Vec<ItemIn>) -> Result<u32, ServiceError> {
@@ -477,8 +473,80 @@ impl Node {
             *cur = Some(serving);
             *sa = actors;
         }
+        // remember from which log position this version's state is live
+        let seq = self.inner.events.send(NextSeq).await.unwrap_or(0);
+        if let Err(e) = (ServingMark {
+            model_version: version.clone(),
+            log_seq: seq,
+        })
+        .write(&self.mark_path())
+        {
+            tracing::warn!(error = %e, "cannot record the serving mark; a restart will not replay the event log");
+        }
         tracing::info!(version = %version, dir = %dir.display(), "model version active");
         Ok(version)
+    }
+
+    fn mark_path(&self) -> PathBuf {
+        self.inner.config.node.data_dir.join("serving.json")
+    }
+
+    /// Applies logged events with seq >= `from` to user state and item
+    /// counters (after a restart). Answers how many were applied.
+    async fn replay_log(&self, from: u64) -> Result<usize, ServiceError> {
+        let dir = self.inner.config.node.data_dir.join("events");
+        let events = tokio::task::spawn_blocking(move || -> Result<Vec<LogEvent>, String> {
+            let mut out = Vec::new();
+            for e in crate::eventlog::EventLogReader::open(&dir).map_err(|e| e.to_string())? {
+                let e = e.map_err(|e| e.to_string())?;
+                if e.seq >= from {
+                    out.push(e);
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(e.to_string()))?
+        .map_err(|e| ServiceError::Internal(format!("reading the event log: {e}")))?;
+        let n = events.len();
+        for chunk in events.chunks(1000) {
+            self.apply_logged(chunk).await?;
+        }
+        Ok(n)
+    }
+
+    /// Applies events that are already durable to user state and counters.
+    async fn apply_logged(&self, events: &[LogEvent]) -> Result<(), ServiceError> {
+        let serving = self.current()?;
+        let parts = self.inner.users.len() as u32;
+        let mut by_part: Vec<Vec<AppliedEvent>> = vec![Vec::new(); parts as usize];
+        for e in events {
+            let key = item_key(&e.item_id);
+            serving
+                .catalog
+                .record_event(key, e.ts, event_strength(e.kind, e.weight));
+            by_part[shard_of(user_key(&e.user_id), parts) as usize].push(AppliedEvent {
+                user_id: e.user_id.clone(),
+                item_key: key,
+                categories: serving.catalog.categories_of(key),
+                ts: e.ts,
+                kind: e.kind,
+                weight: e.weight,
+            });
+        }
+        let sends = by_part
+            .into_iter()
+            .enumerate()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(p, v)| self.inner.users[p].send(ApplyEvents(v)));
+        for r in join_all(sends).await {
+            r.map_err(|e| {
+                ServiceError::Internal(format!(
+                    "events are logged but a user partition is unavailable: {e}"
+                ))
+            })?;
+        }
+        Ok(())
     }
 
     /// Flushes the event log; call on shutdown.
@@ -525,4 +593,40 @@ fn load_version_blocking(
         indexes.push(ShardIndex::from_loaded(shard, expansion_search));
     }
     Ok((loaded.model, loaded.user_states, indexes))
+}
+
+/// `data_dir/serving.json`: which model version is live and the first
+/// event-log seq it has not seen (events from there are replayed into user
+/// state after a restart).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct ServingMark {
+    model_version: String,
+    log_seq: u64,
+}
+
+impl ServingMark {
+    fn read(path: &Path) -> Option<ServingMark> {
+        let text = std::fs::read_to_string(path).ok()?;
+        match serde_json::from_str(&text) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "ignoring an unreadable serving mark");
+                None
+            }
+        }
+    }
+
+    /// Atomic: temp file, fsync, rename, fsync the directory.
+    fn write(&self, path: &Path) -> std::io::Result<()> {
+        use std::io::Write;
+        let tmp = path.with_extension("json.tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(serde_json::to_string(self).unwrap_or_default().as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
 }

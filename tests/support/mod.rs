@@ -1,0 +1,201 @@
+//! Shared fixtures for the tests that run real `funnel serve` processes:
+//! a small trained bundle, a node process on OS-assigned ports, and a JSON
+//! client.
+#![allow(dead_code)]
+
+use funnel::bench::client::{build_client, send_json, HttpClient};
+use funnel::gen::{generate, GenParams};
+use funnel::training::pipeline::PipelineParams;
+use funnel::training::trainer::{train, TrainOptions};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn quick_params() -> PipelineParams {
+    let mut p = PipelineParams::default();
+    p.als.factors = 16;
+    p.als.iterations = 6;
+    p.gbdt.trees = 40;
+    p
+}
+
+/// Trains a small bundle from generated data (seeded).
+pub fn small_bundle(out: &Path, seed: u64, shards: u32) -> PathBuf {
+    let ds = generate(&GenParams {
+        users: 400,
+        items: 300,
+        interactions: 16_000,
+        seed,
+        ..GenParams::default()
+    })
+    .unwrap();
+    train(
+        &ds,
+        &TrainOptions {
+            out: out.to_path_buf(),
+            force: true,
+            shards,
+            params: quick_params(),
+            index: Default::default(),
+            model_version: Some(format!("test-seed-{seed}")),
+            progress: false,
+            metrics: serde_json::Value::Null,
+        },
+    )
+    .unwrap();
+    out.to_path_buf()
+}
+
+/// A `funnel serve` child process, killed (SIGKILL) when dropped.
+pub struct NodeProc {
+    pub child: Child,
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    pub data_dir: PathBuf,
+}
+
+impl NodeProc {
+    /// Starts `funnel serve` and waits until it prints its addresses.
+    pub fn start(
+        bundle: Option<&Path>,
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> NodeProc {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_funnel"));
+        cmd.arg("serve").arg("--data-dir").arg(data_dir).args([
+            "--http",
+            "127.0.0.1:0",
+            "--grpc",
+            "127.0.0.1:0",
+        ]);
+        if let Some(b) = bundle {
+            cmd.arg("--bundle").arg(b);
+        }
+        cmd.args(extra)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("funnel binary starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("funnel serving:") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!("funnel serve did not report its addresses within 120 s")
+            });
+        let field = |name: &str| -> SocketAddr {
+            let v = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .expect("address field present");
+            v.trim_start_matches("http://")
+                .parse()
+                .expect("address parses")
+        };
+        NodeProc {
+            http: field("http="),
+            grpc: field("grpc="),
+            child,
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A blocking JSON client for tests.
+pub struct Http {
+    rt: tokio::runtime::Runtime,
+    client: HttpClient,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = rt.block_on(async { build_client(4, Duration::from_secs(10)) });
+        Http { rt, client }
+    }
+}
+
+impl Http {
+    pub fn call(
+        &self,
+        url: &str,
+        body: Option<String>,
+        token: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let (status, bytes) = self
+            .rt
+            .block_on(send_json(
+                &self.client,
+                url.parse().unwrap(),
+                body.map(Into::into),
+                token,
+                Duration::from_secs(60),
+            ))
+            .unwrap_or_else(|k| panic!("{url}: {}", k.label()));
+        let v = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::String(
+            String::from_utf8_lossy(&bytes).into(),
+        ));
+        (status.as_u16(), v)
+    }
+
+    pub fn post(&self, url: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        self.call(url, Some(body.to_string()), None)
+    }
+
+    pub fn get(&self, url: &str) -> (u16, serde_json::Value) {
+        self.call(url, None, None)
+    }
+}
+
+pub fn item_ids(resp: &serde_json::Value) -> Vec<String> {
+    resp["items"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|i| i["item_id"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Polls `f` until it is true or `timeout` passes.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < timeout {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
