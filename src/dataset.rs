@@ -175,8 +175,7 @@ impl Dataset {
             x.user = uremap[x.user as usize];
             x.item = iremap[x.item as usize];
         }
-        self.interactions
-            .sort_by(|a, b| (a.ts, a.user, a.item).cmp(&(b.ts, b.user, b.item)));
+        self.interactions.sort_by_key(|a| (a.ts, a.user, a.item));
         self.users = users;
         self.items = items;
         self.user_meta = user_meta;

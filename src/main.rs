@@ -139,6 +139,24 @@ enum BundleCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Measure the sharded ANN search's recall@k against an exact scan,
+    /// querying the way the coordinator does.
+    AnnRecall {
+        dir: PathBuf,
+        /// Query vectors to sample (user vectors, else item vectors).
+        #[arg(long, default_value_t = 300)]
+        queries: usize,
+        /// Candidates the ANN path returns (the node's recall.ann_k).
+        #[arg(long, default_value_t = 200)]
+        k: usize,
+        /// usearch ef at query time (the node's shards.expansion_search).
+        #[arg(long, default_value_t = 128)]
+        expansion_search: usize,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Where the interactions come from: files (`--data ...`) or the built-in
@@ -296,6 +314,38 @@ fn main() -> Result<()> {
             command: BundleCommand::Inspect { dir, json },
         } => {
             print!("{}", funnel::bundle::inspect::inspect(&dir, json)?);
+        }
+        Command::Bundle {
+            command:
+                BundleCommand::AnnRecall {
+                    dir,
+                    queries,
+                    k,
+                    expansion_search,
+                    seed,
+                    json,
+                },
+        } => {
+            let opts = funnel::shard::quality::BundleCheckOptions {
+                queries,
+                k,
+                expansion_search,
+                seed,
+            };
+            let r =
+                funnel::shard::quality::check_bundle(&dir, &opts).map_err(anyhow::Error::msg)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "ANN recall@{} vs exact: mean {:.4}, worst query {:.4} ({} queries, {} items in {} shards, {} asked of each shard, ef {})",
+                    r.k, r.recall, r.min_recall, r.queries, r.items, r.shards, r.per_shard_k, expansion_search
+                );
+                println!(
+                    "time per query: ANN {:.3} ms (shards one after another), exact scan {:.3} ms",
+                    r.ann_ms_per_query, r.exact_ms_per_query
+                );
+            }
         }
         Command::Serve {
             config,

@@ -32,16 +32,29 @@ fn acknowledged_events_survive_kill_9_and_a_torn_tail() {
         .max()
         .expect("an event segment exists");
     let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
-    f.write_all(&[0x40, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3]).unwrap();
+    f.write_all(&[0x40, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3])
+        .unwrap();
     drop(f);
 
     let node = NodeProc::start(Some(&bundle), &data, &[], &[]);
     let (s, u) = http.get(&node.url(&format!("/v1/users/{user}")));
     assert_eq!(s, 200, "{u}");
-    let recent: Vec<&str> = u["recent"].as_array().unwrap().iter().filter_map(|r| r["item_id"].as_str()).collect();
-    assert_eq!(recent, vec!["i000012", "i000011", "i000010"], "replayed after restart: {u}");
+    let recent: Vec<&str> = u["recent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["item_id"].as_str())
+        .collect();
+    assert_eq!(
+        recent,
+        vec!["i000012", "i000011", "i000010"],
+        "replayed after restart: {u}"
+    );
     // and the log keeps working after the cut
-    let (s, _) = http.post(&node.url("/v1/events"), json!({"events": [{"user_id": user, "item_id": "i000013", "kind": "view"}]}));
+    let (s, _) = http.post(
+        &node.url("/v1/events"),
+        json!({"events": [{"user_id": user, "item_id": "i000013", "kind": "view"}]}),
+    );
     assert_eq!(s, 200);
     let (_, u) = http.get(&node.url(&format!("/v1/users/{user}")));
     assert_eq!(u["events"], 4);
@@ -79,20 +92,35 @@ fn hot_swap_under_load_fails_no_request() {
         })
         .collect();
     let http = Http::default();
-    assert!(eventually(std::time::Duration::from_secs(30), || ok.load(Ordering::Relaxed) > 50));
-    let (s, v) = http.post(&node.url("/v1/admin/publish"), json!({"bundle": v2.display().to_string()}));
+    assert!(eventually(std::time::Duration::from_secs(30), || ok
+        .load(Ordering::Relaxed)
+        > 50));
+    let (s, v) = http.post(
+        &node.url("/v1/admin/publish"),
+        json!({"bundle": v2.display().to_string()}),
+    );
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["model_version"], "test-seed-32");
     let after_swap = ok.load(Ordering::Relaxed);
-    assert!(eventually(std::time::Duration::from_secs(30), || ok.load(Ordering::Relaxed) > after_swap + 50));
+    assert!(eventually(std::time::Duration::from_secs(30), || ok
+        .load(Ordering::Relaxed)
+        > after_swap + 50));
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         w.join().unwrap();
     }
     let failures = failures.lock().unwrap();
-    assert!(failures.is_empty(), "{} failed requests across the swap, e.g. {:?}", failures.len(), failures.first());
+    assert!(
+        failures.is_empty(),
+        "{} failed requests across the swap, e.g. {:?}",
+        failures.len(),
+        failures.first()
+    );
     let seen = versions.lock().unwrap().clone();
-    assert!(seen.contains("test-seed-31") && seen.contains("test-seed-32"), "{seen:?}");
+    assert!(
+        seen.contains("test-seed-31") && seen.contains("test-seed-32"),
+        "{seen:?}"
+    );
     let (_, ready) = http.get(&node.url("/readyz"));
     assert_eq!(ready["model_version"], "test-seed-32");
 }

@@ -81,6 +81,31 @@ impl std::fmt::Debug for LoadedShard {
 }
 
 impl LoadedShard {
+    /// Builds a shard in memory from rows of `vectors` keyed by `keys`
+    /// (tests and tools; serving loads shards from bundles).
+    pub fn build(
+        shard: u32,
+        keys: Vec<u64>,
+        vectors: Matrix,
+        params: &manifest::IndexParams,
+    ) -> Result<LoadedShard> {
+        let part = super::shard_index::ShardPart {
+            shard,
+            rows: (0..keys.len()).collect(),
+            keys: keys.clone(),
+        };
+        let index = super::shard_index::build_index(&part, &vectors, params)?;
+        let mut loaded = LoadedShard {
+            shard,
+            keys,
+            vectors,
+            index,
+            search_threads: 0,
+        };
+        loaded.reserve_search_threads(default_search_threads())?;
+        Ok(loaded)
+    }
+
     /// Makes room for `threads` concurrent searches (never shrinks).
     pub fn reserve_search_threads(&mut self, threads: usize) -> Result<()> {
         if threads <= self.search_threads {

@@ -14,5 +14,5 @@ mod recommend;
 mod shards;
 
 pub use actor::{CoordinatorActor, Recommend};
-pub use recommend::{recommend, RecommendEnv, Serving};
+pub use recommend::{per_shard_k, recommend, RecommendEnv, Serving};
 pub use shards::{keep_fn, LocalShard, SearchSpec, ShardCallError, ShardClient};

@@ -197,11 +197,7 @@ pub async fn recommend(
             .filter(|k| !vectors.contains_key(k))
             .collect();
         let n_shards = serving.shards.len().max(1);
-        let per_shard_k = if n_shards == 1 {
-            env.recall.ann_k
-        } else {
-            (env.recall.ann_k * 3).div_ceil(2 * n_shards) + 10
-        };
+        let per_shard_k = per_shard_k(env.recall.ann_k, n_shards);
         let spec = SearchSpec {
             query: Arc::from(q.as_slice()),
             k: per_shard_k,
@@ -457,5 +453,33 @@ fn similarity(items: &CandidateItems, a: u64, b: u64) -> f32 {
             shared as f32 / union as f32
         }
         _ => 0.0,
+    }
+}
+
+/// How many hits to ask each of `n_shards` shards for so that the merged
+/// best `ann_k` is nearly the global best `ann_k`. Items spread evenly over
+/// shards by hash, so a shard holds about `ann_k / n_shards` of the true
+/// top; half again plus a constant covers the binomial spread without
+/// making every shard search for the full `ann_k`.
+pub fn per_shard_k(ann_k: usize, n_shards: usize) -> usize {
+    if n_shards <= 1 {
+        ann_k
+    } else {
+        ((ann_k * 3).div_ceil(2 * n_shards) + 10).min(ann_k)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::per_shard_k;
+
+    #[test]
+    fn per_shard_k_covers_the_spread_and_never_exceeds_ann_k() {
+        assert_eq!(per_shard_k(200, 1), 200);
+        assert_eq!(per_shard_k(200, 8), 48);
+        assert_eq!(per_shard_k(200, 12), 35);
+        assert_eq!(per_shard_k(200, 2), 160);
+        assert_eq!(per_shard_k(5, 2), 5);
+        assert!((1..64).all(|s| per_shard_k(200, s) * s >= 200));
     }
 }

@@ -31,11 +31,11 @@ pub enum ShardCallError {
 pub trait ShardClient: Send + Sync {
     fn shard(&self) -> u32;
     fn search(&self, spec: SearchSpec) -> BoxFuture<'static, Result<SearchResult, ShardCallError>>;
-    fn vectors(
-        &self,
-        keys: Arc<[u64]>,
-    ) -> BoxFuture<'static, Result<Vec<(u64, Vec<f32>)>, ShardCallError>>;
+    fn vectors(&self, keys: Arc<[u64]>) -> BoxFuture<'static, VectorsResult>;
 }
+
+/// Vectors of the requested keys a shard holds, or why it could not answer.
+pub type VectorsResult = Result<Vec<(u64, Vec<f32>)>, ShardCallError>;
 
 /// Builds the keep-predicate of a spec against a catalogue: not excluded,
 /// not deleted, and in a wanted category.
@@ -92,10 +92,7 @@ impl ShardClient for LocalShard {
         })
     }
 
-    fn vectors(
-        &self,
-        keys: Arc<[u64]>,
-    ) -> BoxFuture<'static, Result<Vec<(u64, Vec<f32>)>, ShardCallError>> {
+    fn vectors(&self, keys: Arc<[u64]>) -> BoxFuture<'static, VectorsResult> {
         let addr = self.addr.clone();
         let shard = self.shard;
         Box::pin(async move {

@@ -526,67 +526,6 @@ pub fn run(ds: &Dataset, opts: &EvalOptions) -> Result<EvalReport, String> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::gen::{generate, GenParams};
-
-    #[test]
-    fn pipeline_beats_popularity_on_planted_data() {
-        let ds = generate(&GenParams {
-            users: 400,
-            items: 250,
-            interactions: 20_000,
-            ..GenParams::default()
-        })
-        .unwrap();
-        let mut params = PipelineParams::default();
-        params.als.factors = 16;
-        params.als.iterations = 6;
-        params.gbdt.trees = 40;
-        let r = run(
-            &ds,
-            &EvalOptions {
-                variant: Variant::All,
-                params,
-                search: Search::None,
-                progress: false,
-            },
-        )
-        .unwrap();
-        let row = |m: &str| {
-            r.rows
-                .iter()
-                .find(|x| x.model == m)
-                .unwrap()
-                .metrics
-                .clone()
-        };
-        let (pop, pipe, ann, cf) = (row("popular"), row("pipeline"), row("ann"), row("itemcf"));
-        assert_eq!(pipe.users, r.users_counted);
-        assert!(r.users_counted > 300, "{}", r.users_counted);
-        assert!(
-            pipe.ndcg10 > pop.ndcg10 * 1.2,
-            "pipeline {} vs popular {}",
-            pipe.ndcg10,
-            pop.ndcg10
-        );
-        assert!(ann.ndcg10 > pop.ndcg10 && cf.ndcg10 > pop.ndcg10);
-        // the candidate set holds more of the targets than any 20-item list
-        assert!(r.candidates.recall > pipe.recall20);
-        for m in [&pop, &pipe, &ann, &cf] {
-            assert!(
-                (0.0..=1.0).contains(&m.ndcg10)
-                    && m.hr20 >= m.hr10
-                    && m.recall20 >= m.recall10 * 0.99
-            );
-        }
-        // the report renders
-        assert!(crate::eval::report::table(&r).contains("pipeline"));
-        assert!(crate::eval::report::html(&r).contains("<svg"));
-    }
-}
-
 /// Writes the test phase's models as a bundle plus the evaluation requests.
 #[allow(clippy::too_many_arguments)]
 fn export(
@@ -664,4 +603,66 @@ fn export(
     let text = serde_json::to_string(&out).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("requests.json"), text)
         .map_err(|e| format!("writing {}: {e}", dir.join("requests.json").display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gen::{generate, GenParams};
+
+    #[test]
+    fn pipeline_beats_popularity_on_planted_data() {
+        let ds = generate(&GenParams {
+            users: 400,
+            items: 250,
+            interactions: 20_000,
+            ..GenParams::default()
+        })
+        .unwrap();
+        let mut params = PipelineParams::default();
+        params.als.factors = 16;
+        params.als.iterations = 6;
+        params.gbdt.trees = 40;
+        let r = run(
+            &ds,
+            &EvalOptions {
+                variant: Variant::All,
+                params,
+                search: Search::None,
+                progress: false,
+                export: None,
+            },
+        )
+        .unwrap();
+        let row = |m: &str| {
+            r.rows
+                .iter()
+                .find(|x| x.model == m)
+                .unwrap()
+                .metrics
+                .clone()
+        };
+        let (pop, pipe, ann, cf) = (row("popular"), row("pipeline"), row("ann"), row("itemcf"));
+        assert_eq!(pipe.users, r.users_counted);
+        assert!(r.users_counted > 300, "{}", r.users_counted);
+        assert!(
+            pipe.ndcg10 > pop.ndcg10 * 1.2,
+            "pipeline {} vs popular {}",
+            pipe.ndcg10,
+            pop.ndcg10
+        );
+        assert!(ann.ndcg10 > pop.ndcg10 && cf.ndcg10 > pop.ndcg10);
+        // the candidate set holds more of the targets than any 20-item list
+        assert!(r.candidates.recall > pipe.recall20);
+        for m in [&pop, &pipe, &ann, &cf] {
+            assert!(
+                (0.0..=1.0).contains(&m.ndcg10)
+                    && m.hr20 >= m.hr10
+                    && m.recall20 >= m.recall10 * 0.99
+            );
+        }
+        // the report renders
+        assert!(crate::eval::report::table(&r).contains("pipeline"));
+        assert!(crate::eval::report::html(&r).contains("<svg"));
+    }
 }

@@ -97,8 +97,8 @@ impl Split {
     pub fn restrict_to_catalog(&self) -> Split {
         let mut to_cat = vec![u32::MAX; self.n_items];
         let mut item_ds = Vec::new();
-        for i in 0..self.n_items {
-            if self.catalog[i] {
+        for (i, &in_catalog) in self.catalog.iter().enumerate().take(self.n_items) {
+            if in_catalog {
                 to_cat[i] = item_ds.len() as u32;
                 item_ds.push(self.item_ds[i]);
             }

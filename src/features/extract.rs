@@ -50,19 +50,10 @@ impl RecallPath {
 
 /// Which recall paths proposed a candidate, at what rank (0 = best), and
 /// the item-CF path's own score.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct RecallProvenance {
     pub rank: [Option<u32>; 5],
     pub itemcf_score: Option<f32>,
-}
-
-impl Default for RecallProvenance {
-    fn default() -> Self {
-        RecallProvenance {
-            rank: [None; 5],
-            itemcf_score: None,
-        }
-    }
 }
 
 impl RecallProvenance {

@@ -285,7 +285,7 @@ mod tests {
             &a,
         )
         .unwrap();
-        assert_eq!(v.deadline_ms as u64, a.max_deadline_ms as u64);
+        assert_eq!(v.deadline_ms as u64, a.max_deadline_ms);
         assert!(
             matches!(err(recommend(RecommendQuery { user_id: "u1".into(), k: 51, ..Default::default() }, &a)), ServiceError::InvalidArgument(m) if m.starts_with("k:"))
         );

@@ -179,6 +179,14 @@ impl ShardIndex {
         Ok(n)
     }
 
+    /// Every live item with its vector, in no particular order.
+    pub fn items(&self) -> impl Iterator<Item = (u64, &[f32])> + '_ {
+        self.rows.iter().map(|(&k, &r)| {
+            let r = r as usize;
+            (k, &self.vectors[r * self.dim..(r + 1) * self.dim])
+        })
+    }
+
     pub fn stats(&self) -> ShardStats {
         ShardStats {
             shard: self.shard,

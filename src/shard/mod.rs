@@ -10,6 +10,7 @@
 mod actor;
 mod index;
 mod messages;
+pub mod quality;
 
 pub use actor::{start_shard, ShardActor};
 pub use index::{ShardError, ShardIndex, ShardStats};

@@ -41,6 +41,11 @@ pub struct PipelineParams {
     pub per_category: usize,
     /// Fraction of ranker query groups held out for early stopping.
     pub ranker_valid_fraction: f64,
+    /// At most this many holdout requests train the ranker (a seeded
+    /// sample when there are more): ranking rows grow with requests times
+    /// candidates, and beyond a few tens of thousands of query groups the
+    /// ranker stops improving while memory keeps growing.
+    pub ranker_max_requests: usize,
     pub seed: u64,
 }
 
@@ -56,6 +61,7 @@ impl Default for PipelineParams {
             lists_len: 500,
             per_category: 200,
             ranker_valid_fraction: 0.1,
+            ranker_max_requests: 20_000,
             seed: 42,
         }
     }
@@ -483,7 +489,7 @@ pub fn ranker_examples(
     let mut recall_sum = 0.0;
     for (rows, labels, rec) in per {
         recall_sum += rec;
-        if labels.iter().any(|&l| l > 0.0) && labels.iter().any(|&l| l == 0.0) {
+        if labels.iter().any(|&l| l > 0.0) && labels.contains(&0.0) {
             ex.rows.extend_from_slice(&rows);
             ex.groups.push(labels.len() as u32);
             ex.labels.extend_from_slice(&labels);
@@ -644,7 +650,14 @@ impl Holdout {
         }
         fit.sort_by_key(|x| (x.ts, x.user, x.item));
         let models = fit_models(&input.with_interactions(&fit), p, progress)?;
-        let requests = holdout_requests(&models, &held);
+        let mut requests = holdout_requests(&models, &held);
+        if requests.len() > p.ranker_max_requests {
+            let mut rng = crate::rng::Rng::derive(p.seed, 0x7a11_c0de);
+            rng.shuffle(&mut requests);
+            requests.truncate(p.ranker_max_requests);
+            // Keep the user order so the sample trains like the full set would.
+            requests.sort_by_key(|r| r.user);
+        }
         Ok(Holdout {
             fit,
             models,

@@ -1,0 +1,237 @@
+//! ANN quality: how much of the exact top-k a sharded approximate search
+//! finds, measured the way the coordinator queries (each shard asked for
+//! `per_shard_k`, the answers merged, the best `k` kept).
+//!
+//! Plain code over `ShardIndex`es; `funnel bundle ann-recall` runs it on a
+//! bundle so an operator can check an index before serving it.
+
+use super::{ShardError, ShardIndex};
+use rayon::prelude::*;
+use serde::Serialize;
+use std::collections::HashSet;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RecallCheck {
+    pub queries: usize,
+    pub items: usize,
+    pub shards: usize,
+    pub k: usize,
+    pub per_shard_k: usize,
+    /// Mean over queries of |ANN top-k ∩ exact top-k| / |exact top-k|.
+    pub recall: f64,
+    /// The worst single query.
+    pub min_recall: f64,
+    /// Mean wall time of one query's approximate search over every shard,
+    /// shards searched one after another.
+    pub ann_ms_per_query: f64,
+    /// The same for the exact scan, for comparison.
+    pub exact_ms_per_query: f64,
+}
+
+/// Top-`k` keys by dot product, best first, ties by key.
+fn top_k(mut scored: Vec<(u64, f32)>, k: usize) -> Vec<(u64, f32)> {
+    scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    scored.truncate(k);
+    scored
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// The exact top-`k` over every shard by scanning all vectors.
+pub fn exact_top_k(indexes: &[ShardIndex], query: &[f32], k: usize) -> Vec<(u64, f32)> {
+    let scored = indexes
+        .par_iter()
+        .flat_map_iter(|ix| {
+            let mut part: Vec<(u64, f32)> =
+                ix.items().map(|(key, v)| (key, dot(query, v))).collect();
+            part = top_k(part, k);
+            part.into_iter()
+        })
+        .collect();
+    top_k(scored, k)
+}
+
+/// The approximate top-`k`: each shard's best `per_shard_k`, merged.
+pub fn ann_top_k(
+    indexes: &[ShardIndex],
+    query: &[f32],
+    k: usize,
+    per_shard_k: usize,
+) -> Result<Vec<(u64, f32)>, ShardError> {
+    let mut all = Vec::new();
+    for ix in indexes {
+        all.extend(ix.search(query, per_shard_k, &|_| true)?);
+    }
+    Ok(top_k(all, k))
+}
+
+/// Measures recall@k of the sharded ANN search against the exact scan.
+pub fn ann_recall(
+    indexes: &[ShardIndex],
+    queries: &[Vec<f32>],
+    k: usize,
+    per_shard_k: usize,
+) -> Result<RecallCheck, ShardError> {
+    let mut sum = 0.0;
+    let mut min = f64::INFINITY;
+    let mut counted = 0usize;
+    let (mut ann_s, mut exact_s) = (0.0, 0.0);
+    for q in queries {
+        let t = Instant::now();
+        let approx = ann_top_k(indexes, q, k, per_shard_k)?;
+        ann_s += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let exact = exact_top_k(indexes, q, k);
+        exact_s += t.elapsed().as_secs_f64();
+        if exact.is_empty() {
+            continue;
+        }
+        let truth: HashSet<u64> = exact.iter().map(|x| x.0).collect();
+        let found = approx.iter().filter(|x| truth.contains(&x.0)).count();
+        let r = found as f64 / truth.len() as f64;
+        sum += r;
+        min = min.min(r);
+        counted += 1;
+    }
+    let per = |s: f64| {
+        if queries.is_empty() {
+            0.0
+        } else {
+            s * 1000.0 / queries.len() as f64
+        }
+    };
+    Ok(RecallCheck {
+        queries: counted,
+        items: indexes.iter().map(|i| i.len()).sum(),
+        shards: indexes.len(),
+        k,
+        per_shard_k,
+        recall: if counted == 0 {
+            0.0
+        } else {
+            sum / counted as f64
+        },
+        min_recall: if counted == 0 { 0.0 } else { min },
+        ann_ms_per_query: per(ann_s),
+        exact_ms_per_query: per(exact_s),
+    })
+}
+
+/// What `funnel bundle ann-recall` measures.
+#[derive(Debug, Clone)]
+pub struct BundleCheckOptions {
+    pub queries: usize,
+    pub k: usize,
+    /// usearch ef at query time (the node's `shards.expansion_search`).
+    pub expansion_search: usize,
+    pub seed: u64,
+}
+
+/// Loads every shard of the bundle at `dir` and measures the ANN recall
+/// the coordinator would get with `k` candidates. Queries are user vectors
+/// sampled from the bundle (the queries serving really sends), or item
+/// vectors when the bundle holds no users.
+pub fn check_bundle(
+    dir: &std::path::Path,
+    opts: &BundleCheckOptions,
+) -> Result<RecallCheck, String> {
+    use crate::bundle::{Bundle, OpenCheck};
+    let bundle = Bundle::open(dir, &OpenCheck::default()).map_err(|e| e.to_string())?;
+    let m = bundle.manifest();
+    let mut indexes = Vec::new();
+    for s in 0..m.shard_count {
+        let loaded = bundle.load_shard(s).map_err(|e| e.to_string())?;
+        indexes.push(ShardIndex::from_loaded(loaded, opts.expansion_search));
+    }
+    let (_, users) = bundle.users().map_err(|e| e.to_string())?;
+    let mut candidates: Vec<Vec<f32>> = if users.cols() == m.dimension as usize && users.rows() > 0
+    {
+        (0..users.rows()).map(|r| users.row(r).to_vec()).collect()
+    } else {
+        indexes
+            .iter()
+            .flat_map(|ix| ix.items().map(|(_, v)| v.to_vec()).collect::<Vec<_>>())
+            .collect()
+    };
+    if candidates.is_empty() {
+        return Err(format!(
+            "bundle {} holds no vectors to query with",
+            dir.display()
+        ));
+    }
+    let mut rng = crate::rng::Rng::new(opts.seed);
+    rng.shuffle(&mut candidates);
+    candidates.truncate(opts.queries.max(1));
+    let per_shard = crate::coordinator::per_shard_k(opts.k, indexes.len());
+    ann_recall(&indexes, &candidates, opts.k, per_shard).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundle::{IndexParams, LoadedShard};
+    use crate::ids::shard_of;
+    use crate::matrix::Matrix;
+    use crate::rng::Rng;
+
+    fn shards(n_items: usize, dim: usize, n_shards: u32, seed: u64) -> Vec<ShardIndex> {
+        let mut rng = Rng::new(seed);
+        let mut parts: Vec<(Vec<u64>, Vec<f32>)> =
+            vec![(Vec::new(), Vec::new()); n_shards as usize];
+        let mut keys: Vec<u64> = (0..n_items).map(|_| rng.next_u64()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        for k in keys {
+            let p = &mut parts[shard_of(k, n_shards) as usize];
+            p.0.push(k);
+            p.1.extend((0..dim).map(|_| rng.normal() as f32));
+        }
+        parts
+            .into_iter()
+            .enumerate()
+            .map(|(s, (keys, flat))| {
+                let rows = keys.len();
+                let m = Matrix::from_vec(rows, dim, flat).unwrap();
+                let loaded =
+                    LoadedShard::build(s as u32, keys, m, &IndexParams::default()).unwrap();
+                ShardIndex::from_loaded(loaded, 128)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn exact_search_is_the_true_top_k() {
+        let ix = shards(300, 8, 3, 1);
+        let q = vec![1.0, -0.5, 0.25, 0.0, 2.0, 0.0, -1.0, 0.5];
+        let got = exact_top_k(&ix, &q, 10);
+        let mut all: Vec<(u64, f32)> = ix
+            .iter()
+            .flat_map(|i| i.items().map(|(k, v)| (k, dot(&q, v))).collect::<Vec<_>>())
+            .collect();
+        all.sort_by(|a, b| b.1.total_cmp(&a.1));
+        assert_eq!(got.len(), 10);
+        assert_eq!(
+            got.iter().map(|x| x.0).collect::<Vec<_>>(),
+            all[..10].iter().map(|x| x.0).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn hnsw_finds_nearly_all_of_the_exact_top_k() {
+        let ix = shards(4000, 16, 4, 2);
+        let mut rng = Rng::new(9);
+        let queries: Vec<Vec<f32>> = (0..30)
+            .map(|_| (0..16).map(|_| rng.normal() as f32).collect())
+            .collect();
+        let r = ann_recall(&ix, &queries, 50, 50).unwrap();
+        assert_eq!(r.queries, 30);
+        assert_eq!(r.items, 4000);
+        assert!(r.recall > 0.9 && r.recall <= 1.0, "{r:?}");
+        // asking each shard for too few misses the items of crowded shards
+        let starved = ann_recall(&ix, &queries, 50, 5).unwrap();
+        assert!(starved.recall <= 20.0 / 50.0 + 1e-9, "{starved:?}");
+    }
+}
