@@ -29,6 +29,7 @@ pub mod node;
 pub mod progress;
 pub mod ranking;
 pub mod recall;
+pub mod replica;
 pub mod rng;
 pub mod shard;
 pub mod sparse;

@@ -9,4 +9,5 @@
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod internal;
 pub mod server;

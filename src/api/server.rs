@@ -29,6 +29,13 @@ where
     F: Future<Output = ()>,
 {
     let node = Node::start(config.clone()).await?;
+    let (stop_cluster, cluster_stopping) = tokio::sync::watch::channel(false);
+    if config.is_cluster() {
+        let link =
+            crate::node::cluster_link::start_cluster(node.clone(), &config, cluster_stopping)
+                .await?;
+        tracing::info!(node_id = config.node.id, internal = %link.raft.internal_addr(), "joined the cluster");
+    }
     let max = config.api.max_message_bytes;
     let for_http = node.clone();
     let server = HttpServer::new(move || {
@@ -73,6 +80,7 @@ where
 
     tracing::info!("shutting down: draining requests");
     http_handle.stop(true).await;
+    let _ = stop_cluster.send(true);
     let _ = stop_grpc.send(());
     let _ = grpc_task.await;
     let _ = http_task.await;

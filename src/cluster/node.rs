@@ -472,7 +472,17 @@ impl RaftNode {
     /// true or `RaftNode::shutdown` is called.
     pub async fn start(
         settings: RaftSettings,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<RaftNode, ClusterError> {
+        Self::start_with_services(settings, shutdown, |routes| routes).await
+    }
+
+    /// Like `start`, serving more services (the data plane's) on the same
+    /// internal port: `extra` adds them to the Raft and Control routes.
+    pub async fn start_with_services(
+        settings: RaftSettings,
         mut shutdown: watch::Receiver<bool>,
+        extra: impl FnOnce(tonic::service::Routes) -> tonic::service::Routes,
     ) -> Result<RaftNode, ClusterError> {
         let config = Arc::new(settings.raft_config()?);
         let raft_dir = settings.data_dir.join("raft");
@@ -534,9 +544,9 @@ impl RaftNode {
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max);
         let (stop_server, mut stop_rx) = watch::channel(false);
+        let routes = extra(tonic::service::Routes::new(raft_service).add_service(control_service));
         let server = tonic::transport::Server::builder()
-            .add_service(raft_service)
-            .add_service(control_service)
+            .add_routes(routes)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                 let _ = stop_rx.wait_for(|stop| *stop).await;
             });

@@ -15,4 +15,4 @@ mod shards;
 
 pub use actor::{CoordinatorActor, Recommend};
 pub use recommend::{per_shard_k, recommend, RecommendEnv, Serving};
-pub use shards::{keep_fn, LocalShard, SearchSpec, ShardCallError, ShardClient};
+pub use shards::{keep_fn, LocalShard, SearchSpec, ShardCallError, ShardClient, VectorsResult};

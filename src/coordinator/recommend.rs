@@ -204,6 +204,7 @@ pub async fn recommend(
             exclude: Arc::new(exclude.clone()),
             categories: wanted.clone().map(Arc::new),
             fetch: Arc::from(fetch.as_slice()),
+            deadline: Some(clock.until(recall_end)),
         };
         let (hits, got, answered) = ann_fan_out(
             &serving.shards,

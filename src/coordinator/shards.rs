@@ -19,6 +19,9 @@ pub struct SearchSpec {
     pub categories: Option<Arc<Vec<u16>>>,
     /// Keys whose vectors to return if they live on the shard.
     pub fetch: Arc<[u64]>,
+    /// When the recall stage ends: a remote call sends the time left as
+    /// its grpc-timeout.
+    pub deadline: Option<std::time::Instant>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

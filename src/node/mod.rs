@@ -8,29 +8,35 @@
 //! events, items and model swaps. Must not touch: wire formats (`api`),
 //! the recommend flow itself (`coordinator`).
 
+pub mod cluster_link;
 mod event_sink;
 pub mod types;
 pub mod validate;
 
 use crate::catalog::Catalog;
+use crate::cluster::{Command, ItemRecord};
 use crate::config::NodeConfig;
 use crate::coordinator::{
-    CoordinatorActor, LocalShard, Recommend, RecommendEnv, Serving, ShardClient,
+    CoordinatorActor, LocalShard, Recommend, RecommendEnv, SearchSpec, Serving, ShardClient,
 };
 use crate::eventlog::LogEvent;
 use crate::features::event_strength;
 use crate::ids::{item_key, shard_of, user_key};
 use crate::model::ServingModel;
 use crate::ranking::worker::{start_rank_workers, RankWorker};
-use crate::shard::{start_shard, Delete, ShardActor, ShardIndex, Upsert};
+use crate::replica::{RemoteShard, ReplicaSet, ReplicaTarget};
+use crate::shard::{start_shard, Delete, Digest, ShardActor, ShardIndex, Stats, Upsert};
 use crate::telemetry::metrics::metrics;
 use crate::userstate::{AppliedEvent, ApplyEvents, GetUser, SeedUsers, UserStateActor};
 use actix::{Actor, Addr, Arbiter};
+use cluster_link::service_error;
+use cluster_link::ClusterLink;
 use event_sink::{start_event_sink, Append, EventSink, Flush, NextSeq, SyncDue};
 use futures::future::join_all;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use types::*;
 
 /// A handle to the node; cheap to clone, shared by every front end.
@@ -42,8 +48,12 @@ pub struct Node {
 struct Inner {
     config: NodeConfig,
     serving: RwLock<Option<Arc<Serving>>>,
-    /// The shard actors of the current version, for upserts and deletes.
-    shard_actors: RwLock<Vec<Addr<ShardActor>>>,
+    /// The shard actors this node hosts for the current version, by shard.
+    shard_actors: RwLock<BTreeMap<u32, Addr<ShardActor>>>,
+    /// The bundle directory of the current version.
+    bundle_dir: RwLock<Option<PathBuf>>,
+    /// Set once when the node runs in a cluster.
+    cluster: OnceLock<Arc<ClusterLink>>,
     users: Arc<Vec<Addr<UserStateActor>>>,
     rank: Addr<RankWorker>,
     events: Addr<EventSink>,
@@ -53,6 +63,10 @@ struct Inner {
     /// One model swap at a time.
     swap: tokio::sync::Mutex<()>,
 }
+
+/// How long a catalogue write waits for this node to apply it after the
+/// cluster committed it.
+const CATALOG_APPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn now_unix() -> i64 {
     std::time::SystemTime::now()
@@ -102,7 +116,9 @@ impl Node {
         let node = Node {
             inner: Arc::new(Inner {
                 serving: RwLock::new(None),
-                shard_actors: RwLock::new(Vec::new()),
+                shard_actors: RwLock::new(BTreeMap::new()),
+                bundle_dir: RwLock::new(None),
+                cluster: OnceLock::new(),
                 users: Arc::new(users),
                 rank,
                 events: events.clone(),
@@ -124,7 +140,17 @@ impl Node {
                 }
             }
         });
-        if let Some(dir) = node.inner.config.node.bundle_dir().map(Path::to_path_buf) {
+        // in a cluster the control loop loads the bundle once the shard map
+        // says which shards are this node's
+        let single = !node.inner.config.is_cluster();
+        if let Some(dir) = node
+            .inner
+            .config
+            .node
+            .bundle_dir()
+            .filter(|_| single)
+            .map(Path::to_path_buf)
+        {
             let before = ServingMark::read(&node.mark_path());
             let version = node
                 .publish(dir)
@@ -265,60 +291,107 @@ impl Node {
             };
             ready.push((it, vector));
         }
+        let records: Vec<ItemRecord> = ready
+            .into_iter()
+            .map(|(it, vector)| ItemRecord {
+                id: it.item_id,
+                vector,
+                categories: it.categories,
+                title: it.title,
+                created_at: it.created_at,
+            })
+            .collect();
+        let n = records.len() as u32;
+        if let Some(link) = self.inner.cluster.get() {
+            // acknowledged once committed by a quorum and applied here
+            let (_, index) = link
+                .raft
+                .write_indexed(Command::UpsertItems(records))
+                .await
+                .map_err(service_error)?;
+            link.wait_catalog(index, CATALOG_APPLY_WAIT).await?;
+            return Ok(n);
+        }
+        self.apply_upserts(&serving, &records).await?;
+        Ok(n)
+    }
+
+    /// Puts items into this node's shards and catalogue.
+    async fn apply_upserts(
+        &self,
+        serving: &Serving,
+        records: &[ItemRecord],
+    ) -> Result<(), ServiceError> {
         let shards = self.shard_actors();
-        let n_shards = shards.len() as u32;
-        let mut by_shard: Vec<Vec<(u64, Vec<f32>)>> = vec![Vec::new(); shards.len()];
-        for (it, v) in &ready {
-            let key = item_key(&it.item_id);
-            if n_shards > 0 {
-                by_shard[shard_of(key, n_shards) as usize].push((key, v.clone()));
+        let n_shards = serving.model.shard_count.max(1);
+        let mut by_shard: BTreeMap<u32, Vec<(u64, Vec<f32>)>> = BTreeMap::new();
+        for r in records {
+            if r.vector.len() != serving.model.dimension {
+                continue;
+            }
+            let key = item_key(&r.id);
+            let s = shard_of(key, n_shards);
+            if shards.contains_key(&s) {
+                by_shard.entry(s).or_default().push((key, r.vector.clone()));
             }
         }
-        for (s, batch) in by_shard
-            .into_iter()
-            .enumerate()
-            .filter(|(_, b)| !b.is_empty())
-        {
-            shards[s]
+        for (s, batch) in by_shard {
+            shards[&s]
                 .send(Upsert { items: batch })
                 .await
                 .map_err(|e| ServiceError::Unavailable(format!("shard {s} unavailable: {e}")))?
                 .map_err(|e| ServiceError::Internal(e.to_string()))?;
         }
-        for (it, v) in ready.iter() {
+        for r in records {
             serving.catalog.upsert(
-                &it.item_id,
-                v.clone(),
-                &it.categories,
-                it.title.clone(),
-                it.created_at,
+                &r.id,
+                r.vector.clone(),
+                &r.categories,
+                r.title.clone(),
+                r.created_at,
             );
         }
-        Ok(ready.len() as u32)
+        Ok(())
     }
 
     pub async fn delete_items(&self, ids: Vec<String>) -> Result<u32, ServiceError> {
         validate::item_ids(&ids, &self.inner.config.api)?;
         let serving = self.current()?;
+        if let Some(link) = self.inner.cluster.get() {
+            let known = ids
+                .iter()
+                .filter(|id| serving.catalog.contains(item_key(id)))
+                .count() as u32;
+            let (_, index) = link
+                .raft
+                .write_indexed(Command::DeleteItems(ids))
+                .await
+                .map_err(service_error)?;
+            link.wait_catalog(index, CATALOG_APPLY_WAIT).await?;
+            return Ok(known);
+        }
+        self.apply_deletes(&serving, &ids).await
+    }
+
+    /// Removes items from this node's shards and catalogue; answers how
+    /// many existed.
+    async fn apply_deletes(&self, serving: &Serving, ids: &[String]) -> Result<u32, ServiceError> {
         let shards = self.shard_actors();
-        let n_shards = shards.len() as u32;
-        let mut by_shard: Vec<Vec<u64>> = vec![Vec::new(); shards.len()];
+        let n_shards = serving.model.shard_count.max(1);
+        let mut by_shard: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
         let mut deleted = 0;
-        for id in &ids {
+        for id in ids {
             let key = item_key(id);
             if serving.catalog.delete(key) {
                 deleted += 1;
             }
-            if n_shards > 0 {
-                by_shard[shard_of(key, n_shards) as usize].push(key);
+            let s = shard_of(key, n_shards);
+            if shards.contains_key(&s) {
+                by_shard.entry(s).or_default().push(key);
             }
         }
-        for (s, keys) in by_shard
-            .into_iter()
-            .enumerate()
-            .filter(|(_, b)| !b.is_empty())
-        {
-            shards[s]
+        for (s, keys) in by_shard {
+            shards[&s]
                 .send(Delete { keys })
                 .await
                 .map_err(|e| ServiceError::Unavailable(format!("shard {s} unavailable: {e}")))?
@@ -385,7 +458,7 @@ impl Node {
                 status: "serving".into(),
                 node_id: self.inner.config.node.id,
                 model_version: s.model.version.clone(),
-                shards_local: s.shards.len() as u32,
+                shards_local: self.shard_actors().len() as u32,
                 shards_total: s.model.shard_count,
             },
             Err(_) => HealthView {
@@ -398,7 +471,7 @@ impl Node {
         }
     }
 
-    fn shard_actors(&self) -> Vec<Addr<ShardActor>> {
+    fn shard_actors(&self) -> BTreeMap<u32, Addr<ShardActor>> {
         self.inner
             .shard_actors
             .read()
@@ -406,39 +479,289 @@ impl Node {
             .unwrap_or_default()
     }
 
+    /// The shards this node holds a loaded copy of.
+    pub fn local_shards(&self) -> Vec<u32> {
+        self.shard_actors().keys().copied().collect()
+    }
+
+    /// Joins a cluster: from now on the shard map decides which shards this
+    /// node loads, and catalogue writes go through Raft.
+    pub fn attach_cluster(&self, link: Arc<ClusterLink>) -> Result<(), String> {
+        self.inner
+            .cluster
+            .set(link)
+            .map_err(|_| "the node is already part of a cluster".to_string())
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<ClusterLink>> {
+        self.inner.cluster.get()
+    }
+
+    /// The bundle directory of the version being served.
+    pub fn current_bundle_dir(&self) -> Option<PathBuf> {
+        self.inner.bundle_dir.read().ok().and_then(|d| d.clone())
+    }
+
+    /// The shards this node hosts: all of them on a single node; in a
+    /// cluster, those the shard map places here (any replica state).
+    fn hosted_shards(&self) -> Option<Vec<u32>> {
+        let link = self.inner.cluster.get()?;
+        let st = link.raft.state();
+        let st = st.read();
+        Some(
+            st.shard_map
+                .as_ref()
+                .map(|m| m.shards_on(link.id()))
+                .unwrap_or_default(),
+        )
+    }
+
+    /// One client per shard: the local actor on a single node; in a
+    /// cluster, the shard's queryable replicas (local actor or remote node).
+    fn shard_clients(
+        &self,
+        model: &ServingModel,
+        catalog: &Arc<Catalog>,
+        actors: &BTreeMap<u32, Addr<ShardActor>>,
+    ) -> Result<Vec<Arc<dyn ShardClient>>, ServiceError> {
+        let local = |s: u32, a: &Addr<ShardActor>| LocalShard {
+            shard: s,
+            addr: a.clone(),
+            catalog: catalog.clone(),
+        };
+        let Some(link) = self.inner.cluster.get() else {
+            return Ok(actors
+                .iter()
+                .map(|(&s, a)| Arc::new(local(s, a)) as Arc<dyn ShardClient>)
+                .collect());
+        };
+        let st = link.raft.state();
+        let st = st.read();
+        let map = st
+            .shard_map
+            .as_ref()
+            .ok_or_else(|| ServiceError::Unavailable("the cluster has no shard map yet".into()))?;
+        if map.shards != model.shard_count {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "the bundle has {} shards but the cluster has {}; train with --shards {}",
+                model.shard_count, map.shards, map.shards
+            )));
+        }
+        let version: Arc<str> = Arc::from(model.version.as_str());
+        let mut clients: Vec<Arc<dyn ShardClient>> = Vec::with_capacity(map.shards as usize);
+        for s in 0..map.shards {
+            let mut targets = Vec::new();
+            for r in map.replicas_of(s).unwrap_or_default() {
+                if r.node == link.id() {
+                    if let Some(a) = actors.get(&s) {
+                        targets.push(ReplicaTarget {
+                            node: r.node,
+                            local: true,
+                            client: Arc::new(local(s, a)),
+                        });
+                    }
+                    continue;
+                }
+                if r.state == crate::cluster::ReplicaState::Loading {
+                    continue;
+                }
+                let Some(info) = st.nodes.get(&r.node) else {
+                    continue;
+                };
+                match link.channel(r.node, &info.internal) {
+                    Ok(ch) => targets.push(ReplicaTarget {
+                        node: r.node,
+                        local: false,
+                        client: Arc::new(RemoteShard::new(
+                            s,
+                            r.node,
+                            version.clone(),
+                            ch,
+                            link.max_message_bytes(),
+                        )),
+                    }),
+                    Err(e) => tracing::warn!(node = r.node, error = %e, "cannot reach a replica"),
+                }
+            }
+            clients.push(Arc::new(ReplicaSet::new(s, targets, link.book.clone())));
+        }
+        Ok(clients)
+    }
+
+    /// Rebuilds the shard clients of the current version after the shard
+    /// map changed without changing what this node hosts.
+    pub fn rebuild_shard_clients(&self) -> Result<(), ServiceError> {
+        let cur = self.current()?;
+        let shards = self.shard_clients(&cur.model, &cur.catalog, &self.shard_actors())?;
+        let next = Arc::new(Serving {
+            model: cur.model.clone(),
+            catalog: cur.catalog.clone(),
+            shards,
+        });
+        if let Ok(mut s) = self.inner.serving.write() {
+            *s = Some(next);
+        }
+        Ok(())
+    }
+
+    /// Applies the catalogue changes Raft committed since the last call,
+    /// in log order, to this node's shards and catalogue.
+    pub async fn apply_cluster_catalog(&self) -> Result<(), ServiceError> {
+        let Some(link) = self.inner.cluster.get() else {
+            return Ok(());
+        };
+        let serving = self.current()?;
+        let from = link.catalog_applied();
+        enum Change {
+            Upsert(ItemRecord),
+            Delete(String),
+        }
+        let (changes, upto) = {
+            let st = link.raft.state();
+            let st = st.read();
+            let changes: Vec<Change> = st
+                .catalog
+                .changed_since(from)
+                .map(|c| match c {
+                    crate::cluster::CatalogChange::Upsert { item, .. } => {
+                        Change::Upsert(item.clone())
+                    }
+                    crate::cluster::CatalogChange::Delete { id, .. } => {
+                        Change::Delete(id.to_string())
+                    }
+                })
+                .collect();
+            (changes, st.last_applied.map_or(0, |l| l.index))
+        };
+        // consecutive runs of one kind go together; order across kinds is kept
+        let mut i = 0;
+        while i < changes.len() {
+            let is_upsert = matches!(changes[i], Change::Upsert(_));
+            let mut j = i;
+            while j < changes.len() && matches!(changes[j], Change::Upsert(_)) == is_upsert {
+                j += 1;
+            }
+            if is_upsert {
+                let recs: Vec<ItemRecord> = changes[i..j]
+                    .iter()
+                    .filter_map(|c| match c {
+                        Change::Upsert(r) => Some(r.clone()),
+                        Change::Delete(_) => None,
+                    })
+                    .collect();
+                self.apply_upserts(&serving, &recs).await?;
+            } else {
+                let ids: Vec<String> = changes[i..j]
+                    .iter()
+                    .filter_map(|c| match c {
+                        Change::Delete(id) => Some(id.clone()),
+                        Change::Upsert(_) => None,
+                    })
+                    .collect();
+                self.apply_deletes(&serving, &ids).await?;
+            }
+            i = j;
+        }
+        link.set_catalog_applied(upto);
+        Ok(())
+    }
+
+    /// Searches one of this node's shard copies for another node's
+    /// coordinator. Refuses (FailedPrecondition, so the caller tries
+    /// another replica) a shard this node does not hold or a model version
+    /// it does not serve.
+    pub async fn local_shard_search(
+        &self,
+        shard: u32,
+        model_version: &str,
+        spec: SearchSpec,
+    ) -> Result<crate::shard::SearchResult, ServiceError> {
+        let serving = self.current()?;
+        let me = self.inner.config.node.id;
+        if !model_version.is_empty() && model_version != serving.model.version {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "node {me} serves model {}, not {model_version}",
+                serving.model.version
+            )));
+        }
+        let Some(addr) = self.shard_actors().get(&shard).cloned() else {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "node {me} does not hold shard {shard}"
+            )));
+        };
+        LocalShard {
+            shard,
+            addr,
+            catalog: serving.catalog.clone(),
+        }
+        .search(spec)
+        .await
+        .map_err(|e| ServiceError::Internal(e.to_string()))
+    }
+
+    /// The digest of this node's copy of `shard`.
+    pub async fn local_shard_digest(
+        &self,
+        shard: u32,
+    ) -> Result<crate::cluster::proto::ShardDigestResponse, ServiceError> {
+        let serving = self.current()?;
+        let me = self.inner.config.node.id;
+        let Some(addr) = self.shard_actors().get(&shard).cloned() else {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "node {me} does not hold shard {shard}"
+            )));
+        };
+        let unavailable = |e: actix::MailboxError| {
+            ServiceError::Unavailable(format!("shard {shard} unavailable: {e}"))
+        };
+        let digest = addr.send(Digest).await.map_err(unavailable)?;
+        let stats = addr.send(Stats).await.map_err(unavailable)?;
+        Ok(crate::cluster::proto::ShardDigestResponse {
+            shard,
+            node_id: me,
+            model_version: serving.model.version.clone(),
+            items: stats.items as u64,
+            digest,
+            applied_index: self.inner.cluster.get().map_or(0, |l| l.catalog_applied()),
+        })
+    }
+
     /// Loads a bundle in the background and switches to it atomically;
-    /// requests in flight finish on the version they started with.
+    /// requests in flight finish on the version they started with. In a
+    /// cluster only the shards the map places here are loaded.
     pub async fn publish(&self, dir: PathBuf) -> Result<String, ServiceError> {
         let _one_at_a_time = self.inner.swap.lock().await;
         let threads = self.inner.config.shards.search_threads;
         let ef = self.inner.config.shards.expansion_search;
-        let loaded = load_version(dir.clone(), ef).await?;
+        let hosted = self.hosted_shards();
+        let loaded = load_version(dir.clone(), ef, hosted).await?;
         let (model, user_states, indexes) = loaded;
         let model = Arc::new(model);
         let catalog = Arc::new(match self.current() {
             Ok(old) => old.catalog.carry_over(model.clone()),
             Err(_) => Catalog::new(model.clone()),
         });
-        let actors: Vec<Addr<ShardActor>> = indexes
+        let actors: BTreeMap<u32, Addr<ShardActor>> = indexes
             .into_iter()
-            .map(|ix| start_shard(ix, threads))
+            .map(|ix| (ix.shard(), start_shard(ix, threads)))
             .collect();
         // items upserted since training move to the new version's shards
         let carried = catalog.upserted_items();
-        let n = actors.len() as u32;
-        let mut by_shard: Vec<Vec<(u64, Vec<f32>)>> = vec![Vec::new(); actors.len()];
+        let n = model.shard_count.max(1);
+        let mut by_shard: BTreeMap<u32, Vec<(u64, Vec<f32>)>> = BTreeMap::new();
         for it in carried
             .iter()
             .filter(|it| it.vector.len() == model.dimension)
         {
-            by_shard[shard_of(it.key, n.max(1)) as usize].push((it.key, it.vector.clone()));
+            by_shard
+                .entry(shard_of(it.key, n))
+                .or_default()
+                .push((it.key, it.vector.clone()));
         }
-        for (s, b) in by_shard
-            .into_iter()
-            .enumerate()
-            .filter(|(_, b)| !b.is_empty())
-        {
-            let _ = actors[s].send(Upsert { items: b }).await;
+        for (s, b) in by_shard {
+            if let Some(a) = actors.get(&s) {
+                let _ = a.send(Upsert { items: b }).await;
+            }
         }
         // seed user state for users the node does not track yet
         let parts = self.inner.users.len() as u32;
@@ -450,28 +773,21 @@ impl Node {
         for (p, s) in seeds.into_iter().enumerate() {
             let _ = self.inner.users[p].send(SeedUsers(s)).await;
         }
-        let shards: Vec<Arc<dyn ShardClient>> = actors
-            .iter()
-            .enumerate()
-            .map(|(s, a)| {
-                Arc::new(LocalShard {
-                    shard: s as u32,
-                    addr: a.clone(),
-                    catalog: catalog.clone(),
-                }) as Arc<dyn ShardClient>
-            })
-            .collect();
+        let shards = self.shard_clients(&model, &catalog, &actors)?;
         let version = model.version.clone();
         let serving = Arc::new(Serving {
             model,
             catalog,
             shards,
         });
-        if let (Ok(mut cur), Ok(mut sa)) =
-            (self.inner.serving.write(), self.inner.shard_actors.write())
-        {
+        if let (Ok(mut cur), Ok(mut sa), Ok(mut bd)) = (
+            self.inner.serving.write(),
+            self.inner.shard_actors.write(),
+            self.inner.bundle_dir.write(),
+        ) {
             *cur = Some(serving);
             *sa = actors;
+            *bd = Some(dir.clone());
         }
         // remember from which log position this version's state is live
         let seq = self.inner.events.send(NextSeq).await.unwrap_or(0);
@@ -569,8 +885,9 @@ type LoadedVersion = (
 async fn load_version(
     dir: PathBuf,
     expansion_search: usize,
+    hosted: Option<Vec<u32>>,
 ) -> Result<LoadedVersion, ServiceError> {
-    tokio::task::spawn_blocking(move || load_version_blocking(&dir, expansion_search))
+    tokio::task::spawn_blocking(move || load_version_blocking(&dir, expansion_search, hosted))
         .await
         .map_err(|e| ServiceError::Internal(format!("model loading task failed: {e}")))?
 }
@@ -578,6 +895,7 @@ async fn load_version(
 fn load_version_blocking(
     dir: &Path,
     expansion_search: usize,
+    hosted: Option<Vec<u32>>,
 ) -> Result<LoadedVersion, ServiceError> {
     let precondition = |e: String| {
         ServiceError::FailedPrecondition(format!("cannot load bundle {}: {e}", dir.display()))
@@ -586,7 +904,14 @@ fn load_version_blocking(
     let bundle = crate::bundle::Bundle::open(dir, &crate::bundle::OpenCheck::default())
         .map_err(|e| precondition(e.to_string()))?;
     let mut indexes = Vec::new();
-    for s in 0..loaded.model.shard_count {
+    let shards = hosted.unwrap_or_else(|| (0..loaded.model.shard_count).collect());
+    for s in shards {
+        if s >= loaded.model.shard_count {
+            return Err(precondition(format!(
+                "the cluster places shard {s} here but the bundle has only {} shards; train with the cluster's shard count",
+                loaded.model.shard_count
+            )));
+        }
         let shard = bundle
             .load_shard(s)
             .map_err(|e| precondition(e.to_string()))?;

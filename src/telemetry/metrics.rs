@@ -21,6 +21,10 @@ pub struct Metrics {
     pub cpu_seconds: CounterVec,
     pub process_cpu_seconds: Gauge,
     pub events: IntCounterVec,
+    /// Second requests sent to another replica because the first was slow.
+    pub hedged_requests: prometheus::IntCounter,
+    /// Calls to a remote shard replica, by outcome.
+    pub replica_calls: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -104,7 +108,22 @@ fn build() -> Metrics {
         .register(Box::new(process_cpu_seconds.clone()))
         .expect("metric registered once");
     let events = c("funnel_events_total", "Events ingested by kind", &["kind"]);
+    let hedged_requests = prometheus::IntCounter::new(
+        "funnel_hedged_requests_total",
+        "Hedged second requests to another shard replica",
+    )
+    .expect("metric definition is valid");
+    registry
+        .register(Box::new(hedged_requests.clone()))
+        .expect("metric registered once");
+    let replica_calls = c(
+        "funnel_replica_calls_total",
+        "Shard replica calls by outcome",
+        &["outcome"],
+    );
     Metrics {
+        hedged_requests,
+        replica_calls,
         registry,
         request_seconds,
         stage_seconds,

@@ -64,19 +64,30 @@ impl NodeProc {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> NodeProc {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_funnel"));
-        cmd.arg("serve").arg("--data-dir").arg(data_dir).args([
-            "--http",
-            "127.0.0.1:0",
-            "--grpc",
-            "127.0.0.1:0",
-        ]);
+        let mut args: Vec<std::ffi::OsString> = vec!["--data-dir".into(), data_dir.into()];
+        args.extend(
+            ["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"]
+                .iter()
+                .map(Into::into),
+        );
         if let Some(b) = bundle {
-            cmd.arg("--bundle").arg(b);
+            args.push("--bundle".into());
+            args.push(b.into());
         }
-        cmd.args(extra)
-            .envs(env.iter().copied())
-            .env("RUST_LOG", "warn")
+        args.extend(extra.iter().map(Into::into));
+        Self::spawn(&args, data_dir, env)
+    }
+
+    /// Starts `funnel serve --config FILE` with nothing overridden.
+    pub fn start_config(config: &Path, data_dir: &Path) -> NodeProc {
+        Self::spawn(&["--config".into(), config.into()], data_dir, &[])
+    }
+
+    fn spawn(args: &[std::ffi::OsString], data_dir: &Path, env: &[(&str, &str)]) -> NodeProc {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_funnel"));
+        cmd.arg("serve").args(args);
+        cmd.envs(env.iter().copied())
+            .env("RUST_LOG", "warn,openraft=off")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("funnel binary starts");
@@ -152,20 +163,37 @@ impl Http {
         body: Option<String>,
         token: Option<&str>,
     ) -> (u16, serde_json::Value) {
-        let (status, bytes) = self
-            .rt
-            .block_on(send_json(
+        self.try_call(url, body, token)
+            .unwrap_or_else(|e| panic!("{url}: {e}"))
+    }
+
+    /// Like `call`, but a request that gets no HTTP answer is an `Err`.
+    /// A connection that breaks is retried once on a fresh one: the pool
+    /// may hand out a keep-alive connection the server just closed.
+    pub fn try_call(
+        &self,
+        url: &str,
+        body: Option<String>,
+        token: Option<&str>,
+    ) -> Result<(u16, serde_json::Value), String> {
+        let send = || {
+            self.rt.block_on(send_json(
                 &self.client,
                 url.parse().unwrap(),
-                body.map(Into::into),
+                body.clone().map(Into::into),
                 token,
                 Duration::from_secs(60),
             ))
-            .unwrap_or_else(|k| panic!("{url}: {}", k.label()));
+        };
+        let (status, bytes) = match send() {
+            Err(funnel::bench::client::ErrorKind::Transport) => send(),
+            other => other,
+        }
+        .map_err(|k| k.label())?;
         let v = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::String(
             String::from_utf8_lossy(&bytes).into(),
         ));
-        (status.as_u16(), v)
+        Ok((status.as_u16(), v))
     }
 
     pub fn post(&self, url: &str, body: serde_json::Value) -> (u16, serde_json::Value) {

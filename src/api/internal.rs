@@ -1,0 +1,107 @@
+//! The data-plane half of the internal gRPC API (`ShardData` in
+//! `proto/cluster.proto`): other nodes' coordinators search this node's
+//! shard copies. Served on the cluster's internal port next to Raft.
+//! Conversion only; the work is `Node::local_shard_search`.
+
+use super::error::grpc_status;
+use crate::cluster::proto::shard_data_server::{ShardData, ShardDataServer};
+use crate::cluster::proto::{
+    ShardDigestRequest, ShardDigestResponse, ShardSearchRequest, ShardSearchResponse,
+};
+use crate::coordinator::SearchSpec;
+use crate::node::types::ServiceError;
+use crate::node::Node;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+pub struct ShardDataService {
+    node: Node,
+}
+
+pub fn shard_data_service(
+    node: Node,
+    max_message_bytes: usize,
+) -> ShardDataServer<ShardDataService> {
+    ShardDataServer::new(ShardDataService { node })
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes)
+}
+
+fn bad(msg: String) -> Status {
+    grpc_status(&ServiceError::InvalidArgument(msg))
+}
+
+#[tonic::async_trait]
+impl ShardData for ShardDataService {
+    async fn search(
+        &self,
+        request: Request<ShardSearchRequest>,
+    ) -> Result<Response<ShardSearchResponse>, Status> {
+        let r = request.into_inner();
+        if r.query.iter().any(|x| !x.is_finite()) {
+            return Err(bad("query has a non-finite value".into()));
+        }
+        let max_k = self.node.config().recall.ann_k.max(1) * 4;
+        if r.k as usize > max_k {
+            return Err(bad(format!("k {} is above this node's limit {max_k}", r.k)));
+        }
+        let mut exclude = r.exclude;
+        exclude.sort_unstable();
+        let categories = if r.filter_categories {
+            let mut cats = Vec::with_capacity(r.categories.len());
+            for c in r.categories {
+                cats.push(
+                    u16::try_from(c)
+                        .map_err(|_| bad(format!("category id {c} is out of range")))?,
+                );
+            }
+            Some(Arc::new(cats))
+        } else {
+            None
+        };
+        let spec = SearchSpec {
+            query: Arc::from(r.query),
+            k: r.k as usize,
+            exclude: Arc::new(exclude),
+            categories,
+            fetch: Arc::from(r.fetch),
+            deadline: None,
+        };
+        let res = self
+            .node
+            .local_shard_search(r.shard, &r.model_version, spec)
+            .await
+            .map_err(|e| grpc_status(&e))?;
+        let dimension = res.vectors.first().map_or(0, |v| v.1.len());
+        let mut vector_keys = Vec::with_capacity(res.vectors.len());
+        let mut vectors = Vec::with_capacity(res.vectors.len() * dimension);
+        for (k, v) in res.vectors {
+            if v.len() == dimension {
+                vector_keys.push(k);
+                vectors.extend(v);
+            }
+        }
+        let (keys, scores) = res.hits.into_iter().unzip();
+        Ok(Response::new(ShardSearchResponse {
+            keys,
+            scores,
+            vector_keys,
+            vectors,
+            dimension: dimension as u32,
+            node_id: self.node.config().node.id,
+        }))
+    }
+
+    async fn digest(
+        &self,
+        request: Request<ShardDigestRequest>,
+    ) -> Result<Response<ShardDigestResponse>, Status> {
+        let shard = request.into_inner().shard;
+        let d = self
+            .node
+            .local_shard_digest(shard)
+            .await
+            .map_err(|e| grpc_status(&e))?;
+        Ok(Response::new(d))
+    }
+}

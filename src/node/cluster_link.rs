@@ -1,0 +1,299 @@
+//! A node as a member of a cluster: its Raft handle, the channels to its
+//! peers, and the control loop that turns the replicated state into local
+//! action (register members, create the shard map, load this node's
+//! shards, apply catalogue changes in log order).
+//!
+//! Owns: starting the Raft node with the data-plane service beside it,
+//! bootstrap, and reconciling the node with the applied cluster state.
+//! Must not touch: the Raft rules (`cluster::state`) or request handling
+//! (the node's operations call into this only to read the shard map and to
+//! propose writes).
+
+use super::types::ServiceError;
+use super::Node;
+use crate::cluster::{
+    initial_placement, ClusterError, ClusterState, Command, NodeInfo, RaftNode, RaftSettings,
+    ReplicaState,
+};
+use crate::config::NodeConfig;
+use crate::replica::HealthBook;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use tonic::transport::Channel;
+
+pub struct ClusterLink {
+    pub raft: RaftNode,
+    pub book: HealthBook,
+    channels: Mutex<HashMap<u64, (String, Channel)>>,
+    max_message_bytes: usize,
+    /// Highest Raft log index whose catalogue changes this node applied.
+    catalog_applied: AtomicU64,
+    applied_tx: watch::Sender<u64>,
+}
+
+/// (shard, node, state) of every replica: when it changes, the node
+/// rebuilds its shard clients.
+pub type ReplicaSignature = Vec<(u32, u64, ReplicaState)>;
+
+pub fn replica_signature(state: &ClusterState) -> ReplicaSignature {
+    let Some(map) = &state.shard_map else {
+        return Vec::new();
+    };
+    let mut sig = Vec::new();
+    for (s, reps) in map.replicas.iter().enumerate() {
+        for r in reps {
+            sig.push((s as u32, r.node, r.state));
+        }
+    }
+    sig
+}
+
+impl ClusterLink {
+    pub fn id(&self) -> u64 {
+        self.raft.id()
+    }
+
+    /// A channel to node `id` at `addr`, reused while the address holds.
+    pub fn channel(&self, id: u64, addr: &str) -> Result<Channel, String> {
+        let mut m = self
+            .channels
+            .lock()
+            .map_err(|_| "peer channel table poisoned".to_string())?;
+        if let Some((a, ch)) = m.get(&id) {
+            if a == addr {
+                return Ok(ch.clone());
+            }
+        }
+        let ch = crate::replica::remote::peer_channel(addr, self.max_message_bytes)?;
+        m.insert(id, (addr.to_string(), ch.clone()));
+        Ok(ch)
+    }
+
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
+    }
+
+    pub fn catalog_applied(&self) -> u64 {
+        self.catalog_applied.load(Ordering::SeqCst)
+    }
+
+    pub(super) fn set_catalog_applied(&self, index: u64) {
+        self.catalog_applied.fetch_max(index, Ordering::SeqCst);
+        let _ = self.applied_tx.send(self.catalog_applied());
+    }
+
+    /// Waits until this node applied the catalogue up to `index`.
+    pub async fn wait_catalog(&self, index: u64, timeout: Duration) -> Result<(), ServiceError> {
+        let mut rx = self.applied_tx.subscribe();
+        let ok = tokio::time::timeout(timeout, rx.wait_for(|&applied| applied >= index))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        match ok {
+            true => Ok(()),
+            false => Err(ServiceError::Unavailable(format!(
+                "the write is committed (log index {index}) but this node has not applied it within {} ms; it will",
+                timeout.as_millis()
+            ))),
+        }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.raft.id())
+    }
+}
+
+/// Maps a control-plane error to the service error a client sees.
+pub fn service_error(e: ClusterError) -> ServiceError {
+    match e {
+        ClusterError::Rejected(r) => ServiceError::FailedPrecondition(r),
+        ClusterError::TooLarge { .. } => ServiceError::ResourceExhausted(e.to_string()),
+        other => ServiceError::Unavailable(format!("cluster: {other}")),
+    }
+}
+
+/// Starts Raft for `node` (with the data-plane service on the same port),
+/// bootstraps when configured, attaches the link to the node and spawns
+/// the control loop. Returns the link.
+pub async fn start_cluster(
+    node: Node,
+    config: &NodeConfig,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Arc<ClusterLink>> {
+    let cc = config
+        .cluster
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("no [cluster] section"))?;
+    let me = config.node.id;
+    let mut settings = RaftSettings::new(me, cc.internal.clone(), config.node.data_dir.clone());
+    settings.heartbeat_ms = cc.heartbeat_ms;
+    settings.election_timeout_min_ms = cc.election_timeout_min_ms;
+    settings.election_timeout_max_ms = cc.election_timeout_max_ms;
+    settings.snapshot_every = cc.snapshot_every;
+    settings.max_message_bytes = config.api.max_message_bytes.max(64 << 20);
+    // Raft and admin calls answer within a few election rounds or not at all
+    settings.request_timeout_ms = 5_000;
+    if let Some(m) = config.this_member() {
+        settings.advertise_addr = Some(m.internal.clone());
+    }
+    let max = settings.max_message_bytes;
+    let service = crate::api::internal::shard_data_service(node.clone(), max);
+    let raft = RaftNode::start_with_services(settings, shutdown.clone(), move |routes| {
+        routes.add_service(service)
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("starting Raft on cluster.internal {}: {e}", cc.internal))?;
+    if cc.bootstrap {
+        let members: BTreeMap<u64, NodeInfo> = cc
+            .members
+            .iter()
+            .map(|m| (m.id, NodeInfo::new(m.id, &m.internal, &m.http, &m.grpc)))
+            .collect();
+        raft.initialize(members)
+            .await
+            .map_err(|e| anyhow::anyhow!("bootstrapping the cluster: {e}"))?;
+    }
+    let (applied_tx, _) = watch::channel(0);
+    let link = Arc::new(ClusterLink {
+        raft,
+        book: HealthBook::default(),
+        channels: Mutex::new(HashMap::new()),
+        max_message_bytes: max,
+        catalog_applied: AtomicU64::new(0),
+        applied_tx,
+    });
+    node.attach_cluster(link.clone())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cfg = config.clone();
+    let l = link.clone();
+    // on the actix system: reconciling starts shard actors
+    actix::spawn(async move { control_loop(node, l, cfg, shutdown).await });
+    Ok(link)
+}
+
+/// Reconciles this node with the applied cluster state: on every applied
+/// index (and every half second, to retry what failed).
+async fn control_loop(
+    node: Node,
+    link: Arc<ClusterLink>,
+    config: NodeConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut applied = link.raft.subscribe();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut built: Option<(ReplicaSignature, String)> = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => return,
+            r = applied.changed() => if r.is_err() { return },
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = reconcile(&node, &link, &config, &mut built).await {
+            tracing::debug!(error = %e, "cluster reconcile step did not finish; retrying");
+        }
+    }
+}
+
+async fn reconcile(
+    node: &Node,
+    link: &ClusterLink,
+    config: &NodeConfig,
+    built: &mut Option<(ReplicaSignature, String)>,
+) -> Result<(), String> {
+    let cc = config.cluster.as_ref().ok_or("no [cluster] section")?;
+    let (sig, has_map, missing) = {
+        let st = link.raft.state();
+        let st = st.read();
+        let missing: Vec<NodeInfo> = cc
+            .members
+            .iter()
+            .filter(|m| !st.nodes.contains_key(&m.id))
+            .map(|m| NodeInfo::new(m.id, &m.internal, &m.http, &m.grpc))
+            .collect();
+        (replica_signature(&st), st.shard_map.is_some(), missing)
+    };
+    if link.is_leader() {
+        for info in missing.iter() {
+            link.raft
+                .write(Command::RegisterNode(info.clone()))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        if !has_map && missing.is_empty() {
+            let mut ids: Vec<u64> = cc.members.iter().map(|m| m.id).collect();
+            ids.sort_unstable();
+            let placement =
+                initial_placement(cc.shards, cc.replication, &ids).map_err(|e| e.to_string())?;
+            link.raft
+                .write(Command::InitShards {
+                    shards: cc.shards,
+                    replication: cc.replication,
+                    placement,
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::info!(
+                shards = cc.shards,
+                replication = cc.replication,
+                "shard map created"
+            );
+        }
+    }
+    if !has_map {
+        return Ok(());
+    }
+    // load (or rebuild) this node's shards when the map or the model moved
+    let dir = node
+        .current_bundle_dir()
+        .or_else(|| config.node.bundle_dir().map(|p| p.to_path_buf()));
+    if let Some(dir) = dir {
+        let dir_s = dir.display().to_string();
+        let stale = built.as_ref().is_none_or(|(s, d)| *s != sig || *d != dir_s);
+        if stale {
+            let local_changed = built.as_ref().is_none_or(|(s, _)| {
+                let mine = |x: &ReplicaSignature| {
+                    x.iter()
+                        .filter(|r| r.1 == link.id())
+                        .map(|r| r.0)
+                        .collect::<Vec<_>>()
+                };
+                mine(s) != mine(&sig)
+            });
+            if local_changed || node.model_version().is_none() {
+                node.publish(dir.clone()).await.map_err(|e| e.to_string())?;
+            } else {
+                node.rebuild_shard_clients().map_err(|e| e.to_string())?;
+            }
+            *built = Some((sig, dir_s));
+        }
+    }
+    node.apply_cluster_catalog()
+        .await
+        .map_err(|e| e.to_string())?;
+    // shards loaded here are ready to be queried by the other nodes
+    let loaded = node.local_shards();
+    let ready: Vec<u32> = built
+        .as_ref()
+        .map(|(sig, _)| {
+            sig.iter()
+                .filter(|r| r.1 == link.id() && r.2 == ReplicaState::Loading)
+                .map(|r| r.0)
+                .filter(|s| loaded.contains(s))
+                .collect()
+        })
+        .unwrap_or_default();
+    for shard in ready {
+        link.raft
+            .write(Command::SetReplicaState {
+                shard,
+                node: link.id(),
+                state: ReplicaState::Active,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(shard, "shard replica loaded and active");
+    }
+    Ok(())
+}

@@ -1,0 +1,188 @@
+//! Health and latency of the nodes a coordinator talks to. Plain code:
+//! the clock is passed in, so the policy is tested without a network.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Exponentially weighted mean and mean absolute deviation of latencies;
+/// `p95` estimates the 95th percentile as mean + 2 deviations (exact for
+/// no distribution, steady enough to decide when to hedge).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LatencyTracker {
+    mean_us: f64,
+    dev_us: f64,
+    samples: u64,
+}
+
+impl Default for LatencyTracker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LatencyTracker {
+    const ALPHA: f64 = 0.1;
+
+    pub fn new() -> Self {
+        LatencyTracker {
+            mean_us: 0.0,
+            dev_us: 0.0,
+            samples: 0,
+        }
+    }
+
+    pub fn observe(&mut self, took: Duration) {
+        let x = took.as_secs_f64() * 1e6;
+        if self.samples == 0 {
+            self.mean_us = x;
+            self.dev_us = x / 2.0;
+        } else {
+            let err = x - self.mean_us;
+            self.mean_us += Self::ALPHA * err;
+            self.dev_us += Self::ALPHA * (err.abs() - self.dev_us);
+        }
+        self.samples += 1;
+    }
+
+    pub fn samples(&self) -> u64 {
+        self.samples
+    }
+
+    pub fn mean(&self) -> Duration {
+        Duration::from_secs_f64(self.mean_us.max(0.0) / 1e6)
+    }
+
+    pub fn p95(&self) -> Duration {
+        Duration::from_secs_f64((self.mean_us + 2.0 * self.dev_us).max(0.0) / 1e6)
+    }
+}
+
+/// What a coordinator knows about one peer node.
+#[derive(Debug, Clone, Default)]
+pub struct NodeHealth {
+    pub latency: LatencyTracker,
+    pub consecutive_failures: u32,
+    /// After a failure the node is tried last until this time.
+    pub suspect_until: Option<Instant>,
+}
+
+impl NodeHealth {
+    pub fn is_suspect(&self, now: Instant) -> bool {
+        self.suspect_until.is_some_and(|t| now < t)
+    }
+
+    pub fn record_success(&mut self, took: Duration) {
+        self.latency.observe(took);
+        self.consecutive_failures = 0;
+        self.suspect_until = None;
+    }
+
+    /// A failed call: the node is suspect for a back-off that doubles with
+    /// each failure in a row (100 ms up to 5 s), so a dead node costs one
+    /// fast failure per back-off, not one per request.
+    pub fn record_failure(&mut self, now: Instant) {
+        self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        let shift = self.consecutive_failures.saturating_sub(1).min(6);
+        let backoff = Duration::from_millis((100u64 << shift).min(5000));
+        self.suspect_until = Some(now + backoff);
+    }
+}
+
+/// Health of every node, shared by all replica sets of a coordinator so
+/// that one shard's failed call warns the others about that node.
+#[derive(Debug, Clone, Default)]
+pub struct HealthBook {
+    nodes: Arc<Mutex<HashMap<u64, NodeHealth>>>,
+}
+
+impl HealthBook {
+    pub fn get(&self, node: u64) -> NodeHealth {
+        self.nodes
+            .lock()
+            .map(|m| m.get(&node).cloned().unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    pub fn update(&self, node: u64, f: impl FnOnce(&mut NodeHealth)) {
+        if let Ok(mut m) = self.nodes.lock() {
+            f(m.entry(node).or_default());
+        }
+    }
+
+    pub fn snapshot(&self) -> Vec<(u64, NodeHealth)> {
+        let mut v: Vec<(u64, NodeHealth)> = self
+            .nodes
+            .lock()
+            .map(|m| m.iter().map(|(k, h)| (*k, h.clone())).collect())
+            .unwrap_or_default();
+        v.sort_by_key(|x| x.0);
+        v
+    }
+}
+
+/// The order to try replicas in: healthy before suspect, then the local
+/// copy (no network), then the fastest by mean latency; nodes never
+/// measured count as fast so they get measured. Returns indices into
+/// `replicas` (node id, is local).
+pub fn try_order(replicas: &[(u64, bool)], book: &HealthBook, now: Instant) -> Vec<usize> {
+    let mut keyed: Vec<(bool, bool, Duration, u64, usize)> = replicas
+        .iter()
+        .enumerate()
+        .map(|(i, &(node, local))| {
+            let h = book.get(node);
+            (h.is_suspect(now), !local, h.latency.mean(), node, i)
+        })
+        .collect();
+    keyed.sort_by_key(|k| (k.0, k.1, k.2, k.3));
+    keyed.into_iter().map(|k| k.4).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracker_follows_latency_and_p95_exceeds_the_mean() {
+        let mut t = LatencyTracker::new();
+        for i in 0..200 {
+            t.observe(Duration::from_micros(if i % 10 == 0 { 3000 } else { 1000 }));
+        }
+        let mean = t.mean().as_micros();
+        assert!((1000..1600).contains(&mean), "{mean}");
+        assert!(t.p95() > t.mean());
+        assert!(t.p95() < Duration::from_millis(4));
+        assert_eq!(t.samples(), 200);
+    }
+
+    #[test]
+    fn failures_back_off_and_a_success_clears_them() {
+        let now = Instant::now();
+        let mut h = NodeHealth::default();
+        h.record_failure(now);
+        assert!(h.is_suspect(now + Duration::from_millis(50)));
+        assert!(!h.is_suspect(now + Duration::from_millis(150)));
+        for _ in 0..10 {
+            h.record_failure(now);
+        }
+        assert!(h.is_suspect(now + Duration::from_millis(4900)));
+        assert!(!h.is_suspect(now + Duration::from_millis(5100)));
+        h.record_success(Duration::from_millis(1));
+        assert!(!h.is_suspect(now));
+        assert_eq!(h.consecutive_failures, 0);
+    }
+
+    #[test]
+    fn order_prefers_healthy_then_local_then_fast() {
+        let book = HealthBook::default();
+        let now = Instant::now();
+        book.update(2, |h| h.record_success(Duration::from_millis(5)));
+        book.update(3, |h| h.record_success(Duration::from_millis(1)));
+        // remote 2 (slow), remote 3 (fast), local 1
+        let reps = [(2, false), (3, false), (1, true)];
+        assert_eq!(try_order(&reps, &book, now), vec![2, 1, 0]);
+        // the local node failed: it goes last
+        book.update(1, |h| h.record_failure(now));
+        assert_eq!(try_order(&reps, &book, now), vec![1, 0, 2]);
+    }
+}

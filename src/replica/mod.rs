@@ -1,0 +1,16 @@
+//! Replicas of a shard as the coordinator sees them: which copy to ask,
+//! when to hedge to a second one, and how to reach a copy on another node.
+//!
+//! Owns: per-node health and latency tracking (`health`), the replica
+//! choice and hedging policy (`set`, a `ShardClient` over several copies),
+//! and the gRPC client of a remote copy (`remote`). Must not touch: which
+//! node holds which shard (the cluster's shard map decides; `node` builds
+//! replica sets from it) or how a shard searches (`shard`).
+
+pub mod health;
+pub mod remote;
+pub mod set;
+
+pub use health::{HealthBook, LatencyTracker, NodeHealth};
+pub use remote::RemoteShard;
+pub use set::{ReplicaSet, ReplicaTarget};

@@ -1,0 +1,152 @@
+//! A shard copy on another node, reached over the cluster's internal gRPC
+//! (`ShardData.Search`). The request carries the coordinator's model
+//! version and the remaining stage time as its grpc-timeout, so a remote
+//! node never works on an answer nobody waits for.
+
+use crate::cluster::proto::shard_data_client::ShardDataClient;
+use crate::cluster::proto::ShardSearchRequest;
+use crate::coordinator::{SearchSpec, ShardCallError, ShardClient, VectorsResult};
+use crate::shard::SearchResult;
+use futures::future::BoxFuture;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Clone)]
+pub struct RemoteShard {
+    shard: u32,
+    node: u64,
+    model_version: Arc<str>,
+    client: ShardDataClient<Channel>,
+}
+
+/// A lazily connected channel to a peer's internal address: creating it
+/// never blocks, and a dead peer fails the first call fast (connection
+/// refused) instead of stalling node start-up.
+pub fn peer_channel(addr: &str, max_message_bytes: usize) -> Result<Channel, String> {
+    let uri = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    let ep = Endpoint::from_shared(uri)
+        .map_err(|e| format!("bad peer address {addr}: {e}"))?
+        .connect_timeout(Duration::from_millis(300))
+        .tcp_nodelay(true);
+    let _ = max_message_bytes;
+    Ok(ep.connect_lazy())
+}
+
+impl RemoteShard {
+    pub fn new(
+        shard: u32,
+        node: u64,
+        model_version: Arc<str>,
+        channel: Channel,
+        max_message_bytes: usize,
+    ) -> Self {
+        let client = ShardDataClient::new(channel)
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes);
+        RemoteShard {
+            shard,
+            node,
+            model_version,
+            client,
+        }
+    }
+
+    pub fn node(&self) -> u64 {
+        self.node
+    }
+
+    fn call(&self, spec: SearchSpec) -> BoxFuture<'static, Result<SearchResult, ShardCallError>> {
+        let mut client = self.client.clone();
+        let shard = self.shard;
+        let node = self.node;
+        let body = ShardSearchRequest {
+            shard,
+            model_version: self.model_version.to_string(),
+            query: spec.query.to_vec(),
+            k: spec.k as u32,
+            exclude: spec.exclude.to_vec(),
+            filter_categories: spec.categories.is_some(),
+            categories: spec
+                .categories
+                .as_ref()
+                .map(|c| c.iter().map(|&x| x as u32).collect())
+                .unwrap_or_default(),
+            fetch: spec.fetch.to_vec(),
+        };
+        let deadline = spec.deadline;
+        Box::pin(async move {
+            let fail = |reason: String| ShardCallError::Failed {
+                shard,
+                reason: format!("node {node}: {reason}"),
+            };
+            let mut req = tonic::Request::new(body);
+            if let Some(d) = deadline {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(fail("deadline passed before sending".into()));
+                }
+                req.set_timeout(left);
+            }
+            let r = client
+                .search(req)
+                .await
+                .map_err(|s| fail(format!("{}: {}", s.code(), s.message())))?
+                .into_inner();
+            if r.keys.len() != r.scores.len() {
+                return Err(fail(
+                    "malformed answer: keys and scores differ in length".into(),
+                ));
+            }
+            let dim = r.dimension as usize;
+            if dim == 0 && !r.vector_keys.is_empty() || r.vectors.len() != r.vector_keys.len() * dim
+            {
+                return Err(fail(
+                    "malformed answer: vectors do not match their keys".into(),
+                ));
+            }
+            let hits = r.keys.into_iter().zip(r.scores).collect();
+            let vectors = if dim == 0 {
+                Vec::new()
+            } else {
+                r.vector_keys
+                    .into_iter()
+                    .zip(r.vectors.chunks_exact(dim).map(|c| c.to_vec()))
+                    .collect()
+            };
+            Ok(SearchResult {
+                shard,
+                hits,
+                vectors,
+                cpu_micros: 0,
+            })
+        })
+    }
+}
+
+impl ShardClient for RemoteShard {
+    fn shard(&self) -> u32 {
+        self.shard
+    }
+
+    fn search(&self, spec: SearchSpec) -> BoxFuture<'static, Result<SearchResult, ShardCallError>> {
+        self.call(spec)
+    }
+
+    fn vectors(&self, keys: Arc<[u64]>) -> BoxFuture<'static, VectorsResult> {
+        let spec = SearchSpec {
+            query: Arc::from(Vec::new()),
+            k: 0,
+            exclude: Arc::new(Vec::new()),
+            categories: None,
+            fetch: keys,
+            deadline: None,
+        };
+        let f = self.call(spec);
+        Box::pin(async move { f.await.map(|r| r.vectors) })
+    }
+}

@@ -1,0 +1,292 @@
+//! One shard's copies behind one `ShardClient`: try the best copy, fail
+//! over at once to the next when it errors, and hedge to a second copy
+//! when the first is slower than its recent p95. The caller's deadline
+//! bounds everything (the coordinator wraps each shard call in it).
+
+use super::health::{try_order, HealthBook};
+use crate::coordinator::{SearchSpec, ShardCallError, ShardClient, VectorsResult};
+use crate::shard::SearchResult;
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// One copy of the shard: where it lives and how to call it.
+#[derive(Clone)]
+pub struct ReplicaTarget {
+    pub node: u64,
+    pub local: bool,
+    pub client: Arc<dyn ShardClient>,
+}
+
+#[derive(Clone)]
+pub struct ReplicaSet {
+    shard: u32,
+    replicas: Vec<ReplicaTarget>,
+    book: HealthBook,
+    /// Never hedge sooner than this: below it a second request costs more
+    /// than the tail it would cut.
+    min_hedge: Duration,
+}
+
+impl ReplicaSet {
+    pub fn new(shard: u32, replicas: Vec<ReplicaTarget>, book: HealthBook) -> Self {
+        ReplicaSet {
+            shard,
+            replicas,
+            book,
+            min_hedge: Duration::from_millis(2),
+        }
+    }
+
+    pub fn replicas(&self) -> &[ReplicaTarget] {
+        &self.replicas
+    }
+
+    /// When to send the hedged second request: the first copy's p95, once
+    /// it has been measured; before that, a conservative 10 ms.
+    fn hedge_after(&self, node: u64) -> Duration {
+        let h = self.book.get(node);
+        if h.latency.samples() < 5 {
+            Duration::from_millis(10)
+        } else {
+            h.latency.p95().max(self.min_hedge)
+        }
+    }
+
+    async fn search_inner(self, spec: SearchSpec) -> Result<SearchResult, ShardCallError> {
+        let keys: Vec<(u64, bool)> = self.replicas.iter().map(|r| (r.node, r.local)).collect();
+        let order = try_order(&keys, &self.book, Instant::now());
+        let mut next = order.into_iter();
+        let mut inflight = FuturesUnordered::new();
+        let start = |i: usize| {
+            let r = self.replicas[i].clone();
+            let spec = spec.clone();
+            async move {
+                let t0 = Instant::now();
+                let res = r.client.search(spec).await;
+                (r.node, t0.elapsed(), res)
+            }
+        };
+        let Some(first) = next.next() else {
+            return Err(ShardCallError::Failed {
+                shard: self.shard,
+                reason: "no live replica".into(),
+            });
+        };
+        inflight.push(start(first));
+        let hedge = tokio::time::sleep(self.hedge_after(self.replicas[first].node));
+        tokio::pin!(hedge);
+        let mut hedged = false;
+        let mut errors = Vec::new();
+        loop {
+            tokio::select! {
+                done = inflight.next() => {
+                    let Some((node, took, res)) = done else { break };
+                    match res {
+                        Ok(r) => {
+                            self.book.update(node, |h| h.record_success(took));
+                            return Ok(r);
+                        }
+                        Err(e) => {
+                            self.book.update(node, |h| h.record_failure(Instant::now()));
+                            errors.push(e.to_string());
+                            // fail over at once
+                            if let Some(i) = next.next() {
+                                inflight.push(start(i));
+                            }
+                        }
+                    }
+                }
+                _ = &mut hedge, if !hedged => {
+                    hedged = true;
+                    if let Some(i) = next.next() {
+                        crate::telemetry::metrics::metrics().hedged_requests.inc();
+                        inflight.push(start(i));
+                    }
+                }
+            }
+            if inflight.is_empty() {
+                break;
+            }
+        }
+        Err(ShardCallError::Failed {
+            shard: self.shard,
+            reason: if errors.is_empty() {
+                "no live replica".into()
+            } else {
+                format!("every replica failed: {}", errors.join("; "))
+            },
+        })
+    }
+}
+
+impl ShardClient for ReplicaSet {
+    fn shard(&self) -> u32 {
+        self.shard
+    }
+
+    fn search(&self, spec: SearchSpec) -> BoxFuture<'static, Result<SearchResult, ShardCallError>> {
+        Box::pin(self.clone().search_inner(spec))
+    }
+
+    fn vectors(&self, keys: Arc<[u64]>) -> BoxFuture<'static, VectorsResult> {
+        let this = self.clone();
+        Box::pin(async move {
+            let order: Vec<(u64, bool)> = this.replicas.iter().map(|r| (r.node, r.local)).collect();
+            let mut last = None;
+            for i in try_order(&order, &this.book, Instant::now()) {
+                let r = &this.replicas[i];
+                let t0 = Instant::now();
+                match r.client.vectors(keys.clone()).await {
+                    Ok(v) => {
+                        this.book.update(r.node, |h| h.record_success(t0.elapsed()));
+                        return Ok(v);
+                    }
+                    Err(e) => {
+                        this.book
+                            .update(r.node, |h| h.record_failure(Instant::now()));
+                        last = Some(e);
+                    }
+                }
+            }
+            Err(last.unwrap_or(ShardCallError::Failed {
+                shard: this.shard,
+                reason: "no live replica".into(),
+            }))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A copy that answers after `delay`, or fails.
+    struct Fake {
+        shard: u32,
+        delay: Duration,
+        fail: bool,
+        tag: u64,
+        calls: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl ShardClient for Fake {
+        fn shard(&self) -> u32 {
+            self.shard
+        }
+        fn search(
+            &self,
+            _spec: SearchSpec,
+        ) -> BoxFuture<'static, Result<SearchResult, ShardCallError>> {
+            let (delay, fail, tag, shard) = (self.delay, self.fail, self.tag, self.shard);
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async move {
+                tokio::time::sleep(delay).await;
+                if fail {
+                    Err(ShardCallError::Failed {
+                        shard,
+                        reason: "down".into(),
+                    })
+                } else {
+                    Ok(SearchResult {
+                        shard,
+                        hits: vec![(tag, 1.0)],
+                        vectors: vec![],
+                        cpu_micros: 0,
+                    })
+                }
+            })
+        }
+        fn vectors(&self, _keys: Arc<[u64]>) -> BoxFuture<'static, VectorsResult> {
+            Box::pin(async { Ok(vec![]) })
+        }
+    }
+
+    fn spec() -> SearchSpec {
+        SearchSpec {
+            query: Arc::from(vec![1.0f32]),
+            k: 1,
+            exclude: Arc::new(vec![]),
+            categories: None,
+            fetch: Arc::from(Vec::new()),
+            deadline: None,
+        }
+    }
+
+    fn target(
+        node: u64,
+        local: bool,
+        delay_ms: u64,
+        fail: bool,
+    ) -> (ReplicaTarget, Arc<std::sync::atomic::AtomicUsize>) {
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let client = Arc::new(Fake {
+            shard: 0,
+            delay: Duration::from_millis(delay_ms),
+            fail,
+            tag: node,
+            calls: calls.clone(),
+        });
+        (
+            ReplicaTarget {
+                node,
+                local,
+                client,
+            },
+            calls,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_failed_copy_fails_over_to_the_next_and_is_then_avoided() {
+        let book = HealthBook::default();
+        let (dead, dead_calls) = target(1, true, 0, true);
+        let (live, _) = target(2, false, 1, false);
+        let set = ReplicaSet::new(0, vec![dead, live], book.clone());
+        let r = set.search(spec()).await.unwrap();
+        assert_eq!(r.hits[0].0, 2);
+        assert_eq!(dead_calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // the dead local copy is suspect now: the next call goes to node 2 first
+        let r = set.search(spec()).await.unwrap();
+        assert_eq!(r.hits[0].0, 2);
+        assert_eq!(dead_calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_slow_copy_is_hedged_and_the_fast_answer_wins() {
+        let book = HealthBook::default();
+        // node 1 is known to answer in about 1 ms, but now stalls
+        for _ in 0..10 {
+            book.update(1, |h| h.record_success(Duration::from_millis(1)));
+        }
+        let (stalled, _) = target(1, true, 2_000, false);
+        let (other, other_calls) = target(2, false, 1, false);
+        let set = ReplicaSet::new(0, vec![stalled, other], book);
+        let t0 = Instant::now();
+        let r = set.search(spec()).await.unwrap();
+        assert_eq!(r.hits[0].0, 2);
+        assert_eq!(other_calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(
+            t0.elapsed() < Duration::from_millis(1_000),
+            "{:?}",
+            t0.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn every_copy_failing_is_an_error_naming_them() {
+        let (a, _) = target(1, false, 0, true);
+        let (b, _) = target(2, false, 0, true);
+        let set = ReplicaSet::new(0, vec![a, b], HealthBook::default());
+        let e = set.search(spec()).await.unwrap_err().to_string();
+        assert!(e.contains("every replica failed"), "{e}");
+        let empty = ReplicaSet::new(3, vec![], HealthBook::default());
+        assert!(empty
+            .search(spec())
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("no live replica"));
+    }
+}

@@ -1,0 +1,321 @@
+//! A real three-node cluster: three `funnel serve` processes on 127.0.0.1
+//! forming a Raft group, 12 shards with 2 replicas each, queried over
+//! HTTP while nodes are killed with SIGKILL and restarted.
+//!
+//! What must hold: with any one node dead, every request to a live node
+//! still answers with coverage 1 (the other replica serves); when the Raft
+//! leader dies a new one is elected and catalogue writes work again; a
+//! restarted node rejoins and its shard copies converge with their peers
+//! (equal digests), including writes it missed while it was down.
+
+mod support;
+
+use funnel::cluster::proto::control_client::ControlClient;
+use funnel::cluster::proto::shard_data_client::ShardDataClient;
+use funnel::cluster::proto::{ShardDigestRequest, StatusRequest};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::{eventually, small_bundle, Http, NodeProc};
+
+const SHARDS: u32 = 12;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("an ephemeral port is available")
+}
+
+struct Member {
+    id: u64,
+    config: PathBuf,
+    data_dir: PathBuf,
+    http: String,
+    internal: String,
+}
+
+fn write_configs(dir: &Path, bundle: &Path, n: u64) -> Vec<Member> {
+    let ports: Vec<(u16, u16, u16)> = (0..n)
+        .map(|_| (free_port(), free_port(), free_port()))
+        .collect();
+    let members: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (h, g, r))| {
+            format!(
+                "  {{ id = {}, internal = \"127.0.0.1:{r}\", http = \"127.0.0.1:{h}\", grpc = \"127.0.0.1:{g}\" }},",
+                i + 1
+            )
+        })
+        .collect();
+    (1..=n)
+        .map(|id| {
+            let (h, g, r) = ports[(id - 1) as usize];
+            let data_dir = dir.join(format!("node-{id}"));
+            let config = dir.join(format!("node{id}.toml"));
+            let text = format!(
+                r#"[node]
+id = {id}
+data_dir = "{data}"
+bundle = "{bundle}"
+
+[api]
+http = "127.0.0.1:{h}"
+grpc = "127.0.0.1:{g}"
+
+[cluster]
+internal = "127.0.0.1:{r}"
+bootstrap = {boot}
+shards = {SHARDS}
+replication = 2
+heartbeat_ms = 100
+election_timeout_min_ms = 300
+election_timeout_max_ms = 600
+members = [
+{members}
+]
+"#,
+                data = data_dir.display(),
+                bundle = bundle.display(),
+                boot = id == 1,
+                members = members.join("\n"),
+            );
+            std::fs::write(&config, text).unwrap();
+            Member {
+                id,
+                config,
+                data_dir,
+                http: format!("127.0.0.1:{h}"),
+                internal: format!("127.0.0.1:{r}"),
+            }
+        })
+        .collect()
+}
+
+fn recommend(http: &Http, node_http: &str, user: &str) -> Result<serde_json::Value, String> {
+    let (s, v) = http.try_call(
+        &format!("http://{node_http}/v1/recommend"),
+        Some(json!({"user_id": user, "k": 10, "deadline_ms": 1000}).to_string()),
+        None,
+    )?;
+    if s == 200 {
+        Ok(v)
+    } else {
+        Err(format!("{s}: {v}"))
+    }
+}
+
+fn full_coverage(http: &Http, node_http: &str) -> bool {
+    recommend(http, node_http, "u000001").is_ok_and(|v| v["coverage"].as_f64() == Some(1.0))
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The leader as node `internal` sees it.
+fn leader_seen_by(rt: &tokio::runtime::Runtime, internal: &str) -> Option<u64> {
+    rt.block_on(async {
+        let mut c = ControlClient::connect(format!("http://{internal}"))
+            .await
+            .ok()?;
+        let s = c
+            .status(StatusRequest {
+                linearizable: false,
+            })
+            .await
+            .ok()?
+            .into_inner();
+        s.leader_id
+    })
+}
+
+/// Digest of every shard copy on the live nodes: shard -> [(node, digest)].
+fn digests(rt: &tokio::runtime::Runtime, live: &[&Member]) -> BTreeMap<u32, Vec<(u64, String)>> {
+    let mut out: BTreeMap<u32, Vec<(u64, String)>> = BTreeMap::new();
+    rt.block_on(async {
+        for m in live {
+            let Ok(mut c) = ShardDataClient::connect(format!("http://{}", m.internal)).await else {
+                continue;
+            };
+            for shard in 0..SHARDS {
+                if let Ok(d) = c.digest(ShardDigestRequest { shard }).await {
+                    out.entry(shard)
+                        .or_default()
+                        .push((m.id, d.into_inner().digest));
+                }
+            }
+        }
+    });
+    out
+}
+
+fn converged(d: &BTreeMap<u32, Vec<(u64, String)>>, copies: usize) -> bool {
+    d.len() == SHARDS as usize
+        && d.values()
+            .all(|v| v.len() == copies && v.iter().all(|(_, x)| *x == v[0].1))
+}
+
+/// Steady load against `targets` until `stop`; returns (requests, failures
+/// with reasons, worst latency).
+fn load(
+    targets: Vec<String>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(usize, Vec<String>, Duration)> {
+    std::thread::spawn(move || {
+        let http = Http::default();
+        let (mut n, mut failures, mut worst) = (0usize, Vec::new(), Duration::ZERO);
+        while !stop.load(Ordering::SeqCst) {
+            let target = &targets[n % targets.len()];
+            let user = format!("u{:06}", n % 300);
+            let t0 = Instant::now();
+            match recommend(&http, target, &user) {
+                Ok(v) if v["coverage"].as_f64() == Some(1.0) => {}
+                Ok(v) => failures.push(format!(
+                    "{target}: coverage {} ({})",
+                    v["coverage"], v["degraded"]
+                )),
+                Err(e) => failures.push(format!("{target}: {e}")),
+            }
+            worst = worst.max(t0.elapsed());
+            n += 1;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (n, failures, worst)
+    })
+}
+
+#[test]
+fn three_nodes_survive_kills_and_converge_after_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = small_bundle(&tmp.path().join("bundle"), 11, SHARDS);
+    let members = write_configs(tmp.path(), &bundle, 3);
+    let mut procs: Vec<Option<NodeProc>> = members
+        .iter()
+        .map(|m| Some(NodeProc::start_config(&m.config, &m.data_dir)))
+        .collect();
+    let http = Http::default();
+    let rt = rt();
+    for m in &members {
+        assert!(
+            eventually(Duration::from_secs(60), || full_coverage(&http, &m.http)),
+            "node {} never served with every shard covered",
+            m.id
+        );
+    }
+
+    // --- kill -9 a follower under load -----------------------------------
+    let leader = leader_seen_by(&rt, &members[0].internal).expect("a leader is known");
+    let victim = members.iter().find(|m| m.id != leader).unwrap().id;
+    let survivors: Vec<String> = members
+        .iter()
+        .filter(|m| m.id != victim)
+        .map(|m| m.http.clone())
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load_thread = load(survivors, stop.clone());
+    std::thread::sleep(Duration::from_millis(700));
+    procs[(victim - 1) as usize].as_mut().unwrap().kill9();
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::SeqCst);
+    let (n, failures, worst) = load_thread.join().unwrap();
+    println!("follower {victim} killed: {n} requests, worst latency {worst:?}");
+    assert!(n > 50, "the load ran ({n} requests)");
+    assert!(
+        failures.is_empty(),
+        "{} of {n} requests failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+
+    // a write while the node is down: it must catch up on restart
+    let writer = members.iter().find(|m| m.id != victim).unwrap();
+    let (s, v) = http.post(
+        &format!("http://{}/v1/items", writer.http),
+        json!({"items": [{"item_id": "while-down", "vector": vec![0.1f32; 16], "categories": []}]}),
+    );
+    assert_eq!(s, 200, "{v}");
+
+    // --- restart it: it rejoins and its copies converge ---------------------
+    let vm = &members[(victim - 1) as usize];
+    procs[(victim - 1) as usize] = Some(NodeProc::start_config(&vm.config, &vm.data_dir));
+    assert!(
+        eventually(Duration::from_secs(60), || full_coverage(&http, &vm.http)),
+        "the restarted node never served with full coverage"
+    );
+    let all: Vec<&Member> = members.iter().collect();
+    let mut last = BTreeMap::new();
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            last = digests(&rt, &all);
+            converged(&last, 2)
+        }),
+        "replicas did not converge: {last:?}"
+    );
+
+    // --- kill -9 the leader under load --------------------------------------
+    let leader = leader_seen_by(&rt, &members[0].internal)
+        .or_else(|| leader_seen_by(&rt, &members[1].internal))
+        .expect("a leader is known");
+    let rest: Vec<&Member> = members.iter().filter(|m| m.id != leader).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load_thread = load(rest.iter().map(|m| m.http.clone()).collect(), stop.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    let killed_at = Instant::now();
+    procs[(leader - 1) as usize].as_mut().unwrap().kill9();
+    let new_leader = Mutex::new(None);
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let l = leader_seen_by(&rt, &rest[0].internal);
+            *new_leader.lock().unwrap() = l;
+            l.is_some_and(|l| l != leader)
+        }),
+        "no new leader after the leader was killed"
+    );
+    let elected = killed_at.elapsed();
+    // a catalogue write through a survivor succeeds again
+    let mut wrote = None;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let (s, _) = http.post(
+                &format!("http://{}/v1/items", rest[1].http),
+                json!({"items": [{"item_id": "after-failover", "vector": vec![0.2f32; 16], "categories": []}]}),
+            );
+            if s == 200 {
+                wrote = Some(killed_at.elapsed());
+            }
+            s == 200
+        }),
+        "catalogue writes never worked again after the leader was killed"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    let (n, failures, worst) = load_thread.join().unwrap();
+    println!(
+        "leader {leader} killed: new leader {:?} seen after {elected:?}, first write acknowledged after {:?}; {n} requests, worst latency {worst:?}",
+        new_leader.lock().unwrap(),
+        wrote.unwrap()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {n} requests failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    // the survivors agree on every shard they both hold
+    let d = digests(&rt, &rest);
+    for (shard, copies) in &d {
+        assert!(
+            copies.iter().all(|(_, x)| *x == copies[0].1),
+            "shard {shard} copies differ: {copies:?}"
+        );
+    }
+}
