@@ -73,3 +73,178 @@ pub fn run_http(addr: &str, token: &str, op: AdminOp) -> Result<String> {
         }
     })
 }
+
+/// What `funnel admin status` shows of a cluster: the answering node's
+/// status and view, and each member's own report (or why it gave none).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClusterReport {
+    pub asked: String,
+    pub status: crate::cluster::ClusterStatus,
+    pub view: crate::cluster::ClusterView,
+    pub members: Vec<MemberReport>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MemberReport {
+    pub id: u64,
+    pub role: Option<String>,
+    pub term: Option<u64>,
+    pub apply_lag: Option<u64>,
+    pub last_applied_index: Option<u64>,
+    pub error: Option<String>,
+}
+
+async fn control_client(
+    addr: &str,
+) -> Result<crate::cluster::proto::control_client::ControlClient<tonic::transport::Channel>> {
+    let ep = tonic::transport::Endpoint::from_shared(base_url(addr))?
+        .connect_timeout(Duration::from_millis(700))
+        .timeout(Duration::from_secs(3));
+    let ch = ep.connect().await?;
+    Ok(crate::cluster::proto::control_client::ControlClient::new(
+        ch,
+    ))
+}
+
+/// Asks `addr` (a node's internal cluster address) for the cluster view,
+/// then every member for its own status. `None` when `addr` does not
+/// speak the cluster protocol (e.g. a single node's HTTP address).
+pub fn cluster_report(addr: &str) -> Result<Option<ClusterReport>> {
+    use crate::cluster::proto::{PayloadFormat, StatusRequest};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let Ok(mut c) = control_client(addr).await else {
+            return Ok(None);
+        };
+        let r = match c
+            .view(StatusRequest {
+                linearizable: false,
+            })
+            .await
+        {
+            Ok(r) => r.into_inner(),
+            Err(s) if s.code() == tonic::Code::Unimplemented => return Ok(None),
+            Err(s) if s.code() == tonic::Code::Unknown || s.code() == tonic::Code::Internal => {
+                // an HTTP/1 server answering a gRPC call
+                return Ok(None);
+            }
+            Err(s) => bail!("{addr}: {}", s.message()),
+        };
+        let status: crate::cluster::ClusterStatus = r
+            .status
+            .ok_or_else(|| anyhow!("{addr} sent a view without status"))?
+            .try_into()
+            .map_err(|e| anyhow!("{addr}: {e}"))?;
+        if r.format != PayloadFormat::Postcard as i32 {
+            bail!("{addr} sent the view in an unknown format {}", r.format);
+        }
+        let view: crate::cluster::ClusterView = postcard::from_bytes(&r.view)
+            .map_err(|e| anyhow!("{addr} sent a view that does not decode: {e}"))?;
+        let mut members = Vec::new();
+        for (id, info) in &view.nodes {
+            let one = async {
+                let mut c = control_client(&info.internal).await?;
+                let s = c
+                    .status(StatusRequest {
+                        linearizable: false,
+                    })
+                    .await?;
+                anyhow::Ok(s.into_inner())
+            };
+            members.push(match one.await {
+                Ok(s) => MemberReport {
+                    id: *id,
+                    role: Some(s.role),
+                    term: Some(s.term),
+                    apply_lag: Some(s.apply_lag),
+                    last_applied_index: s.last_applied_index,
+                    error: None,
+                },
+                Err(e) => MemberReport {
+                    id: *id,
+                    role: None,
+                    term: None,
+                    apply_lag: None,
+                    last_applied_index: None,
+                    error: Some(format!("unreachable: {e}")),
+                },
+            });
+        }
+        Ok(Some(ClusterReport {
+            asked: addr.to_string(),
+            status,
+            view,
+            members,
+        }))
+    })
+}
+
+/// The operator's table of a cluster.
+pub fn render_cluster(r: &ClusterReport) -> String {
+    use std::fmt::Write;
+    let v = &r.view;
+    let mut out = String::new();
+    let leader = r
+        .status
+        .leader
+        .map_or("none".to_string(), |l| format!("node {l}"));
+    let _ = writeln!(
+        out,
+        "cluster (asked {}): leader {leader}, term {}, applied index {}",
+        r.asked,
+        r.status.term,
+        r.status
+            .last_applied_index
+            .map_or("-".into(), |i| i.to_string())
+    );
+    let model = |m: &Option<crate::cluster::ModelRef>| {
+        m.as_ref().map_or("-".to_string(), |m| m.version.clone())
+    };
+    let _ = writeln!(
+        out,
+        "models: active {}, staged {}; catalogue overlay {} items, {} deleted",
+        model(&v.models.active),
+        model(&v.models.staged),
+        v.summary.catalog_items,
+        v.summary.catalog_deleted
+    );
+    let _ = writeln!(
+        out,
+        "\n{:<5} {:<10} {:<6} {:<9} {:<22} {:<22} {:<22} {:<8} replicas",
+        "node", "role", "term", "applylag", "internal", "http", "grpc", "status"
+    );
+    for (id, info) in &v.nodes {
+        let m = r.members.iter().find(|m| m.id == *id);
+        let role = m
+            .and_then(|m| m.role.clone())
+            .unwrap_or_else(|| "UNREACHABLE".into());
+        let term = m.and_then(|m| m.term).map_or("-".into(), |t| t.to_string());
+        let lag = m
+            .and_then(|m| m.apply_lag)
+            .map_or("-".into(), |t| t.to_string());
+        let reps = v.shard_map.as_ref().map_or(0, |sm| sm.shards_on(*id).len());
+        let _ = writeln!(
+            out,
+            "{:<5} {:<10} {:<6} {:<9} {:<22} {:<22} {:<22} {:<8} {reps}",
+            id, role, term, lag, info.internal, info.http, info.grpc, info.status
+        );
+    }
+    match &v.shard_map {
+        None => {
+            let _ = writeln!(out, "\nno shard map yet");
+        }
+        Some(sm) => {
+            let _ = writeln!(out, "\nshards: {} x {} replicas", sm.shards, sm.replication);
+            for (s, reps) in sm.replicas.iter().enumerate() {
+                let list: Vec<String> = reps
+                    .iter()
+                    .map(|r| format!("{}:{}", r.node, r.state))
+                    .collect();
+                let _ = writeln!(out, "  shard {s:<4} {}", list.join("  "));
+            }
+        }
+    }
+    out
+}

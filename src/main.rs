@@ -106,7 +106,8 @@ enum Command {
     Bench(funnel::bench::BenchArgs),
     /// Operator commands against a running node.
     Admin {
-        /// The node's HTTP address (HOST:PORT or URL).
+        /// A node's HTTP address (HOST:PORT or URL), or in a cluster any
+        /// node's internal address (cluster.internal) for the whole cluster.
         #[arg(long, env = "FUNNEL_ADMIN_ADDR", default_value = "127.0.0.1:8080")]
         addr: String,
         /// Admin token (api.admin_token of the node).
@@ -389,6 +390,17 @@ fn main() -> Result<()> {
                 AdminCommand::Publish { bundle } => funnel::admin::AdminOp::Publish(bundle),
                 AdminCommand::Status { json } => funnel::admin::AdminOp::Status { json },
             };
+            if let funnel::admin::AdminOp::Status { json } = op {
+                // a node's internal (cluster) address answers with the whole cluster
+                if let Some(report) = funnel::admin::cluster_report(&addr)? {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&report)?);
+                    } else {
+                        print!("{}", funnel::admin::render_cluster(&report));
+                    }
+                    return Ok(());
+                }
+            }
             print!("{}", funnel::admin::run_http(&addr, &token, op)?);
         }
     }

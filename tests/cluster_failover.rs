@@ -212,6 +212,36 @@ fn three_nodes_survive_kills_and_converge_after_restart() {
         );
     }
 
+    // the operator's view, from any node's internal address
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_funnel"))
+        .args(["admin", "--addr", &members[1].internal, "status", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["view"]["nodes"].as_object().map(|o| o.len()),
+        Some(3),
+        "{v}"
+    );
+    assert_eq!(v["view"]["shard_map"]["shards"], SHARDS, "{v}");
+    let roles: Vec<&str> = v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["role"].as_str())
+        .collect();
+    assert_eq!(
+        roles.iter().filter(|r| **r == "Leader").count(),
+        1,
+        "{roles:?}"
+    );
+    assert_eq!(roles.len(), 3, "{v}");
+
     // --- kill -9 a follower under load -----------------------------------
     let leader = leader_seen_by(&rt, &members[0].internal).expect("a leader is known");
     let victim = members.iter().find(|m| m.id != leader).unwrap().id;

@@ -33,8 +33,8 @@ pub use log_store::LogStore;
 pub use node::{ClusterStatus, RaftNode, RaftSettings};
 pub use placement::{initial_placement, plan_drain, plan_rebalance, Move, PlacementError};
 pub use state::{
-    CatalogChange, ClusterState, Command, CommandResult, ItemRecord, ModelRef, NodeInfo,
-    NodeStatus, Replica, ReplicaState, ShardMap, StateSummary,
+    CatalogChange, ClusterState, ClusterView, Command, CommandResult, ItemRecord, ModelRef,
+    NodeInfo, NodeStatus, Replica, ReplicaState, ShardMap, StateSummary,
 };
 pub use state_machine::{StateHandle, StateMachineStore};
 pub use types::{NodeId, TypeConfig};

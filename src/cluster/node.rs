@@ -171,6 +171,10 @@ pub(crate) struct NodeCore {
 }
 
 impl NodeCore {
+    pub(crate) fn state_handle(&self) -> &StateHandle {
+        &self.state
+    }
+
     fn metrics(&self) -> RaftMetrics {
         self.raft.metrics().borrow().clone()
     }

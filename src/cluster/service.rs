@@ -116,6 +116,25 @@ impl proto::control_server::Control for ControlService {
             .map_err(|e| to_status(&e))?;
         Ok(Response::new(status.into()))
     }
+
+    async fn view(
+        &self,
+        request: Request<proto::StatusRequest>,
+    ) -> Result<Response<proto::ViewResponse>, Status> {
+        let linearizable = request.into_inner().linearizable;
+        let status = self
+            .core
+            .status(linearizable)
+            .await
+            .map_err(|e| to_status(&e))?;
+        let view = self.core.state_handle().read().view();
+        let view = encode_payload(&view).map_err(|e| to_status(&e))?;
+        Ok(Response::new(proto::ViewResponse {
+            status: Some(status.into()),
+            format: PayloadFormat::Postcard as i32,
+            view,
+        }))
+    }
 }
 
 impl From<ClusterStatus> for proto::StatusResponse {

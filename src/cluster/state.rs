@@ -360,6 +360,28 @@ pub struct ClusterState {
     pub settings: BTreeMap<String, String>,
 }
 
+/// What an operator sees of the state: everything but the item catalogue.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterView {
+    pub nodes: BTreeMap<NodeId, NodeInfo>,
+    pub shard_map: Option<ShardMap>,
+    pub models: ModelVersions,
+    pub settings: BTreeMap<String, String>,
+    pub summary: StateSummary,
+}
+
+impl ClusterState {
+    pub fn view(&self) -> ClusterView {
+        ClusterView {
+            nodes: self.nodes.clone(),
+            shard_map: self.shard_map.clone(),
+            models: self.models.clone(),
+            settings: self.settings.clone(),
+            summary: self.summary(),
+        }
+    }
+}
+
 /// A change to the control state, proposed through Raft.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
