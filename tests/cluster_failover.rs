@@ -2,7 +2,8 @@
 //! forming a Raft group, 12 shards with 2 replicas each, queried over
 //! HTTP while nodes are killed with SIGKILL and restarted.
 //!
-//! What must hold: with any one node dead, every request to a live node
+//! What must hold: an event accepted by one node is in the user's state
+//! on every node; with any one node dead, every request to a live node
 //! still answers with coverage 1 (the other replica serves); when the Raft
 //! leader dies a new one is elected and catalogue writes work again; a
 //! restarted node rejoins and its shard copies converge with their peers
@@ -241,6 +242,26 @@ fn three_nodes_survive_kills_and_converge_after_restart() {
         "{roles:?}"
     );
     assert_eq!(roles.len(), 3, "{v}");
+
+    // an event accepted by one node reaches the user's state on the others
+    let before: Vec<u64> = members
+        .iter()
+        .map(|m| {
+            let (s, v) = http.get(&format!("http://{}/v1/users/u000001", m.http));
+            assert_eq!(s, 200, "{v}");
+            v["events"].as_u64().unwrap_or(0)
+        })
+        .collect();
+    let (s, v) = http.post(
+        &format!("http://{}/v1/events", members[0].http),
+        json!({"events": [{"user_id": "u000001", "item_id": "i000007", "kind": "click"}]}),
+    );
+    assert_eq!(s, 200, "{v}");
+    for (m, b) in members.iter().zip(&before) {
+        let (_, v) = http.get(&format!("http://{}/v1/users/u000001", m.http));
+        assert_eq!(v["events"].as_u64(), Some(b + 1), "node {}: {v}", m.id);
+        assert_eq!(v["recent"][0]["item_id"], "i000007", "node {}: {v}", m.id);
+    }
 
     // --- kill -9 a follower under load -----------------------------------
     let leader = leader_seen_by(&rt, &members[0].internal).expect("a leader is known");

@@ -6,9 +6,11 @@
 use super::error::grpc_status;
 use crate::cluster::proto::shard_data_server::{ShardData, ShardDataServer};
 use crate::cluster::proto::{
-    ShardDigestRequest, ShardDigestResponse, ShardSearchRequest, ShardSearchResponse,
+    ForwardEventsRequest, ForwardEventsResponse, ShardDigestRequest, ShardDigestResponse,
+    ShardSearchRequest, ShardSearchResponse,
 };
 use crate::coordinator::SearchSpec;
+use crate::node::types::EventIn;
 use crate::node::types::ServiceError;
 use crate::node::Node;
 use std::sync::Arc;
@@ -90,6 +92,36 @@ impl ShardData for ShardDataService {
             dimension: dimension as u32,
             node_id: self.node.config().node.id,
         }))
+    }
+
+    async fn forward_events(
+        &self,
+        request: Request<ForwardEventsRequest>,
+    ) -> Result<Response<ForwardEventsResponse>, Status> {
+        let r = request.into_inner();
+        let events: Vec<EventIn> = r
+            .events
+            .into_iter()
+            .map(|e| EventIn {
+                user_id: e.user_id,
+                item_id: e.item_id,
+                kind: e.kind,
+                weight: e.weight,
+                timestamp: e.timestamp,
+                device: e.device,
+            })
+            .collect();
+        tracing::debug!(
+            origin = r.origin_node,
+            events = events.len(),
+            "forwarded events"
+        );
+        let applied = self
+            .node
+            .ingest_forwarded_events(events)
+            .await
+            .map_err(|e| grpc_status(&e))?;
+        Ok(Response::new(ForwardEventsResponse { applied }))
     }
 
     async fn digest(

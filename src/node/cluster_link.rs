@@ -100,6 +100,70 @@ impl ClusterLink {
         }
     }
 
+    /// Sends events this node accepted to every other live member, in
+    /// parallel, waiting at most `wait`. A member that misses them is
+    /// logged and counted; the events stay durable in this node's log.
+    pub async fn forward_events(&self, events: &[crate::eventlog::LogEvent], wait: Duration) {
+        use crate::cluster::proto::shard_data_client::ShardDataClient;
+        use crate::cluster::proto::{ForwardEventsRequest, ForwardedEvent};
+        use crate::cluster::NodeStatus;
+        if events.is_empty() {
+            return;
+        }
+        let peers: Vec<(u64, String)> = {
+            let st = self.raft.state();
+            let st = st.read();
+            st.nodes
+                .values()
+                .filter(|n| n.id != self.id() && n.status != NodeStatus::Removed)
+                .map(|n| (n.id, n.internal.clone()))
+                .collect()
+        };
+        let body = ForwardEventsRequest {
+            origin_node: self.id(),
+            events: events
+                .iter()
+                .map(|e| ForwardedEvent {
+                    user_id: e.user_id.clone(),
+                    item_id: e.item_id.clone(),
+                    kind: e.kind.as_str().to_string(),
+                    weight: e.weight,
+                    timestamp: e.ts,
+                    device: e.device.clone(),
+                })
+                .collect(),
+        };
+        let sends = peers.into_iter().filter_map(|(id, addr)| {
+            let ch = self.channel(id, &addr).ok()?;
+            let mut client = ShardDataClient::new(ch)
+                .max_decoding_message_size(self.max_message_bytes)
+                .max_encoding_message_size(self.max_message_bytes);
+            let mut req = tonic::Request::new(body.clone());
+            req.set_timeout(wait);
+            Some(async move { (id, client.forward_events(req).await) })
+        });
+        let results = match tokio::time::timeout(wait, futures::future::join_all(sends)).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!("forwarding events to peers timed out");
+                crate::telemetry::metrics::metrics()
+                    .errors
+                    .with_label_values(&["forward_events"])
+                    .inc();
+                return;
+            }
+        };
+        for (id, r) in results {
+            if let Err(s) = r {
+                tracing::warn!(node = id, error = %s.message(), "a peer did not take forwarded events");
+                crate::telemetry::metrics::metrics()
+                    .errors
+                    .with_label_values(&["forward_events"])
+                    .inc();
+            }
+        }
+    }
+
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().current_leader == Some(self.raft.id())
     }

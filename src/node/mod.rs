@@ -68,6 +68,10 @@ struct Inner {
 /// cluster committed it.
 const CATALOG_APPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How long an event ingest waits for the other nodes to take the events
+/// before answering anyway (they are durable here already).
+const FORWARD_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -242,8 +246,25 @@ impl Node {
     }
 
     /// Appends events durably, then applies them to user state and item
-    /// counters; answers once the user's next request will see them.
+    /// counters; answers once the user's next request will see them. In a
+    /// cluster the events also go to every other node (each holds every
+    /// user partition), waiting briefly so a request that lands on another
+    /// node behind the load balancer sees them too.
     pub async fn ingest_events(&self, events: Vec<EventIn>) -> Result<u32, ServiceError> {
+        let log = self.ingest(events).await?;
+        if let Some(link) = self.inner.cluster.get() {
+            link.forward_events(&log, FORWARD_WAIT).await;
+        }
+        Ok(log.len() as u32)
+    }
+
+    /// Events another node accepted and forwarded: logged and applied
+    /// here, not forwarded again.
+    pub async fn ingest_forwarded_events(&self, events: Vec<EventIn>) -> Result<u32, ServiceError> {
+        Ok(self.ingest(events).await?.len() as u32)
+    }
+
+    async fn ingest(&self, events: Vec<EventIn>) -> Result<Vec<LogEvent>, ServiceError> {
         let valid = validate::events(events, &self.inner.config.api, now_unix())?;
         // refuse before logging: applying needs a model's catalogue
         self.current()?;
@@ -269,7 +290,7 @@ impl Node {
             metrics().events.with_label_values(&[e.kind.as_str()]).inc();
         }
         self.apply_logged(&log).await?;
-        Ok(log.len() as u32)
+        Ok(log)
     }
 
     pub async fn upsert_items(&self, items: Vec<ItemIn>) -> Result<u32, ServiceError> {
