@@ -200,20 +200,27 @@ pub fn run_demo(args: &DemoArgs) -> Result<()> {
     result
 }
 
+/// The demo's question: five recommendations for `user`.
+async fn ask(
+    node: &crate::node::Node,
+    user: &str,
+) -> Result<crate::node::types::Recommendation, crate::node::types::ServiceError> {
+    node.recommend(RecommendQuery {
+        user_id: user.to_string(),
+        k: 5,
+        deadline_ms: 200,
+        ..Default::default()
+    })
+    .await
+}
+
 async fn show_examples(ready: &Ready, users: &[String]) -> Result<()> {
     let node = &ready.node;
     // a cluster needs a moment to elect a leader and load every shard
     let first = users.first().cloned().unwrap_or_default();
     let t0 = std::time::Instant::now();
     loop {
-        let r = node
-            .recommend(RecommendQuery {
-                user_id: first.clone(),
-                k: 5,
-                deadline_ms: 200,
-                ..Default::default()
-            })
-            .await;
+        let r = ask(node, &first).await;
         match r {
             Ok(r) if r.coverage >= 1.0 => break,
             _ if t0.elapsed() > std::time::Duration::from_secs(120) => {
@@ -225,14 +232,7 @@ async fn show_examples(ready: &Ready, users: &[String]) -> Result<()> {
         }
     }
     for user in users {
-        let r = node
-            .recommend(RecommendQuery {
-                user_id: user.clone(),
-                k: 5,
-                deadline_ms: 200,
-                ..Default::default()
-            })
-            .await?;
+        let r = ask(node, user).await?;
         println!(
             "\nuser {user} (model {}, coverage {:.2}):",
             r.model_version, r.coverage
@@ -249,14 +249,7 @@ async fn show_examples(ready: &Ready, users: &[String]) -> Result<()> {
     }
     // one click, and the next answer follows it
     if let Some(user) = users.first() {
-        let before = node
-            .recommend(RecommendQuery {
-                user_id: user.clone(),
-                k: 5,
-                deadline_ms: 200,
-                ..Default::default()
-            })
-            .await?;
+        let before = ask(node, user).await?;
         if let Some(clicked) = before.items.last() {
             node.ingest_events(vec![EventIn {
                 user_id: user.clone(),
@@ -265,14 +258,7 @@ async fn show_examples(ready: &Ready, users: &[String]) -> Result<()> {
                 ..Default::default()
             }])
             .await?;
-            let after = node
-                .recommend(RecommendQuery {
-                    user_id: user.clone(),
-                    k: 5,
-                    deadline_ms: 200,
-                    ..Default::default()
-                })
-                .await?;
+            let after = ask(node, user).await?;
             println!("\nafter {user} clicks {}:", clicked.item_id);
             for it in &after.items {
                 println!(
