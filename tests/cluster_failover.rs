@@ -243,6 +243,14 @@ fn three_nodes_survive_kills_and_converge_after_restart() {
     );
     assert_eq!(roles.len(), 3, "{v}");
 
+    // a one-node publish would split the cluster's versions: refused, saying why
+    let (s, v) = http.post(
+        &format!("http://{}/v1/admin/publish", members[2].http),
+        json!({"bundle": bundle.display().to_string()}),
+    );
+    assert_eq!(s, 409, "{v}");
+    assert!(v.to_string().contains("cluster"), "{v}");
+
     // an event accepted by one node reaches the user's state on the others
     let before: Vec<u64> = members
         .iter()

@@ -155,7 +155,9 @@ async fn publish(
             .get("authorization")
             .and_then(|v| v.to_str().ok()),
     )?;
-    let version = node.publish(body.into_inner().bundle.into()).await?;
+    let version = node
+        .publish_requested(body.into_inner().bundle.into())
+        .await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "model_version": version })))
 }
 

@@ -747,6 +747,20 @@ impl Node {
         })
     }
 
+    /// An operator's publish. On a single node: `publish`. In a cluster
+    /// every node must switch together (two-phase rollout through Raft),
+    /// which is not built yet; switching one node alone would make the
+    /// others refuse its shard searches, so it is refused with what to do.
+    pub async fn publish_requested(&self, dir: PathBuf) -> Result<String, ServiceError> {
+        if self.inner.cluster.get().is_some() {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "this node is part of a cluster, where a new model must reach every node together; cluster-wide publish is not available yet: set node.bundle = \"{}\" in every node's config and restart the nodes",
+                dir.display()
+            )));
+        }
+        self.publish(dir).await
+    }
+
     /// Loads a bundle in the background and switches to it atomically;
     /// requests in flight finish on the version they started with. In a
     /// cluster only the shards the map places here are loaded.
