@@ -67,7 +67,7 @@ impl ClusterLink {
                 return Ok(ch.clone());
             }
         }
-        let ch = crate::replica::remote::peer_channel(addr, self.max_message_bytes)?;
+        let ch = crate::replica::remote::peer_channel(addr)?;
         m.insert(id, (addr.to_string(), ch.clone()));
         Ok(ch)
     }

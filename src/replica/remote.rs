@@ -23,7 +23,7 @@ pub struct RemoteShard {
 /// A lazily connected channel to a peer's internal address: creating it
 /// never blocks, and a dead peer fails the first call fast (connection
 /// refused) instead of stalling node start-up.
-pub fn peer_channel(addr: &str, max_message_bytes: usize) -> Result<Channel, String> {
+pub fn peer_channel(addr: &str) -> Result<Channel, String> {
     let uri = if addr.contains("://") {
         addr.to_string()
     } else {
@@ -33,7 +33,6 @@ pub fn peer_channel(addr: &str, max_message_bytes: usize) -> Result<Channel, Str
         .map_err(|e| format!("bad peer address {addr}: {e}"))?
         .connect_timeout(Duration::from_millis(300))
         .tcp_nodelay(true);
-    let _ = max_message_bytes;
     Ok(ep.connect_lazy())
 }
 
