@@ -95,6 +95,17 @@ impl LoadedShard {
             keys: keys.clone(),
         };
         let index = super::shard_index::build_index(&part, &vectors, params)?;
+        LoadedShard::ready(shard, keys, vectors, index)
+    }
+
+    /// A shard with its index, ready for the default number of concurrent
+    /// searches.
+    fn ready(
+        shard: u32,
+        keys: Vec<u64>,
+        vectors: Matrix,
+        index: usearch::Index,
+    ) -> Result<LoadedShard> {
         let mut loaded = LoadedShard {
             shard,
             keys,
@@ -416,14 +427,6 @@ impl Bundle {
             &keys,
             &m.index,
         )?;
-        let mut loaded = LoadedShard {
-            shard,
-            keys,
-            vectors,
-            index,
-            search_threads: 0,
-        };
-        loaded.reserve_search_threads(default_search_threads())?;
-        Ok(loaded)
+        LoadedShard::ready(shard, keys, vectors, index)
     }
 }
