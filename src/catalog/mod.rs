@@ -9,8 +9,9 @@
 
 use crate::features::{ItemInput, ItemStats};
 use crate::ids::item_key;
+use crate::ids::{KeyMap, KeySet};
 use crate::model::ServingModel;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, RwLock};
 
 /// An item added or replaced after the bundle was trained.
@@ -30,8 +31,8 @@ const FRESH_KEEP: usize = 1000;
 
 #[derive(Default)]
 struct Overlay {
-    upserted: HashMap<u64, LiveItem>,
-    deleted: HashSet<u64>,
+    upserted: KeyMap<LiveItem>,
+    deleted: KeySet,
     /// Upserted keys, newest first.
     fresh: VecDeque<u64>,
     /// Category names beyond the model's vocabulary.
@@ -41,7 +42,7 @@ struct Overlay {
 pub struct Catalog {
     model: Arc<ServingModel>,
     overlay: RwLock<Overlay>,
-    stats: RwLock<HashMap<u64, ItemStats>>,
+    stats: RwLock<KeyMap<ItemStats>>,
 }
 
 /// Owned copy of what the features need for one item (the catalogue's lock

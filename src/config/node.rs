@@ -12,6 +12,7 @@
 
 use crate::eventlog::{EventLogOptions, FsyncPolicy};
 use crate::ranking::rerank::RerankConfig;
+use crate::ranking::score::Cascade;
 use crate::recall::RecallConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -180,6 +181,10 @@ pub struct RankingConfig {
     pub workers: usize,
     /// Candidates scored per batch.
     pub batch_rows: usize,
+    /// Two-phase scoring; the default matches the trainer's and the
+    /// offline evaluation's (`PipelineParams::cascade`), so the server
+    /// ranks as `funnel eval` measured.
+    pub cascade: Cascade,
 }
 
 impl Default for RankingConfig {
@@ -187,6 +192,7 @@ impl Default for RankingConfig {
         RankingConfig {
             workers: 2,
             batch_rows: 512,
+            cascade: Cascade::default(),
         }
     }
 }

@@ -8,12 +8,16 @@ use super::shards::{SearchSpec, ShardClient};
 use crate::catalog::{Catalog, ItemFacts};
 use crate::config::StageBudget;
 use crate::features::{Device, ItemInput, RecallPath, RequestContext, UserFeatures, UserState};
+use crate::ids::KeyMap;
 use crate::ids::{item_key, shard_of, user_key};
 use crate::model::ServingModel;
 use crate::node::types::{Recommendation, RecommendedItem, ServiceError, StageTiming};
 use crate::node::validate::ValidRecommend;
 use crate::ranking::rerank::{rerank, RerankConfig};
-use crate::ranking::score::{feature_rows, ItemSource, Ranker};
+use crate::ranking::score::{
+    cascade_phases, feature_rows, finish_cascade, gather_rows, second_phase_rows, Cascade,
+    ItemSource, Ranker,
+};
 use crate::ranking::worker::{RankWorker, ScoreBatch};
 use crate::recall::{local_paths, merge, Candidate, PathResult, RecallConfig};
 use crate::telemetry::metrics::metrics;
@@ -21,6 +25,7 @@ use crate::userstate::{GetUser, UserStateActor};
 use actix::Addr;
 use futures::future::join_all;
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,12 +47,13 @@ pub struct RecommendEnv {
     pub rerank: RerankConfig,
     pub budget: StageBudget,
     pub batch_rows: usize,
+    pub cascade: Cascade,
 }
 
 /// The features' view of the request's candidates.
 struct CandidateItems {
-    facts: HashMap<u64, ItemFacts>,
-    vectors: HashMap<u64, Vec<f32>>,
+    facts: KeyMap<ItemFacts>,
+    vectors: KeyMap<Vec<f32>>,
 }
 
 impl ItemSource for CandidateItems {
@@ -133,7 +139,7 @@ pub async fn recommend(
         }
     };
     let mut user_vec: Option<Vec<f32>> = model.user_vector(&req.user_id).map(|v| v.to_vec());
-    let mut vectors: HashMap<u64, Vec<f32>> = HashMap::new();
+    let mut vectors: KeyMap<Vec<f32>> = KeyMap::default();
     if user_vec.is_none() && !state.recent.is_empty() {
         // a user the model never saw: fold a vector in from what they did
         let keys: Vec<u64> = state.recent.iter().map(|r| r.item).collect();
@@ -307,7 +313,7 @@ pub async fn recommend(
 fn fold_in(
     model: &ServingModel,
     state: &UserState,
-    vectors: &HashMap<u64, Vec<f32>>,
+    vectors: &KeyMap<Vec<f32>>,
 ) -> Option<Vec<f32>> {
     let gram = model.gram.as_ref()?;
     let items: Vec<(&[f32], f32)> = state
@@ -399,36 +405,75 @@ async fn score(
     until: Instant,
     degraded: &mut Vec<String>,
 ) -> Vec<f32> {
+    let start = vec![ranker.initial_score(); n_rows];
+    let scored = match cascade_phases(env.cascade, ranker.n_trees(), n_rows) {
+        None => add_trees(env, ranker, &rows, start, 0..usize::MAX, until).await,
+        Some((first, rest)) => {
+            // the same steps as `Ranker::score_rows`, over the worker pool
+            match add_trees(env, ranker, &rows, start, first, until).await {
+                Ok(mut scores) => {
+                    let kept = second_phase_rows(&scores, env.cascade.keep);
+                    let start = kept.iter().map(|&i| scores[i]).collect();
+                    let kept_rows = gather_rows(&rows, &kept);
+                    add_trees(env, ranker, &kept_rows, start, rest, until)
+                        .await
+                        .map(|second| {
+                            finish_cascade(&mut scores, &kept, &second);
+                            scores
+                        })
+                }
+                Err(e) => Err(e),
+            }
+        }
+    };
+    match scored {
+        Ok(scores) => scores,
+        Err(reason) => {
+            degraded.push(format!("{reason}; ordered by recall rank fusion"));
+            let mut s = vec![0f32; n_rows];
+            match Ranker::RankFusion.score_rows(&rows, &mut s, Cascade::OFF) {
+                Ok(()) => s,
+                Err(_) => vec![0.0; n_rows],
+            }
+        }
+    }
+}
+
+/// One scoring pass (`trees` added to `start`) split into batches across
+/// the RankWorker pool; no batch is awaited past `until`.
+async fn add_trees(
+    env: &RecommendEnv,
+    ranker: &Arc<Ranker>,
+    rows: &[f32],
+    start: Vec<f32>,
+    trees: Range<usize>,
+    until: Instant,
+) -> Result<Vec<f32>, String> {
     let width = crate::features::N_FEATURES;
     let batch = env.batch_rows.max(1);
-    let calls = rows.chunks(batch * width).map(|chunk| {
-        let msg = ScoreBatch {
-            ranker: ranker.clone(),
-            rows: chunk.to_vec(),
-            n_rows: chunk.len() / width,
-        };
-        let rank = env.rank.clone();
-        async move { tokio::time::timeout_at(until.into(), rank.send(msg)).await }
-    });
-    let mut scores = Vec::with_capacity(n_rows);
-    let mut failed = None;
+    let calls = rows
+        .chunks(batch * width)
+        .zip(start.chunks(batch))
+        .map(|(chunk, start)| {
+            let msg = ScoreBatch {
+                ranker: ranker.clone(),
+                rows: chunk.to_vec(),
+                start: start.to_vec(),
+                trees: trees.clone(),
+            };
+            let rank = env.rank.clone();
+            async move { tokio::time::timeout_at(until.into(), rank.send(msg)).await }
+        });
+    let mut scores = Vec::with_capacity(start.len());
     for r in join_all(calls).await {
         match r {
             Ok(Ok(Ok(s))) => scores.extend(s),
-            Ok(Ok(Err(e))) => failed = Some(format!("rank: {e}")),
-            Ok(Err(e)) => failed = Some(format!("rank: workers unavailable ({e})")),
-            Err(_) => failed = Some("rank: deadline".to_string()),
+            Ok(Ok(Err(e))) => return Err(format!("rank: {e}")),
+            Ok(Err(e)) => return Err(format!("rank: workers unavailable ({e})")),
+            Err(_) => return Err("rank: deadline".to_string()),
         }
     }
-    if let Some(reason) = failed {
-        degraded.push(format!("{reason}; ordered by recall rank fusion"));
-        let mut s = vec![0f32; n_rows];
-        if Ranker::RankFusion.score_rows(&rows, &mut s).is_ok() {
-            return s;
-        }
-        return vec![0.0; n_rows];
-    }
-    scores
+    Ok(scores)
 }
 
 /// Similarity for diversity: embedding cosine when both vectors are

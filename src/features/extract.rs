@@ -8,7 +8,7 @@ use super::item_stats::ItemStats;
 use super::schema::N_FEATURES;
 use super::user_state::{StateParams, UserState};
 use crate::dataset::Gender;
-use std::collections::HashMap;
+use crate::ids::KeyMap;
 
 /// Weight of the i-th most recent item in the item-CF aggregates is
 /// `CF_RECENCY_DECAY^i`: what the user did last matters most.
@@ -111,7 +111,7 @@ pub struct UserFeatures<'a> {
     ctx_block: [f32; 3],
     now: i64,
     user_vector: Option<&'a [f32]>,
-    cf: HashMap<u64, CfAgg>,
+    cf: KeyMap<CfAgg>,
     taste: Vec<(u16, f32)>,
     last_categories: &'a [u16],
 }
@@ -147,7 +147,7 @@ impl<'a> UserFeatures<'a> {
         let (hour, weekday) = ctx.hour_and_weekday();
         let ctx_block = [hour as f32, weekday as f32, ctx.device.code()];
 
-        let mut aggs: HashMap<u64, CfAgg> = HashMap::new();
+        let mut aggs: KeyMap<CfAgg> = KeyMap::default();
         // Recency is by time, not by list position: events logged in the
         // same second have no order between them (bulk ratings, batched
         // clients), so they share a recency step.
@@ -276,7 +276,7 @@ mod tests {
     use crate::dataset::EventKind;
     use crate::features::{Demographics, FEATURE_NAMES};
 
-    struct Table(HashMap<u64, Vec<(u64, f32)>>);
+    struct Table(KeyMap<Vec<(u64, f32)>>);
     impl CfLookup for Table {
         fn for_each_neighbour(&self, item: u64, f: &mut dyn FnMut(u64, f32)) {
             for &(n, s) in self.0.get(&item).map(|v| v.as_slice()).unwrap_or(&[]) {
@@ -299,7 +299,7 @@ mod tests {
         });
         s.apply(1, &[0], 1000, EventKind::View, 1.0, &p);
         s.apply(2, &[1], 2000, EventKind::View, 1.0, &p);
-        let cf = Table(HashMap::from([
+        let cf = Table(KeyMap::from_iter([
             (1, vec![(9, 0.5)]),
             (2, vec![(9, 0.25), (8, 1.0)]),
         ]));

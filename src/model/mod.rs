@@ -11,6 +11,7 @@
 
 use crate::bundle::{Bundle, BundleError, ItemTable, Manifest, OpenCheck, UserTable};
 use crate::features::{FeatureSchema, ItemStats, UserState};
+use crate::ids::KeyMap;
 use crate::matrix::Matrix;
 use crate::ranking::score::Ranker;
 use crate::recall::{CfIndex, KeyLists};
@@ -36,7 +37,7 @@ pub struct ServingModel {
     pub dimension: usize,
     pub shard_count: u32,
     pub items: ItemTable,
-    key_to_idx: HashMap<u64, u32>,
+    key_to_idx: KeyMap<u32>,
     /// Item counters as of the end of training.
     pub item_stats: Vec<ItemStats>,
     pub cf: CfIndex,
@@ -77,7 +78,7 @@ impl ServingModel {
             reason,
         };
         let n = items.len();
-        let key_to_idx: HashMap<u64, u32> = items
+        let key_to_idx: KeyMap<u32> = items
             .keys
             .iter()
             .enumerate()

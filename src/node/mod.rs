@@ -227,6 +227,7 @@ impl Node {
             rerank: c.rerank,
             budget: c.budget,
             batch_rows: c.ranking.batch_rows,
+            cascade: c.ranking.cascade,
         };
         let i = self.inner.next_coordinator.fetch_add(1, Ordering::Relaxed)
             % self.inner.coordinators.len();

@@ -4,6 +4,7 @@
 use super::score::Ranker;
 use crate::telemetry::cpu::thread_cpu_micros;
 use actix::{Actor, Addr, Handler, Message, SyncArbiter, SyncContext};
+use std::ops::Range;
 use std::sync::Arc;
 
 pub struct RankWorker;
@@ -16,11 +17,14 @@ pub fn start_rank_workers(threads: usize) -> Addr<RankWorker> {
     SyncArbiter::start(threads.max(1), || RankWorker)
 }
 
-/// Scores row-major feature rows with the request's model version.
+/// Adds the outputs of `trees` of the request's model version to `start`
+/// (one running score per row) for row-major feature rows: a whole scoring
+/// or one phase of a cascade (`ranking::score::Cascade`).
 pub struct ScoreBatch {
     pub ranker: Arc<Ranker>,
     pub rows: Vec<f32>,
-    pub n_rows: usize,
+    pub start: Vec<f32>,
+    pub trees: Range<usize>,
 }
 
 impl Message for ScoreBatch {
@@ -32,8 +36,8 @@ impl Handler<ScoreBatch> for RankWorker {
 
     fn handle(&mut self, msg: ScoreBatch, _: &mut SyncContext<Self>) -> Self::Result {
         let t0 = thread_cpu_micros();
-        let mut out = vec![0f32; msg.n_rows];
-        let r = msg.ranker.score_rows(&msg.rows, &mut out);
+        let mut out = msg.start;
+        let r = msg.ranker.add_trees(&msg.rows, msg.trees, &mut out);
         crate::telemetry::metrics::record_cpu("ranking", thread_cpu_micros().saturating_sub(t0));
         r.map(|_| out)
     }

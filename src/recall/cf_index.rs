@@ -2,14 +2,14 @@
 //! item-CF recall path and the cross features.
 
 use crate::features::CfLookup;
+use crate::ids::KeyMap;
 use crate::sparse::Csr;
-use std::collections::HashMap;
 
 /// `lists` row i holds item i's neighbours (dense indices) and similarities.
 #[derive(Debug, Clone, Default)]
 pub struct CfIndex {
     keys: Vec<u64>,
-    key_to_idx: HashMap<u64, u32>,
+    key_to_idx: KeyMap<u32>,
     lists: Csr,
 }
 

@@ -3,8 +3,8 @@
 //! rank), which the ranker uses as features.
 
 use crate::features::{RecallPath, RecallProvenance};
+use crate::ids::{KeyMap, KeySet};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -53,7 +53,7 @@ pub struct Candidate {
 /// remaining item first, until the budget is spent or each path is
 /// exhausted or at its maximum.
 pub fn merge(paths: &[PathResult], cfg: &MergeConfig) -> Vec<Candidate> {
-    let mut prov: HashMap<u64, RecallProvenance> = HashMap::new();
+    let mut prov: KeyMap<RecallProvenance> = KeyMap::default();
     for p in paths {
         for (rank, &(key, score)) in p.items.iter().enumerate() {
             let e = prov.entry(key).or_default();
@@ -64,7 +64,7 @@ pub fn merge(paths: &[PathResult], cfg: &MergeConfig) -> Vec<Candidate> {
         }
     }
     let mut taken: Vec<u64> = Vec::with_capacity(cfg.budget);
-    let mut is_taken = std::collections::HashSet::with_capacity(cfg.budget * 2);
+    let mut is_taken = KeySet::with_capacity_and_hasher(cfg.budget * 2, Default::default());
     let mut count = vec![0usize; paths.len()];
     let mut next = vec![0usize; paths.len()];
     let quota = |p: &PathResult| cfg.quotas[p.path as usize];

@@ -2,7 +2,7 @@
 //! from, keyed by item key.
 
 use crate::bundle::LoadedShard;
-use std::collections::HashMap;
+use crate::ids::KeyMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +30,7 @@ pub struct ShardIndex {
     dim: usize,
     index: usearch::Index,
     /// key -> row in `vectors`
-    rows: HashMap<u64, u32>,
+    rows: KeyMap<u32>,
     vectors: Vec<f32>,
     searches: AtomicU64,
     upserts: u64,

@@ -16,7 +16,7 @@ use crate::features::{
 use crate::progress::Progress;
 use crate::ranking::gbdt::{self, GbdtParams};
 use crate::ranking::rerank::{rerank, RerankConfig};
-use crate::ranking::score::{feature_rows, ItemSource, Ranker};
+use crate::ranking::score::{feature_rows, Cascade, ItemSource, Ranker};
 use crate::recall::{
     local_paths, merge, top_by_score, Candidate, CfIndex, KeyLists, PathResult, RecallConfig,
 };
@@ -34,6 +34,9 @@ pub struct PipelineParams {
     pub recall: RecallConfig,
     pub gbdt: GbdtParams,
     pub rerank: RerankConfig,
+    /// Two-phase scoring of the candidates (the server's `[ranking]
+    /// cascade` has the same default).
+    pub cascade: Cascade,
     pub state: StateParams,
     /// Length of the popular and fresh lists.
     pub lists_len: usize,
@@ -57,6 +60,7 @@ impl Default for PipelineParams {
             recall: RecallConfig::default(),
             gbdt: default_ranker_params(),
             rerank: RerankConfig::default(),
+            cascade: Cascade::default(),
             state: StateParams::default(),
             lists_len: 500,
             per_category: 200,
@@ -411,7 +415,7 @@ impl FittedModels {
         let cands = self.candidates(user, state, &uf, &p.recall);
         let (rows, kept) = feature_rows(&uf, &cands, self);
         let mut scores = vec![0f32; kept.len()];
-        if ranker.score_rows(&rows, &mut scores).is_err() {
+        if ranker.score_rows(&rows, &mut scores, p.cascade).is_err() {
             return Vec::new();
         }
         let keys: Vec<u64> = kept.iter().map(|&i| cands[i].key).collect();

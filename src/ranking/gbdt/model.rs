@@ -13,6 +13,7 @@
 use super::scoring::Scorer;
 use super::{GbdtError, Objective};
 use serde::{Deserialize, Serialize};
+use std::ops::Range;
 
 /// Bumped when the serialised layout changes incompatibly.
 const FORMAT_VERSION: u32 = 1;
@@ -286,29 +287,60 @@ impl GbdtModel {
         n_features: usize,
         out: &mut [f32],
     ) -> Result<(), GbdtError> {
+        self.check_batch(rows, n_features, out.len())?;
+        out.fill(self.base_score);
+        self.add_trees(rows, n_features, 0..usize::MAX, out)
+    }
+
+    /// Adds the outputs of the trees in `trees` (clamped to the model's) to
+    /// `out`, which holds the base score or the sum of the trees before
+    /// `trees.start`. Running `0..a` then `a..` on the same `out` gives the
+    /// bits `predict_batch` gives: every row sums its trees in order. This
+    /// is what lets a ranking cascade score all candidates with the first
+    /// trees and only the best of them with the rest. Errors as
+    /// `predict_batch` does, leaving `out` unchanged.
+    pub fn add_trees(
+        &self,
+        rows: &[f32],
+        n_features: usize,
+        trees: Range<usize>,
+        out: &mut [f32],
+    ) -> Result<(), GbdtError> {
+        self.check_batch(rows, n_features, out.len())?;
+        let end = trees.end.min(self.trees.len());
+        let trees = trees.start.min(end)..end;
+        if self.scorer.supported() {
+            self.scorer.add_trees(rows, trees, out);
+        } else {
+            // n_features == 0 reads no value: an empty row walks every tree
+            let empty: [f32; 0] = [];
+            let rows: Box<dyn Iterator<Item = &[f32]>> = if n_features == 0 {
+                Box::new(std::iter::repeat(&empty[..]))
+            } else {
+                Box::new(rows.chunks_exact(n_features))
+            };
+            for (row, score) in rows.zip(out.iter_mut()) {
+                for tree in &self.trees[trees.clone()] {
+                    *score += tree.predict(row);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_batch(&self, rows: &[f32], n_features: usize, n_rows: usize) -> Result<(), GbdtError> {
         if n_features != self.n_features() {
             return Err(GbdtError::WidthMismatch {
                 expected: self.n_features(),
                 got: n_features,
             });
         }
-        if Some(rows.len()) != out.len().checked_mul(n_features) {
+        if Some(rows.len()) != n_rows.checked_mul(n_features) {
             return Err(GbdtError::BatchShape {
                 values: rows.len(),
-                rows: out.len(),
+                rows: n_rows,
                 n_features,
             });
-        }
-        if self.scorer.supported() {
-            out.fill(self.base_score);
-            self.scorer.score_rows(rows, out);
-        } else if n_features == 0 {
-            // No features means no splits: every tree is a single leaf.
-            out.fill(self.predict_row_plain(&[]));
-        } else {
-            for (row, score) in rows.chunks_exact(n_features).zip(out.iter_mut()) {
-                *score = self.predict_row_plain(row);
-            }
         }
         Ok(())
     }

@@ -23,6 +23,7 @@
 //!   the tree and the prepared rows stay in L1.
 
 use super::model::Tree;
+use std::ops::Range;
 
 /// Rows walked together through a tree.
 const LANES: usize = 8;
@@ -300,33 +301,41 @@ impl Scorer {
         let mut out = [base];
         if 2 * d <= ROW_FLOATS {
             let mut buf = [0.0f32; ROW_FLOATS];
-            self.score_chunk(&row[..d], &mut buf, &mut out);
+            self.score_chunk(&row[..d], &mut buf, 0..usize::MAX, &mut out);
         } else {
             let mut buf = [0.0f32; PREPARED_FLOATS];
-            self.score_chunk(&row[..d], &mut buf, &mut out);
+            self.score_chunk(&row[..d], &mut buf, 0..usize::MAX, &mut out);
         }
         out[0]
     }
 
-    /// Adds the trees' outputs to `out` (which holds the base score) for
-    /// row-major `rows` with `out.len()` rows of n_features (checked by the
-    /// caller, as is `supported`).
+    /// Adds the outputs of every tree to `out` (which holds the base
+    /// score) for row-major `rows` with `out.len()` rows of n_features
+    /// (checked by the caller, as is `supported`).
     pub(crate) fn score_rows(&self, rows: &[f32], out: &mut [f32]) {
+        self.add_trees(rows, 0..usize::MAX, out);
+    }
+
+    /// Adds the outputs of the trees in `trees` (clamped to the model) to
+    /// `out`. Scoring trees `0..a` and then `a..` on the same `out` gives
+    /// the same bits as all trees at once: each row still sums its trees in
+    /// order, which is what lets a ranking cascade stop early on some rows.
+    pub(crate) fn add_trees(&self, rows: &[f32], trees: Range<usize>, out: &mut [f32]) {
         let d = self.n_features;
         let per_chunk = PREPARED_FLOATS / (2 * d);
         let mut buf = [0.0f32; PREPARED_FLOATS];
         for (rows, out) in rows.chunks(per_chunk * d).zip(out.chunks_mut(per_chunk)) {
-            self.score_chunk(rows, &mut buf, out);
+            self.score_chunk(rows, &mut buf, trees.clone(), out);
         }
     }
 
-    fn score_chunk(&self, rows: &[f32], buf: &mut [f32], out: &mut [f32]) {
+    fn score_chunk(&self, rows: &[f32], buf: &mut [f32], trees: Range<usize>, out: &mut [f32]) {
         let stride = 2 * self.n_features;
         let buf = &mut buf[..out.len() * stride];
         prepare(rows, self.n_features, buf);
         match &self.layout {
-            Layout::Complete(c) => add_tree_outputs(c, buf, stride, out),
-            Layout::Linked(l) => add_tree_outputs(l, buf, stride, out),
+            Layout::Complete(c) => add_tree_outputs(c, buf, stride, trees, out),
+            Layout::Linked(l) => add_tree_outputs(l, buf, stride, trees, out),
         }
     }
 }
@@ -334,9 +343,16 @@ impl Scorer {
 /// Tree-major over prepared rows. Each row still accumulates tree 0, tree
 /// 1, ... in order, so scores equal those of `Tree::predict` summed in
 /// order, bit for bit.
-fn add_tree_outputs<W: Walk>(layout: &W, buf: &[f32], stride: usize, out: &mut [f32]) {
+fn add_tree_outputs<W: Walk>(
+    layout: &W,
+    buf: &[f32],
+    stride: usize,
+    trees: Range<usize>,
+    out: &mut [f32],
+) {
     let full = out.len() / LANES * LANES;
-    for t in 0..layout.n_trees() {
+    let end = trees.end.min(layout.n_trees());
+    for t in trees.start.min(end)..end {
         for first in (0..full).step_by(LANES) {
             let starts: [usize; LANES] = std::array::from_fn(|k| (first + k) * stride);
             let values = layout.walk(t, buf, starts);

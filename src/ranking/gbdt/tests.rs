@@ -469,3 +469,28 @@ fn fast_scoring_layout_matches_the_reference_walk() {
     padded.push(f32::NAN);
     assert_eq!(model.predict_row(short), model.predict_row(&padded));
 }
+
+#[test]
+fn trees_added_in_two_ranges_give_the_full_score_bit_for_bit() {
+    let train_set = interaction_data(60, 23);
+    let model = train_quiet(&train_set, None, &sampled_params(2));
+    assert!(
+        model.n_trees() > 10,
+        "the split below needs trees on both sides"
+    );
+    let rows = &train_set.features[..37 * D];
+    let mut full = vec![0.0; 37];
+    model.predict_batch(rows, D, &mut full).unwrap();
+    let mut split = vec![model.base_score(); 37];
+    model.add_trees(rows, D, 0..7, &mut split).unwrap();
+    assert_ne!(split, full, "seven trees alone are not the whole model");
+    // past the end is clamped, not an error
+    model.add_trees(rows, D, 7..usize::MAX, &mut split).unwrap();
+    for (a, b) in split.iter().zip(&full) {
+        assert_eq!(a.to_bits(), b.to_bits());
+    }
+    // a bad shape is refused and leaves the scores as they were
+    assert!(model.add_trees(&rows[1..], D, 0..3, &mut split).is_err());
+    assert!(model.predict_batch(&rows[1..], D, &mut split).is_err());
+    assert_eq!(split, full);
+}
