@@ -378,3 +378,137 @@ fn three_nodes_survive_kills_and_converge_after_restart() {
         );
     }
 }
+
+/// Sends `signal` (e.g. "STOP", "CONT") to a node process.
+fn signal(p: &NodeProc, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &p.child.id().to_string()])
+        .status()
+        .expect("kill(1) runs");
+    assert!(status.success(), "kill -{signal} failed");
+}
+
+/// Linearizable status from node `internal`: Ok only if that node could
+/// confirm its leadership with a quorum at the time of the read.
+fn linearizable_status(
+    rt: &tokio::runtime::Runtime,
+    internal: &str,
+) -> Result<funnel::cluster::proto::StatusResponse, String> {
+    rt.block_on(async {
+        let mut c = ControlClient::connect(format!("http://{internal}"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut req = tonic::Request::new(StatusRequest { linearizable: true });
+        req.set_timeout(Duration::from_secs(2));
+        c.status(req)
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| s.message().to_string())
+    })
+}
+
+/// SIGSTOP the Raft leader for longer than the election timeout, then
+/// SIGCONT. While it is frozen the other two elect a leader, take writes
+/// and keep answering with full coverage (requests that reach a frozen
+/// replica hang, so hedging must carry them). Once resumed, the old leader
+/// never serves a linearizable read as if it still led (its term is stale),
+/// and the cluster settles: one leader all three agree on, copies equal.
+#[test]
+fn a_paused_leader_is_replaced_and_the_cluster_settles_after_it_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = small_bundle(&tmp.path().join("bundle"), 13, SHARDS);
+    let members = write_configs(tmp.path(), &bundle, 3);
+    let procs: Vec<NodeProc> = members
+        .iter()
+        .map(|m| NodeProc::start_config(&m.config, &m.data_dir))
+        .collect();
+    let http = Http::default();
+    let rt = rt();
+    for m in &members {
+        assert!(
+            eventually(Duration::from_secs(60), || full_coverage(&http, &m.http)),
+            "node {} never served with every shard covered",
+            m.id
+        );
+    }
+    let old = leader_seen_by(&rt, &members[0].internal).expect("a leader is known");
+    let old_term = linearizable_status(&rt, &members[(old - 1) as usize].internal)
+        .expect("the leader serves a linearizable read")
+        .term;
+    let rest: Vec<&Member> = members.iter().filter(|m| m.id != old).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load_thread = load(rest.iter().map(|m| m.http.clone()).collect(), stop.clone());
+    std::thread::sleep(Duration::from_millis(500));
+
+    let paused_at = Instant::now();
+    signal(&procs[(old - 1) as usize], "STOP");
+    let mut new_leader = None;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            new_leader = leader_seen_by(&rt, &rest[0].internal).filter(|&l| l != old);
+            new_leader.is_some()
+        }),
+        "no new leader while the old one was paused"
+    );
+    let elected = paused_at.elapsed();
+    let new_leader = new_leader.unwrap();
+    let (s, v) = http.post(
+        &format!("http://{}/v1/items", rest[1].http),
+        json!({"items": [{"item_id": "while-paused", "vector": vec![0.3f32; 16], "categories": []}]}),
+    );
+    assert_eq!(s, 200, "a write while the old leader is paused: {v}");
+    // stay paused well past the election timeout (600 ms)
+    std::thread::sleep(Duration::from_secs(2));
+    let paused_for = paused_at.elapsed();
+    signal(&procs[(old - 1) as usize], "CONT");
+
+    // the resumed node must not answer a linearizable read as leader of its old term
+    let resumed_at = Instant::now();
+    let old_internal = &members[(old - 1) as usize].internal;
+    while resumed_at.elapsed() < Duration::from_secs(2) {
+        if let Ok(s) = linearizable_status(&rt, old_internal) {
+            // a read it may serve is one it confirmed in a later term
+            assert!(
+                s.term > old_term,
+                "the resumed old leader served a linearizable read in its stale term {old_term}: {s:?}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // it settles: all three see one leader in one term, and the write is everywhere
+    let mut seen = Vec::new();
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            seen = members
+                .iter()
+                .map(|m| leader_seen_by(&rt, &m.internal))
+                .collect();
+            seen.iter().all(|l| l.is_some() && *l == seen[0])
+        }),
+        "the nodes never agreed on a leader after the resume: {seen:?}"
+    );
+    stop.store(true, Ordering::SeqCst);
+    let (n, failures, worst) = load_thread.join().unwrap();
+    let all: Vec<&Member> = members.iter().collect();
+    let mut last = BTreeMap::new();
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            last = digests(&rt, &all);
+            converged(&last, 2)
+        }),
+        "replicas did not converge after the resume: {last:?}"
+    );
+    println!(
+        "leader {old} paused for {paused_for:?}: new leader {new_leader} seen after {elected:?}; \
+         {n} requests to the others, worst latency {worst:?}; settled on {:?}",
+        seen[0]
+    );
+    assert!(n > 50, "the load ran ({n} requests)");
+    assert!(
+        failures.is_empty(),
+        "{} of {n} requests failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+}
