@@ -25,7 +25,7 @@ use funnel::bench::server_stats::parse_exposition;
 use funnel::proto::funnel_client::FunnelClient;
 use serde_json::json;
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -33,6 +33,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use support::{digests_converged, eventually, shard_digests, Http};
 
+/// Compose project names of this test: the prefix and the test's pid.
+const PROJECT_PREFIX: &str = "funneldeploy";
 /// Shards of the demo bundle and cluster (deploy/compose/funnel.toml).
 const SHARDS: u32 = 12;
 /// Deadline of the recommend requests sent during the faults.
@@ -154,6 +156,40 @@ impl Drop for Project {
         for image in &self.images {
             let _ = docker(&["rmi", "-f", image]);
         }
+    }
+}
+
+/// Projects left behind by earlier runs of this test that were killed
+/// before their cleanup ran (their process is gone): taken down now so they
+/// hold no ports or CPU.
+fn remove_stale_projects(cli: &[String]) {
+    let Ok(names) = docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        "label=com.docker.compose.project",
+        "--format",
+        "{{.Label \"com.docker.compose.project\"}}",
+    ]) else {
+        return;
+    };
+    let stale: BTreeSet<&str> = names
+        .lines()
+        .filter(|n| {
+            n.strip_prefix(PROJECT_PREFIX)
+                .and_then(|pid| pid.parse::<u32>().ok())
+                .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        })
+        .collect();
+    for name in stale {
+        eprintln!("removing {name}, left behind by an earlier run");
+        drop(Project {
+            name: name.to_string(),
+            cli: cli.to_vec(),
+            file: repo().join("deploy/docker-compose.yml"),
+            env: Vec::new(),
+            images: vec![format!("funnel:{name}"), format!("funnel-lb:{name}")],
+        });
     }
 }
 
@@ -481,13 +517,15 @@ fn compose_cluster_behind_the_load_balancer_survives_a_kill_and_a_partition() {
         return;
     }
     let t0 = Instant::now();
-    let name = format!("funneldeploy{}", std::process::id());
+    let cli = compose_cli().expect("checked above");
+    remove_stale_projects(&cli);
+    let name = format!("{PROJECT_PREFIX}{}", std::process::id());
     let image = format!("funnel:{name}");
     let lb_image = format!("funnel-lb:{name}");
     let (http_port, grpc_port) = free_ports();
     let project = Project {
         name: name.clone(),
-        cli: compose_cli().expect("checked above"),
+        cli,
         file: repo().join("deploy/docker-compose.yml"),
         env: vec![
             ("FUNNEL_IMAGE".into(), image.clone()),
