@@ -12,15 +12,14 @@
 mod support;
 
 use funnel::cluster::proto::control_client::ControlClient;
-use funnel::cluster::proto::shard_data_client::ShardDataClient;
-use funnel::cluster::proto::{ShardDigestRequest, StatusRequest};
+use funnel::cluster::proto::StatusRequest;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{eventually, small_bundle, Http, NodeProc};
+use support::{digests_converged, eventually, shard_digests, small_bundle, Http, NodeProc};
 
 const SHARDS: u32 = 12;
 
@@ -140,29 +139,9 @@ fn leader_seen_by(rt: &tokio::runtime::Runtime, internal: &str) -> Option<u64> {
 }
 
 /// Digest of every shard copy on the live nodes: shard -> [(node, digest)].
-fn digests(rt: &tokio::runtime::Runtime, live: &[&Member]) -> BTreeMap<u32, Vec<(u64, String)>> {
-    let mut out: BTreeMap<u32, Vec<(u64, String)>> = BTreeMap::new();
-    rt.block_on(async {
-        for m in live {
-            let Ok(mut c) = ShardDataClient::connect(format!("http://{}", m.internal)).await else {
-                continue;
-            };
-            for shard in 0..SHARDS {
-                if let Ok(d) = c.digest(ShardDigestRequest { shard }).await {
-                    out.entry(shard)
-                        .or_default()
-                        .push((m.id, d.into_inner().digest));
-                }
-            }
-        }
-    });
-    out
-}
-
-fn converged(d: &BTreeMap<u32, Vec<(u64, String)>>, copies: usize) -> bool {
-    d.len() == SHARDS as usize
-        && d.values()
-            .all(|v| v.len() == copies && v.iter().all(|(_, x)| *x == v[0].1))
+fn digests(live: &[&Member]) -> BTreeMap<u32, Vec<(u64, String)>> {
+    let nodes: Vec<(u64, String)> = live.iter().map(|m| (m.id, m.internal.clone())).collect();
+    shard_digests(&nodes, SHARDS)
 }
 
 /// Steady load against `targets` until `stop`; returns (requests, failures
@@ -314,8 +293,8 @@ fn three_nodes_survive_kills_and_converge_after_restart() {
     let mut last = BTreeMap::new();
     assert!(
         eventually(Duration::from_secs(30), || {
-            last = digests(&rt, &all);
-            converged(&last, 2)
+            last = digests(&all);
+            digests_converged(&last, SHARDS, 2)
         }),
         "replicas did not converge: {last:?}"
     );
@@ -370,7 +349,7 @@ fn three_nodes_survive_kills_and_converge_after_restart() {
         &failures[..failures.len().min(5)]
     );
     // the survivors agree on every shard they both hold
-    let d = digests(&rt, &rest);
+    let d = digests(&rest);
     for (shard, copies) in &d {
         assert!(
             copies.iter().all(|(_, x)| *x == copies[0].1),

@@ -227,3 +227,47 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+/// Digest of every shard copy that the nodes at `internal` addresses
+/// (id, HOST:PORT) answer for, from the ShardData.Digest RPC:
+/// shard -> [(node, digest)]. A node that is down or does not hold a shard
+/// is simply absent from that shard's list.
+pub fn shard_digests(
+    nodes: &[(u64, String)],
+    shards: u32,
+) -> std::collections::BTreeMap<u32, Vec<(u64, String)>> {
+    use funnel::cluster::proto::shard_data_client::ShardDataClient;
+    use funnel::cluster::proto::ShardDigestRequest;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut out: std::collections::BTreeMap<u32, Vec<(u64, String)>> = Default::default();
+    rt.block_on(async {
+        for (id, internal) in nodes {
+            let Ok(mut c) = ShardDataClient::connect(format!("http://{internal}")).await else {
+                continue;
+            };
+            for shard in 0..shards {
+                if let Ok(d) = c.digest(ShardDigestRequest { shard }).await {
+                    out.entry(shard)
+                        .or_default()
+                        .push((*id, d.into_inner().digest));
+                }
+            }
+        }
+    });
+    out
+}
+
+/// True when every one of `shards` shards has exactly `copies` copies and
+/// they all have the same digest.
+pub fn digests_converged(
+    d: &std::collections::BTreeMap<u32, Vec<(u64, String)>>,
+    shards: u32,
+    copies: usize,
+) -> bool {
+    d.len() == shards as usize
+        && d.values()
+            .all(|v| v.len() == copies && v.iter().all(|(_, x)| *x == v[0].1))
+}
