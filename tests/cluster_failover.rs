@@ -473,8 +473,8 @@ fn a_paused_leader_is_replaced_and_the_cluster_settles_after_it_resumes() {
     let mut last = BTreeMap::new();
     assert!(
         eventually(Duration::from_secs(30), || {
-            last = digests(&rt, &all);
-            converged(&last, 2)
+            last = digests(&all);
+            digests_converged(&last, SHARDS, 2)
         }),
         "replicas did not converge after the resume: {last:?}"
     );
