@@ -253,10 +253,7 @@ pub async fn recommend(
 
     // --- rank: features here, scoring on the worker pool
     let items = CandidateItems {
-        facts: candidates
-            .iter()
-            .filter_map(|c| catalog.facts(c.key).map(|f| (c.key, f)))
-            .collect(),
+        facts: catalog.facts_of(candidates.iter().map(|c| c.key)),
         vectors,
     };
     let (rows, kept) = feature_rows(&uf, &candidates, &items);

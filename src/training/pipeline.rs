@@ -7,12 +7,15 @@
 use super::als::{self, AlsModel, AlsParams};
 use super::itemcf::{self, ItemCfParams};
 use super::popularity::{build_lists, replay_item_stats, ItemFacts, ItemLists};
+use crate::bundle::manifest::IndexParams;
+use crate::bundle::reader::LoadedShard;
 use crate::dataset::Interaction;
 use crate::eval::split::temporal_holdout;
 use crate::features::{
     event_strength, Demographics, ItemInput, ItemStats, RecallPath, RequestContext, StateParams,
     UserFeatures, UserState, FEATURE_NAMES, N_FEATURES,
 };
+use crate::matrix::Matrix;
 use crate::progress::Progress;
 use crate::ranking::gbdt::{self, GbdtParams};
 use crate::ranking::rerank::{rerank, RerankConfig};
@@ -20,9 +23,6 @@ use crate::ranking::score::{feature_rows, Cascade, ItemSource, Ranker};
 use crate::recall::{
     local_paths, merge, top_by_score, Candidate, CfIndex, KeyLists, PathResult, RecallConfig,
 };
-use crate::bundle::manifest::IndexParams;
-use crate::bundle::reader::LoadedShard;
-use crate::matrix::Matrix;
 use crate::shard::ShardIndex;
 use crate::sparse::Csr;
 use rayon::prelude::*;
@@ -158,7 +158,10 @@ fn trainer_ann_index(keys: &[u64], vectors: &Matrix) -> Result<ShardIndex, Strin
     let params = IndexParams::default();
     let loaded = LoadedShard::build(0, keys.to_vec(), vectors.clone(), &params)
         .map_err(|e| format!("building the trainer's ANN index: {e}"))?;
-    Ok(ShardIndex::from_loaded(loaded, params.expansion_search as usize))
+    Ok(ShardIndex::from_loaded(
+        loaded,
+        params.expansion_search as usize,
+    ))
 }
 
 /// Replays `log` (time-ordered) through `UserState::apply`, the code the
@@ -817,7 +820,10 @@ mod tests {
         let log = ds.interactions.clone();
         let exact_p = quick_params();
         let exact = fit_models(&input(&ds, &o, &log), &exact_p, &Progress::hidden()).unwrap();
-        assert!(exact.ann_index.is_none(), "3000 items are scanned exactly by default");
+        assert!(
+            exact.ann_index.is_none(),
+            "3000 items are scanned exactly by default"
+        );
         let indexed_p = PipelineParams {
             ann_index_min_items: 1000,
             ..quick_params()
@@ -838,7 +844,10 @@ mod tests {
             assert!(got.iter().all(|(k, _)| *k != skip), "the filter applies");
             assert_eq!(got.len(), 50);
             total += want.len();
-            found += want.iter().filter(|w| got.iter().any(|g| g.0 == w.0)).count();
+            found += want
+                .iter()
+                .filter(|w| got.iter().any(|g| g.0 == w.0))
+                .count();
         }
         let recall = found as f64 / total as f64;
         assert!(recall >= 0.9, "index recall@50 vs exact {recall:.3}");
