@@ -13,6 +13,7 @@
 pub mod error;
 pub mod fault;
 pub mod log_store;
+pub mod moves;
 pub mod network;
 pub mod node;
 pub mod placement;
@@ -30,7 +31,8 @@ pub mod proto {
 pub use error::{from_status, to_status, ClusterError};
 pub use fault::{Delay, FaultInjector, InjectedFault};
 pub use log_store::LogStore;
-pub use node::{ClusterStatus, RaftNode, RaftSettings};
+pub use moves::{Phase, Transfer};
+pub use node::{propose_via, ClusterStatus, RaftNode, RaftSettings};
 pub use placement::{initial_placement, plan_drain, plan_rebalance, Move, PlacementError};
 pub use state::{
     CatalogChange, ClusterState, ClusterView, Command, CommandResult, ItemRecord, ModelRef,
