@@ -269,7 +269,10 @@ pub fn render_cluster(r: &ClusterReport) -> String {
         let limit = v
             .settings
             .get(crate::cluster::moves::SETTING_MAX_CONCURRENT)
-            .map_or("the leader's cluster.max_concurrent_transfers".to_string(), |n| n.clone());
+            .map_or(
+                "the leader's cluster.max_concurrent_transfers".to_string(),
+                |n| n.clone(),
+            );
         let _ = writeln!(
             out,
             "\nshard transfers: {} queued, at most {limit} at once",

@@ -195,10 +195,7 @@ enum AdminCommand {
     },
     /// Set a cluster setting (empty value removes it), e.g.
     /// transfers.max_concurrent or transfers.drain_grace_ms.
-    SetSetting {
-        key: String,
-        value: String,
-    },
+    SetSetting { key: String, value: String },
 }
 
 #[derive(Subcommand)]
@@ -517,7 +514,9 @@ fn main() -> Result<()> {
                     },
                     json,
                 ),
-                AdminCommand::CancelMoves { shard, json } => (ClusterOp::CancelMoves { shard }, json),
+                AdminCommand::CancelMoves { shard, json } => {
+                    (ClusterOp::CancelMoves { shard }, json)
+                }
                 AdminCommand::SetSetting { key, value } => {
                     (ClusterOp::SetSetting { key, value }, false)
                 }
