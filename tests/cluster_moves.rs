@@ -43,8 +43,9 @@ fn ports(id: u64) -> (u16, u16, u16) {
     (17210 + i, 17230 + i, 17250 + i)
 }
 
-/// Configs for nodes 1..=3 (the bootstrap members) and node 4, which is in
-/// no member list: it is admitted with `funnel admin add-node`.
+/// Configs for nodes 1..=3 (the bootstrap members), node 4, which is in no
+/// member list and is admitted with `funnel admin add-node`, and node 5,
+/// which asks node 2 to admit it (`cluster.join`).
 fn write_configs(dir: &Path, bundle: &Path) -> Vec<Member> {
     let member_line = |id: u64| {
         let (h, g, r) = ports(id);
@@ -53,15 +54,16 @@ fn write_configs(dir: &Path, bundle: &Path) -> Vec<Member> {
         )
     };
     let founders: Vec<String> = (1..=3).map(member_line).collect();
-    (1..=4)
+    let (_, _, join_port) = ports(2);
+    (1..=5)
         .map(|id| {
             let (h, g, r) = ports(id);
             let data_dir = dir.join(format!("node-{id}"));
             let config = dir.join(format!("node{id}.toml"));
-            let members = if id <= 3 {
-                format!("members = [\n{}\n]", founders.join("\n"))
-            } else {
-                String::new()
+            let members = match id {
+                1..=3 => format!("members = [\n{}\n]", founders.join("\n")),
+                5 => format!("join = \"127.0.0.1:{join_port}\""),
+                _ => String::new(),
             };
             let text = format!(
                 r#"[node]
@@ -532,5 +534,21 @@ fn shards_move_rebalance_and_drain_under_load() {
         "upserts refused during the drain: {refused:?}"
     );
     assert_converged(&rt, entry, &base, &acked.lock().unwrap());
+
+    // --- a node whose config names a member to join through -------------
+    let m5 = &members[4];
+    procs.push(NodeProc::start_config(&m5.config, &m5.data_dir));
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            let s = admin(entry, &["status", "--json"]);
+            let v: serde_json::Value = serde_json::from_str(&s).unwrap_or_default();
+            v["view"]["nodes"]["5"]["internal"] == m5.internal.as_str()
+                && v["view"]["nodes"]["5"]["http"] == m5.http.as_str()
+                && v["status"]["learners"]
+                    .as_array()
+                    .is_some_and(|l| l.iter().any(|x| x == 5))
+        }),
+        "node 5 (cluster.join) was never registered and added as a learner"
+    );
     drop(procs);
 }
