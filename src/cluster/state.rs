@@ -2,7 +2,8 @@
 //! changing it.
 //!
 //! Owns: `ClusterState` (members, shard map, model versions, the realtime
-//! item catalog overlay, settings), the `Command`s that change it, and
+//! item catalog overlay, settings, the queue of shard transfers, whose
+//! rules live in `moves`), the `Command`s that change it, and
 //! `ClusterState::apply_command`, which validates every command against the
 //! current state and either applies it whole or rejects it with the state
 //! unchanged. Must not touch: Raft, storage, the network, clocks or
