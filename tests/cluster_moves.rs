@@ -550,5 +550,42 @@ fn shards_move_rebalance_and_drain_under_load() {
         }),
         "node 5 (cluster.join) was never registered and added as a learner"
     );
+
+    // --- drain a voter: a learner takes its vote, node 5 its replicas -----
+    let front: Vec<String> = members[..2].iter().map(|m| m.http.clone()).collect();
+    let load = Load::start(front, acked.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    admin(entry, &["remove-node", "--drain", "3"]);
+    assert!(
+        eventually(Duration::from_secs(90), || view(&rt, entry).is_some_and(
+            |v| {
+                settled(&v)
+                    && v.nodes
+                        .get(&3)
+                        .is_some_and(|n| n.status == NodeStatus::Removed)
+            }
+        )),
+        "node 3 was never drained and removed: {:?}",
+        view(&rt, entry).map(|v| (v.nodes, v.shard_map, v.transfers))
+    );
+    let s = admin(entry, &["status", "--json"]);
+    let sv: serde_json::Value = serde_json::from_str(&s).unwrap();
+    let ids = |key: &str| -> Vec<u64> {
+        let mut v: Vec<u64> = sv["status"][key]
+            .as_array()
+            .map(|l| l.iter().filter_map(|x| x.as_u64()).collect())
+            .unwrap_or_default();
+        v.sort_unstable();
+        v
+    };
+    assert_eq!(ids("voters"), vec![1, 2, 5], "{sv}");
+    assert_eq!(ids("learners"), Vec::<u64>::new(), "{sv}");
+    std::thread::sleep(Duration::from_millis(500));
+    let refused = load.finish("remove-node --drain (a voter)");
+    assert!(
+        refused.is_empty(),
+        "upserts refused during the drain: {refused:?}"
+    );
+    assert_converged(&rt, entry, &base, &acked.lock().unwrap());
     drop(procs);
 }

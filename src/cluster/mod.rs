@@ -4,9 +4,10 @@
 //! through Raft; the data plane watches the applied state instead.
 //!
 //! Owns: the replicated state and its rules (`state`), replica placement
-//! plans (`placement`), the shard-transfer queue and its steps (`moves`), durable Raft storage on redb (`log_store`,
-//! `state_machine`), the gRPC transport with fault injection (`network`,
-//! `service`, `fault`) and the node handle (`node`). Must not touch: shard
+//! plans (`placement`), the shard-transfer queue and its steps (`moves`),
+//! durable Raft storage on redb (`log_store`, `state_machine`), the gRPC
+//! transport with fault injection (`network`, `service`, `fault`) and the
+//! node handle (`node`). Must not touch: shard
 //! data, model bundles or the public API; those watch `RaftNode::subscribe`
 //! and read `RaftNode::state`.
 
