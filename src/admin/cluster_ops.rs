@@ -12,7 +12,7 @@
 //! Owns: turning an operator's request into a command, and the report of
 //! what was done. Must not touch: the rules (the state machine decides).
 
-use crate::cluster::moves::{plan_replication, SETTING_MAX_CONCURRENT};
+use crate::cluster::moves::{plan_replication, SETTING_DRAIN_GRACE_MS, SETTING_MAX_CONCURRENT};
 use crate::cluster::{
     plan_drain, plan_rebalance, propose_via, ClusterError, ClusterView, Command, NodeInfo,
     NodeStatus, ShardMap, Transfer,
@@ -241,6 +241,14 @@ async fn run_async(addr: &str, op: ClusterOp) -> Result<OpReport> {
         }
         ClusterOp::SetSetting { key, value } => {
             report.action = format!("set {key} = {value:?}");
+            // the driver reads these as numbers; refuse what it would ignore
+            let numeric = [SETTING_MAX_CONCURRENT, SETTING_DRAIN_GRACE_MS];
+            if numeric.contains(&key.as_str())
+                && !value.is_empty()
+                && !value.parse::<u64>().is_ok_and(|n| n > 0)
+            {
+                bail!("{key} takes a whole number above 0 (or \"\" to restore the default), not {value:?}");
+            }
             report.message = "set".to_string();
             Command::SetSetting { key, value }
         }
