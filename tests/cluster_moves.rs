@@ -587,5 +587,36 @@ fn shards_move_rebalance_and_drain_under_load() {
         "upserts refused during the drain: {refused:?}"
     );
     assert_converged(&rt, entry, &base, &acked.lock().unwrap());
+
+    // --- set-replication: every shard on all three remaining nodes --------
+    let out = admin_raw(entry, &["set-replication", "4"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Active nodes"),
+        "{out:?}"
+    );
+    let front: Vec<String> = members[..2].iter().map(|m| m.http.clone()).collect();
+    let load = Load::start(front, acked.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    let out = admin(entry, &["set-replication", "3"]);
+    assert!(out.contains("6 copies queued"), "{out}");
+    assert!(
+        eventually(Duration::from_secs(90), || view(&rt, entry).is_some_and(
+            |v| {
+                settled(&v)
+                    && v.shard_map.is_some_and(|m| {
+                        m.replication == 3 && m.replicas.iter().all(|r| r.len() == 3)
+                    })
+            }
+        )),
+        "replication never reached 3: {:?}",
+        view(&rt, entry).map(|v| (v.shard_map, v.transfers))
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let refused = load.finish("set-replication 3");
+    assert!(
+        refused.is_empty(),
+        "upserts refused while adding copies: {refused:?}"
+    );
+    assert_converged(&rt, entry, &base, &acked.lock().unwrap());
     drop(procs);
 }
