@@ -1,13 +1,16 @@
 //! Shard moves on a real cluster: three `funnel serve` processes (6 shards,
 //! 2 replicas each) under continuous recommend load and item upserts, then
 //! `funnel admin move-shard`, a 4th node joined with `funnel admin
-//! add-node` and `funnel admin rebalance`, and finally `funnel admin
-//! remove-node --drain`.
+//! add-node` and `funnel admin rebalance`, `funnel admin remove-node
+//! --drain` of a learner and of a voter, a node joining through
+//! `cluster.join`, and `funnel admin set-replication 3`.
 //!
 //! What must hold: no recommend request fails and every answer has
 //! coverage 1 throughout; every acknowledged upsert is in every copy of its
-//! shard afterwards; the copies of each shard have equal digests; the
-//! drained node ends up holding nothing, out of Raft, marked Removed.
+//! shard afterwards and a deleted bundle item stays deleted in a moved
+//! copy; the copies of each shard have equal digests; a drained node ends
+//! up holding nothing, out of Raft, marked Removed, and a learner takes a
+//! drained voter's vote.
 //!
 //! Ports 17200-17299 only (fixed, so they do not collide with other test
 //! files, which use OS-assigned ports).
@@ -343,6 +346,23 @@ fn shards_move_rebalance_and_drain_under_load() {
         .map(|(s, cs)| (s, cs[0].1))
         .collect();
     assert_eq!(base.len(), SHARDS as usize, "{base:?}");
+    let mut base = base;
+    // a bundle item of shard 0 (the shard moved below) is deleted: the new
+    // copy, loaded fresh from the bundle, must not bring it back
+    let doomed = (0..100)
+        .flat_map(|u| {
+            recommend(&http, &members[0].http, &format!("u{u:06}"))
+                .map(|v| support::item_ids(&v))
+                .unwrap_or_default()
+        })
+        .find(|id| shard_of(item_key(id), SHARDS) == 0)
+        .expect("some recommended bundle item lives in shard 0");
+    let (s, v) = http.post(
+        &format!("http://{}/v1/items/delete", members[0].http),
+        json!({ "item_ids": [doomed] }),
+    );
+    assert_eq!((s, v["deleted"].as_u64()), (200, Some(1)), "{v}");
+    *base.get_mut(&0).unwrap() -= 1;
     let acked = Arc::new(Mutex::new(Vec::new()));
     let front: Vec<String> = members[..3].iter().map(|m| m.http.clone()).collect();
 
