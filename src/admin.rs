@@ -1,5 +1,9 @@
 //! `funnel admin`: operator commands against a running node. On a single
-//! node they go over the HTTP API (`/v1/admin/...`, `/readyz`).
+//! node they go over the HTTP API (`/v1/admin/...`, `/readyz`); against a
+//! cluster node's internal address, `status` shows the whole cluster and
+//! `cluster_ops` changes it (add/remove nodes, shard transfers).
+
+pub mod cluster_ops;
 
 use crate::bench::client::{build_client, send_json};
 use anyhow::{anyhow, bail, Context, Result};
@@ -106,42 +110,55 @@ async fn control_client(
     ))
 }
 
+/// The status and cluster view of the node at `addr` (its internal
+/// address). `None` when `addr` does not speak the cluster protocol (e.g. a
+/// single node's HTTP address).
+pub async fn fetch_view(
+    addr: &str,
+) -> Result<Option<(crate::cluster::ClusterStatus, crate::cluster::ClusterView)>> {
+    use crate::cluster::proto::{PayloadFormat, StatusRequest};
+    let Ok(mut c) = control_client(addr).await else {
+        return Ok(None);
+    };
+    let r = match c
+        .view(StatusRequest {
+            linearizable: false,
+        })
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(s) if s.code() == tonic::Code::Unimplemented => return Ok(None),
+        Err(s) if s.code() == tonic::Code::Unknown || s.code() == tonic::Code::Internal => {
+            // an HTTP/1 server answering a gRPC call
+            return Ok(None);
+        }
+        Err(s) => bail!("{addr}: {}", s.message()),
+    };
+    let status: crate::cluster::ClusterStatus = r
+        .status
+        .ok_or_else(|| anyhow!("{addr} sent a view without status"))?
+        .try_into()
+        .map_err(|e| anyhow!("{addr}: {e}"))?;
+    if r.format != PayloadFormat::Postcard as i32 {
+        bail!("{addr} sent the view in an unknown format {}", r.format);
+    }
+    let view: crate::cluster::ClusterView = postcard::from_bytes(&r.view)
+        .map_err(|e| anyhow!("{addr} sent a view that does not decode: {e}"))?;
+    Ok(Some((status, view)))
+}
+
 /// Asks `addr` (a node's internal cluster address) for the cluster view,
 /// then every member for its own status. `None` when `addr` does not
 /// speak the cluster protocol (e.g. a single node's HTTP address).
 pub fn cluster_report(addr: &str) -> Result<Option<ClusterReport>> {
-    use crate::cluster::proto::{PayloadFormat, StatusRequest};
+    use crate::cluster::proto::StatusRequest;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let Ok(mut c) = control_client(addr).await else {
+        let Some((status, view)) = fetch_view(addr).await? else {
             return Ok(None);
         };
-        let r = match c
-            .view(StatusRequest {
-                linearizable: false,
-            })
-            .await
-        {
-            Ok(r) => r.into_inner(),
-            Err(s) if s.code() == tonic::Code::Unimplemented => return Ok(None),
-            Err(s) if s.code() == tonic::Code::Unknown || s.code() == tonic::Code::Internal => {
-                // an HTTP/1 server answering a gRPC call
-                return Ok(None);
-            }
-            Err(s) => bail!("{addr}: {}", s.message()),
-        };
-        let status: crate::cluster::ClusterStatus = r
-            .status
-            .ok_or_else(|| anyhow!("{addr} sent a view without status"))?
-            .try_into()
-            .map_err(|e| anyhow!("{addr}: {e}"))?;
-        if r.format != PayloadFormat::Postcard as i32 {
-            bail!("{addr} sent the view in an unknown format {}", r.format);
-        }
-        let view: crate::cluster::ClusterView = postcard::from_bytes(&r.view)
-            .map_err(|e| anyhow!("{addr} sent a view that does not decode: {e}"))?;
         let mut members = Vec::new();
         for (id, info) in &view.nodes {
             let one = async {
@@ -244,6 +261,25 @@ pub fn render_cluster(r: &ClusterReport) -> String {
                     .collect();
                 let _ = writeln!(out, "  shard {s:<4} {}", list.join("  "));
             }
+        }
+    }
+    if v.transfers.is_empty() {
+        let _ = writeln!(out, "\nno shard transfers queued");
+    } else {
+        let limit = v
+            .settings
+            .get(crate::cluster::moves::SETTING_MAX_CONCURRENT)
+            .map_or(
+                "the leader's cluster.max_concurrent_transfers".to_string(),
+                |n| n.clone(),
+            );
+        let _ = writeln!(
+            out,
+            "\nshard transfers: {} queued, at most {limit} at once",
+            v.transfers.len()
+        );
+        for (t, phase) in &v.transfers {
+            let _ = writeln!(out, "  {:<40} {phase}", t.to_string());
         }
     }
     out

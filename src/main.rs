@@ -125,11 +125,77 @@ enum AdminCommand {
         /// Bundle directory, as seen by the node.
         bundle: PathBuf,
     },
-    /// Print the node's health.
+    /// Print the node's health (the whole cluster's, given an internal address).
     Status {
         #[arg(long)]
         json: bool,
     },
+    /// Register a new node; the leader adds it to Raft as a learner
+    /// (promoted while there are fewer than 3 voters, or 5 once 5 nodes are live).
+    AddNode {
+        #[arg(long)]
+        id: u64,
+        /// The node's internal address (its cluster.internal, as others reach it).
+        #[arg(long)]
+        internal: String,
+        /// Its public HTTP address.
+        #[arg(long, default_value = "")]
+        http: String,
+        /// Its public gRPC address.
+        #[arg(long, default_value = "")]
+        grpc: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a node: with --drain, move its replicas off first; the leader
+    /// then takes it out of Raft and marks it Removed.
+    RemoveNode {
+        id: u64,
+        #[arg(long)]
+        drain: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move one replica of a shard to another node (load, activate, drain, drop).
+    MoveShard {
+        #[arg(long)]
+        shard: u32,
+        #[arg(long)]
+        from: u64,
+        #[arg(long)]
+        to: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Balance replicas over the Active nodes with the fewest moves.
+    Rebalance {
+        /// Print the plan without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+        /// Most transfers in flight at once (cluster setting transfers.max_concurrent).
+        #[arg(long)]
+        max_concurrent: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add or drop copies until every shard has R replicas on distinct nodes.
+    SetReplication {
+        replication: u32,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop queued shard transfers (all, or one shard's).
+    CancelMoves {
+        #[arg(long)]
+        shard: Option<u32>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a cluster setting (empty value removes it), e.g.
+    /// transfers.max_concurrent or transfers.drain_grace_ms.
+    SetSetting { key: String, value: String },
 }
 
 #[derive(Subcommand)]
@@ -386,22 +452,81 @@ fn main() -> Result<()> {
             token,
             command,
         } => {
-            let op = match command {
-                AdminCommand::Publish { bundle } => funnel::admin::AdminOp::Publish(bundle),
-                AdminCommand::Status { json } => funnel::admin::AdminOp::Status { json },
-            };
-            if let funnel::admin::AdminOp::Status { json } = op {
-                // a node's internal (cluster) address answers with the whole cluster
-                if let Some(report) = funnel::admin::cluster_report(&addr)? {
-                    if json {
-                        println!("{}", serde_json::to_string_pretty(&report)?);
-                    } else {
-                        print!("{}", funnel::admin::render_cluster(&report));
-                    }
+            use funnel::admin::cluster_ops::ClusterOp;
+            let (op, json) = match command {
+                AdminCommand::Publish { bundle } => {
+                    let op = funnel::admin::AdminOp::Publish(bundle);
+                    print!("{}", funnel::admin::run_http(&addr, &token, op)?);
                     return Ok(());
                 }
+                AdminCommand::Status { json } => {
+                    // a node's internal (cluster) address answers with the whole cluster
+                    if let Some(report) = funnel::admin::cluster_report(&addr)? {
+                        if json {
+                            println!("{}", serde_json::to_string_pretty(&report)?);
+                        } else {
+                            print!("{}", funnel::admin::render_cluster(&report));
+                        }
+                        return Ok(());
+                    }
+                    let op = funnel::admin::AdminOp::Status { json };
+                    print!("{}", funnel::admin::run_http(&addr, &token, op)?);
+                    return Ok(());
+                }
+                AdminCommand::AddNode {
+                    id,
+                    internal,
+                    http,
+                    grpc,
+                    json,
+                } => (
+                    ClusterOp::AddNode(funnel::cluster::NodeInfo::new(id, internal, http, grpc)),
+                    json,
+                ),
+                AdminCommand::RemoveNode { id, drain, json } => {
+                    (ClusterOp::RemoveNode { id, drain }, json)
+                }
+                AdminCommand::MoveShard {
+                    shard,
+                    from,
+                    to,
+                    json,
+                } => (ClusterOp::MoveShard { shard, from, to }, json),
+                AdminCommand::Rebalance {
+                    dry_run,
+                    max_concurrent,
+                    json,
+                } => (
+                    ClusterOp::Rebalance {
+                        dry_run,
+                        max_concurrent,
+                    },
+                    json,
+                ),
+                AdminCommand::SetReplication {
+                    replication,
+                    dry_run,
+                    json,
+                } => (
+                    ClusterOp::SetReplication {
+                        replication,
+                        dry_run,
+                    },
+                    json,
+                ),
+                AdminCommand::CancelMoves { shard, json } => {
+                    (ClusterOp::CancelMoves { shard }, json)
+                }
+                AdminCommand::SetSetting { key, value } => {
+                    (ClusterOp::SetSetting { key, value }, false)
+                }
+            };
+            let report = funnel::admin::cluster_ops::run(&addr, op)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", funnel::admin::cluster_ops::render(&report));
             }
-            print!("{}", funnel::admin::run_http(&addr, &token, op)?);
         }
     }
     Ok(())

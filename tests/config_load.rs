@@ -225,6 +225,28 @@ fn cluster_rules_that_hold() {
 }
 
 #[test]
+fn a_joining_node_names_a_member_and_does_not_bootstrap() {
+    let mut cfg = cluster_config();
+    let c = cluster(&mut cfg);
+    c.members.clear();
+    c.bootstrap = false;
+    c.join = "127.0.0.1:7001".into();
+    assert_eq!(problems(&cfg), Vec::<String>::new());
+    cluster(&mut cfg).bootstrap = true;
+    let p = problems(&cfg);
+    assert!(
+        p.iter()
+            .any(|x| x.contains("cluster.join") && x.contains("bootstrap")),
+        "{p:?}"
+    );
+    let mut cfg = cluster_config();
+    cluster(&mut cfg).bootstrap = false;
+    cluster(&mut cfg).join = "no-port".into();
+    let p = problems(&cfg);
+    assert!(p.iter().any(|x| x.contains("cluster.join")), "{p:?}");
+}
+
+#[test]
 fn all_problems_are_reported_together() {
     let mut cfg = cluster_config();
     cfg.api.max_k = 1;

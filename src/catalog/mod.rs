@@ -326,6 +326,14 @@ impl Catalog {
             .unwrap_or_default()
     }
 
+    /// Keys the overlay deletes (they may live in the bundle).
+    pub fn deleted_keys(&self) -> Vec<u64> {
+        self.overlay
+            .read()
+            .map(|o| o.deleted.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
     pub fn upserted_count(&self) -> usize {
         self.overlay.read().map(|o| o.upserted.len()).unwrap_or(0)
     }

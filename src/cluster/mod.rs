@@ -4,15 +4,17 @@
 //! through Raft; the data plane watches the applied state instead.
 //!
 //! Owns: the replicated state and its rules (`state`), replica placement
-//! plans (`placement`), durable Raft storage on redb (`log_store`,
-//! `state_machine`), the gRPC transport with fault injection (`network`,
-//! `service`, `fault`) and the node handle (`node`). Must not touch: shard
+//! plans (`placement`), the shard-transfer queue and its steps (`moves`),
+//! durable Raft storage on redb (`log_store`, `state_machine`), the gRPC
+//! transport with fault injection (`network`, `service`, `fault`) and the
+//! node handle (`node`). Must not touch: shard
 //! data, model bundles or the public API; those watch `RaftNode::subscribe`
 //! and read `RaftNode::state`.
 
 pub mod error;
 pub mod fault;
 pub mod log_store;
+pub mod moves;
 pub mod network;
 pub mod node;
 pub mod placement;
@@ -30,7 +32,8 @@ pub mod proto {
 pub use error::{from_status, to_status, ClusterError};
 pub use fault::{Delay, FaultInjector, InjectedFault};
 pub use log_store::LogStore;
-pub use node::{ClusterStatus, RaftNode, RaftSettings};
+pub use moves::{Phase, Transfer};
+pub use node::{propose_via, ClusterStatus, RaftNode, RaftSettings};
 pub use placement::{initial_placement, plan_drain, plan_rebalance, Move, PlacementError};
 pub use state::{
     CatalogChange, ClusterState, ClusterView, Command, CommandResult, ItemRecord, ModelRef,

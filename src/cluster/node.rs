@@ -161,6 +161,56 @@ pub struct ClusterStatus {
     pub read_index: Option<u64>,
 }
 
+/// Proposes `command` through the node at `address` (any member: it
+/// forwards to the leader) over Control.Propose, for callers outside the
+/// Raft group (the admin tool, a node asking to join). `origin` names the
+/// caller in the receiver's log (0 = an operator). A refused command is
+/// `Err(ClusterError::Rejected)`.
+pub async fn propose_via(
+    address: &str,
+    command: &Command,
+    origin: NodeId,
+    timeout: Duration,
+) -> Result<(CommandResult, u64), ClusterError> {
+    let uri = if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("http://{address}")
+    };
+    let transport = |reason: String| ClusterError::Transport {
+        target: address.to_string(),
+        reason,
+    };
+    let channel = tonic::transport::Endpoint::from_shared(uri)
+        .map_err(|e| transport(format!("bad address: {e}")))?
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .map_err(|e| transport(e.to_string()))?;
+    let mut client = proto::control_client::ControlClient::new(channel);
+    let mut request = tonic::Request::new(proto::WriteRequest {
+        format: PayloadFormat::Postcard as i32,
+        command: encode_payload(command)?,
+        origin_node: origin,
+    });
+    request.set_timeout(timeout);
+    let reply = match tokio::time::timeout(timeout, client.propose(request)).await {
+        Err(_) => {
+            return Err(ClusterError::Timeout {
+                what: format!("proposing {} through {address}", command.kind()),
+                after_ms: timeout.as_millis() as u64,
+            })
+        }
+        Ok(Err(status)) => return Err(from_status(&status, address)),
+        Ok(Ok(reply)) => reply.into_inner(),
+    };
+    let result: CommandResult = decode_payload(reply.format, &reply.result, "proposal result")?;
+    match result {
+        CommandResult::Rejected(reason) => Err(ClusterError::Rejected(reason)),
+        ok => Ok((ok, reply.log_index)),
+    }
+}
+
 /// Everything the services and the handle share.
 pub(crate) struct NodeCore {
     id: NodeId,

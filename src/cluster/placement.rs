@@ -2,10 +2,11 @@
 //! move plans for rebalancing and draining.
 //!
 //! Owns: pure planning functions over a `ShardMap` and the node list. Must
-//! not touch: Raft or the state itself. Plans are proposals; an operator (or
-//! the admin tool) turns each `Move` into AddReplica(to, Loading) -> load ->
-//! SetReplicaState(to, Active) -> SetReplicaState(from, Draining) ->
-//! DropReplica(from), and the state machine re-validates every step.
+//! not touch: Raft or the state itself. Plans are proposals; the admin tool
+//! queues each `Move` as a transfer and the leader's driver (`moves`) turns
+//! it into AddReplica(to, Loading) -> load -> SetReplicaState(to, Active) ->
+//! SetReplicaState(from, Draining) -> DropReplica(from); the state machine
+//! re-validates every step.
 //!
 //! All functions are deterministic: ties break on the lowest node id and the
 //! lowest shard id, so two nodes planning from the same state agree.

@@ -104,6 +104,23 @@ impl proto::control_server::Control for ControlService {
         }))
     }
 
+    async fn propose(
+        &self,
+        request: Request<proto::WriteRequest>,
+    ) -> Result<Response<proto::WriteResponse>, Status> {
+        let body = request.into_inner();
+        let command = decode_payload(body.format, &body.command, "proposed command")
+            .map_err(|e| to_status(&e))?;
+        tracing::debug!(origin = body.origin_node, "proposed command");
+        let (result, log_index) = self.core.write(command).await.map_err(|e| to_status(&e))?;
+        let result = encode_payload(&result).map_err(|e| to_status(&e))?;
+        Ok(Response::new(proto::WriteResponse {
+            format: PayloadFormat::Postcard as i32,
+            result,
+            log_index,
+        }))
+    }
+
     async fn status(
         &self,
         request: Request<proto::StatusRequest>,

@@ -2,7 +2,8 @@
 //! changing it.
 //!
 //! Owns: `ClusterState` (members, shard map, model versions, the realtime
-//! item catalog overlay, settings), the `Command`s that change it, and
+//! item catalog overlay, settings, the queue of shard transfers, whose
+//! rules live in `moves`), the `Command`s that change it, and
 //! `ClusterState::apply_command`, which validates every command against the
 //! current state and either applies it whole or rejects it with the state
 //! unchanged. Must not touch: Raft, storage, the network, clocks or
@@ -17,6 +18,7 @@ use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
 
+use super::moves::Transfer;
 use super::types::{LogId, Membership, NodeId, StoredMembership};
 use crate::ids::{item_key, shard_of, validate_id};
 
@@ -358,6 +360,8 @@ pub struct ClusterState {
     pub models: ModelVersions,
     pub catalog: Catalog,
     pub settings: BTreeMap<String, String>,
+    /// Queued shard transfers, oldest first (see `moves`).
+    pub transfers: Vec<Transfer>,
 }
 
 /// What an operator sees of the state: everything but the item catalogue.
@@ -368,6 +372,8 @@ pub struct ClusterView {
     pub models: ModelVersions,
     pub settings: BTreeMap<String, String>,
     pub summary: StateSummary,
+    /// Queued shard transfers with their phase.
+    pub transfers: Vec<(Transfer, super::moves::Phase)>,
 }
 
 impl ClusterState {
@@ -378,6 +384,7 @@ impl ClusterState {
             models: self.models.clone(),
             settings: self.settings.clone(),
             summary: self.summary(),
+            transfers: self.transfer_phases(),
         }
     }
 }
@@ -428,6 +435,23 @@ pub enum Command {
         key: String,
         value: String,
     },
+    /// Queue shard transfers (moves, adds, drops); the leader carries them
+    /// out step by step (`moves::next_steps`).
+    QueueTransfers(Vec<Transfer>),
+    /// Mark a node Draining and queue the transfers that empty it; the
+    /// leader removes it from Raft and marks it Removed once it is empty.
+    DrainNode {
+        id: NodeId,
+        transfers: Vec<Transfer>,
+    },
+    /// Change the target replica count and queue the adds and drops that
+    /// reach it. The proposer plans (`moves::plan_replication`).
+    SetReplication {
+        replication: u32,
+        transfers: Vec<Transfer>,
+    },
+    /// Stop driving queued transfers; replicas stay as they are.
+    CancelTransfers(Vec<Transfer>),
 }
 
 impl Command {
@@ -446,6 +470,10 @@ impl Command {
             Command::UpsertItems(_) => "UpsertItems",
             Command::DeleteItems(_) => "DeleteItems",
             Command::SetSetting { .. } => "SetSetting",
+            Command::QueueTransfers(_) => "QueueTransfers",
+            Command::DrainNode { .. } => "DrainNode",
+            Command::SetReplication { .. } => "SetReplication",
+            Command::CancelTransfers(_) => "CancelTransfers",
         }
     }
 }
@@ -507,11 +535,20 @@ impl ClusterState {
             Command::UpsertItems(items) => self.check_upsert(items),
             Command::DeleteItems(ids) => check_delete(ids),
             Command::SetSetting { key, value } => check_setting(key, value),
+            Command::QueueTransfers(t) => self.check_transfers(t).map(|_| ()),
+            Command::DrainNode { id, transfers } => self.check_drain_node(*id, transfers),
+            Command::SetReplication {
+                replication,
+                transfers,
+            } => self.check_set_replication(*replication, transfers),
+            Command::CancelTransfers(t) => self.check_cancel_transfers(t),
         };
         if let Err(reason) = verdict {
             return CommandResult::Rejected(format!("{} rejected: {reason}", command.kind()));
         }
-        self.mutate(index, command)
+        let result = self.mutate(index, command);
+        self.retire_transfers();
+        result
     }
 
     /// Records a membership entry. Members the state has never seen are
@@ -666,6 +703,15 @@ impl ClusterState {
                     ));
                 }
             }
+            if let Some(t) = self
+                .transfers
+                .iter()
+                .find(|t| t.from == Some(id) || t.to == Some(id))
+            {
+                return Err(format!(
+                    "node {id} is part of the queued transfer ({t}); wait for it or cancel it first"
+                ));
+            }
             if let Some(staged) = &self.models.staged {
                 if staged.source_node == id {
                     return Err(format!(
@@ -732,7 +778,7 @@ impl ClusterState {
     }
 
     /// A node can receive a new replica only while it is known and Active.
-    fn check_can_host(&self, node: NodeId) -> Verdict {
+    pub(super) fn check_can_host(&self, node: NodeId) -> Verdict {
         match self.node_status(node) {
             None => Err(format!("node {node} is unknown; register it first")),
             Some(NodeStatus::Active) => Ok(()),
@@ -1078,6 +1124,23 @@ impl ClusterState {
                     self.settings.insert(key, value);
                 }
             }
+            Command::QueueTransfers(transfers) => self.transfers.extend(transfers),
+            Command::DrainNode { id, transfers } => {
+                if let Some(node) = self.nodes.get_mut(&id) {
+                    node.status = NodeStatus::Draining;
+                }
+                self.transfers.extend(transfers);
+            }
+            Command::SetReplication {
+                replication,
+                transfers,
+            } => {
+                if let Some(map) = self.shard_map.as_mut() {
+                    map.replication = replication;
+                }
+                self.transfers.extend(transfers);
+            }
+            Command::CancelTransfers(cancel) => self.transfers.retain(|t| !cancel.contains(t)),
         }
         CommandResult::Ok
     }

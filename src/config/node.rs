@@ -254,6 +254,10 @@ pub struct ClusterConfig {
     pub internal: String,
     /// True on exactly one seed node at first start: it initialises raft.
     pub bootstrap: bool,
+    /// internal HOST:PORT of an existing member to ask for admission when
+    /// this node is not one of the bootstrap members (empty: do not ask;
+    /// an operator runs `funnel admin add-node` instead).
+    pub join: String,
     /// Every node of the cluster, with the addresses the others reach it at.
     pub members: Vec<ClusterMember>,
     /// Number of item shards (S), fixed when the cluster is created.
@@ -276,6 +280,7 @@ impl Default for ClusterConfig {
         ClusterConfig {
             internal: "127.0.0.1:7001".into(),
             bootstrap: false,
+            join: String::new(),
             members: Vec::new(),
             shards: 12,
             replication: 2,

@@ -277,6 +277,16 @@ fn check_workers(cfg: &NodeConfig, out: &mut Vec<String>) {
 fn check_cluster(node_id: u64, c: &ClusterConfig, out: &mut Vec<String>) {
     // a bind address: port 0 is fine for tests that start nodes on any port
     check_address(out, "cluster.internal", &c.internal, true);
+    if !c.join.is_empty() {
+        check_address(out, "cluster.join", &c.join, false);
+        if c.bootstrap {
+            out.push(
+                "cluster.join is set but so is cluster.bootstrap; a bootstrap node starts the cluster, \
+                 a joining node asks an existing member: keep one of them"
+                    .to_string(),
+            );
+        }
+    }
 
     let mut first_index_of_id: HashMap<u64, usize> = HashMap::new();
     let mut first_index_of_addr: HashMap<(String, u16), (usize, &str)> = HashMap::new();

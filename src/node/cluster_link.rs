@@ -230,6 +230,20 @@ pub async fn start_cluster(
     });
     node.attach_cluster(link.clone())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if !cc.join.is_empty() && !cc.bootstrap {
+        let info = match config.this_member() {
+            Some(m) => NodeInfo::new(me, &m.internal, &m.http, &m.grpc),
+            None => link
+                .raft
+                .node_info(config.api.http.clone(), config.api.grpc.clone()),
+        };
+        tokio::spawn(super::moves::join_cluster(
+            link.clone(),
+            info,
+            cc.join.clone(),
+            shutdown.clone(),
+        ));
+    }
     let cfg = config.clone();
     let l = link.clone();
     // on the actix system: reconciling starts shard actors
@@ -248,6 +262,7 @@ async fn control_loop(
     let mut applied = link.raft.subscribe();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut built: Option<(ReplicaSignature, String)> = None;
+    let mut mover = super::moves::MoveDriver::default();
     loop {
         tokio::select! {
             _ = shutdown.wait_for(|s| *s) => return,
@@ -256,6 +271,11 @@ async fn control_loop(
         }
         if let Err(e) = reconcile(&node, &link, &config, &mut built).await {
             tracing::debug!(error = %e, "cluster reconcile step did not finish; retrying");
+        }
+        if let Some(cc) = config.cluster.as_ref() {
+            if let Err(e) = super::moves::drive(&link, cc, &mut mover).await {
+                tracing::debug!(error = %e, "transfer or membership step did not finish; retrying");
+            }
         }
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod cluster_link;
 mod event_sink;
+mod moves;
 pub mod types;
 pub mod validate;
 
@@ -575,6 +576,9 @@ impl Node {
             let mut targets = Vec::new();
             for r in map.replicas_of(s).unwrap_or_default() {
                 if r.node == link.id() {
+                    if r.state == crate::cluster::ReplicaState::Draining {
+                        continue;
+                    }
                     if let Some(a) = actors.get(&s) {
                         targets.push(ReplicaTarget {
                             node: r.node,
@@ -584,7 +588,9 @@ impl Node {
                     }
                     continue;
                 }
-                if r.state == crate::cluster::ReplicaState::Loading {
+                // Loading copies are not ready and Draining ones are about
+                // to go: neither gets new queries
+                if r.state != crate::cluster::ReplicaState::Active {
                     continue;
                 }
                 let Some(info) = st.nodes.get(&r.node) else {
@@ -797,6 +803,18 @@ impl Node {
         for (s, b) in by_shard {
             if let Some(a) = actors.get(&s) {
                 let _ = a.send(Upsert { items: b }).await;
+            }
+        }
+        // and items deleted since training stay deleted: a shard copy loaded
+        // fresh from the bundle (e.g. the target of a shard move) must match
+        // its peers
+        let mut gone: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+        for key in catalog.deleted_keys() {
+            gone.entry(shard_of(key, n)).or_default().push(key);
+        }
+        for (s, keys) in gone {
+            if let Some(a) = actors.get(&s) {
+                let _ = a.send(Delete { keys }).await;
             }
         }
         // seed user state for users the node does not track yet

@@ -1,0 +1,241 @@
+//! The leader's side of cluster changes: it carries queued shard transfers
+//! forward one Raft command at a time and keeps Raft membership in line
+//! with the registered members (new nodes join as learners, learners are
+//! promoted up to 3 or 5 voters, drained nodes leave). A joining node's
+//! request to be registered lives here too.
+//!
+//! Everything is driven from the replicated state, so a new leader resumes
+//! where the old one stopped; the only local memory is when this leader
+//! first saw each replica Draining (a new leader simply waits the grace
+//! period again).
+//!
+//! Owns: `MoveDriver`, `drive`, `join_cluster`. Must not touch: the rules of
+//! transfers (`cluster::moves`), shard loading (`cluster_link::reconcile`
+//! loads and activates a node's own replicas), request handling.
+
+use super::cluster_link::ClusterLink;
+use crate::cluster::moves::{
+    desired_voters, next_steps, DEFAULT_DRAIN_GRACE_MS, SETTING_DRAIN_GRACE_MS,
+    SETTING_MAX_CONCURRENT,
+};
+use crate::cluster::{
+    propose_via, ClusterError, Command, NodeInfo, NodeStatus, ReplicaState, Transfer,
+};
+use crate::config::ClusterConfig;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// The driver's memory between rounds.
+#[derive(Default)]
+pub struct MoveDriver {
+    /// When this node, as leader, first saw each (shard, node) Draining.
+    draining_since: HashMap<(u32, u64), Instant>,
+}
+
+/// One round on the leader (nothing elsewhere): membership first, then the
+/// transfer queue.
+pub async fn drive(
+    link: &ClusterLink,
+    cc: &ClusterConfig,
+    driver: &mut MoveDriver,
+) -> Result<(), String> {
+    if !link.is_leader() {
+        driver.draining_since.clear();
+        return Ok(());
+    }
+    let membership = align_membership(link).await;
+    let transfers = advance_transfers(link, cc, driver).await;
+    membership.and(transfers)
+}
+
+async fn align_membership(link: &ClusterLink) -> Result<(), String> {
+    let (voters, learners, joint) = {
+        let m = link.raft.metrics().borrow().clone();
+        let mem = m.membership_config.membership();
+        let voters: BTreeSet<u64> = mem.voter_ids().collect();
+        let learners: BTreeSet<u64> = mem.learner_ids().collect();
+        (voters, learners, mem.get_joint_config().len() > 1)
+    };
+    if joint {
+        // a membership change is still committing; look again next round
+        return Ok(());
+    }
+    let (nodes, emptied) = {
+        let st = link.raft.state();
+        let st = st.read();
+        let emptied: Vec<u64> = st
+            .nodes
+            .values()
+            .filter(|n| n.status == NodeStatus::Draining)
+            .filter(|n| {
+                st.shard_map
+                    .as_ref()
+                    .is_none_or(|m| m.shards_on(n.id).is_empty())
+                    && !st
+                        .transfers
+                        .iter()
+                        .any(|t| t.from == Some(n.id) || t.to == Some(n.id))
+            })
+            .map(|n| n.id)
+            .collect();
+        (st.nodes.clone(), emptied)
+    };
+    let err = |e: ClusterError| e.to_string();
+    for n in nodes.values() {
+        let known = voters.contains(&n.id) || learners.contains(&n.id);
+        if n.status == NodeStatus::Active && !known {
+            link.raft
+                .add_learner(n.id, n.clone(), false)
+                .await
+                .map_err(err)?;
+            tracing::info!(node_id = n.id, internal = %n.internal, "added to Raft as a learner");
+            // the next round sees the new membership
+            return Ok(());
+        }
+    }
+    let want = desired_voters(&voters, &learners, &nodes, link.id());
+    if want != voters {
+        link.raft
+            .change_membership(want.clone())
+            .await
+            .map_err(err)?;
+        tracing::info!(voters = ?want, "Raft voters changed");
+        return Ok(());
+    }
+    for id in emptied {
+        if voters.contains(&id) {
+            // demoted by `desired_voters` first; removed in a later round
+            continue;
+        }
+        if learners.contains(&id) {
+            link.raft
+                .remove_nodes(BTreeSet::from([id]))
+                .await
+                .map_err(err)?;
+            tracing::info!(node_id = id, "drained node left Raft membership");
+            return Ok(());
+        }
+        link.raft
+            .write(Command::SetNodeStatus {
+                id,
+                status: NodeStatus::Removed,
+            })
+            .await
+            .map_err(err)?;
+        tracing::info!(node_id = id, "drained node removed");
+    }
+    Ok(())
+}
+
+fn setting<T: std::str::FromStr>(link: &ClusterLink, key: &str) -> Option<T> {
+    let st = link.raft.state();
+    let st = st.read();
+    st.settings.get(key).and_then(|v| v.parse().ok())
+}
+
+async fn advance_transfers(
+    link: &ClusterLink,
+    cc: &ClusterConfig,
+    driver: &mut MoveDriver,
+) -> Result<(), String> {
+    let (map, queue) = {
+        let st = link.raft.state();
+        let st = st.read();
+        (st.shard_map.clone(), st.transfers.clone())
+    };
+    let Some(map) = map else { return Ok(()) };
+    // start the grace clock of every Draining copy; forget the rest
+    let now = Instant::now();
+    let draining: BTreeSet<(u32, u64)> = map
+        .replicas
+        .iter()
+        .enumerate()
+        .flat_map(|(s, rs)| {
+            rs.iter()
+                .filter(|r| r.state == ReplicaState::Draining)
+                .map(move |r| (s as u32, r.node))
+        })
+        .collect();
+    driver.draining_since.retain(|k, _| draining.contains(k));
+    for k in &draining {
+        driver.draining_since.entry(*k).or_insert(now);
+    }
+    if queue.is_empty() {
+        return Ok(());
+    }
+    let max: usize = setting(link, SETTING_MAX_CONCURRENT)
+        .unwrap_or(cc.max_concurrent_transfers)
+        .max(1);
+    let grace = Duration::from_millis(
+        setting(link, SETTING_DRAIN_GRACE_MS).unwrap_or(DEFAULT_DRAIN_GRACE_MS),
+    );
+    let steps = next_steps(&map, &queue, max, |s, n| {
+        driver
+            .draining_since
+            .get(&(s, n))
+            .is_some_and(|t| now.duration_since(*t) >= grace)
+    });
+    for step in steps {
+        let what = format!("{step:?}");
+        match link.raft.write(step.clone()).await {
+            Ok(_) => tracing::info!(step = %what, "transfer step"),
+            Err(ClusterError::Rejected(reason)) => {
+                tracing::warn!(step = %what, %reason, "transfer step refused");
+                // a target that can no longer take the copy: give the transfer up
+                if let Command::AddReplica { shard, node, .. } = step {
+                    let stuck: Vec<Transfer> = queue
+                        .iter()
+                        .filter(|t| t.shard == shard && t.to == Some(node))
+                        .copied()
+                        .collect();
+                    if !stuck.is_empty() {
+                        link.raft
+                            .write(Command::CancelTransfers(stuck))
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        tracing::warn!(shard_id = shard, node_id = node, "transfer cancelled");
+                    }
+                }
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(())
+}
+
+/// For a node started with `cluster.join`: until this node appears in the
+/// replicated member list, asks the member at `join` (every two seconds) to
+/// register it; the leader then adds it to Raft as a learner.
+pub async fn join_cluster(
+    link: Arc<ClusterLink>,
+    info: NodeInfo,
+    join: String,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let known = {
+            let st = link.raft.state();
+            let st = st.read();
+            st.nodes.contains_key(&info.id)
+        };
+        if known {
+            return;
+        }
+        let cmd = Command::RegisterNode(info.clone());
+        match propose_via(&join, &cmd, info.id, Duration::from_secs(5)).await {
+            Ok(_) => tracing::info!(node_id = info.id, via = %join, "asked to join the cluster"),
+            Err(ClusterError::Rejected(reason)) => {
+                tracing::error!(node_id = info.id, %reason, "the cluster refused this node; fix its config")
+            }
+            Err(e) => {
+                tracing::warn!(node_id = info.id, via = %join, error = %e, "cannot reach the member to join through; retrying")
+            }
+        }
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
