@@ -31,7 +31,7 @@ pub mod span;
 pub mod validate;
 
 pub use node::{
-    ApiConfig, ClusterConfig, ClusterMember, EventsConfig, NodeConfig, NodeSection, RankingConfig,
+    ApiConfig, ClusterConfig, ClusterMember, FetchBundles, EventsConfig, NodeConfig, NodeSection, RankingConfig,
     ShardsConfig, StageBudget, StageDeadlines, TlsFiles,
 };
 pub use span::TextPos;
