@@ -11,7 +11,12 @@
 //! once every node switched only v2; `admin status` shows who loaded
 //! what; bad internal requests are rejected cleanly.
 //!
-//! Ports: 127.0.0.1:17100-17129 (unique to this file).
+//! A second cluster starts with no bundle at all: it waits until one is
+//! published (here over HTTP on one node, which goes through the same
+//! rollout), and a node restarted afterwards serves the cluster's active
+//! version, not its (empty) configured bundle.
+//!
+//! Ports: 127.0.0.1:17100-17159 (unique to this file).
 
 mod support;
 
@@ -40,8 +45,9 @@ struct Member {
     internal: String,
 }
 
-fn write_configs(dir: &Path, bundle: &Path) -> Vec<Member> {
-    let port = |kind: u16, id: u64| 17100 + kind * 10 + id as u16;
+/// Configs of three nodes on ports `base`..`base + 29`.
+fn write_configs(dir: &Path, base: u16, bundle: Option<&Path>, fetch: &str) -> Vec<Member> {
+    let port = |kind: u16, id: u64| base + kind * 10 + id as u16;
     let members: Vec<String> = (1..=3)
         .map(|id| {
             format!(
@@ -75,13 +81,13 @@ replication = 2
 heartbeat_ms = 100
 election_timeout_min_ms = 300
 election_timeout_max_ms = 600
-fetch_bundles = "always"
+fetch_bundles = "{fetch}"
 members = [
 {members}
 ]
 "#,
                 data = data_dir.display(),
-                bundle = bundle.display(),
+                bundle = bundle.map_or(String::new(), |b| b.display().to_string()),
                 h = port(0, id),
                 g = port(1, id),
                 r = port(2, id),
@@ -152,7 +158,7 @@ fn publish_rolls_a_new_version_out_to_every_node_without_failed_requests() {
     let v1 = small_bundle(&tmp.path().join("v1"), 1, SHARDS);
     let v2 = small_bundle(&tmp.path().join("v2"), 2, SHARDS);
     let wrong = small_bundle(&tmp.path().join("wrong"), 3, SHARDS - 1);
-    let members = write_configs(tmp.path(), &v1);
+    let members = write_configs(tmp.path(), 17100, Some(&v1), "always");
     let _procs: Vec<NodeProc> = members
         .iter()
         .map(|m| NodeProc::start_config(&m.config, &m.data_dir))
@@ -336,7 +342,7 @@ fn publish_rolls_a_new_version_out_to_every_node_without_failed_requests() {
         let mut c = BundleFilesClient::connect(format!("http://{}", members[1].internal))
             .await
             .unwrap();
-        let mut fetch = |version: &str, path: &str| {
+        let fetch = |version: &str, path: &str| {
             let req = FetchBundleFileRequest {
                 version: version.into(),
                 path: path.into(),
@@ -373,6 +379,64 @@ fn publish_rolls_a_new_version_out_to_every_node_without_failed_requests() {
     // the recommend answers keep working on v2 with the token-free API
     let (version, coverage) = recommend(&http, &members[0].http, "u000002").unwrap();
     assert_eq!((version.as_str(), coverage), (V2, 1.0));
+}
+
+#[test]
+fn a_cluster_without_a_bundle_waits_for_a_publish_and_restarts_on_the_active_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let v1 = small_bundle(&tmp.path().join("v1"), 1, SHARDS);
+    let members = write_configs(tmp.path(), 17130, None, "if-missing");
+    let mut procs: Vec<NodeProc> = members
+        .iter()
+        .map(|m| NodeProc::start_config(&m.config, &m.data_dir))
+        .collect();
+    let http = Http::default();
+    // formed, but nothing to serve yet
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            let st = status_json(&members[0].internal);
+            !st["view"]["shard_map"].is_null()
+        }),
+        "the cluster did not form"
+    );
+    for m in &members {
+        let (s, v) = http.call(&format!("http://{}/readyz", m.http), None, None);
+        assert_eq!(s, 503, "node {} must wait for a bundle: {v}", m.id);
+        assert_eq!(v["status"], "loading");
+    }
+    // HTTP publish on a cluster node: token enforced, then a cluster-wide rollout
+    let url = format!("http://{}/v1/admin/publish", members[2].http);
+    let body = json!({ "bundle": v1.display().to_string() }).to_string();
+    let (s, _) = http.call(&url, Some(body.clone()), None);
+    assert_eq!(s, 401);
+    let (s, v) = http.call(&url, Some(body), Some(TOKEN));
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["model_version"], V1);
+    assert!(
+        eventually(Duration::from_secs(30), || members.iter().all(|m| {
+            serving_version(&http, m).as_deref() == Some(V1)
+                && recommend(&http, &m.http, "u000003").is_ok_and(|(_, c)| c == 1.0)
+        })),
+        "not every node serves {V1} with full coverage after the publish"
+    );
+    let st = status_json(&members[0].internal);
+    assert_eq!(st["view"]["models"]["active"]["version"], V1, "{st}");
+    assert_eq!(st["view"]["models"]["active"]["source_node"], 3, "{st}");
+    // nodes read the shared path: nothing was copied
+    for m in &members {
+        assert!(!m.data_dir.join("bundles").exists(), "node {} copied", m.id);
+    }
+
+    // a restarted node comes back on the active version
+    procs[0].kill9();
+    procs[0] = NodeProc::start_config(&members[0].config, &members[0].data_dir);
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            serving_version(&http, &members[0]).as_deref() == Some(V1)
+                && recommend(&http, &members[0].http, "u000004").is_ok_and(|(_, c)| c == 1.0)
+        }),
+        "the restarted node does not serve the active version {V1}"
+    );
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {

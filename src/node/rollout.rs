@@ -72,6 +72,9 @@ pub struct Versions {
     failed: Option<(String, String, Instant)>,
     /// The version served before the last switch, and when it was retired.
     retired: Option<(Arc<Standby>, Instant)>,
+    /// The last version this node staged as source, and its directory:
+    /// known here before the peers that fetch it have applied the stage.
+    published: Option<(String, PathBuf)>,
 }
 
 /// What staging a publish did.
@@ -286,6 +289,9 @@ impl Node {
         if let Some(s) = self.standby(version) {
             return Some(s.dir.clone());
         }
+        if let Some((_, dir)) = self.versions().published.as_ref().filter(|(v, _)| v == version) {
+            return Some(dir.clone());
+        }
         if let Some(link) = self.cluster() {
             let st = link.raft.state();
             let st = st.read();
@@ -338,6 +344,7 @@ impl Node {
             bundle_path: abs.display().to_string(),
             source_node: link.id(),
         };
+        self.versions().published = Some((version.clone(), abs.clone()));
         link.raft
             .write(Command::StageModel(model))
             .await
