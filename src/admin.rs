@@ -113,7 +113,13 @@ pub fn cluster_publish(
         let r = AdminClient::new(ch)
             .publish(req)
             .await
-            .map_err(|s| anyhow!("publish refused by {addr} ({:?}): {}", s.code(), s.message()))?
+            .map_err(|s| {
+                anyhow!(
+                    "publish refused by {addr} ({:?}): {}",
+                    s.code(),
+                    s.message()
+                )
+            })?
             .into_inner();
         let mut out = format!(
             "staged {} (source node {}, previous {})\n",

@@ -56,7 +56,10 @@ mod tests {
         assert!(bearer_ok(None, ""), "no token configured: open");
         assert!(bearer_ok(Some("Bearer s3cret"), "s3cret"));
         assert!(!bearer_ok(None, "s3cret"));
-        assert!(!bearer_ok(Some("s3cret"), "s3cret"), "the Bearer prefix is required");
+        assert!(
+            !bearer_ok(Some("s3cret"), "s3cret"),
+            "the Bearer prefix is required"
+        );
         assert!(!bearer_ok(Some("Bearer s3cre"), "s3cret"));
         assert!(!bearer_ok(Some("Bearer s3cretX"), "s3cret"));
     }

@@ -205,7 +205,9 @@ fn publish_rolls_a_new_version_out_to_every_node_without_failed_requests() {
         .await
     });
     assert_eq!(
-        forwarded.expect_err("a token-less StageModel must be refused").code(),
+        forwarded
+            .expect_err("a token-less StageModel must be refused")
+            .code(),
         tonic::Code::Unauthenticated
     );
 
@@ -256,7 +258,11 @@ fn publish_rolls_a_new_version_out_to_every_node_without_failed_requests() {
         &["publish", v2.to_str().unwrap(), "--wait-secs", "120"],
     );
     assert!(o.status.success(), "publish of v2: {}", text(&o));
-    assert!(text(&o).contains(&format!("active on the cluster: {V2}")), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("active on the cluster: {V2}")),
+        "{}",
+        text(&o)
+    );
     assert!(
         eventually(Duration::from_secs(30), || members
             .iter()
@@ -276,17 +282,31 @@ fn publish_rolls_a_new_version_out_to_every_node_without_failed_requests() {
         .iter()
         .filter_map(|s| s.result.as_ref().err())
         .collect();
-    assert!(failed.is_empty(), "{} failed requests, e.g. {:?}", failed.len(), failed.first());
+    assert!(
+        failed.is_empty(),
+        "{} failed requests, e.g. {:?}",
+        failed.len(),
+        failed.first()
+    );
     let mut seen_v1 = 0;
     for s in samples.iter() {
         let (version, coverage) = s.result.as_ref().unwrap();
-        assert!(version == V1 || version == V2, "unexpected version {version}");
-        assert_eq!(*coverage, 1.0, "a request lost coverage during the rollout ({version})");
+        assert!(
+            version == V1 || version == V2,
+            "unexpected version {version}"
+        );
+        assert_eq!(
+            *coverage, 1.0,
+            "a request lost coverage during the rollout ({version})"
+        );
         if version == V1 {
             seen_v1 += 1;
         }
         if s.started > all_switched {
-            assert_eq!(version, V2, "a request after every node switched used {version}");
+            assert_eq!(
+                version, V2,
+                "a request after every node switched used {version}"
+            );
         }
     }
     assert!(seen_v1 > 0, "the load did not overlap the rollout");
@@ -312,10 +332,17 @@ fn publish_rolls_a_new_version_out_to_every_node_without_failed_requests() {
     for m in &members {
         let copy = m.data_dir.join("bundles").join(V2);
         if m.id == 2 {
-            assert!(!copy.exists(), "the source node must not copy its own bundle");
+            assert!(
+                !copy.exists(),
+                "the source node must not copy its own bundle"
+            );
             continue;
         }
-        assert!(copy.join("manifest.json").is_file(), "node {} has no copy", m.id);
+        assert!(
+            copy.join("manifest.json").is_file(),
+            "node {} has no copy",
+            m.id
+        );
         for s in 0..SHARDS {
             let hosts = map[s as usize]
                 .as_array()
@@ -373,8 +400,14 @@ fn publish_rolls_a_new_version_out_to_every_node_without_failed_requests() {
     });
     // the publisher's path is what the source serves: same manifest bytes
     let served = std::fs::read(v2.join("manifest.json")).unwrap();
-    let copied = std::fs::read(members[0].data_dir.join("bundles").join(V2).join("manifest.json"))
-        .unwrap();
+    let copied = std::fs::read(
+        members[0]
+            .data_dir
+            .join("bundles")
+            .join(V2)
+            .join("manifest.json"),
+    )
+    .unwrap();
     assert_eq!(served, copied);
     // the recommend answers keep working on v2 with the token-free API
     let (version, coverage) = recommend(&http, &members[0].http, "u000002").unwrap();

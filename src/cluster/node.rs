@@ -281,7 +281,8 @@ impl NodeCore {
             origin_node: self.id,
         });
         request.set_timeout(deadline.saturating_duration_since(Instant::now()));
-        crate::auth::attach(&mut request, &self.settings.admin_token).map_err(ClusterError::Config)?;
+        crate::auth::attach(&mut request, &self.settings.admin_token)
+            .map_err(ClusterError::Config)?;
         let reply = match tokio::time::timeout_at(deadline, client.forward_write(request)).await {
             Err(_) => {
                 return Err(ClusterError::Timeout {

@@ -87,10 +87,8 @@ impl proto::control_server::Control for ControlService {
         &self,
         request: Request<proto::WriteRequest>,
     ) -> Result<Response<proto::WriteResponse>, Status> {
-        let authorized = crate::auth::bearer_ok(
-            crate::auth::presented(&request),
-            self.core.admin_token(),
-        );
+        let authorized =
+            crate::auth::bearer_ok(crate::auth::presented(&request), self.core.admin_token());
         let body = request.into_inner();
         let command: Command = decode_payload(body.format, &body.command, "forwarded command")
             .map_err(|e| to_status(&e))?;

@@ -49,7 +49,10 @@ pub fn check_rel_path(rel: &str) -> Result<(), String> {
     if rel.chars().any(|c| c.is_control()) {
         return Err(format!("{rel:?} contains a control character"));
     }
-    if rel.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
+    if rel
+        .split('/')
+        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
         return Err(format!(
             "{rel:?} has an empty, '.' or '..' segment; bundle paths go only downwards"
         ));
@@ -88,7 +91,10 @@ pub fn fetched_copy(data_dir: &Path, version: &str) -> Option<PathBuf> {
 /// The files a node hosting `hosted` needs: everything outside `shards/`
 /// and its own shards' files.
 pub fn needed_files<'a>(manifest: &'a Manifest, hosted: &[u32]) -> Vec<&'a FileEntry> {
-    let mine: Vec<String> = hosted.iter().map(|&s| format!("{}/", shard_dir(s))).collect();
+    let mine: Vec<String> = hosted
+        .iter()
+        .map(|&s| format!("{}/", shard_dir(s)))
+        .collect();
     manifest
         .files
         .iter()
@@ -268,8 +274,8 @@ async fn fetch_checked(
             .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
     }
     let part = part_path(&path);
-    let mut file =
-        std::fs::File::create(&part).map_err(|e| format!("cannot create {}: {e}", part.display()))?;
+    let mut file = std::fs::File::create(&part)
+        .map_err(|e| format!("cannot create {}: {e}", part.display()))?;
     let mut hasher = blake3::Hasher::new();
     let mut written = 0u64;
     let r = fetch_file(client, version, &entry.path, |chunk, total| {
@@ -325,7 +331,12 @@ async fn fetch_file(
     loop {
         let next = tokio::time::timeout(CHUNK_TIMEOUT, stream.message())
             .await
-            .map_err(|_| format!("{rel}: the peer sent nothing for {} s", CHUNK_TIMEOUT.as_secs()))?
+            .map_err(|_| {
+                format!(
+                    "{rel}: the peer sent nothing for {} s",
+                    CHUNK_TIMEOUT.as_secs()
+                )
+            })?
             .map_err(|s| format!("{rel}: {}: {}", s.code(), s.message()))?;
         let Some(chunk) = next else {
             return Ok(());
@@ -352,7 +363,8 @@ fn part_path(path: &Path) -> PathBuf {
 fn write_synced_atomic(dir: &Path, rel: &str, bytes: &[u8]) -> Result<(), String> {
     let path = dir.join(rel);
     let tmp = part_path(&path);
-    let mut f = std::fs::File::create(&tmp).map_err(|e| format!("create {}: {e}", tmp.display()))?;
+    let mut f =
+        std::fs::File::create(&tmp).map_err(|e| format!("create {}: {e}", tmp.display()))?;
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
         .map_err(|e| format!("write {}: {e}", tmp.display()))?;
@@ -394,7 +406,10 @@ mod tests {
         assert_eq!(version_dir_name("test-seed-2"), "test-seed-2");
         for odd in ["..", ".", "a/b", "../../etc", "v 1", ""] {
             let name = version_dir_name(odd);
-            assert!(name.starts_with("v-") && name.len() == 34, "{odd:?} -> {name}");
+            assert!(
+                name.starts_with("v-") && name.len() == 34,
+                "{odd:?} -> {name}"
+            );
         }
         assert_ne!(version_dir_name("a/b"), version_dir_name("a/c"));
         let d = local_dir(Path::new("/data"), "../x");

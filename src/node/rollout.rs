@@ -289,7 +289,12 @@ impl Node {
         if let Some(s) = self.standby(version) {
             return Some(s.dir.clone());
         }
-        if let Some((_, dir)) = self.versions().published.as_ref().filter(|(v, _)| v == version) {
+        if let Some((_, dir)) = self
+            .versions()
+            .published
+            .as_ref()
+            .filter(|(v, _)| v == version)
+        {
             return Some(dir.clone());
         }
         if let Some(link) = self.cluster() {
@@ -336,9 +341,7 @@ impl Node {
         check_publish(&manifest, shards, overlay_dim, staged.as_ref(), force)?;
         let version = manifest.model_version.clone();
         let abs = std::fs::canonicalize(&dir).unwrap_or(dir);
-        let previous = self
-            .model_version()
-            .or_else(|| active.map(|a| a.version));
+        let previous = self.model_version().or_else(|| active.map(|a| a.version));
         let model = ModelRef {
             version: version.clone(),
             bundle_path: abs.display().to_string(),
