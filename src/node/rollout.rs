@@ -68,8 +68,9 @@ pub struct Versions {
     prepared: Option<Prepared>,
     /// The version being loaded in the background.
     loading: Option<String>,
-    /// The last version whose loading failed: (version, error, when).
-    failed: Option<(String, String, Instant)>,
+    /// The last version whose loading failed, and when (the error is
+    /// logged).
+    failed: Option<(String, Instant)>,
     /// The version served before the last switch, and when it was retired.
     retired: Option<(Arc<Standby>, Instant)>,
     /// The last version this node staged as source, and its directory:
@@ -282,8 +283,7 @@ impl Node {
     /// its files: the served, a prepared or retired version, one this node
     /// staged as source, or a complete copy under `<data_dir>/bundles/`.
     pub fn bundle_dir_of(&self, version: &str) -> Option<PathBuf> {
-        if let Some(cur) = self.current().ok().filter(|s| s.model.version == version) {
-            let _ = cur;
+        if self.model_version().as_deref() == Some(version) {
             return self.current_bundle_dir();
         }
         if let Some(s) = self.standby(version) {
@@ -394,7 +394,7 @@ impl Node {
             }
             if v.failed
                 .as_ref()
-                .is_some_and(|(ver, _, at)| *ver == m.version && at.elapsed() < RETRY_AFTER)
+                .is_some_and(|(ver, at)| *ver == m.version && at.elapsed() < RETRY_AFTER)
             {
                 return;
             }
@@ -428,18 +428,10 @@ impl Node {
                 }
                 Err(e) => {
                     tracing::warn!(version = %m.version, error = %e, "loading the staged model failed; retrying");
-                    v.failed = Some((m.version.clone(), e.to_string(), Instant::now()));
+                    v.failed = Some((m.version.clone(), Instant::now()));
                 }
             }
         });
-    }
-
-    /// Why this node could not load a version lately, if it could not.
-    pub fn rollout_error(&self) -> Option<(String, String)> {
-        self.versions()
-            .failed
-            .as_ref()
-            .map(|(v, e, _)| (v.clone(), e.clone()))
     }
 }
 
