@@ -22,6 +22,7 @@ use crate::config::{FetchBundles, NodeConfig};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 
 /// Largest manifest accepted from a peer.
 const MAX_MANIFEST_BYTES: usize = 16 << 20;
@@ -225,7 +226,8 @@ pub async fn ensure_local(
 }
 
 /// Copies the manifest and this node's files of `version` from a peer
-/// into `dir`, skipping files already there intact.
+/// into `dir`, skipping files already there intact. Disk work runs off the
+/// async thread (it is the node's actor system's).
 async fn fetch_bundle(
     mut client: BundleFilesClient<tonic::transport::Channel>,
     version: &str,
@@ -233,14 +235,13 @@ async fn fetch_bundle(
     hosted: &[u32],
 ) -> Result<(), String> {
     let mut bytes = Vec::new();
-    fetch_file(&mut client, version, MANIFEST_FILE, |chunk, _| {
+    let mut file = FileStream::open(&mut client, version, MANIFEST_FILE).await?;
+    while let Some((chunk, _)) = file.next().await? {
         if bytes.len() + chunk.len() > MAX_MANIFEST_BYTES {
             return Err(format!("the manifest is over {MAX_MANIFEST_BYTES} bytes"));
         }
-        bytes.extend_from_slice(chunk);
-        Ok(())
-    })
-    .await?;
+        bytes.extend_from_slice(&chunk);
+    }
     let manifest = manifest::decode(dir, &bytes).map_err(|e| e.to_string())?;
     if manifest.model_version != version {
         return Err(format!(
@@ -248,16 +249,24 @@ async fn fetch_bundle(
             manifest.model_version
         ));
     }
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     for entry in needed_files(&manifest, hosted) {
         check_rel_path(&entry.path).map_err(|e| format!("the manifest lists {e}"))?;
-        if verify_streaming(dir, entry).is_ok() {
-            continue;
+        let (d, e) = (dir.to_path_buf(), entry.clone());
+        let intact = tokio::task::spawn_blocking(move || verify_streaming(&d, &e).is_ok())
+            .await
+            .unwrap_or(false);
+        if !intact {
+            fetch_checked(&mut client, version, dir, entry).await?;
         }
-        fetch_checked(&mut client, version, dir, entry).await?;
     }
     // the manifest last: its presence marks a copy worth checking
-    write_synced_atomic(dir, MANIFEST_FILE, &bytes)
+    let (d, b) = (dir.to_path_buf(), bytes);
+    tokio::task::spawn_blocking(move || write_synced_atomic(&d, MANIFEST_FILE, &b))
+        .await
+        .map_err(|e| format!("writing the manifest: {e}"))?
 }
 
 /// Streams one file into `<file>.part`, hashing as it goes; renames it
@@ -270,28 +279,31 @@ async fn fetch_checked(
 ) -> Result<(), String> {
     let path = dir.join(&entry.path);
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
+        tokio::fs::create_dir_all(parent)
+            .await
             .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
     }
     let part = part_path(&path);
-    let mut file = std::fs::File::create(&part)
-        .map_err(|e| format!("cannot create {}: {e}", part.display()))?;
-    let mut hasher = blake3::Hasher::new();
-    let mut written = 0u64;
-    let r = fetch_file(client, version, &entry.path, |chunk, total| {
-        if total != entry.bytes || written + chunk.len() as u64 > entry.bytes {
-            return Err(format!(
-                "{} is {total} bytes at the peer, the manifest says {}",
-                entry.path, entry.bytes
-            ));
+    let r = async {
+        let mut out = tokio::fs::File::create(&part)
+            .await
+            .map_err(|e| format!("cannot create {}: {e}", part.display()))?;
+        let mut hasher = blake3::Hasher::new();
+        let mut written = 0u64;
+        let mut file = FileStream::open(client, version, &entry.path).await?;
+        while let Some((chunk, total)) = file.next().await? {
+            if total != entry.bytes || written + chunk.len() as u64 > entry.bytes {
+                return Err(format!(
+                    "{} is {total} bytes at the peer, the manifest says {}",
+                    entry.path, entry.bytes
+                ));
+            }
+            hasher.update(&chunk);
+            written += chunk.len() as u64;
+            out.write_all(&chunk)
+                .await
+                .map_err(|e| format!("writing {}: {e}", part.display()))?;
         }
-        hasher.update(chunk);
-        written += chunk.len() as u64;
-        file.write_all(chunk)
-            .map_err(|e| format!("writing {}: {e}", part.display()))
-    })
-    .await;
-    let checked = r.and_then(|()| {
         let hash = hasher.finalize().to_hex().to_string();
         if written != entry.bytes || hash != entry.blake3 {
             return Err(format!(
@@ -299,37 +311,58 @@ async fn fetch_checked(
                 entry.path, entry.bytes, entry.blake3
             ));
         }
-        file.sync_all()
+        out.sync_all()
+            .await
             .map_err(|e| format!("fsync {}: {e}", part.display()))?;
-        std::fs::rename(&part, &path).map_err(|e| format!("rename to {}: {e}", path.display()))?;
-        fsync_dir(path.parent().unwrap_or(dir)).map_err(|e| e.to_string())
-    });
-    if checked.is_err() {
-        let _ = std::fs::remove_file(&part);
+        tokio::fs::rename(&part, &path)
+            .await
+            .map_err(|e| format!("rename to {}: {e}", path.display()))?;
+        let parent = path.parent().unwrap_or(dir).to_path_buf();
+        tokio::task::spawn_blocking(move || fsync_dir(&parent).map_err(|e| e.to_string()))
+            .await
+            .map_err(|e| e.to_string())?
     }
-    checked
+    .await;
+    if r.is_err() {
+        let _ = tokio::fs::remove_file(&part).await;
+    }
+    r
 }
 
-/// Calls `sink(chunk, total_bytes)` for every chunk of `rel` in order.
-async fn fetch_file(
-    client: &mut BundleFilesClient<tonic::transport::Channel>,
-    version: &str,
-    rel: &str,
-    mut sink: impl FnMut(&[u8], u64) -> Result<(), String>,
-) -> Result<(), String> {
-    let req = FetchBundleFileRequest {
-        version: version.to_string(),
-        path: rel.to_string(),
-        offset: 0,
-    };
-    let mut stream = client
-        .fetch_bundle_file(req)
-        .await
-        .map_err(|s| format!("{rel}: {}: {}", s.code(), s.message()))?
-        .into_inner();
-    let mut at = 0u64;
-    loop {
-        let next = tokio::time::timeout(CHUNK_TIMEOUT, stream.message())
+/// One file of a bundle arriving from a peer, chunk by chunk, in order.
+struct FileStream {
+    rel: String,
+    stream: tonic::Streaming<crate::cluster::proto::BundleFileChunk>,
+    at: u64,
+}
+
+impl FileStream {
+    async fn open(
+        client: &mut BundleFilesClient<tonic::transport::Channel>,
+        version: &str,
+        rel: &str,
+    ) -> Result<FileStream, String> {
+        let req = FetchBundleFileRequest {
+            version: version.to_string(),
+            path: rel.to_string(),
+            offset: 0,
+        };
+        let stream = client
+            .fetch_bundle_file(req)
+            .await
+            .map_err(|s| format!("{rel}: {}: {}", s.code(), s.message()))?
+            .into_inner();
+        Ok(FileStream {
+            rel: rel.to_string(),
+            stream,
+            at: 0,
+        })
+    }
+
+    /// The next chunk and the file's total size; `None` at the end.
+    async fn next(&mut self) -> Result<Option<(Vec<u8>, u64)>, String> {
+        let rel = &self.rel;
+        let next = tokio::time::timeout(CHUNK_TIMEOUT, self.stream.message())
             .await
             .map_err(|_| {
                 format!(
@@ -339,16 +372,16 @@ async fn fetch_file(
             })?
             .map_err(|s| format!("{rel}: {}: {}", s.code(), s.message()))?;
         let Some(chunk) = next else {
-            return Ok(());
+            return Ok(None);
         };
-        if chunk.offset != at {
+        if chunk.offset != self.at {
             return Err(format!(
-                "{rel}: chunk at offset {} where {at} was expected",
-                chunk.offset
+                "{rel}: chunk at offset {} where {} was expected",
+                chunk.offset, self.at
             ));
         }
-        at += chunk.data.len() as u64;
-        sink(&chunk.data, chunk.total_bytes)?;
+        self.at += chunk.data.len() as u64;
+        Ok(Some((chunk.data, chunk.total_bytes)))
     }
 }
 

@@ -315,7 +315,11 @@ async fn reconcile(
     if !has_map {
         return Ok(());
     }
-    super::rollout::step(node, link, config).await?;
+    // a rollout that cannot progress right now (no leader, a peer down)
+    // must not hold up the catalogue or the shard map
+    if let Err(e) = super::rollout::step(node, link, config).await {
+        tracing::debug!(error = %e, "rollout step did not finish; retrying");
+    }
     // load (or rebuild) this node's shards when the map or the model moved
     let dir = match node.current_bundle_dir() {
         Some(d) => Some(d),
