@@ -5,10 +5,10 @@
 //! What must hold: a publish without the token, or of a bundle with the
 //! wrong shard count, is refused and changes nothing; a publish of v2 on
 //! one node makes every node load its shards of v2 (the others fetching
-//! the files, checksummed, into their data dir), the leader activates it
-//! and every node serves v2; under continuous recommend load during the
-//! rollout no request fails or loses coverage, each reports v1 or v2, and
-//! once every node switched only v2; `admin status` shows who loaded
+//! the files, checksummed, into their data dir; a corrupted local copy is
+//! repaired), the leader activates it and every node serves v2; under
+//! continuous recommend load during the rollout no request fails or loses
+//! coverage, each reports v1 or v2, and once every node switched only v2; `admin status` shows who loaded
 //! what; bad internal requests are rejected cleanly.
 //!
 //! A second cluster starts with no bundle at all: it waits until one is
@@ -230,6 +230,14 @@ fn publish_rolls_a_new_version_out_to_every_node_without_failed_requests() {
     assert!(st["view"]["models"]["staged"].is_null(), "{st}");
     assert!(st["view"]["models"]["active"].is_null(), "{st}");
 
+    // node 3 already has a copy of v2 whose items.bin is corrupted: it must
+    // notice (checksums) and fetch the bad file again
+    let stale = members[2].data_dir.join("bundles").join(V2);
+    copy_tree(&v2, &stale);
+    let mut items = std::fs::read(stale.join("items.bin")).unwrap();
+    items[10] ^= 0xff;
+    std::fs::write(stale.join("items.bin"), items).unwrap();
+
     // continuous load on every node during the rollout
     let stop = Arc::new(AtomicBool::new(false));
     let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
@@ -327,7 +335,13 @@ fn publish_rolls_a_new_version_out_to_every_node_without_failed_requests() {
     let o = admin(&members[0].internal, None, &["status"]);
     assert!(text(&o).contains(&format!("active {V2}")), "{}", text(&o));
 
-    // nodes 1 and 3 fetched exactly the shards they host; node 2 is the source
+    // node 1 fetched exactly the shards it hosts, node 3 repaired its copy;
+    // node 2 is the source
+    assert_eq!(
+        std::fs::read(stale.join("items.bin")).unwrap(),
+        std::fs::read(v2.join("items.bin")).unwrap(),
+        "node 3 must replace the corrupted file"
+    );
     let map = &st["view"]["shard_map"]["replicas"];
     for m in &members {
         let copy = m.data_dir.join("bundles").join(V2);
@@ -343,7 +357,8 @@ fn publish_rolls_a_new_version_out_to_every_node_without_failed_requests() {
             "node {} has no copy",
             m.id
         );
-        for s in 0..SHARDS {
+        // node 3's copy was seeded with every shard above
+        for s in (0..SHARDS).filter(|_| m.id == 1) {
             let hosts = map[s as usize]
                 .as_array()
                 .unwrap()
@@ -470,6 +485,18 @@ fn a_cluster_without_a_bundle_waits_for_a_publish_and_restarts_on_the_active_ver
         }),
         "the restarted node does not serve the active version {V1}"
     );
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            copy_tree(&p, &to.join(e.file_name()));
+        } else {
+            std::fs::copy(&p, to.join(e.file_name())).unwrap();
+        }
+    }
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
