@@ -275,7 +275,7 @@ impl Node {
         {
             tracing::warn!(error = %e, "cannot record the serving mark; a restart will not replay the event log");
         }
-        tracing::info!(version = %version, dir = %dir.display(), "model version active");
+        tracing::info!(node_id = self.inner.config.node.id, version = %version, dir = %dir.display(), "model version active");
         Ok(version)
     }
 
@@ -401,7 +401,8 @@ impl Node {
             v.loading = Some(m.version.clone());
         }
         let (node, link, config, m) = (self.clone(), link.clone(), config.clone(), m.clone());
-        actix::spawn(async move {
+        let span = tracing::info_span!("rollout_load", node_id = link.id(), version = %m.version);
+        let task = async move {
             let t0 = Instant::now();
             let r = async {
                 let hosted = node.hosted_shards().unwrap_or_default();
@@ -431,7 +432,8 @@ impl Node {
                     v.failed = Some((m.version.clone(), Instant::now()));
                 }
             }
-        });
+        };
+        actix::spawn(tracing::Instrument::instrument(task, span));
     }
 }
 
@@ -543,7 +545,7 @@ pub(super) async fn step(
                 })
                 .await
                 .map_err(|e| e.to_string())?;
-            tracing::info!(version = %s.version, "reported the staged model loaded");
+            tracing::info!(node_id = me, version = %s.version, "reported the staged model loaded");
         }
     }
     if let (true, Activation::Activate(version)) = (link.is_leader(), decision) {
@@ -554,7 +556,7 @@ pub(super) async fn step(
             })
             .await
             .map_err(|e| e.to_string())?;
-        tracing::info!(version = %version, "every replica holder loaded the staged model; activated");
+        tracing::info!(node_id = me, version = %version, "every replica holder loaded the staged model; activated");
     }
     Ok(())
 }
