@@ -1,7 +1,8 @@
 //! `funnel admin`: operator commands against a running node. On a single
-//! node they go over the HTTP API (`/v1/admin/...`, `/readyz`); against a
-//! cluster node's internal address, `status` shows the whole cluster and
-//! `cluster_ops` changes it (add/remove nodes, shard transfers).
+//! node they go over the HTTP API (`/v1/admin/...`, `/readyz`); given a
+//! cluster node's internal address they use the internal gRPC API:
+//! `Control.View` for status, `Admin.Publish` for a cluster-wide rollout,
+//! and `cluster_ops` to change the cluster (add/remove nodes, transfers).
 
 pub mod cluster_ops;
 
@@ -78,6 +79,158 @@ pub fn run_http(addr: &str, token: &str, op: AdminOp) -> Result<String> {
     })
 }
 
+/// Publishes over the internal gRPC API (`Admin.Publish`) and, unless
+/// `wait` is zero, waits until the cluster activated the version. `None`
+/// when `addr` does not speak the cluster protocol (then use HTTP).
+pub fn cluster_publish(
+    addr: &str,
+    token: &str,
+    bundle: &std::path::Path,
+    force: bool,
+    wait: Duration,
+) -> Result<Option<String>> {
+    use crate::cluster::proto::admin_client::AdminClient;
+    use crate::cluster::proto::PublishRequest;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        // only a cluster node answers the view; anything else is HTTP
+        if cluster_view(addr).await.is_err() {
+            return Ok(None);
+        }
+        // checking a large bundle on the node takes a while
+        let ch = tonic::transport::Endpoint::from_shared(base_url(addr))?
+            .connect_timeout(Duration::from_millis(700))
+            .timeout(Duration::from_secs(600))
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        // the node resolves the path on its own filesystem
+        let abs = std::fs::canonicalize(bundle).unwrap_or_else(|_| bundle.to_path_buf());
+        let mut req = tonic::Request::new(PublishRequest {
+            bundle: abs.display().to_string(),
+            force,
+        });
+        crate::auth::attach(&mut req, token).map_err(|e| anyhow!("--token: {e}"))?;
+        let r = AdminClient::new(ch)
+            .publish(req)
+            .await
+            .map_err(|s| {
+                anyhow!(
+                    "publish refused by {addr} ({:?}): {}",
+                    s.code(),
+                    s.message()
+                )
+            })?
+            .into_inner();
+        let mut out = format!(
+            "staged {} (source node {}, previous {})\n",
+            r.model_version,
+            r.source_node,
+            if r.previous_version.is_empty() {
+                "none"
+            } else {
+                &r.previous_version
+            }
+        );
+        if wait.is_zero() {
+            out.push_str("not waiting; follow the rollout with funnel admin status\n");
+            return Ok(Some(out));
+        }
+        let until = std::time::Instant::now() + wait;
+        let mut last = String::new();
+        loop {
+            if let Ok(view) = cluster_view(addr).await {
+                if view
+                    .models
+                    .active
+                    .as_ref()
+                    .is_some_and(|a| a.version == r.model_version)
+                {
+                    out.push_str(&format!("active on the cluster: {}\n", r.model_version));
+                    return Ok(Some(out));
+                }
+                let line = rollout_line(&view);
+                if line != last {
+                    eprintln!("{line}");
+                    last = line;
+                }
+            }
+            if std::time::Instant::now() >= until {
+                bail!(
+                    "{}version {} is staged but not active after {} s: {last}",
+                    out,
+                    r.model_version,
+                    wait.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    })
+}
+
+/// The replicated view as `addr` sees it.
+async fn cluster_view(addr: &str) -> Result<crate::cluster::ClusterView> {
+    use crate::cluster::proto::StatusRequest;
+    let mut c = control_client(addr).await?;
+    let r = c
+        .view(StatusRequest {
+            linearizable: false,
+        })
+        .await
+        .map_err(|s| anyhow!("{addr}: {}", s.message()))?
+        .into_inner();
+    decode_view(addr, &r)
+}
+
+fn decode_view(
+    addr: &str,
+    r: &crate::cluster::proto::ViewResponse,
+) -> Result<crate::cluster::ClusterView> {
+    if r.format != crate::cluster::proto::PayloadFormat::Postcard as i32 {
+        bail!("{addr} sent the view in an unknown format {}", r.format);
+    }
+    postcard::from_bytes(&r.view)
+        .map_err(|e| anyhow!("{addr} sent a view that does not decode: {e}"))
+}
+
+/// One line on the rollout: active, staged, and which nodes loaded what.
+pub fn rollout_line(v: &crate::cluster::ClusterView) -> String {
+    let model = |m: &Option<crate::cluster::ModelRef>| {
+        m.as_ref().map_or("-".to_string(), |m| m.version.clone())
+    };
+    let loaded: Vec<String> = v
+        .models
+        .loaded
+        .iter()
+        .map(|(n, ver)| format!("{n}:{ver}"))
+        .collect();
+    let mut line = format!(
+        "models: active {}, staged {}; loaded on nodes [{}]",
+        model(&v.models.active),
+        model(&v.models.staged),
+        loaded.join(" ")
+    );
+    if let Some(staged) = &v.models.staged {
+        let waiting: Vec<String> = v
+            .shard_map
+            .as_ref()
+            .map(|m| m.nodes_with_replicas())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| v.models.loaded.get(n) != Some(&staged.version))
+            .map(|n| n.to_string())
+            .collect();
+        line.push_str(&format!(
+            "; waiting for nodes [{}] (source node {})",
+            waiting.join(" "),
+            staged.source_node
+        ));
+    }
+    line
+}
+
 /// What `funnel admin status` shows of a cluster: the answering node's
 /// status and view, and each member's own report (or why it gave none).
 #[derive(Debug, Clone, serde::Serialize)]
@@ -116,7 +269,7 @@ async fn control_client(
 pub async fn fetch_view(
     addr: &str,
 ) -> Result<Option<(crate::cluster::ClusterStatus, crate::cluster::ClusterView)>> {
-    use crate::cluster::proto::{PayloadFormat, StatusRequest};
+    use crate::cluster::proto::StatusRequest;
     let Ok(mut c) = control_client(addr).await else {
         return Ok(None);
     };
@@ -139,11 +292,7 @@ pub async fn fetch_view(
         .ok_or_else(|| anyhow!("{addr} sent a view without status"))?
         .try_into()
         .map_err(|e| anyhow!("{addr}: {e}"))?;
-    if r.format != PayloadFormat::Postcard as i32 {
-        bail!("{addr} sent the view in an unknown format {}", r.format);
-    }
-    let view: crate::cluster::ClusterView = postcard::from_bytes(&r.view)
-        .map_err(|e| anyhow!("{addr} sent a view that does not decode: {e}"))?;
+    let view = decode_view(addr, &r)?;
     Ok(Some((status, view)))
 }
 
@@ -216,16 +365,11 @@ pub fn render_cluster(r: &ClusterReport) -> String {
             .last_applied_index
             .map_or("-".into(), |i| i.to_string())
     );
-    let model = |m: &Option<crate::cluster::ModelRef>| {
-        m.as_ref().map_or("-".to_string(), |m| m.version.clone())
-    };
+    let _ = writeln!(out, "{}", rollout_line(v));
     let _ = writeln!(
         out,
-        "models: active {}, staged {}; catalogue overlay {} items, {} deleted",
-        model(&v.models.active),
-        model(&v.models.staged),
-        v.summary.catalog_items,
-        v.summary.catalog_deleted
+        "catalogue overlay {} items, {} deleted",
+        v.summary.catalog_items, v.summary.catalog_deleted
     );
     let _ = writeln!(
         out,

@@ -120,10 +120,20 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AdminCommand {
-    /// Load a bundle on the node and switch to it atomically.
+    /// Load a bundle on the node and switch to it atomically; given a
+    /// cluster node's internal address, roll it out to the whole cluster
+    /// (two-phase: every node loads it, then all switch together).
     Publish {
         /// Bundle directory, as seen by the node.
         bundle: PathBuf,
+        /// Cluster: activate without waiting for every node holding
+        /// replicas to load it (e.g. one is down); also replaces a version
+        /// still being rolled out.
+        #[arg(long)]
+        force: bool,
+        /// Cluster: seconds to wait for the activation (0: do not wait).
+        #[arg(long, default_value_t = 600)]
+        wait_secs: u64,
     },
     /// Print the node's health (the whole cluster's, given an internal address).
     Status {
@@ -454,7 +464,19 @@ fn main() -> Result<()> {
         } => {
             use funnel::admin::cluster_ops::ClusterOp;
             let (op, json) = match command {
-                AdminCommand::Publish { bundle } => {
+                AdminCommand::Publish {
+                    bundle,
+                    force,
+                    wait_secs,
+                } => {
+                    // a node's internal (cluster) address rolls out to the cluster
+                    let wait = std::time::Duration::from_secs(wait_secs);
+                    if let Some(out) =
+                        funnel::admin::cluster_publish(&addr, &token, &bundle, force, wait)?
+                    {
+                        print!("{out}");
+                        return Ok(());
+                    }
                     let op = funnel::admin::AdminOp::Publish(bundle);
                     print!("{}", funnel::admin::run_http(&addr, &token, op)?);
                     return Ok(());
@@ -521,7 +543,7 @@ fn main() -> Result<()> {
                     (ClusterOp::SetSetting { key, value }, false)
                 }
             };
-            let report = funnel::admin::cluster_ops::run(&addr, op)?;
+            let report = funnel::admin::cluster_ops::run(&addr, &token, op)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -68,14 +68,14 @@ pub struct OpReport {
 }
 
 /// Runs `op` against the node at `addr` (its internal cluster address).
-pub fn run(addr: &str, op: ClusterOp) -> Result<OpReport> {
+pub fn run(addr: &str, token: &str, op: ClusterOp) -> Result<OpReport> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(run_async(addr, op))
+    rt.block_on(run_async(addr, token, op))
 }
 
-async fn run_async(addr: &str, op: ClusterOp) -> Result<OpReport> {
+async fn run_async(addr: &str, token: &str, op: ClusterOp) -> Result<OpReport> {
     let (_, view) = super::fetch_view(addr).await?.ok_or_else(|| {
         anyhow!("{addr} does not answer the cluster protocol; give a node's internal address (cluster.internal)")
     })?;
@@ -182,6 +182,7 @@ async fn run_async(addr: &str, op: ClusterOp) -> Result<OpReport> {
                 }
                 propose(
                     addr,
+                    token,
                     &Command::SetSetting {
                         key: SETTING_MAX_CONCURRENT.to_string(),
                         value: n.to_string(),
@@ -253,14 +254,14 @@ async fn run_async(addr: &str, op: ClusterOp) -> Result<OpReport> {
             Command::SetSetting { key, value }
         }
     };
-    let index = propose(addr, &command).await?;
+    let index = propose(addr, token, &command).await?;
     report.applied = true;
     report.log_index = Some(index);
     Ok(report)
 }
 
-async fn propose(addr: &str, command: &Command) -> Result<u64> {
-    match propose_via(addr, command, 0, Duration::from_secs(15)).await {
+async fn propose(addr: &str, token: &str, command: &Command) -> Result<u64> {
+    match propose_via(addr, command, 0, token, Duration::from_secs(15)).await {
         Ok((_, index)) => Ok(index),
         Err(ClusterError::Rejected(reason)) => bail!("the cluster refused: {reason}"),
         Err(e) => bail!("{e}"),

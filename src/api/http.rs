@@ -164,19 +164,7 @@ async fn publish(
 /// Admin operations need `Authorization: Bearer <api.admin_token>` when a
 /// token is configured.
 pub fn check_admin(node: &Node, header: Option<&str>) -> Result<(), ServiceError> {
-    let want = &node.config().api.admin_token;
-    if want.is_empty() {
-        return Ok(());
-    }
-    let got = header.and_then(|h| h.strip_prefix("Bearer ")).unwrap_or("");
-    // constant-time compare: the token is a secret
-    let same = got.len() == want.len()
-        && got
-            .bytes()
-            .zip(want.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if same {
+    if crate::auth::bearer_ok(header, &node.config().api.admin_token) {
         Ok(())
     } else {
         Err(ServiceError::Unauthenticated(

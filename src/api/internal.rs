@@ -69,7 +69,7 @@ impl ShardData for ShardDataService {
             fetch: Arc::from(r.fetch),
             deadline: None,
         };
-        let res = self
+        let (res, model_version) = self
             .node
             .local_shard_search(r.shard, &r.model_version, spec)
             .await
@@ -91,6 +91,7 @@ impl ShardData for ShardDataService {
             vectors,
             dimension: dimension as u32,
             node_id: self.node.config().node.id,
+            model_version,
         }))
     }
 

@@ -6,6 +6,8 @@
 //! Owns: wire conversions, routes, body limits, the server runtimes.
 //! Must not touch: operation logic (that is `node`).
 
+pub mod admin_service;
+pub mod bundle_files;
 pub mod error;
 pub mod grpc;
 pub mod http;

@@ -51,6 +51,8 @@ pub enum ClusterError {
     Decode(String),
     #[error("raft failure: {0}; the node needs a restart (see its log)")]
     Raft(String),
+    #[error("{0}")]
+    Unauthenticated(String),
 }
 
 impl ClusterError {
@@ -90,6 +92,7 @@ pub fn to_status(err: &ClusterError) -> tonic::Status {
         | ClusterError::ShuttingDown => Code::Unavailable,
         ClusterError::Rejected(_) | ClusterError::Membership(_) => Code::FailedPrecondition,
         ClusterError::Timeout { .. } => Code::DeadlineExceeded,
+        ClusterError::Unauthenticated(_) => Code::Unauthenticated,
         ClusterError::TooLarge { .. } => Code::ResourceExhausted,
         ClusterError::Config(_) | ClusterError::Decode(_) => Code::InvalidArgument,
         ClusterError::Storage { .. } | ClusterError::Bind { .. } | ClusterError::Raft(_) => {
@@ -159,6 +162,7 @@ mod tests {
             ClusterError::ShuttingDown,
             ClusterError::Decode("x".into()),
             ClusterError::Raft("x".into()),
+            ClusterError::Unauthenticated("token".into()),
         ];
         for err in all {
             let status = to_status(&err);

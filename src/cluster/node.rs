@@ -63,6 +63,10 @@ pub struct RaftSettings {
     pub request_timeout_ms: u64,
     /// Transport faults for tests; inactive unless rules are set.
     pub faults: FaultInjector,
+    /// `api.admin_token`: when set, forwarded writes of admin commands
+    /// (`Command::needs_admin`) must carry it; this node sends it with
+    /// every write it forwards (all members share the token).
+    pub admin_token: String,
 }
 
 impl RaftSettings {
@@ -87,6 +91,7 @@ impl RaftSettings {
             connect_timeout_ms: 1000,
             request_timeout_ms: 10_000,
             faults: FaultInjector::default(),
+            admin_token: String::new(),
         }
     }
 
@@ -170,6 +175,7 @@ pub async fn propose_via(
     address: &str,
     command: &Command,
     origin: NodeId,
+    token: &str,
     timeout: Duration,
 ) -> Result<(CommandResult, u64), ClusterError> {
     let uri = if address.contains("://") {
@@ -194,6 +200,7 @@ pub async fn propose_via(
         origin_node: origin,
     });
     request.set_timeout(timeout);
+    crate::auth::attach(&mut request, token).map_err(ClusterError::Unauthenticated)?;
     let reply = match tokio::time::timeout(timeout, client.propose(request)).await {
         Err(_) => {
             return Err(ClusterError::Timeout {
@@ -221,6 +228,11 @@ pub(crate) struct NodeCore {
 }
 
 impl NodeCore {
+    /// The admin token forwarded admin writes must carry (empty: none).
+    pub(crate) fn admin_token(&self) -> &str {
+        &self.settings.admin_token
+    }
+
     pub(crate) fn state_handle(&self) -> &StateHandle {
         &self.state
     }
@@ -321,6 +333,8 @@ impl NodeCore {
             origin_node: self.id,
         });
         request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        crate::auth::attach(&mut request, &self.settings.admin_token)
+            .map_err(ClusterError::Config)?;
         let reply = match tokio::time::timeout_at(deadline, client.forward_write(request)).await {
             Err(_) => {
                 return Err(ClusterError::Timeout {
@@ -638,6 +652,12 @@ impl RaftNode {
 
     pub fn id(&self) -> NodeId {
         self.core.id
+    }
+
+    /// The admin token this node presents on proposals it makes for itself
+    /// (e.g. asking to join) and requires on admin writes.
+    pub fn admin_token(&self) -> &str {
+        self.core.admin_token()
     }
 
     /// The address peers use for this node (host:port).

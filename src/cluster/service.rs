@@ -17,7 +17,7 @@ use super::network::{decode_payload, encode_payload, raft_bytes};
 use super::node::{ClusterStatus, NodeCore};
 use super::proto;
 use super::proto::{PayloadFormat, RaftBytes};
-use super::state::StateSummary;
+use super::state::{Command, StateSummary};
 use super::types::{NodeId, Raft, TypeConfig};
 
 /// Serves openraft's RPCs for this node.
@@ -87,9 +87,17 @@ impl proto::control_server::Control for ControlService {
         &self,
         request: Request<proto::WriteRequest>,
     ) -> Result<Response<proto::WriteResponse>, Status> {
+        let authorized =
+            crate::auth::bearer_ok(crate::auth::presented(&request), self.core.admin_token());
         let body = request.into_inner();
-        let command = decode_payload(body.format, &body.command, "forwarded command")
+        let command: Command = decode_payload(body.format, &body.command, "forwarded command")
             .map_err(|e| to_status(&e))?;
+        if command.needs_admin() && !authorized {
+            return Err(to_status(&ClusterError::Unauthenticated(format!(
+                "a forwarded {} needs the admin token (authorization: Bearer TOKEN, api.admin_token)",
+                command.kind()
+            ))));
+        }
         tracing::debug!(origin = body.origin_node, "forwarded write");
         let (result, log_index) = self
             .core
@@ -108,6 +116,13 @@ impl proto::control_server::Control for ControlService {
         &self,
         request: Request<proto::WriteRequest>,
     ) -> Result<Response<proto::WriteResponse>, Status> {
+        // Propose is how operators (and joining nodes) change the cluster:
+        // with a token configured, every proposal must carry it
+        if !crate::auth::bearer_ok(crate::auth::presented(&request), self.core.admin_token()) {
+            return Err(to_status(&ClusterError::Unauthenticated(
+                "proposals need the admin token (authorization: Bearer TOKEN, api.admin_token); pass --token or FUNNEL_ADMIN_TOKEN".into(),
+            )));
+        }
         let body = request.into_inner();
         let command = decode_payload(body.format, &body.command, "proposed command")
             .map_err(|e| to_status(&e))?;

@@ -476,6 +476,13 @@ impl Command {
             Command::CancelTransfers(_) => "CancelTransfers",
         }
     }
+
+    /// Commands that change the model, the members or the shard layout:
+    /// when the cluster has an admin token, a forwarded one must carry it.
+    /// Catalogue writes are the public API's (its own auth applies).
+    pub fn needs_admin(&self) -> bool {
+        !matches!(self, Command::UpsertItems(_) | Command::DeleteItems(_))
+    }
 }
 
 /// What applying a command did.
@@ -645,6 +652,20 @@ impl ClusterState {
             .values()
             .filter(|n| n.status == NodeStatus::Active)
             .map(|n| n.id)
+            .collect()
+    }
+
+    /// Nodes holding replicas that have not reported `version` loaded: the
+    /// leader activates a staged version (without force) when this is empty.
+    pub fn not_loaded(&self, version: &str) -> Vec<NodeId> {
+        let holders = self
+            .shard_map
+            .as_ref()
+            .map(|m| m.nodes_with_replicas())
+            .unwrap_or_default();
+        holders
+            .into_iter()
+            .filter(|n| self.models.loaded.get(n).map(String::as_str) != Some(version))
             .collect()
     }
 
@@ -957,15 +978,7 @@ impl ClusterState {
         if force {
             return Ok(());
         }
-        let holders = self
-            .shard_map
-            .as_ref()
-            .map(|m| m.nodes_with_replicas())
-            .unwrap_or_default();
-        let missing: Vec<NodeId> = holders
-            .into_iter()
-            .filter(|n| self.models.loaded.get(n).map(String::as_str) != Some(version))
-            .collect();
+        let missing = self.not_loaded(version);
         if !missing.is_empty() {
             return Err(format!(
                 "version {version} is not loaded on nodes {missing:?} that hold replicas; \

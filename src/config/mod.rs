@@ -31,8 +31,8 @@ pub mod span;
 pub mod validate;
 
 pub use node::{
-    ApiConfig, ClusterConfig, ClusterMember, EventsConfig, NodeConfig, NodeSection, RankingConfig,
-    ShardsConfig, StageBudget, StageDeadlines, TlsFiles,
+    ApiConfig, ClusterConfig, ClusterMember, EventsConfig, FetchBundles, NodeConfig, NodeSection,
+    RankingConfig, ShardsConfig, StageBudget, StageDeadlines, TlsFiles,
 };
 pub use span::TextPos;
 pub use validate::{parse_host_port, HostPort};

@@ -271,6 +271,9 @@ pub struct ClusterConfig {
     pub snapshot_every: u64,
     /// Shard copies this node sends or receives at once.
     pub max_concurrent_transfers: usize,
+    /// Where a node gets the files of a staged model bundle (see
+    /// `FetchBundles`).
+    pub fetch_bundles: FetchBundles,
     /// mTLS between nodes: all three paths or none.
     pub tls: TlsFiles,
 }
@@ -289,6 +292,7 @@ impl Default for ClusterConfig {
             election_timeout_max_ms: 600,
             snapshot_every: 5000,
             max_concurrent_transfers: 2,
+            fetch_bundles: FetchBundles::IfMissing,
             tls: TlsFiles::default(),
         }
     }
@@ -304,6 +308,20 @@ impl ClusterConfig {
             Some(&self.tls)
         }
     }
+}
+
+/// `cluster.fetch_bundles`: how a node finds the files of a staged bundle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FetchBundles {
+    /// Use the bundle path the publisher gave when it exists here and
+    /// passes the manifest checksums (a shared filesystem); otherwise copy
+    /// the files from the source node.
+    IfMissing,
+    /// Always copy the files from the source node into
+    /// `<data_dir>/bundles/<version>/` (what separate machines do; lets a
+    /// test on one machine exercise fetching).
+    Always,
 }
 
 /// One entry of `cluster.members`: addresses other nodes and clients use

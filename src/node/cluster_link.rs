@@ -174,6 +174,7 @@ pub fn service_error(e: ClusterError) -> ServiceError {
     match e {
         ClusterError::Rejected(r) => ServiceError::FailedPrecondition(r),
         ClusterError::TooLarge { .. } => ServiceError::ResourceExhausted(e.to_string()),
+        ClusterError::Unauthenticated(m) => ServiceError::Unauthenticated(m),
         other => ServiceError::Unavailable(format!("cluster: {other}")),
     }
 }
@@ -199,13 +200,19 @@ pub async fn start_cluster(
     settings.max_message_bytes = config.api.max_message_bytes.max(64 << 20);
     // Raft and admin calls answer within a few election rounds or not at all
     settings.request_timeout_ms = 5_000;
+    settings.admin_token = config.api.admin_token.clone();
     if let Some(m) = config.this_member() {
         settings.advertise_addr = Some(m.internal.clone());
     }
     let max = settings.max_message_bytes;
     let service = crate::api::internal::shard_data_service(node.clone(), max);
+    let files = crate::api::bundle_files::bundle_files_service(node.clone(), max);
+    let admin = crate::api::admin_service::admin_service(node.clone());
     let raft = RaftNode::start_with_services(settings, shutdown.clone(), move |routes| {
-        routes.add_service(service)
+        routes
+            .add_service(service)
+            .add_service(files)
+            .add_service(admin)
     })
     .await
     .map_err(|e| anyhow::anyhow!("starting Raft on cluster.internal {}: {e}", cc.internal))?;
@@ -282,7 +289,7 @@ async fn control_loop(
 
 async fn reconcile(
     node: &Node,
-    link: &ClusterLink,
+    link: &Arc<ClusterLink>,
     config: &NodeConfig,
     built: &mut Option<(ReplicaSignature, String)>,
 ) -> Result<(), String> {
@@ -328,23 +335,28 @@ async fn reconcile(
     if !has_map {
         return Ok(());
     }
+    // a rollout that cannot progress right now (no leader, a peer down)
+    // must not hold up the catalogue or the shard map
+    if let Err(e) = super::rollout::step(node, link, config).await {
+        tracing::debug!(error = %e, "rollout step did not finish; retrying");
+    }
     // load (or rebuild) this node's shards when the map or the model moved
-    let dir = node
-        .current_bundle_dir()
-        .or_else(|| config.node.bundle_dir().map(|p| p.to_path_buf()));
+    let dir = match node.current_bundle_dir() {
+        Some(d) => Some(d),
+        None => super::rollout::first_bundle_dir(node, link, config).await?,
+    };
     if let Some(dir) = dir {
         let dir_s = dir.display().to_string();
         let stale = built.as_ref().is_none_or(|(s, d)| *s != sig || *d != dir_s);
         if stale {
-            let local_changed = built.as_ref().is_none_or(|(s, _)| {
-                let mine = |x: &ReplicaSignature| {
-                    x.iter()
-                        .filter(|r| r.1 == link.id())
-                        .map(|r| r.0)
-                        .collect::<Vec<_>>()
-                };
-                mine(s) != mine(&sig)
-            });
+            // compared with what is loaded, not with the last build: a
+            // rollout switch (`rollout::step`) may have loaded it already
+            let mine: Vec<u32> = sig
+                .iter()
+                .filter(|r| r.1 == link.id())
+                .map(|r| r.0)
+                .collect();
+            let local_changed = node.local_shards() != mine;
             if local_changed || node.model_version().is_none() {
                 node.publish(dir.clone()).await.map_err(|e| e.to_string())?;
             } else {

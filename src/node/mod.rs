@@ -8,9 +8,11 @@
 //! events, items and model swaps. Must not touch: wire formats (`api`),
 //! the recommend flow itself (`coordinator`).
 
+pub mod bundle_fetch;
 pub mod cluster_link;
 mod event_sink;
 mod moves;
+pub mod rollout;
 pub mod types;
 pub mod validate;
 
@@ -26,13 +28,13 @@ use crate::ids::{item_key, shard_of, user_key};
 use crate::model::ServingModel;
 use crate::ranking::worker::{start_rank_workers, RankWorker};
 use crate::replica::{RemoteShard, ReplicaSet, ReplicaTarget};
-use crate::shard::{start_shard, Delete, Digest, ShardActor, ShardIndex, Stats, Upsert};
+use crate::shard::{Delete, Digest, ShardActor, ShardIndex, Stats, Upsert};
 use crate::telemetry::metrics::metrics;
-use crate::userstate::{AppliedEvent, ApplyEvents, GetUser, SeedUsers, UserStateActor};
+use crate::userstate::{AppliedEvent, ApplyEvents, GetUser, UserStateActor};
 use actix::{Actor, Addr, Arbiter};
 use cluster_link::service_error;
 use cluster_link::ClusterLink;
-use event_sink::{start_event_sink, Append, EventSink, Flush, NextSeq, SyncDue};
+use event_sink::{start_event_sink, Append, EventSink, Flush, SyncDue};
 use futures::future::join_all;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -63,6 +65,8 @@ struct Inner {
     requests: AtomicU64,
     /// One model swap at a time.
     swap: tokio::sync::Mutex<()>,
+    /// Versions loaded beside the served one (staged, or just retired).
+    versions: std::sync::Mutex<rollout::Versions>,
 }
 
 /// How long a catalogue write waits for this node to apply it after the
@@ -131,6 +135,7 @@ impl Node {
                 next_coordinator: AtomicUsize::new(0),
                 requests: AtomicU64::new(0),
                 swap: tokio::sync::Mutex::new(()),
+                versions: std::sync::Mutex::new(rollout::Versions::default()),
                 config,
             }),
         };
@@ -695,36 +700,48 @@ impl Node {
     }
 
     /// Searches one of this node's shard copies for another node's
-    /// coordinator. Refuses (FailedPrecondition, so the caller tries
-    /// another replica) a shard this node does not hold or a model version
-    /// it does not serve.
+    /// coordinator, in the model version the coordinator serves: the
+    /// current one, or a staged or just-retired one this node still holds
+    /// (so a request stays on one version while nodes switch). Refuses
+    /// (FailedPrecondition, so the caller tries another replica) a shard or
+    /// version this node does not hold. Answers the version used.
     pub async fn local_shard_search(
         &self,
         shard: u32,
         model_version: &str,
         spec: SearchSpec,
-    ) -> Result<crate::shard::SearchResult, ServiceError> {
+    ) -> Result<(crate::shard::SearchResult, String), ServiceError> {
         let serving = self.current()?;
         let me = self.inner.config.node.id;
-        if !model_version.is_empty() && model_version != serving.model.version {
+        let (version, catalog, actors) =
+            if model_version.is_empty() || model_version == serving.model.version {
+                (
+                    serving.model.version.clone(),
+                    serving.catalog.clone(),
+                    self.shard_actors(),
+                )
+            } else if let Some(s) = self.standby(model_version) {
+                (s.version.clone(), s.catalog.clone(), s.actors.clone())
+            } else {
+                return Err(ServiceError::FailedPrecondition(format!(
+                    "node {me} serves model {}, not {model_version}",
+                    serving.model.version
+                )));
+            };
+        let Some(addr) = actors.get(&shard).cloned() else {
             return Err(ServiceError::FailedPrecondition(format!(
-                "node {me} serves model {}, not {model_version}",
-                serving.model.version
-            )));
-        }
-        let Some(addr) = self.shard_actors().get(&shard).cloned() else {
-            return Err(ServiceError::FailedPrecondition(format!(
-                "node {me} does not hold shard {shard}"
+                "node {me} does not hold shard {shard} of model {version}"
             )));
         };
-        LocalShard {
+        let result = LocalShard {
             shard,
             addr,
-            catalog: serving.catalog.clone(),
+            catalog,
         }
         .search(spec)
         .await
-        .map_err(|e| ServiceError::Internal(e.to_string()))
+        .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        Ok((result, version))
     }
 
     /// The digest of this node's copy of `shard`.
@@ -755,15 +772,15 @@ impl Node {
     }
 
     /// An operator's publish. On a single node: `publish`. In a cluster
-    /// every node must switch together (two-phase rollout through Raft),
-    /// which is not built yet; switching one node alone would make the
-    /// others refuse its shard searches, so it is refused with what to do.
+    /// every node must switch together: the bundle is staged for a
+    /// two-phase rollout (`rollout`), and the answer comes once this node
+    /// serves it (or an error says how far it got).
     pub async fn publish_requested(&self, dir: PathBuf) -> Result<String, ServiceError> {
         if self.inner.cluster.get().is_some() {
-            return Err(ServiceError::FailedPrecondition(format!(
-                "this node is part of a cluster, where a new model must reach every node together; cluster-wide publish is not available yet: set node.bundle = \"{}\" in every node's config and restart the nodes",
-                dir.display()
-            )));
+            let staged = self.publish_cluster(dir, false).await?;
+            self.wait_serving(&staged.version, rollout::HTTP_PUBLISH_WAIT)
+                .await?;
+            return Ok(staged.version);
         }
         self.publish(dir).await
     }
@@ -773,88 +790,8 @@ impl Node {
     /// cluster only the shards the map places here are loaded.
     pub async fn publish(&self, dir: PathBuf) -> Result<String, ServiceError> {
         let _one_at_a_time = self.inner.swap.lock().await;
-        let threads = self.inner.config.shards.search_threads;
-        let ef = self.inner.config.shards.expansion_search;
-        let hosted = self.hosted_shards();
-        let loaded = load_version(dir.clone(), ef, hosted).await?;
-        let (model, user_states, indexes) = loaded;
-        let model = Arc::new(model);
-        let catalog = Arc::new(match self.current() {
-            Ok(old) => old.catalog.carry_over(model.clone()),
-            Err(_) => Catalog::new(model.clone()),
-        });
-        let actors: BTreeMap<u32, Addr<ShardActor>> = indexes
-            .into_iter()
-            .map(|ix| (ix.shard(), start_shard(ix, threads)))
-            .collect();
-        // items upserted since training move to the new version's shards
-        let carried = catalog.upserted_items();
-        let n = model.shard_count.max(1);
-        let mut by_shard: BTreeMap<u32, Vec<(u64, Vec<f32>)>> = BTreeMap::new();
-        for it in carried
-            .iter()
-            .filter(|it| it.vector.len() == model.dimension)
-        {
-            by_shard
-                .entry(shard_of(it.key, n))
-                .or_default()
-                .push((it.key, it.vector.clone()));
-        }
-        for (s, b) in by_shard {
-            if let Some(a) = actors.get(&s) {
-                let _ = a.send(Upsert { items: b }).await;
-            }
-        }
-        // and items deleted since training stay deleted: a shard copy loaded
-        // fresh from the bundle (e.g. the target of a shard move) must match
-        // its peers
-        let mut gone: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
-        for key in catalog.deleted_keys() {
-            gone.entry(shard_of(key, n)).or_default().push(key);
-        }
-        for (s, keys) in gone {
-            if let Some(a) = actors.get(&s) {
-                let _ = a.send(Delete { keys }).await;
-            }
-        }
-        // seed user state for users the node does not track yet
-        let parts = self.inner.users.len() as u32;
-        let mut seeds: Vec<Vec<(String, crate::features::UserState)>> =
-            vec![Vec::new(); parts as usize];
-        for (id, s) in user_states {
-            seeds[shard_of(user_key(&id), parts) as usize].push((id, s));
-        }
-        for (p, s) in seeds.into_iter().enumerate() {
-            let _ = self.inner.users[p].send(SeedUsers(s)).await;
-        }
-        let shards = self.shard_clients(&model, &catalog, &actors)?;
-        let version = model.version.clone();
-        let serving = Arc::new(Serving {
-            model,
-            catalog,
-            shards,
-        });
-        if let (Ok(mut cur), Ok(mut sa), Ok(mut bd)) = (
-            self.inner.serving.write(),
-            self.inner.shard_actors.write(),
-            self.inner.bundle_dir.write(),
-        ) {
-            *cur = Some(serving);
-            *sa = actors;
-            *bd = Some(dir.clone());
-        }
-        // remember from which log position this version's state is live
-        let seq = self.inner.events.send(NextSeq).await.unwrap_or(0);
-        if let Err(e) = (ServingMark {
-            model_version: version.clone(),
-            log_seq: seq,
-        })
-        .write(&self.mark_path())
-        {
-            tracing::warn!(error = %e, "cannot record the serving mark; a restart will not replay the event log");
-        }
-        tracing::info!(version = %version, dir = %dir.display(), "model version active");
-        Ok(version)
+        let prepared = self.prepare(dir).await?;
+        self.switch_to(prepared).await
     }
 
     fn mark_path(&self) -> PathBuf {

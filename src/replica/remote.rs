@@ -78,6 +78,7 @@ impl RemoteShard {
             fetch: spec.fetch.to_vec(),
         };
         let deadline = spec.deadline;
+        let want_version = self.model_version.clone();
         Box::pin(async move {
             let fail = |reason: String| ShardCallError::Failed {
                 shard,
@@ -96,6 +97,14 @@ impl RemoteShard {
                 .await
                 .map_err(|s| fail(format!("{}: {}", s.code(), s.message())))?
                 .into_inner();
+            // an answer from another model version would mix two models'
+            // vector spaces in one request
+            if !r.model_version.is_empty() && r.model_version != *want_version {
+                return Err(fail(format!(
+                    "answered from model {}, not {want_version}",
+                    r.model_version
+                )));
+            }
             if r.keys.len() != r.scores.len() {
                 return Err(fail(
                     "malformed answer: keys and scores differ in length".into(),

@@ -1,0 +1,496 @@
+//! Getting a staged bundle's files onto this node: use the publisher's path
+//! when it is readable here and passes the manifest checksums (a shared
+//! filesystem), otherwise copy the manifest and the files this node needs
+//! (its hosted shards plus the shared, non-shard files) from a peer that
+//! has them over `BundleFiles.FetchBundleFile`, into
+//! `<data_dir>/bundles/<version>/`, each checked against the manifest and
+//! fsynced before it is renamed into place.
+//!
+//! Owns: the local copy's location, the rules for bundle-relative paths
+//! (shared with the serving side, `api::bundle_files`) and the fetch
+//! client. Must not touch: loading or serving a version (`rollout`).
+
+use super::cluster_link::ClusterLink;
+use super::types::ServiceError;
+use crate::bundle::fsio::{fsync_dir, verify_streaming};
+use crate::bundle::manifest::{self, shard_dir, MANIFEST_FILE};
+use crate::bundle::{Bundle, FileEntry, Manifest, OpenCheck};
+use crate::cluster::proto::bundle_files_client::BundleFilesClient;
+use crate::cluster::proto::FetchBundleFileRequest;
+use crate::cluster::ModelRef;
+use crate::config::{FetchBundles, NodeConfig};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+
+/// Largest manifest accepted from a peer.
+const MAX_MANIFEST_BYTES: usize = 16 << 20;
+
+/// A peer that sends nothing for this long is given up on.
+const CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Checks that `rel` is a plain bundle-relative path: `/`-separated
+/// segments, none empty, `.` or `..`, no backslash, not absolute, no
+/// control characters. Both the serving side (a request naming a file) and
+/// the fetching side (a manifest listing files) use it, so a peer can
+/// neither read nor write outside a bundle directory.
+pub fn check_rel_path(rel: &str) -> Result<(), String> {
+    if rel.is_empty() {
+        return Err("the file path is empty".into());
+    }
+    if rel.len() > 1024 {
+        return Err("the file path is longer than 1024 bytes".into());
+    }
+    if rel.starts_with('/') || rel.contains('\\') || rel.contains(':') {
+        return Err(format!(
+            "{rel:?} is not a bundle-relative path (absolute, or with '\\\\' or ':')"
+        ));
+    }
+    if rel.chars().any(|c| c.is_control()) {
+        return Err(format!("{rel:?} contains a control character"));
+    }
+    if rel
+        .split('/')
+        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
+        return Err(format!(
+            "{rel:?} has an empty, '.' or '..' segment; bundle paths go only downwards"
+        ));
+    }
+    Ok(())
+}
+
+/// The directory name of a version's copy: the version itself when it is
+/// a plain name, else a hash of it (versions may hold any printable text).
+pub fn version_dir_name(version: &str) -> String {
+    let plain = !version.is_empty()
+        && version.len() <= 128
+        && version != "."
+        && version != ".."
+        && version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if plain {
+        version.to_string()
+    } else {
+        format!("v-{}", &blake3::hash(version.as_bytes()).to_hex()[..32])
+    }
+}
+
+/// Where this node keeps a fetched copy of `version`.
+pub fn local_dir(data_dir: &Path, version: &str) -> PathBuf {
+    data_dir.join("bundles").join(version_dir_name(version))
+}
+
+/// A copy of `version` fetched earlier, if its manifest is there.
+pub fn fetched_copy(data_dir: &Path, version: &str) -> Option<PathBuf> {
+    let dir = local_dir(data_dir, version);
+    dir.join(MANIFEST_FILE).is_file().then_some(dir)
+}
+
+/// The files a node hosting `hosted` needs: everything outside `shards/`
+/// and its own shards' files.
+pub fn needed_files<'a>(manifest: &'a Manifest, hosted: &[u32]) -> Vec<&'a FileEntry> {
+    let mine: Vec<String> = hosted
+        .iter()
+        .map(|&s| format!("{}/", shard_dir(s)))
+        .collect();
+    manifest
+        .files
+        .iter()
+        .filter(|f| !f.path.starts_with("shards/") || mine.iter().any(|d| f.path.starts_with(d)))
+        .collect()
+}
+
+/// Opens the bundle in `dir` (manifest, checksums of the non-shard files)
+/// for a publish; a path that is not a readable bundle is the caller's
+/// mistake.
+pub async fn read_manifest(dir: PathBuf) -> Result<Manifest, ServiceError> {
+    tokio::task::spawn_blocking(move || {
+        let schema = crate::features::FeatureSchema::current();
+        Bundle::open(
+            &dir,
+            &OpenCheck {
+                feature_schema_hash: Some(&schema.hash),
+            },
+        )
+        .map(|b| b.manifest().clone())
+        .map_err(|e| {
+            ServiceError::InvalidArgument(format!(
+                "{} is not a usable bundle on this node: {e}; give the path of a bundle as this node sees it",
+                dir.display()
+            ))
+        })
+    })
+    .await
+    .map_err(|e| ServiceError::Internal(format!("bundle check task failed: {e}")))?
+}
+
+/// Checks that `dir` holds `version` with every file a node hosting
+/// `hosted` needs, intact.
+fn verify_local(dir: &Path, version: &str, hosted: &[u32]) -> Result<(), String> {
+    let bundle = Bundle::open(dir, &OpenCheck::default()).map_err(|e| e.to_string())?;
+    let m = bundle.manifest();
+    if m.model_version != version {
+        return Err(format!(
+            "{} holds version {}, not {version}",
+            dir.display(),
+            m.model_version
+        ));
+    }
+    for f in needed_files(m, hosted) {
+        verify_streaming(dir, f).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// A local directory holding `m`'s files for this node, fetched from a
+/// peer when needed (see the module doc and `cluster.fetch_bundles`).
+pub async fn ensure_local(
+    link: &ClusterLink,
+    config: &NodeConfig,
+    m: &ModelRef,
+    hosted: &[u32],
+) -> Result<PathBuf, ServiceError> {
+    let mode = config
+        .cluster
+        .as_ref()
+        .map_or(FetchBundles::IfMissing, |c| c.fetch_bundles);
+    let published = PathBuf::from(&m.bundle_path);
+    let use_published = mode == FetchBundles::IfMissing || m.source_node == link.id();
+    let local = local_dir(&config.node.data_dir, &m.version);
+    let (version, hosted_v) = (m.version.clone(), hosted.to_vec());
+    let (p, l) = (published.clone(), local.clone());
+    let found = tokio::task::spawn_blocking(move || {
+        if use_published && verify_local(&p, &version, &hosted_v).is_ok() {
+            return Some(p);
+        }
+        verify_local(&l, &version, &hosted_v).is_ok().then_some(l)
+    })
+    .await
+    .map_err(|e| ServiceError::Internal(format!("bundle check task failed: {e}")))?;
+    if let Some(dir) = found {
+        return Ok(dir);
+    }
+    // the source first, then any node that reported the version loaded
+    let peers: Vec<(u64, String)> = {
+        let st = link.raft.state();
+        let st = st.read();
+        let mut ids = vec![m.source_node];
+        ids.extend(
+            st.models
+                .loaded
+                .iter()
+                .filter(|(n, v)| **v == m.version && **n != m.source_node)
+                .map(|(n, _)| *n),
+        );
+        ids.into_iter()
+            .filter(|&n| n != link.id())
+            .filter_map(|n| st.nodes.get(&n).map(|i| (n, i.internal.clone())))
+            .collect()
+    };
+    let mut errors = Vec::new();
+    for (id, addr) in peers {
+        let ch = match link.channel(id, &addr) {
+            Ok(ch) => ch,
+            Err(e) => {
+                errors.push(format!("node {id}: {e}"));
+                continue;
+            }
+        };
+        let client = BundleFilesClient::new(ch)
+            .max_decoding_message_size(link.max_message_bytes())
+            .max_encoding_message_size(link.max_message_bytes());
+        match fetch_bundle(client, &m.version, &local, hosted).await {
+            Ok(()) => {
+                tracing::info!(version = %m.version, from = id, dir = %local.display(), "bundle fetched");
+                return Ok(local);
+            }
+            Err(e) => {
+                tracing::warn!(version = %m.version, from = id, error = %e, "fetching the bundle failed");
+                errors.push(format!("node {id}: {e}"));
+            }
+        }
+    }
+    Err(ServiceError::Unavailable(format!(
+        "version {} is not readable at {} here and no peer could send it ({}); check the source node",
+        m.version,
+        published.display(),
+        if errors.is_empty() {
+            "no peer has it".to_string()
+        } else {
+            errors.join("; ")
+        }
+    )))
+}
+
+/// Copies the manifest and this node's files of `version` from a peer
+/// into `dir`, skipping files already there intact. Disk work runs off the
+/// async thread (it is the node's actor system's).
+async fn fetch_bundle(
+    mut client: BundleFilesClient<tonic::transport::Channel>,
+    version: &str,
+    dir: &Path,
+    hosted: &[u32],
+) -> Result<(), String> {
+    let mut bytes = Vec::new();
+    let mut file = FileStream::open(&mut client, version, MANIFEST_FILE).await?;
+    while let Some((chunk, _)) = file.next().await? {
+        if bytes.len() + chunk.len() > MAX_MANIFEST_BYTES {
+            return Err(format!("the manifest is over {MAX_MANIFEST_BYTES} bytes"));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    let manifest = manifest::decode(dir, &bytes).map_err(|e| e.to_string())?;
+    if manifest.model_version != version {
+        return Err(format!(
+            "the peer sent the manifest of version {}, not {version}",
+            manifest.model_version
+        ));
+    }
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    for entry in needed_files(&manifest, hosted) {
+        check_rel_path(&entry.path).map_err(|e| format!("the manifest lists {e}"))?;
+        let (d, e) = (dir.to_path_buf(), entry.clone());
+        let intact = tokio::task::spawn_blocking(move || verify_streaming(&d, &e).is_ok())
+            .await
+            .unwrap_or(false);
+        if !intact {
+            fetch_checked(&mut client, version, dir, entry).await?;
+        }
+    }
+    // the manifest last: its presence marks a copy worth checking
+    let (d, b) = (dir.to_path_buf(), bytes);
+    tokio::task::spawn_blocking(move || write_synced_atomic(&d, MANIFEST_FILE, &b))
+        .await
+        .map_err(|e| format!("writing the manifest: {e}"))?
+}
+
+/// Streams one file into `<file>.part`, hashing as it goes; renames it
+/// into place only when size and blake3 match the manifest.
+async fn fetch_checked(
+    client: &mut BundleFilesClient<tonic::transport::Channel>,
+    version: &str,
+    dir: &Path,
+    entry: &FileEntry,
+) -> Result<(), String> {
+    let path = dir.join(&entry.path);
+    if let Some(parent) = path.parent() {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    }
+    let part = part_path(&path);
+    let r = async {
+        let mut out = tokio::fs::File::create(&part)
+            .await
+            .map_err(|e| format!("cannot create {}: {e}", part.display()))?;
+        let mut hasher = blake3::Hasher::new();
+        let mut written = 0u64;
+        let mut file = FileStream::open(client, version, &entry.path).await?;
+        while let Some((chunk, total)) = file.next().await? {
+            if total != entry.bytes || written + chunk.len() as u64 > entry.bytes {
+                return Err(format!(
+                    "{} is {total} bytes at the peer, the manifest says {}",
+                    entry.path, entry.bytes
+                ));
+            }
+            hasher.update(&chunk);
+            written += chunk.len() as u64;
+            out.write_all(&chunk)
+                .await
+                .map_err(|e| format!("writing {}: {e}", part.display()))?;
+        }
+        let hash = hasher.finalize().to_hex().to_string();
+        if written != entry.bytes || hash != entry.blake3 {
+            return Err(format!(
+                "{} arrived with {written} bytes and blake3 {hash}; the manifest says {} bytes, {}",
+                entry.path, entry.bytes, entry.blake3
+            ));
+        }
+        out.sync_all()
+            .await
+            .map_err(|e| format!("fsync {}: {e}", part.display()))?;
+        tokio::fs::rename(&part, &path)
+            .await
+            .map_err(|e| format!("rename to {}: {e}", path.display()))?;
+        let parent = path.parent().unwrap_or(dir).to_path_buf();
+        tokio::task::spawn_blocking(move || fsync_dir(&parent).map_err(|e| e.to_string()))
+            .await
+            .map_err(|e| e.to_string())?
+    }
+    .await;
+    if r.is_err() {
+        let _ = tokio::fs::remove_file(&part).await;
+    }
+    r
+}
+
+/// One file of a bundle arriving from a peer, chunk by chunk, in order.
+struct FileStream {
+    rel: String,
+    stream: tonic::Streaming<crate::cluster::proto::BundleFileChunk>,
+    at: u64,
+}
+
+impl FileStream {
+    async fn open(
+        client: &mut BundleFilesClient<tonic::transport::Channel>,
+        version: &str,
+        rel: &str,
+    ) -> Result<FileStream, String> {
+        let req = FetchBundleFileRequest {
+            version: version.to_string(),
+            path: rel.to_string(),
+            offset: 0,
+        };
+        let stream = client
+            .fetch_bundle_file(req)
+            .await
+            .map_err(|s| format!("{rel}: {}: {}", s.code(), s.message()))?
+            .into_inner();
+        Ok(FileStream {
+            rel: rel.to_string(),
+            stream,
+            at: 0,
+        })
+    }
+
+    /// The next chunk and the file's total size; `None` at the end.
+    async fn next(&mut self) -> Result<Option<(Vec<u8>, u64)>, String> {
+        let rel = &self.rel;
+        let next = tokio::time::timeout(CHUNK_TIMEOUT, self.stream.message())
+            .await
+            .map_err(|_| {
+                format!(
+                    "{rel}: the peer sent nothing for {} s",
+                    CHUNK_TIMEOUT.as_secs()
+                )
+            })?
+            .map_err(|s| format!("{rel}: {}: {}", s.code(), s.message()))?;
+        let Some(chunk) = next else {
+            return Ok(None);
+        };
+        if chunk.offset != self.at {
+            return Err(format!(
+                "{rel}: chunk at offset {} where {} was expected",
+                chunk.offset, self.at
+            ));
+        }
+        self.at += chunk.data.len() as u64;
+        Ok(Some((chunk.data, chunk.total_bytes)))
+    }
+}
+
+/// The temporary name a file is written under before it is checked.
+fn part_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".part");
+    PathBuf::from(p)
+}
+
+/// Writes `dir/rel` through a temporary file, fsync and rename.
+fn write_synced_atomic(dir: &Path, rel: &str, bytes: &[u8]) -> Result<(), String> {
+    let path = dir.join(rel);
+    let tmp = part_path(&path);
+    let mut f =
+        std::fs::File::create(&tmp).map_err(|e| format!("create {}: {e}", tmp.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| format!("write {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).map_err(|e| format!("rename to {}: {e}", path.display()))?;
+    fsync_dir(dir).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bundle_paths_go_only_downwards() {
+        for ok in [
+            "manifest.json",
+            "items.bin",
+            "shards/shard-0003/index.usearch",
+        ] {
+            assert!(check_rel_path(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../secret",
+            "shards/../../x",
+            "a//b",
+            "./items.bin",
+            "shards/.",
+            "a\\b",
+            "C:x",
+            "a\nb",
+        ] {
+            assert!(check_rel_path(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn odd_versions_get_hashed_directory_names() {
+        assert_eq!(version_dir_name("test-seed-2"), "test-seed-2");
+        for odd in ["..", ".", "a/b", "../../etc", "v 1", ""] {
+            let name = version_dir_name(odd);
+            assert!(
+                name.starts_with("v-") && name.len() == 34,
+                "{odd:?} -> {name}"
+            );
+        }
+        assert_ne!(version_dir_name("a/b"), version_dir_name("a/c"));
+        let d = local_dir(Path::new("/data"), "../x");
+        assert!(d.starts_with("/data/bundles/"));
+    }
+
+    #[test]
+    fn a_node_needs_shared_files_and_its_own_shards() {
+        let f = |p: &str| FileEntry {
+            path: p.into(),
+            bytes: 1,
+            blake3: String::new(),
+        };
+        let m = Manifest {
+            format_version: crate::bundle::FORMAT_VERSION,
+            model_version: "v".into(),
+            created_at_unix: 0,
+            input_fingerprint: String::new(),
+            feature_schema: Default::default(),
+            dimension: 4,
+            shard_count: 12,
+            n_items: 0,
+            n_users: 0,
+            index: Default::default(),
+            components: vec![],
+            metrics: serde_json::Value::Null,
+            params: serde_json::Value::Null,
+            files: vec![
+                f("items.bin"),
+                f("sections/ranker.bin"),
+                f("shards/shard-0001/keys.u64"),
+                f("shards/shard-0010/keys.u64"),
+                f("shards/shard-0011/index.usearch"),
+            ],
+            generator: String::new(),
+        };
+        let got: Vec<&str> = needed_files(&m, &[1, 11])
+            .iter()
+            .map(|e| e.path.as_str())
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "items.bin",
+                "sections/ranker.bin",
+                "shards/shard-0001/keys.u64",
+                "shards/shard-0011/index.usearch"
+            ]
+        );
+    }
+}

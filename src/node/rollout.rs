@@ -1,0 +1,665 @@
+//! Model versions on one node and the cluster-wide two-phase rollout.
+//!
+//! A version goes through: *prepared* (loaded beside the served one: model,
+//! this node's shards, catalogue overlay carried over), *served* (the swap
+//! is one pointer store, so a request holds one version end to end) and
+//! *retired* (kept for `RETIRED_GRACE` so a remote coordinator still on it
+//! gets answers while the nodes switch). In a cluster the steps are driven
+//! by the replicated state: `StageModel` -> every node prepares its shards
+//! of the version (files fetched from the source node when needed, see
+//! `bundle_fetch`) and proposes `ReportLoaded` -> the leader proposes
+//! `ActivateModel` once `ClusterState::not_loaded` is empty (or the
+//! operator forced it) -> every node switches when it applies that.
+//!
+//! Owns: `Versions` (prepared/retired copies), `prepare`/`switch_to`,
+//! staging a publish (`publish_cluster`) and the rollout reconcile `step`.
+//! Must not touch: the Raft rules (`cluster::state`), how files are copied
+//! (`bundle_fetch`) or the shard map's placement.
+
+use super::bundle_fetch;
+use super::cluster_link::{service_error, ClusterLink};
+use super::types::ServiceError;
+use super::{load_version, Node, ServingMark};
+use crate::catalog::Catalog;
+use crate::cluster::{Command, ModelRef};
+use crate::config::NodeConfig;
+use crate::coordinator::Serving;
+use crate::ids::{shard_of, user_key};
+use crate::model::ServingModel;
+use crate::shard::{start_shard, Delete, ShardActor, Upsert};
+use crate::userstate::SeedUsers;
+use actix::Addr;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a retired version's shards keep answering remote searches.
+/// Nodes switch within a Raft round trip of each other; this covers the
+/// stragglers and requests in flight (whose deadlines are ~1 s).
+pub const RETIRED_GRACE: Duration = Duration::from_secs(15);
+
+/// Pause before retrying a version whose loading failed.
+const RETRY_AFTER: Duration = Duration::from_secs(3);
+
+/// How long an HTTP `admin publish` on a cluster node waits for the node
+/// to serve the version (the HTTP admin client waits 600 s).
+pub const HTTP_PUBLISH_WAIT: Duration = Duration::from_secs(300);
+
+/// A version loaded on this node besides (or instead of) the served one.
+pub struct Standby {
+    pub version: String,
+    pub dir: PathBuf,
+    pub model: Arc<ServingModel>,
+    pub catalog: Arc<Catalog>,
+    pub actors: BTreeMap<u32, Addr<ShardActor>>,
+}
+
+/// A prepared version with what the switch still needs.
+pub struct Prepared {
+    standby: Arc<Standby>,
+    user_states: Vec<(String, crate::features::UserState)>,
+}
+
+/// The versions this node holds besides the served one.
+#[derive(Default)]
+pub struct Versions {
+    /// A staged version, loaded and ready to switch to.
+    prepared: Option<Prepared>,
+    /// The version being loaded in the background.
+    loading: Option<String>,
+    /// The last version whose loading failed, and when (the error is
+    /// logged).
+    failed: Option<(String, Instant)>,
+    /// The version served before the last switch, and when it was retired.
+    retired: Option<(Arc<Standby>, Instant)>,
+    /// The last version this node staged as source, and its directory:
+    /// known here before the peers that fetch it have applied the stage.
+    published: Option<(String, PathBuf)>,
+}
+
+/// What staging a publish did.
+#[derive(Debug, Clone)]
+pub struct Staged {
+    pub version: String,
+    pub previous: Option<String>,
+    pub source_node: u64,
+}
+
+/// What the leader does about a staged version (pure; see `step`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Activation {
+    /// Nothing is staged.
+    Idle,
+    /// Waiting for these replica holders to report the version loaded.
+    Waiting(Vec<u64>),
+    /// Every replica holder has it: propose `ActivateModel`.
+    Activate(String),
+}
+
+/// The leader's decision for the applied state.
+pub fn activation(state: &crate::cluster::ClusterState) -> Activation {
+    match &state.models.staged {
+        None => Activation::Idle,
+        Some(m) => {
+            let missing = state.not_loaded(&m.version);
+            if missing.is_empty() {
+                Activation::Activate(m.version.clone())
+            } else {
+                Activation::Waiting(missing)
+            }
+        }
+    }
+}
+
+impl Node {
+    fn versions(&self) -> std::sync::MutexGuard<'_, Versions> {
+        // the table holds plain handles; a panic elsewhere cannot leave it
+        // half-updated
+        self.inner
+            .versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A prepared or retired version this node still holds.
+    pub fn standby(&self, version: &str) -> Option<Arc<Standby>> {
+        let v = self.versions();
+        if let Some(p) = v.prepared.as_ref().filter(|p| p.standby.version == version) {
+            return Some(p.standby.clone());
+        }
+        v.retired
+            .as_ref()
+            .filter(|(s, _)| s.version == version)
+            .map(|(s, _)| s.clone())
+    }
+
+    fn prepared_version(&self) -> Option<String> {
+        self.versions()
+            .prepared
+            .as_ref()
+            .map(|p| p.standby.version.clone())
+    }
+
+    /// Loads the bundle in `dir` beside the served version: the model,
+    /// this node's shards (started as actors) and the catalogue overlay
+    /// carried over. Nothing is served from it until `switch_to`.
+    pub(super) async fn prepare(&self, dir: PathBuf) -> Result<Prepared, ServiceError> {
+        let threads = self.inner.config.shards.search_threads;
+        let ef = self.inner.config.shards.expansion_search;
+        let hosted = self.hosted_shards();
+        let (model, user_states, indexes) = load_version(dir.clone(), ef, hosted).await?;
+        let model = Arc::new(model);
+        let actors: BTreeMap<u32, Addr<ShardActor>> = indexes
+            .into_iter()
+            .map(|ix| (ix.shard(), start_shard(ix, threads)))
+            .collect();
+        let catalog = self.carry_catalog(&model, &actors).await;
+        Ok(Prepared {
+            standby: Arc::new(Standby {
+                version: model.version.clone(),
+                dir,
+                model,
+                catalog,
+                actors,
+            }),
+            user_states,
+        })
+    }
+
+    /// A catalogue for `model` holding the served version's overlay, with
+    /// the items upserted since training put into `actors`.
+    async fn carry_catalog(
+        &self,
+        model: &Arc<ServingModel>,
+        actors: &BTreeMap<u32, Addr<ShardActor>>,
+    ) -> Arc<Catalog> {
+        let catalog = Arc::new(match self.current() {
+            Ok(old) => old.catalog.carry_over(model.clone()),
+            Err(_) => Catalog::new(model.clone()),
+        });
+        let n = model.shard_count.max(1);
+        let mut by_shard: BTreeMap<u32, Vec<(u64, Vec<f32>)>> = BTreeMap::new();
+        for it in catalog
+            .upserted_items()
+            .into_iter()
+            .filter(|it| it.vector.len() == model.dimension)
+        {
+            by_shard
+                .entry(shard_of(it.key, n))
+                .or_default()
+                .push((it.key, it.vector));
+        }
+        for (s, b) in by_shard {
+            if let Some(a) = actors.get(&s) {
+                let _ = a.send(Upsert { items: b }).await;
+            }
+        }
+        // and items deleted since training stay deleted: a shard copy loaded
+        // fresh from the bundle (e.g. the target of a shard move) must match
+        // its peers' digests
+        let mut gone: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+        for key in catalog.deleted_keys() {
+            gone.entry(shard_of(key, n)).or_default().push(key);
+        }
+        for (s, keys) in gone {
+            if let Some(a) = actors.get(&s) {
+                let _ = a.send(Delete { keys }).await;
+            }
+        }
+        catalog
+    }
+
+    /// Serves `p` from now on; the version served before is retired (kept
+    /// for `RETIRED_GRACE`). The caller holds `inner.swap`.
+    pub(super) async fn switch_to(&self, p: Prepared) -> Result<String, ServiceError> {
+        let Prepared {
+            standby,
+            user_states,
+        } = p;
+        // catalogue changes applied since `prepare` ride along: carry again
+        let catalog = self.carry_catalog(&standby.model, &standby.actors).await;
+        // seed user state for users the node does not track yet
+        let parts = self.inner.users.len() as u32;
+        let mut seeds: Vec<Vec<(String, crate::features::UserState)>> =
+            vec![Vec::new(); parts as usize];
+        for (id, s) in user_states {
+            seeds[shard_of(user_key(&id), parts) as usize].push((id, s));
+        }
+        for (p, s) in seeds.into_iter().enumerate() {
+            let _ = self.inner.users[p].send(SeedUsers(s)).await;
+        }
+        let shards = self.shard_clients(&standby.model, &catalog, &standby.actors)?;
+        let version = standby.version.clone();
+        let dir = standby.dir.clone();
+        let serving = Arc::new(Serving {
+            model: standby.model.clone(),
+            catalog: catalog.clone(),
+            shards,
+        });
+        let old = match (
+            self.inner.serving.write(),
+            self.inner.shard_actors.write(),
+            self.inner.bundle_dir.write(),
+        ) {
+            (Ok(mut cur), Ok(mut sa), Ok(mut bd)) => {
+                let old_serving = cur.replace(serving);
+                let old_actors = std::mem::replace(&mut *sa, standby.actors.clone());
+                let old_dir = bd.replace(dir.clone());
+                old_serving.map(|s| Standby {
+                    version: s.model.version.clone(),
+                    dir: old_dir.unwrap_or_default(),
+                    model: s.model.clone(),
+                    catalog: s.catalog.clone(),
+                    actors: old_actors,
+                })
+            }
+            _ => {
+                return Err(ServiceError::Internal(
+                    "the node's model tables are poisoned; restart the node".into(),
+                ))
+            }
+        };
+        {
+            let mut v = self.versions();
+            if v.prepared
+                .as_ref()
+                .is_some_and(|p| p.standby.version == version)
+            {
+                v.prepared = None;
+            }
+            if let Some(old) = old.filter(|o| o.version != version) {
+                v.retired = Some((Arc::new(old), Instant::now()));
+            }
+        }
+        // remember from which log position this version's state is live
+        let seq = self
+            .inner
+            .events
+            .send(super::event_sink::NextSeq)
+            .await
+            .unwrap_or(0);
+        if let Err(e) = (ServingMark {
+            model_version: version.clone(),
+            log_seq: seq,
+        })
+        .write(&self.mark_path())
+        {
+            tracing::warn!(error = %e, "cannot record the serving mark; a restart will not replay the event log");
+        }
+        tracing::info!(node_id = self.inner.config.node.id, version = %version, dir = %dir.display(), "model version active");
+        Ok(version)
+    }
+
+    /// The bundle directory of `version` on this node, for peers fetching
+    /// its files: the served, a prepared or retired version, one this node
+    /// staged as source, or a complete copy under `<data_dir>/bundles/`.
+    pub fn bundle_dir_of(&self, version: &str) -> Option<PathBuf> {
+        if self.model_version().as_deref() == Some(version) {
+            return self.current_bundle_dir();
+        }
+        if let Some(s) = self.standby(version) {
+            return Some(s.dir.clone());
+        }
+        if let Some((_, dir)) = self
+            .versions()
+            .published
+            .as_ref()
+            .filter(|(v, _)| v == version)
+        {
+            return Some(dir.clone());
+        }
+        if let Some(link) = self.cluster() {
+            let st = link.raft.state();
+            let st = st.read();
+            let mine = [&st.models.staged, &st.models.active]
+                .into_iter()
+                .flatten()
+                .find(|m| m.version == version && m.source_node == link.id());
+            if let Some(m) = mine {
+                return Some(PathBuf::from(&m.bundle_path));
+            }
+        }
+        bundle_fetch::fetched_copy(&self.inner.config.node.data_dir, version)
+    }
+
+    /// Stages the bundle in `dir` (a path on this node) for a cluster-wide
+    /// rollout with this node as the source; with `force` also activates
+    /// it without waiting for every replica holder (and replaces a version
+    /// staged earlier). Checks first what can be checked here, so a bad
+    /// publish changes nothing.
+    pub async fn publish_cluster(&self, dir: PathBuf, force: bool) -> Result<Staged, ServiceError> {
+        let link = self.cluster().cloned().ok_or_else(|| {
+            ServiceError::FailedPrecondition(
+                "this node is not part of a cluster; publish over HTTP (funnel admin --addr HTTP_ADDR publish)".into(),
+            )
+        })?;
+        let manifest = bundle_fetch::read_manifest(dir.clone()).await?;
+        let (shards, staged, active, overlay_dim) = {
+            let st = link.raft.state();
+            let st = st.read();
+            (
+                st.shard_map.as_ref().map(|m| m.shards),
+                st.models.staged.clone(),
+                st.models.active.clone(),
+                st.catalog.dimension(),
+            )
+        };
+        let shards = shards.ok_or_else(|| {
+            ServiceError::Unavailable(
+                "the cluster has no shard map yet (it is still forming); retry in a moment".into(),
+            )
+        })?;
+        check_publish(&manifest, shards, overlay_dim, staged.as_ref(), force)?;
+        let version = manifest.model_version.clone();
+        let abs = std::fs::canonicalize(&dir).unwrap_or(dir);
+        let previous = self.model_version().or_else(|| active.map(|a| a.version));
+        let model = ModelRef {
+            version: version.clone(),
+            bundle_path: abs.display().to_string(),
+            source_node: link.id(),
+        };
+        self.versions().published = Some((version.clone(), abs.clone()));
+        link.raft
+            .write(Command::StageModel(model))
+            .await
+            .map_err(service_error)?;
+        tracing::info!(version = %version, force, "model staged for rollout");
+        if force {
+            link.raft
+                .write(Command::ActivateModel {
+                    version: version.clone(),
+                    force: true,
+                })
+                .await
+                .map_err(service_error)?;
+        }
+        Ok(Staged {
+            version,
+            previous,
+            source_node: link.id(),
+        })
+    }
+
+    /// Waits until this node serves `version`.
+    pub async fn wait_serving(&self, version: &str, timeout: Duration) -> Result<(), ServiceError> {
+        let until = Instant::now() + timeout;
+        while Instant::now() < until {
+            if self.model_version().as_deref() == Some(version) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(ServiceError::Unavailable(format!(
+            "version {version} is staged but this node does not serve it after {} s; see funnel admin --addr INTERNAL status for which nodes have loaded it",
+            timeout.as_secs()
+        )))
+    }
+
+    /// Loads `m` in the background (one version at a time); the control
+    /// loop picks the result up.
+    fn start_loading(&self, link: &Arc<ClusterLink>, config: &NodeConfig, m: &ModelRef) {
+        {
+            let mut v = self.versions();
+            if v.loading.is_some() {
+                return;
+            }
+            if v.failed
+                .as_ref()
+                .is_some_and(|(ver, at)| *ver == m.version && at.elapsed() < RETRY_AFTER)
+            {
+                return;
+            }
+            v.loading = Some(m.version.clone());
+        }
+        let (node, link, config, m) = (self.clone(), link.clone(), config.clone(), m.clone());
+        let span = tracing::info_span!("rollout_load", node_id = link.id(), version = %m.version);
+        let task = async move {
+            let t0 = Instant::now();
+            let r = async {
+                let hosted = node.hosted_shards().unwrap_or_default();
+                let dir = bundle_fetch::ensure_local(&link, &config, &m, &hosted).await?;
+                let p = node.prepare(dir).await?;
+                if p.standby.version != m.version {
+                    return Err(ServiceError::FailedPrecondition(format!(
+                        "the bundle at {} is version {}, not the staged {}",
+                        p.standby.dir.display(),
+                        p.standby.version,
+                        m.version
+                    )));
+                }
+                Ok(p)
+            }
+            .await;
+            let mut v = node.versions();
+            v.loading = None;
+            match r {
+                Ok(p) => {
+                    tracing::info!(version = %m.version, ms = t0.elapsed().as_millis() as u64, "staged model loaded");
+                    v.failed = None;
+                    v.prepared = Some(p);
+                }
+                Err(e) => {
+                    tracing::warn!(version = %m.version, error = %e, "loading the staged model failed; retrying");
+                    v.failed = Some((m.version.clone(), Instant::now()));
+                }
+            }
+        };
+        actix::spawn(tracing::Instrument::instrument(task, span));
+    }
+}
+
+/// Refuses a publish that cannot work, before anything changes.
+fn check_publish(
+    manifest: &crate::bundle::Manifest,
+    shards: u32,
+    overlay_dim: Option<usize>,
+    staged: Option<&ModelRef>,
+    force: bool,
+) -> Result<(), ServiceError> {
+    let version = &manifest.model_version;
+    if manifest.shard_count != shards {
+        return Err(ServiceError::FailedPrecondition(format!(
+            "bundle {version} has {} shards but the cluster has {shards}; train it with --shards {shards}",
+            manifest.shard_count
+        )));
+    }
+    if let Some(d) = overlay_dim.filter(|&d| d != manifest.dimension as usize) {
+        return Err(ServiceError::FailedPrecondition(format!(
+            "bundle {version} has {}-dimensional vectors but items upserted into the cluster have {d}; train with dimension {d}",
+            manifest.dimension
+        )));
+    }
+    if let Some(s) = staged.filter(|s| s.version != *version && !force) {
+        return Err(ServiceError::FailedPrecondition(format!(
+            "version {} is already being rolled out (staged, not yet active); wait until it is active (funnel admin status), or publish with --force to replace it",
+            s.version
+        )));
+    }
+    Ok(())
+}
+
+/// The bundle a node that serves nothing yet starts with: the cluster's
+/// active version (fetched if needed) when there is one, else `[node]
+/// bundle` (a fresh cluster), else none (it waits for a publish).
+pub(super) async fn first_bundle_dir(
+    node: &Node,
+    link: &Arc<ClusterLink>,
+    config: &NodeConfig,
+) -> Result<Option<PathBuf>, String> {
+    let active = link.raft.state().read().models.active.clone();
+    match active {
+        Some(m) => {
+            let hosted = node.hosted_shards().unwrap_or_default();
+            bundle_fetch::ensure_local(link, config, &m, &hosted)
+                .await
+                .map(Some)
+                .map_err(|e| e.to_string())
+        }
+        None => Ok(config.node.bundle_dir().map(|p| p.to_path_buf())),
+    }
+}
+
+/// One rollout step of the control loop: drop an expired retired version,
+/// switch to the active version once it is prepared, prepare the staged
+/// one and report it loaded, and (on the leader) activate it when every
+/// replica holder has.
+pub(super) async fn step(
+    node: &Node,
+    link: &Arc<ClusterLink>,
+    config: &NodeConfig,
+) -> Result<(), String> {
+    let me = link.id();
+    let (active, staged, reported, decision) = {
+        let st = link.raft.state();
+        let st = st.read();
+        (
+            st.models.active.clone(),
+            st.models.staged.clone(),
+            st.models.loaded.get(&me).cloned(),
+            activation(&st),
+        )
+    };
+    {
+        let mut v = node.versions();
+        if v.retired
+            .as_ref()
+            .is_some_and(|(_, at)| at.elapsed() >= RETIRED_GRACE)
+        {
+            v.retired = None;
+        }
+    }
+    let serving = node.model_version();
+    if let Some(a) = &active {
+        if serving.as_deref() != Some(a.version.as_str()) {
+            if node.prepared_version().as_deref() == Some(a.version.as_str()) {
+                let _one_at_a_time = node.inner.swap.lock().await;
+                let p = node.versions().prepared.take();
+                if let Some(p) = p {
+                    node.switch_to(p).await.map_err(|e| e.to_string())?;
+                }
+            } else if serving.is_some() {
+                // activated (e.g. forced) before this node had it loaded
+                node.start_loading(link, config, a);
+            }
+        }
+    }
+    if let Some(s) = &staged {
+        let have = node.model_version().as_deref() == Some(s.version.as_str())
+            || node.prepared_version().as_deref() == Some(s.version.as_str());
+        if !have {
+            node.start_loading(link, config, s);
+        } else if reported.as_deref() != Some(s.version.as_str()) {
+            link.raft
+                .write(Command::ReportLoaded {
+                    node: me,
+                    version: s.version.clone(),
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::info!(node_id = me, version = %s.version, "reported the staged model loaded");
+        }
+    }
+    if let (true, Activation::Activate(version)) = (link.is_leader(), decision) {
+        link.raft
+            .write(Command::ActivateModel {
+                version: version.clone(),
+                force: false,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(node_id = me, version = %version, "every replica holder loaded the staged model; activated");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::{ClusterState, NodeInfo, Replica, ShardMap};
+
+    fn state(loaded: &[(u64, &str)], staged: Option<&str>) -> ClusterState {
+        let mut st = ClusterState::default();
+        for id in 1..=3 {
+            st.nodes.insert(
+                id,
+                NodeInfo::new(id, format!("127.0.0.1:{}", 7000 + id), "h:1", "g:1"),
+            );
+        }
+        let rep = |node| Replica {
+            node,
+            state: crate::cluster::ReplicaState::Active,
+        };
+        st.shard_map = Some(ShardMap {
+            shards: 2,
+            replication: 2,
+            replicas: vec![vec![rep(1), rep(2)], vec![rep(2), rep(3)]],
+        });
+        st.models.staged = staged.map(|v| ModelRef {
+            version: v.into(),
+            bundle_path: "/b".into(),
+            source_node: 1,
+        });
+        for (n, v) in loaded {
+            st.models.loaded.insert(*n, v.to_string());
+        }
+        st
+    }
+
+    #[test]
+    fn the_leader_activates_only_when_every_replica_holder_loaded() {
+        assert_eq!(activation(&state(&[], None)), Activation::Idle);
+        assert_eq!(
+            activation(&state(&[(1, "v2")], Some("v2"))),
+            Activation::Waiting(vec![2, 3])
+        );
+        // a report of another version does not count
+        assert_eq!(
+            activation(&state(&[(1, "v2"), (2, "v2"), (3, "v1")], Some("v2"))),
+            Activation::Waiting(vec![3])
+        );
+        assert_eq!(
+            activation(&state(&[(1, "v2"), (2, "v2"), (3, "v2")], Some("v2"))),
+            Activation::Activate("v2".into())
+        );
+    }
+
+    fn manifest(version: &str, shards: u32, dim: u32) -> crate::bundle::Manifest {
+        crate::bundle::Manifest {
+            format_version: crate::bundle::FORMAT_VERSION,
+            model_version: version.into(),
+            created_at_unix: 0,
+            input_fingerprint: String::new(),
+            feature_schema: Default::default(),
+            dimension: dim,
+            shard_count: shards,
+            n_items: 0,
+            n_users: 0,
+            index: Default::default(),
+            components: vec![],
+            metrics: serde_json::Value::Null,
+            params: serde_json::Value::Null,
+            files: vec![],
+            generator: String::new(),
+        }
+    }
+
+    #[test]
+    fn publish_checks() {
+        let staged = ModelRef {
+            version: "v2".into(),
+            bundle_path: "/b".into(),
+            source_node: 1,
+        };
+        assert!(check_publish(&manifest("v3", 4, 16), 4, Some(16), None, false).is_ok());
+        let e = check_publish(&manifest("v3", 3, 16), 4, None, None, false).unwrap_err();
+        assert!(e.to_string().contains("--shards 4"), "{e}");
+        let e = check_publish(&manifest("v3", 4, 8), 4, Some(16), None, false).unwrap_err();
+        assert!(e.to_string().contains("dimension 16"), "{e}");
+        let e = check_publish(&manifest("v3", 4, 16), 4, None, Some(&staged), false).unwrap_err();
+        assert!(e.to_string().contains("--force"), "{e}");
+        // re-publishing the staged version, or forcing, is allowed
+        assert!(check_publish(&manifest("v2", 4, 16), 4, None, Some(&staged), false).is_ok());
+        assert!(check_publish(&manifest("v3", 4, 16), 4, None, Some(&staged), true).is_ok());
+    }
+}

@@ -1,0 +1,531 @@
+//! Cluster-wide two-phase model rollout on three real `funnel serve`
+//! processes (4 shards, 2 replicas each, admin token set, bundle files
+//! always fetched from the source node as on separate machines).
+//!
+//! What must hold: a publish without the token, or of a bundle with the
+//! wrong shard count, is refused and changes nothing; a publish of v2 on
+//! one node makes every node load its shards of v2 (the others fetching
+//! the files, checksummed, into their data dir; a corrupted local copy is
+//! repaired), the leader activates it and every node serves v2; under
+//! continuous recommend load during the rollout no request fails or loses
+//! coverage, each reports v1 or v2, and once every node switched only v2; `admin status` shows who loaded
+//! what; bad internal requests are rejected cleanly.
+//!
+//! A second cluster starts with no bundle at all: it waits until one is
+//! published (here over HTTP on one node, which goes through the same
+//! rollout), and a node restarted afterwards serves the cluster's active
+//! version, not its (empty) configured bundle.
+//!
+//! Ports: 127.0.0.1:17100-17159 (unique to this file).
+
+mod support;
+
+use funnel::cluster::proto::bundle_files_client::BundleFilesClient;
+use funnel::cluster::proto::control_client::ControlClient;
+use funnel::cluster::proto::{FetchBundleFileRequest, PayloadFormat, WriteRequest};
+use funnel::cluster::{Command, ModelRef};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::{eventually, small_bundle, Http, NodeProc};
+
+const SHARDS: u32 = 4;
+const TOKEN: &str = "rollout-test-token";
+const V1: &str = "test-seed-1";
+const V2: &str = "test-seed-2";
+
+struct Member {
+    id: u64,
+    config: PathBuf,
+    data_dir: PathBuf,
+    http: String,
+    internal: String,
+}
+
+/// Configs of three nodes on ports `base`..`base + 29`.
+fn write_configs(dir: &Path, base: u16, bundle: Option<&Path>, fetch: &str) -> Vec<Member> {
+    let port = |kind: u16, id: u64| base + kind * 10 + id as u16;
+    let members: Vec<String> = (1..=3)
+        .map(|id| {
+            format!(
+                "  {{ id = {id}, internal = \"127.0.0.1:{}\", http = \"127.0.0.1:{}\", grpc = \"127.0.0.1:{}\" }},",
+                port(2, id),
+                port(0, id),
+                port(1, id)
+            )
+        })
+        .collect();
+    (1..=3)
+        .map(|id| {
+            let data_dir = dir.join(format!("node-{id}"));
+            let config = dir.join(format!("node{id}.toml"));
+            let text = format!(
+                r#"[node]
+id = {id}
+data_dir = "{data}"
+bundle = "{bundle}"
+
+[api]
+http = "127.0.0.1:{h}"
+grpc = "127.0.0.1:{g}"
+admin_token = "{TOKEN}"
+
+[cluster]
+internal = "127.0.0.1:{r}"
+bootstrap = {boot}
+shards = {SHARDS}
+replication = 2
+heartbeat_ms = 100
+election_timeout_min_ms = 300
+election_timeout_max_ms = 600
+fetch_bundles = "{fetch}"
+members = [
+{members}
+]
+"#,
+                data = data_dir.display(),
+                bundle = bundle.map_or(String::new(), |b| b.display().to_string()),
+                h = port(0, id),
+                g = port(1, id),
+                r = port(2, id),
+                boot = id == 1,
+                members = members.join("\n"),
+            );
+            std::fs::write(&config, text).unwrap();
+            Member {
+                id,
+                config,
+                data_dir,
+                http: format!("127.0.0.1:{}", port(0, id)),
+                internal: format!("127.0.0.1:{}", port(2, id)),
+            }
+        })
+        .collect()
+}
+
+fn admin(addr: &str, token: Option<&str>, args: &[&str]) -> Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_funnel"));
+    cmd.arg("admin").arg("--addr").arg(addr);
+    cmd.env_remove("FUNNEL_ADMIN_TOKEN");
+    if let Some(t) = token {
+        cmd.env("FUNNEL_ADMIN_TOKEN", t);
+    }
+    cmd.args(args).output().expect("funnel admin runs")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The cluster view as `funnel admin status --json` prints it.
+fn status_json(internal: &str) -> serde_json::Value {
+    let o = admin(internal, None, &["status", "--json"]);
+    assert!(o.status.success(), "admin status: {}", text(&o));
+    serde_json::from_slice(&o.stdout).expect("status --json is JSON")
+}
+
+fn serving_version(http: &Http, m: &Member) -> Option<String> {
+    let (s, v) = http
+        .try_call(&format!("http://{}/readyz", m.http), None, None)
+        .ok()?;
+    (s == 200).then(|| v["model_version"].as_str().unwrap_or("").to_string())
+}
+
+/// One recommend answer under load.
+struct Sample {
+    started: Instant,
+    result: Result<(String, f64), String>,
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn publish_rolls_a_new_version_out_to_every_node_without_failed_requests() {
+    let tmp = tempfile::tempdir().unwrap();
+    let v1 = small_bundle(&tmp.path().join("v1"), 1, SHARDS);
+    let v2 = small_bundle(&tmp.path().join("v2"), 2, SHARDS);
+    let wrong = small_bundle(&tmp.path().join("wrong"), 3, SHARDS - 1);
+    let members = write_configs(tmp.path(), 17100, Some(&v1), "always");
+    let _procs: Vec<NodeProc> = members
+        .iter()
+        .map(|m| NodeProc::start_config(&m.config, &m.data_dir))
+        .collect();
+    let http = Http::default();
+    assert!(
+        eventually(Duration::from_secs(90), || members.iter().all(|m| {
+            serving_version(&http, m).as_deref() == Some(V1)
+                && recommend(&http, &m.http, "u000001").is_ok_and(|(_, c)| c == 1.0)
+        })),
+        "the cluster did not come up serving {V1} with full coverage"
+    );
+
+    // the token is enforced: nothing is staged without it
+    let o = admin(
+        &members[1].internal,
+        None,
+        &["publish", v2.to_str().unwrap(), "--wait-secs", "0"],
+    );
+    assert!(!o.status.success(), "a publish without the token must fail");
+    assert!(text(&o).contains("Unauthenticated"), "{}", text(&o));
+    let o = admin(
+        &members[1].internal,
+        Some("wrong-token"),
+        &["publish", v2.to_str().unwrap(), "--wait-secs", "0"],
+    );
+    assert!(!o.status.success(), "a wrong token must fail: {}", text(&o));
+    // a forwarded admin write without the token is refused by the leader too
+    let rt = rt();
+    let stage = Command::StageModel(ModelRef {
+        version: V2.into(),
+        bundle_path: v2.display().to_string(),
+        source_node: 2,
+    });
+    let forwarded = rt.block_on(async {
+        let mut c = ControlClient::connect(format!("http://{}", members[0].internal))
+            .await
+            .unwrap();
+        c.forward_write(WriteRequest {
+            format: PayloadFormat::Postcard as i32,
+            command: funnel::cluster::network::encode_payload(&stage).unwrap(),
+            origin_node: 99,
+        })
+        .await
+    });
+    assert_eq!(
+        forwarded
+            .expect_err("a token-less StageModel must be refused")
+            .code(),
+        tonic::Code::Unauthenticated
+    );
+
+    // a bundle with the wrong shard count is refused and changes nothing
+    let o = admin(
+        &members[1].internal,
+        Some(TOKEN),
+        &["publish", wrong.to_str().unwrap(), "--wait-secs", "0"],
+    );
+    assert!(!o.status.success(), "a 3-shard bundle must be refused");
+    assert!(text(&o).contains("--shards 4"), "{}", text(&o));
+    let o = admin(
+        &members[1].internal,
+        Some(TOKEN),
+        &["publish", "/no/such/bundle", "--wait-secs", "0"],
+    );
+    assert!(!o.status.success(), "a missing path must be refused");
+    assert!(text(&o).contains("not a usable bundle"), "{}", text(&o));
+    let st = status_json(&members[0].internal);
+    assert!(st["view"]["models"]["staged"].is_null(), "{st}");
+    assert!(st["view"]["models"]["active"].is_null(), "{st}");
+
+    // node 3 already has a copy of v2 whose items.bin is corrupted: it must
+    // notice (checksums) and fetch the bad file again
+    let stale = members[2].data_dir.join("bundles").join(V2);
+    copy_tree(&v2, &stale);
+    let mut items = std::fs::read(stale.join("items.bin")).unwrap();
+    items[10] ^= 0xff;
+    std::fs::write(stale.join("items.bin"), items).unwrap();
+
+    // continuous load on every node during the rollout
+    let stop = Arc::new(AtomicBool::new(false));
+    let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
+    let loaders: Vec<_> = members
+        .iter()
+        .map(|m| {
+            let (stop, samples, addr) = (stop.clone(), samples.clone(), m.http.clone());
+            std::thread::spawn(move || {
+                let http = Http::default();
+                let mut i = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    let user = format!("u{:06}", 1 + i % 300);
+                    let started = Instant::now();
+                    let result = recommend(&http, &addr, &user);
+                    samples.lock().unwrap().push(Sample { started, result });
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+
+    let o = admin(
+        &members[1].internal,
+        Some(TOKEN),
+        &["publish", v2.to_str().unwrap(), "--wait-secs", "120"],
+    );
+    assert!(o.status.success(), "publish of v2: {}", text(&o));
+    assert!(
+        text(&o).contains(&format!("active on the cluster: {V2}")),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || members
+            .iter()
+            .all(|m| serving_version(&http, m).as_deref() == Some(V2))),
+        "not every node switched to {V2}"
+    );
+    let all_switched = Instant::now();
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::Relaxed);
+    for l in loaders {
+        l.join().unwrap();
+    }
+
+    let samples = samples.lock().unwrap();
+    assert!(samples.len() > 30, "too little load: {}", samples.len());
+    let failed: Vec<&String> = samples
+        .iter()
+        .filter_map(|s| s.result.as_ref().err())
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} failed requests, e.g. {:?}",
+        failed.len(),
+        failed.first()
+    );
+    let mut seen_v1 = 0;
+    for s in samples.iter() {
+        let (version, coverage) = s.result.as_ref().unwrap();
+        assert!(
+            version == V1 || version == V2,
+            "unexpected version {version}"
+        );
+        assert_eq!(
+            *coverage, 1.0,
+            "a request lost coverage during the rollout ({version})"
+        );
+        if version == V1 {
+            seen_v1 += 1;
+        }
+        if s.started > all_switched {
+            assert_eq!(
+                version, V2,
+                "a request after every node switched used {version}"
+            );
+        }
+    }
+    assert!(seen_v1 > 0, "the load did not overlap the rollout");
+    assert!(
+        samples.iter().any(|s| s.started > all_switched),
+        "no request after the switch"
+    );
+
+    // status: v2 active, every node reported it loaded
+    let st = status_json(&members[2].internal);
+    let models = &st["view"]["models"];
+    assert_eq!(models["active"]["version"], V2, "{st}");
+    assert_eq!(models["active"]["source_node"], 2, "{st}");
+    assert!(models["staged"].is_null(), "{st}");
+    for id in ["1", "2", "3"] {
+        assert_eq!(models["loaded"][id], V2, "node {id} in {st}");
+    }
+    let o = admin(&members[0].internal, None, &["status"]);
+    assert!(text(&o).contains(&format!("active {V2}")), "{}", text(&o));
+
+    // node 1 fetched exactly the shards it hosts, node 3 repaired its copy;
+    // node 2 is the source
+    assert_eq!(
+        std::fs::read(stale.join("items.bin")).unwrap(),
+        std::fs::read(v2.join("items.bin")).unwrap(),
+        "node 3 must replace the corrupted file"
+    );
+    let map = &st["view"]["shard_map"]["replicas"];
+    for m in &members {
+        let copy = m.data_dir.join("bundles").join(V2);
+        if m.id == 2 {
+            assert!(
+                !copy.exists(),
+                "the source node must not copy its own bundle"
+            );
+            continue;
+        }
+        assert!(
+            copy.join("manifest.json").is_file(),
+            "node {} has no copy",
+            m.id
+        );
+        // node 3's copy was seeded with every shard above
+        for s in (0..SHARDS).filter(|_| m.id == 1) {
+            let hosts = map[s as usize]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["node"] == m.id);
+            let dir = copy.join(format!("shards/shard-{s:04}"));
+            assert_eq!(
+                dir.join("index.usearch").is_file(),
+                hosts,
+                "node {} shard {s}: fetched files must match what it hosts",
+                m.id
+            );
+        }
+        let parts = walk(&copy)
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "part"))
+            .count();
+        assert_eq!(parts, 0, "no temporary files are left behind");
+    }
+
+    // bad internal requests are rejected cleanly
+    rt.block_on(async {
+        let mut c = BundleFilesClient::connect(format!("http://{}", members[1].internal))
+            .await
+            .unwrap();
+        let fetch = |version: &str, path: &str| {
+            let req = FetchBundleFileRequest {
+                version: version.into(),
+                path: path.into(),
+                offset: 0,
+            };
+            let mut c = c.clone();
+            async move { c.fetch_bundle_file(req).await.map(|_| ()) }
+        };
+        let e = fetch(V2, "../../../../etc/passwd").await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        let e = fetch(V2, "/etc/passwd").await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        let e = fetch("no-such-version", "manifest.json").await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+        let e = fetch(V2, "not/in/the/manifest.bin").await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+        let mut ok = c
+            .fetch_bundle_file(FetchBundleFileRequest {
+                version: V2.into(),
+                path: "manifest.json".into(),
+                offset: 0,
+            })
+            .await
+            .expect("the manifest is served")
+            .into_inner();
+        let first = ok.message().await.unwrap().expect("one chunk at least");
+        assert!(!first.data.is_empty() && first.total_bytes > 0);
+    });
+    // the publisher's path is what the source serves: same manifest bytes
+    let served = std::fs::read(v2.join("manifest.json")).unwrap();
+    let copied = std::fs::read(
+        members[0]
+            .data_dir
+            .join("bundles")
+            .join(V2)
+            .join("manifest.json"),
+    )
+    .unwrap();
+    assert_eq!(served, copied);
+    // the recommend answers keep working on v2 with the token-free API
+    let (version, coverage) = recommend(&http, &members[0].http, "u000002").unwrap();
+    assert_eq!((version.as_str(), coverage), (V2, 1.0));
+}
+
+#[test]
+fn a_cluster_without_a_bundle_waits_for_a_publish_and_restarts_on_the_active_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let v1 = small_bundle(&tmp.path().join("v1"), 1, SHARDS);
+    let members = write_configs(tmp.path(), 17130, None, "if-missing");
+    let mut procs: Vec<NodeProc> = members
+        .iter()
+        .map(|m| NodeProc::start_config(&m.config, &m.data_dir))
+        .collect();
+    let http = Http::default();
+    // formed, but nothing to serve yet
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            let st = status_json(&members[0].internal);
+            !st["view"]["shard_map"].is_null()
+        }),
+        "the cluster did not form"
+    );
+    for m in &members {
+        let (s, v) = http.call(&format!("http://{}/readyz", m.http), None, None);
+        assert_eq!(s, 503, "node {} must wait for a bundle: {v}", m.id);
+        assert_eq!(v["status"], "loading");
+    }
+    // HTTP publish on a cluster node: token enforced, then a cluster-wide rollout
+    let url = format!("http://{}/v1/admin/publish", members[2].http);
+    let body = json!({ "bundle": v1.display().to_string() }).to_string();
+    let (s, _) = http.call(&url, Some(body.clone()), None);
+    assert_eq!(s, 401);
+    let (s, v) = http.call(&url, Some(body), Some(TOKEN));
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["model_version"], V1);
+    assert!(
+        eventually(Duration::from_secs(30), || members.iter().all(|m| {
+            serving_version(&http, m).as_deref() == Some(V1)
+                && recommend(&http, &m.http, "u000003").is_ok_and(|(_, c)| c == 1.0)
+        })),
+        "not every node serves {V1} with full coverage after the publish"
+    );
+    let st = status_json(&members[0].internal);
+    assert_eq!(st["view"]["models"]["active"]["version"], V1, "{st}");
+    assert_eq!(st["view"]["models"]["active"]["source_node"], 3, "{st}");
+    // nodes read the shared path: nothing was copied
+    for m in &members {
+        assert!(!m.data_dir.join("bundles").exists(), "node {} copied", m.id);
+    }
+
+    // a restarted node comes back on the active version
+    procs[0].kill9();
+    procs[0] = NodeProc::start_config(&members[0].config, &members[0].data_dir);
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            serving_version(&http, &members[0]).as_deref() == Some(V1)
+                && recommend(&http, &members[0].http, "u000004").is_ok_and(|(_, c)| c == 1.0)
+        }),
+        "the restarted node does not serve the active version {V1}"
+    );
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            copy_tree(&p, &to.join(e.file_name()));
+        } else {
+            std::fs::copy(&p, to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// (model_version, coverage) of one recommend call.
+fn recommend(http: &Http, node_http: &str, user: &str) -> Result<(String, f64), String> {
+    let (s, v) = http.try_call(
+        &format!("http://{node_http}/v1/recommend"),
+        Some(json!({"user_id": user, "k": 10, "deadline_ms": 2000}).to_string()),
+        None,
+    )?;
+    if s != 200 {
+        return Err(format!("{s}: {v}"));
+    }
+    Ok((
+        v["model_version"].as_str().unwrap_or("").to_string(),
+        v["coverage"].as_f64().unwrap_or(0.0),
+    ))
+}
