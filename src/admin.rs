@@ -287,12 +287,12 @@ pub async fn fetch_view(
         }
         Err(s) => bail!("{addr}: {}", s.message()),
     };
+    let view = decode_view(addr, &r)?;
     let status: crate::cluster::ClusterStatus = r
         .status
         .ok_or_else(|| anyhow!("{addr} sent a view without status"))?
         .try_into()
         .map_err(|e| anyhow!("{addr}: {e}"))?;
-    let view = decode_view(addr, &r)?;
     Ok(Some((status, view)))
 }
 
