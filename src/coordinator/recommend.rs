@@ -18,7 +18,7 @@ use crate::ranking::score::{
     cascade_phases, feature_rows, finish_cascade, gather_rows, second_phase_rows, Cascade,
     ItemSource, Ranker,
 };
-use crate::ranking::worker::{RankWorker, ScoreBatch};
+use crate::ranking::worker::{RankWorker, ScoreBatch, ScoreWork};
 use crate::recall::{local_paths, merge, Candidate, PathResult, RecallConfig};
 use crate::telemetry::metrics::metrics;
 use crate::userstate::{GetUser, UserStateActor};
@@ -403,8 +403,18 @@ async fn score(
     degraded: &mut Vec<String>,
 ) -> Vec<f32> {
     let start = vec![ranker.initial_score(); n_rows];
-    let scored = match cascade_phases(env.cascade, ranker.n_trees(), n_rows) {
+    let phases = cascade_phases(env.cascade, ranker.n_trees(), n_rows);
+    let scored = match phases {
         None => add_trees(env, ranker, &rows, start, 0..usize::MAX, until).await,
+        // one batch: the worker runs both phases (`Ranker::score_rows`)
+        Some(_) if n_rows <= env.batch_rows => {
+            let msg = ScoreBatch {
+                ranker: ranker.clone(),
+                rows: rows.clone(),
+                work: ScoreWork::Cascade(env.cascade),
+            };
+            worker_result(tokio::time::timeout_at(until.into(), env.rank.send(msg)).await)
+        }
         Some((first, rest)) => {
             // the same steps as `Ranker::score_rows`, over the worker pool
             match add_trees(env, ranker, &rows, start, first, until).await {
@@ -455,22 +465,31 @@ async fn add_trees(
             let msg = ScoreBatch {
                 ranker: ranker.clone(),
                 rows: chunk.to_vec(),
-                start: start.to_vec(),
-                trees: trees.clone(),
+                work: ScoreWork::Trees {
+                    start: start.to_vec(),
+                    trees: trees.clone(),
+                },
             };
             let rank = env.rank.clone();
             async move { tokio::time::timeout_at(until.into(), rank.send(msg)).await }
         });
     let mut scores = Vec::with_capacity(start.len());
     for r in join_all(calls).await {
-        match r {
-            Ok(Ok(Ok(s))) => scores.extend(s),
-            Ok(Ok(Err(e))) => return Err(format!("rank: {e}")),
-            Ok(Err(e)) => return Err(format!("rank: workers unavailable ({e})")),
-            Err(_) => return Err("rank: deadline".to_string()),
-        }
+        scores.extend(worker_result(r)?);
     }
     Ok(scores)
+}
+
+/// What one worker call came to: its scores, or the reason it gave none.
+fn worker_result<E: std::fmt::Display>(
+    r: Result<Result<Result<Vec<f32>, String>, E>, tokio::time::error::Elapsed>,
+) -> Result<Vec<f32>, String> {
+    match r {
+        Ok(Ok(Ok(s))) => Ok(s),
+        Ok(Ok(Err(e))) => Err(format!("rank: {e}")),
+        Ok(Err(e)) => Err(format!("rank: workers unavailable ({e})")),
+        Err(_) => Err("rank: deadline".to_string()),
+    }
 }
 
 /// Similarity for diversity: embedding cosine when both vectors are

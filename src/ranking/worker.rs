@@ -1,7 +1,7 @@
 //! `RankWorker`: sync-arbiter threads that score batches of feature rows,
 //! so ranking's CPU work never runs on the threads that move requests.
 
-use super::score::Ranker;
+use super::score::{Cascade, Ranker};
 use crate::telemetry::cpu::thread_cpu_micros;
 use actix::{Actor, Addr, Handler, Message, SyncArbiter, SyncContext};
 use std::ops::Range;
@@ -17,14 +17,25 @@ pub fn start_rank_workers(threads: usize) -> Addr<RankWorker> {
     SyncArbiter::start(threads.max(1), || RankWorker)
 }
 
-/// Adds the outputs of `trees` of the request's model version to `start`
-/// (one running score per row) for row-major feature rows: a whole scoring
-/// or one phase of a cascade (`ranking::score::Cascade`).
+/// Scoring work for the pool with the request's model version.
 pub struct ScoreBatch {
     pub ranker: Arc<Ranker>,
+    /// Row-major feature rows (`N_FEATURES` each).
     pub rows: Vec<f32>,
-    pub start: Vec<f32>,
-    pub trees: Range<usize>,
+    pub work: ScoreWork,
+}
+
+pub enum ScoreWork {
+    /// Add the outputs of `trees` to `start` (one running score per row): a
+    /// whole scoring of one batch, or one phase of a cascade split across
+    /// the pool.
+    Trees {
+        start: Vec<f32>,
+        trees: Range<usize>,
+    },
+    /// Both phases of `Cascade` here: one trip to the pool instead of two
+    /// when every row fits one batch (the common case).
+    Cascade(Cascade),
 }
 
 impl Message for ScoreBatch {
@@ -36,8 +47,16 @@ impl Handler<ScoreBatch> for RankWorker {
 
     fn handle(&mut self, msg: ScoreBatch, _: &mut SyncContext<Self>) -> Self::Result {
         let t0 = thread_cpu_micros();
-        let mut out = msg.start;
-        let r = msg.ranker.add_trees(&msg.rows, msg.trees, &mut out);
+        let (r, out) = match msg.work {
+            ScoreWork::Trees { start, trees } => {
+                let mut out = start;
+                (msg.ranker.add_trees(&msg.rows, trees, &mut out), out)
+            }
+            ScoreWork::Cascade(cascade) => {
+                let mut out = vec![0f32; msg.rows.len() / crate::features::N_FEATURES];
+                (msg.ranker.score_rows(&msg.rows, &mut out, cascade), out)
+            }
+        };
         crate::telemetry::metrics::record_cpu("ranking", thread_cpu_micros().saturating_sub(t0));
         r.map(|_| out)
     }
