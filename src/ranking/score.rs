@@ -70,7 +70,7 @@ pub fn cascade_phases(
 ) -> Option<(Range<usize>, Range<usize>)> {
     let on = cascade.first_trees > 0 && cascade.keep > 0;
     (on && n_rows > cascade.keep && n_trees > cascade.first_trees)
-        .then(|| (0..cascade.first_trees, cascade.first_trees..n_trees))
+        .then_some((0..cascade.first_trees, cascade.first_trees..n_trees))
 }
 
 /// Indices (ascending) of the `keep` best first-phase scores; ties go to

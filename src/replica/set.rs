@@ -83,6 +83,11 @@ impl ReplicaSet {
             tokio::select! {
                 done = inflight.next() => {
                     let Some((node, took, res)) = done else { break };
+                    let outcome = if res.is_ok() { "ok" } else { "error" };
+                    crate::telemetry::metrics::metrics()
+                        .replica_calls
+                        .with_label_values(&[outcome])
+                        .inc();
                     match res {
                         Ok(r) => {
                             self.book.update(node, |h| h.record_success(took));
