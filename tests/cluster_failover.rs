@@ -19,7 +19,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{digests_converged, eventually, shard_digests, small_bundle, Http, NodeProc};
+use support::{
+    digests_converged, eventually, members_list, shard_digests, small_bundle, write_node_config,
+    Http, NodePorts, NodeProc,
+};
 
 const SHARDS: u32 = 12;
 
@@ -39,58 +42,25 @@ struct Member {
 }
 
 fn write_configs(dir: &Path, bundle: &Path, n: u64) -> Vec<Member> {
-    let ports: Vec<(u16, u16, u16)> = (0..n)
-        .map(|_| (free_port(), free_port(), free_port()))
-        .collect();
-    let members: Vec<String> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, (h, g, r))| {
-            format!(
-                "  {{ id = {}, internal = \"127.0.0.1:{r}\", http = \"127.0.0.1:{h}\", grpc = \"127.0.0.1:{g}\" }},",
-                i + 1
-            )
+    let nodes: Vec<NodePorts> = (1..=n)
+        .map(|id| NodePorts {
+            id,
+            http: free_port(),
+            grpc: free_port(),
+            internal: free_port(),
         })
         .collect();
-    (1..=n)
-        .map(|id| {
-            let (h, g, r) = ports[(id - 1) as usize];
-            let data_dir = dir.join(format!("node-{id}"));
-            let config = dir.join(format!("node{id}.toml"));
-            let text = format!(
-                r#"[node]
-id = {id}
-data_dir = "{data}"
-bundle = "{bundle}"
-
-[api]
-http = "127.0.0.1:{h}"
-grpc = "127.0.0.1:{g}"
-
-[cluster]
-internal = "127.0.0.1:{r}"
-bootstrap = {boot}
-shards = {SHARDS}
-replication = 2
-heartbeat_ms = 100
-election_timeout_min_ms = 300
-election_timeout_max_ms = 600
-members = [
-{members}
-]
-"#,
-                data = data_dir.display(),
-                bundle = bundle.display(),
-                boot = id == 1,
-                members = members.join("\n"),
-            );
-            std::fs::write(&config, text).unwrap();
+    let members = members_list(&nodes);
+    nodes
+        .iter()
+        .map(|me| {
+            let (config, data_dir) = write_node_config(dir, me, Some(bundle), SHARDS, "", &members);
             Member {
-                id,
+                id: me.id,
                 config,
                 data_dir,
-                http: format!("127.0.0.1:{h}"),
-                internal: format!("127.0.0.1:{r}"),
+                http: format!("127.0.0.1:{}", me.http),
+                internal: format!("127.0.0.1:{}", me.internal),
             }
         })
         .collect()

@@ -27,7 +27,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::{eventually, small_bundle, Http, NodeProc};
+use support::{
+    eventually, members_list, small_bundle, write_node_config, Http, NodePorts, NodeProc,
+};
 
 const SHARDS: u32 = 6;
 const DIM: usize = 16;
@@ -50,56 +52,34 @@ fn ports(id: u64) -> (u16, u16, u16) {
 /// member list and is admitted with `funnel admin add-node`, and node 5,
 /// which asks node 2 to admit it (`cluster.join`).
 fn write_configs(dir: &Path, bundle: &Path) -> Vec<Member> {
-    let member_line = |id: u64| {
-        let (h, g, r) = ports(id);
-        format!(
-            "  {{ id = {id}, internal = \"127.0.0.1:{r}\", http = \"127.0.0.1:{h}\", grpc = \"127.0.0.1:{g}\" }},"
-        )
+    let node = |id: u64| {
+        let (http, grpc, internal) = ports(id);
+        NodePorts {
+            id,
+            http,
+            grpc,
+            internal,
+        }
     };
-    let founders: Vec<String> = (1..=3).map(member_line).collect();
+    let founders: Vec<NodePorts> = (1..=3).map(node).collect();
     let (_, _, join_port) = ports(2);
     (1..=5)
         .map(|id| {
-            let (h, g, r) = ports(id);
-            let data_dir = dir.join(format!("node-{id}"));
-            let config = dir.join(format!("node{id}.toml"));
-            let members = match id {
-                1..=3 => format!("members = [\n{}\n]", founders.join("\n")),
+            let me = node(id);
+            let cluster_extra = match id {
+                1..=3 => members_list(&founders),
                 5 => format!("join = \"127.0.0.1:{join_port}\""),
                 _ => String::new(),
             };
-            let text = format!(
-                r#"[node]
-id = {id}
-data_dir = "{data}"
-bundle = "{bundle}"
-
-[api]
-http = "127.0.0.1:{h}"
-grpc = "127.0.0.1:{g}"
-
-[cluster]
-internal = "127.0.0.1:{r}"
-bootstrap = {boot}
-shards = {SHARDS}
-replication = 2
-heartbeat_ms = 100
-election_timeout_min_ms = 300
-election_timeout_max_ms = 600
-{members}
-"#,
-                data = data_dir.display(),
-                bundle = bundle.display(),
-                boot = id == 1,
-            );
-            std::fs::write(&config, text).unwrap();
+            let (config, data_dir) =
+                write_node_config(dir, &me, Some(bundle), SHARDS, "", &cluster_extra);
             Member {
                 id,
                 config,
                 data_dir,
-                http: format!("127.0.0.1:{h}"),
-                grpc: format!("127.0.0.1:{g}"),
-                internal: format!("127.0.0.1:{r}"),
+                http: format!("127.0.0.1:{}", me.http),
+                grpc: format!("127.0.0.1:{}", me.grpc),
+                internal: format!("127.0.0.1:{}", me.internal),
             }
         })
         .collect()

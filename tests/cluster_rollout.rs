@@ -30,7 +30,9 @@ use std::process::Output;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{eventually, small_bundle, Http, NodeProc};
+use support::{
+    eventually, members_list, small_bundle, write_node_config, Http, NodePorts, NodeProc,
+};
 
 const SHARDS: u32 = 4;
 const TOKEN: &str = "rollout-test-token";
@@ -47,60 +49,27 @@ struct Member {
 
 /// Configs of three nodes on ports `base`..`base + 29`.
 fn write_configs(dir: &Path, base: u16, bundle: Option<&Path>, fetch: &str) -> Vec<Member> {
-    let port = |kind: u16, id: u64| base + kind * 10 + id as u16;
-    let members: Vec<String> = (1..=3)
-        .map(|id| {
-            format!(
-                "  {{ id = {id}, internal = \"127.0.0.1:{}\", http = \"127.0.0.1:{}\", grpc = \"127.0.0.1:{}\" }},",
-                port(2, id),
-                port(0, id),
-                port(1, id)
-            )
+    let nodes: Vec<NodePorts> = (1..=3)
+        .map(|id| NodePorts {
+            id,
+            http: base + id as u16,
+            grpc: base + 10 + id as u16,
+            internal: base + 20 + id as u16,
         })
         .collect();
-    (1..=3)
-        .map(|id| {
-            let data_dir = dir.join(format!("node-{id}"));
-            let config = dir.join(format!("node{id}.toml"));
-            let text = format!(
-                r#"[node]
-id = {id}
-data_dir = "{data}"
-bundle = "{bundle}"
-
-[api]
-http = "127.0.0.1:{h}"
-grpc = "127.0.0.1:{g}"
-admin_token = "{TOKEN}"
-
-[cluster]
-internal = "127.0.0.1:{r}"
-bootstrap = {boot}
-shards = {SHARDS}
-replication = 2
-heartbeat_ms = 100
-election_timeout_min_ms = 300
-election_timeout_max_ms = 600
-fetch_bundles = "{fetch}"
-members = [
-{members}
-]
-"#,
-                data = data_dir.display(),
-                bundle = bundle.map_or(String::new(), |b| b.display().to_string()),
-                h = port(0, id),
-                g = port(1, id),
-                r = port(2, id),
-                boot = id == 1,
-                members = members.join("\n"),
-            );
-            std::fs::write(&config, text).unwrap();
+    let cluster_extra = format!("fetch_bundles = \"{fetch}\"\n{}", members_list(&nodes));
+    let api_extra = format!("admin_token = \"{TOKEN}\"");
+    nodes
+        .iter()
+        .map(|me| {
+            let (config, data_dir) =
+                write_node_config(dir, me, bundle, SHARDS, &api_extra, &cluster_extra);
             Member {
-                id,
+                id: me.id,
                 config,
                 data_dir,
-                http: format!("127.0.0.1:{}", port(0, id)),
-                internal: format!("127.0.0.1:{}", port(2, id)),
+                http: format!("127.0.0.1:{}", me.http),
+                internal: format!("127.0.0.1:{}", me.internal),
             }
         })
         .collect()

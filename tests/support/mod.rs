@@ -271,3 +271,76 @@ pub fn digests_converged(
         && d.values()
             .all(|v| v.len() == copies && v.iter().all(|(_, x)| *x == v[0].1))
 }
+
+/// Ports of one node of a test cluster on 127.0.0.1.
+#[derive(Debug, Clone, Copy)]
+pub struct NodePorts {
+    pub id: u64,
+    pub http: u16,
+    pub grpc: u16,
+    pub internal: u16,
+}
+
+impl NodePorts {
+    /// Its entry in a `members = [...]` list.
+    pub fn member_line(&self) -> String {
+        format!(
+            "  {{ id = {}, internal = \"127.0.0.1:{}\", http = \"127.0.0.1:{}\", grpc = \"127.0.0.1:{}\" }},",
+            self.id, self.internal, self.http, self.grpc
+        )
+    }
+}
+
+/// `members = [...]` listing `nodes`.
+pub fn members_list(nodes: &[NodePorts]) -> String {
+    let lines: Vec<String> = nodes.iter().map(NodePorts::member_line).collect();
+    format!("members = [\n{}\n]", lines.join("\n"))
+}
+
+/// Writes `dir/node{id}.toml` for a test cluster node (fast elections:
+/// heartbeat 100 ms, election timeout 300–600 ms, R = 2; node 1
+/// bootstraps) and returns (config, data_dir). `api_extra` and
+/// `cluster_extra` are extra TOML lines for those sections (e.g. a token,
+/// `members = [...]`, `join = ...`).
+pub fn write_node_config(
+    dir: &Path,
+    me: &NodePorts,
+    bundle: Option<&Path>,
+    shards: u32,
+    api_extra: &str,
+    cluster_extra: &str,
+) -> (PathBuf, PathBuf) {
+    let id = me.id;
+    let data_dir = dir.join(format!("node-{id}"));
+    let config = dir.join(format!("node{id}.toml"));
+    let text = format!(
+        r#"[node]
+id = {id}
+data_dir = "{data}"
+bundle = "{bundle}"
+
+[api]
+http = "127.0.0.1:{h}"
+grpc = "127.0.0.1:{g}"
+{api_extra}
+
+[cluster]
+internal = "127.0.0.1:{r}"
+bootstrap = {boot}
+shards = {shards}
+replication = 2
+heartbeat_ms = 100
+election_timeout_min_ms = 300
+election_timeout_max_ms = 600
+{cluster_extra}
+"#,
+        data = data_dir.display(),
+        bundle = bundle.map_or(String::new(), |b| b.display().to_string()),
+        h = me.http,
+        g = me.grpc,
+        r = me.internal,
+        boot = id == 1,
+    );
+    std::fs::write(&config, text).expect("the test directory is writable");
+    (config, data_dir)
+}
