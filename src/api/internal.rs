@@ -74,15 +74,7 @@ impl ShardData for ShardDataService {
             .local_shard_search(r.shard, &r.model_version, spec)
             .await
             .map_err(|e| grpc_status(&e))?;
-        let dimension = res.vectors.first().map_or(0, |v| v.1.len());
-        let mut vector_keys = Vec::with_capacity(res.vectors.len());
-        let mut vectors = Vec::with_capacity(res.vectors.len() * dimension);
-        for (k, v) in res.vectors {
-            if v.len() == dimension {
-                vector_keys.push(k);
-                vectors.extend(v);
-            }
-        }
+        let (dimension, vector_keys, vectors) = res.vectors.into_parts();
         let (keys, scores) = res.hits.into_iter().unzip();
         Ok(Response::new(ShardSearchResponse {
             keys,

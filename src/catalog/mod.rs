@@ -12,7 +12,7 @@ use crate::ids::item_key;
 use crate::ids::{KeyMap, KeySet};
 use crate::model::ServingModel;
 use std::collections::VecDeque;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
 /// An item added or replaced after the bundle was trained.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,7 +32,9 @@ const FRESH_KEEP: usize = 1000;
 #[derive(Default)]
 struct Overlay {
     upserted: KeyMap<LiveItem>,
-    deleted: KeySet,
+    /// Shared with searches in flight (`deleted_set`): a delete copies
+    /// the set only while a search still holds the old one.
+    deleted: Arc<KeySet>,
     /// Upserted keys, newest first.
     fresh: VecDeque<u64>,
     /// Category names beyond the model's vocabulary.
@@ -43,6 +45,31 @@ pub struct Catalog {
     model: Arc<ServingModel>,
     overlay: RwLock<Overlay>,
     stats: RwLock<KeyMap<ItemStats>>,
+}
+
+/// The catalogue's live items under one read lock (`Catalog::live_view`).
+pub struct LiveView<'a> {
+    catalog: &'a Catalog,
+    overlay: RwLockReadGuard<'a, Overlay>,
+}
+
+impl LiveView<'_> {
+    /// Whether `key` is a live item and, when `wanted` is given, in one of
+    /// those categories.
+    pub fn allows(&self, key: u64, wanted: Option<&[u16]>) -> bool {
+        if self.overlay.deleted.contains(&key) {
+            return false;
+        }
+        let model = &self.catalog.model;
+        let categories: &[u16] = match self.overlay.upserted.get(&key) {
+            Some(item) => &item.categories,
+            None => match model.item_index(key) {
+                Some(i) => &model.items.categories[i as usize],
+                None => return false,
+            },
+        };
+        wanted.is_none_or(|w| categories.iter().any(|c| w.contains(c)))
+    }
 }
 
 /// Owned copy of what the features need for one item (the catalogue's lock
@@ -115,6 +142,26 @@ impl Catalog {
             .read()
             .map(|o| o.deleted.contains(&key))
             .unwrap_or(false)
+    }
+
+    /// The deleted keys as of now, for a filter that checks thousands of
+    /// keys (an ANN search's predicate): one lock here instead of one per
+    /// key on every search thread.
+    pub fn deleted_set(&self) -> Arc<KeySet> {
+        self.overlay
+            .read()
+            .map(|o| o.deleted.clone())
+            .unwrap_or_default()
+    }
+
+    /// The live items under one read lock, for per-key checks in a loop
+    /// (recall paths' filters). Hold it only for synchronous work: writes
+    /// wait while it lives.
+    pub fn live_view(&self) -> LiveView<'_> {
+        LiveView {
+            catalog: self,
+            overlay: self.overlay.read().unwrap_or_else(PoisonError::into_inner),
+        }
     }
 
     /// Whether the key names a live item (in the model or upserted, not deleted).
@@ -246,7 +293,7 @@ impl Catalog {
             .collect();
         cats.sort_unstable();
         cats.dedup();
-        o.deleted.remove(&key);
+        Arc::make_mut(&mut o.deleted).remove(&key);
         o.upserted.insert(
             key,
             LiveItem {
@@ -271,7 +318,7 @@ impl Catalog {
             o.upserted.remove(&key);
             o.fresh.retain(|&k| k != key);
             if self.model.item_index(key).is_some() {
-                o.deleted.insert(key);
+                Arc::make_mut(&mut o.deleted).insert(key);
             }
         }
         existed

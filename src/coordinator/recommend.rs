@@ -20,8 +20,9 @@ use crate::ranking::score::{
 };
 use crate::ranking::worker::{RankWorker, ScoreBatch, ScoreWork};
 use crate::recall::{local_paths, merge, Candidate, PathResult, RecallConfig};
+use crate::shard::{KeyedVectors, VectorTable};
 use crate::telemetry::metrics::metrics;
-use crate::userstate::{GetUser, UserStateActor};
+use crate::userstate::UserReader;
 use actix::Addr;
 use futures::future::join_all;
 use std::collections::HashMap;
@@ -41,7 +42,8 @@ pub struct Serving {
 #[derive(Clone)]
 pub struct RecommendEnv {
     pub serving: Arc<Serving>,
-    pub users: Arc<Vec<Addr<UserStateActor>>>,
+    /// One reader per user partition.
+    pub users: Arc<Vec<UserReader>>,
     pub rank: Addr<RankWorker>,
     pub recall: RecallConfig,
     pub rerank: RerankConfig,
@@ -53,13 +55,13 @@ pub struct RecommendEnv {
 /// The features' view of the request's candidates.
 struct CandidateItems {
     facts: KeyMap<ItemFacts>,
-    vectors: KeyMap<Vec<f32>>,
+    vectors: VectorTable,
 }
 
 impl ItemSource for CandidateItems {
     fn item_input(&self, key: u64) -> Option<ItemInput<'_>> {
         let f = self.facts.get(&key)?;
-        Some(f.input(self.vectors.get(&key).map(|v| v.as_slice())))
+        Some(f.input(self.vectors.get(key)))
     }
 }
 
@@ -121,30 +123,14 @@ pub async fn recommend(
 
     // --- user: realtime state and a vector
     let partition = shard_of(user_key(&req.user_id), env.users.len() as u32) as usize;
-    let state: Arc<UserState> = match tokio::time::timeout_at(
-        clock.until(user_end).into(),
-        env.users[partition].send(GetUser(req.user_id.clone())),
-    )
-    .await
-    {
-        Ok(Ok(Some(s))) => s,
-        Ok(Ok(None)) => Arc::new(UserState::default()),
-        Ok(Err(e)) => {
-            degraded.push(format!("user: state unavailable ({e})"));
-            Arc::new(UserState::default())
-        }
-        Err(_) => {
-            degraded.push("user: deadline".into());
-            Arc::new(UserState::default())
-        }
-    };
+    let state: Arc<UserState> = env.users[partition].get(&req.user_id).unwrap_or_default();
     let mut user_vec: Option<Vec<f32>> = model.user_vector(&req.user_id).map(|v| v.to_vec());
-    let mut vectors: KeyMap<Vec<f32>> = KeyMap::default();
+    let mut vectors = VectorTable::default();
     if user_vec.is_none() && !state.recent.is_empty() {
         // a user the model never saw: fold a vector in from what they did
         let keys: Vec<u64> = state.recent.iter().map(|r| r.item).collect();
         let (got, _, _) = fetch_vectors(&serving.shards, &keys, clock.until(user_end)).await;
-        vectors.extend(got);
+        got.into_iter().for_each(|v| vectors.absorb(v));
         user_vec = fold_in(model, &state, &vectors);
         if user_vec.is_none() {
             degraded.push("ann: no vector for this user yet".into());
@@ -182,25 +168,21 @@ pub async fn recommend(
             .filter_map(|c| catalog.category_index(c))
             .collect()
     });
-    let allow = |key: u64| -> bool {
-        if exclude.binary_search(&key).is_ok() {
-            return false;
-        }
-        match catalog.facts(key) {
-            None => false,
-            Some(f) => wanted
-                .as_ref()
-                .is_none_or(|w| f.categories.iter().any(|c| w.contains(c))),
-        }
-    };
     let fresh = catalog.fresh_list();
-    let mut paths = local_paths(&uf, &model.lists, Some(&fresh), &env.recall, &allow);
+    let mut paths = {
+        // one read lock for every key the local paths check
+        let live = catalog.live_view();
+        let allow = |key: u64| -> bool {
+            exclude.binary_search(&key).is_err() && live.allows(key, wanted.as_deref())
+        };
+        local_paths(&uf, &model.lists, Some(&fresh), &env.recall, &allow)
+    };
     let mut coverage = 1.0;
     if let Some(q) = &user_vec {
         let fetch: Vec<u64> = paths
             .iter()
             .flat_map(|p| p.items.iter().map(|x| x.0))
-            .filter(|k| !vectors.contains_key(k))
+            .filter(|&k| !vectors.contains(k))
             .collect();
         let n_shards = serving.shards.len().max(1);
         let per_shard_k = per_shard_k(env.recall.ann_k, n_shards);
@@ -220,7 +202,7 @@ pub async fn recommend(
         )
         .await;
         coverage = answered as f64 / n_shards as f64;
-        vectors.extend(got);
+        got.into_iter().for_each(|v| vectors.absorb(v));
         let mut hits = hits;
         hits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         hits.truncate(env.recall.ann_k);
@@ -240,7 +222,7 @@ pub async fn recommend(
         let (got, answered, n) =
             fetch_vectors(&serving.shards, &keys, clock.until(recall_end)).await;
         coverage = answered as f64 / n.max(1) as f64;
-        vectors.extend(got);
+        got.into_iter().for_each(|v| vectors.absorb(v));
     }
     for p in &paths {
         metrics()
@@ -307,16 +289,12 @@ pub async fn recommend(
 }
 
 /// ALS fold-in from the user's recent items that have vectors.
-fn fold_in(
-    model: &ServingModel,
-    state: &UserState,
-    vectors: &KeyMap<Vec<f32>>,
-) -> Option<Vec<f32>> {
+fn fold_in(model: &ServingModel, state: &UserState, vectors: &VectorTable) -> Option<Vec<f32>> {
     let gram = model.gram.as_ref()?;
     let items: Vec<(&[f32], f32)> = state
         .recent
         .iter()
-        .filter_map(|r| vectors.get(&r.item).map(|v| (v.as_slice(), r.strength)))
+        .filter_map(|r| vectors.get(r.item).map(|v| (v, r.strength)))
         .collect();
     if items.is_empty() {
         return None;
@@ -331,7 +309,7 @@ async fn fetch_vectors(
     shards: &[Arc<dyn ShardClient>],
     keys: &[u64],
     until: Instant,
-) -> (Vec<(u64, Vec<f32>)>, usize, usize) {
+) -> (Vec<KeyedVectors>, usize, usize) {
     let n = shards.len() as u32;
     if n == 0 || keys.is_empty() {
         return (Vec::new(), 0, 0);
@@ -352,7 +330,7 @@ async fn fetch_vectors(
     for r in join_all(calls).await {
         if let Ok(Ok(v)) = r {
             answered += 1;
-            out.extend(v);
+            out.push(v);
         }
     }
     (out, answered, asked)
@@ -364,7 +342,7 @@ async fn ann_fan_out(
     spec: SearchSpec,
     until: Instant,
     degraded: &mut Vec<String>,
-) -> (Vec<(u64, f32)>, Vec<(u64, Vec<f32>)>, usize) {
+) -> (Vec<(u64, f32)>, Vec<KeyedVectors>, usize) {
     let calls = shards.iter().map(|c| {
         let c = c.clone();
         let spec = spec.clone();
@@ -383,7 +361,7 @@ async fn ann_fan_out(
             Ok(Ok(res)) => {
                 answered += 1;
                 hits.extend(res.hits);
-                vectors.extend(res.vectors);
+                vectors.push(res.vectors);
             }
             Ok(Err(e)) => degraded.push(format!("shard {shard}: {e}")),
             Err(_) => degraded.push(format!("shard {shard}: deadline")),
@@ -402,6 +380,15 @@ async fn score(
     until: Instant,
     degraded: &mut Vec<String>,
 ) -> Vec<f32> {
+    // the fallback order is computed before the rows leave for a worker
+    // (five rank features per row: cheaper than keeping a copy of the rows)
+    let mut fallback = vec![0f32; n_rows];
+    if Ranker::RankFusion
+        .score_rows(&rows, &mut fallback, Cascade::OFF)
+        .is_err()
+    {
+        fallback.fill(0.0);
+    }
     let start = vec![ranker.initial_score(); n_rows];
     let phases = cascade_phases(env.cascade, ranker.n_trees(), n_rows);
     let scored = match phases {
@@ -410,7 +397,7 @@ async fn score(
         Some(_) if n_rows <= env.batch_rows => {
             let msg = ScoreBatch {
                 ranker: ranker.clone(),
-                rows: rows.clone(),
+                rows,
                 work: ScoreWork::Cascade(env.cascade),
             };
             worker_result(tokio::time::timeout_at(until.into(), env.rank.send(msg)).await)
@@ -437,11 +424,7 @@ async fn score(
         Ok(scores) => scores,
         Err(reason) => {
             degraded.push(format!("{reason}; ordered by recall rank fusion"));
-            let mut s = vec![0f32; n_rows];
-            match Ranker::RankFusion.score_rows(&rows, &mut s, Cascade::OFF) {
-                Ok(()) => s,
-                Err(_) => vec![0.0; n_rows],
-            }
+            fallback
         }
     }
 }
@@ -495,7 +478,7 @@ fn worker_result<E: std::fmt::Display>(
 /// Similarity for diversity: embedding cosine when both vectors are
 /// known, else category overlap.
 fn similarity(items: &CandidateItems, a: u64, b: u64) -> f32 {
-    if let (Some(x), Some(y)) = (items.vectors.get(&a), items.vectors.get(&b)) {
+    if let (Some(x), Some(y)) = (items.vectors.get(a), items.vectors.get(b)) {
         let d = crate::linalg::dot(x, y);
         let n = crate::linalg::norm(x) * crate::linalg::norm(y);
         return if n > 0.0 {

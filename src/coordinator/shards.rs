@@ -3,7 +3,7 @@
 //! node can rebuild the filter with its own catalogue.
 
 use crate::catalog::Catalog;
-use crate::shard::{GetVectors, Search, SearchResult, ShardActor};
+use crate::shard::{GetVectors, KeyedVectors, Search, SearchResult, ShardActor};
 use actix::Addr;
 use futures::future::BoxFuture;
 use std::sync::Arc;
@@ -38,22 +38,23 @@ pub trait ShardClient: Send + Sync {
 }
 
 /// Vectors of the requested keys a shard holds, or why it could not answer.
-pub type VectorsResult = Result<Vec<(u64, Vec<f32>)>, ShardCallError>;
+pub type VectorsResult = Result<KeyedVectors, ShardCallError>;
 
 /// Builds the keep-predicate of a spec against a catalogue: not excluded,
 /// not deleted, and in a wanted category.
 pub fn keep_fn(spec: &SearchSpec, catalog: Arc<Catalog>) -> crate::shard::KeepFn {
     let exclude = spec.exclude.clone();
     let cats = spec.categories.clone();
+    // the deleted keys as of the search's start: the predicate runs for
+    // every node the search visits, on several threads at once
+    let deleted = catalog.deleted_set();
     Arc::new(move |key: u64| {
-        if exclude.binary_search(&key).is_ok() || catalog.is_deleted(key) {
+        if exclude.binary_search(&key).is_ok() || deleted.contains(&key) {
             return false;
         }
         match &cats {
             None => true,
-            Some(want) => catalog
-                .facts(key)
-                .is_some_and(|f| f.categories.iter().any(|c| want.contains(c))),
+            Some(want) => catalog.live_view().allows(key, Some(want)),
         }
     })
 }

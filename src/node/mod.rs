@@ -30,7 +30,7 @@ use crate::ranking::worker::{start_rank_workers, RankWorker};
 use crate::replica::{RemoteShard, ReplicaSet, ReplicaTarget};
 use crate::shard::{Delete, Digest, ShardActor, ShardIndex, Stats, Upsert};
 use crate::telemetry::metrics::metrics;
-use crate::userstate::{AppliedEvent, ApplyEvents, GetUser, UserStateActor};
+use crate::userstate::{AppliedEvent, ApplyEvents, UserReader, UserStateActor};
 use actix::{Actor, Addr, Arbiter};
 use cluster_link::service_error;
 use cluster_link::ClusterLink;
@@ -57,7 +57,10 @@ struct Inner {
     bundle_dir: RwLock<Option<PathBuf>>,
     /// Set once when the node runs in a cluster.
     cluster: OnceLock<Arc<ClusterLink>>,
+    /// One actor per user partition: the only writer of its states.
     users: Arc<Vec<Addr<UserStateActor>>>,
+    /// The same partitions, read by requests without a message.
+    user_readers: Arc<Vec<UserReader>>,
     rank: Addr<RankWorker>,
     events: Addr<EventSink>,
     coordinators: Vec<Addr<CoordinatorActor>>,
@@ -104,14 +107,16 @@ impl Node {
         tracing::info!(%recovery, "event log open");
         let partitions = config.events.user_partitions.max(1);
         let state_params = crate::features::StateParams::default();
-        let users: Vec<Addr<UserStateActor>> = (0..partitions)
+        let (users, user_readers): (Vec<Addr<UserStateActor>>, Vec<UserReader>) = (0..partitions)
             .map(|p| {
                 let arb = Arbiter::new();
-                UserStateActor::start_in_arbiter(&arb.handle(), move |_| {
-                    UserStateActor::new(p as u32, state_params)
-                })
+                let (actor, reader) = UserStateActor::new(p as u32, state_params);
+                (
+                    UserStateActor::start_in_arbiter(&arb.handle(), move |_| actor),
+                    reader,
+                )
             })
-            .collect();
+            .unzip();
         let rank = start_rank_workers(config.ranking.workers);
         let n_coord = std::thread::available_parallelism()
             .map_or(2, |n| n.get())
@@ -129,6 +134,7 @@ impl Node {
                 bundle_dir: RwLock::new(None),
                 cluster: OnceLock::new(),
                 users: Arc::new(users),
+                user_readers: Arc::new(user_readers),
                 rank,
                 events: events.clone(),
                 coordinators,
@@ -227,7 +233,7 @@ impl Node {
         let c = &self.inner.config;
         let env = RecommendEnv {
             serving,
-            users: self.inner.users.clone(),
+            users: self.inner.user_readers.clone(),
             rank: self.inner.rank.clone(),
             recall: c.recall.clone(),
             rerank: c.rerank,
@@ -433,10 +439,7 @@ impl Node {
             .map_err(|e| ServiceError::InvalidArgument(format!("user_id: {e}")))?;
         let serving = self.current()?;
         let p = shard_of(user_key(&user_id), self.inner.users.len() as u32) as usize;
-        let state = self.inner.users[p]
-            .send(GetUser(user_id.clone()))
-            .await
-            .map_err(|e| ServiceError::Unavailable(format!("user partition unavailable: {e}")))?;
+        let state = self.inner.user_readers[p].get(&user_id);
         let has_vector = serving.model.user_vector(&user_id).is_some();
         let Some(state) = state else {
             return Ok(UserView {

@@ -6,7 +6,7 @@
 use crate::cluster::proto::shard_data_client::ShardDataClient;
 use crate::cluster::proto::ShardSearchRequest;
 use crate::coordinator::{SearchSpec, ShardCallError, ShardClient, VectorsResult};
-use crate::shard::SearchResult;
+use crate::shard::{KeyedVectors, SearchResult};
 use futures::future::BoxFuture;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -110,22 +110,13 @@ impl RemoteShard {
                     "malformed answer: keys and scores differ in length".into(),
                 ));
             }
-            let dim = r.dimension as usize;
-            if dim == 0 && !r.vector_keys.is_empty() || r.vectors.len() != r.vector_keys.len() * dim
-            {
-                return Err(fail(
-                    "malformed answer: vectors do not match their keys".into(),
-                ));
-            }
             let hits = r.keys.into_iter().zip(r.scores).collect();
-            let vectors = if dim == 0 {
-                Vec::new()
-            } else {
-                r.vector_keys
-                    .into_iter()
-                    .zip(r.vectors.chunks_exact(dim).map(|c| c.to_vec()))
-                    .collect()
-            };
+            let vectors = KeyedVectors::from_flat(r.dimension as usize, r.vector_keys, r.vectors)
+                .map_err(|e| {
+                fail(format!(
+                    "malformed answer: vectors do not match their keys ({e})"
+                ))
+            })?;
             Ok(SearchResult {
                 shard,
                 hits,

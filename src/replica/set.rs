@@ -197,14 +197,14 @@ mod tests {
                     Ok(SearchResult {
                         shard,
                         hits: vec![(tag, 1.0)],
-                        vectors: vec![],
+                        vectors: Default::default(),
                         cpu_micros: 0,
                     })
                 }
             })
         }
         fn vectors(&self, _keys: Arc<[u64]>) -> BoxFuture<'static, VectorsResult> {
-            Box::pin(async { Ok(vec![]) })
+            Box::pin(async { Ok(Default::default()) })
         }
     }
 

@@ -4,9 +4,10 @@
 //! all of an upsert batch or none of it.
 
 use super::index::ShardIndex;
+use super::keyed_vectors::KeyedVectors;
 use super::messages::{Delete, Digest, GetVectors, Search, SearchResult, Stats, Upsert};
 use crate::telemetry::cpu::thread_cpu_micros;
-use actix::{Actor, Addr, Handler, SyncArbiter, SyncContext};
+use actix::{Actor, Addr, Handler, MessageResult, SyncArbiter, SyncContext};
 use std::sync::{Arc, RwLock};
 
 pub struct ShardActor {
@@ -45,15 +46,12 @@ impl Handler<Search> for ShardActor {
         let idx = self.read();
         let _span = tracing::trace_span!("shard_search", shard_id = idx.shard()).entered();
         let hits = idx.search(&msg.query, msg.k, &*msg.keep)?;
-        let mut vectors = Vec::with_capacity(hits.len() + msg.fetch.len());
-        for &(key, _) in &hits {
+        let mut vectors =
+            KeyedVectors::with_capacity(idx.dimension(), hits.len() + msg.fetch.len());
+        let keys = hits.iter().map(|h| h.0).chain(msg.fetch.iter().copied());
+        for key in keys {
             if let Some(v) = idx.vector(key) {
-                vectors.push((key, v.to_vec()));
-            }
-        }
-        for &key in msg.fetch.iter() {
-            if let Some(v) = idx.vector(key) {
-                vectors.push((key, v.to_vec()));
+                vectors.push(key, v);
             }
         }
         let cpu_micros = thread_cpu_micros().saturating_sub(cpu0);
@@ -68,14 +66,17 @@ impl Handler<Search> for ShardActor {
 }
 
 impl Handler<GetVectors> for ShardActor {
-    type Result = Vec<(u64, Vec<f32>)>;
+    type Result = MessageResult<GetVectors>;
 
     fn handle(&mut self, msg: GetVectors, _: &mut SyncContext<Self>) -> Self::Result {
         let idx = self.read();
-        msg.keys
-            .iter()
-            .filter_map(|&k| idx.vector(k).map(|v| (k, v.to_vec())))
-            .collect()
+        let mut out = KeyedVectors::with_capacity(idx.dimension(), msg.keys.len());
+        for &k in msg.keys.iter() {
+            if let Some(v) = idx.vector(k) {
+                out.push(k, v);
+            }
+        }
+        MessageResult(out)
     }
 }
 

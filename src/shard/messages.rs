@@ -1,6 +1,7 @@
 //! Messages a shard actor answers.
 
 use super::index::{ShardError, ShardStats};
+use super::keyed_vectors::KeyedVectors;
 use actix::Message;
 use std::sync::Arc;
 
@@ -22,7 +23,7 @@ pub struct SearchResult {
     pub shard: u32,
     pub hits: Vec<(u64, f32)>,
     /// Vectors of the hits and of the fetched keys found here.
-    pub vectors: Vec<(u64, Vec<f32>)>,
+    pub vectors: KeyedVectors,
     /// CPU time the search took on the shard's thread.
     pub cpu_micros: u64,
 }
@@ -37,7 +38,7 @@ pub struct GetVectors {
 }
 
 impl Message for GetVectors {
-    type Result = Vec<(u64, Vec<f32>)>;
+    type Result = KeyedVectors;
 }
 
 pub struct Upsert {

@@ -9,9 +9,11 @@
 
 mod actor;
 mod index;
+mod keyed_vectors;
 mod messages;
 pub mod quality;
 
 pub use actor::{start_shard, ShardActor};
 pub use index::{ShardError, ShardIndex, ShardStats};
+pub use keyed_vectors::{KeyedVectors, LayoutError, VectorTable};
 pub use messages::{Delete, Digest, GetVectors, KeepFn, Search, SearchResult, Stats, Upsert};

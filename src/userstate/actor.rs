@@ -2,42 +2,65 @@
 
 use super::store::{AppliedEvent, UserStore};
 use crate::features::{StateParams, UserState};
-use actix::{Actor, Context, Handler, Message, MessageResult};
-use std::sync::Arc;
+use actix::{Actor, Context, Handler, Message};
+use std::sync::{Arc, PoisonError, RwLock, RwLockWriteGuard};
 
+/// The only writer of one partition: events apply here, in arrival order.
 pub struct UserStateActor {
     partition: u32,
-    store: UserStore,
+    store: Arc<RwLock<UserStore>>,
     params: StateParams,
 }
 
+/// A read-only view of one partition, for the request path.
+///
+/// Why not a `GetUser` message: a read is a hash lookup and an `Arc`
+/// clone, while a message is two cross-thread wake-ups (coordinator ->
+/// partition arbiter -> back), which on a 2-core node cost more than the
+/// lookup by an order of magnitude. The actor still owns every change, so
+/// events stay ordered; a reader holds the lock only for the lookup, and
+/// the `Arc<UserState>` it gets stays valid (copy-on-write) while later
+/// events apply. An event acknowledged to its sender has been applied
+/// under the write lock, so the sender's next read sees it.
+#[derive(Clone)]
+pub struct UserReader {
+    store: Arc<RwLock<UserStore>>,
+}
+
+impl UserReader {
+    /// The user's current state (None = never seen).
+    pub fn get(&self, user_id: &str) -> Option<Arc<UserState>> {
+        // a panic while applying cannot leave a state half-written (the
+        // `Arc` is swapped whole), so a poisoned lock is still readable
+        self.store
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(user_id)
+    }
+}
+
 impl UserStateActor {
-    pub fn new(partition: u32, params: StateParams) -> Self {
-        UserStateActor {
+    /// The partition's actor (not started) and a reader of its states.
+    pub fn new(partition: u32, params: StateParams) -> (Self, UserReader) {
+        let store = Arc::new(RwLock::new(UserStore::default()));
+        let reader = UserReader {
+            store: store.clone(),
+        };
+        let actor = UserStateActor {
             partition,
-            store: UserStore::default(),
+            store,
             params,
-        }
+        };
+        (actor, reader)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, UserStore> {
+        self.store.write().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 impl Actor for UserStateActor {
     type Context = Context<Self>;
-}
-
-/// The user's current state (None = never seen).
-pub struct GetUser(pub String);
-
-impl Message for GetUser {
-    type Result = Option<Arc<UserState>>;
-}
-
-impl Handler<GetUser> for UserStateActor {
-    type Result = MessageResult<GetUser>;
-
-    fn handle(&mut self, msg: GetUser, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.store.get(&msg.0))
-    }
 }
 
 /// Applies events in order; answers how many were applied.
@@ -54,8 +77,9 @@ impl Handler<ApplyEvents> for UserStateActor {
         let _span =
             tracing::trace_span!("apply_events", partition = self.partition, n = msg.0.len())
                 .entered();
+        let mut store = self.write();
         for e in &msg.0 {
-            self.store.apply(e, &self.params);
+            store.apply(e, &self.params);
         }
         msg.0.len()
     }
@@ -72,6 +96,6 @@ impl Handler<SeedUsers> for UserStateActor {
     type Result = usize;
 
     fn handle(&mut self, msg: SeedUsers, _: &mut Context<Self>) -> usize {
-        self.store.seed(msg.0)
+        self.write().seed(msg.0)
     }
 }
