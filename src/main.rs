@@ -45,6 +45,8 @@ enum Command {
         /// Number of item shards (S).
         #[arg(long, default_value_t = 1)]
         shards: u32,
+        #[command(flatten)]
+        index: funnel::bundle::IndexArgs,
         /// TOML file with pipeline parameters (any subset; the rest default).
         #[arg(long)]
         params: Option<PathBuf>,
@@ -304,6 +306,7 @@ fn main() -> Result<()> {
             out,
             force,
             shards,
+            index,
             params,
             model_version,
             json,
@@ -314,7 +317,7 @@ fn main() -> Result<()> {
                 force,
                 shards,
                 params: load_params(&params)?,
-                index: Default::default(),
+                index: index.params(),
                 model_version,
                 progress: interactive && !json,
                 metrics: serde_json::Value::Null,

@@ -66,20 +66,50 @@ pub struct ImportArgs {
     /// categories are '|'-separated, created_at is Unix seconds.
     #[arg(long, value_name = "FILE")]
     pub item_attrs: Option<PathBuf>,
-    /// HNSW connectivity of the shard indexes.
-    #[arg(long, value_name = "M", default_value_t = 16)]
+    #[command(flatten)]
+    pub index: IndexArgs,
+}
+
+/// The HNSW options of a bundle's shard indexes as command-line flags:
+/// `funnel train` and `funnel bundle import` take the same ones.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct IndexArgs {
+    /// HNSW connectivity (M) of the shard indexes.
+    #[arg(long, value_name = "M", default_value_t = IndexParams::default().connectivity)]
     pub connectivity: u32,
     /// HNSW expansion factor while building.
-    #[arg(long, value_name = "N", default_value_t = 128)]
+    #[arg(long, value_name = "N", default_value_t = IndexParams::default().expansion_add)]
     pub expansion_add: u32,
     /// HNSW expansion factor while searching (serving default).
-    #[arg(long, value_name = "N", default_value_t = 128)]
+    #[arg(long, value_name = "N", default_value_t = IndexParams::default().expansion_search)]
     pub expansion_search: u32,
+}
+
+impl Default for IndexArgs {
+    fn default() -> Self {
+        let p = IndexParams::default();
+        IndexArgs {
+            connectivity: p.connectivity,
+            expansion_add: p.expansion_add,
+            expansion_search: p.expansion_search,
+        }
+    }
+}
+
+impl IndexArgs {
+    /// The manifest's parameters (checked when the bundle is written).
+    pub fn params(&self) -> IndexParams {
+        IndexParams {
+            connectivity: self.connectivity,
+            expansion_add: self.expansion_add,
+            expansion_search: self.expansion_search,
+            ..IndexParams::default()
+        }
+    }
 }
 
 impl Default for ImportArgs {
     fn default() -> Self {
-        let index = IndexParams::default();
         ImportArgs {
             items_npy: None,
             item_ids: None,
@@ -94,9 +124,7 @@ impl Default for ImportArgs {
             force: false,
             model_version: None,
             item_attrs: None,
-            connectivity: index.connectivity,
-            expansion_add: index.expansion_add,
-            expansion_search: index.expansion_search,
+            index: IndexArgs::default(),
         }
     }
 }
@@ -163,12 +191,7 @@ pub fn import(args: &ImportArgs) -> Result<Manifest> {
     table.validate()?;
     let fingerprint = fingerprint.finalize().to_hex().to_string();
 
-    let params = IndexParams {
-        metric: "ip".into(),
-        connectivity: args.connectivity,
-        expansion_add: args.expansion_add,
-        expansion_search: args.expansion_search,
-    };
+    let params = args.index.params();
     let mut w = BundleWriter::create(&args.out, WriteOptions { force: args.force })?;
     w.put_items(&table)?;
     if let Some(u) = &users {

@@ -44,7 +44,7 @@ pub mod shard_index;
 pub mod writer;
 
 pub use error::{BundleError, Result};
-pub use import::{import, ImportArgs};
+pub use import::{import, ImportArgs, IndexArgs};
 pub use inspect::{inspect, inspect_report, InspectReport};
 pub use items::{ItemTable, UserTable};
 pub use manifest::{
