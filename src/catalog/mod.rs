@@ -11,6 +11,7 @@ use crate::features::{ItemInput, ItemStats};
 use crate::ids::item_key;
 use crate::ids::{KeyMap, KeySet};
 use crate::model::ServingModel;
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
@@ -332,23 +333,29 @@ impl Catalog {
     }
 
     /// The fresh list: upserted items (newest first), then the model's.
-    pub fn fresh_list(&self) -> Vec<u64> {
+    /// Borrowed from the model when nothing was upserted or deleted (the
+    /// common case: no copy per request).
+    pub fn fresh_list(&self) -> Cow<'_, [u64]> {
+        let model_list = &self.model.lists.fresh;
         let o = match self.overlay.read() {
             Ok(o) => o,
-            Err(_) => return self.model.lists.fresh.clone(),
+            Err(_) => return Cow::Borrowed(model_list),
         };
-        o.fresh
-            .iter()
-            .copied()
-            .chain(
-                self.model
-                    .lists
-                    .fresh
-                    .iter()
-                    .copied()
-                    .filter(|k| !o.deleted.contains(k)),
-            )
-            .collect()
+        if o.fresh.is_empty() && o.deleted.is_empty() {
+            return Cow::Borrowed(model_list);
+        }
+        Cow::Owned(
+            o.fresh
+                .iter()
+                .copied()
+                .chain(
+                    model_list
+                        .iter()
+                        .copied()
+                        .filter(|k| !o.deleted.contains(k)),
+                )
+                .collect(),
+        )
     }
 
     /// Category indices for names, adding names the vocabulary lacks.

@@ -175,7 +175,7 @@ pub async fn recommend(
         let allow = |key: u64| -> bool {
             exclude.binary_search(&key).is_err() && live.allows(key, wanted.as_deref())
         };
-        local_paths(&uf, &model.lists, Some(&fresh), &env.recall, &allow)
+        local_paths(&uf, &model.lists, Some(fresh.as_ref()), &env.recall, &allow)
     };
     let mut coverage = 1.0;
     if let Some(q) = &user_vec {
