@@ -92,7 +92,10 @@ fn full_coverage(http: &Http, node_http: &str) -> bool {
 fn add_item(http: &Http, node_http: &str, id: &str) -> Result<(), String> {
     let (s, v) = http.try_call(
         &format!("http://{node_http}/v1/items"),
-        Some(json!({"items": [{"item_id": id, "vector": vec![0.1f32; 16], "categories": []}]}).to_string()),
+        Some(
+            json!({"items": [{"item_id": id, "vector": vec![0.1f32; 16], "categories": []}]})
+                .to_string(),
+        ),
         None,
     )?;
     if s == 200 {
@@ -258,8 +261,9 @@ fn an_isolated_node_cannot_commit_and_the_majority_serves_until_healed() {
     let until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < until {
         for m in &majority {
-            let v = recommend(&http, &m.http, &format!("u{:06}", n % 300))
-                .unwrap_or_else(|e| panic!("node {} failed a request while partitioned: {e}", m.id));
+            let v = recommend(&http, &m.http, &format!("u{:06}", n % 300)).unwrap_or_else(|e| {
+                panic!("node {} failed a request while partitioned: {e}", m.id)
+            });
             n += 1;
             if v["coverage"].as_f64() == Some(1.0) {
                 full += 1;
@@ -280,7 +284,10 @@ fn an_isolated_node_cannot_commit_and_the_majority_serves_until_healed() {
         partial.len(),
         &partial[..partial.len().min(3)]
     );
-    assert!(full > 0 && full * 10 >= n * 9, "{full} of {n} fully covered");
+    assert!(
+        full > 0 && full * 10 >= n * 9,
+        "{full} of {n} fully covered"
+    );
 
     // the isolated node refuses a write with an error, within its timeout
     let t0 = Instant::now();
@@ -303,11 +310,19 @@ fn an_isolated_node_cannot_commit_and_the_majority_serves_until_healed() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("cleared"));
     let healed = Instant::now();
     assert!(
-        eventually(Duration::from_secs(30), || full_coverage(&http, &victim.http)),
+        eventually(Duration::from_secs(30), || full_coverage(
+            &http,
+            &victim.http
+        )),
         "the healed node never served with full coverage"
     );
     assert!(
-        eventually(Duration::from_secs(30), || add_item(&http, &victim.http, "after-heal").is_ok()),
+        eventually(Duration::from_secs(30), || add_item(
+            &http,
+            &victim.http,
+            "after-heal"
+        )
+        .is_ok()),
         "writes through the healed node never worked"
     );
     assert!(
@@ -479,7 +494,10 @@ fn a_crash_in_raft_apply_exits_86_and_loses_no_acknowledged_write() {
     let (_child, served) = spawn_capturing(&third.config, &stderr, &[]);
     assert!(served, "node 3 did not start again");
     assert!(
-        eventually(Duration::from_secs(60), || full_coverage(&http, &third.http)),
+        eventually(Duration::from_secs(60), || full_coverage(
+            &http,
+            &third.http
+        )),
         "the restarted node never served with full coverage"
     );
     assert!(
