@@ -118,12 +118,11 @@ fn set_faults(
     })
 }
 
-/// (role, leader, last applied index, catalogue items, state digest) as
-/// node `internal` reports it.
-fn status(
-    rt: &tokio::runtime::Runtime,
-    internal: &str,
-) -> Option<(String, Option<u64>, Option<u64>, u64, String)> {
+/// (role, leader, last applied index, catalogue items, state digest).
+type NodeStatus = (String, Option<u64>, Option<u64>, u64, String);
+
+/// The status node `internal` reports.
+fn status(rt: &tokio::runtime::Runtime, internal: &str) -> Option<NodeStatus> {
     rt.block_on(async {
         let mut c = ControlClient::connect(format!("http://{internal}"))
             .await
@@ -382,15 +381,23 @@ fn the_fault_service_is_refused_unless_enabled() {
     );
 }
 
+/// A child process killed (SIGKILL) and reaped when dropped.
+#[cfg(feature = "failpoints")]
+struct Reaped(std::process::Child);
+
+#[cfg(feature = "failpoints")]
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A `funnel serve --config` child with its stderr in a file, that may
 /// exit before it serves (a failpoint). Returns the child and whether it
 /// reported serving.
 #[cfg(feature = "failpoints")]
-fn spawn_capturing(
-    config: &Path,
-    stderr: &Path,
-    env: &[(&str, &str)],
-) -> (std::process::Child, bool) {
+fn spawn_capturing(config: &Path, stderr: &Path, env: &[(&str, &str)]) -> (Reaped, bool) {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let mut child = Command::new(env!("CARGO_BIN_EXE_funnel"))
@@ -403,6 +410,7 @@ fn spawn_capturing(
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
+    let mut child = Reaped(child);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -416,11 +424,11 @@ fn spawn_capturing(
         if rx.recv_timeout(Duration::from_millis(100)).is_ok() {
             return (child, true);
         }
-        if matches!(child.try_wait(), Ok(Some(_))) {
+        if matches!(child.0.try_wait(), Ok(Some(_))) {
             return (child, false);
         }
     }
-    let _ = child.kill();
+    drop(child);
     panic!("funnel serve neither served nor exited within 120 s");
 }
 
@@ -438,7 +446,7 @@ fn a_crash_in_raft_apply_exits_86_and_loses_no_acknowledged_write() {
     let rt = rt();
     let third = &members[2];
     let stderr = tmp.path().join("node3.stderr");
-    let (mut child, _) = spawn_capturing(&third.config, &stderr, &[]);
+    let (child, _) = spawn_capturing(&third.config, &stderr, &[]);
     for m in &members {
         assert!(
             eventually(Duration::from_secs(60), || full_coverage(&http, &m.http)),
@@ -448,8 +456,7 @@ fn a_crash_in_raft_apply_exits_86_and_loses_no_acknowledged_write() {
     }
     let base = status(&rt, &members[0].internal).unwrap().3;
     // restart node 3 armed: the replay at start passes, a later apply crashes
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     let (mut child, served) = spawn_capturing(
         &third.config,
         &stderr,
@@ -460,7 +467,7 @@ fn a_crash_in_raft_apply_exits_86_and_loses_no_acknowledged_write() {
     let mut attempted = 0;
     let until = Instant::now() + Duration::from_secs(60);
     let exit = loop {
-        if let Ok(Some(code)) = child.try_wait() {
+        if let Ok(Some(code)) = child.0.try_wait() {
             break code;
         }
         assert!(Instant::now() < until, "node 3 never hit the failpoint");
