@@ -526,3 +526,45 @@ fn a_crash_in_raft_apply_exits_86_and_loses_no_acknowledged_write() {
         "replicas did not converge: {last:?}"
     );
 }
+
+/// `funnel serve` refuses to start when `FUNNEL_FAILPOINTS` asks for
+/// something this binary cannot do: any failpoint in a build without the
+/// feature, an unknown name in a build with it.
+#[test]
+fn serve_refuses_failpoints_it_cannot_honour() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spec, want) = if cfg!(feature = "failpoints") {
+        ("raft-aply=return", "unknown failpoint `raft-aply`")
+    } else {
+        (
+            "raft-apply=return",
+            "built without the `failpoints` feature: build with --features failpoints",
+        )
+    };
+    let stderr = tmp.path().join("stderr");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_funnel"))
+        .args(["serve", "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .args(["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
+        .env("FUNNEL_FAILPOINTS", spec)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let mut exit = None;
+    let done = eventually(Duration::from_secs(30), || {
+        exit = child.try_wait().ok().flatten();
+        exit.is_some()
+    });
+    if !done {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+    let err = std::fs::read_to_string(&stderr).unwrap();
+    assert!(
+        done,
+        "funnel serve started despite FUNNEL_FAILPOINTS={spec}"
+    );
+    assert!(exit.is_some_and(|e| !e.success()), "{exit:?}: {err}");
+    assert!(err.contains(want), "{err}");
+}
