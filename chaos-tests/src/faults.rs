@@ -1,0 +1,292 @@
+//! The fault vocabulary: kill, pause, restart, rolling restart, shard move,
+//! membership change, and (through each node's FaultInjection service)
+//! partitions and slow or lossy links; each one applied to the real
+//! processes and recorded as a fault window, and the final heal.
+//!
+//! Owns: which nodes clients are routed to (a node leaves the routing set
+//! when it is killed or paused and comes back once it serves again, as
+//! behind a load balancer with health checks) and which nodes should be
+//! running when everything is healed.
+//! Must not touch: the schedule (scenarios choose what and when) or the
+//! invariants.
+
+use crate::cluster::{Cluster, HarnessError};
+use crate::history::Recorder;
+use crate::load::Routing;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+/// How long a restarted node may take to serve with full coverage.
+pub const SERVE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A cluster under fault injection.
+pub struct Faults {
+    pub cluster: Cluster,
+    pub rec: Recorder,
+    pub routing: Routing,
+    /// Nodes that should run once everything is healed.
+    members: BTreeSet<u64>,
+    /// Open fault window per node that is down or paused.
+    down: BTreeMap<u64, usize>,
+    /// Time from a restart (or resume) to the node serving with coverage 1.
+    pub coverage_times: Vec<Duration>,
+}
+
+impl Faults {
+    /// Starts `voters` nodes of `cluster` and waits until each serves with
+    /// full coverage and they agree on a leader.
+    pub fn start(mut cluster: Cluster, rec: Recorder) -> Result<Faults, HarnessError> {
+        let routing = Routing::default();
+        let voters: Vec<u64> = (1..=cluster.spec.voters).collect();
+        for &id in &voters {
+            cluster.start(id)?;
+        }
+        for &id in &voters {
+            cluster.wait_serving(id, SERVE_TIMEOUT)?;
+            routing.set(id, cluster.node(id).http.clone());
+        }
+        cluster.wait_leader(Duration::from_secs(30))?;
+        Ok(Faults {
+            cluster,
+            rec,
+            routing,
+            members: voters.into_iter().collect(),
+            down: BTreeMap::new(),
+            coverage_times: Vec::new(),
+        })
+    }
+
+    /// The current leader (id, term).
+    pub fn leader(&self) -> Result<(u64, u64), HarnessError> {
+        self.cluster.wait_leader(Duration::from_secs(20))
+    }
+
+    /// A live node other than `not`.
+    pub fn other_than(&self, not: &[u64]) -> Option<u64> {
+        self.cluster.live().into_iter().find(|id| !not.contains(id))
+    }
+
+    fn leader_term_of(&self, id: u64) -> Option<(u64, u64)> {
+        self.cluster
+            .status(id, Duration::from_millis(500))
+            .filter(|s| s.role == "Leader")
+            .map(|s| (id, s.term))
+    }
+
+    /// SIGKILL node `id`.
+    pub fn kill(&mut self, id: u64) {
+        let old_leader = self.leader_term_of(id);
+        self.routing.remove(id);
+        let w = self.rec.begin_fault(
+            format!(
+                "kill {id}{}",
+                if old_leader.is_some() { " (leader)" } else { "" }
+            ),
+            vec![id],
+            old_leader,
+        );
+        self.cluster.kill(id);
+        self.down.insert(id, w);
+    }
+
+    /// SIGSTOP node `id`.
+    pub fn pause(&mut self, id: u64) -> Result<(), HarnessError> {
+        let old_leader = self.leader_term_of(id);
+        self.routing.remove(id);
+        let w = self.rec.begin_fault(
+            format!(
+                "pause {id}{}",
+                if old_leader.is_some() { " (leader)" } else { "" }
+            ),
+            vec![id],
+            old_leader,
+        );
+        self.cluster.pause(id)?;
+        self.down.insert(id, w);
+        Ok(())
+    }
+
+    /// SIGCONT node `id`; waits until it serves again.
+    pub fn resume(&mut self, id: u64) -> Result<(), HarnessError> {
+        self.cluster.resume(id)?;
+        self.back(id)
+    }
+
+    /// Starts node `id` again (same data directory); waits until it serves.
+    pub fn restart(&mut self, id: u64) -> Result<(), HarnessError> {
+        self.cluster.start(id)?;
+        self.back(id)
+    }
+
+    fn back(&mut self, id: u64) -> Result<(), HarnessError> {
+        let t0 = Instant::now();
+        let served = self.cluster.wait_serving(id, SERVE_TIMEOUT);
+        if let Some(w) = self.down.remove(&id) {
+            self.rec.end_fault(w);
+        }
+        served?;
+        self.coverage_times.push(t0.elapsed());
+        self.routing.set(id, self.cluster.node(id).http.clone());
+        Ok(())
+    }
+
+    /// Stops and starts every running node in turn, each serving again
+    /// before the next goes down.
+    pub fn rolling_restart(&mut self, down_for: Duration) -> Result<(), HarnessError> {
+        for id in self.cluster.live() {
+            self.kill(id);
+            std::thread::sleep(down_for);
+            self.restart(id)?;
+        }
+        Ok(())
+    }
+
+    /// `funnel admin move-shard`, then waits until the map settles with the
+    /// copy on `to`; recorded as a fault window (no node unreachable).
+    pub fn move_shard(&mut self, shard: u32, from: u64, to: u64) -> Result<(), HarnessError> {
+        let entry = self.entry()?;
+        let w = self
+            .rec
+            .begin_fault(format!("move shard {shard} {from}->{to}"), vec![], None);
+        let result = self
+            .cluster
+            .admin(
+                entry,
+                &[
+                    "move-shard",
+                    "--shard",
+                    &shard.to_string(),
+                    "--from",
+                    &from.to_string(),
+                    "--to",
+                    &to.to_string(),
+                ],
+            )
+            .and_then(|_| {
+                self.wait_view(Duration::from_secs(90), "the move to finish", |v| {
+                    crate::cluster::settled(v)
+                        && v.shard_map.as_ref().is_some_and(|m| {
+                            m.replica(shard, to).is_some() && m.replica(shard, from).is_none()
+                        })
+                })
+            });
+        self.rec.end_fault(w);
+        result
+    }
+
+    /// Starts spare node `id` and admits it with `funnel admin add-node`.
+    pub fn add_node(&mut self, id: u64) -> Result<(), HarnessError> {
+        let entry = self.entry()?;
+        self.cluster.start(id)?;
+        let (internal, http, grpc) = {
+            let n = self.cluster.node(id);
+            (n.internal.clone(), n.http.clone(), n.grpc.clone())
+        };
+        let w = self.rec.begin_fault(format!("add node {id}"), vec![], None);
+        let r = self.cluster.admin(
+            entry,
+            &[
+                "add-node",
+                "--id",
+                &id.to_string(),
+                "--internal",
+                &internal,
+                "--http",
+                &http,
+                "--grpc",
+                &grpc,
+            ],
+        );
+        let r = r.and_then(|_| self.cluster.wait_serving(id, SERVE_TIMEOUT));
+        self.rec.end_fault(w);
+        r?;
+        self.members.insert(id);
+        self.routing.set(id, self.cluster.node(id).http.clone());
+        Ok(())
+    }
+
+    /// `funnel admin remove-node --drain`, waits until it is out of Raft
+    /// and holds nothing, then stops its process.
+    pub fn remove_node(&mut self, id: u64) -> Result<(), HarnessError> {
+        let entry = self.entry_other_than(id)?;
+        let w = self
+            .rec
+            .begin_fault(format!("remove node {id} (drain)"), vec![], None);
+        let r = self
+            .cluster
+            .admin(entry, &["remove-node", "--drain", &id.to_string()])
+            .and_then(|_| {
+                self.wait_view(Duration::from_secs(120), "the drain to finish", |v| {
+                    v.nodes
+                        .get(&id)
+                        .is_some_and(|n| n.status == funnel::cluster::NodeStatus::Removed)
+                        && crate::cluster::settled(v)
+                })
+            });
+        // clients stop using it once it is drained, then it goes away
+        self.routing.remove(id);
+        self.members.remove(&id);
+        self.rec.end_fault(w);
+        r?;
+        self.cluster.kill(id);
+        Ok(())
+    }
+
+    /// Voters and learners as a live node sees them.
+    pub fn raft_members(&self) -> Option<(Vec<u64>, Vec<u64>)> {
+        let id = self.entry().ok()?;
+        let s = self.cluster.status(id, Duration::from_millis(500))?;
+        Some((s.voters, s.learners))
+    }
+
+    fn entry(&self) -> Result<u64, HarnessError> {
+        self.entry_other_than(0)
+    }
+
+    fn entry_other_than(&self, not: u64) -> Result<u64, HarnessError> {
+        self.other_than(&[not])
+            .ok_or_else(|| HarnessError::Other("no live node to send admin commands to".into()))
+    }
+
+    /// Waits until the view from a live node satisfies `ok`.
+    pub fn wait_view(
+        &self,
+        timeout: Duration,
+        what: &str,
+        ok: impl Fn(&funnel::cluster::ClusterView) -> bool,
+    ) -> Result<(), HarnessError> {
+        let t0 = Instant::now();
+        while t0.elapsed() < timeout {
+            if self.cluster.any_view().is_some_and(|v| ok(&v)) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Err(HarnessError::Timeout(timeout, format!("waiting for {what}")))
+    }
+
+    /// Heals everything: resumes paused nodes, restarts killed members,
+    /// closes every fault window. Returns the time until every member
+    /// served with full coverage again.
+    pub fn heal(&mut self) -> Result<Duration, HarnessError> {
+        let t0 = Instant::now();
+        let members: Vec<u64> = self.members.iter().copied().collect();
+        for &id in &members {
+            if self.cluster.node(id).paused() {
+                self.cluster.resume(id)?;
+            } else if !self.cluster.node(id).running() {
+                self.cluster.start(id)?;
+            }
+        }
+        for &id in &members {
+            self.back(id)?;
+        }
+        self.rec.end_all_faults();
+        Ok(t0.elapsed())
+    }
+
+    /// Nodes that should be running.
+    pub fn members(&self) -> Vec<u64> {
+        self.members.iter().copied().collect()
+    }
+}
