@@ -391,6 +391,24 @@ snapshot_every = {snapshot_every}
         node.paused = false;
     }
 
+    /// SIGTERM (a graceful stop, as an orchestrator does it), reaped; a
+    /// process still running after `grace` is SIGKILLed. True when it exited
+    /// within the grace period.
+    pub fn stop(&mut self, id: u64, grace: Duration) -> bool {
+        if self.signal(id, libc::SIGTERM).is_err() {
+            return false;
+        }
+        let t0 = Instant::now();
+        while t0.elapsed() < grace {
+            if self.exited(id).is_some() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill(id);
+        false
+    }
+
     fn signal(&mut self, id: u64, sig: libc::c_int) -> Result<(), HarnessError> {
         let pid = self
             .node(id)
@@ -518,13 +536,11 @@ snapshot_every = {snapshot_every}
             };
             let addr = format!("http://{}", info.internal);
             let d = self.rt.block_on(async move {
-                let mut c = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    ShardDataClient::connect(addr),
-                )
-                .await
-                .ok()?
-                .ok()?;
+                let mut c =
+                    tokio::time::timeout(Duration::from_secs(2), ShardDataClient::connect(addr))
+                        .await
+                        .ok()?
+                        .ok()?;
                 let mut req = tonic::Request::new(ShardDigestRequest { shard });
                 req.set_timeout(Duration::from_secs(3));
                 c.digest(req).await.ok().map(|r| r.into_inner().digest)
@@ -553,13 +569,11 @@ snapshot_every = {snapshot_every}
             let addr = format!("http://{}", info.internal);
             let keys = keys.clone();
             let held = self.rt.block_on(async move {
-                let mut c = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    ShardDataClient::connect(addr),
-                )
-                .await
-                .ok()?
-                .ok()?;
+                let mut c =
+                    tokio::time::timeout(Duration::from_secs(2), ShardDataClient::connect(addr))
+                        .await
+                        .ok()?
+                        .ok()?;
                 // k = 1 over a zero query: the answer that matters is the
                 // vectors of the fetched keys this copy holds
                 let mut req = tonic::Request::new(ShardSearchRequest {

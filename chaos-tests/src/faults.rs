@@ -80,7 +80,11 @@ impl Faults {
         let w = self.rec.begin_fault(
             format!(
                 "kill {id}{}",
-                if old_leader.is_some() { " (leader)" } else { "" }
+                if old_leader.is_some() {
+                    " (leader)"
+                } else {
+                    ""
+                }
             ),
             vec![id],
             old_leader,
@@ -96,7 +100,11 @@ impl Faults {
         let w = self.rec.begin_fault(
             format!(
                 "pause {id}{}",
-                if old_leader.is_some() { " (leader)" } else { "" }
+                if old_leader.is_some() {
+                    " (leader)"
+                } else {
+                    ""
+                }
             ),
             vec![id],
             old_leader,
@@ -121,20 +129,51 @@ impl Faults {
     fn back(&mut self, id: u64) -> Result<(), HarnessError> {
         let t0 = Instant::now();
         let served = self.cluster.wait_serving(id, SERVE_TIMEOUT);
-        if let Some(w) = self.down.remove(&id) {
+        let was_down = self.down.remove(&id);
+        if let Some(w) = was_down {
             self.rec.end_fault(w);
         }
         served?;
-        self.coverage_times.push(t0.elapsed());
+        if was_down.is_some() {
+            self.coverage_times.push(t0.elapsed());
+        }
         self.routing.set(id, self.cluster.node(id).http.clone());
         Ok(())
     }
 
-    /// Stops and starts every running node in turn, each serving again
-    /// before the next goes down.
+    /// Stops node `id` gracefully (SIGTERM; SIGKILL after 10 s): taken out
+    /// of the routing set first, as a load balancer drains a node before an
+    /// orchestrator stops it.
+    pub fn stop(&mut self, id: u64) -> Result<(), HarnessError> {
+        let old_leader = self.leader_term_of(id);
+        self.routing.remove(id);
+        let w = self.rec.begin_fault(
+            format!(
+                "stop {id}{}",
+                if old_leader.is_some() {
+                    " (leader)"
+                } else {
+                    ""
+                }
+            ),
+            vec![id],
+            old_leader,
+        );
+        self.down.insert(id, w);
+        if self.cluster.stop(id, Duration::from_secs(10)) {
+            Ok(())
+        } else {
+            Err(HarnessError::Other(format!(
+                "node {id} did not exit within 10 s of SIGTERM"
+            )))
+        }
+    }
+
+    /// Stops (SIGTERM) and starts every running node in turn, each serving
+    /// again before the next goes down.
     pub fn rolling_restart(&mut self, down_for: Duration) -> Result<(), HarnessError> {
         for id in self.cluster.live() {
-            self.kill(id);
+            self.stop(id)?;
             std::thread::sleep(down_for);
             self.restart(id)?;
         }
@@ -223,13 +262,14 @@ impl Faults {
                         && crate::cluster::settled(v)
                 })
             });
-        // clients stop using it once it is drained, then it goes away
+        // clients stop using it once it is drained; it goes away once the
+        // requests already sent to it had their deadline to answer
         self.routing.remove(id);
         self.members.remove(&id);
         self.rec.end_fault(w);
         r?;
-        self.cluster.kill(id);
-        Ok(())
+        std::thread::sleep(Duration::from_millis(1500));
+        self.stop(id)
     }
 
     /// Voters and learners as a live node sees them.
@@ -262,12 +302,16 @@ impl Faults {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        Err(HarnessError::Timeout(timeout, format!("waiting for {what}")))
+        Err(HarnessError::Timeout(
+            timeout,
+            format!("waiting for {what}"),
+        ))
     }
 
     /// Heals everything: resumes paused nodes, restarts killed members,
     /// closes every fault window. Returns the time until every member
-    /// served with full coverage again.
+    /// served with full coverage again (restarts here are not also counted
+    /// in `coverage_times`).
     pub fn heal(&mut self) -> Result<Duration, HarnessError> {
         let t0 = Instant::now();
         let members: Vec<u64> = self.members.iter().copied().collect();
@@ -278,9 +322,11 @@ impl Faults {
                 self.cluster.start(id)?;
             }
         }
+        let before = self.coverage_times.len();
         for &id in &members {
             self.back(id)?;
         }
+        self.coverage_times.truncate(before);
         self.rec.end_all_faults();
         Ok(t0.elapsed())
     }

@@ -280,7 +280,8 @@ mod tests {
         let mut f = healthy_final();
         f.items.insert("kept".into(), vec![(1, true), (2, true)]);
         f.items.insert("lost".into(), vec![(1, true), (2, false)]);
-        f.items.insert("refused".into(), vec![(1, false), (2, false)]);
+        f.items
+            .insert("refused".into(), vec![(1, false), (2, false)]);
         let v = no_acknowledged_write_lost(&h, &f);
         assert_eq!(v.len(), 2, "{v:?}");
         assert!(v[0].detail.contains("lost") && v[0].detail.contains("[2]"));
@@ -326,9 +327,7 @@ mod tests {
         // a follower naming a different leader for a term is caught too
         h.leaders.pop();
         h.leaders.push(obs(1, 3, "Follower", Some(3)));
-        assert!(at_most_one_leader_per_term(&h)[0]
-            .detail
-            .contains("term 3"));
+        assert!(at_most_one_leader_per_term(&h)[0].detail.contains("term 3"));
     }
 
     #[test]
@@ -348,8 +347,10 @@ mod tests {
         assert!(recommends_answered_by_deadline(&h, ms(500)).is_empty());
         h.ops
             .push(op(OpKind::Recommend, 2, 0, 1600, Outcome::Ok(200)));
-        h.ops.push(op(OpKind::Recommend, 2, 0, 200, Outcome::Http(500)));
-        h.ops.push(op(OpKind::Recommend, 3, 5000, 8000, Outcome::Timeout));
+        h.ops
+            .push(op(OpKind::Recommend, 2, 0, 200, Outcome::Http(500)));
+        h.ops
+            .push(op(OpKind::Recommend, 3, 5000, 8000, Outcome::Timeout));
         let mut unexplained = degraded;
         unexplained.degraded.clear();
         h.ops.push(unexplained);
@@ -381,7 +382,9 @@ mod tests {
         ));
         let v = no_panics(&f);
         assert_eq!(v.len(), 1);
-        assert!(v[0].detail.starts_with("node 2: thread 'actix-rt' panicked at"));
+        assert!(v[0]
+            .detail
+            .starts_with("node 2: thread 'actix-rt' panicked at"));
     }
 
     #[test]

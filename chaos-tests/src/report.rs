@@ -98,6 +98,8 @@ pub struct Report {
     pub recommend_latency_outside_faults: Latency,
     pub upsert_latency_during_faults: Latency,
     pub upsert_latency_outside_faults: Latency,
+    /// Unanswered operations by "kind outcome", e.g. "Upsert Http(503)".
+    pub failures: std::collections::BTreeMap<String, usize>,
     pub faults: Vec<FaultLine>,
     /// After each restart or resume, and after the final heal.
     pub time_to_full_coverage_ms: Vec<f64>,
@@ -151,10 +153,7 @@ impl Report {
             .iter()
             .filter(|o| o.kind == OpKind::Recommend && o.outcome.is_ok())
             .collect();
-        let full = answered
-            .iter()
-            .filter(|o| o.coverage == Some(1.0))
-            .count();
+        let full = answered.iter().filter(|o| o.coverage == Some(1.0)).count();
         let faults = h
             .faults
             .iter()
@@ -196,6 +195,14 @@ impl Report {
             recommend_latency_outside_faults: latency(OpKind::Recommend, false),
             upsert_latency_during_faults: latency(OpKind::Upsert, true),
             upsert_latency_outside_faults: latency(OpKind::Upsert, false),
+            failures: h.ops.iter().filter(|o| !o.outcome.is_ok()).fold(
+                Default::default(),
+                |mut m, o| {
+                    *m.entry(format!("{:?} {:?}", o.kind, o.outcome))
+                        .or_default() += 1;
+                    m
+                },
+            ),
             faults,
             time_to_full_coverage_ms: extra.coverage_times.into_iter().map(ms).collect(),
             events_acknowledged: h
@@ -219,14 +226,7 @@ impl Report {
     /// The human-readable report.
     pub fn render(&self) -> String {
         let mut s = String::new();
-        let pct = |a: &Availability| {
-            format!(
-                "{:.2}% ({}/{})",
-                a.ratio * 100.0,
-                a.answered,
-                a.sent
-            )
-        };
+        let pct = |a: &Availability| format!("{:.2}% ({}/{})", a.ratio * 100.0, a.answered, a.sent);
         let lat = |l: &Latency| {
             format!(
                 "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (n={})",
@@ -244,7 +244,10 @@ impl Report {
             self.duration_s,
             self.wall_s
         ));
-        s.push_str(&format!("  availability            {}\n", pct(&self.availability)));
+        s.push_str(&format!(
+            "  availability            {}\n",
+            pct(&self.availability)
+        ));
         s.push_str(&format!(
             "    during faults         {}\n",
             pct(&self.availability_during_faults)
@@ -273,6 +276,14 @@ impl Report {
             "  upsert outside          {}\n",
             lat(&self.upsert_latency_outside_faults)
         ));
+        if !self.failures.is_empty() {
+            let f: Vec<String> = self
+                .failures
+                .iter()
+                .map(|(k, n)| format!("{k} x{n}"))
+                .collect();
+            s.push_str(&format!("  unanswered              {}\n", f.join(", ")));
+        }
         for f in &self.faults {
             s.push_str(&format!(
                 "  fault {:<28} {:>7.2}s .. {}{}\n",
@@ -322,7 +333,10 @@ mod tests {
     fn percentiles_are_nearest_rank() {
         let v: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
         let l = Latency::of(v);
-        assert_eq!((l.count, l.p50_ms, l.p99_ms, l.max_ms), (100, 50.0, 99.0, 100.0));
+        assert_eq!(
+            (l.count, l.p50_ms, l.p99_ms, l.max_ms),
+            (100, 50.0, 99.0, 100.0)
+        );
         assert_eq!(Latency::of(Vec::new()).count, 0);
         let one = Latency::of(vec![Duration::from_millis(7)]);
         assert_eq!((one.p50_ms, one.p99_ms), (7.0, 7.0));

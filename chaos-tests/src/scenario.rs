@@ -224,7 +224,7 @@ pub fn all() -> Vec<Scenario> {
         },
         Scenario {
             name: "rolling-restart",
-            about: "restart every node in turn (SIGKILL, 1-2 s down, start, serve again), then again while time is left",
+            about: "restart every node in turn (SIGTERM, 1-2 s down, start, serve again), then again while time is left",
             shape: default_shape,
             body: |run| {
                 let mut rounds = 0;
@@ -333,7 +333,8 @@ pub fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report, HarnessErro
     };
     let body = (scenario.body)(&mut run);
     if let Err(e) = &body {
-        run.notes.push(format!("the fault schedule stopped early: {e}"));
+        run.notes
+            .push(format!("the fault schedule stopped early: {e}"));
     }
     let heal = run.faults.heal();
     let mut coverage_times = std::mem::take(&mut run.faults.coverage_times);
@@ -418,7 +419,10 @@ fn observe(f: &Faults, acked: &[&str], seed: u64) -> FinalObservations {
         out.logs = f.cluster.logs();
         return out;
     };
-    out.replication = view.shard_map.as_ref().map_or(0, |m| m.replication as usize);
+    out.replication = view
+        .shard_map
+        .as_ref()
+        .map_or(0, |m| m.replication as usize);
     out.digests = f.cluster.digests(&view);
     out.items = presence(f, &view, acked, secs(30));
     out.fresh_write_and_read = fresh_write_and_read(f, seed);
@@ -454,12 +458,7 @@ fn presence(
                 let per_copy = copies
                     .iter()
                     .filter(|(cs, _)| *cs == s)
-                    .map(|(_, node)| {
-                        (
-                            *node,
-                            held.get(&(s, *node)).is_some_and(|h| h.contains(&k)),
-                        )
-                    })
+                    .map(|(_, node)| (*node, held.get(&(s, *node)).is_some_and(|h| h.contains(&k))))
                     .collect();
                 (id.to_string(), per_copy)
             })
@@ -485,7 +484,10 @@ fn fresh_write_and_read(f: &Faults, seed: u64) -> Result<(), String> {
         Ok((s, v)) => return Err(format!("fresh upsert via node {via}: {s} {v}")),
         Err(e) => return Err(format!("fresh upsert via node {via}: {}", e.label())),
     }
-    let view = f.cluster.any_view().ok_or("no cluster view after the fresh upsert")?;
+    let view = f
+        .cluster
+        .any_view()
+        .ok_or("no cluster view after the fresh upsert")?;
     let got = presence(f, &view, &[&id], secs(15));
     let copies = got.get(&id).cloned().unwrap_or_default();
     if copies.is_empty() || copies.iter().any(|c| !c.1) {
@@ -493,7 +495,9 @@ fn fresh_write_and_read(f: &Faults, seed: u64) -> Result<(), String> {
     }
     for n in members {
         if !f.cluster.full_coverage(n) {
-            return Err(format!("node {n} did not answer a recommend with coverage 1"));
+            return Err(format!(
+                "node {n} did not answer a recommend with coverage 1"
+            ));
         }
     }
     Ok(())

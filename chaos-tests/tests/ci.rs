@@ -47,5 +47,8 @@ fn ci_chaos_set_keeps_every_invariant() {
             failures.push(format!("{name} (seed {seed}): {:?}", report.violations));
         }
     }
-    assert!(failures.is_empty(), "chaos invariants broken: {failures:#?}");
+    assert!(
+        failures.is_empty(),
+        "chaos invariants broken: {failures:#?}"
+    );
 }

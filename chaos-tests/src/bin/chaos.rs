@@ -42,7 +42,10 @@ fn main() -> Result<()> {
     let chosen: Vec<_> = if args.scenario == "all" {
         scenarios.iter().collect()
     } else {
-        scenarios.iter().filter(|s| s.name == args.scenario).collect()
+        scenarios
+            .iter()
+            .filter(|s| s.name == args.scenario)
+            .collect()
     };
     if chosen.is_empty() {
         let names: Vec<&str> = scenarios.iter().map(|s| s.name).collect();
