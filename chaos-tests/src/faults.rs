@@ -180,6 +180,61 @@ impl Faults {
         Ok(())
     }
 
+    /// Restarts node `id` with the failpoint `name` set to crash
+    /// (`FUNNEL_FAILPOINTS=name=return`), waits until it fires (exit code
+    /// 86 and the failpoint's line in the node log), then starts it again
+    /// without failpoints and waits until it serves. Returns how long the
+    /// failpoint took to fire.
+    pub fn crash_at(
+        &mut self,
+        id: u64,
+        name: &str,
+        fire_within: Duration,
+    ) -> Result<Duration, HarnessError> {
+        if self.cluster.node(id).running() {
+            self.kill(id);
+        }
+        let w = self
+            .rec
+            .begin_fault(format!("crash at {name} on {id}"), vec![id], None);
+        self.cluster
+            .spec
+            .failpoints
+            .insert(id, format!("{name}=return"));
+        let started = self.cluster.start(id);
+        self.cluster.spec.failpoints.remove(&id);
+        started?;
+        let t0 = Instant::now();
+        let status = loop {
+            if let Some(st) = self.cluster.exited(id) {
+                break st;
+            }
+            if t0.elapsed() > fire_within {
+                self.cluster.kill(id);
+                self.rec.end_fault(w);
+                return Err(HarnessError::Timeout(
+                    fire_within,
+                    format!("failpoint {name} on node {id} never fired"),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let fired_after = t0.elapsed();
+        let log = std::fs::read_to_string(&self.cluster.node(id).log).unwrap_or_default();
+        let line = format!("failpoint {name} fired");
+        if status.code() != Some(86) || !log.contains(&line) {
+            self.rec.end_fault(w);
+            return Err(HarnessError::Other(format!(
+                "node {id} with failpoint {name} exited with {status}, not the failpoint's code 86 \
+                 (is the funnel binary built with --features failpoints?); see {}",
+                self.cluster.node(id).log.display()
+            )));
+        }
+        self.down.insert(id, w);
+        self.restart(id)?;
+        Ok(fired_after)
+    }
+
     /// `funnel admin move-shard`, then waits until the map settles with the
     /// copy on `to`; recorded as a fault window (no node unreachable).
     pub fn move_shard(&mut self, shard: u32, from: u64, to: u64) -> Result<(), HarnessError> {

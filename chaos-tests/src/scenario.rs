@@ -79,6 +79,15 @@ fn ms(v: u64) -> Duration {
     Duration::from_millis(v)
 }
 
+/// The crash failpoints funnel defines (feature `failpoints`).
+pub const FAILPOINTS: &[&str] = &[
+    "raft-log-append",
+    "raft-apply",
+    "raft-snapshot-build",
+    "eventlog-append",
+    "raft-snapshot-install",
+];
+
 /// Every scenario, in the order `--scenario all` runs them.
 pub fn all() -> Vec<Scenario> {
     vec![
@@ -182,6 +191,44 @@ pub fn all() -> Vec<Scenario> {
                     after.saturating_sub(before)
                 ));
                 run.faults.restart(victim)
+            },
+        },
+        Scenario {
+            name: "failpoint-crash",
+            about: "restart a seeded follower with a crash failpoint at raft-log-append, raft-apply, \
+                    raft-snapshot-build, eventlog-append and raft-snapshot-install in turn (needs \
+                    --features failpoints); each must fire (exit 86) and the node recover",
+            shape: |c, l| {
+                c.snapshot_every = 50;
+                l.upserts_per_s = 20.0;
+                l.events_per_s = 20.0;
+            },
+            body: |run| {
+                for name in FAILPOINTS {
+                    let (leader, _) = run.faults.leader()?;
+                    let followers: Vec<u64> = run
+                        .faults
+                        .cluster
+                        .live()
+                        .into_iter()
+                        .filter(|n| *n != leader)
+                        .collect();
+                    let victim = run
+                        .pick(&followers)
+                        .ok_or_else(|| HarnessError::Other("no follower".into()))?;
+                    if *name == "raft-snapshot-install" {
+                        // down long enough for the leader to compact past it,
+                        // so it can only catch up from a snapshot
+                        run.faults.kill(victim);
+                        std::thread::sleep(secs(10));
+                    }
+                    let fired = run.faults.crash_at(victim, name, secs(30))?;
+                    run.notes.push(format!(
+                        "{name} fired on node {victim} {:.1} s after its start; it recovered",
+                        fired.as_secs_f64()
+                    ));
+                }
+                Ok(())
             },
         },
         Scenario {
