@@ -2,9 +2,11 @@
 //! node they go over the HTTP API (`/v1/admin/...`, `/readyz`); given a
 //! cluster node's internal address they use the internal gRPC API:
 //! `Control.View` for status, `Admin.Publish` for a cluster-wide rollout,
-//! and `cluster_ops` to change the cluster (add/remove nodes, transfers).
+//! and `cluster_ops` to change the cluster (add/remove nodes, transfers);
+//! `faults` sets a node's transport fault rules (tests only).
 
 pub mod cluster_ops;
+pub mod faults;
 
 use crate::bench::client::{build_client, send_json};
 use anyhow::{anyhow, bail, Context, Result};

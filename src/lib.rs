@@ -19,6 +19,7 @@ pub mod dataset;
 pub mod demo;
 pub mod eval;
 pub mod eventlog;
+pub mod failpoints;
 pub mod features;
 pub mod gen;
 pub mod ids;

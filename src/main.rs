@@ -206,6 +206,21 @@ enum AdminCommand {
     /// Set a cluster setting (empty value removes it), e.g.
     /// transfers.max_concurrent or transfers.drain_grace_ms.
     SetSetting { key: String, value: String },
+    /// For tests: transport faults on the node at --addr (its internal
+    /// address), applied to the requests it sends. The node must run with
+    /// cluster.fault_injection = true.
+    Faults {
+        #[command(subcommand)]
+        command: FaultsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum FaultsCommand {
+    /// Replace the node's fault rules with these.
+    Set(funnel::admin::faults::FaultFlags),
+    /// Remove every fault rule of the node.
+    Clear,
 }
 
 #[derive(Subcommand)]
@@ -435,6 +450,8 @@ fn main() -> Result<()> {
                 print!("{}", cfg.to_toml_string()?);
                 return Ok(());
             }
+            // a chaos test that asked for crash points must not run without them
+            funnel::failpoints::setup_from_env().map_err(|e| anyhow::anyhow!(e))?;
             funnel::telemetry::init_tracing();
             let shutdown = funnel::api::server::shutdown_signal();
             funnel::api::server::block_on(funnel::api::server::run(cfg, shutdown, |r| {
@@ -541,6 +558,16 @@ fn main() -> Result<()> {
                 }
                 AdminCommand::SetSetting { key, value } => {
                     (ClusterOp::SetSetting { key, value }, false)
+                }
+                AdminCommand::Faults { command } => {
+                    let rules = match command {
+                        FaultsCommand::Set(flags) => {
+                            funnel::admin::faults::rules_from_flags(&flags)?
+                        }
+                        FaultsCommand::Clear => Default::default(),
+                    };
+                    print!("{}", funnel::admin::faults::run(&addr, &token, rules)?);
+                    return Ok(());
                 }
             };
             let report = funnel::admin::cluster_ops::run(&addr, &token, op)?;

@@ -9,6 +9,7 @@
 pub mod admin_service;
 pub mod bundle_files;
 pub mod error;
+pub mod fault_service;
 pub mod grpc;
 pub mod http;
 pub mod internal;

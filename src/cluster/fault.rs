@@ -11,6 +11,11 @@
 //! Faults are applied by the sender, so a "blocked" request never reaches
 //! the target and its caller sees `Unreachable`; a "dropped" one fails like
 //! a lost packet (a network error the caller retries).
+//!
+//! In a running node the rules come from the `FaultInjection` gRPC service
+//! (`api::fault_service`, only with `cluster.fault_injection = true`) as one
+//! `FaultRules` value that replaces the previous rules; every outgoing
+//! node-to-node request consults them in `peer_channel`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +32,74 @@ pub enum InjectedFault {
     Blocked { from: NodeId, to: NodeId },
     #[error("fault injector: request {from} -> {to} dropped")]
     Dropped { from: NodeId, to: NodeId },
+}
+
+/// Longest delay a rule may add: more is surely a typo, and would hold
+/// requests for longer than any caller waits.
+pub const MAX_DELAY: Duration = Duration::from_secs(60);
+
+/// A complete rule set, as the `FaultInjection.SetFaults` RPC carries it.
+/// Node ids are never 0; a target of `None` means any target without a
+/// rule of its own.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FaultRules {
+    /// Groups each cut off from every node outside it (both directions).
+    pub isolate: Vec<BTreeSet<NodeId>>,
+    /// One-way cuts (from, to).
+    pub cut: Vec<(NodeId, NodeId)>,
+    /// Drop probability per target.
+    pub drop: Vec<(Option<NodeId>, f64)>,
+    pub delay: Vec<(Option<NodeId>, Delay)>,
+}
+
+impl FaultRules {
+    pub fn is_empty(&self) -> bool {
+        self.isolate.is_empty() && self.cut.is_empty() && self.drop.is_empty() && self.delay.is_empty()
+    }
+
+    /// Checks every rule; the message says which one is wrong and why.
+    pub fn validate(&self) -> Result<(), String> {
+        for (i, group) in self.isolate.iter().enumerate() {
+            if group.is_empty() {
+                return Err(format!("isolate[{i}] is an empty group; list the node ids to isolate"));
+            }
+            if group.contains(&0) {
+                return Err(format!("isolate[{i}] contains node id 0; node ids start at 1"));
+            }
+        }
+        for &(from, to) in &self.cut {
+            if from == 0 || to == 0 {
+                return Err(format!("cut {from}:{to} names node 0; node ids start at 1"));
+            }
+            if from == to {
+                return Err(format!("cut {from}:{to} cuts a node from itself; name two nodes"));
+            }
+        }
+        for &(to, p) in &self.drop {
+            if !p.is_finite() || !(0.0..=1.0).contains(&p) {
+                return Err(format!(
+                    "drop probability {p} for target {} is not a number in [0, 1]",
+                    target_name(to)
+                ));
+            }
+        }
+        for (to, d) in &self.delay {
+            if d.fixed > MAX_DELAY || d.jitter > MAX_DELAY {
+                return Err(format!(
+                    "delay {} ms + jitter {} ms for target {} is above the limit of {} ms each",
+                    d.fixed.as_millis(),
+                    d.jitter.as_millis(),
+                    target_name(*to),
+                    MAX_DELAY.as_millis()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn target_name(to: Option<NodeId>) -> String {
+    to.map_or("any".to_string(), |t| format!("node {t}"))
 }
 
 /// Added latency: `fixed` plus a uniform random part in `[0, jitter)`.
@@ -148,6 +221,30 @@ impl FaultInjector {
         self.update(|r| {
             r.delay.insert(target, delay);
         });
+    }
+
+    /// Replaces every rule with `rules` at once (the empty set clears them);
+    /// with `seed`, restarts the random decisions from it. Refuses (and
+    /// changes nothing) when a rule is invalid.
+    pub fn replace(&self, rules: &FaultRules, seed: Option<u64>) -> Result<(), String> {
+        rules.validate()?;
+        let mut current = self.inner.rules.lock().unwrap_or_else(|p| p.into_inner());
+        *current = Rules {
+            isolated: rules.isolate.clone(),
+            cut_links: rules.cut.iter().copied().collect(),
+            drop: rules.drop.iter().copied().collect(),
+            delay: rules.delay.iter().copied().collect(),
+        };
+        if let Some(seed) = seed {
+            *self.inner.rng.lock().unwrap_or_else(|p| p.into_inner()) = Rng::new(seed);
+        }
+        self.inner.active.store(!rules.is_empty(), Ordering::Release);
+        Ok(())
+    }
+
+    /// True while any rule is set.
+    pub fn active(&self) -> bool {
+        self.inner.active.load(Ordering::Acquire)
     }
 
     /// Removes every rule.
@@ -278,5 +375,82 @@ mod tests {
         assert_eq!(f.decide(1, 9).0, Duration::from_millis(100));
         f.clear();
         assert_eq!(f.decide(1, 9), (Duration::ZERO, Ok(())));
+    }
+
+    fn isolate_1() -> FaultRules {
+        FaultRules {
+            isolate: vec![BTreeSet::from([1])],
+            ..FaultRules::default()
+        }
+    }
+
+    #[test]
+    fn replace_swaps_the_whole_rule_set_and_empty_clears() {
+        let f = FaultInjector::new(1);
+        f.cut(2, 3);
+        f.replace(&isolate_1(), None).unwrap();
+        assert!(f.active());
+        assert!(f.decide(1, 2).1.is_err() && f.decide(3, 1).1.is_err());
+        assert!(f.decide(2, 3).1.is_ok(), "the earlier cut is gone");
+        f.replace(&FaultRules::default(), None).unwrap();
+        assert!(!f.active());
+        assert_eq!(f.decide(1, 2), (Duration::ZERO, Ok(())));
+    }
+
+    #[test]
+    fn invalid_rules_are_refused_and_change_nothing() {
+        let f = FaultInjector::new(1);
+        f.replace(&isolate_1(), None).unwrap();
+        let bad = [
+            FaultRules {
+                drop: vec![(Some(2), 1.5)],
+                ..FaultRules::default()
+            },
+            FaultRules {
+                drop: vec![(None, f64::NAN)],
+                ..FaultRules::default()
+            },
+            FaultRules {
+                delay: vec![(
+                    None,
+                    Delay {
+                        fixed: Duration::from_millis(60_001),
+                        jitter: Duration::ZERO,
+                    },
+                )],
+                ..FaultRules::default()
+            },
+            FaultRules {
+                cut: vec![(0, 2)],
+                ..FaultRules::default()
+            },
+            FaultRules {
+                isolate: vec![BTreeSet::new()],
+                ..FaultRules::default()
+            },
+        ];
+        for rules in &bad {
+            assert!(f.replace(rules, Some(9)).is_err(), "{rules:?} accepted");
+            assert!(f.decide(1, 2).1.is_err(), "the old isolation still holds");
+            assert!(f.decide(2, 3).1.is_ok());
+        }
+        let e = bad[0].validate().unwrap_err();
+        assert!(e.contains("1.5") && e.contains("[0, 1]"), "{e}");
+    }
+
+    #[test]
+    fn replace_with_a_seed_replays_the_same_decisions() {
+        let f = FaultInjector::new(1);
+        let rules = FaultRules {
+            drop: vec![(None, 0.5)],
+            ..FaultRules::default()
+        };
+        let run = |f: &FaultInjector| {
+            f.replace(&rules, Some(42)).unwrap();
+            (0..200).map(|_| f.decide(1, 2).1.is_err()).collect::<Vec<_>>()
+        };
+        let a = run(&f);
+        assert_eq!(a, run(&f));
+        assert!(a.iter().any(|d| *d) && a.iter().any(|d| !*d));
     }
 }

@@ -216,6 +216,8 @@ impl LogDb {
                 table.insert(*index, bytes.as_slice())?;
             }
         }
+        // chaos tests: crash with the entries written but not yet durable
+        crate::failpoint!("raft-log-append");
         txn.commit()?;
         Ok(())
     }

@@ -6,7 +6,8 @@
 //! Owns: the replicated state and its rules (`state`), replica placement
 //! plans (`placement`), the shard-transfer queue and its steps (`moves`),
 //! durable Raft storage on redb (`log_store`, `state_machine`), the gRPC
-//! transport with fault injection (`network`, `service`, `fault`) and the
+//! transport with fault injection (`network`, `service`, `fault`,
+//! `peer_channel`) and the
 //! node handle (`node`). Must not touch: shard
 //! data, model bundles or the public API; those watch `RaftNode::subscribe`
 //! and read `RaftNode::state`.
@@ -17,6 +18,7 @@ pub mod log_store;
 pub mod moves;
 pub mod network;
 pub mod node;
+pub mod peer_channel;
 pub mod placement;
 pub mod service;
 pub mod state;
@@ -30,7 +32,8 @@ pub mod proto {
 }
 
 pub use error::{from_status, to_status, ClusterError};
-pub use fault::{Delay, FaultInjector, InjectedFault};
+pub use fault::{Delay, FaultInjector, FaultRules, InjectedFault};
+pub use peer_channel::PeerChannel;
 pub use log_store::LogStore;
 pub use moves::{Phase, Transfer};
 pub use node::{propose_via, ClusterStatus, RaftNode, RaftSettings};

@@ -4,10 +4,10 @@
 //!
 //! Owns: the channel cache (one lazily connected HTTP/2 channel per peer
 //! address, shared by Raft replication and control forwarding), message size
-//! limits on every client, per-RPC timeouts, the mapping of transport
-//! failures to openraft's error kinds, and consulting the `FaultInjector`
-//! before each request. Must not touch: the server side (`service.rs`) or
-//! node life cycle (`node.rs`).
+//! limits on every client, per-RPC timeouts and the mapping of transport
+//! failures to openraft's error kinds. Every client it hands out is on a
+//! `PeerChannel`, which applies the `FaultInjector`'s rules. Must not
+//! touch: the server side (`service.rs`) or node life cycle (`node.rs`).
 
 // openraft's RPCError is large by design and is the return type of every
 // call here; boxing it would only add conversions.
@@ -32,7 +32,8 @@ use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
 use super::error::ClusterError;
-use super::fault::{FaultInjector, InjectedFault};
+use super::fault::FaultInjector;
+use super::peer_channel::PeerChannel;
 use super::proto::control_client::ControlClient;
 use super::proto::raft_client::RaftClient;
 use super::proto::{PayloadFormat, RaftBytes};
@@ -70,20 +71,30 @@ pub fn raft_bytes(payload: Vec<u8>) -> RaftBytes {
 }
 
 /// Lazily connected gRPC channels to peers, keyed by address, with the
-/// connect timeout and message limits applied to every client.
+/// connect timeout, message limits and this node's fault rules applied to
+/// every client.
 #[derive(Clone)]
 pub struct Channels {
     cache: Arc<Mutex<HashMap<String, Channel>>>,
     connect_timeout: Duration,
     max_message_bytes: usize,
+    self_id: NodeId,
+    faults: FaultInjector,
 }
 
 impl Channels {
-    pub fn new(connect_timeout: Duration, max_message_bytes: usize) -> Self {
+    pub fn new(
+        self_id: NodeId,
+        faults: FaultInjector,
+        connect_timeout: Duration,
+        max_message_bytes: usize,
+    ) -> Self {
         Self {
             cache: Arc::new(Mutex::new(HashMap::new())),
             connect_timeout,
             max_message_bytes,
+            self_id,
+            faults,
         }
     }
 
@@ -111,14 +122,33 @@ impl Channels {
         Ok(ch)
     }
 
-    pub fn raft_client(&self, addr: &str) -> Result<RaftClient<Channel>, ClusterError> {
-        Ok(RaftClient::new(self.channel(addr)?)
+    /// The channel to node `target` at `addr`, under the fault rules
+    /// (`None`: a peer outside the membership, never faulted).
+    pub fn peer(&self, target: Option<NodeId>, addr: &str) -> Result<PeerChannel, ClusterError> {
+        Ok(PeerChannel::new(
+            self.channel(addr)?,
+            self.faults.clone(),
+            self.self_id,
+            target,
+        ))
+    }
+
+    pub fn raft_client(
+        &self,
+        target: NodeId,
+        addr: &str,
+    ) -> Result<RaftClient<PeerChannel>, ClusterError> {
+        Ok(RaftClient::new(self.peer(Some(target), addr)?)
             .max_decoding_message_size(self.max_message_bytes)
             .max_encoding_message_size(self.max_message_bytes))
     }
 
-    pub fn control_client(&self, addr: &str) -> Result<ControlClient<Channel>, ClusterError> {
-        Ok(ControlClient::new(self.channel(addr)?)
+    pub fn control_client(
+        &self,
+        target: Option<NodeId>,
+        addr: &str,
+    ) -> Result<ControlClient<PeerChannel>, ClusterError> {
+        Ok(ControlClient::new(self.peer(target, addr)?)
             .max_decoding_message_size(self.max_message_bytes)
             .max_encoding_message_size(self.max_message_bytes))
     }
@@ -128,16 +158,11 @@ impl Channels {
 pub struct NetworkFactory {
     self_id: NodeId,
     channels: Channels,
-    faults: FaultInjector,
 }
 
 impl NetworkFactory {
-    pub fn new(self_id: NodeId, channels: Channels, faults: FaultInjector) -> Self {
-        Self {
-            self_id,
-            channels,
-            faults,
-        }
+    pub fn new(self_id: NodeId, channels: Channels) -> Self {
+        Self { self_id, channels }
     }
 }
 
@@ -150,7 +175,6 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             node: node.clone(),
             channels: self.channels.clone(),
-            faults: self.faults.clone(),
         }
     }
 }
@@ -161,7 +185,6 @@ pub struct PeerClient {
     target: NodeId,
     node: NodeInfo,
     channels: Channels,
-    faults: FaultInjector,
 }
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, NodeInfo, RaftError<NodeId, E>>>;
@@ -179,15 +202,11 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        if let Err(fault) = self.faults.before_request(self.self_id, self.target).await {
-            return Err(match fault {
-                InjectedFault::Blocked { .. } => RPCError::Unreachable(Unreachable::new(&fault)),
-                InjectedFault::Dropped { .. } => RPCError::Network(NetworkError::new(&fault)),
-            });
-        }
+        // a cut link answers Unavailable (-> Unreachable), a dropped request
+        // Unknown (-> a network error), see `peer_channel`
         let mut client = self
             .channels
-            .raft_client(&self.node.internal)
+            .raft_client(self.target, &self.node.internal)
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         let mut request = tonic::Request::new(raft_bytes(payload));
         request.set_timeout(ttl);

@@ -320,13 +320,7 @@ impl NodeCore {
         command: &Command,
         deadline: Instant,
     ) -> Result<(CommandResult, u64), ClusterError> {
-        if let Err(fault) = self.settings.faults.before_request(self.id, leader).await {
-            return Err(ClusterError::Transport {
-                target: address.to_string(),
-                reason: fault.to_string(),
-            });
-        }
-        let mut client = self.channels.control_client(address)?;
+        let mut client = self.channels.control_client(Some(leader), address)?;
         let mut request = tonic::Request::new(proto::WriteRequest {
             format: PayloadFormat::Postcard as i32,
             command: encode_payload(command)?,
@@ -577,11 +571,12 @@ impl RaftNode {
             .unwrap_or_else(|| local_addr.to_string());
 
         let channels = Channels::new(
+            settings.node_id,
+            settings.faults.clone(),
             Duration::from_millis(settings.connect_timeout_ms),
             settings.max_message_bytes,
         );
-        let network =
-            NetworkFactory::new(settings.node_id, channels.clone(), settings.faults.clone());
+        let network = NetworkFactory::new(settings.node_id, channels.clone());
         let raft = Raft::new(
             settings.node_id,
             config,
@@ -652,6 +647,12 @@ impl RaftNode {
 
     pub fn id(&self) -> NodeId {
         self.core.id
+    }
+
+    /// This node's transport fault rules (inactive unless set; see
+    /// `cluster.fault_injection`).
+    pub fn faults(&self) -> &FaultInjector {
+        &self.core.settings.faults
     }
 
     /// The admin token this node presents on proposals it makes for itself
@@ -794,21 +795,7 @@ impl RaftNode {
                 .map(|(id, _)| *id);
             found
         };
-        if let Some(target) = target {
-            if let Err(fault) = self
-                .core
-                .settings
-                .faults
-                .before_request(self.core.id, target)
-                .await
-            {
-                return Err(ClusterError::Transport {
-                    target: address.to_string(),
-                    reason: fault.to_string(),
-                });
-            }
-        }
-        let mut client = self.core.channels.control_client(address)?;
+        let mut client = self.core.channels.control_client(target, address)?;
         let budget = self.core.settings.request_timeout();
         let mut request = tonic::Request::new(proto::StatusRequest { linearizable });
         request.set_timeout(budget);

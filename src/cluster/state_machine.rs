@@ -385,6 +385,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership,
             snapshot_id: self.snapshots.next_id(last_log_id),
         };
+        // chaos tests: crash before the new snapshot is durable
+        crate::failpoint!("raft-snapshot-build");
         let snapshots = self.snapshots.clone();
         let (meta, data) = tokio::task::spawn_blocking(move || {
             snapshots.store(&meta, &data).map(|()| (meta, data))
@@ -416,6 +418,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        // chaos tests: crash with the entries committed but not applied
+        crate::failpoint!("raft-apply");
         let mut results = Vec::new();
         let last = {
             let mut state = self.handle.write();
@@ -467,6 +471,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let new_state = decode_state(&data).map_err(|e| bad(format!("data {e}")))?;
         check_consistent(meta, &new_state).map_err(bad)?;
 
+        // chaos tests: crash with the snapshot received but not durable
+        crate::failpoint!("raft-snapshot-install");
         let snapshots = self.snapshots.clone();
         let meta_owned = meta.clone();
         tokio::task::spawn_blocking(move || snapshots.store(&meta_owned, &data))

@@ -276,6 +276,9 @@ pub struct ClusterConfig {
     pub fetch_bundles: FetchBundles,
     /// mTLS between nodes: all three paths or none.
     pub tls: TlsFiles,
+    /// Serve the `FaultInjection` gRPC service (transport faults set at run
+    /// time, with the admin token). For tests only: off by default.
+    pub fault_injection: bool,
 }
 
 impl Default for ClusterConfig {
@@ -294,6 +297,7 @@ impl Default for ClusterConfig {
             max_concurrent_transfers: 2,
             fetch_bundles: FetchBundles::IfMissing,
             tls: TlsFiles::default(),
+            fault_injection: false,
         }
     }
 }

@@ -142,6 +142,8 @@ impl EventLogWriter {
         }
         let last = first + events.len() as u64 - 1;
         self.guard(|w| w.write_buffer())?;
+        // chaos tests: crash with the batch written but not fsynced
+        crate::failpoint!("eventlog-append");
         self.next_seq = last + 1;
         match self.options.fsync {
             FsyncPolicy::Always => self.sync()?,

@@ -229,7 +229,7 @@ pub async fn ensure_local(
 /// into `dir`, skipping files already there intact. Disk work runs off the
 /// async thread (it is the node's actor system's).
 async fn fetch_bundle(
-    mut client: BundleFilesClient<tonic::transport::Channel>,
+    mut client: BundleFilesClient<crate::cluster::PeerChannel>,
     version: &str,
     dir: &Path,
     hosted: &[u32],
@@ -272,7 +272,7 @@ async fn fetch_bundle(
 /// Streams one file into `<file>.part`, hashing as it goes; renames it
 /// into place only when size and blake3 match the manifest.
 async fn fetch_checked(
-    client: &mut BundleFilesClient<tonic::transport::Channel>,
+    client: &mut BundleFilesClient<crate::cluster::PeerChannel>,
     version: &str,
     dir: &Path,
     entry: &FileEntry,
@@ -338,7 +338,7 @@ struct FileStream {
 
 impl FileStream {
     async fn open(
-        client: &mut BundleFilesClient<tonic::transport::Channel>,
+        client: &mut BundleFilesClient<crate::cluster::PeerChannel>,
         version: &str,
         rel: &str,
     ) -> Result<FileStream, String> {

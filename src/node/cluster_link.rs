@@ -12,8 +12,8 @@
 use super::types::ServiceError;
 use super::Node;
 use crate::cluster::{
-    initial_placement, ClusterError, ClusterState, Command, NodeInfo, RaftNode, RaftSettings,
-    ReplicaState,
+    initial_placement, ClusterError, ClusterState, Command, FaultInjector, NodeInfo, PeerChannel,
+    RaftNode, RaftSettings, ReplicaState,
 };
 use crate::config::NodeConfig;
 use crate::replica::HealthBook;
@@ -57,19 +57,26 @@ impl ClusterLink {
     }
 
     /// A channel to node `id` at `addr`, reused while the address holds.
-    pub fn channel(&self, id: u64, addr: &str) -> Result<Channel, String> {
+    /// Every request on it consults this node's fault rules.
+    pub fn channel(&self, id: u64, addr: &str) -> Result<PeerChannel, String> {
         let mut m = self
             .channels
             .lock()
             .map_err(|_| "peer channel table poisoned".to_string())?;
-        if let Some((a, ch)) = m.get(&id) {
-            if a == addr {
-                return Ok(ch.clone());
+        let ch = match m.get(&id) {
+            Some((a, ch)) if a == addr => ch.clone(),
+            _ => {
+                let ch = crate::replica::remote::peer_channel(addr)?;
+                m.insert(id, (addr.to_string(), ch.clone()));
+                ch
             }
-        }
-        let ch = crate::replica::remote::peer_channel(addr)?;
-        m.insert(id, (addr.to_string(), ch.clone()));
-        Ok(ch)
+        };
+        Ok(PeerChannel::new(
+            ch,
+            self.raft.faults().clone(),
+            self.id(),
+            Some(id),
+        ))
     }
 
     pub fn max_message_bytes(&self) -> usize {
@@ -201,6 +208,10 @@ pub async fn start_cluster(
     // Raft and admin calls answer within a few election rounds or not at all
     settings.request_timeout_ms = 5_000;
     settings.admin_token = config.api.admin_token.clone();
+    // one rule set per process, shared by Raft, forwarding and the data
+    // plane; settable over gRPC only with cluster.fault_injection
+    let faults = FaultInjector::new(me);
+    settings.faults = faults.clone();
     if let Some(m) = config.this_member() {
         settings.advertise_addr = Some(m.internal.clone());
     }
@@ -208,11 +219,18 @@ pub async fn start_cluster(
     let service = crate::api::internal::shard_data_service(node.clone(), max);
     let files = crate::api::bundle_files::bundle_files_service(node.clone(), max);
     let admin = crate::api::admin_service::admin_service(node.clone());
+    let fault_rpc = crate::api::fault_service::fault_service(
+        me,
+        cc.fault_injection,
+        config.api.admin_token.clone(),
+        faults,
+    );
     let raft = RaftNode::start_with_services(settings, shutdown.clone(), move |routes| {
         routes
             .add_service(service)
             .add_service(files)
             .add_service(admin)
+            .add_service(fault_rpc)
     })
     .await
     .map_err(|e| anyhow::anyhow!("starting Raft on cluster.internal {}: {e}", cc.internal))?;

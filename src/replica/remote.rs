@@ -4,6 +4,7 @@
 //! node never works on an answer nobody waits for.
 
 use crate::cluster::proto::shard_data_client::ShardDataClient;
+use crate::cluster::PeerChannel;
 use crate::cluster::proto::ShardSearchRequest;
 use crate::coordinator::{SearchSpec, ShardCallError, ShardClient, VectorsResult};
 use crate::shard::SearchResult;
@@ -17,7 +18,7 @@ pub struct RemoteShard {
     shard: u32,
     node: u64,
     model_version: Arc<str>,
-    client: ShardDataClient<Channel>,
+    client: ShardDataClient<PeerChannel>,
 }
 
 /// A lazily connected channel to a peer's internal address: creating it
@@ -41,7 +42,7 @@ impl RemoteShard {
         shard: u32,
         node: u64,
         model_version: Arc<str>,
-        channel: Channel,
+        channel: PeerChannel,
         max_message_bytes: usize,
     ) -> Self {
         let client = ShardDataClient::new(channel)
