@@ -627,6 +627,40 @@ snapshot_every = {snapshot_every}
         )
     }
 
+    /// Replaces node `id`'s transport fault rules (FaultInjection.SetFaults;
+    /// empty rules heal). Needs `fault_injection` in the spec.
+    pub fn set_faults(
+        &self,
+        id: u64,
+        rules: funnel::cluster::proto::FaultRules,
+    ) -> Result<(), HarnessError> {
+        use funnel::cluster::proto::fault_injection_client::FaultInjectionClient;
+        let addr = format!("http://{}", self.node(id).internal);
+        self.rt.block_on(async move {
+            let ch = tonic::transport::Endpoint::from_shared(addr.clone())
+                .map_err(|e| HarnessError::Other(format!("{addr}: {e}")))?
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(Duration::from_secs(5))
+                .connect()
+                .await
+                .map_err(|e| HarnessError::Other(format!("connecting to {addr}: {e}")))?;
+            let mut req = tonic::Request::new(rules);
+            funnel::auth::attach(&mut req, ADMIN_TOKEN)
+                .map_err(|e| HarnessError::Other(format!("admin token: {e}")))?;
+            FaultInjectionClient::new(ch)
+                .set_faults(req)
+                .await
+                .map_err(|s| {
+                    HarnessError::Other(format!(
+                        "node {id} refused the fault rules ({:?}): {}",
+                        s.code(),
+                        s.message()
+                    ))
+                })?;
+            Ok(())
+        })
+    }
+
     /// `funnel admin --addr <node id's internal> --token T ARGS...`: stdout,
     /// or its stderr as the error.
     pub fn admin(&self, id: u64, args: &[&str]) -> Result<String, HarnessError> {

@@ -13,6 +13,7 @@
 use crate::cluster::{Cluster, HarnessError};
 use crate::history::Recorder;
 use crate::load::Routing;
+use funnel::cluster::proto::{FaultRules, LinkDelay, LinkDrop, NodeGroup};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,10 @@ pub struct Faults {
     members: BTreeSet<u64>,
     /// Open fault window per node that is down or paused.
     down: BTreeMap<u64, usize>,
+    /// Open network fault windows (partitions, slow links).
+    network: Vec<usize>,
+    /// Seed of the nodes' drop and jitter decisions.
+    pub seed: u64,
     /// Time from a restart (or resume) to the node serving with coverage 1.
     pub coverage_times: Vec<Duration>,
 }
@@ -52,6 +57,8 @@ impl Faults {
             routing,
             members: voters.into_iter().collect(),
             down: BTreeMap::new(),
+            network: Vec::new(),
+            seed: 1,
             coverage_times: Vec::new(),
         })
     }
@@ -235,6 +242,102 @@ impl Faults {
         Ok(fired_after)
     }
 
+    // --- network faults (each node's FaultInjection service) --------------
+
+    /// Sends `rules` to every running node (faults are applied by the
+    /// sender, so a partition needs the same rules everywhere).
+    fn set_rules(&self, rules: &FaultRules) -> Result<(), HarnessError> {
+        for id in self.cluster.running() {
+            if self.cluster.node(id).paused() {
+                continue;
+            }
+            self.cluster.set_faults(id, rules.clone())?;
+        }
+        Ok(())
+    }
+
+    /// Cuts `side` off from every other node (both ways), on every node.
+    pub fn partition(&mut self, side: &[u64]) -> Result<usize, HarnessError> {
+        let leader = self.cluster.leader();
+        let old_leader = leader.filter(|(l, _)| side.contains(l));
+        let rest: Vec<u64> = self
+            .cluster
+            .running()
+            .into_iter()
+            .filter(|n| !side.contains(n))
+            .collect();
+        let rules = FaultRules {
+            isolate: vec![NodeGroup {
+                nodes: side.to_vec(),
+            }],
+            seed: self.seed,
+            ..Default::default()
+        };
+        let w = self.rec.begin_fault(
+            format!(
+                "partition {side:?} | {rest:?}{}",
+                match leader {
+                    Some((l, _)) if side.contains(&l) => " (leader cut off)",
+                    Some(_) => " (leader with the rest)",
+                    None => "",
+                }
+            ),
+            vec![],
+            // a minority leader must be replaced by the majority side
+            old_leader.filter(|_| side.len() * 2 < side.len() + rest.len()),
+        );
+        self.network.push(w);
+        self.set_rules(&rules)?;
+        Ok(w)
+    }
+
+    /// Delay (fixed ± jitter) and drop on the link between `a` and `b`,
+    /// both directions.
+    pub fn slow_link(
+        &mut self,
+        a: u64,
+        b: u64,
+        fixed_ms: u32,
+        jitter_ms: u32,
+        drop: f64,
+    ) -> Result<usize, HarnessError> {
+        let w = self.rec.begin_fault(
+            format!(
+                "link {a}<->{b} {fixed_ms}±{jitter_ms} ms, {:.0}% drop",
+                drop * 100.0
+            ),
+            vec![],
+            None,
+        );
+        self.network.push(w);
+        for (from, to) in [(a, b), (b, a)] {
+            let rules = FaultRules {
+                drop: vec![LinkDrop {
+                    to,
+                    probability: drop,
+                }],
+                delay: vec![LinkDelay {
+                    to,
+                    fixed_ms,
+                    jitter_ms,
+                }],
+                seed: self.seed ^ from,
+                ..Default::default()
+            };
+            self.cluster.set_faults(from, rules)?;
+        }
+        Ok(w)
+    }
+
+    /// Clears every node's network rules and closes their fault windows.
+    pub fn heal_network(&mut self) -> Result<(), HarnessError> {
+        self.set_rules(&FaultRules::default())?;
+        for w in self.network.drain(..) {
+            self.rec.end_fault(w);
+        }
+        Ok(())
+    }
+
     /// `funnel admin move-shard`, then waits until the map settles with the
     /// copy on `to`; recorded as a fault window (no node unreachable).
     pub fn move_shard(&mut self, shard: u32, from: u64, to: u64) -> Result<(), HarnessError> {
@@ -369,6 +472,9 @@ impl Faults {
     /// in `coverage_times`).
     pub fn heal(&mut self) -> Result<Duration, HarnessError> {
         let t0 = Instant::now();
+        if self.cluster.spec.fault_injection {
+            self.heal_network()?;
+        }
         let members: Vec<u64> = self.members.iter().copied().collect();
         for &id in &members {
             if self.cluster.node(id).paused() {

@@ -232,6 +232,62 @@ pub fn all() -> Vec<Scenario> {
             },
         },
         Scenario {
+            name: "partition-leader-minority",
+            about: "cut the leader off alone (minority side) for 3-6 s, heal; then cut a follower off \
+                    alone so the leader stays on the majority side; repeat",
+            shape: |c, _| c.fault_injection = true,
+            body: |run| loop {
+                let (leader, _) = run.faults.leader()?;
+                run.faults.partition(&[leader])?;
+                run.pause_for(secs(3), secs(6));
+                run.faults.heal_network()?;
+                run.faults.leader()?;
+                run.pause_for(secs(1), secs(2));
+                let (leader, _) = run.faults.leader()?;
+                let followers: Vec<u64> = run
+                    .faults
+                    .cluster
+                    .live()
+                    .into_iter()
+                    .filter(|n| *n != leader)
+                    .collect();
+                let f = run
+                    .pick(&followers)
+                    .ok_or_else(|| HarnessError::Other("no follower".into()))?;
+                run.faults.partition(&[f])?;
+                run.pause_for(secs(3), secs(6));
+                run.faults.heal_network()?;
+                if run.left() < secs(12) {
+                    return Ok(());
+                }
+                run.pause_for(secs(1), secs(2));
+            },
+        },
+        Scenario {
+            name: "slow-lossy-link",
+            about: "75 +/- 50 ms delay and 50% drop on the link between the leader and a seeded \
+                    follower (both ways) for most of the run",
+            shape: |c, _| c.fault_injection = true,
+            body: |run| {
+                let (leader, _) = run.faults.leader()?;
+                let followers: Vec<u64> = run
+                    .faults
+                    .cluster
+                    .live()
+                    .into_iter()
+                    .filter(|n| *n != leader)
+                    .collect();
+                let f = run
+                    .pick(&followers)
+                    .ok_or_else(|| HarnessError::Other("no follower".into()))?;
+                // FaultRules delay = fixed + uniform [0, jitter]: 25 + [0, 100] = 75 +/- 50 ms
+                run.faults.slow_link(leader, f, 25, 100, 0.5)?;
+                let d = run.left().saturating_sub(secs(2));
+                std::thread::sleep(d);
+                run.faults.heal_network()
+            },
+        },
+        Scenario {
             name: "move-during-upserts",
             about: "funnel admin move-shard of a seeded shard to a node without it, one after another, while upserts run",
             shape: |_, l| l.upserts_per_s = 15.0,
@@ -352,7 +408,8 @@ pub fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report, HarnessErro
     let bundle = small_bundle(&tmp.path().join("bundle"), opts.seed, spec.shards)?;
     let cluster = Cluster::new(spec.clone(), tmp.path(), &bundle)?;
     let rec = Recorder::new();
-    let faults = Faults::start(cluster, rec.clone())?;
+    let mut faults = Faults::start(cluster, rec.clone())?;
+    faults.seed = opts.seed;
     let nodes: Vec<(u64, String)> = faults
         .cluster
         .nodes

@@ -1,10 +1,11 @@
 //! The CI-sized chaos set: short runs of the scenarios that together cover
-//! a killed leader, a paused leader, a killed replica under fan-out and
-//! shard moves under upserts, one after another (a 2-core machine runs one
+//! a killed leader, a paused leader, a killed replica under fan-out, a
+//! partition with the leader on either side, a slow and lossy link, a
+//! crash at every failpoint and shard moves under upserts, one after another (a 2-core machine runs one
 //! 3-node cluster at a time well; parallel clusters would measure the
 //! machine, not funnel). Each run must break no invariant.
 //!
-//! Seed: CHAOS_SEED (default 7). Ports 20000-20099.
+//! Seed: CHAOS_SEED (default 7). Ports 20000-20199.
 
 use chaos_tests::scenario::{all, run, RunOptions};
 use std::time::Duration;
@@ -14,7 +15,10 @@ const CI_SET: &[(&str, u64)] = &[
     ("leader-kill", 20),
     ("leader-pause", 15),
     ("replica-kill", 15),
-    ("move-during-upserts", 20),
+    ("partition-leader-minority", 15),
+    ("slow-lossy-link", 12),
+    ("failpoint-crash", 10),
+    ("move-during-upserts", 15),
 ];
 
 #[test]
