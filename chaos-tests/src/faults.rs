@@ -198,8 +198,11 @@ impl Faults {
         name: &str,
         fire_within: Duration,
     ) -> Result<Duration, HarnessError> {
-        if self.cluster.node(id).running() {
-            self.kill(id);
+        self.routing.remove(id);
+        self.cluster.kill(id);
+        // the crash window covers any earlier down time of this node
+        if let Some(prev) = self.down.remove(&id) {
+            self.rec.end_fault(prev);
         }
         let w = self
             .rec
@@ -302,8 +305,11 @@ impl Faults {
         drop: f64,
     ) -> Result<usize, HarnessError> {
         let w = self.rec.begin_fault(
+            // delay is fixed + uniform [0, jitter]: shown as mean +/- half-width
             format!(
-                "link {a}<->{b} {fixed_ms}±{jitter_ms} ms, {:.0}% drop",
+                "link {a}<->{b} {}+/-{} ms, {:.0}% drop",
+                fixed_ms + jitter_ms / 2,
+                jitter_ms / 2,
                 drop * 100.0
             ),
             vec![],
