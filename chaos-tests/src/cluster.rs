@@ -202,6 +202,21 @@ impl Cluster {
         let http = rt.block_on(async { build_client(64, Duration::from_secs(5)) });
         let total = spec.voters + spec.spares;
         let port = |id: u64, k: u16| spec.base_port + 3 * (id as u16 - 1) + k;
+        // nodes of another run on these ports would talk Raft to this
+        // cluster's nodes: refuse to start instead
+        for id in 1..=total {
+            for k in 0..3 {
+                let p = port(id, k);
+                if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", p)) {
+                    return Err(HarnessError::Other(format!(
+                        "port {p} (node {id}) is not free ({e}): another chaos run or test uses \
+                         ports {}..{}; pick another --base-port",
+                        spec.base_port,
+                        port(total, 2)
+                    )));
+                }
+            }
+        }
         let addr = |p: u16| format!("127.0.0.1:{p}");
         let members: Vec<String> = (1..=spec.voters)
             .map(|id| {

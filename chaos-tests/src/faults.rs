@@ -198,15 +198,16 @@ impl Faults {
         name: &str,
         fire_within: Duration,
     ) -> Result<Duration, HarnessError> {
-        self.routing.remove(id);
-        self.cluster.kill(id);
-        // the crash window covers any earlier down time of this node
-        if let Some(prev) = self.down.remove(&id) {
-            self.rec.end_fault(prev);
-        }
+        // the window opens before the kill, so requests in flight to the
+        // node are inside it; it covers any earlier down time of the node
         let w = self
             .rec
             .begin_fault(format!("crash at {name} on {id}"), vec![id], None);
+        self.routing.remove(id);
+        self.cluster.kill(id);
+        if let Some(prev) = self.down.remove(&id) {
+            self.rec.end_fault(prev);
+        }
         self.cluster
             .spec
             .failpoints

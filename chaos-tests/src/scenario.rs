@@ -405,10 +405,20 @@ pub fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report, HarnessErro
     };
     let mut load_spec = LoadSpec::default();
     (scenario.shape)(&mut spec, &mut load_spec);
-    let bundle = small_bundle(&tmp.path().join("bundle"), opts.seed, spec.shards)?;
-    let cluster = Cluster::new(spec.clone(), tmp.path(), &bundle)?;
     let rec = Recorder::new();
-    let mut faults = Faults::start(cluster, rec.clone())?;
+    let started = small_bundle(&tmp.path().join("bundle"), opts.seed, spec.shards)
+        .and_then(|bundle| Cluster::new(spec.clone(), tmp.path(), &bundle))
+        .and_then(|cluster| Faults::start(cluster, rec.clone()));
+    let mut faults = match started {
+        Ok(f) => f,
+        // keep the configs and node logs: they say why
+        Err(e) => {
+            return Err(HarnessError::Other(format!(
+                "{e} (run directory kept: {})",
+                tmp.keep().display()
+            )))
+        }
+    };
     faults.seed = opts.seed;
     let nodes: Vec<(u64, String)> = faults
         .cluster
