@@ -392,6 +392,8 @@ pub struct RunOptions {
 /// are in the report.
 pub fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report, HarnessError> {
     let wall = Instant::now();
+    // fail before training anything when there is no binary to run
+    crate::cluster::funnel_bin()?;
     let tmp = tempfile::Builder::new()
         .prefix(&format!("funnel-chaos-{}-", scenario.name))
         .tempdir()

@@ -35,7 +35,7 @@ fn main() -> Result<()> {
     let scenarios = all();
     if args.list {
         for s in &scenarios {
-            println!("{:<22} {}", s.name, s.about);
+            println!("{:<26} {}", s.name, s.about);
         }
         return Ok(());
     }
