@@ -94,8 +94,7 @@ pub fn setup(spec: &str) -> Result<(), String> {
     }
     #[cfg(feature = "failpoints")]
     for (name, actions) in &points {
-        fail::cfg(name.as_str(), actions)
-            .map_err(|e| format!("{ENV}: failpoint `{name}`: {e}"))?;
+        fail::cfg(name.as_str(), actions).map_err(|e| format!("{ENV}: failpoint `{name}`: {e}"))?;
     }
     if !points.is_empty() {
         ARMED.store(true, Ordering::Relaxed);

@@ -92,7 +92,10 @@ fn full_coverage(http: &Http, node_http: &str) -> bool {
 fn add_item(http: &Http, node_http: &str, id: &str) -> Result<(), String> {
     let (s, v) = http.try_call(
         &format!("http://{node_http}/v1/items"),
-        Some(json!({"items": [{"item_id": id, "vector": vec![0.1f32; 16], "categories": []}]}).to_string()),
+        Some(
+            json!({"items": [{"item_id": id, "vector": vec![0.1f32; 16], "categories": []}]})
+                .to_string(),
+        ),
         None,
     )?;
     if s == 200 {
@@ -115,12 +118,11 @@ fn set_faults(
     })
 }
 
-/// (role, leader, last applied index, catalogue items, state digest) as
-/// node `internal` reports it.
-fn status(
-    rt: &tokio::runtime::Runtime,
-    internal: &str,
-) -> Option<(String, Option<u64>, Option<u64>, u64, String)> {
+/// (role, leader, last applied index, catalogue items, state digest).
+type NodeStatus = (String, Option<u64>, Option<u64>, u64, String);
+
+/// The status node `internal` reports.
+fn status(rt: &tokio::runtime::Runtime, internal: &str) -> Option<NodeStatus> {
     rt.block_on(async {
         let mut c = ControlClient::connect(format!("http://{internal}"))
             .await
@@ -258,8 +260,9 @@ fn an_isolated_node_cannot_commit_and_the_majority_serves_until_healed() {
     let until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < until {
         for m in &majority {
-            let v = recommend(&http, &m.http, &format!("u{:06}", n % 300))
-                .unwrap_or_else(|e| panic!("node {} failed a request while partitioned: {e}", m.id));
+            let v = recommend(&http, &m.http, &format!("u{:06}", n % 300)).unwrap_or_else(|e| {
+                panic!("node {} failed a request while partitioned: {e}", m.id)
+            });
             n += 1;
             if v["coverage"].as_f64() == Some(1.0) {
                 full += 1;
@@ -280,7 +283,10 @@ fn an_isolated_node_cannot_commit_and_the_majority_serves_until_healed() {
         partial.len(),
         &partial[..partial.len().min(3)]
     );
-    assert!(full > 0 && full * 10 >= n * 9, "{full} of {n} fully covered");
+    assert!(
+        full > 0 && full * 10 >= n * 9,
+        "{full} of {n} fully covered"
+    );
 
     // the isolated node refuses a write with an error, within its timeout
     let t0 = Instant::now();
@@ -303,11 +309,19 @@ fn an_isolated_node_cannot_commit_and_the_majority_serves_until_healed() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("cleared"));
     let healed = Instant::now();
     assert!(
-        eventually(Duration::from_secs(30), || full_coverage(&http, &victim.http)),
+        eventually(Duration::from_secs(30), || full_coverage(
+            &http,
+            &victim.http
+        )),
         "the healed node never served with full coverage"
     );
     assert!(
-        eventually(Duration::from_secs(30), || add_item(&http, &victim.http, "after-heal").is_ok()),
+        eventually(Duration::from_secs(30), || add_item(
+            &http,
+            &victim.http,
+            "after-heal"
+        )
+        .is_ok()),
         "writes through the healed node never worked"
     );
     assert!(
@@ -367,15 +381,23 @@ fn the_fault_service_is_refused_unless_enabled() {
     );
 }
 
+/// A child process killed (SIGKILL) and reaped when dropped.
+#[cfg(feature = "failpoints")]
+struct Reaped(std::process::Child);
+
+#[cfg(feature = "failpoints")]
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A `funnel serve --config` child with its stderr in a file, that may
 /// exit before it serves (a failpoint). Returns the child and whether it
 /// reported serving.
 #[cfg(feature = "failpoints")]
-fn spawn_capturing(
-    config: &Path,
-    stderr: &Path,
-    env: &[(&str, &str)],
-) -> (std::process::Child, bool) {
+fn spawn_capturing(config: &Path, stderr: &Path, env: &[(&str, &str)]) -> (Reaped, bool) {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let mut child = Command::new(env!("CARGO_BIN_EXE_funnel"))
@@ -388,6 +410,7 @@ fn spawn_capturing(
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
+    let mut child = Reaped(child);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -401,11 +424,11 @@ fn spawn_capturing(
         if rx.recv_timeout(Duration::from_millis(100)).is_ok() {
             return (child, true);
         }
-        if matches!(child.try_wait(), Ok(Some(_))) {
+        if matches!(child.0.try_wait(), Ok(Some(_))) {
             return (child, false);
         }
     }
-    let _ = child.kill();
+    drop(child);
     panic!("funnel serve neither served nor exited within 120 s");
 }
 
@@ -423,7 +446,7 @@ fn a_crash_in_raft_apply_exits_86_and_loses_no_acknowledged_write() {
     let rt = rt();
     let third = &members[2];
     let stderr = tmp.path().join("node3.stderr");
-    let (mut child, _) = spawn_capturing(&third.config, &stderr, &[]);
+    let (child, _) = spawn_capturing(&third.config, &stderr, &[]);
     for m in &members {
         assert!(
             eventually(Duration::from_secs(60), || full_coverage(&http, &m.http)),
@@ -433,8 +456,7 @@ fn a_crash_in_raft_apply_exits_86_and_loses_no_acknowledged_write() {
     }
     let base = status(&rt, &members[0].internal).unwrap().3;
     // restart node 3 armed: the replay at start passes, a later apply crashes
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     let (mut child, served) = spawn_capturing(
         &third.config,
         &stderr,
@@ -445,7 +467,7 @@ fn a_crash_in_raft_apply_exits_86_and_loses_no_acknowledged_write() {
     let mut attempted = 0;
     let until = Instant::now() + Duration::from_secs(60);
     let exit = loop {
-        if let Ok(Some(code)) = child.try_wait() {
+        if let Ok(Some(code)) = child.0.try_wait() {
             break code;
         }
         assert!(Instant::now() < until, "node 3 never hit the failpoint");
@@ -479,7 +501,10 @@ fn a_crash_in_raft_apply_exits_86_and_loses_no_acknowledged_write() {
     let (_child, served) = spawn_capturing(&third.config, &stderr, &[]);
     assert!(served, "node 3 did not start again");
     assert!(
-        eventually(Duration::from_secs(60), || full_coverage(&http, &third.http)),
+        eventually(Duration::from_secs(60), || full_coverage(
+            &http,
+            &third.http
+        )),
         "the restarted node never served with full coverage"
     );
     assert!(
@@ -500,4 +525,46 @@ fn a_crash_in_raft_apply_exits_86_and_loses_no_acknowledged_write() {
         }),
         "replicas did not converge: {last:?}"
     );
+}
+
+/// `funnel serve` refuses to start when `FUNNEL_FAILPOINTS` asks for
+/// something this binary cannot do: any failpoint in a build without the
+/// feature, an unknown name in a build with it.
+#[test]
+fn serve_refuses_failpoints_it_cannot_honour() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spec, want) = if cfg!(feature = "failpoints") {
+        ("raft-aply=return", "unknown failpoint `raft-aply`")
+    } else {
+        (
+            "raft-apply=return",
+            "built without the `failpoints` feature: build with --features failpoints",
+        )
+    };
+    let stderr = tmp.path().join("stderr");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_funnel"))
+        .args(["serve", "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .args(["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
+        .env("FUNNEL_FAILPOINTS", spec)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let mut exit = None;
+    let done = eventually(Duration::from_secs(30), || {
+        exit = child.try_wait().ok().flatten();
+        exit.is_some()
+    });
+    if !done {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+    let err = std::fs::read_to_string(&stderr).unwrap();
+    assert!(
+        done,
+        "funnel serve started despite FUNNEL_FAILPOINTS={spec}"
+    );
+    assert!(exit.is_some_and(|e| !e.success()), "{exit:?}: {err}");
+    assert!(err.contains(want), "{err}");
 }

@@ -109,7 +109,13 @@ pub fn run(addr: &str, token: &str, rules: FaultRules) -> Result<String> {
         let ack = FaultInjectionClient::new(ch)
             .set_faults(req)
             .await
-            .map_err(|s| anyhow!("{addr} refused the fault rules ({:?}): {}", s.code(), s.message()))?
+            .map_err(|s| {
+                anyhow!(
+                    "{addr} refused the fault rules ({:?}): {}",
+                    s.code(),
+                    s.message()
+                )
+            })?
             .into_inner();
         Ok(format!(
             "node {}: fault rules {}\n",
@@ -141,7 +147,10 @@ mod tests {
             (2, 50, 10)
         );
         assert_eq!(r.seed, 9);
-        assert_eq!(rules_from_flags(&FaultFlags::default()).unwrap(), FaultRules::default());
+        assert_eq!(
+            rules_from_flags(&FaultFlags::default()).unwrap(),
+            FaultRules::default()
+        );
     }
 
     #[test]

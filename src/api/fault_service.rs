@@ -182,7 +182,11 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::FailedPrecondition);
-        assert!(e.message().contains("fault_injection = true"), "{}", e.message());
+        assert!(
+            e.message().contains("fault_injection = true"),
+            "{}",
+            e.message()
+        );
         let on = FaultService {
             node_id: 4,
             enabled: true,
@@ -193,7 +197,10 @@ mod tests {
             isolate: vec![proto::NodeGroup { nodes: vec![4] }],
             ..Default::default()
         };
-        let e = on.set_faults(Request::new(isolate.clone())).await.unwrap_err();
+        let e = on
+            .set_faults(Request::new(isolate.clone()))
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unauthenticated);
         assert!(!faults.active());
         let mut req = Request::new(isolate);

@@ -54,17 +54,24 @@ pub struct FaultRules {
 
 impl FaultRules {
     pub fn is_empty(&self) -> bool {
-        self.isolate.is_empty() && self.cut.is_empty() && self.drop.is_empty() && self.delay.is_empty()
+        self.isolate.is_empty()
+            && self.cut.is_empty()
+            && self.drop.is_empty()
+            && self.delay.is_empty()
     }
 
     /// Checks every rule; the message says which one is wrong and why.
     pub fn validate(&self) -> Result<(), String> {
         for (i, group) in self.isolate.iter().enumerate() {
             if group.is_empty() {
-                return Err(format!("isolate[{i}] is an empty group; list the node ids to isolate"));
+                return Err(format!(
+                    "isolate[{i}] is an empty group; list the node ids to isolate"
+                ));
             }
             if group.contains(&0) {
-                return Err(format!("isolate[{i}] contains node id 0; node ids start at 1"));
+                return Err(format!(
+                    "isolate[{i}] contains node id 0; node ids start at 1"
+                ));
             }
         }
         for &(from, to) in &self.cut {
@@ -72,7 +79,9 @@ impl FaultRules {
                 return Err(format!("cut {from}:{to} names node 0; node ids start at 1"));
             }
             if from == to {
-                return Err(format!("cut {from}:{to} cuts a node from itself; name two nodes"));
+                return Err(format!(
+                    "cut {from}:{to} cuts a node from itself; name two nodes"
+                ));
             }
         }
         for &(to, p) in &self.drop {
@@ -238,7 +247,9 @@ impl FaultInjector {
         if let Some(seed) = seed {
             *self.inner.rng.lock().unwrap_or_else(|p| p.into_inner()) = Rng::new(seed);
         }
-        self.inner.active.store(!rules.is_empty(), Ordering::Release);
+        self.inner
+            .active
+            .store(!rules.is_empty(), Ordering::Release);
         Ok(())
     }
 
@@ -447,7 +458,9 @@ mod tests {
         };
         let run = |f: &FaultInjector| {
             f.replace(&rules, Some(42)).unwrap();
-            (0..200).map(|_| f.decide(1, 2).1.is_err()).collect::<Vec<_>>()
+            (0..200)
+                .map(|_| f.decide(1, 2).1.is_err())
+                .collect::<Vec<_>>()
         };
         let a = run(&f);
         assert_eq!(a, run(&f));

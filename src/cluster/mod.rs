@@ -33,10 +33,10 @@ pub mod proto {
 
 pub use error::{from_status, to_status, ClusterError};
 pub use fault::{Delay, FaultInjector, FaultRules, InjectedFault};
-pub use peer_channel::PeerChannel;
 pub use log_store::LogStore;
 pub use moves::{Phase, Transfer};
 pub use node::{propose_via, ClusterStatus, RaftNode, RaftSettings};
+pub use peer_channel::PeerChannel;
 pub use placement::{initial_placement, plan_drain, plan_rebalance, Move, PlacementError};
 pub use state::{
     CatalogChange, ClusterState, ClusterView, Command, CommandResult, ItemRecord, ModelRef,

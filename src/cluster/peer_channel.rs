@@ -199,10 +199,19 @@ mod tests {
 
     #[test]
     fn reads_grpc_timeouts() {
-        assert_eq!(grpc_timeout(&headers("10m")), Some(Duration::from_millis(10)));
+        assert_eq!(
+            grpc_timeout(&headers("10m")),
+            Some(Duration::from_millis(10))
+        );
         assert_eq!(grpc_timeout(&headers("2S")), Some(Duration::from_secs(2)));
-        assert_eq!(grpc_timeout(&headers("1H")), Some(Duration::from_secs(3600)));
-        assert_eq!(grpc_timeout(&headers("500u")), Some(Duration::from_micros(500)));
+        assert_eq!(
+            grpc_timeout(&headers("1H")),
+            Some(Duration::from_secs(3600))
+        );
+        assert_eq!(
+            grpc_timeout(&headers("500u")),
+            Some(Duration::from_micros(500))
+        );
         assert_eq!(grpc_timeout(&headers("m")), None);
         assert_eq!(grpc_timeout(&headers("10x")), None);
         assert_eq!(grpc_timeout(&HeaderMap::new()), None);
@@ -238,10 +247,17 @@ mod tests {
             3,
         );
         match p {
-            Plan::Fail { wait, code, message } => {
+            Plan::Fail {
+                wait,
+                code,
+                message,
+            } => {
                 assert_eq!(wait, Duration::from_millis(10));
                 assert_eq!(code, tonic::Code::DeadlineExceeded);
-                assert!(message.contains("75 ms") && message.contains("10 ms"), "{message}");
+                assert!(
+                    message.contains("75 ms") && message.contains("10 ms"),
+                    "{message}"
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -283,7 +299,9 @@ mod tests {
         let mut client = ControlClient::new(PeerChannel::new(ch, faults.clone(), 1, Some(2)));
         let t0 = std::time::Instant::now();
         let err = client
-            .status(StatusRequest { linearizable: false })
+            .status(StatusRequest {
+                linearizable: false,
+            })
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unavailable);
@@ -291,10 +309,16 @@ mod tests {
         assert!(t0.elapsed() < Duration::from_millis(100));
         faults.clear();
         let err = client
-            .status(StatusRequest { linearizable: false })
+            .status(StatusRequest {
+                linearizable: false,
+            })
             .await
             .unwrap_err();
-        assert!(!err.message().contains("fault injector"), "{}", err.message());
+        assert!(
+            !err.message().contains("fault injector"),
+            "{}",
+            err.message()
+        );
         // a delay beyond the deadline answers DeadlineExceeded at the deadline
         faults.set_delay(
             Some(2),
@@ -303,7 +327,9 @@ mod tests {
                 jitter: Duration::ZERO,
             },
         );
-        let mut req = tonic::Request::new(StatusRequest { linearizable: false });
+        let mut req = tonic::Request::new(StatusRequest {
+            linearizable: false,
+        });
         req.set_timeout(Duration::from_millis(20));
         let t0 = std::time::Instant::now();
         let err = client.status(req).await.unwrap_err();

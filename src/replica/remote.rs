@@ -4,8 +4,8 @@
 //! node never works on an answer nobody waits for.
 
 use crate::cluster::proto::shard_data_client::ShardDataClient;
-use crate::cluster::PeerChannel;
 use crate::cluster::proto::ShardSearchRequest;
+use crate::cluster::PeerChannel;
 use crate::coordinator::{SearchSpec, ShardCallError, ShardClient, VectorsResult};
 use crate::shard::SearchResult;
 use futures::future::BoxFuture;
