@@ -197,13 +197,14 @@ pub fn all() -> Vec<Scenario> {
             name: "failpoint-crash",
             about: "restart a seeded follower with a crash failpoint at raft-log-append, raft-apply, \
                     raft-snapshot-build, eventlog-append and raft-snapshot-install in turn (needs \
-                    --features failpoints); each must fire (exit 86) and the node recover",
+                    --features failpoints); each must fire (exit 86) and the node recover; \
+                    rounds repeat while time is left",
             shape: |c, l| {
                 c.snapshot_every = 50;
                 l.upserts_per_s = 20.0;
                 l.events_per_s = 20.0;
             },
-            body: |run| {
+            body: |run| loop {
                 for name in FAILPOINTS {
                     let (leader, _) = run.faults.leader()?;
                     let followers: Vec<u64> = run
@@ -228,7 +229,10 @@ pub fn all() -> Vec<Scenario> {
                         fired.as_secs_f64()
                     ));
                 }
-                Ok(())
+                // another round of all five only if it fits in the time left
+                if run.left() < secs(45) {
+                    return Ok(());
+                }
             },
         },
         Scenario {
