@@ -204,7 +204,8 @@ enum AdminCommand {
         json: bool,
     },
     /// Set a cluster setting (empty value removes it), e.g.
-    /// transfers.max_concurrent or transfers.drain_grace_ms.
+    /// transfers.max_concurrent, transfers.drain_grace_ms or
+    /// cluster.replace_dead_after (seconds; 0 = never re-place a dead node's shards).
     SetSetting { key: String, value: String },
 }
 

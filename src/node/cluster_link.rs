@@ -32,6 +32,8 @@ pub struct ClusterLink {
     /// Highest Raft log index whose catalogue changes this node applied.
     catalog_applied: AtomicU64,
     applied_tx: watch::Sender<u64>,
+    /// The leader's view of which members answer (`node::liveness`).
+    pub liveness: super::liveness::Liveness,
 }
 
 /// (shard, node, state) of every replica: when it changes, the node
@@ -105,7 +107,7 @@ impl ClusterLink {
     /// logged and counted; the events stay durable in this node's log.
     pub async fn forward_events(&self, events: &[crate::eventlog::LogEvent], wait: Duration) {
         use crate::cluster::proto::shard_data_client::ShardDataClient;
-        use crate::cluster::proto::{ForwardEventsRequest, ForwardedEvent};
+        use crate::cluster::proto::ForwardEventsRequest;
         use crate::cluster::NodeStatus;
         if events.is_empty() {
             return;
@@ -121,17 +123,7 @@ impl ClusterLink {
         };
         let body = ForwardEventsRequest {
             origin_node: self.id(),
-            events: events
-                .iter()
-                .map(|e| ForwardedEvent {
-                    user_id: e.user_id.clone(),
-                    item_id: e.item_id.clone(),
-                    kind: e.kind.as_str().to_string(),
-                    weight: e.weight,
-                    timestamp: e.ts,
-                    device: e.device.clone(),
-                })
-                .collect(),
+            events: events.iter().map(super::catchup::to_wire).collect(),
         };
         let sends = peers.into_iter().filter_map(|(id, addr)| {
             let ch = self.channel(id, &addr).ok()?;
@@ -234,6 +226,7 @@ pub async fn start_cluster(
         max_message_bytes: max,
         catalog_applied: AtomicU64::new(0),
         applied_tx,
+        liveness: Default::default(),
     });
     node.attach_cluster(link.clone())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -250,6 +243,12 @@ pub async fn start_cluster(
             cc.join.clone(),
             shutdown.clone(),
         ));
+    }
+    tokio::spawn(super::liveness::watch(link.clone(), shutdown.clone()));
+    // on the actix system: applying events talks to the user-state actors
+    {
+        let (n, l, s) = (node.clone(), link.clone(), shutdown.clone());
+        actix::spawn(async move { super::catchup::run(n, l, s).await });
     }
     let cfg = config.clone();
     let l = link.clone();
