@@ -401,14 +401,24 @@ fn dead_node_shards_are_re_replicated() {
         .is_ok_and(|v| v["coverage"].as_f64() == Some(1.0))),
         "the restarted node never served with every shard covered"
     );
-    let v = view(&rt, &victim.internal).expect("the restarted node answers");
-    assert!(
+    // its own state catches up from Raft: the map holds nothing of it
+    let nothing_on_victim = |v: &ClusterView| {
         v.shard_map
             .as_ref()
-            .unwrap()
-            .shards_on(victim.id)
-            .is_empty(),
-        "the restarted node got copies back without a rebalance"
+            .is_some_and(|m| m.shards_on(victim.id).is_empty())
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || view(&rt, &victim.internal)
+            .is_some_and(|v| nothing_on_victim(&v))),
+        "the restarted node's view never caught up: {:?}",
+        view(&rt, &victim.internal).map(|v| v.shard_map)
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let v = view(&rt, &live[0].internal).expect("a live node answers");
+    assert!(
+        nothing_on_victim(&v) && settled(&v, 2),
+        "the restarted node got copies back without a rebalance: {:?}",
+        v.shard_map
     );
     // a rebalance puts it back to work; no copy is below R meanwhile
     let acked2 = Arc::new(Mutex::new(acked_now.clone()));
@@ -558,10 +568,16 @@ fn a_restarted_member_catches_up_on_events_it_missed() {
         assert_eq!(s, 200, "{v}");
     }
     let on_node1 = events_of(&members[0]).unwrap();
-    assert!(on_node1 >= before + 2, "node 1 has {on_node1}, before {before}");
+    assert!(
+        on_node1 >= before + 2,
+        "node 1 has {on_node1}, before {before}"
+    );
 
     let restarted = Instant::now();
-    procs[2] = Some(NodeProc::start_config(&members[2].config, &members[2].data_dir));
+    procs[2] = Some(NodeProc::start_config(
+        &members[2].config,
+        &members[2].data_dir,
+    ));
     let mut last = None;
     let caught_up = eventually(Duration::from_secs(60), || {
         last = events_of(&members[2]);
@@ -586,15 +602,22 @@ fn a_restarted_member_catches_up_on_events_it_missed() {
         })
         .unwrap_or_default();
     for item in &clicked {
-        assert!(recent.contains(item), "node 3's recent events lack {item}: {v}");
+        assert!(
+            recent.contains(item),
+            "node 3's recent events lack {item}: {v}"
+        );
     }
     // the clicked items are filtered from node 3's recommendations
     assert!(
-        eventually(Duration::from_secs(30), || recommend(&http, &members[2].http, user)
-            .is_ok_and(|r| {
-                let ids = support::item_ids(&r);
-                !ids.is_empty() && clicked.iter().all(|c| !ids.contains(c))
-            })),
+        eventually(Duration::from_secs(30), || recommend(
+            &http,
+            &members[2].http,
+            user
+        )
+        .is_ok_and(|r| {
+            let ids = support::item_ids(&r);
+            !ids.is_empty() && clicked.iter().all(|c| !ids.contains(c))
+        })),
         "node 3 still recommends an item the user clicked while it was down"
     );
     // applied once: a second sweep or forwards do not count them again
