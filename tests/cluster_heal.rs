@@ -163,8 +163,11 @@ fn recommend(http: &Http, node_http: &str, user: &str) -> Result<serde_json::Val
 struct Load {
     stop: Arc<AtomicBool>,
     recommends: std::thread::JoinHandle<(usize, Vec<String>)>,
-    upserts: std::thread::JoinHandle<(Vec<String>, Vec<String>)>,
+    upserts: std::thread::JoinHandle<Upserts>,
 }
+
+/// Acknowledged upsert ids, and refusals with when they were answered.
+type Upserts = (Vec<String>, Vec<(Instant, String)>);
 
 impl Load {
     fn start(targets: Vec<String>, prefix: &'static str, acked: Arc<Mutex<Vec<String>>>) -> Load {
@@ -207,8 +210,8 @@ impl Load {
                         acked.lock().unwrap().push(id.clone());
                         ok.push(id);
                     }
-                    Ok((s, v)) => failed.push(format!("{target} {id}: {s} {v}")),
-                    Err(e) => failed.push(format!("{target} {id}: {e}")),
+                    Ok((s, v)) => failed.push((Instant::now(), format!("{target} {id}: {s} {v}"))),
+                    Err(e) => failed.push((Instant::now(), format!("{target} {id}: {e}"))),
                 }
                 n += 1;
                 std::thread::sleep(Duration::from_millis(40));
@@ -222,8 +225,9 @@ impl Load {
         }
     }
 
-    /// Stops the load; asserts no recommend failed or was degraded.
-    fn finish(self, phase: &str) {
+    /// Stops the load; asserts no recommend failed or was degraded. Answers
+    /// when the upserts that were refused were answered.
+    fn finish(self, phase: &str) -> Vec<Instant> {
         self.stop.store(true, Ordering::SeqCst);
         let (n, failures) = self.recommends.join().unwrap();
         let (ok, failed) = self.upserts.join().unwrap();
@@ -231,7 +235,7 @@ impl Load {
             "{phase}: {n} recommends, {} upserts acknowledged, {} refused {:?}",
             ok.len(),
             failed.len(),
-            &failed[..failed.len().min(3)]
+            failed.iter().take(2).map(|(_, m)| m).collect::<Vec<_>>()
         );
         assert!(n > 50, "{phase}: the load ran ({n} requests)");
         assert!(
@@ -241,6 +245,7 @@ impl Load {
             &failures[..failures.len().min(5)]
         );
         assert!(!ok.is_empty(), "{phase}: no upsert was acknowledged");
+        failed.into_iter().map(|(t, _)| t).collect()
     }
 }
 
@@ -386,7 +391,8 @@ fn dead_node_shards_are_re_replicated() {
         "the dead node's copies were not dropped"
     );
     std::thread::sleep(Duration::from_secs(1));
-    load.finish("kill -9 and re-replication");
+    let refused = load.finish("kill -9 and re-replication");
+    assert!(refused.is_empty(), "{} upserts refused", refused.len());
     let acked_now = acked.lock().unwrap().clone();
     assert_converged(&rt, &live[0].internal, &base, &acked_now, 2);
 
@@ -438,7 +444,8 @@ fn dead_node_shards_are_re_replicated() {
         "the rebalance did not give the returned node copies"
     );
     std::thread::sleep(Duration::from_secs(1));
-    load.finish("rebalance onto the returned node");
+    let refused = load.finish("rebalance onto the returned node");
+    assert!(refused.is_empty(), "{} upserts refused", refused.len());
     let acked_all = acked2.lock().unwrap().clone();
     assert_converged(&rt, &live[0].internal, &base, &acked_all, 2);
 }
@@ -507,6 +514,7 @@ fn leader_killed_in_the_middle_of_a_move() {
         .take()
         .expect("the leader runs")
         .kill9();
+    let killed = Instant::now();
     println!("killed leader node {lead} while {t} was {p:?}");
     // a new leader finishes the queue
     let finished = eventually(Duration::from_secs(60), || {
@@ -525,13 +533,41 @@ fn leader_killed_in_the_middle_of_a_move() {
         "the new leader did not finish the moves: {:?}",
         after.map(|v| (v.transfers, v.shard_map))
     );
-    let new_lead = leader(&rt, &followers);
+    let mut new_lead = None;
     assert!(
-        new_lead.is_some_and(|l| l != lead),
-        "new leader {new_lead:?}"
+        eventually(Duration::from_secs(10), || {
+            new_lead = leader(&rt, &followers);
+            new_lead.is_some_and(|l| l != lead)
+        }),
+        "no new leader among the survivors: last seen {new_lead:?}, statuses {:?}",
+        followers
+            .iter()
+            .map(|m| status_view(&rt, &m.internal).map(|(s, _)| (s.id, s.role, s.term, s.leader)))
+            .collect::<Vec<_>>()
     );
+    let done = killed.elapsed();
     std::thread::sleep(Duration::from_secs(1));
-    load.finish("leader killed mid-move");
+    let refused = load.finish("leader killed mid-move");
+    // upserts are refused only while there is no leader to commit them
+    let last_refused = refused
+        .iter()
+        .filter(|&&at| at >= killed)
+        .map(|&at| at.duration_since(killed))
+        .max();
+    println!(
+        "leader killed mid-move: moves finished {:.2} s after the kill; {} upserts refused before the kill, last refusal after it at {:?}",
+        done.as_secs_f64(),
+        refused.iter().filter(|&&at| at < killed).count(),
+        last_refused
+    );
+    assert!(
+        refused.iter().all(|&at| at >= killed),
+        "upserts were refused before the leader was killed"
+    );
+    assert!(
+        last_refused.is_none_or(|d| d < Duration::from_secs(5)),
+        "upserts were still refused {last_refused:?} after the leader was killed"
+    );
     // the old leader comes back; every copy converges
     let old = &members[lead as usize - 1];
     procs[lead as usize - 1] = Some(NodeProc::start_config(&old.config, &old.data_dir));

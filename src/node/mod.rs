@@ -343,6 +343,12 @@ impl Node {
             .unwrap_or(&self.inner.events);
         match self.ingest(fresh, sink).await {
             Ok(log) => Ok(log.len() as u32),
+            // events this node refuses now it will refuse on every retry:
+            // they stay claimed, so a catch-up moves past them
+            Err(e @ (ServiceError::InvalidArgument(_) | ServiceError::ResourceExhausted(_))) => {
+                tracing::warn!(origin, events = claimed.len(), error = %e, "forwarded events refused; skipping them");
+                Err(e)
+            }
             Err(e) => {
                 self.inner.origins.release(origin, &claimed);
                 Err(e)
