@@ -356,8 +356,14 @@ async fn reconcile(
                 .map(|r| r.0)
                 .collect();
             let local_changed = node.local_shards() != mine;
-            if local_changed || node.model_version().is_none() {
+            if node.model_version().is_none() {
                 node.publish(dir.clone()).await.map_err(|e| e.to_string())?;
+            } else if local_changed {
+                // a move adds or drops a copy: load (or unload) just those
+                if let Err(e) = node.rehost_shards(&mine).await {
+                    tracing::warn!(error = %e, "loading only the changed shards failed; reloading the bundle");
+                    node.publish(dir.clone()).await.map_err(|e| e.to_string())?;
+                }
             } else {
                 node.rebuild_shard_clients().map_err(|e| e.to_string())?;
             }

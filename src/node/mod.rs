@@ -1028,6 +1028,37 @@ fn load_version_blocking(
     Ok((loaded.model, loaded.user_states, indexes))
 }
 
+/// Loads shards `shards` of the bundle in `dir` (the served version's, of
+/// `shard_count` shards), checked as a full load checks them.
+fn load_shards_blocking(
+    dir: &Path,
+    expansion_search: usize,
+    shard_count: u32,
+    shards: &[u32],
+) -> Result<Vec<ShardIndex>, ServiceError> {
+    if shards.is_empty() {
+        return Ok(Vec::new());
+    }
+    let precondition = |e: String| {
+        ServiceError::FailedPrecondition(format!("cannot load bundle {}: {e}", dir.display()))
+    };
+    let bundle = crate::bundle::Bundle::open(dir, &crate::bundle::OpenCheck::default())
+        .map_err(|e| precondition(e.to_string()))?;
+    let mut out = Vec::with_capacity(shards.len());
+    for &s in shards {
+        if s >= shard_count {
+            return Err(precondition(format!(
+                "the cluster places shard {s} here but the bundle has only {shard_count} shards"
+            )));
+        }
+        let shard = bundle
+            .load_shard(s)
+            .map_err(|e| precondition(e.to_string()))?;
+        out.push(ShardIndex::from_loaded(shard, expansion_search));
+    }
+    Ok(out)
+}
+
 /// `data_dir/serving.json`: which model version is live and the first
 /// event-log seq it has not seen (events from there are replayed into user
 /// state after a restart).
