@@ -107,7 +107,7 @@ impl ShardData for ShardDataService {
         );
         let applied = self
             .node
-            .ingest_forwarded_events(r.origin_node, r.events)
+            .ingest_forwarded_events(r.origin_node, r.origin_log, r.events)
             .await
             .map_err(|e| grpc_status(&e))?;
         Ok(Response::new(ForwardEventsResponse { applied }))
@@ -130,11 +130,13 @@ impl ShardData for ShardDataService {
             .await
             .map_err(|e| grpc_status(&e))?;
         let origin_node = self.node.config().node.id;
+        let origin_log = self.node.event_log_id();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
             for chunk in events.chunks(crate::node::catchup::FETCH_BATCH) {
                 let batch = ForwardEventsRequest {
                     origin_node,
+                    origin_log,
                     events: chunk.iter().map(crate::node::catchup::to_wire).collect(),
                 };
                 if tx.send(Ok(batch)).await.is_err() {

@@ -16,6 +16,11 @@
 //! - and every 30 s for every peer, in case it missed the tail of a burst
 //!   and no new event revealed the gap.
 //!
+//! Seqs are only meaningful within one log: each node's log has a random
+//! identity (`<data_dir>/event_log_id`, sent with its events), and a
+//! receiver that sees a new identity for an origin (it lost its data
+//! directory and started a new log at seq 1) counts that origin afresh.
+//!
 //! Applying goes through the same path as a forwarded event
 //! (`Node::ingest_forwarded_events`), which claims (origin, seq) first:
 //! an event arriving both by forwarding and by catch-up is applied once.
@@ -57,6 +62,9 @@ const MAX_ABOVE: usize = 100_000;
 /// plus the ones in `above`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Applied {
+    /// Identity of the origin's log these seqs belong to (0: not known).
+    #[serde(default)]
+    log: u64,
     through: u64,
     above: BTreeSet<u64>,
 }
@@ -134,11 +142,26 @@ impl Origins {
         }
     }
 
-    /// Claims (origin, seq) for applying; false when it was applied.
-    pub fn claim(&self, origin: u64, seq: u64) -> bool {
-        let Ok(mut t) = self.table.lock() else {
+    /// Claims (origin, seq) of the origin's log `log` for applying; false
+    /// when it was applied. A new `log` (the origin lost its log and
+    /// started another) forgets what was applied from the old one.
+    pub fn claim(&self, origin: u64, log: u64, seq: u64) -> bool {
+        let Ok(mut guard) = self.table.lock() else {
             return true;
         };
+        let t = &mut *guard;
+        let applied = t.origins.entry(origin).or_default();
+        if log != 0 && applied.log != log {
+            if applied.log != 0 {
+                tracing::warn!(
+                    origin,
+                    "the origin's event log is new; counting its events afresh"
+                );
+                *applied = Applied::default();
+            }
+            applied.log = log;
+            t.dirty = true;
+        }
         let claimed = t.origins.entry(origin).or_default().claim(seq);
         if claimed {
             t.dirty = true;
@@ -235,6 +258,32 @@ pub fn read_client_events(dir: &Path, after: u64, max: usize) -> Result<Vec<LogE
         }
     }
     Ok(out)
+}
+
+/// This node's event-log identity: read from `<data_dir>/event_log_id`, or
+/// made (random) and written there when the file is absent. Lives beside
+/// the log, so a lost data directory gets a new one.
+pub fn log_id(data_dir: &Path) -> std::io::Result<u64> {
+    let path = data_dir.join("event_log_id");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        if let Ok(id) = text.trim().parse::<u64>() {
+            if id != 0 {
+                return Ok(id);
+            }
+        }
+        tracing::warn!(file = %path.display(), "unreadable event log id; making a new one");
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let seed = format!("{nanos} {} {}", std::process::id(), data_dir.display());
+    let hash = blake3::hash(seed.as_bytes());
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&hash.as_bytes()[..8]);
+    let id = u64::from_le_bytes(bytes).max(1);
+    write_atomic(&path, id.to_string().as_bytes())?;
+    Ok(id)
 }
 
 /// One logged event as it travels between nodes.
@@ -351,7 +400,7 @@ async fn catch_up_from(
             received += batch.events.len();
             for chunk in batch.events.chunks(max_batch) {
                 applied += node
-                    .ingest_forwarded_events(peer, chunk.to_vec())
+                    .ingest_forwarded_events(peer, batch.origin_log, chunk.to_vec())
                     .await
                     .map_err(|e| e.to_string())? as usize;
             }
@@ -393,12 +442,20 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("event_origins.json");
         let o = Origins::load(path.clone());
-        assert!(o.claim(1, 1) && o.claim(1, 2) && o.claim(2, 7));
+        assert!(o.claim(1, 9, 1) && o.claim(1, 9, 2) && o.claim(2, 0, 7));
         o.flush().unwrap();
         let o = Origins::load(path.clone());
         assert_eq!(o.through(1), 2);
         assert_eq!(o.through(2), 0);
-        assert!(!o.claim(1, 2) && !o.claim(2, 7));
+        assert!(!o.claim(1, 9, 2) && !o.claim(2, 0, 7));
+        // origin 1 lost its log: its new seq 1 is a new event
+        assert!(o.claim(1, 10, 1));
+        assert_eq!(o.through(1), 1);
+        // an origin whose log was unknown adopts the first one it sees
+        assert!(!o.claim(2, 5, 7));
+        let id = log_id(tmp.path()).unwrap();
+        assert!(id != 0);
+        assert_eq!(log_id(tmp.path()).unwrap(), id);
         std::fs::write(&path, "{not json").unwrap();
         let o = Origins::load(path);
         assert_eq!(o.through(1), 0);

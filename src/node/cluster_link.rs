@@ -105,7 +105,13 @@ impl ClusterLink {
     /// Sends events this node accepted to every other live member, in
     /// parallel, waiting at most `wait`. A member that misses them is
     /// logged and counted; the events stay durable in this node's log.
-    pub async fn forward_events(&self, events: &[crate::eventlog::LogEvent], wait: Duration) {
+    /// `node_log_id` identifies this node's event log (`catchup::log_id`).
+    pub async fn forward_events(
+        &self,
+        events: &[crate::eventlog::LogEvent],
+        node_log_id: u64,
+        wait: Duration,
+    ) {
         use crate::cluster::proto::shard_data_client::ShardDataClient;
         use crate::cluster::proto::ForwardEventsRequest;
         use crate::cluster::NodeStatus;
@@ -123,6 +129,7 @@ impl ClusterLink {
         };
         let body = ForwardEventsRequest {
             origin_node: self.id(),
+            origin_log: node_log_id,
             events: events.iter().map(super::catchup::to_wire).collect(),
         };
         let sends = peers.into_iter().filter_map(|(id, addr)| {

@@ -68,6 +68,8 @@ struct Inner {
     peer_events: Option<Addr<EventSink>>,
     /// Which forwarded events (by origin node and seq) were applied here.
     origins: catchup::Origins,
+    /// Identity of this node's own event log (`catchup::log_id`).
+    event_log_id: u64,
     coordinators: Vec<Addr<CoordinatorActor>>,
     next_coordinator: AtomicUsize,
     requests: AtomicU64,
@@ -120,6 +122,14 @@ impl Node {
             None
         };
         let origins = catchup::Origins::load(data_dir.join("event_origins.json"));
+        // only a cluster node's events travel to peers
+        let event_log_id = if config.is_cluster() {
+            catchup::log_id(&data_dir).map_err(|e| {
+                anyhow::anyhow!("writing {}: {e}", data_dir.join("event_log_id").display())
+            })?
+        } else {
+            0
+        };
         let partitions = config.events.user_partitions.max(1);
         let state_params = crate::features::StateParams::default();
         let users: Vec<Addr<UserStateActor>> = (0..partitions)
@@ -151,6 +161,7 @@ impl Node {
                 events: events.clone(),
                 peer_events: peer_events.clone(),
                 origins,
+                event_log_id,
                 coordinators,
                 next_coordinator: AtomicUsize::new(0),
                 requests: AtomicU64::new(0),
@@ -285,7 +296,8 @@ impl Node {
     pub async fn ingest_events(&self, events: Vec<EventIn>) -> Result<u32, ServiceError> {
         let log = self.ingest(events, &self.inner.events).await?;
         if let Some(link) = self.inner.cluster.get() {
-            link.forward_events(&log, FORWARD_WAIT).await;
+            link.forward_events(&log, self.inner.event_log_id, FORWARD_WAIT)
+                .await;
         }
         Ok(log.len() as u32)
     }
@@ -297,6 +309,7 @@ impl Node {
     pub async fn ingest_forwarded_events(
         &self,
         origin: u64,
+        origin_log: u64,
         events: Vec<crate::cluster::proto::ForwardedEvent>,
     ) -> Result<u32, ServiceError> {
         // refuse before claiming: a claimed event must get applied
@@ -318,7 +331,8 @@ impl Node {
             .into_iter()
             .filter(|e| {
                 // seq 0: a sender that does not number its events
-                let new = e.origin_seq == 0 || self.inner.origins.claim(origin, e.origin_seq);
+                let new =
+                    e.origin_seq == 0 || self.inner.origins.claim(origin, origin_log, e.origin_seq);
                 if new && e.origin_seq > 0 {
                     claimed.push(e.origin_seq);
                 }
@@ -354,6 +368,11 @@ impl Node {
                 Err(e)
             }
         }
+    }
+
+    /// Identity of this node's own event log, sent with its events.
+    pub fn event_log_id(&self) -> u64 {
+        self.inner.event_log_id
     }
 
     /// Which forwarded events were applied here (`catchup`).
