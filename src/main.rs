@@ -206,7 +206,8 @@ enum AdminCommand {
         json: bool,
     },
     /// Set a cluster setting (empty value removes it), e.g.
-    /// transfers.max_concurrent or transfers.drain_grace_ms.
+    /// transfers.max_concurrent, transfers.drain_grace_ms or
+    /// cluster.replace_dead_after (seconds; 0 = never re-place a dead node's shards).
     SetSetting { key: String, value: String },
     /// For tests: transport faults on the node at --addr (its internal
     /// address), applied to the requests it sends. The node must run with

@@ -12,7 +12,9 @@
 //! Owns: turning an operator's request into a command, and the report of
 //! what was done. Must not touch: the rules (the state machine decides).
 
-use crate::cluster::moves::{plan_replication, SETTING_DRAIN_GRACE_MS, SETTING_MAX_CONCURRENT};
+use crate::cluster::moves::{
+    plan_replication, SETTING_DRAIN_GRACE_MS, SETTING_MAX_CONCURRENT, SETTING_REPLACE_DEAD_AFTER,
+};
 use crate::cluster::{
     plan_drain, plan_rebalance, propose_via, ClusterError, ClusterView, Command, NodeInfo,
     NodeStatus, ShardMap, Transfer,
@@ -249,6 +251,12 @@ async fn run_async(addr: &str, token: &str, op: ClusterOp) -> Result<OpReport> {
                 && !value.parse::<u64>().is_ok_and(|n| n > 0)
             {
                 bail!("{key} takes a whole number above 0 (or \"\" to restore the default), not {value:?}");
+            }
+            if key == SETTING_REPLACE_DEAD_AFTER
+                && !value.is_empty()
+                && !value.parse::<u64>().is_ok_and(|n| n <= 7 * 24 * 3600)
+            {
+                bail!("{key} takes whole seconds from 0 (never) to 604800 (or \"\" to restore the default), not {value:?}");
             }
             report.message = "set".to_string();
             Command::SetSetting { key, value }

@@ -6,14 +6,14 @@
 use super::error::grpc_status;
 use crate::cluster::proto::shard_data_server::{ShardData, ShardDataServer};
 use crate::cluster::proto::{
-    ForwardEventsRequest, ForwardEventsResponse, ShardDigestRequest, ShardDigestResponse,
-    ShardSearchRequest, ShardSearchResponse,
+    FetchEventsRequest, ForwardEventsRequest, ForwardEventsResponse, ShardDigestRequest,
+    ShardDigestResponse, ShardSearchRequest, ShardSearchResponse,
 };
 use crate::coordinator::SearchSpec;
-use crate::node::types::EventIn;
 use crate::node::types::ServiceError;
 use crate::node::Node;
 use std::sync::Arc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 pub struct ShardDataService {
@@ -92,29 +92,51 @@ impl ShardData for ShardDataService {
         request: Request<ForwardEventsRequest>,
     ) -> Result<Response<ForwardEventsResponse>, Status> {
         let r = request.into_inner();
-        let events: Vec<EventIn> = r
-            .events
-            .into_iter()
-            .map(|e| EventIn {
-                user_id: e.user_id,
-                item_id: e.item_id,
-                kind: e.kind,
-                weight: e.weight,
-                timestamp: e.timestamp,
-                device: e.device,
-            })
-            .collect();
         tracing::debug!(
             origin = r.origin_node,
-            events = events.len(),
+            events = r.events.len(),
             "forwarded events"
         );
         let applied = self
             .node
-            .ingest_forwarded_events(events)
+            .ingest_forwarded_events(r.origin_node, r.origin_log, r.events)
             .await
             .map_err(|e| grpc_status(&e))?;
         Ok(Response::new(ForwardEventsResponse { applied }))
+    }
+
+    type FetchEventsStream = ReceiverStream<Result<ForwardEventsRequest, Status>>;
+
+    async fn fetch_events(
+        &self,
+        request: Request<FetchEventsRequest>,
+    ) -> Result<Response<Self::FetchEventsStream>, Status> {
+        let r = request.into_inner();
+        let max = match r.max_events {
+            0 => crate::node::catchup::MAX_FETCH_EVENTS,
+            n => n.min(crate::node::catchup::MAX_FETCH_EVENTS),
+        } as usize;
+        let events = self
+            .node
+            .client_events_after(r.after_seq, max)
+            .await
+            .map_err(|e| grpc_status(&e))?;
+        let origin_node = self.node.config().node.id;
+        let origin_log = self.node.event_log_id();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            for chunk in events.chunks(crate::node::catchup::FETCH_BATCH) {
+                let batch = ForwardEventsRequest {
+                    origin_node,
+                    origin_log,
+                    events: chunk.iter().map(crate::node::catchup::to_wire).collect(),
+                };
+                if tx.send(Ok(batch)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn digest(

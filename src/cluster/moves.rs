@@ -471,6 +471,116 @@ pub fn plan_replication(
     Ok(plan)
 }
 
+/// Setting: seconds a member may stay unreachable from the leader before
+/// its replicas are re-placed on live nodes; 0 = never (default: the
+/// leader's `cluster.replace_dead_after`).
+pub const SETTING_REPLACE_DEAD_AFTER: &str = "cluster.replace_dead_after";
+
+/// What the leader does about members it has not reached for longer than
+/// `cluster.replace_dead_after` (see `plan_dead_replacement`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeadPlan {
+    /// Queued transfers onto a dead node: they can never finish.
+    pub cancel: Vec<Transfer>,
+    /// (shard, dead node) copies still Active while another live copy is
+    /// Active: marked Draining so coordinators stop trying them.
+    pub drain: Vec<(u32, NodeId)>,
+    /// Moves of dead nodes' copies onto live nodes.
+    pub transfers: Vec<Transfer>,
+    /// Shards with a copy on a dead node and no live node left to take a
+    /// copy (every live Active node already holds one).
+    pub unplaceable: Vec<u32>,
+}
+
+impl DeadPlan {
+    pub fn is_empty(&self) -> bool {
+        self.cancel.is_empty() && self.drain.is_empty() && self.transfers.is_empty()
+    }
+}
+
+/// Plans the re-replication of every shard copy held by a node in `dead`:
+/// each such copy moves (`Transfer { from: dead, to: live }`) to the live
+/// Active node with the fewest copies (ties: lowest id) that lacks the
+/// shard, so the ordinary transfer steps add and activate the new copy and
+/// then drop the dead one. Shards with another transfer queued are left for
+/// a later round (the admission rules refuse overlapping transfers);
+/// transfers onto dead nodes are cancelled first. Applying the result twice
+/// is harmless: once the copies moved there is nothing left to plan.
+pub fn plan_dead_replacement(
+    map: &ShardMap,
+    nodes: &BTreeMap<NodeId, NodeInfo>,
+    queue: &[Transfer],
+    dead: &BTreeSet<NodeId>,
+) -> DeadPlan {
+    let mut plan = DeadPlan::default();
+    if dead.is_empty() {
+        return plan;
+    }
+    let (cancel, keep): (Vec<Transfer>, Vec<Transfer>) = queue
+        .iter()
+        .partition(|t| t.to.is_some_and(|n| dead.contains(&n)));
+    plan.cancel = cancel;
+    let busy: BTreeSet<u32> = keep.iter().map(|t| t.shard).collect();
+    let live: Vec<NodeId> = nodes
+        .values()
+        .filter(|n| n.status == NodeStatus::Active && !dead.contains(&n.id))
+        .map(|n| n.id)
+        .collect();
+    let mut load: BTreeMap<NodeId, usize> = live.iter().map(|&n| (n, 0)).collect();
+    for (n, c) in projected(map, &keep).replica_counts() {
+        if let Some(l) = load.get_mut(&n) {
+            *l += c;
+        }
+    }
+    for (s, rs) in map.replicas.iter().enumerate() {
+        let shard = s as u32;
+        let on_dead: Vec<&Replica> = rs.iter().filter(|r| dead.contains(&r.node)).collect();
+        if on_dead.is_empty() {
+            continue;
+        }
+        let live_active = rs
+            .iter()
+            .filter(|r| !dead.contains(&r.node) && r.state == ReplicaState::Active)
+            .count();
+        if live_active > 0 {
+            plan.drain.extend(
+                on_dead
+                    .iter()
+                    .filter(|r| r.state == ReplicaState::Active)
+                    .map(|r| (shard, r.node)),
+            );
+        }
+        if busy.contains(&shard) {
+            continue;
+        }
+        let mut holders: BTreeSet<NodeId> = rs.iter().map(|r| r.node).collect();
+        for r in on_dead {
+            let to = live
+                .iter()
+                .copied()
+                .filter(|n| !holders.contains(n))
+                .min_by_key(|n| (load[n], *n));
+            match to {
+                Some(to) => {
+                    holders.insert(to);
+                    *load.entry(to).or_insert(0) += 1;
+                    plan.transfers.push(Transfer {
+                        shard,
+                        from: Some(r.node),
+                        to: Some(to),
+                    });
+                }
+                None => {
+                    if !plan.unplaceable.contains(&shard) {
+                        plan.unplaceable.push(shard);
+                    }
+                }
+            }
+        }
+    }
+    plan
+}
+
 /// Target number of Raft voters for `members` live members: 5 once there
 /// are 5, else 3 once there are 3, else all of them. Odd counts tolerate
 /// as many failures as the next even count at lower cost; beyond 5, more
@@ -1002,5 +1112,101 @@ mod tests {
         );
         assert_eq!(voter_target(4), 3);
         assert_eq!(voter_target(7), 5);
+    }
+
+    #[test]
+    fn dead_node_copies_move_to_live_nodes_and_the_queue_drains() {
+        let mut st = cluster(&[1, 2, 3], 6, 2);
+        let dead = BTreeSet::from([3]);
+        let map = st.shard_map.clone().unwrap();
+        let on3 = map.shards_on(3);
+        assert!(!on3.is_empty());
+        let plan = plan_dead_replacement(&map, &st.nodes, &st.transfers, &dead);
+        assert!(
+            plan.cancel.is_empty() && plan.unplaceable.is_empty(),
+            "{plan:?}"
+        );
+        // every copy on node 3 moves to the live node that lacks the shard
+        assert_eq!(plan.transfers.len(), on3.len(), "{plan:?}");
+        for t in &plan.transfers {
+            assert_eq!(t.from, Some(3));
+            let to = t.to.unwrap();
+            assert!(to != 3 && map.replica(t.shard, to).is_none(), "{t}");
+        }
+        // the dead copies are drained at once: the other copy is Active
+        assert_eq!(plan.drain, on3.iter().map(|&s| (s, 3)).collect::<Vec<_>>());
+        for (shard, node) in plan.drain.clone() {
+            ok(
+                &mut st,
+                50,
+                Command::SetReplicaState {
+                    shard,
+                    node,
+                    state: ReplicaState::Draining,
+                },
+            );
+        }
+        ok(&mut st, 51, Command::QueueTransfers(plan.transfers.clone()));
+        drive(&mut st, 2);
+        let map = st.shard_map.clone().unwrap();
+        assert!(map.shards_on(3).is_empty(), "{map:?}");
+        for rs in &map.replicas {
+            assert_eq!(rs.len(), 2);
+            assert!(rs
+                .iter()
+                .all(|r| r.state == ReplicaState::Active && r.node != 3));
+        }
+        // nothing left to do: planning again is a no-op
+        let again = plan_dead_replacement(&map, &st.nodes, &st.transfers, &dead);
+        assert!(again.is_empty(), "{again:?}");
+    }
+
+    #[test]
+    fn dead_node_planning_cancels_transfers_onto_it_and_skips_busy_shards() {
+        let mut st = cluster(&[1, 2, 3, 4], 4, 2);
+        let map = st.shard_map.clone().unwrap();
+        // a shard not on 4 starts moving onto 4, which then dies
+        let s = (0..4).find(|&s| map.replica(s, 4).is_none()).unwrap();
+        let from = map.replicas_of(s).unwrap()[0].node;
+        let onto4 = Transfer {
+            shard: s,
+            from: Some(from),
+            to: Some(4),
+        };
+        ok(&mut st, 40, Command::QueueTransfers(vec![onto4]));
+        ok(
+            &mut st,
+            41,
+            Command::AddReplica {
+                shard: s,
+                node: 4,
+                state: ReplicaState::Loading,
+            },
+        );
+        let dead = BTreeSet::from([4]);
+        let map = st.shard_map.clone().unwrap();
+        let plan = plan_dead_replacement(&map, &st.nodes, &st.transfers, &dead);
+        assert_eq!(plan.cancel, vec![onto4]);
+        // the Loading copy on 4 is re-placed too (and never drained: it
+        // serves nothing)
+        assert!(plan
+            .transfers
+            .iter()
+            .any(|t| t.shard == s && t.from == Some(4)));
+        assert!(!plan.drain.contains(&(s, 4)));
+        ok(&mut st, 42, Command::CancelTransfers(plan.cancel.clone()));
+        ok(&mut st, 43, Command::QueueTransfers(plan.transfers.clone()));
+        drive(&mut st, 2);
+        let map = st.shard_map.clone().unwrap();
+        assert!(map.shards_on(4).is_empty(), "{map:?}");
+        assert!(map.replicas.iter().all(|rs| rs.len() >= 2));
+        // with only as many live nodes as copies, there is nowhere to go
+        let st2 = cluster(&[1, 2], 2, 2);
+        let m2 = st2.shard_map.clone().unwrap();
+        let p2 = plan_dead_replacement(&m2, &st2.nodes, &[], &BTreeSet::from([2]));
+        assert!(p2.transfers.is_empty());
+        assert_eq!(p2.unplaceable, vec![0, 1]);
+        // no dead node: nothing to do
+        assert!(plan_dead_replacement(&m2, &st2.nodes, &[], &BTreeSet::new()).is_empty());
     }
 }

@@ -271,6 +271,10 @@ pub struct ClusterConfig {
     pub snapshot_every: u64,
     /// Shard copies this node sends or receives at once.
     pub max_concurrent_transfers: usize,
+    /// Seconds a member may stay unreachable from the Raft leader before
+    /// the leader re-places its shard copies on live nodes; 0 = never. The
+    /// cluster setting `cluster.replace_dead_after` overrides it.
+    pub replace_dead_after: u64,
     /// Where a node gets the files of a staged model bundle (see
     /// `FetchBundles`).
     pub fetch_bundles: FetchBundles,
@@ -295,6 +299,7 @@ impl Default for ClusterConfig {
             election_timeout_max_ms: 600,
             snapshot_every: 5000,
             max_concurrent_transfers: 2,
+            replace_dead_after: 30,
             fetch_bundles: FetchBundles::IfMissing,
             tls: TlsFiles::default(),
             fault_injection: false,

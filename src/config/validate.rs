@@ -370,8 +370,18 @@ fn check_cluster(node_id: u64, c: &ClusterConfig, out: &mut Vec<String>) {
         1,
         "",
     );
+    if c.replace_dead_after > MAX_REPLACE_DEAD_AFTER {
+        out.push(format!(
+            "cluster.replace_dead_after = {}: must be at most {MAX_REPLACE_DEAD_AFTER} seconds \
+             (one week); use 0 to never re-place a dead node's shards automatically",
+            c.replace_dead_after
+        ));
+    }
     check_tls(c, out);
 }
+
+/// Longest `cluster.replace_dead_after`, in seconds.
+const MAX_REPLACE_DEAD_AFTER: u64 = 7 * 24 * 3600;
 
 fn check_tls(c: &ClusterConfig, out: &mut Vec<String>) {
     let files = [

@@ -44,6 +44,29 @@ impl EventLogReader {
         })
     }
 
+    /// Like `open`, but skips the segments that hold only seqs <= `after`
+    /// (a reader catching up from a known position need not scan the whole
+    /// log). The first segment read may still start below `after + 1`; the
+    /// caller filters those events.
+    pub fn open_after(dir: impl AsRef<Path>, after: u64) -> Result<EventLogReader, EventLogError> {
+        let dir = dir.as_ref().to_path_buf();
+        let segments = list_segments(&dir)?;
+        // keep segment i when the next one starts above after + 1 (so
+        // segment i may hold a seq > after) or it is the last
+        let keep_from = segments
+            .windows(2)
+            .take_while(|w| w[1].0 <= after.saturating_add(1))
+            .count();
+        let segments: Vec<(u64, PathBuf)> = segments.into_iter().skip(keep_from).collect();
+        Ok(EventLogReader {
+            dir,
+            segments: segments.into_iter(),
+            current: None,
+            expected_segment_start: None,
+            done: false,
+        })
+    }
+
     /// The segment file the last yielded event came from.
     pub fn current_file(&self) -> Option<&Path> {
         self.current.as_ref().map(|c| c.scanner.path())

@@ -450,3 +450,35 @@ fn writer_reader_and_errors_can_move_between_threads() {
     is_send::<EventLogReader>();
     is_send_sync::<EventLogError>();
 }
+
+#[test]
+fn open_after_skips_whole_segments_below_the_position() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("log");
+    let (mut w, _) = EventLogWriter::open(&dir, opts(FsyncPolicy::Never, 150)).unwrap();
+    for b in 0..8u64 {
+        w.append_batch(&mut events(b * 3..b * 3 + 3)).unwrap();
+    }
+    w.close().unwrap();
+    assert!(segment_files(&dir).unwrap().len() >= 3);
+    for after in [0u64, 1, 5, 11, 23, 24, 100] {
+        let seqs: Vec<u64> = EventLogReader::open_after(&dir, after)
+            .unwrap()
+            .map(|e| e.unwrap().seq)
+            .collect();
+        // nothing above `after` is skipped, and whole segments below are
+        let first = seqs.first().copied().unwrap_or(u64::MAX);
+        assert!(
+            first <= after + 1 || seqs.is_empty(),
+            "after {after}: {seqs:?}"
+        );
+        let above: Vec<u64> = seqs.into_iter().filter(|&s| s > after).collect();
+        let want: Vec<u64> = (after + 1..=24).collect();
+        assert_eq!(above, want, "after {after}");
+    }
+    let all: Vec<u64> = EventLogReader::open_after(&dir, 0)
+        .unwrap()
+        .map(|e| e.unwrap().seq)
+        .collect();
+    assert_eq!(all, (1..=24).collect::<Vec<u64>>());
+}

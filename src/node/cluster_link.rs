@@ -32,6 +32,8 @@ pub struct ClusterLink {
     /// Highest Raft log index whose catalogue changes this node applied.
     catalog_applied: AtomicU64,
     applied_tx: watch::Sender<u64>,
+    /// The leader's view of which members answer (`node::liveness`).
+    pub liveness: super::liveness::Liveness,
 }
 
 /// (shard, node, state) of every replica: when it changes, the node
@@ -110,9 +112,15 @@ impl ClusterLink {
     /// Sends events this node accepted to every other live member, in
     /// parallel, waiting at most `wait`. A member that misses them is
     /// logged and counted; the events stay durable in this node's log.
-    pub async fn forward_events(&self, events: &[crate::eventlog::LogEvent], wait: Duration) {
+    /// `node_log_id` identifies this node's event log (`catchup::log_id`).
+    pub async fn forward_events(
+        &self,
+        events: &[crate::eventlog::LogEvent],
+        node_log_id: u64,
+        wait: Duration,
+    ) {
         use crate::cluster::proto::shard_data_client::ShardDataClient;
-        use crate::cluster::proto::{ForwardEventsRequest, ForwardedEvent};
+        use crate::cluster::proto::ForwardEventsRequest;
         use crate::cluster::NodeStatus;
         if events.is_empty() {
             return;
@@ -128,17 +136,8 @@ impl ClusterLink {
         };
         let body = ForwardEventsRequest {
             origin_node: self.id(),
-            events: events
-                .iter()
-                .map(|e| ForwardedEvent {
-                    user_id: e.user_id.clone(),
-                    item_id: e.item_id.clone(),
-                    kind: e.kind.as_str().to_string(),
-                    weight: e.weight,
-                    timestamp: e.ts,
-                    device: e.device.clone(),
-                })
-                .collect(),
+            origin_log: node_log_id,
+            events: events.iter().map(super::catchup::to_wire).collect(),
         };
         let sends = peers.into_iter().filter_map(|(id, addr)| {
             let ch = self.channel(id, &addr).ok()?;
@@ -252,6 +251,7 @@ pub async fn start_cluster(
         max_message_bytes: max,
         catalog_applied: AtomicU64::new(0),
         applied_tx,
+        liveness: Default::default(),
     });
     node.attach_cluster(link.clone())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -268,6 +268,12 @@ pub async fn start_cluster(
             cc.join.clone(),
             shutdown.clone(),
         ));
+    }
+    tokio::spawn(super::liveness::watch(link.clone(), shutdown.clone()));
+    // on the actix system: applying events talks to the user-state actors
+    {
+        let (n, l, s) = (node.clone(), link.clone(), shutdown.clone());
+        actix::spawn(async move { super::catchup::run(n, l, s).await });
     }
     let cfg = config.clone();
     let l = link.clone();
@@ -375,8 +381,14 @@ async fn reconcile(
                 .map(|r| r.0)
                 .collect();
             let local_changed = node.local_shards() != mine;
-            if local_changed || node.model_version().is_none() {
+            if node.model_version().is_none() {
                 node.publish(dir.clone()).await.map_err(|e| e.to_string())?;
+            } else if local_changed {
+                // a move adds or drops a copy: load (or unload) just those
+                if let Err(e) = node.rehost_shards(&mine).await {
+                    tracing::warn!(error = %e, "loading only the changed shards failed; reloading the bundle");
+                    node.publish(dir.clone()).await.map_err(|e| e.to_string())?;
+                }
             } else {
                 node.rebuild_shard_clients().map_err(|e| e.to_string())?;
             }

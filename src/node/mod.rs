@@ -9,8 +9,10 @@
 //! the recommend flow itself (`coordinator`).
 
 pub mod bundle_fetch;
+pub mod catchup;
 pub mod cluster_link;
 mod event_sink;
+pub mod liveness;
 mod moves;
 pub mod rollout;
 pub mod types;
@@ -63,6 +65,14 @@ struct Inner {
     user_readers: Arc<Vec<UserReader>>,
     rank: Addr<RankWorker>,
     events: Addr<EventSink>,
+    /// In a cluster: the log of events other nodes accepted and forwarded
+    /// here (`<data_dir>/events-peers/`), so `events` holds only what this
+    /// node accepted from clients — the log peers catch up from.
+    peer_events: Option<Addr<EventSink>>,
+    /// Which forwarded events (by origin node and seq) were applied here.
+    origins: catchup::Origins,
+    /// Identity of this node's own event log (`catchup::log_id`).
+    event_log_id: u64,
     coordinators: Vec<Addr<CoordinatorActor>>,
     next_coordinator: AtomicUsize,
     requests: AtomicU64,
@@ -105,6 +115,24 @@ impl Node {
                 },
             )?;
         tracing::info!(%recovery, "event log open");
+        let peer_events = if config.is_cluster() {
+            let dir = data_dir.join("events-peers");
+            let (sink, recovery) = start_event_sink(&dir, config.events.log_options())
+                .map_err(|e| anyhow::anyhow!("opening the event log in {}: {e}", dir.display()))?;
+            tracing::info!(%recovery, "forwarded-event log open");
+            Some(sink)
+        } else {
+            None
+        };
+        let origins = catchup::Origins::load(data_dir.join("event_origins.json"));
+        // only a cluster node's events travel to peers
+        let event_log_id = if config.is_cluster() {
+            catchup::log_id(&data_dir).map_err(|e| {
+                anyhow::anyhow!("writing {}: {e}", data_dir.join("event_log_id").display())
+            })?
+        } else {
+            0
+        };
         let partitions = config.events.user_partitions.max(1);
         let state_params = crate::features::StateParams::default();
         let (users, user_readers): (Vec<Addr<UserStateActor>>, Vec<UserReader>) = (0..partitions)
@@ -137,6 +165,9 @@ impl Node {
                 user_readers: Arc::new(user_readers),
                 rank,
                 events: events.clone(),
+                peer_events: peer_events.clone(),
+                origins,
+                event_log_id,
                 coordinators,
                 next_coordinator: AtomicUsize::new(0),
                 requests: AtomicU64::new(0),
@@ -153,6 +184,11 @@ impl Node {
                 tick.tick().await;
                 if sink.send(SyncDue).await.is_err() {
                     break;
+                }
+                if let Some(peers) = &peer_events {
+                    if peers.send(SyncDue).await.is_err() {
+                        break;
+                    }
                 }
             }
         });
@@ -264,24 +300,115 @@ impl Node {
     /// user partition), waiting briefly so a request that lands on another
     /// node behind the load balancer sees them too.
     pub async fn ingest_events(&self, events: Vec<EventIn>) -> Result<u32, ServiceError> {
-        let log = self.ingest(events).await?;
+        let log = self.ingest(events, &self.inner.events).await?;
         if let Some(link) = self.inner.cluster.get() {
-            link.forward_events(&log, FORWARD_WAIT).await;
+            link.forward_events(&log, self.inner.event_log_id, FORWARD_WAIT)
+                .await;
         }
         Ok(log.len() as u32)
     }
 
-    /// Events another node accepted and forwarded: logged and applied
-    /// here, not forwarded again.
-    pub async fn ingest_forwarded_events(&self, events: Vec<EventIn>) -> Result<u32, ServiceError> {
-        Ok(self.ingest(events).await?.len() as u32)
+    /// Events node `origin` accepted and forwarded (or that this node
+    /// fetched from it to catch up): logged in the forwarded-event log and
+    /// applied here, not forwarded again. An event whose (origin, seq) was
+    /// applied already is skipped; answers how many were new.
+    pub async fn ingest_forwarded_events(
+        &self,
+        origin: u64,
+        origin_log: u64,
+        events: Vec<crate::cluster::proto::ForwardedEvent>,
+    ) -> Result<u32, ServiceError> {
+        // refuse before claiming: a claimed event must get applied
+        self.current()?;
+        if let Some(link) = self.inner.cluster.get() {
+            let known = {
+                let st = link.raft.state();
+                let st = st.read();
+                st.nodes.contains_key(&origin)
+            };
+            if !known || origin == self.inner.config.node.id {
+                return Err(ServiceError::InvalidArgument(format!(
+                    "events forwarded from node {origin}, which is not another member of this cluster"
+                )));
+            }
+        }
+        let mut claimed = Vec::new();
+        let fresh: Vec<EventIn> = events
+            .into_iter()
+            .filter(|e| {
+                // seq 0: a sender that does not number its events
+                let new =
+                    e.origin_seq == 0 || self.inner.origins.claim(origin, origin_log, e.origin_seq);
+                if new && e.origin_seq > 0 {
+                    claimed.push(e.origin_seq);
+                }
+                new
+            })
+            .map(|e| EventIn {
+                user_id: e.user_id,
+                item_id: e.item_id,
+                kind: e.kind,
+                weight: e.weight,
+                timestamp: e.timestamp,
+                device: e.device,
+            })
+            .collect();
+        if fresh.is_empty() {
+            return Ok(0);
+        }
+        let sink = self
+            .inner
+            .peer_events
+            .as_ref()
+            .unwrap_or(&self.inner.events);
+        match self.ingest(fresh, sink).await {
+            Ok(log) => Ok(log.len() as u32),
+            // events this node refuses now it will refuse on every retry:
+            // they stay claimed, so a catch-up moves past them
+            Err(e @ (ServiceError::InvalidArgument(_) | ServiceError::ResourceExhausted(_))) => {
+                tracing::warn!(origin, events = claimed.len(), error = %e, "forwarded events refused; skipping them");
+                Err(e)
+            }
+            Err(e) => {
+                self.inner.origins.release(origin, &claimed);
+                Err(e)
+            }
+        }
     }
 
-    async fn ingest(&self, events: Vec<EventIn>) -> Result<Vec<LogEvent>, ServiceError> {
+    /// Identity of this node's own event log, sent with its events.
+    pub fn event_log_id(&self) -> u64 {
+        self.inner.event_log_id
+    }
+
+    /// Which forwarded events were applied here (`catchup`).
+    pub(crate) fn origins(&self) -> &catchup::Origins {
+        &self.inner.origins
+    }
+
+    /// Events this node accepted from clients with seq > `after` (at most
+    /// `max`), for a peer catching up (`ShardData.FetchEvents`).
+    pub async fn client_events_after(
+        &self,
+        after: u64,
+        max: usize,
+    ) -> Result<Vec<LogEvent>, ServiceError> {
+        let dir = self.inner.config.node.data_dir.join("events");
+        tokio::task::spawn_blocking(move || catchup::read_client_events(&dir, after, max))
+            .await
+            .map_err(|e| ServiceError::Internal(e.to_string()))?
+            .map_err(|e| ServiceError::Internal(format!("reading the event log: {e}")))
+    }
+
+    async fn ingest(
+        &self,
+        events: Vec<EventIn>,
+        sink: &Addr<EventSink>,
+    ) -> Result<Vec<LogEvent>, ServiceError> {
         let valid = validate::events(events, &self.inner.config.api, now_unix())?;
         // refuse before logging: applying needs a model's catalogue
         self.current()?;
-        let log: Vec<LogEvent> = valid
+        let mut log: Vec<LogEvent> = valid
             .iter()
             .map(|e| LogEvent {
                 seq: 0,
@@ -293,12 +420,15 @@ impl Node {
                 device: e.device.clone(),
             })
             .collect();
-        self.inner
-            .events
+        let (first, _) = sink
             .send(Append(log.clone()))
             .await
             .map_err(|e| ServiceError::Unavailable(format!("event log unavailable: {e}")))?
             .map_err(|e| ServiceError::Internal(format!("event log append failed: {e}")))?;
+        // the writer numbered its copy the same way: consecutive from first
+        for (i, e) in log.iter_mut().enumerate() {
+            e.seq = first + i as u64;
+        }
         for e in &log {
             metrics().events.with_label_values(&[e.kind.as_str()]).inc();
         }
@@ -861,6 +991,12 @@ impl Node {
 
     /// Flushes the event log; call on shutdown.
     pub async fn flush(&self) -> Result<(), String> {
+        if let Some(peers) = &self.inner.peer_events {
+            peers.send(Flush).await.map_err(|e| e.to_string())??;
+        }
+        if let Err(e) = self.inner.origins.flush() {
+            tracing::warn!(error = %e, "cannot record which forwarded events were applied");
+        }
         self.inner
             .events
             .send(Flush)
@@ -912,6 +1048,37 @@ fn load_version_blocking(
         indexes.push(ShardIndex::from_loaded(shard, expansion_search));
     }
     Ok((loaded.model, loaded.user_states, indexes))
+}
+
+/// Loads shards `shards` of the bundle in `dir` (the served version's, of
+/// `shard_count` shards), checked as a full load checks them.
+fn load_shards_blocking(
+    dir: &Path,
+    expansion_search: usize,
+    shard_count: u32,
+    shards: &[u32],
+) -> Result<Vec<ShardIndex>, ServiceError> {
+    if shards.is_empty() {
+        return Ok(Vec::new());
+    }
+    let precondition = |e: String| {
+        ServiceError::FailedPrecondition(format!("cannot load bundle {}: {e}", dir.display()))
+    };
+    let bundle = crate::bundle::Bundle::open(dir, &crate::bundle::OpenCheck::default())
+        .map_err(|e| precondition(e.to_string()))?;
+    let mut out = Vec::with_capacity(shards.len());
+    for &s in shards {
+        if s >= shard_count {
+            return Err(precondition(format!(
+                "the cluster places shard {s} here but the bundle has only {shard_count} shards"
+            )));
+        }
+        let shard = bundle
+            .load_shard(s)
+            .map_err(|e| precondition(e.to_string()))?;
+        out.push(ShardIndex::from_loaded(shard, expansion_search));
+    }
+    Ok(out)
 }
 
 /// `data_dir/serving.json`: which model version is live and the first

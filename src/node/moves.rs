@@ -15,8 +15,8 @@
 
 use super::cluster_link::ClusterLink;
 use crate::cluster::moves::{
-    desired_voters, next_steps, DEFAULT_DRAIN_GRACE_MS, SETTING_DRAIN_GRACE_MS,
-    SETTING_MAX_CONCURRENT,
+    desired_voters, next_steps, plan_dead_replacement, DEFAULT_DRAIN_GRACE_MS,
+    SETTING_DRAIN_GRACE_MS, SETTING_MAX_CONCURRENT, SETTING_REPLACE_DEAD_AFTER,
 };
 use crate::cluster::{
     propose_via, ClusterError, Command, NodeInfo, NodeStatus, ReplicaState, Transfer,
@@ -32,6 +32,8 @@ use tokio::sync::watch;
 pub struct MoveDriver {
     /// When this node, as leader, first saw each (shard, node) Draining.
     draining_since: HashMap<(u32, u64), Instant>,
+    /// Members last found dead (logged when the set changes).
+    dead: BTreeSet<u64>,
 }
 
 /// One round on the leader (nothing elsewhere): membership first, then the
@@ -47,7 +49,93 @@ pub async fn drive(
     }
     let membership = align_membership(link).await;
     let transfers = advance_transfers(link, cc, driver).await;
-    membership.and(transfers)
+    let dead = replace_dead(link, cc, driver).await;
+    membership.and(transfers).and(dead)
+}
+
+/// Re-places the shard copies of members the leader has not reached for
+/// longer than `cluster.replace_dead_after` (0: never). The dead node stays
+/// a member: when it comes back it catches up from Raft, finds its copies
+/// dropped (or Draining, then dropped) and holds nothing until an operator
+/// runs `funnel admin rebalance`.
+async fn replace_dead(
+    link: &ClusterLink,
+    cc: &ClusterConfig,
+    driver: &mut MoveDriver,
+) -> Result<(), String> {
+    let after: u64 = setting(link, SETTING_REPLACE_DEAD_AFTER).unwrap_or(cc.replace_dead_after);
+    if after == 0 {
+        return Ok(());
+    }
+    let after = Duration::from_secs(after);
+    let (map, nodes, queue) = {
+        let st = link.raft.state();
+        let st = st.read();
+        (st.shard_map.clone(), st.nodes.clone(), st.transfers.clone())
+    };
+    let Some(map) = map else { return Ok(()) };
+    let dead: BTreeSet<u64> = nodes
+        .values()
+        .filter(|n| n.id != link.id() && n.status != NodeStatus::Removed)
+        .filter(|n| {
+            link.liveness
+                .unreachable_for(n.id)
+                .is_some_and(|d| d >= after)
+        })
+        .map(|n| n.id)
+        .collect();
+    if dead != driver.dead {
+        if !dead.is_empty() {
+            tracing::warn!(nodes = ?dead, after_s = after.as_secs(), "members unreachable for too long; re-placing their shard copies");
+        }
+        driver.dead = dead.clone();
+    }
+    let plan = plan_dead_replacement(&map, &nodes, &queue, &dead);
+    if plan.is_empty() {
+        return Ok(());
+    }
+    let err = |e: ClusterError| e.to_string();
+    if !plan.cancel.is_empty() {
+        link.raft
+            .write(Command::CancelTransfers(plan.cancel.clone()))
+            .await
+            .map_err(err)?;
+        tracing::warn!(transfers = ?plan.cancel, "cancelled transfers onto unreachable members");
+        // plan again from the state without them
+        return Ok(());
+    }
+    for (shard, node) in &plan.drain {
+        let cmd = Command::SetReplicaState {
+            shard: *shard,
+            node: *node,
+            state: ReplicaState::Draining,
+        };
+        match link.raft.write(cmd).await {
+            Ok(_) => {}
+            // the map moved on since it was read; the next round re-plans
+            Err(ClusterError::Rejected(reason)) => {
+                tracing::debug!(shard_id = shard, node_id = node, %reason, "draining a dead copy refused")
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    if !plan.transfers.is_empty() {
+        match link
+            .raft
+            .write(Command::QueueTransfers(plan.transfers.clone()))
+            .await
+        {
+            Ok(_) => tracing::warn!(
+                transfers = plan.transfers.len(),
+                "queued re-replication of unreachable members' shards"
+            ),
+            Err(ClusterError::Rejected(reason)) => {
+                tracing::debug!(%reason, "re-replication refused; planning again next round")
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(())
 }
 
 async fn align_membership(link: &ClusterLink) -> Result<(), String> {

@@ -178,38 +178,103 @@ impl Node {
             Ok(old) => old.catalog.carry_over(model.clone()),
             Err(_) => Catalog::new(model.clone()),
         });
-        let n = model.shard_count.max(1);
-        let mut by_shard: BTreeMap<u32, Vec<(u64, Vec<f32>)>> = BTreeMap::new();
-        for it in catalog
-            .upserted_items()
-            .into_iter()
-            .filter(|it| it.vector.len() == model.dimension)
-        {
-            by_shard
-                .entry(shard_of(it.key, n))
-                .or_default()
-                .push((it.key, it.vector));
-        }
-        for (s, b) in by_shard {
-            if let Some(a) = actors.get(&s) {
-                let _ = a.send(Upsert { items: b }).await;
-            }
-        }
-        // and items deleted since training stay deleted: a shard copy loaded
-        // fresh from the bundle (e.g. the target of a shard move) must match
-        // its peers' digests
-        let mut gone: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
-        for key in catalog.deleted_keys() {
-            gone.entry(shard_of(key, n)).or_default().push(key);
-        }
-        for (s, keys) in gone {
-            if let Some(a) = actors.get(&s) {
-                let _ = a.send(Delete { keys }).await;
-            }
-        }
+        put_overlay(&catalog, model, actors).await;
         catalog
     }
 
+    /// Brings the shards this node hosts for the served version to `want`
+    /// without reloading the model or the shards that stay (a shard move
+    /// adds or drops one copy): loads each added shard from the served
+    /// bundle directory, puts the catalogue overlay into it as `prepare`
+    /// does, and stops routing to the dropped ones. Nothing changes when
+    /// loading fails; the caller can fall back to a full `publish`.
+    pub async fn rehost_shards(&self, want: &[u32]) -> Result<(), ServiceError> {
+        let _one_at_a_time = self.inner.swap.lock().await;
+        let cur = self.current()?;
+        let dir = self.current_bundle_dir().ok_or_else(|| {
+            ServiceError::Unavailable("no bundle is served yet; nothing to load shards from".into())
+        })?;
+        let have = self.shard_actors();
+        let added: Vec<u32> = want
+            .iter()
+            .copied()
+            .filter(|s| !have.contains_key(s))
+            .collect();
+        let threads = self.inner.config.shards.search_threads;
+        let ef = self.inner.config.shards.expansion_search;
+        let shard_count = cur.model.shard_count;
+        let indexes = tokio::task::spawn_blocking(move || {
+            super::load_shards_blocking(&dir, ef, shard_count, &added)
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(format!("shard loading task failed: {e}")))??;
+        let fresh: BTreeMap<u32, Addr<ShardActor>> = indexes
+            .into_iter()
+            .map(|ix| (ix.shard(), start_shard(ix, threads)))
+            .collect();
+        put_overlay(&cur.catalog, &cur.model, &fresh).await;
+        let mut next = have;
+        next.retain(|s, _| want.contains(s));
+        next.extend(fresh);
+        let shards = self.shard_clients(&cur.model, &cur.catalog, &next)?;
+        let serving = Arc::new(Serving {
+            model: cur.model.clone(),
+            catalog: cur.catalog.clone(),
+            shards,
+        });
+        match (self.inner.serving.write(), self.inner.shard_actors.write()) {
+            (Ok(mut cur), Ok(mut sa)) => {
+                *cur = Some(serving);
+                *sa = next;
+                Ok(())
+            }
+            _ => Err(ServiceError::Internal(
+                "the node's model tables are poisoned; restart the node".into(),
+            )),
+        }
+    }
+}
+
+/// Puts the overlay of `catalog` (items upserted and deleted since
+/// training) into freshly loaded shard `actors`, so a copy loaded from the
+/// bundle matches its peers' digests.
+async fn put_overlay(
+    catalog: &Catalog,
+    model: &ServingModel,
+    actors: &BTreeMap<u32, Addr<ShardActor>>,
+) {
+    let n = model.shard_count.max(1);
+    let mut by_shard: BTreeMap<u32, Vec<(u64, Vec<f32>)>> = BTreeMap::new();
+    for it in catalog
+        .upserted_items()
+        .into_iter()
+        .filter(|it| it.vector.len() == model.dimension)
+    {
+        by_shard
+            .entry(shard_of(it.key, n))
+            .or_default()
+            .push((it.key, it.vector));
+    }
+    for (s, b) in by_shard {
+        if let Some(a) = actors.get(&s) {
+            let _ = a.send(Upsert { items: b }).await;
+        }
+    }
+    // and items deleted since training stay deleted: a shard copy loaded
+    // fresh from the bundle (e.g. the target of a shard move) must match
+    // its peers' digests
+    let mut gone: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    for key in catalog.deleted_keys() {
+        gone.entry(shard_of(key, n)).or_default().push(key);
+    }
+    for (s, keys) in gone {
+        if let Some(a) = actors.get(&s) {
+            let _ = a.send(Delete { keys }).await;
+        }
+    }
+}
+
+impl Node {
     /// Serves `p` from now on; the version served before is retired (kept
     /// for `RETIRED_GRACE`). The caller holds `inner.swap`.
     pub(super) async fn switch_to(&self, p: Prepared) -> Result<String, ServiceError> {

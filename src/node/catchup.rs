@@ -1,0 +1,495 @@
+//! Catch-up of events a member missed while it was down or cut off.
+//!
+//! Every node holds every user partition: an event is logged by the node a
+//! client sent it to (its *origin*) in `<data_dir>/events/`, then forwarded
+//! to the other members, which log it in `<data_dir>/events-peers/` and
+//! apply it. A member that is down when that happens would miss it. So each
+//! forwarded event carries its seq in the origin's log, each node records
+//! per origin which seqs it has applied (`Origins`, persisted in
+//! `<data_dir>/event_origins.json`), and a node asks a peer
+//! (`ShardData.FetchEvents`) for the events in that peer's own log after the
+//! highest seq it applied without a gap:
+//!
+//! - when it starts (and has a model to apply events to),
+//! - when a gap in an origin's seqs stays open for a couple of seconds (the
+//!   origin forwarded seq 60 but 51..59 never came: the node was cut off),
+//! - and every 30 s for every peer, in case it missed the tail of a burst
+//!   and no new event revealed the gap.
+//!
+//! Seqs are only meaningful within one log: each node's log has a random
+//! identity (`<data_dir>/event_log_id`, sent with its events), and a
+//! receiver that sees a new identity for an origin (it lost its data
+//! directory and started a new log at seq 1) counts that origin afresh.
+//!
+//! Applying goes through the same path as a forwarded event
+//! (`Node::ingest_forwarded_events`), which claims (origin, seq) first:
+//! an event arriving both by forwarding and by catch-up is applied once.
+//! All of it runs in a background task, off the request path.
+//!
+//! Owns: `Origins` (the applied-seq table and its file), `run` (the
+//! catch-up task) and `read_client_events` (the server side's log read).
+//! Must not touch: how events are validated, logged or applied (`Node`), or
+//! the event log format (`eventlog`).
+
+use super::cluster_link::ClusterLink;
+use super::Node;
+use crate::cluster::proto::shard_data_client::ShardDataClient;
+use crate::cluster::proto::{FetchEventsRequest, ForwardedEvent};
+use crate::cluster::NodeStatus;
+use crate::eventlog::{EventLogReader, LogEvent};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Most events one `FetchEvents` answer carries; the caller asks again.
+pub const MAX_FETCH_EVENTS: u32 = 10_000;
+/// Events per streamed message.
+pub const FETCH_BATCH: usize = 256;
+/// A gap in an origin's seqs this old triggers a catch-up from it (younger
+/// gaps are usually forwards arriving out of order).
+const GAP_WAIT: Duration = Duration::from_secs(2);
+/// Every peer is asked this often even without a gap.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// Seqs remembered above the contiguous prefix of one origin; beyond this
+/// the oldest are forgotten (a catch-up fills the gap anyway, and an event
+/// applied twice only counts twice, it corrupts nothing).
+const MAX_ABOVE: usize = 100_000;
+
+/// Which seqs of one origin's log this node applied: all up to `through`,
+/// plus the ones in `above`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Applied {
+    /// Identity of the origin's log these seqs belong to (0: not known).
+    #[serde(default)]
+    log: u64,
+    through: u64,
+    above: BTreeSet<u64>,
+}
+
+impl Applied {
+    /// Marks `seq` applied; false when it already was.
+    fn claim(&mut self, seq: u64) -> bool {
+        if seq <= self.through || !self.above.insert(seq) {
+            return false;
+        }
+        while self.above.remove(&(self.through + 1)) {
+            self.through += 1;
+        }
+        while self.above.len() > MAX_ABOVE {
+            self.above.pop_first();
+        }
+        true
+    }
+
+    /// Undoes `claim(seq)` (applying failed).
+    fn release(&mut self, seq: u64) {
+        if seq > self.through {
+            self.above.remove(&seq);
+        } else if seq > 0 {
+            self.above.extend(seq + 1..=self.through);
+            self.through = seq - 1;
+        }
+    }
+
+    fn has_gap(&self) -> bool {
+        !self.above.is_empty()
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct OriginFile {
+    origins: BTreeMap<u64, Applied>,
+}
+
+#[derive(Default)]
+struct Table {
+    origins: BTreeMap<u64, Applied>,
+    /// When each origin's current gap was first seen.
+    gap_since: HashMap<u64, Instant>,
+    dirty: bool,
+}
+
+/// Per origin node, the seqs of its event log this node applied.
+pub struct Origins {
+    path: PathBuf,
+    table: Mutex<Table>,
+}
+
+impl Origins {
+    /// Loads `path` (absent: nothing applied yet). An unreadable file is
+    /// reported and treated as absent: a catch-up then re-applies what the
+    /// peers still have, which can count an event twice but loses none.
+    pub fn load(path: PathBuf) -> Origins {
+        let origins = match std::fs::read_to_string(&path) {
+            Ok(text) => match serde_json::from_str::<OriginFile>(&text) {
+                Ok(f) => f.origins,
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "ignoring an unreadable event origin table");
+                    BTreeMap::new()
+                }
+            },
+            Err(_) => BTreeMap::new(),
+        };
+        Origins {
+            path,
+            table: Mutex::new(Table {
+                origins,
+                ..Table::default()
+            }),
+        }
+    }
+
+    /// Claims (origin, seq) of the origin's log `log` for applying; false
+    /// when it was applied. A new `log` (the origin lost its log and
+    /// started another) forgets what was applied from the old one.
+    pub fn claim(&self, origin: u64, log: u64, seq: u64) -> bool {
+        let Ok(mut guard) = self.table.lock() else {
+            return true;
+        };
+        let t = &mut *guard;
+        let applied = t.origins.entry(origin).or_default();
+        if log != 0 && applied.log != log {
+            if applied.log != 0 {
+                tracing::warn!(
+                    origin,
+                    "the origin's event log is new; counting its events afresh"
+                );
+                *applied = Applied::default();
+            }
+            applied.log = log;
+            t.dirty = true;
+        }
+        let claimed = t.origins.entry(origin).or_default().claim(seq);
+        if claimed {
+            t.dirty = true;
+            let gap = t.origins.get(&origin).is_some_and(Applied::has_gap);
+            if gap {
+                t.gap_since.entry(origin).or_insert_with(Instant::now);
+            } else {
+                t.gap_since.remove(&origin);
+            }
+        }
+        claimed
+    }
+
+    /// Undoes claims whose events could not be applied.
+    pub fn release(&self, origin: u64, seqs: &[u64]) {
+        if let Ok(mut t) = self.table.lock() {
+            if let Some(a) = t.origins.get_mut(&origin) {
+                for &s in seqs.iter().rev() {
+                    a.release(s);
+                }
+                t.dirty = true;
+            }
+        }
+    }
+
+    /// Highest seq of `origin` applied without a gap below it.
+    pub fn through(&self, origin: u64) -> u64 {
+        self.table
+            .lock()
+            .ok()
+            .and_then(|t| t.origins.get(&origin).map(|a| a.through))
+            .unwrap_or(0)
+    }
+
+    /// Origins whose gap has stayed open for `GAP_WAIT`.
+    fn old_gaps(&self) -> Vec<u64> {
+        let Ok(t) = self.table.lock() else {
+            return Vec::new();
+        };
+        t.gap_since
+            .iter()
+            .filter(|(_, since)| since.elapsed() >= GAP_WAIT)
+            .map(|(o, _)| *o)
+            .collect()
+    }
+
+    /// Writes the table when it changed: temp file, fsync, rename.
+    pub fn flush(&self) -> std::io::Result<()> {
+        let text = {
+            let Ok(mut t) = self.table.lock() else {
+                return Ok(());
+            };
+            if !t.dirty {
+                return Ok(());
+            }
+            t.dirty = false;
+            serde_json::to_string(&OriginFile {
+                origins: t.origins.clone(),
+            })
+            .map_err(std::io::Error::other)?
+        };
+        write_atomic(&self.path, text.as_bytes())
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// The events of this node's own log (`dir`, events accepted from clients)
+/// with seq > `after`, at most `max`, in seq order. Blocking: call it off
+/// the async threads.
+pub fn read_client_events(dir: &Path, after: u64, max: usize) -> Result<Vec<LogEvent>, String> {
+    let mut out = Vec::new();
+    if !dir.exists() {
+        return Ok(out);
+    }
+    for e in EventLogReader::open_after(dir, after).map_err(|e| e.to_string())? {
+        let e = e.map_err(|e| e.to_string())?;
+        if e.seq > after {
+            out.push(e);
+            if out.len() >= max {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// This node's event-log identity: read from `<data_dir>/event_log_id`, or
+/// made (random) and written there when the file is absent. Lives beside
+/// the log, so a lost data directory gets a new one.
+pub fn log_id(data_dir: &Path) -> std::io::Result<u64> {
+    let path = data_dir.join("event_log_id");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        if let Ok(id) = text.trim().parse::<u64>() {
+            if id != 0 {
+                return Ok(id);
+            }
+        }
+        tracing::warn!(file = %path.display(), "unreadable event log id; making a new one");
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let seed = format!("{nanos} {} {}", std::process::id(), data_dir.display());
+    let hash = blake3::hash(seed.as_bytes());
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&hash.as_bytes()[..8]);
+    let id = u64::from_le_bytes(bytes).max(1);
+    write_atomic(&path, id.to_string().as_bytes())?;
+    Ok(id)
+}
+
+/// One logged event as it travels between nodes.
+pub fn to_wire(e: &LogEvent) -> ForwardedEvent {
+    ForwardedEvent {
+        user_id: e.user_id.clone(),
+        item_id: e.item_id.clone(),
+        kind: e.kind.as_str().to_string(),
+        weight: e.weight,
+        timestamp: e.ts,
+        device: e.device.clone(),
+        origin_seq: e.seq,
+    }
+}
+
+/// The catch-up task: see the module doc. Also flushes the origin table
+/// once a second.
+pub async fn run(node: Node, link: Arc<ClusterLink>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // peers still to ask since start (or since the last sweep)
+    let mut pending: Option<BTreeSet<u64>> = None;
+    let mut last_sweep = Instant::now();
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => {
+                let _ = node.origins().flush();
+                return;
+            }
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = node.origins().flush() {
+            tracing::warn!(error = %e, "cannot record which forwarded events were applied");
+        }
+        // applying needs a model; until then there is nothing to catch up on
+        if node.model_version().is_none() {
+            continue;
+        }
+        let peers: BTreeMap<u64, String> = {
+            let st = link.raft.state();
+            let st = st.read();
+            st.nodes
+                .values()
+                .filter(|n| n.id != link.id() && n.status != NodeStatus::Removed)
+                .map(|n| (n.id, n.internal.clone()))
+                .collect()
+        };
+        if peers.is_empty() {
+            continue;
+        }
+        if last_sweep.elapsed() >= SWEEP_EVERY {
+            pending = None;
+            last_sweep = Instant::now();
+        }
+        let todo = pending.get_or_insert_with(|| peers.keys().copied().collect());
+        todo.extend(node.origins().old_gaps());
+        let ask: Vec<u64> = todo.iter().copied().collect();
+        for peer in ask {
+            let Some(addr) = peers.get(&peer) else {
+                todo.remove(&peer);
+                continue;
+            };
+            match catch_up_from(&node, &link, peer, addr).await {
+                Ok(n) => {
+                    todo.remove(&peer);
+                    if n > 0 {
+                        tracing::info!(
+                            origin = peer,
+                            events = n,
+                            "caught up on events a peer accepted while this node missed them"
+                        );
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(origin = peer, error = %e, "event catch-up did not finish; retrying")
+                }
+            }
+        }
+    }
+}
+
+/// Fetches and applies every event `peer` accepted after what this node
+/// applied from it; answers how many were new here.
+async fn catch_up_from(
+    node: &Node,
+    link: &ClusterLink,
+    peer: u64,
+    addr: &str,
+) -> Result<usize, String> {
+    let max_batch = node.config().api.max_batch.max(1);
+    let mut applied = 0usize;
+    loop {
+        let after = node.origins().through(peer);
+        let ch = link.channel(peer, addr)?;
+        let mut client = ShardDataClient::new(ch)
+            .max_decoding_message_size(link.max_message_bytes())
+            .max_encoding_message_size(link.max_message_bytes());
+        let mut req = tonic::Request::new(FetchEventsRequest {
+            after_seq: after,
+            max_events: MAX_FETCH_EVENTS,
+        });
+        req.set_timeout(Duration::from_secs(30));
+        let mut stream = client
+            .fetch_events(req)
+            .await
+            .map_err(|s| format!("FetchEvents from node {peer}: {}", s.message()))?
+            .into_inner();
+        let mut received = 0usize;
+        while let Some(batch) = stream
+            .message()
+            .await
+            .map_err(|s| format!("FetchEvents from node {peer}: {}", s.message()))?
+        {
+            received += batch.events.len();
+            for chunk in batch.events.chunks(max_batch) {
+                applied += node
+                    .ingest_forwarded_events(peer, batch.origin_log, chunk.to_vec())
+                    .await
+                    .map_err(|e| e.to_string())? as usize;
+            }
+        }
+        if received < MAX_FETCH_EVENTS as usize {
+            return Ok(applied);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_dedupe_and_track_the_contiguous_prefix() {
+        let mut a = Applied::default();
+        assert!(a.claim(1) && a.claim(2));
+        assert_eq!(a.through, 2);
+        assert!(!a.claim(2) && !a.claim(1), "applied twice");
+        // out of order: a gap until 3 arrives
+        assert!(a.claim(5) && a.claim(4));
+        assert!(a.has_gap());
+        assert_eq!(a.through, 2);
+        assert!(a.claim(3));
+        assert_eq!(a.through, 5);
+        assert!(!a.has_gap());
+        // releasing a claim folded into the prefix reopens it
+        a.release(4);
+        assert_eq!(a.through, 3);
+        assert!(a.claim(4));
+        assert_eq!(a.through, 5);
+        a.release(9);
+        assert_eq!(a.through, 5);
+    }
+
+    #[test]
+    fn the_table_survives_a_restart_and_a_bad_file_is_ignored() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("event_origins.json");
+        let o = Origins::load(path.clone());
+        assert!(o.claim(1, 9, 1) && o.claim(1, 9, 2) && o.claim(2, 0, 7));
+        o.flush().unwrap();
+        let o = Origins::load(path.clone());
+        assert_eq!(o.through(1), 2);
+        assert_eq!(o.through(2), 0);
+        assert!(!o.claim(1, 9, 2) && !o.claim(2, 0, 7));
+        // origin 1 lost its log: its new seq 1 is a new event
+        assert!(o.claim(1, 10, 1));
+        assert_eq!(o.through(1), 1);
+        // an origin whose log was unknown adopts the first one it sees
+        assert!(!o.claim(2, 5, 7));
+        let id = log_id(tmp.path()).unwrap();
+        assert!(id != 0);
+        assert_eq!(log_id(tmp.path()).unwrap(), id);
+        std::fs::write(&path, "{not json").unwrap();
+        let o = Origins::load(path);
+        assert_eq!(o.through(1), 0);
+    }
+
+    #[test]
+    fn client_events_are_read_after_a_position() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("events");
+        assert!(read_client_events(&dir, 0, 10).unwrap().is_empty());
+        let (mut w, _) = crate::eventlog::EventLogWriter::open(&dir, Default::default()).unwrap();
+        let mut batch: Vec<LogEvent> = (0..5)
+            .map(|i| {
+                LogEvent::new(
+                    1_700_000_000 + i,
+                    "u1",
+                    format!("i{i}"),
+                    crate::dataset::EventKind::Click,
+                    1.0,
+                )
+            })
+            .collect();
+        w.append_batch(&mut batch).unwrap();
+        w.close().unwrap();
+        let seqs = |after, max| -> Vec<u64> {
+            read_client_events(&dir, after, max)
+                .unwrap()
+                .iter()
+                .map(|e| e.seq)
+                .collect()
+        };
+        assert_eq!(seqs(0, 10), vec![1, 2, 3, 4, 5]);
+        assert_eq!(seqs(3, 10), vec![4, 5]);
+        assert_eq!(seqs(1, 2), vec![2, 3]);
+        assert!(seqs(5, 10).is_empty());
+    }
+}

@@ -1,0 +1,662 @@
+//! Self-healing on a real cluster: three `funnel serve` processes (6
+//! shards, 2 replicas each) under continuous recommend load and item
+//! upserts.
+//!
+//! - `dead_node_shards_are_re_replicated`: kill -9 one node with
+//!   `cluster.replace_dead_after = 3`; the leader re-places its copies on
+//!   the live nodes. Measures the time from the kill until every shard has
+//!   2 Active copies on live nodes. The node then comes back holding
+//!   nothing, and `funnel admin rebalance` gives it copies again.
+//! - `leader_killed_in_the_middle_of_a_move`: two queued moves between the
+//!   followers (one at a time); the leader is killed while one is in
+//!   flight; the new leader finishes them.
+//!
+//! What must hold in both: no recommend request fails and every answer has
+//! coverage 1; every acknowledged upsert is in every copy of its shard; the
+//! copies of each shard have equal digests.
+//!
+//! Ports 17400-17479 only (fixed, so they do not collide with other test
+//! files).
+
+mod support;
+
+use funnel::cluster::proto::shard_data_client::ShardDataClient;
+use funnel::cluster::proto::ShardDigestRequest;
+use funnel::cluster::{ClusterStatus, ClusterView, ReplicaState};
+use funnel::ids::{item_key, shard_of};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::{
+    eventually, members_list, small_bundle, write_node_config, Http, NodePorts, NodeProc,
+};
+
+const SHARDS: u32 = 6;
+const DIM: usize = 16;
+
+struct Member {
+    id: u64,
+    config: PathBuf,
+    data_dir: PathBuf,
+    http: String,
+    internal: String,
+}
+
+/// Configs of nodes 1..=3 on ports `base + 1..`, `base + 11..`, `base + 21..`.
+fn write_configs(dir: &Path, bundle: &Path, base: u16, cluster_extra: &str) -> Vec<Member> {
+    let nodes: Vec<NodePorts> = (1..=3u64)
+        .map(|id| NodePorts {
+            id,
+            http: base + id as u16,
+            grpc: base + 10 + id as u16,
+            internal: base + 20 + id as u16,
+        })
+        .collect();
+    nodes
+        .iter()
+        .map(|me| {
+            let extra = format!("{}\n{cluster_extra}", members_list(&nodes));
+            let (config, data_dir) = write_node_config(dir, me, Some(bundle), SHARDS, "", &extra);
+            Member {
+                id: me.id,
+                config,
+                data_dir,
+                http: format!("127.0.0.1:{}", me.http),
+                internal: format!("127.0.0.1:{}", me.internal),
+            }
+        })
+        .collect()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn admin(addr: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_funnel"))
+        .args(["admin", "--addr", addr])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "funnel admin {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn status_view(
+    rt: &tokio::runtime::Runtime,
+    internal: &str,
+) -> Option<(ClusterStatus, ClusterView)> {
+    rt.block_on(funnel::admin::fetch_view(internal))
+        .ok()
+        .flatten()
+}
+
+fn view(rt: &tokio::runtime::Runtime, internal: &str) -> Option<ClusterView> {
+    status_view(rt, internal).map(|(_, v)| v)
+}
+
+/// Every replica Active, `copies` per shard, no transfer queued.
+fn settled(v: &ClusterView, copies: usize) -> bool {
+    v.transfers.is_empty()
+        && v.shard_map.as_ref().is_some_and(|m| {
+            m.replicas
+                .iter()
+                .all(|rs| rs.len() == copies && rs.iter().all(|r| r.state == ReplicaState::Active))
+        })
+}
+
+/// shard -> [(node, items, digest)] over the copies the map places.
+type Copies = BTreeMap<u32, Vec<(u64, u64, String)>>;
+
+fn copies(rt: &tokio::runtime::Runtime, v: &ClusterView) -> Copies {
+    let mut out = Copies::new();
+    let Some(map) = &v.shard_map else {
+        return out;
+    };
+    rt.block_on(async {
+        for (s, rs) in map.replicas.iter().enumerate() {
+            for r in rs {
+                let Some(info) = v.nodes.get(&r.node) else {
+                    continue;
+                };
+                let Ok(mut c) = ShardDataClient::connect(format!("http://{}", info.internal)).await
+                else {
+                    continue;
+                };
+                if let Ok(d) = c.digest(ShardDigestRequest { shard: s as u32 }).await {
+                    let d = d.into_inner();
+                    out.entry(s as u32)
+                        .or_default()
+                        .push((r.node, d.items, d.digest));
+                }
+            }
+        }
+    });
+    out
+}
+
+fn recommend(http: &Http, node_http: &str, user: &str) -> Result<serde_json::Value, String> {
+    let (s, v) = http.try_call(
+        &format!("http://{node_http}/v1/recommend"),
+        Some(json!({"user_id": user, "k": 10, "deadline_ms": 1000}).to_string()),
+        None,
+    )?;
+    if s == 200 {
+        Ok(v)
+    } else {
+        Err(format!("{s}: {v}"))
+    }
+}
+
+/// Recommend load and item upserts against `targets` until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    recommends: std::thread::JoinHandle<(usize, Vec<String>)>,
+    upserts: std::thread::JoinHandle<Upserts>,
+}
+
+/// Acknowledged upsert ids, and refusals with when they were answered.
+type Upserts = (Vec<String>, Vec<(Instant, String)>);
+
+impl Load {
+    fn start(targets: Vec<String>, prefix: &'static str, acked: Arc<Mutex<Vec<String>>>) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, t) = (stop.clone(), targets.clone());
+        let recommends = std::thread::spawn(move || {
+            let http = Http::default();
+            let (mut n, mut failures) = (0usize, Vec::new());
+            while !s.load(Ordering::SeqCst) {
+                let target = &t[n % t.len()];
+                match recommend(&http, target, &format!("u{:06}", n % 300)) {
+                    Ok(v) if v["coverage"].as_f64() == Some(1.0) => {}
+                    Ok(v) => failures.push(format!(
+                        "{target}: coverage {} ({})",
+                        v["coverage"], v["degraded"]
+                    )),
+                    Err(e) => failures.push(format!("{target}: {e}")),
+                }
+                n += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (n, failures)
+        });
+        let s = stop.clone();
+        let upserts = std::thread::spawn(move || {
+            let http = Http::default();
+            let (mut ok, mut failed) = (Vec::new(), Vec::new());
+            let mut n = 0usize;
+            while !s.load(Ordering::SeqCst) {
+                let id = format!("{prefix}-{n:05}");
+                let vector: Vec<f32> = (0..DIM).map(|d| ((n * 7 + d) % 13) as f32 / 13.0).collect();
+                let target = &targets[n % targets.len()];
+                let body = json!({"items": [{"item_id": id, "vector": vector, "categories": []}]});
+                match http.try_call(
+                    &format!("http://{target}/v1/items"),
+                    Some(body.to_string()),
+                    None,
+                ) {
+                    Ok((200, _)) => {
+                        acked.lock().unwrap().push(id.clone());
+                        ok.push(id);
+                    }
+                    Ok((s, v)) => failed.push((Instant::now(), format!("{target} {id}: {s} {v}"))),
+                    Err(e) => failed.push((Instant::now(), format!("{target} {id}: {e}"))),
+                }
+                n += 1;
+                std::thread::sleep(Duration::from_millis(40));
+            }
+            (ok, failed)
+        });
+        Load {
+            stop,
+            recommends,
+            upserts,
+        }
+    }
+
+    /// Stops the load; asserts no recommend failed or was degraded. Answers
+    /// when the upserts that were refused were answered.
+    fn finish(self, phase: &str) -> Vec<Instant> {
+        self.stop.store(true, Ordering::SeqCst);
+        let (n, failures) = self.recommends.join().unwrap();
+        let (ok, failed) = self.upserts.join().unwrap();
+        println!(
+            "{phase}: {n} recommends, {} upserts acknowledged, {} refused {:?}",
+            ok.len(),
+            failed.len(),
+            failed.iter().take(2).map(|(_, m)| m).collect::<Vec<_>>()
+        );
+        assert!(n > 50, "{phase}: the load ran ({n} requests)");
+        assert!(
+            failures.is_empty(),
+            "{phase}: {} of {n} recommend requests failed or were degraded: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
+        assert!(!ok.is_empty(), "{phase}: no upsert was acknowledged");
+        failed.into_iter().map(|(t, _)| t).collect()
+    }
+}
+
+/// Items per shard of the bundle, read off the settled cluster.
+fn base_items(rt: &tokio::runtime::Runtime, internal: &str) -> BTreeMap<u32, u64> {
+    let v = view(rt, internal).unwrap();
+    let base: BTreeMap<u32, u64> = copies(rt, &v)
+        .into_iter()
+        .map(|(s, cs)| (s, cs[0].1))
+        .collect();
+    assert_eq!(base.len(), SHARDS as usize, "{base:?}");
+    base
+}
+
+/// Every copy the map places (`copies` per shard) answers with the same
+/// digest and holds the bundle's items plus every acknowledged upsert.
+fn assert_converged(
+    rt: &tokio::runtime::Runtime,
+    internal: &str,
+    base: &BTreeMap<u32, u64>,
+    acked: &[String],
+    want_copies: usize,
+) {
+    let mut expected = base.clone();
+    let unique: std::collections::BTreeSet<&String> = acked.iter().collect();
+    for id in unique {
+        *expected.entry(shard_of(item_key(id), SHARDS)).or_default() += 1;
+    }
+    let mut last = Copies::new();
+    let ok = eventually(Duration::from_secs(30), || {
+        let Some(v) = view(rt, internal) else {
+            return false;
+        };
+        last = copies(rt, &v);
+        last.len() == SHARDS as usize
+            && last.iter().all(|(s, cs)| {
+                cs.len() == want_copies
+                    && cs
+                        .iter()
+                        .all(|(_, items, d)| *d == cs[0].2 && Some(items) == expected.get(s))
+            })
+    });
+    assert!(
+        ok,
+        "shard copies did not converge to the expected items {expected:?}: {last:?}"
+    );
+}
+
+/// Starts nodes 1..=3 and waits until every shard is placed and served.
+fn start_cluster(
+    members: &[Member],
+    rt: &tokio::runtime::Runtime,
+    http: &Http,
+) -> Vec<Option<NodeProc>> {
+    let procs: Vec<Option<NodeProc>> = members
+        .iter()
+        .map(|m| Some(NodeProc::start_config(&m.config, &m.data_dir)))
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(90), || view(rt, &members[1].internal)
+            .is_some_and(|v| settled(&v, 2))),
+        "the cluster never placed and activated every replica"
+    );
+    for m in members {
+        assert!(
+            eventually(Duration::from_secs(60), || recommend(
+                http, &m.http, "u000001"
+            )
+            .is_ok_and(|v| v["coverage"].as_f64() == Some(1.0))),
+            "node {} never served with every shard covered",
+            m.id
+        );
+    }
+    procs
+}
+
+fn leader(rt: &tokio::runtime::Runtime, members: &[&Member]) -> Option<u64> {
+    members
+        .iter()
+        .find_map(|m| status_view(rt, &m.internal).and_then(|(s, _)| s.leader))
+}
+
+#[test]
+fn dead_node_shards_are_re_replicated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = small_bundle(&tmp.path().join("bundle"), 31, SHARDS);
+    let members = write_configs(tmp.path(), &bundle, 17400, "replace_dead_after = 3");
+    let http = Http::default();
+    let rt = rt();
+    let mut procs = start_cluster(&members, &rt, &http);
+    let base = base_items(&rt, &members[0].internal);
+
+    // kill a follower (the highest id that does not lead)
+    let lead = leader(&rt, &members.iter().collect::<Vec<_>>()).expect("a leader is known");
+    let victim = members.iter().rev().find(|m| m.id != lead).unwrap();
+    let live: Vec<&Member> = members.iter().filter(|m| m.id != victim.id).collect();
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let load = Load::start(
+        live.iter().map(|m| m.http.clone()).collect(),
+        "heal-item",
+        acked.clone(),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    procs[victim.id as usize - 1]
+        .take()
+        .expect("the victim runs")
+        .kill9();
+    let killed = Instant::now();
+    let on_live = |v: &ClusterView| {
+        v.shard_map.as_ref().is_some_and(|m| {
+            m.replicas.iter().all(|rs| {
+                rs.iter()
+                    .filter(|r| r.node != victim.id && r.state == ReplicaState::Active)
+                    .count()
+                    >= 2
+            })
+        })
+    };
+    let mut last = None;
+    let healed = eventually(Duration::from_secs(60), || {
+        last = view(&rt, &live[0].internal);
+        last.as_ref().is_some_and(on_live)
+    });
+    let took = killed.elapsed();
+    assert!(
+        healed,
+        "60 s after node {} died, not every shard had 2 Active copies on live nodes: {:?}",
+        victim.id,
+        last.map(|v| v.shard_map)
+    );
+    println!(
+        "FIGURE: every shard back to R=2 Active copies on live nodes {:.2} s after kill -9 of node {} (replace_dead_after = 3 s)",
+        took.as_secs_f64(),
+        victim.id
+    );
+    // the dead node's entries leave the map once the drain grace passed
+    assert!(
+        eventually(Duration::from_secs(30), || view(&rt, &live[0].internal)
+            .is_some_and(|v| settled(&v, 2)
+                && v.shard_map
+                    .as_ref()
+                    .is_some_and(|m| m.shards_on(victim.id).is_empty()))),
+        "the dead node's copies were not dropped"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let refused = load.finish("kill -9 and re-replication");
+    assert!(refused.is_empty(), "{} upserts refused", refused.len());
+    let acked_now = acked.lock().unwrap().clone();
+    assert_converged(&rt, &live[0].internal, &base, &acked_now, 2);
+
+    // the node comes back: it catches up from Raft and holds nothing
+    procs[victim.id as usize - 1] = Some(NodeProc::start_config(&victim.config, &victim.data_dir));
+    assert!(
+        eventually(Duration::from_secs(60), || recommend(
+            &http,
+            &victim.http,
+            "u000002"
+        )
+        .is_ok_and(|v| v["coverage"].as_f64() == Some(1.0))),
+        "the restarted node never served with every shard covered"
+    );
+    // its own state catches up from Raft: the map holds nothing of it
+    let nothing_on_victim = |v: &ClusterView| {
+        v.shard_map
+            .as_ref()
+            .is_some_and(|m| m.shards_on(victim.id).is_empty())
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || view(&rt, &victim.internal)
+            .is_some_and(|v| nothing_on_victim(&v))),
+        "the restarted node's view never caught up: {:?}",
+        view(&rt, &victim.internal).map(|v| v.shard_map)
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let v = view(&rt, &live[0].internal).expect("a live node answers");
+    assert!(
+        nothing_on_victim(&v) && settled(&v, 2),
+        "the restarted node got copies back without a rebalance: {:?}",
+        v.shard_map
+    );
+    // a rebalance puts it back to work; no copy is below R meanwhile
+    let acked2 = Arc::new(Mutex::new(acked_now.clone()));
+    let load = Load::start(
+        members.iter().map(|m| m.http.clone()).collect(),
+        "heal-item-2",
+        acked2.clone(),
+    );
+    admin(&live[0].internal, &["rebalance"]);
+    assert!(
+        eventually(Duration::from_secs(90), || view(&rt, &live[0].internal)
+            .is_some_and(|v| settled(&v, 2)
+                && !v
+                    .shard_map
+                    .as_ref()
+                    .is_some_and(|m| m.shards_on(victim.id).is_empty()))),
+        "the rebalance did not give the returned node copies"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let refused = load.finish("rebalance onto the returned node");
+    assert!(refused.is_empty(), "{} upserts refused", refused.len());
+    let acked_all = acked2.lock().unwrap().clone();
+    assert_converged(&rt, &live[0].internal, &base, &acked_all, 2);
+}
+
+#[test]
+fn leader_killed_in_the_middle_of_a_move() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = small_bundle(&tmp.path().join("bundle"), 37, SHARDS);
+    // no automatic re-replication here: this is about the transfer queue
+    let members = write_configs(tmp.path(), &bundle, 17450, "replace_dead_after = 0");
+    let http = Http::default();
+    let rt = rt();
+    let mut procs = start_cluster(&members, &rt, &http);
+    let base = base_items(&rt, &members[0].internal);
+    let lead = leader(&rt, &members.iter().collect::<Vec<_>>()).expect("a leader is known");
+    let followers: Vec<&Member> = members.iter().filter(|m| m.id != lead).collect();
+    let (a, b) = (followers[0], followers[1]);
+    // the shards on a but not on b move a -> b, one at a time
+    let v = view(&rt, &a.internal).unwrap();
+    let map = v.shard_map.clone().unwrap();
+    let moving: Vec<u32> = (0..SHARDS)
+        .filter(|&s| map.replica(s, a.id).is_some() && map.replica(s, b.id).is_none())
+        .collect();
+    assert!(!moving.is_empty(), "{map:?}");
+    admin(
+        &a.internal,
+        &["set-setting", "transfers.max_concurrent", "1"],
+    );
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let load = Load::start(
+        followers.iter().map(|m| m.http.clone()).collect(),
+        "leader-move-item",
+        acked.clone(),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    for s in &moving {
+        admin(
+            &a.internal,
+            &[
+                "move-shard",
+                "--shard",
+                &s.to_string(),
+                "--from",
+                &a.id.to_string(),
+                "--to",
+                &b.id.to_string(),
+            ],
+        );
+    }
+    // kill the leader while a transfer is in flight (Loading if we catch it)
+    let mut seen = None;
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(30) {
+        if let Some(v) = view(&rt, &a.internal) {
+            if let Some((t, p)) = v.transfers.iter().find(|(_, p)| p.in_flight()) {
+                seen = Some((*t, *p));
+                if *p == funnel::cluster::Phase::Loading || t0.elapsed() > Duration::from_secs(5) {
+                    break;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (t, p) = seen.expect("a transfer was seen in flight");
+    procs[lead as usize - 1]
+        .take()
+        .expect("the leader runs")
+        .kill9();
+    let killed = Instant::now();
+    println!("killed leader node {lead} while {t} was {p:?}");
+    // a new leader finishes the queue
+    let finished = eventually(Duration::from_secs(60), || {
+        view(&rt, &a.internal).is_some_and(|v| {
+            settled(&v, 2)
+                && v.shard_map.as_ref().is_some_and(|m| {
+                    moving
+                        .iter()
+                        .all(|&s| m.replica(s, b.id).is_some() && m.replica(s, a.id).is_none())
+                })
+        })
+    });
+    let after = view(&rt, &a.internal);
+    assert!(
+        finished,
+        "the new leader did not finish the moves: {:?}",
+        after.map(|v| (v.transfers, v.shard_map))
+    );
+    let mut new_lead = None;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            new_lead = leader(&rt, &followers);
+            new_lead.is_some_and(|l| l != lead)
+        }),
+        "no new leader among the survivors: last seen {new_lead:?}, statuses {:?}",
+        followers
+            .iter()
+            .map(|m| status_view(&rt, &m.internal).map(|(s, _)| (s.id, s.role, s.term, s.leader)))
+            .collect::<Vec<_>>()
+    );
+    let done = killed.elapsed();
+    std::thread::sleep(Duration::from_secs(1));
+    let refused = load.finish("leader killed mid-move");
+    // upserts are refused only while there is no leader to commit them
+    let last_refused = refused
+        .iter()
+        .filter(|&&at| at >= killed)
+        .map(|&at| at.duration_since(killed))
+        .max();
+    println!(
+        "leader killed mid-move: moves finished {:.2} s after the kill; {} upserts refused before the kill, last refusal after it at {:?}",
+        done.as_secs_f64(),
+        refused.iter().filter(|&&at| at < killed).count(),
+        last_refused
+    );
+    assert!(
+        refused.iter().all(|&at| at >= killed),
+        "upserts were refused before the leader was killed"
+    );
+    assert!(
+        last_refused.is_none_or(|d| d < Duration::from_secs(5)),
+        "upserts were still refused {last_refused:?} after the leader was killed"
+    );
+    // the old leader comes back; every copy converges
+    let old = &members[lead as usize - 1];
+    procs[lead as usize - 1] = Some(NodeProc::start_config(&old.config, &old.data_dir));
+    let acked_now = acked.lock().unwrap().clone();
+    assert_converged(&rt, &a.internal, &base, &acked_now, 2);
+}
+
+#[test]
+fn a_restarted_member_catches_up_on_events_it_missed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = small_bundle(&tmp.path().join("bundle"), 41, SHARDS);
+    let members = write_configs(tmp.path(), &bundle, 17480, "replace_dead_after = 0");
+    let http = Http::default();
+    let rt = rt();
+    let mut procs = start_cluster(&members, &rt, &http);
+    let user = "u000123";
+    let events_of = |m: &Member| -> Option<u64> {
+        let (s, v) = http.get(&format!("http://{}/v1/users/{user}", m.http));
+        (s == 200).then(|| v["events"].as_u64().unwrap_or(0))
+    };
+    let before = events_of(&members[2]).expect("node 3 answers GetUser");
+    // an item the user will click while node 3 is down: the first one node 3
+    // recommends now (so a recommendation that still holds it is stale)
+    let rec = recommend(&http, &members[2].http, user).expect("node 3 recommends");
+    let clicked: Vec<String> = support::item_ids(&rec).into_iter().take(2).collect();
+    assert_eq!(clicked.len(), 2, "{rec}");
+
+    procs[2].take().expect("node 3 runs").kill9();
+    for item in &clicked {
+        let (s, v) = http.post(
+            &format!("http://{}/v1/events", members[0].http),
+            json!({"events": [{"user_id": user, "item_id": item, "kind": "click"}]}),
+        );
+        assert_eq!(s, 200, "{v}");
+    }
+    let on_node1 = events_of(&members[0]).unwrap();
+    assert!(
+        on_node1 >= before + 2,
+        "node 1 has {on_node1}, before {before}"
+    );
+
+    let restarted = Instant::now();
+    procs[2] = Some(NodeProc::start_config(
+        &members[2].config,
+        &members[2].data_dir,
+    ));
+    let mut last = None;
+    let caught_up = eventually(Duration::from_secs(60), || {
+        last = events_of(&members[2]);
+        last.is_some_and(|n| n >= before + 2)
+    });
+    assert!(
+        caught_up,
+        "node 3 never saw the clicks it missed: {last:?} events, wanted {}",
+        before + 2
+    );
+    println!(
+        "node 3 showed the missed clicks {:.2} s after its restart began",
+        restarted.elapsed().as_secs_f64()
+    );
+    let (_, v) = http.get(&format!("http://{}/v1/users/{user}", members[2].http));
+    let recent: Vec<String> = v["recent"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e["item_id"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    for item in &clicked {
+        assert!(
+            recent.contains(item),
+            "node 3's recent events lack {item}: {v}"
+        );
+    }
+    // the clicked items are filtered from node 3's recommendations
+    assert!(
+        eventually(Duration::from_secs(30), || recommend(
+            &http,
+            &members[2].http,
+            user
+        )
+        .is_ok_and(|r| {
+            let ids = support::item_ids(&r);
+            !ids.is_empty() && clicked.iter().all(|c| !ids.contains(c))
+        })),
+        "node 3 still recommends an item the user clicked while it was down"
+    );
+    // applied once: a second sweep or forwards do not count them again
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(events_of(&members[2]), events_of(&members[0]));
+}
