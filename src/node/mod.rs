@@ -203,30 +203,11 @@ impl Node {
             .filter(|_| single)
             .map(Path::to_path_buf)
         {
-            let before = ServingMark::read(&node.mark_path());
-            let version = node
-                .publish(dir)
+            // a restart of the version that was live replays the event log
+            // into user state (`switch_to`)
+            node.publish(dir)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            // events acknowledged since this version went live are in the
-            // log, not in the bundle: replay them into user state
-            if let Some(mark) = before.filter(|m| m.model_version == version) {
-                let n = node
-                    .replay_log(mark.log_seq)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-                ServingMark {
-                    model_version: version,
-                    log_seq: mark.log_seq,
-                }
-                .write(&node.mark_path())
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-                tracing::info!(
-                    events = n,
-                    from_seq = mark.log_seq,
-                    "replayed the event log into user state"
-                );
-            }
         }
         Ok(node)
     }
@@ -362,7 +343,21 @@ impl Node {
             .as_ref()
             .unwrap_or(&self.inner.events);
         match self.ingest(fresh, sink).await {
-            Ok(log) => Ok(log.len() as u32),
+            Ok(log) => {
+                // the claims are made durable before the sender hears back:
+                // a restart replays the peers' log and must not also fetch
+                // these again (only a crash between the two writes can
+                // still count this batch twice)
+                let node = self.clone();
+                match tokio::task::spawn_blocking(move || node.inner.origins.flush()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "cannot record which forwarded events were applied")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "recording forwarded events stopped"),
+                }
+                Ok(log.len() as u32)
+            }
             // events this node refuses now it will refuse on every retry:
             // they stay claimed, so a catch-up moves past them
             Err(e @ (ServiceError::InvalidArgument(_) | ServiceError::ResourceExhausted(_))) => {
@@ -931,10 +926,30 @@ impl Node {
         self.inner.config.node.data_dir.join("serving.json")
     }
 
-    /// Applies logged events with seq >= `from` to user state and item
-    /// counters (after a restart). Answers how many were applied.
-    async fn replay_log(&self, from: u64) -> Result<usize, ServiceError> {
-        let dir = self.inner.config.node.data_dir.join("events");
+    /// After a restart, applies what the event logs hold since `mark` was
+    /// taken to user state and item counters: this node's own log from
+    /// `log_seq` and, in a cluster, the log of events forwarded by peers
+    /// from `peer_log_seq` (the bundle holds neither).
+    async fn replay_logs(&self, mark: &ServingMark) -> Result<usize, ServiceError> {
+        let mut n = self.replay_log("events", mark.log_seq).await?;
+        if self.inner.peer_events.is_some() {
+            n += self.replay_log("events-peers", mark.peer_log_seq).await?;
+        }
+        tracing::info!(
+            events = n,
+            from_seq = mark.log_seq,
+            from_peer_seq = mark.peer_log_seq,
+            "replayed the event logs into user state"
+        );
+        Ok(n)
+    }
+
+    /// Applies the events of `<data_dir>/<log>` with seq >= `from`.
+    async fn replay_log(&self, log: &str, from: u64) -> Result<usize, ServiceError> {
+        let dir = self.inner.config.node.data_dir.join(log);
+        if !dir.exists() {
+            return Ok(0);
+        }
         let events = tokio::task::spawn_blocking(move || -> Result<Vec<LogEvent>, String> {
             let mut out = Vec::new();
             for e in crate::eventlog::EventLogReader::open(&dir).map_err(|e| e.to_string())? {
@@ -947,7 +962,7 @@ impl Node {
         })
         .await
         .map_err(|e| ServiceError::Internal(e.to_string()))?
-        .map_err(|e| ServiceError::Internal(format!("reading the event log: {e}")))?;
+        .map_err(|e| ServiceError::Internal(format!("reading the event log {log}: {e}")))?;
         let n = events.len();
         for chunk in events.chunks(1000) {
             self.apply_logged(chunk).await?;
@@ -1088,6 +1103,10 @@ fn load_shards_blocking(
 struct ServingMark {
     model_version: String,
     log_seq: u64,
+    /// The same for `<data_dir>/events-peers/` (cluster nodes; absent in
+    /// marks written before that log existed).
+    #[serde(default)]
+    peer_log_seq: u64,
 }
 
 impl ServingMark {

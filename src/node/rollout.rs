@@ -325,6 +325,7 @@ impl Node {
                 ))
             }
         };
+        let first_load = old.is_none();
         {
             let mut v = self.versions();
             if v.prepared
@@ -337,19 +338,29 @@ impl Node {
                 v.retired = Some((Arc::new(old), Instant::now()));
             }
         }
-        // remember from which log position this version's state is live
-        let seq = self
-            .inner
-            .events
-            .send(super::event_sink::NextSeq)
-            .await
-            .unwrap_or(0);
-        if let Err(e) = (ServingMark {
-            model_version: version.clone(),
-            log_seq: seq,
-        })
-        .write(&self.mark_path())
-        {
+        // remember from which log positions this version's state is live;
+        // the first load after a restart of the version that was live
+        // replays what the logs hold since then (single node and cluster)
+        let before = if first_load {
+            ServingMark::read(&self.mark_path()).filter(|m| m.model_version == version)
+        } else {
+            None
+        };
+        let mark = match before {
+            Some(m) => {
+                self.replay_logs(&m).await?;
+                m
+            }
+            None => ServingMark {
+                model_version: version.clone(),
+                log_seq: next_seq(&self.inner.events).await,
+                peer_log_seq: match &self.inner.peer_events {
+                    Some(p) => next_seq(p).await,
+                    None => 0,
+                },
+            },
+        };
+        if let Err(e) = mark.write(&self.mark_path()) {
             tracing::warn!(error = %e, "cannot record the serving mark; a restart will not replay the event log");
         }
         tracing::info!(node_id = self.inner.config.node.id, version = %version, dir = %dir.display(), "model version active");
@@ -727,4 +738,9 @@ mod tests {
         assert!(check_publish(&manifest("v2", 4, 16), 4, None, Some(&staged), false).is_ok());
         assert!(check_publish(&manifest("v3", 4, 16), 4, None, Some(&staged), true).is_ok());
     }
+}
+
+/// The next seq an event log will assign (0 if its sink is gone).
+async fn next_seq(sink: &actix::Addr<super::event_sink::EventSink>) -> u64 {
+    sink.send(super::event_sink::NextSeq).await.unwrap_or(0)
 }
