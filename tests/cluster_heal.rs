@@ -15,7 +15,7 @@
 //! coverage 1; every acknowledged upsert is in every copy of its shard; the
 //! copies of each shard have equal digests.
 //!
-//! Ports 17400-17479 only (fixed, so they do not collide with other test
+//! Ports 17400-17530 only (fixed, so they do not collide with other test
 //! files).
 
 mod support;
@@ -679,4 +679,67 @@ fn a_restarted_member_catches_up_on_events_it_missed() {
     // applied once: a second sweep or forwards do not count them again
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(events_of(&members[2]), events_of(&members[0]));
+}
+
+/// A follower restarted under its old id with an empty data directory (a
+/// lost volume). openraft's leader asserts that a follower's log never goes
+/// backwards (a panic with debug assertions, a wrong view of the follower
+/// without); the network layer (`cluster::log_reversion`) reports such a
+/// node unreachable instead, so the leader stays leader and writes keep
+/// committing on the other two.
+#[test]
+fn a_node_back_with_an_empty_data_directory_does_not_stop_the_leader() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = small_bundle(&tmp.path().join("bundle"), 43, SHARDS);
+    let members = write_configs(tmp.path(), &bundle, 17500, "replace_dead_after = 0");
+    let http = Http::default();
+    let rt = rt();
+    let mut procs = start_cluster(&members, &rt, &http);
+    let all: Vec<&Member> = members.iter().collect();
+    let leader_id = leader(&rt, &all).expect("the cluster has a leader");
+    let upsert = |target: &str, id: &str| -> (u16, serde_json::Value) {
+        let vector: Vec<f32> = (0..DIM).map(|d| (d % 5) as f32 / 5.0).collect();
+        http.post(
+            &format!("http://{target}/v1/items"),
+            json!({"items": [{"item_id": id, "vector": vector, "categories": []}]}),
+        )
+    };
+    // writes first, so the leader has seen every follower match a real log
+    for i in 0..3 {
+        let (s, v) = upsert(&members[i].http, &format!("before-{i}"));
+        assert_eq!(s, 200, "{v}");
+    }
+    // the victim: a follower that does not bootstrap (node 1 would start a
+    // new cluster of its own from an empty directory)
+    let victim = members
+        .iter()
+        .position(|m| m.id != leader_id && m.id != 1)
+        .expect("a follower other than node 1");
+    procs[victim].take().expect("victim runs").kill9();
+    std::fs::remove_dir_all(&members[victim].data_dir).unwrap();
+    std::fs::create_dir_all(&members[victim].data_dir).unwrap();
+    procs[victim] = Some(NodeProc::start_config(
+        &members[victim].config,
+        &members[victim].data_dir,
+    ));
+    // time for the leader to replicate to it (and, unguarded, to trip)
+    std::thread::sleep(Duration::from_secs(4));
+    let others: Vec<&Member> = members
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != victim)
+        .map(|(_, m)| m)
+        .collect();
+    for (i, m) in others.iter().enumerate() {
+        for j in 0..3 {
+            let (s, v) = upsert(&m.http, &format!("after-{i}-{j}"));
+            assert_eq!(s, 200, "a write through node {} after the wipe: {v}", m.id);
+        }
+    }
+    assert_eq!(
+        leader(&rt, &others),
+        Some(leader_id),
+        "the leader changed or stopped after a follower came back empty"
+    );
+    drop(procs);
 }

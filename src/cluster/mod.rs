@@ -14,6 +14,7 @@
 
 pub mod error;
 pub mod fault;
+pub mod log_reversion;
 pub mod log_store;
 pub mod moves;
 pub mod network;

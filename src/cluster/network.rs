@@ -33,6 +33,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::error::ClusterError;
 use super::fault::FaultInjector;
+use super::log_reversion::MatchedLogs;
 use super::peer_channel::PeerChannel;
 use super::proto::control_client::ControlClient;
 use super::proto::raft_client::RaftClient;
@@ -158,11 +159,16 @@ impl Channels {
 pub struct NetworkFactory {
     self_id: NodeId,
     channels: Channels,
+    matched: MatchedLogs,
 }
 
 impl NetworkFactory {
     pub fn new(self_id: NodeId, channels: Channels) -> Self {
-        Self { self_id, channels }
+        Self {
+            self_id,
+            channels,
+            matched: MatchedLogs::default(),
+        }
     }
 }
 
@@ -175,6 +181,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             node: node.clone(),
             channels: self.channels.clone(),
+            matched: self.matched.clone(),
         }
     }
 }
@@ -185,6 +192,7 @@ pub struct PeerClient {
     target: NodeId,
     node: NodeInfo,
     channels: Channels,
+    matched: MatchedLogs,
 }
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, NodeInfo, RaftError<NodeId, E>>>;
@@ -292,8 +300,40 @@ impl RaftNetwork<TypeConfig> for PeerClient {
                 PayloadTooLarge::new_entries_hint(fewer),
             ));
         }
-        self.send(RPCTypes::AppendEntries, payload, option.hard_ttl())
-            .await
+        let vote = rpc.vote;
+        let prev = rpc.prev_log_id.map(|l| l.index);
+        let last = rpc.entries.last().map(|e| e.log_id.index).or(prev);
+        let resp: AppendEntriesResponse<NodeId> = self
+            .send(RPCTypes::AppendEntries, payload, option.hard_ttl())
+            .await?;
+        match &resp {
+            AppendEntriesResponse::Success => {
+                if let Some(last) = last {
+                    self.matched.matched(self.target, &vote, last);
+                }
+            }
+            AppendEntriesResponse::PartialSuccess(Some(l)) => {
+                self.matched.matched(self.target, &vote, l.index)
+            }
+            AppendEntriesResponse::Conflict
+                if prev.is_some_and(|p| self.matched.is_reversion(self.target, &vote, p)) =>
+            {
+                // see `log_reversion`: never hand openraft a log that went
+                // backwards; the node is out until an operator replaces it
+                let msg = format!(
+                    "node {} at {} lost Raft log entries it had acknowledged (its data directory \
+                     was recreated?): it is treated as unreachable; remove it with `funnel admin \
+                     remove-node {}` and add the machine back under a new id",
+                    self.target, self.node.internal, self.target
+                );
+                tracing::error!(node_id = self.self_id, target = self.target, "{msg}");
+                return Err(RPCError::Unreachable(Unreachable::from(AnyError::error(
+                    msg,
+                ))));
+            }
+            _ => {}
+        }
+        Ok(resp)
     }
 
     async fn install_snapshot(
