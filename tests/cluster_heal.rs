@@ -705,8 +705,8 @@ fn a_node_back_with_an_empty_data_directory_does_not_stop_the_leader() {
         )
     };
     // writes first, so the leader has seen every follower match a real log
-    for i in 0..3 {
-        let (s, v) = upsert(&members[i].http, &format!("before-{i}"));
+    for (i, m) in members.iter().enumerate() {
+        let (s, v) = upsert(&m.http, &format!("before-{i}"));
         assert_eq!(s, 200, "{v}");
     }
     // the victim: a follower that does not bootstrap (node 1 would start a

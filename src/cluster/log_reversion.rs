@@ -27,8 +27,11 @@ use super::types::NodeId;
 /// clients a network factory hands out.
 #[derive(Clone, Default)]
 pub struct MatchedLogs {
-    seen: Arc<Mutex<HashMap<NodeId, (Vote<NodeId>, u64)>>>,
+    seen: Arc<Mutex<HashMap<NodeId, Matched>>>,
 }
+
+/// The leader's vote and the highest log index matched under it.
+type Matched = (Vote<NodeId>, u64);
 
 impl MatchedLogs {
     /// The follower's log holds every entry up to `index` (a successful

@@ -649,6 +649,11 @@ pub(super) async fn step(
     Ok(())
 }
 
+/// The next seq an event log will assign (0 if its sink is gone).
+async fn next_seq(sink: &actix::Addr<super::event_sink::EventSink>) -> u64 {
+    sink.send(super::event_sink::NextSeq).await.unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -738,9 +743,4 @@ mod tests {
         assert!(check_publish(&manifest("v2", 4, 16), 4, None, Some(&staged), false).is_ok());
         assert!(check_publish(&manifest("v3", 4, 16), 4, None, Some(&staged), true).is_ok());
     }
-}
-
-/// The next seq an event log will assign (0 if its sink is gone).
-async fn next_seq(sink: &actix::Addr<super::event_sink::EventSink>) -> u64 {
-    sink.send(super::event_sink::NextSeq).await.unwrap_or(0)
 }
