@@ -15,7 +15,7 @@
 //! coverage 1; every acknowledged upsert is in every copy of its shard; the
 //! copies of each shard have equal digests.
 //!
-//! Ports 17400-17530 only (fixed, so they do not collide with other test
+//! Ports 17400-17553 only (base + 1..23 per test) (fixed, so they do not collide with other test
 //! files).
 
 mod support;
@@ -691,7 +691,7 @@ fn a_restarted_member_catches_up_on_events_it_missed() {
 fn a_node_back_with_an_empty_data_directory_does_not_stop_the_leader() {
     let tmp = tempfile::tempdir().unwrap();
     let bundle = small_bundle(&tmp.path().join("bundle"), 43, SHARDS);
-    let members = write_configs(tmp.path(), &bundle, 17500, "replace_dead_after = 0");
+    let members = write_configs(tmp.path(), &bundle, 17530, "replace_dead_after = 0");
     let http = Http::default();
     let rt = rt();
     let mut procs = start_cluster(&members, &rt, &http);
