@@ -45,6 +45,8 @@ pub const LOG_FILE: &str = "log.redb";
 #[derive(Clone)]
 pub struct LogStore {
     inner: Arc<LogDb>,
+    /// Purges wait for a durable snapshot to cover what they remove.
+    purge_guard: Option<super::state_machine::SnapshotWatermark>,
 }
 
 struct LogDb {
@@ -53,6 +55,13 @@ struct LogDb {
 }
 
 impl LogStore {
+    /// Purges wait until `guard` (the state machine's durable snapshot)
+    /// covers the entries they remove.
+    pub fn with_purge_guard(mut self, guard: super::state_machine::SnapshotWatermark) -> Self {
+        self.purge_guard = Some(guard);
+        self
+    }
+
     /// Opens (or creates) the log file. A damaged or foreign file is an
     /// error naming it.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, ClusterError> {
@@ -72,6 +81,7 @@ impl LogStore {
         })?;
         let store = Self {
             inner: Arc::new(LogDb { db, path }),
+            purge_guard: None,
         };
         // Decode the small records now so a corrupt file fails at start-up,
         // not at the first election.
@@ -352,6 +362,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        if let Some(guard) = &self.purge_guard {
+            // an installed snapshot may still be on its way to disk
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !guard.covers(log_id.index) {
+                if std::time::Instant::now() >= deadline {
+                    tracing::warn!(
+                        upto = log_id.index,
+                        "no durable snapshot covers the entries to purge yet; keeping them"
+                    );
+                    return Ok(());
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
         self.blocking(move |db| {
             db.remove(
                 (Bound::Unbounded, Bound::Included(log_id.index)),

@@ -551,8 +551,9 @@ impl RaftNode {
         std::fs::create_dir_all(&raft_dir).map_err(|e| {
             ClusterError::storage(&raft_dir, format!("cannot create directory: {e}"))
         })?;
-        let log_store = LogStore::open(raft_dir.join(LOG_FILE))?;
         let state_machine = StateMachineStore::open(raft_dir.join("snapshots"))?;
+        let log_store = LogStore::open(raft_dir.join(LOG_FILE))?
+            .with_purge_guard(state_machine.snapshot_watermark());
         let state = state_machine.handle();
 
         let listener = tokio::net::TcpListener::bind(&settings.internal_addr)

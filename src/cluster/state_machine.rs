@@ -107,8 +107,35 @@ struct SnapshotFile {
 struct SnapshotDir {
     dir: PathBuf,
     current: Mutex<Option<SnapshotMeta>>,
+    /// The last log index the durable snapshot covers, for the log store.
+    durable: SnapshotWatermark,
     /// Makes snapshot ids unique within this process.
     seq: AtomicU64,
+}
+
+/// The last log index covered by a durable snapshot (index + 1; 0 = none).
+///
+/// Why: applied state is kept in memory and made durable only by
+/// snapshots, so a restart re-applies the log after the newest snapshot.
+/// openraft asks the log store to purge up to an installed snapshot while
+/// the state machine may still be writing it; a crash in between left a
+/// node that could not restart (log entries after the old snapshot gone,
+/// found by the chaos suite's crash at `raft-snapshot-install`). The log
+/// store waits for this mark before purging.
+#[derive(Clone, Default)]
+pub struct SnapshotWatermark(Arc<AtomicU64>);
+
+impl SnapshotWatermark {
+    fn advance(&self, index: Option<u64>) {
+        if let Some(i) = index {
+            self.0.fetch_max(i + 1, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether a durable snapshot covers every entry up to `index`.
+    pub fn covers(&self, index: u64) -> bool {
+        self.0.load(Ordering::SeqCst) > index
+    }
 }
 
 /// openraft's state machine for funnel.
@@ -239,6 +266,7 @@ impl SnapshotDir {
         }
         write_atomically(&path, &bytes).map_err(|e| err("writing snapshot", &e))?;
         *current = Some(meta.clone());
+        self.durable.advance(meta.last_log_id.map(|l| l.index));
         // Still under the lock, so no other store() has a temp file in flight.
         self.remove_others(&path);
         Ok(())
@@ -322,8 +350,15 @@ impl StateMachineStore {
             current = Some(file.meta);
         }
         let applied = state.last_applied.map(|l| l.index);
+        let durable = SnapshotWatermark::default();
+        durable.advance(
+            current
+                .as_ref()
+                .and_then(|m| m.last_log_id.map(|l| l.index)),
+        );
         let snapshots = Arc::new(SnapshotDir {
             dir,
+            durable,
             current: Mutex::new(current),
             seq: AtomicU64::new(0),
         });
@@ -338,6 +373,12 @@ impl StateMachineStore {
             },
             snapshots,
         })
+    }
+
+    /// How far the durable snapshot reaches (the log store must not purge
+    /// past it: applied state lives in memory and in snapshots only).
+    pub fn snapshot_watermark(&self) -> SnapshotWatermark {
+        self.snapshots.durable.clone()
     }
 
     /// Shared read access to the state and the applied-index watch.
