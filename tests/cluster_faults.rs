@@ -23,8 +23,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use support::{
-    digests_converged, eventually, members_list, shard_digests, small_bundle, write_node_config,
-    Http, NodePorts, NodeProc,
+    digests_converged, eventually, members_list, recommend, rt, shard_digests, small_bundle,
+    write_node_config, Http, NodePorts, NodeProc,
 };
 
 const SHARDS: u32 = 12;
@@ -62,27 +62,6 @@ fn write_configs(dir: &Path, bundle: &Path, base: u16, cluster_extra: &str) -> V
             }
         })
         .collect()
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn recommend(http: &Http, node_http: &str, user: &str) -> Result<serde_json::Value, String> {
-    let (s, v) = http.try_call(
-        &format!("http://{node_http}/v1/recommend"),
-        Some(json!({"user_id": user, "k": 10, "deadline_ms": 1000}).to_string()),
-        None,
-    )?;
-    if s == 200 {
-        Ok(v)
-    } else {
-        Err(format!("{s}: {v}"))
-    }
 }
 
 fn full_coverage(http: &Http, node_http: &str) -> bool {

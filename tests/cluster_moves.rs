@@ -17,8 +17,6 @@
 
 mod support;
 
-use funnel::cluster::proto::shard_data_client::ShardDataClient;
-use funnel::cluster::proto::ShardDigestRequest;
 use funnel::cluster::{ClusterView, NodeStatus, ReplicaState};
 use funnel::ids::{item_key, shard_of};
 use serde_json::json;
@@ -28,7 +26,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::{
-    eventually, members_list, small_bundle, write_node_config, Http, NodePorts, NodeProc,
+    copies, eventually, members_list, recommend, rt, small_bundle, write_node_config, Copies, Http,
+    NodePorts, NodeProc,
 };
 
 const SHARDS: u32 = 6;
@@ -85,14 +84,6 @@ fn write_configs(dir: &Path, bundle: &Path) -> Vec<Member> {
         .collect()
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// `funnel admin --addr ADDR ARGS...`; panics with its stderr on failure.
 fn admin(addr: &str, args: &[&str]) -> String {
     let out = admin_raw(addr, args);
@@ -127,49 +118,6 @@ fn settled(v: &ClusterView) -> bool {
                 .iter()
                 .all(|rs| !rs.is_empty() && rs.iter().all(|r| r.state == ReplicaState::Active))
         })
-}
-
-/// shard -> [(node, items, digest)] over the copies the map places.
-type Copies = BTreeMap<u32, Vec<(u64, u64, String)>>;
-
-fn copies(rt: &tokio::runtime::Runtime, v: &ClusterView) -> Copies {
-    let mut out = Copies::new();
-    let Some(map) = &v.shard_map else {
-        return out;
-    };
-    rt.block_on(async {
-        for (s, rs) in map.replicas.iter().enumerate() {
-            for r in rs {
-                let Some(info) = v.nodes.get(&r.node) else {
-                    continue;
-                };
-                let Ok(mut c) = ShardDataClient::connect(format!("http://{}", info.internal)).await
-                else {
-                    continue;
-                };
-                if let Ok(d) = c.digest(ShardDigestRequest { shard: s as u32 }).await {
-                    let d = d.into_inner();
-                    out.entry(s as u32)
-                        .or_default()
-                        .push((r.node, d.items, d.digest));
-                }
-            }
-        }
-    });
-    out
-}
-
-fn recommend(http: &Http, node_http: &str, user: &str) -> Result<serde_json::Value, String> {
-    let (s, v) = http.try_call(
-        &format!("http://{node_http}/v1/recommend"),
-        Some(json!({"user_id": user, "k": 10, "deadline_ms": 1000}).to_string()),
-        None,
-    )?;
-    if s == 200 {
-        Ok(v)
-    } else {
-        Err(format!("{s}: {v}"))
-    }
 }
 
 /// Recommend load and item upserts against `targets` until `stop`.

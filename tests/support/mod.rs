@@ -344,3 +344,61 @@ election_timeout_max_ms = 600
     std::fs::write(&config, text).expect("the test directory is writable");
     (config, data_dir)
 }
+
+/// A small runtime for the cluster tests' gRPC calls.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// One recommend request (k 10, 1 s deadline): the JSON answer, or the
+/// status and body of a refusal.
+pub fn recommend(http: &Http, node_http: &str, user: &str) -> Result<serde_json::Value, String> {
+    let (s, v) = http.try_call(
+        &format!("http://{node_http}/v1/recommend"),
+        Some(serde_json::json!({"user_id": user, "k": 10, "deadline_ms": 1000}).to_string()),
+        None,
+    )?;
+    if s == 200 {
+        Ok(v)
+    } else {
+        Err(format!("{s}: {v}"))
+    }
+}
+
+/// shard -> [(node, items, digest)] over the copies the map places.
+pub type Copies = std::collections::BTreeMap<u32, Vec<(u64, u64, String)>>;
+
+/// Items and digest of every copy `v`'s shard map places, asked of the
+/// node holding it (a node that does not answer is left out).
+pub fn copies(rt: &tokio::runtime::Runtime, v: &funnel::cluster::ClusterView) -> Copies {
+    use funnel::cluster::proto::shard_data_client::ShardDataClient;
+    use funnel::cluster::proto::ShardDigestRequest;
+    let mut out = Copies::new();
+    let Some(map) = &v.shard_map else {
+        return out;
+    };
+    rt.block_on(async {
+        for (s, rs) in map.replicas.iter().enumerate() {
+            for r in rs {
+                let Some(info) = v.nodes.get(&r.node) else {
+                    continue;
+                };
+                let Ok(mut c) = ShardDataClient::connect(format!("http://{}", info.internal)).await
+                else {
+                    continue;
+                };
+                if let Ok(d) = c.digest(ShardDigestRequest { shard: s as u32 }).await {
+                    let d = d.into_inner();
+                    out.entry(s as u32)
+                        .or_default()
+                        .push((r.node, d.items, d.digest));
+                }
+            }
+        }
+    });
+    out
+}
