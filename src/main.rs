@@ -244,9 +244,21 @@ enum BundleCommand {
         /// Candidates the ANN path returns (the node's recall.ann_k).
         #[arg(long, default_value_t = 200)]
         k: usize,
-        /// usearch ef at query time (the node's shards.expansion_search).
-        #[arg(long, default_value_t = 128)]
-        expansion_search: usize,
+        /// usearch ef at query time (the node's shards.expansion_search);
+        /// a comma-separated list measures each. Default: the bundle's.
+        #[arg(long, value_name = "EF[,EF...]", value_delimiter = ',')]
+        expansion_search: Vec<usize>,
+        /// Rebuild the indexes in memory with this HNSW connectivity instead
+        /// of the bundle's (tries index parameters without retraining).
+        #[arg(long, value_name = "M")]
+        connectivity: Option<u32>,
+        /// Rebuild the indexes in memory with this build-time expansion.
+        #[arg(long, value_name = "N")]
+        expansion_add: Option<u32>,
+        /// Rebuild the indexes in memory storing vectors as KIND.
+        #[arg(long, value_name = "KIND",
+              value_parser = clap::builder::PossibleValuesParser::new(funnel::bundle::manifest::QUANTIZATIONS))]
+        quantization: Option<String>,
         #[arg(long, default_value_t = 7)]
         seed: u64,
         #[arg(long)]
@@ -343,8 +355,8 @@ fn main() -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&s)?);
             } else {
                 println!(
-                    "trained {} on {} ({} users, {} items, {} interactions) in {:.1}s",
-                    s.model_version, ds.name, s.users, s.items, s.interactions, s.seconds
+                    "trained {} on {} ({} users, {} items of which {} cold with a vector folded from their categories, {} interactions) in {:.1}s",
+                    s.model_version, ds.name, s.users, s.items, s.cold_items_folded, s.interactions, s.seconds
                 );
                 for (step, secs) in &s.steps {
                     println!("  {step:<16} {secs:>8.2}s");
@@ -418,29 +430,45 @@ fn main() -> Result<()> {
                     queries,
                     k,
                     expansion_search,
+                    connectivity,
+                    expansion_add,
+                    quantization,
                     seed,
                     json,
                 },
         } => {
+            let rebuild = funnel::shard::quality::IndexOverrides {
+                connectivity,
+                expansion_add,
+                quantization,
+            };
             let opts = funnel::shard::quality::BundleCheckOptions {
                 queries,
                 k,
                 expansion_search,
+                rebuild,
                 seed,
             };
-            let r =
+            let checks =
                 funnel::shard::quality::check_bundle(&dir, &opts).map_err(anyhow::Error::msg)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                println!("{}", serde_json::to_string_pretty(&checks)?);
             } else {
-                println!(
-                    "ANN recall@{} vs exact: mean {:.4}, worst query {:.4} ({} queries, {} items in {} shards, {} asked of each shard, ef {})",
-                    r.k, r.recall, r.min_recall, r.queries, r.items, r.shards, r.per_shard_k, expansion_search
-                );
-                println!(
-                    "time per query: ANN {:.3} ms (shards one after another), exact scan {:.3} ms",
-                    r.ann_ms_per_query, r.exact_ms_per_query
-                );
+                for c in &checks {
+                    let (r, ix) = (&c.check, &c.index);
+                    if let Some(s) = c.rebuild_seconds {
+                        println!("rebuilt the indexes in {s:.1}s");
+                    }
+                    println!(
+                        "ANN recall@{} vs exact: mean {:.4}, worst query {:.4} ({} queries, {} items in {} shards, {} asked of each shard, ef {}, M {}, {})",
+                        r.k, r.recall, r.min_recall, r.queries, r.items, r.shards, r.per_shard_k,
+                        c.expansion_search, ix.connectivity, ix.quantization
+                    );
+                    println!(
+                        "time per query: ANN {:.3} ms (shards one after another), exact scan {:.3} ms",
+                        r.ann_ms_per_query, r.exact_ms_per_query
+                    );
+                }
             }
         }
         Command::Serve {

@@ -83,6 +83,11 @@ pub struct IndexArgs {
     /// HNSW expansion factor while searching (serving default).
     #[arg(long, value_name = "N", default_value_t = IndexParams::default().expansion_search)]
     pub expansion_search: u32,
+    /// How the indexes store vectors: f32, or f16 (half the memory each
+    /// search reads; hits are re-scored with the exact vectors).
+    #[arg(long, value_name = "KIND", default_value_t = IndexParams::default().quantization,
+          value_parser = clap::builder::PossibleValuesParser::new(crate::bundle::manifest::QUANTIZATIONS))]
+    pub quantization: String,
 }
 
 impl Default for IndexArgs {
@@ -92,6 +97,7 @@ impl Default for IndexArgs {
             connectivity: p.connectivity,
             expansion_add: p.expansion_add,
             expansion_search: p.expansion_search,
+            quantization: p.quantization,
         }
     }
 }
@@ -103,6 +109,7 @@ impl IndexArgs {
             connectivity: self.connectivity,
             expansion_add: self.expansion_add,
             expansion_search: self.expansion_search,
+            quantization: self.quantization.clone(),
             ..IndexParams::default()
         }
     }

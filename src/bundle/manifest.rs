@@ -63,7 +63,20 @@ pub struct IndexParams {
     pub connectivity: u32,
     pub expansion_add: u32,
     pub expansion_search: u32,
+    /// How the index stores vectors: "f32" (exact) or "f16" (half the
+    /// memory a search walks through; shards re-score their hits with the
+    /// exact f32 vectors they keep beside the index). Bundles written
+    /// before this field existed are f32.
+    #[serde(default = "default_quantization")]
+    pub quantization: String,
 }
+
+fn default_quantization() -> String {
+    "f32".to_owned()
+}
+
+/// The vector storage kinds an index may use (`IndexParams::quantization`).
+pub const QUANTIZATIONS: [&str; 2] = ["f32", "f16"];
 
 impl Default for IndexParams {
     fn default() -> Self {
@@ -74,6 +87,7 @@ impl Default for IndexParams {
             // Measured on 20k random 64-d vectors: recall@10 0.75 at 64,
             // 0.90 at 128, 0.97 at 256 (examples/bundle_bench.rs).
             expansion_search: 128,
+            quantization: default_quantization(),
         }
     }
 }
@@ -91,6 +105,13 @@ impl IndexParams {
             return Err(BundleError::InvalidInput(format!(
                 "index connectivity {} is out of range; use 2..=1024 (16 is a good default)",
                 self.connectivity
+            )));
+        }
+        if !QUANTIZATIONS.contains(&self.quantization.as_str()) {
+            return Err(BundleError::InvalidInput(format!(
+                "index quantization {:?} is not supported; use one of {}",
+                self.quantization,
+                QUANTIZATIONS.join(", ")
             )));
         }
         for (name, v) in [

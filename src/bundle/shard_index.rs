@@ -47,12 +47,21 @@ pub fn partition(keys: &[u64], shard_count: u32) -> Vec<ShardPart> {
     parts
 }
 
-/// usearch options for an index of `dimension` f32 values under `params`.
+/// The usearch storage kind of `params.quantization` (validated names;
+/// anything else is f32).
+pub fn scalar_kind(params: &IndexParams) -> ScalarKind {
+    match params.quantization.as_str() {
+        "f16" => ScalarKind::F16,
+        _ => ScalarKind::F32,
+    }
+}
+
+/// usearch options for an index of `dimension` values under `params`.
 pub fn index_options(dimension: usize, params: &IndexParams) -> IndexOptions {
     IndexOptions {
         dimensions: dimension,
         metric: MetricKind::IP,
-        quantization: ScalarKind::F32,
+        quantization: scalar_kind(params),
         connectivity: params.connectivity as usize,
         expansion_add: params.expansion_add as usize,
         expansion_search: params.expansion_search as usize,
@@ -94,7 +103,8 @@ pub fn index_to_bytes(index: &Index, context: &str) -> Result<Vec<u8>> {
 }
 
 /// Restores an index from verified bytes and checks it matches what the
-/// bundle says: f32 inner-product, `dimension` wide, holding exactly `keys`.
+/// bundle says: inner-product with the manifest's quantization, `dimension`
+/// wide, holding exactly `keys`.
 pub fn index_from_bytes(
     file: &std::path::Path,
     bytes: &[u8],
@@ -106,14 +116,14 @@ pub fn index_from_bytes(
         .map_err(|e| BundleError::decode(file, format!("not a usearch index ({e})")))?;
     if meta.dimensions != dimension as u64
         || meta.metric != MetricKind::IP
-        || meta.quantization != ScalarKind::F32
+        || meta.quantization != scalar_kind(params)
         || meta.multi
     {
         return Err(BundleError::decode(
             file,
             format!(
-                "index is {}-dimensional {:?}/{:?} (multi={}), expected {dimension}-dimensional IP/F32",
-                meta.dimensions, meta.metric, meta.quantization, meta.multi
+                "index is {}-dimensional {:?}/{:?} (multi={}), expected {dimension}-dimensional IP/{:?}",
+                meta.dimensions, meta.metric, meta.quantization, meta.multi, scalar_kind(params)
             ),
         ));
     }

@@ -14,12 +14,14 @@
 
 mod context;
 mod extract;
+mod item_fold;
 mod item_stats;
 mod schema;
 mod user_state;
 
 pub use context::{Device, RequestContext};
 pub use extract::{CfLookup, ItemInput, RecallPath, RecallProvenance, UserFeatures, NO_CF};
+pub use item_fold::{category_centroids, fold_categories, fold_cold_rows};
 pub use item_stats::ItemStats;
 pub use schema::{FeatureSchema, FEATURE_NAMES, N_FEATURES, SCHEMA_VERSION};
 pub use user_state::{event_strength, Demographics, RecentEvent, StateParams, UserState};

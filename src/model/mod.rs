@@ -210,21 +210,7 @@ impl ServingModel {
     /// A vector for an item known only by its categories: the mean of
     /// their centroids (None when no category has one).
     pub fn fold_item(&self, categories: &[u16]) -> Option<Vec<f32>> {
-        let cs: Vec<&Vec<f32>> = categories
-            .iter()
-            .filter_map(|&c| self.category_centroids.get(c as usize))
-            .filter(|c| c.len() == self.dimension && self.dimension > 0)
-            .collect();
-        if cs.is_empty() {
-            return None;
-        }
-        let mut v = vec![0f32; self.dimension];
-        for c in &cs {
-            for (a, b) in v.iter_mut().zip(c.iter()) {
-                *a += b / cs.len() as f32;
-            }
-        }
-        Some(v)
+        crate::features::fold_categories(&self.category_centroids, categories, self.dimension)
     }
 
     pub fn item_index(&self, key: u64) -> Option<u32> {

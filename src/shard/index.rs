@@ -47,10 +47,7 @@ impl ShardIndex {
             .map(|(i, &k)| (k, i as u32))
             .collect();
         // usearch widens the beam to k when k is larger
-        loaded
-            .index
-            .change_expansion_search(expansion_search.max(1));
-        ShardIndex {
+        let index = ShardIndex {
             shard: loaded.shard,
             dim,
             index: loaded.index,
@@ -59,7 +56,14 @@ impl ShardIndex {
             searches: AtomicU64::new(0),
             upserts: 0,
             deletes: 0,
-        }
+        };
+        index.set_expansion_search(expansion_search);
+        index
+    }
+
+    /// Changes the search beam (usearch's ef) of this replica's index.
+    pub fn set_expansion_search(&self, expansion_search: usize) {
+        self.index.change_expansion_search(expansion_search.max(1));
     }
 
     pub fn shard(&self) -> u32 {
@@ -103,12 +107,21 @@ impl ShardIndex {
                 shard: self.shard,
                 reason: e.to_string(),
             })?;
-        // usearch reports 1 - dot for the inner-product metric
-        Ok(m.keys
+        // Scores come from the exact f32 vectors kept beside the index, not
+        // from usearch's distance (1 - dot), which a quantized (f16) index
+        // computes on rounded vectors: 48 dot products cost next to nothing
+        // against the search, and every path then sees the same score.
+        let mut hits: Vec<(u64, f32)> = m
+            .keys
             .iter()
             .zip(&m.distances)
-            .map(|(&key, &d)| (key, 1.0 - d))
-            .collect())
+            .map(|(&key, &d)| match self.vector(key) {
+                Some(v) => (key, crate::linalg::dot(query, v)),
+                None => (key, 1.0 - d),
+            })
+            .collect();
+        hits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        Ok(hits)
     }
 
     /// Adds or replaces items. All are checked first; a bad one changes nothing.

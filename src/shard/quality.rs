@@ -125,27 +125,86 @@ pub fn ann_recall(
 pub struct BundleCheckOptions {
     pub queries: usize,
     pub k: usize,
-    /// usearch ef at query time (the node's `shards.expansion_search`).
-    pub expansion_search: usize,
+    /// usearch ef values at query time to measure, one report each (the
+    /// node's `shards.expansion_search` is the one that serves).
+    pub expansion_search: Vec<usize>,
+    /// Index parameters to rebuild every shard's index with, from the
+    /// bundle's vectors, before measuring (to try parameters without
+    /// retraining); none given measures the indexes the bundle holds.
+    pub rebuild: IndexOverrides,
     pub seed: u64,
 }
 
+/// Index parameters that replace the bundle's in a rebuild.
+#[derive(Debug, Clone, Default)]
+pub struct IndexOverrides {
+    pub connectivity: Option<u32>,
+    pub expansion_add: Option<u32>,
+    pub quantization: Option<String>,
+}
+
+impl IndexOverrides {
+    /// `base` with the overrides applied, or None when nothing is overridden.
+    pub fn apply(&self, base: &crate::bundle::IndexParams) -> Option<crate::bundle::IndexParams> {
+        if self.connectivity.is_none() && self.expansion_add.is_none() && self.quantization.is_none()
+        {
+            return None;
+        }
+        let mut p = base.clone();
+        p.connectivity = self.connectivity.unwrap_or(p.connectivity);
+        p.expansion_add = self.expansion_add.unwrap_or(p.expansion_add);
+        if let Some(q) = &self.quantization {
+            p.quantization = q.clone();
+        }
+        Some(p)
+    }
+}
+
+/// One measured setting of `funnel bundle ann-recall`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BundleCheck {
+    pub expansion_search: usize,
+    /// The index parameters measured (the bundle's, or the rebuild's).
+    pub index: crate::bundle::IndexParams,
+    /// Wall seconds spent rebuilding the indexes (shards in parallel), if
+    /// they were rebuilt.
+    pub rebuild_seconds: Option<f64>,
+    #[serde(flatten)]
+    pub check: RecallCheck,
+}
+
 /// Loads every shard of the bundle at `dir` and measures the ANN recall
-/// the coordinator would get with `k` candidates. Queries are user vectors
-/// sampled from the bundle (the queries serving really sends), or item
-/// vectors when the bundle holds no users.
+/// the coordinator would get with `k` candidates, once per ef. Queries are
+/// user vectors sampled from the bundle (the queries serving really sends),
+/// or item vectors when the bundle holds no users.
 pub fn check_bundle(
     dir: &std::path::Path,
     opts: &BundleCheckOptions,
-) -> Result<RecallCheck, String> {
-    use crate::bundle::{Bundle, OpenCheck};
+) -> Result<Vec<BundleCheck>, String> {
+    use crate::bundle::{Bundle, LoadedShard, OpenCheck};
     let bundle = Bundle::open(dir, &OpenCheck::default()).map_err(|e| e.to_string())?;
     let m = bundle.manifest();
-    let mut indexes = Vec::new();
+    let mut loaded = Vec::new();
     for s in 0..m.shard_count {
-        let loaded = bundle.load_shard(s).map_err(|e| e.to_string())?;
-        indexes.push(ShardIndex::from_loaded(loaded, opts.expansion_search));
+        loaded.push(bundle.load_shard(s).map_err(|e| e.to_string())?);
     }
+    let mut params = m.index.clone();
+    let mut rebuild_seconds = None;
+    if let Some(p) = &opts.rebuild.apply(&m.index) {
+        p.validate().map_err(|e| e.to_string())?;
+        let t = Instant::now();
+        loaded = loaded
+            .into_par_iter()
+            .map(|l| LoadedShard::build(l.shard, l.keys, l.vectors, p))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        rebuild_seconds = Some(t.elapsed().as_secs_f64());
+        params = p.clone();
+    }
+    let indexes: Vec<ShardIndex> = loaded
+        .into_iter()
+        .map(|l| ShardIndex::from_loaded(l, params.expansion_search as usize))
+        .collect();
     let (_, users) = bundle.users().map_err(|e| e.to_string())?;
     let mut candidates: Vec<Vec<f32>> = if users.cols() == m.dimension as usize && users.rows() > 0
     {
@@ -166,7 +225,24 @@ pub fn check_bundle(
     rng.shuffle(&mut candidates);
     candidates.truncate(opts.queries.max(1));
     let per_shard = crate::coordinator::per_shard_k(opts.k, indexes.len());
-    ann_recall(&indexes, &candidates, opts.k, per_shard).map_err(|e| e.to_string())
+    let efs = if opts.expansion_search.is_empty() {
+        vec![params.expansion_search as usize]
+    } else {
+        opts.expansion_search.clone()
+    };
+    efs.into_iter()
+        .map(|ef| {
+            indexes.iter().for_each(|ix| ix.set_expansion_search(ef));
+            let check = ann_recall(&indexes, &candidates, opts.k, per_shard)
+                .map_err(|e| e.to_string())?;
+            Ok(BundleCheck {
+                expansion_search: ef,
+                index: params.clone(),
+                rebuild_seconds,
+                check,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -146,6 +146,12 @@ pub struct FittedModels {
     /// Time of the last interaction fitted on.
     pub as_of: i64,
     pub state_params: StateParams,
+    /// `Y^T Y` of the ALS item factors as fitted (cold rows still zero).
+    pub item_gram: Vec<f32>,
+    /// Mean vector per category over items with interactions.
+    pub category_centroids: Vec<Vec<f32>>,
+    /// Cold catalogue items whose vector was folded from their categories.
+    pub cold_folded: usize,
     /// HNSW over the item vectors for catalogues too large to scan per
     /// request (`PipelineParams::ann_index_min_items`); `None` means
     /// `ann_path` is exact.
@@ -265,8 +271,27 @@ pub fn fit_models(
         .collect();
     let matrix = Csr::from_triples(inp.n_users, n_items, &triples);
     let step = progress.step("als", p.als.iterations as u64);
-    let als = als::fit(&matrix, &p.als, &mut |_| step.inc(1)).map_err(|e| e.to_string())?;
+    let mut als = als::fit(&matrix, &p.als, &mut |_| step.inc(1)).map_err(|e| e.to_string())?;
     step.done();
+    // Y^T Y of the fitted factors, before cold rows are filled in: what a
+    // serving node folds users in with, so fold-in solves the system ALS did.
+    let item_gram = crate::linalg::gram_matrix(&als.item_factors);
+    // Cold catalogue items (no interaction fitted on) get the mean vector of
+    // their categories, so the ANN path can find them and the ranker's
+    // vector features see what serving will see for them.
+    let warm: Vec<bool> = item_stats.iter().map(|s| s.count > 0.0).collect();
+    let category_centroids = crate::features::category_centroids(
+        &als.item_factors,
+        inp.item_categories,
+        inp.n_categories,
+        &warm,
+    );
+    let cold_folded = crate::features::fold_cold_rows(
+        &mut als.item_factors,
+        inp.item_categories,
+        &warm,
+        &category_centroids,
+    );
     let item_norms: Vec<f32> = (0..n_items)
         .map(|i| {
             als.item_factors
@@ -323,6 +348,9 @@ pub fn fit_models(
         user_states,
         as_of,
         state_params: p.state,
+        item_gram,
+        category_centroids,
+        cold_folded,
         ann_index,
     })
 }
@@ -851,6 +879,63 @@ mod tests {
         }
         let recall = found as f64 / total as f64;
         assert!(recall >= 0.9, "index recall@50 vs exact {recall:.3}");
+    }
+
+    #[test]
+    fn cold_items_get_the_mean_of_their_category_centroids() {
+        let ds = small();
+        let o = owned(&ds);
+        // hold back every interaction with two categorised items: they stay
+        // in the catalogue, cold
+        let cold: Vec<u32> = (0..o.keys.len() as u32)
+            .filter(|&i| !o.cats[i as usize].is_empty())
+            .take(2)
+            .collect();
+        let log: Vec<Interaction> = ds
+            .interactions
+            .iter()
+            .filter(|x| !cold.contains(&x.item))
+            .cloned()
+            .collect();
+        let m = fit_models(&input(&ds, &o, &log), &quick_params(), &Progress::hidden()).unwrap();
+        let warm = items_with_events(&log);
+        let dim = m.als.item_factors.cols();
+        let foldable = (0..o.keys.len() as u32)
+            .filter(|i| !warm.contains(i))
+            .filter(|&i| {
+                crate::features::fold_categories(&m.category_centroids, &o.cats[i as usize], dim)
+                    .is_some()
+            })
+            .count();
+        assert!(foldable >= cold.len());
+        assert_eq!(m.cold_folded, foldable);
+        for &i in &cold {
+            let want = crate::features::fold_categories(
+                &m.category_centroids,
+                &o.cats[i as usize],
+                m.als.item_factors.cols(),
+            )
+            .unwrap();
+            assert_eq!(m.als.item_factors.row(i as usize), want.as_slice());
+            assert!(want.iter().any(|&v| v != 0.0));
+            assert!(m.in_catalog[i as usize]);
+        }
+        // the gram is the fitted factors' (cold rows zero), not the folded ones
+        let mut fitted = m.als.item_factors.clone();
+        for &i in &cold {
+            fitted.row_mut(i as usize).fill(0.0);
+        }
+        let want = crate::linalg::gram_matrix(&fitted);
+        let close = m
+            .item_gram
+            .iter()
+            .zip(&want)
+            .all(|(a, b)| (a - b).abs() <= 1e-3 * (1.0 + b.abs()));
+        assert!(close, "item_gram must leave the folded rows out");
+    }
+
+    fn items_with_events(log: &[Interaction]) -> std::collections::HashSet<u32> {
+        log.iter().map(|x| x.item).collect()
     }
 
     #[test]

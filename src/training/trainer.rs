@@ -49,6 +49,8 @@ pub struct TrainSummary {
     pub model_version: String,
     pub users: usize,
     pub items: usize,
+    /// Items without interactions whose vector was folded from categories.
+    pub cold_items_folded: usize,
     pub interactions: usize,
     pub shards: u32,
     pub dimension: usize,
@@ -101,6 +103,7 @@ pub fn train(ds: &Dataset, opts: &TrainOptions) -> Result<TrainSummary, String> 
         model_version: manifest.model_version,
         users: ds.users.len(),
         items: ds.items.len(),
+        cold_items_folded: models.cold_folded,
         interactions: ds.interactions.len(),
         shards: opts.shards,
         dimension: models.als.item_factors.cols(),
@@ -175,7 +178,7 @@ pub fn write_bundle(
     w.put_users(&users, &models.als.user_factors).map_err(err)?;
     w.put_section(
         sections::ALS_GRAM,
-        &crate::linalg::gram_matrix(&models.als.item_factors),
+        &models.item_gram,
     )
     .map_err(err)?;
     w.put_section(sections::ITEMCF, models.cf.lists())
@@ -187,12 +190,7 @@ pub fn write_bundle(
         .map_err(err)?;
     w.put_section(sections::RANKER, ranker).map_err(err)?;
     w.put_section(sections::PIPELINE, p).map_err(err)?;
-    let centroids = category_centroids(
-        &models.als.item_factors,
-        &src.categories,
-        src.category_names.len(),
-    );
-    w.put_section(sections::CATEGORY_CENTROIDS, &centroids)
+    w.put_section(sections::CATEGORY_CENTROIDS, &models.category_centroids)
         .map_err(err)?;
     let schema = FeatureSchema::current();
     w.finish(ManifestFields {
@@ -222,34 +220,3 @@ pub fn write_bundle(
     .map_err(err)
 }
 
-/// Mean item vector per category: what an item upserted with categories
-/// but no vector is folded in as. Empty for a category without items.
-pub fn category_centroids(
-    vectors: &crate::matrix::Matrix,
-    categories: &[Vec<u16>],
-    n_categories: usize,
-) -> Vec<Vec<f32>> {
-    let dim = vectors.cols();
-    let mut sums = vec![vec![0f64; dim]; n_categories];
-    let mut counts = vec![0usize; n_categories];
-    for (i, cats) in categories.iter().enumerate() {
-        for &c in cats {
-            if let Some(s) = sums.get_mut(c as usize) {
-                for (a, &v) in s.iter_mut().zip(vectors.row(i)) {
-                    *a += f64::from(v);
-                }
-                counts[c as usize] += 1;
-            }
-        }
-    }
-    sums.into_iter()
-        .zip(counts)
-        .map(|(s, n)| {
-            if n == 0 {
-                Vec::new()
-            } else {
-                s.into_iter().map(|v| (v / n as f64) as f32).collect()
-            }
-        })
-        .collect()
-}
