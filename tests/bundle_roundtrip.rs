@@ -382,3 +382,49 @@ fn many_threads_can_search_one_loaded_shard_at_once() {
         }
     });
 }
+
+#[test]
+fn a_half_precision_index_round_trips_and_must_match_its_manifest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("model");
+    let items = sample_items(60);
+    let vectors = unit_vectors(60, DIM, 11);
+    let half = IndexParams {
+        quantization: "f16".into(),
+        ..IndexParams::default()
+    };
+    let mut w = BundleWriter::create(&out, WriteOptions::default()).unwrap();
+    w.put_items(&items).unwrap();
+    w.put_item_vectors(&items, &vectors, 2, half.clone())
+        .unwrap();
+    let m = w.finish(fields("v-half")).unwrap();
+    assert_eq!(m.index.quantization, "f16");
+    let b = Bundle::open(&out, &OpenCheck::default()).unwrap();
+    for shard in 0..2 {
+        let loaded = b.load_shard(shard).unwrap();
+        for (i, &key) in loaded.keys.iter().enumerate() {
+            let hits = loaded.search(loaded.vectors.row(i), 1).unwrap();
+            assert_eq!(
+                hits[0].key, key,
+                "an item's own unit vector is its best match"
+            );
+        }
+    }
+    // an unknown storage kind is refused before anything is written
+    let other = tmp.path().join("other");
+    let mut w = BundleWriter::create(&other, WriteOptions::default()).unwrap();
+    w.put_items(&items).unwrap();
+    let err = w
+        .put_item_vectors(
+            &items,
+            &vectors,
+            2,
+            IndexParams {
+                quantization: "i4".into(),
+                ..IndexParams::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("quantization") && err.contains("f16"), "{err}");
+}

@@ -315,8 +315,9 @@ fn render_text(r: &InspectReport) -> String {
         (
             "index",
             format!(
-                "{}, connectivity {}, expansion add {} / search {}",
+                "{} {}, connectivity {}, expansion add {} / search {}",
                 m.index.metric,
+                m.index.quantization,
                 m.index.connectivity,
                 m.index.expansion_add,
                 m.index.expansion_search

@@ -146,7 +146,9 @@ pub struct IndexOverrides {
 impl IndexOverrides {
     /// `base` with the overrides applied, or None when nothing is overridden.
     pub fn apply(&self, base: &crate::bundle::IndexParams) -> Option<crate::bundle::IndexParams> {
-        if self.connectivity.is_none() && self.expansion_add.is_none() && self.quantization.is_none()
+        if self.connectivity.is_none()
+            && self.expansion_add.is_none()
+            && self.quantization.is_none()
         {
             return None;
         }
@@ -233,8 +235,8 @@ pub fn check_bundle(
     efs.into_iter()
         .map(|ef| {
             indexes.iter().for_each(|ix| ix.set_expansion_search(ef));
-            let check = ann_recall(&indexes, &candidates, opts.k, per_shard)
-                .map_err(|e| e.to_string())?;
+            let check =
+                ann_recall(&indexes, &candidates, opts.k, per_shard).map_err(|e| e.to_string())?;
             Ok(BundleCheck {
                 expansion_search: ef,
                 index: params.clone(),
@@ -254,6 +256,16 @@ mod tests {
     use crate::rng::Rng;
 
     fn shards(n_items: usize, dim: usize, n_shards: u32, seed: u64) -> Vec<ShardIndex> {
+        shards_with(n_items, dim, n_shards, seed, &IndexParams::default())
+    }
+
+    fn shards_with(
+        n_items: usize,
+        dim: usize,
+        n_shards: u32,
+        seed: u64,
+        params: &IndexParams,
+    ) -> Vec<ShardIndex> {
         let mut rng = Rng::new(seed);
         let mut parts: Vec<(Vec<u64>, Vec<f32>)> =
             vec![(Vec::new(), Vec::new()); n_shards as usize];
@@ -271,8 +283,7 @@ mod tests {
             .map(|(s, (keys, flat))| {
                 let rows = keys.len();
                 let m = Matrix::from_vec(rows, dim, flat).unwrap();
-                let loaded =
-                    LoadedShard::build(s as u32, keys, m, &IndexParams::default()).unwrap();
+                let loaded = LoadedShard::build(s as u32, keys, m, params).unwrap();
                 ShardIndex::from_loaded(loaded, 128)
             })
             .collect()
@@ -309,5 +320,38 @@ mod tests {
         // asking each shard for too few misses the items of crowded shards
         let starved = ann_recall(&ix, &queries, 50, 5).unwrap();
         assert!(starved.recall <= 20.0 / 50.0 + 1e-9, "{starved:?}");
+    }
+
+    #[test]
+    fn a_half_precision_index_scores_its_hits_exactly() {
+        let params = IndexParams {
+            quantization: "f16".into(),
+            ..IndexParams::default()
+        };
+        let half = shards_with(3000, 16, 3, 4, &params);
+        let full = shards(3000, 16, 3, 4);
+        let mut rng = Rng::new(5);
+        let queries: Vec<Vec<f32>> = (0..20)
+            .map(|_| (0..16).map(|_| rng.normal() as f32).collect())
+            .collect();
+        for q in &queries {
+            for ix in &half {
+                let hits = ix.search(q, 20, &|_| true).unwrap();
+                assert!(!hits.is_empty());
+                for w in hits.windows(2) {
+                    assert!(w[0].1 >= w[1].1, "hits are best first");
+                }
+                for (key, score) in hits {
+                    let v = ix.vector(key).unwrap();
+                    assert_eq!(score.to_bits(), crate::linalg::dot(q, v).to_bits());
+                }
+            }
+        }
+        let r_half = ann_recall(&half, &queries, 30, 30).unwrap();
+        let r_full = ann_recall(&full, &queries, 30, 30).unwrap();
+        assert!(
+            r_half.recall >= r_full.recall - 0.05,
+            "f16 {r_half:?} vs f32 {r_full:?}"
+        );
     }
 }

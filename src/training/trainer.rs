@@ -176,11 +176,8 @@ pub fn write_bundle(
         occupation_names: src.occupation_names.clone(),
     };
     w.put_users(&users, &models.als.user_factors).map_err(err)?;
-    w.put_section(
-        sections::ALS_GRAM,
-        &models.item_gram,
-    )
-    .map_err(err)?;
+    w.put_section(sections::ALS_GRAM, &models.item_gram)
+        .map_err(err)?;
     w.put_section(sections::ITEMCF, models.cf.lists())
         .map_err(err)?;
     w.put_section(sections::LISTS, &models.lists).map_err(err)?;
@@ -219,4 +216,3 @@ pub fn write_bundle(
     })
     .map_err(err)
 }
-
