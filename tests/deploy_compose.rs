@@ -686,6 +686,14 @@ fn compose_cluster_behind_the_load_balancer_survives_a_kill_and_a_partition() {
         "demo-bundle job published {version} after {:?}",
         t0.elapsed()
     );
+    // what the operator sees of the publish (training progress left out)
+    for line in job_logs.lines().filter(|l| {
+        ["staged", "active", "retrying", "waiting for", "models:"]
+            .iter()
+            .any(|w| l.contains(w))
+    }) {
+        println!("  job: {line}");
+    }
     for n in &nodes {
         wait_ready(&http, n, "after the publish");
         let base = n.http().expect("node address");
