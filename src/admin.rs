@@ -81,15 +81,43 @@ pub fn run_http(addr: &str, token: &str, op: AdminOp) -> Result<String> {
     })
 }
 
+/// How `funnel admin publish` rolls a bundle out to a cluster.
+#[derive(Debug, Clone, Default)]
+pub struct PublishOptions {
+    /// Activate without waiting for every replica holder; replaces a
+    /// version still being rolled out.
+    pub force: bool,
+    /// How long to wait, in all: for a cluster that cannot take the publish
+    /// yet (still forming: no shard map or no leader) and then for the
+    /// activation. Zero: neither.
+    pub wait: Duration,
+    /// Publish only when the cluster has no active model yet; otherwise
+    /// say what it serves and succeed. For a job that gives a new cluster
+    /// its first model and may run again later (`docker compose up` on an
+    /// existing cluster) without rolling back what an operator published
+    /// since.
+    pub if_none_active: bool,
+}
+
+/// The model version a single node serves (its `/readyz`), if any.
+pub fn served_version(addr: &str, token: &str) -> Result<Option<String>> {
+    let text = run_http(addr, token, AdminOp::Status { json: true })?;
+    let v: serde_json::Value = serde_json::from_str(text.trim())
+        .with_context(|| format!("{addr}/readyz did not answer JSON: {}", text.trim()))?;
+    Ok(v["model_version"]
+        .as_str()
+        .filter(|m| !m.is_empty() && v["status"] == "serving")
+        .map(String::from))
+}
+
 /// Publishes over the internal gRPC API (`Admin.Publish`) and, unless
-/// `wait` is zero, waits until the cluster activated the version. `None`
-/// when `addr` does not speak the cluster protocol (then use HTTP).
+/// `opts.wait` is zero, waits until the cluster activated the version.
+/// `None` when `addr` does not speak the cluster protocol (then use HTTP).
 pub fn cluster_publish(
     addr: &str,
     token: &str,
     bundle: &std::path::Path,
-    force: bool,
-    wait: Duration,
+    opts: &PublishOptions,
 ) -> Result<Option<String>> {
     use crate::cluster::proto::admin_client::AdminClient;
     use crate::cluster::proto::PublishRequest;
@@ -97,9 +125,19 @@ pub fn cluster_publish(
         .enable_all()
         .build()?;
     rt.block_on(async {
+        let until = std::time::Instant::now() + opts.wait;
         // only a cluster node answers the view; anything else is HTTP
-        if cluster_view(addr).await.is_err() {
+        let Ok(view) = cluster_view(addr).await else {
             return Ok(None);
+        };
+        if let (true, Some(a)) = (opts.if_none_active, &view.models.active) {
+            return Ok(Some(format!(
+                "the cluster already serves {} (published from {} on node {}); not publishing {} (--if-none-active)\n",
+                a.version,
+                a.bundle_path,
+                a.source_node,
+                bundle.display()
+            )));
         }
         // checking a large bundle on the node takes a while
         let ch = tonic::transport::Endpoint::from_shared(base_url(addr))?
@@ -110,22 +148,40 @@ pub fn cluster_publish(
             .with_context(|| format!("connecting to {addr}"))?;
         // the node resolves the path on its own filesystem
         let abs = std::fs::canonicalize(bundle).unwrap_or_else(|_| bundle.to_path_buf());
-        let mut req = tonic::Request::new(PublishRequest {
-            bundle: abs.display().to_string(),
-            force,
-        });
-        crate::auth::attach(&mut req, token).map_err(|e| anyhow!("--token: {e}"))?;
-        let r = AdminClient::new(ch)
-            .publish(req)
-            .await
-            .map_err(|s| {
-                anyhow!(
+        let mut last = String::new();
+        let r = loop {
+            let mut req = tonic::Request::new(PublishRequest {
+                bundle: abs.display().to_string(),
+                force: opts.force,
+            });
+            crate::auth::attach(&mut req, token).map_err(|e| anyhow!("--token: {e}"))?;
+            match AdminClient::new(ch.clone()).publish(req).await {
+                Ok(r) => break r.into_inner(),
+                // the cluster cannot take it yet (forming, electing a
+                // leader): worth waiting for; anything else will not change
+                Err(s)
+                    if s.code() == tonic::Code::Unavailable
+                        && std::time::Instant::now() < until =>
+                {
+                    if s.message() != last {
+                        eprintln!("{addr} cannot take the publish yet, retrying: {}", s.message());
+                        last = s.message().to_string();
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(s) => bail!(
                     "publish refused by {addr} ({:?}): {}",
                     s.code(),
                     s.message()
-                )
-            })?
-            .into_inner();
+                ),
+            }
+        };
+        if r.already_active {
+            return Ok(Some(format!(
+                "{} is already active on the cluster (published from node {}); nothing to do\n",
+                r.model_version, r.source_node
+            )));
+        }
         let mut out = format!(
             "staged {} (source node {}, previous {})\n",
             r.model_version,
@@ -136,11 +192,10 @@ pub fn cluster_publish(
                 &r.previous_version
             }
         );
-        if wait.is_zero() {
+        if opts.wait.is_zero() {
             out.push_str("not waiting; follow the rollout with funnel admin status\n");
             return Ok(Some(out));
         }
-        let until = std::time::Instant::now() + wait;
         let mut last = String::new();
         loop {
             if let Ok(view) = cluster_view(addr).await {
@@ -164,7 +219,7 @@ pub fn cluster_publish(
                     "{}version {} is staged but not active after {} s: {last}",
                     out,
                     r.model_version,
-                    wait.as_secs()
+                    opts.wait.as_secs()
                 );
             }
             tokio::time::sleep(Duration::from_millis(300)).await;

@@ -133,9 +133,15 @@ enum AdminCommand {
         /// still being rolled out.
         #[arg(long)]
         force: bool,
-        /// Cluster: seconds to wait for the activation (0: do not wait).
+        /// Cluster: seconds to wait in all, for a cluster still forming
+        /// to take the publish and for the activation (0: do not wait).
         #[arg(long, default_value_t = 600)]
         wait_secs: u64,
+        /// Publish only if no model is active (served, on a single node)
+        /// yet; otherwise print what is and exit successfully. For a job
+        /// that gives a new cluster its first model and may run again.
+        #[arg(long)]
+        if_none_active: bool,
     },
     /// Print the node's health (the whole cluster's, given an internal address).
     Status {
@@ -517,14 +523,28 @@ fn main() -> Result<()> {
                     bundle,
                     force,
                     wait_secs,
+                    if_none_active,
                 } => {
                     // a node's internal (cluster) address rolls out to the cluster
-                    let wait = std::time::Duration::from_secs(wait_secs);
+                    let opts = funnel::admin::PublishOptions {
+                        force,
+                        wait: std::time::Duration::from_secs(wait_secs),
+                        if_none_active,
+                    };
                     if let Some(out) =
-                        funnel::admin::cluster_publish(&addr, &token, &bundle, force, wait)?
+                        funnel::admin::cluster_publish(&addr, &token, &bundle, &opts)?
                     {
                         print!("{out}");
                         return Ok(());
+                    }
+                    if if_none_active {
+                        if let Some(v) = funnel::admin::served_version(&addr, &token)? {
+                            println!(
+                                "the node already serves {v}; not publishing {} (--if-none-active)",
+                                bundle.display()
+                            );
+                            return Ok(());
+                        }
                     }
                     let op = funnel::admin::AdminOp::Publish(bundle);
                     print!("{}", funnel::admin::run_http(&addr, &token, op)?);

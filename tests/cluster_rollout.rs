@@ -12,9 +12,11 @@
 //! what; bad internal requests are rejected cleanly.
 //!
 //! A second cluster starts with no bundle at all: it waits until one is
-//! published (here over HTTP on one node, which goes through the same
-//! rollout), and a node restarted afterwards serves the cluster's active
-//! version, not its (empty) configured bundle.
+//! published (requests meanwhile say so), here over HTTP on one node, which
+//! goes through the same rollout; publishing the active bundle again is a
+//! no-op, the same version from another path is refused, and
+//! `--if-none-active` leaves the model alone; a node restarted afterwards
+//! serves the cluster's active version, not its (empty) configured bundle.
 //!
 //! Ports: 127.0.0.1:17100-17159 (unique to this file).
 
@@ -421,6 +423,18 @@ fn a_cluster_without_a_bundle_waits_for_a_publish_and_restarts_on_the_active_ver
         assert_eq!(s, 503, "node {} must wait for a bundle: {v}", m.id);
         assert_eq!(v["status"], "loading");
     }
+    // a request before any publish says what to do
+    let (s, v) = http.call(
+        &format!("http://{}/v1/recommend", members[0].http),
+        Some(json!({"user_id": "u000001", "k": 5}).to_string()),
+        None,
+    );
+    assert_eq!(s, 503, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("no model is active yet") && msg.contains("funnel admin --addr"),
+        "{v}"
+    );
     // HTTP publish on a cluster node: token enforced, then a cluster-wide rollout
     let url = format!("http://{}/v1/admin/publish", members[2].http);
     let body = json!({ "bundle": v1.display().to_string() }).to_string();
@@ -443,6 +457,38 @@ fn a_cluster_without_a_bundle_waits_for_a_publish_and_restarts_on_the_active_ver
     for m in &members {
         assert!(!m.data_dir.join("bundles").exists(), "node {} copied", m.id);
     }
+
+    // publishing the active bundle again (a deploy job run twice) is a
+    // no-op; the same version from another path is refused
+    let bundle = v1.display().to_string();
+    let o = admin(&members[0].internal, Some(TOKEN), &["publish", &bundle]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("already active"), "{}", text(&o));
+    let copy = tmp.path().join("v1-copy");
+    copy_tree(&v1, &copy);
+    let o = admin(
+        &members[0].internal,
+        Some(TOKEN),
+        &["publish", &copy.display().to_string()],
+    );
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("new --model-version"), "{}", text(&o));
+    // --if-none-active leaves a cluster that has a model alone
+    let v2 = small_bundle(&tmp.path().join("v2"), 2, SHARDS);
+    let o = admin(
+        &members[1].internal,
+        Some(TOKEN),
+        &["publish", "--if-none-active", &v2.display().to_string()],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("already serves {V1}")),
+        "{}",
+        text(&o)
+    );
+    let st = status_json(&members[0].internal);
+    assert_eq!(st["view"]["models"]["active"]["version"], V1, "{st}");
+    assert!(st["view"]["models"]["staged"].is_null(), "{st}");
 
     // a restarted node comes back on the active version
     procs[0].kill9();

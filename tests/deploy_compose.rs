@@ -1,19 +1,27 @@
 //! The container deployment, for real: builds the images offline
 //! (deploy/offline/build-images.sh, from this test build's funnel binary),
-//! starts deploy/docker-compose.yml (the one-shot job trains the demo
-//! bundle, three nodes load it, HAProxy in front), sends recommendations
-//! through the load balancer over HTTP and gRPC, kills one node container
-//! and starts it again, later disconnects another from the network and
-//! reconnects it, and tears everything down (down -v) even when it fails.
+//! starts deploy/docker-compose.yml with an admin token (three nodes start
+//! without a model; once they answer /healthz the one-shot job trains the
+//! demo bundle and publishes it to the cluster; HAProxy in front), sends
+//! recommendations through the load balancer over HTTP and gRPC, runs
+//! `up` again, kills one node container and starts it again, later
+//! disconnects another from the network and reconnects it, and tears
+//! everything down (down -v) even when it fails.
 //!
-//! What must hold, during and after each fault: every recommend request
-//! through the load balancer answers 200 (coverage 1, or below 1 with the
-//! degraded reasons), the node's own answer within its deadline and the
-//! whole round trip within the deadline plus the load balancer's failover
-//! bound (never a hang, never a 5xx); no node log contains a panic; after
-//! each heal an item upsert and reads succeed, and every shard's two copies
-//! have equal digests. The Grafana dashboard may only use metric names the
-//! nodes really export (scraped here from all three).
+//! What must hold: the job exits 0 once its model is active, and every
+//! node then serves exactly the job's `--model-version` (in /readyz, in
+//! every recommend answer, HTTP and gRPC, and as the cluster's active
+//! version); `up` again runs the job again without publishing anything
+//! (the cluster has a model), and publishing the active bundle again is a
+//! no-op while a publish without the token is refused. During and after
+//! each fault: every recommend request through the load balancer answers
+//! 200 (coverage 1, or below 1 with the degraded reasons) on that version,
+//! the node's own answer within its deadline and the whole round trip
+//! within the deadline plus the load balancer's failover bound (never a
+//! hang, never a 5xx); no node log contains a panic; after each heal an
+//! item upsert and reads succeed, and every shard's two copies have equal
+//! digests. The Grafana dashboard may only use metric names the nodes
+//! really export (scraped here from all three).
 //!
 //! Docker is required when FUNNEL_REQUIRE_DOCKER=1 (CI sets it); otherwise
 //! a machine without a usable Docker engine skips this test and says why.
@@ -47,6 +55,10 @@ const DEADLINE_MS: u64 = 1000;
 const LB_FAILOVER_MS: u64 = 2500 + 500;
 /// Scheduling slack for the node's own total time (the machine is shared).
 const NODE_SLACK_MS: u64 = 250;
+/// The admin token the compose file hands to the nodes and the job.
+const ADMIN_TOKEN: &str = "deploy-compose-test-token";
+/// How long the job may take to train and publish on a busy machine.
+const JOB_TIMEOUT: Duration = Duration::from_secs(600);
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -247,6 +259,7 @@ fn recommend_violation(
     answer: Result<(u16, serde_json::Value), String>,
     took: Duration,
     deadline_ms: u64,
+    version: &str,
 ) -> Option<String> {
     let (status, v) = match answer {
         Err(e) => return Some(format!("no answer: {e}")),
@@ -254,6 +267,12 @@ fn recommend_violation(
     };
     if status != 200 {
         return Some(format!("status {status}: {v}"));
+    }
+    if v["model_version"] != version {
+        return Some(format!(
+            "model version {} instead of {version}",
+            v["model_version"]
+        ));
     }
     let coverage = v["coverage"].as_f64().unwrap_or(-1.0);
     let reasons = v["degraded"].as_array().map_or(0, Vec::len);
@@ -284,8 +303,9 @@ fn recommend_violation(
     None
 }
 
-/// Steady recommend traffic through the load balancer until `stop`.
-fn load(lb: String, stop: Arc<AtomicBool>) -> JoinHandle<LoadReport> {
+/// Steady recommend traffic through the load balancer until `stop`; every
+/// answer must come from model `version`.
+fn load(lb: String, version: String, stop: Arc<AtomicBool>) -> JoinHandle<LoadReport> {
     std::thread::spawn(move || {
         let http = Http::default();
         let mut r = LoadReport::default();
@@ -301,7 +321,7 @@ fn load(lb: String, stop: Arc<AtomicBool>) -> JoinHandle<LoadReport> {
             {
                 r.degraded += 1;
             }
-            if let Some(why) = recommend_violation(answer, took, DEADLINE_MS) {
+            if let Some(why) = recommend_violation(answer, took, DEADLINE_MS, &version) {
                 r.failures.push(format!("{user}: {why}"));
             }
             r.worst = r.worst.max(took);
@@ -347,8 +367,9 @@ fn internal_addrs(nodes: &[NodeView]) -> Vec<(u64, String)> {
 }
 
 /// After a heal: a fresh item upsert and reads succeed through the load
-/// balancer, and all three nodes' shard copies converge.
-fn check_healed(http: &Http, lb: &str, nodes: &[NodeView], item: &str) {
+/// balancer, every node answers on model `version`, and all three nodes'
+/// shard copies converge.
+fn check_healed(http: &Http, lb: &str, nodes: &[NodeView], item: &str, version: &str) {
     let mut last = (0, json!(null));
     assert!(
         eventually(Duration::from_secs(30), || {
@@ -375,6 +396,11 @@ fn check_healed(http: &Http, lb: &str, nodes: &[NodeView], item: &str) {
         );
         assert_eq!(s, 200, "node {}: {v}", n.id);
         assert_eq!(v["coverage"], 1.0, "node {} after the heal: {v}", n.id);
+        assert_eq!(
+            v["model_version"], version,
+            "node {} after the heal: {v}",
+            n.id
+        );
     }
     let (s, v) = http.call(&format!("{lb}/v1/users/u000042"), None, None);
     assert_eq!(s, 200, "{v}");
@@ -421,6 +447,93 @@ fn admin_status(project: &Project, image: &str) -> serde_json::Value {
     ])
     .unwrap_or_else(|e| panic!("{e}"));
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("admin status is not JSON ({e}): {out}"))
+}
+
+/// `funnel admin --addr node1:7001 ARGS`, run in a container on the
+/// compose network with `token` (if any): its output, or why it failed.
+fn admin(
+    project: &Project,
+    image: &str,
+    token: Option<&str>,
+    args: &[&str],
+) -> Result<String, String> {
+    let net = project.network();
+    let mut cmd = vec!["run", "--rm", "--network", net.as_str()];
+    let env = token.map(|t| format!("FUNNEL_ADMIN_TOKEN={t}"));
+    if let Some(e) = &env {
+        cmd.extend(["-e", e.as_str()]);
+    }
+    cmd.extend([image, "admin", "--addr", "node1:7001"]);
+    cmd.extend(args);
+    docker(&cmd)
+}
+
+/// The `--model-version` the compose file's job trains (what the cluster
+/// must serve once the job is done).
+fn job_model_version() -> String {
+    let text = std::fs::read_to_string(repo().join("deploy/docker-compose.yml"))
+        .expect("the compose file exists");
+    let mut words = text.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "--model-version" {
+            if let Some(v) = words.next() {
+                return v.to_string();
+            }
+        }
+    }
+    panic!("the compose file's job trains without --model-version")
+}
+
+/// The container of the one-shot job: found by label, since `compose ps`
+/// lists exited containers only in some compose versions.
+fn job_container(project: &Project) -> String {
+    let out = docker(&[
+        "ps",
+        "-a",
+        "-q",
+        "--filter",
+        &format!("label=com.docker.compose.project={}", project.name),
+        "--filter",
+        "label=com.docker.compose.service=demo-bundle",
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    let ids: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(ids.len(), 1, "one demo-bundle container: {out}");
+    ids[0].to_string()
+}
+
+/// Waits until the job's container has exited after `started_after` (its
+/// StartedAt differs, for a second run); answers its StartedAt and logs,
+/// and fails when it exited non-zero or did not finish in time.
+fn wait_job(project: &Project, started_after: Option<&str>) -> (String, String) {
+    let deadline = Instant::now() + JOB_TIMEOUT;
+    loop {
+        let id = job_container(project);
+        let state = docker(&[
+            "inspect",
+            "-f",
+            "{{.State.Status}} {{.State.ExitCode}} {{.State.StartedAt}}",
+            &id,
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let parts: Vec<&str> = state.split_whitespace().collect();
+        if let [status, code, started] = parts.as_slice() {
+            if *status == "exited" && Some(*started) != started_after {
+                let logs = Command::new("docker")
+                    .args(["logs", &id])
+                    .output()
+                    .map(|o| output_text(&o))
+                    .unwrap_or_default();
+                assert_eq!(*code, "0", "the demo-bundle job failed:\n{logs}");
+                return (started.to_string(), logs);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the demo-bundle job did not finish within {JOB_TIMEOUT:?}: {state}"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
 }
 
 /// Metric names a dashboard expression refers to: funnel's own
@@ -532,6 +645,7 @@ fn compose_cluster_behind_the_load_balancer_survives_a_kill_and_a_partition() {
             ("FUNNEL_LB_IMAGE".into(), lb_image.clone()),
             ("FUNNEL_LB_HTTP".into(), format!("127.0.0.1:{http_port}")),
             ("FUNNEL_LB_GRPC".into(), format!("127.0.0.1:{grpc_port}")),
+            ("FUNNEL_ADMIN_TOKEN".into(), ADMIN_TOKEN.into()),
         ],
         images: vec![image.clone(), lb_image.clone()],
     };
@@ -549,7 +663,8 @@ fn compose_cluster_behind_the_load_balancer_survives_a_kill_and_a_partition() {
     )
     .unwrap_or_else(|e| panic!("building the images offline: {e}"));
     println!("images built after {:?}", t0.elapsed());
-    // blocks until the demo bundle is trained and every service started
+    // blocks until the nodes answer /healthz and the job has started
+    let version = job_model_version();
     project
         .compose(&["up", "-d"])
         .unwrap_or_else(|e| panic!("compose up: {e}"));
@@ -561,23 +676,54 @@ fn compose_cluster_behind_the_load_balancer_survives_a_kill_and_a_partition() {
         })
         .collect();
     let http = Http::default();
+    // the job trains, publishes and exits once the model is active
+    let (job_started, job_logs) = wait_job(&project, None);
+    assert!(
+        job_logs.contains(&format!("active on the cluster: {version}")),
+        "the job did not report {version} active:\n{job_logs}"
+    );
+    println!(
+        "demo-bundle job published {version} after {:?}",
+        t0.elapsed()
+    );
+    // what the operator sees of the publish (training progress left out)
+    for line in job_logs.lines().filter(|l| {
+        ["staged", "active", "retrying", "waiting for", "models:"]
+            .iter()
+            .any(|w| l.contains(w))
+    }) {
+        println!("  job: {line}");
+    }
     for n in &nodes {
-        wait_ready(&http, n, "after compose up");
+        wait_ready(&http, n, "after the publish");
+        let base = n.http().expect("node address");
+        let (s, v) = http.call(&format!("{base}/readyz"), None, None);
+        assert_eq!(
+            (s, &v["model_version"]),
+            (200, &json!(version)),
+            "node {}: {v}",
+            n.id
+        );
     }
     let lb = format!("http://127.0.0.1:{http_port}");
+    let mut last = (0, json!(null));
     assert!(
         eventually(Duration::from_secs(30), || {
-            http.try_call(
-                &format!("{lb}/v1/recommend"),
-                Some(
-                    json!({"user_id": "u000001", "k": 10, "deadline_ms": DEADLINE_MS}).to_string(),
-                ),
-                None,
-            )
-            .is_ok_and(|(s, v)| s == 200 && v["coverage"] == 1.0)
+            last = http
+                .try_call(
+                    &format!("{lb}/v1/recommend"),
+                    Some(
+                        json!({"user_id": "u000001", "k": 10, "deadline_ms": DEADLINE_MS})
+                            .to_string(),
+                    ),
+                    None,
+                )
+                .unwrap_or((0, json!(null)));
+            last.0 == 200 && last.1["coverage"] == 1.0
         }),
-        "the load balancer never answered a recommendation with full coverage"
+        "the load balancer never answered a recommendation with full coverage: {last:?}"
     );
+    assert_eq!(last.1["model_version"], version, "{}", last.1);
 
     // --- gRPC through the load balancer ------------------------------------
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -601,7 +747,7 @@ fn compose_cluster_behind_the_load_balancer_survives_a_kill_and_a_partition() {
                 .into_inner();
             assert_eq!(r.items.len(), 10, "{r:?}");
             assert_eq!(r.coverage, 1.0, "{r:?}");
-            assert_eq!(r.model_version, "demo-1");
+            assert_eq!(r.model_version, version);
         }
     });
 
@@ -620,10 +766,45 @@ fn compose_cluster_behind_the_load_balancer_survives_a_kill_and_a_partition() {
         "{status}"
     );
     assert_eq!(status["view"]["shard_map"]["shards"], SHARDS, "{status}");
+    assert_eq!(
+        status["view"]["models"]["active"]["version"], version,
+        "{status}"
+    );
+    assert!(status["view"]["models"]["staged"].is_null(), "{status}");
+
+    // --- publishing again -----------------------------------------------------
+    // the active bundle again: a no-op; without the token: refused
+    let again = admin(
+        &project,
+        &image,
+        Some(ADMIN_TOKEN),
+        &["publish", "/bundles/demo"],
+    )
+    .unwrap_or_else(|e| panic!("publishing the active bundle again: {e}"));
+    assert!(again.contains("already active"), "{again}");
+    let refused = admin(&project, &image, None, &["publish", "/bundles/demo"])
+        .expect_err("a publish without the admin token must be refused");
+    assert!(refused.contains("Unauthenticated"), "{refused}");
+    // `up` again: the job runs again and leaves the cluster's model alone
+    project
+        .compose(&["up", "-d"])
+        .unwrap_or_else(|e| panic!("compose up again: {e}"));
+    let (_, job_logs) = wait_job(&project, Some(&job_started));
+    assert!(
+        job_logs.contains(&format!("the cluster already serves {version}")),
+        "the job run again did not leave the model alone:\n{job_logs}"
+    );
+    let status = admin_status(&project, &image);
+    assert_eq!(
+        status["view"]["models"]["active"]["version"], version,
+        "{status}"
+    );
+    assert!(status["view"]["models"]["staged"].is_null(), "{status}");
+    println!("up again: the job published nothing, {version} still active");
 
     // --- kill one node container, start it again ----------------------------
     let stop = Arc::new(AtomicBool::new(false));
-    let load_thread = load(lb.clone(), stop.clone());
+    let load_thread = load(lb.clone(), version.clone(), stop.clone());
     std::thread::sleep(Duration::from_millis(1500));
     docker(&["kill", &nodes[1].container]).unwrap_or_else(|e| panic!("{e}"));
     std::thread::sleep(Duration::from_secs(5));
@@ -636,13 +817,13 @@ fn compose_cluster_behind_the_load_balancer_survives_a_kill_and_a_partition() {
     std::thread::sleep(Duration::from_secs(3));
     stop.store(true, Ordering::SeqCst);
     assert_load_held("node 2 killed and restarted", &load_thread.join().unwrap());
-    check_healed(&http, &lb, &nodes, "after-kill");
+    check_healed(&http, &lb, &nodes, "after-kill", &version);
     assert_no_panics(&nodes);
 
     // --- disconnect one node from the network, reconnect it -------------------
     let net = project.network();
     let stop = Arc::new(AtomicBool::new(false));
-    let load_thread = load(lb.clone(), stop.clone());
+    let load_thread = load(lb.clone(), version.clone(), stop.clone());
     std::thread::sleep(Duration::from_millis(1500));
     docker(&["network", "disconnect", &net, &nodes[2].container]).unwrap_or_else(|e| panic!("{e}"));
     std::thread::sleep(Duration::from_secs(6));
@@ -663,7 +844,7 @@ fn compose_cluster_behind_the_load_balancer_survives_a_kill_and_a_partition() {
         "node 3 disconnected and reconnected",
         &load_thread.join().unwrap(),
     );
-    check_healed(&http, &lb, &nodes, "after-partition");
+    check_healed(&http, &lb, &nodes, "after-partition", &version);
 
     let status = admin_status(&project, &image);
     let members = status["members"].as_array().expect("members");

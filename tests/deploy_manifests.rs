@@ -4,9 +4,12 @@
 //! headless Service, selectors match the pod labels, the ConfigMap's node
 //! configuration is valid for every pod and its ports and member addresses
 //! match the container ports and the pods' DNS names, the probes use paths a
-//! real `funnel serve` answers, and the training Job writes the bundle the
-//! nodes load. The same for docker-compose.yml and HAProxy's config, and the
-//! two Dockerfiles of the funnel image must agree.
+//! real `funnel serve` answers, nodes start without a bundle, and the Job
+//! trains the bundle and publishes it (`--if-none-active`) through pod 0's
+//! internal address, at a path pod 0 sees in its own mount, with the same
+//! optional admin token. The same for docker-compose.yml (the job waits
+//! for the nodes' /healthz) and HAProxy's config (it routes on /readyz),
+//! and the two Dockerfiles of the funnel image must agree.
 
 mod support;
 
@@ -82,6 +85,61 @@ fn flag_value(text: &str, flag: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// A command given as a list of words (`["/bin/sh", "-ec", SCRIPT]`) as
+/// one text, so flags can be found across the script's lines.
+fn script_text(command: &Value) -> String {
+    command
+        .as_array()
+        .unwrap_or_else(|| panic!("a command list, got {command}"))
+        .iter()
+        .map(|w| str_of(w, "command word"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A script's `funnel admin --addr ADDR publish [FLAGS] DIR` line.
+#[derive(Debug)]
+struct Publish {
+    addr: String,
+    flags: Vec<String>,
+    bundle: String,
+}
+
+fn publish_command(script: &str) -> Option<Publish> {
+    script.lines().find_map(|line| {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let at = words.iter().position(|w| *w == "publish")?;
+        let admin = words.iter().position(|w| *w == "admin")?;
+        let addr = flag_value(&words[admin..at].join(" "), "--addr")?;
+        let (bundle, flags) = words[at + 1..].split_last()?;
+        Some(Publish {
+            addr,
+            flags: flags.iter().map(|f| f.to_string()).collect(),
+            bundle: bundle.to_string(),
+        })
+    })
+}
+
+/// A compose value with `${NAME:-default}` / `${NAME}` replaced by what
+/// compose puts there when NAME is unset.
+fn compose_default(value: &str) -> String {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let Some(len) = rest[start..].find('}') else {
+            panic!("unclosed ${{ in {value}");
+        };
+        let inner = &rest[start + 2..start + len];
+        if let Some((_, default)) = inner.split_once(":-") {
+            out.push_str(default);
+        }
+        rest = &rest[start + len + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 struct K8s {
@@ -302,59 +360,106 @@ fn kubernetes_manifests_line_up() {
                 assert_eq!(port_of(addr) as u64, ports[port], "member {} {port}", m.id);
             }
         }
-        // the bundle: trained by the Job into the shared claim, awaited by the init container
-        let bundle = cfg.node.bundle_dir().expect("a bundle path").to_path_buf();
-        let bundle_mount = mount_of("bundles");
-        assert!(bundle.starts_with(&bundle_mount));
-        let claim = str_of(
-            &volume("bundles").expect("bundles volume")["persistentVolumeClaim"]["claimName"],
-            "claimName",
+        // no model at start: the Job publishes the first one
+        assert!(
+            cfg.node.bundle_dir().is_none(),
+            "pod {sts_name}-{ordinal} must start without a bundle (the Job publishes it)"
         );
-        let job = k.one("Job");
-        let jpod = &job["spec"]["template"]["spec"];
-        let jc = &jpod["containers"][0];
-        let jscript = jc["command"].to_string().replace("\\n", " ");
-        let jvol = jpod["volumes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|v| v["persistentVolumeClaim"]["claimName"] == claim)
-            .expect("the Job mounts the bundles claim");
-        let jmount = jc["volumeMounts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["name"] == jvol["name"])
-            .expect("the Job mounts it");
-        assert_eq!(jmount["mountPath"], bundle_mount.as_str());
-        assert_eq!(
-            flag_value(&jscript, "--out").as_deref(),
-            Some(bundle.to_str().unwrap()),
-            "the Job writes the bundle the nodes load"
-        );
-        assert_eq!(
-            flag_value(&jscript, "--shards"),
-            Some(cluster.shards.to_string()),
-            "the bundle's shard count is the cluster's"
-        );
-        let pvc = k.one("PersistentVolumeClaim");
-        assert_eq!(pvc["metadata"]["name"], claim);
-        assert!(pvc["spec"]["accessModes"]
-            .as_array()
-            .unwrap()
-            .contains(&Value::from("ReadWriteMany")));
-        let init = pod["initContainers"][0]["command"].to_string();
-        assert!(init.contains(bundle.to_str().unwrap()), "{init}");
     }
 
-    // one image everywhere
+    // the Job: trains into the shared claim, then publishes that path to
+    // pod 0's internal address, where pod 0 resolves it in its own mount
+    let cfg0 = load_config(
+        toml_text,
+        &[
+            ("FUNNEL_NODE__ID", "1"),
+            ("FUNNEL_CLUSTER__BOOTSTRAP", "true"),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("pod {sts_name}-0: {e}"));
+    let cluster0 = cfg0.cluster.as_ref().expect("a [cluster] section");
+    let bundle_mount = mount_of("bundles");
+    let claim = str_of(
+        &volume("bundles").expect("bundles volume")["persistentVolumeClaim"]["claimName"],
+        "claimName",
+    );
     let job = k.one("Job");
+    let jpod = &job["spec"]["template"]["spec"];
+    let containers = jpod["containers"].as_array().expect("Job containers");
+    assert_eq!(containers.len(), 1, "one Job container");
+    let jc = &containers[0];
+    let jscript = script_text(&jc["command"]);
+    let jvol = jpod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["persistentVolumeClaim"]["claimName"] == claim)
+        .expect("the Job mounts the bundles claim");
+    let jmount = jc["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == jvol["name"])
+        .expect("the Job mounts it");
+    assert_eq!(
+        jmount["mountPath"],
+        bundle_mount.as_str(),
+        "the Job and the pods mount the bundles at one path"
+    );
+    let out = flag_value(&jscript, "--out").expect("the Job trains with --out");
+    assert!(
+        Path::new(&out).starts_with(&bundle_mount),
+        "the Job writes {out} outside the bundles mount {bundle_mount}"
+    );
+    assert_eq!(
+        flag_value(&jscript, "--shards"),
+        Some(cluster0.shards.to_string()),
+        "the bundle's shard count is the cluster's"
+    );
+    let p = publish_command(&jscript).expect("the Job runs funnel admin publish");
+    assert_eq!(p.bundle, out, "the Job publishes the bundle it trained");
+    assert_eq!(
+        p.addr, cluster0.members[0].internal,
+        "the Job publishes through pod 0's internal address"
+    );
+    assert!(
+        p.flags.contains(&"--if-none-active".to_string()),
+        "a Job run again must not replace the cluster's model: {:?}",
+        p.flags
+    );
+    assert!(
+        !p.flags.contains(&"--force".to_string()),
+        "the first publish waits for every pod"
+    );
+    let pvc = k.one("PersistentVolumeClaim");
+    assert_eq!(pvc["metadata"]["name"], claim);
+    assert!(pvc["spec"]["accessModes"]
+        .as_array()
+        .unwrap()
+        .contains(&Value::from("ReadWriteMany")));
+    assert!(
+        pod["initContainers"].is_null(),
+        "pods wait for nothing at start: {}",
+        pod["initContainers"]
+    );
+    // the admin token: the same optional Secret for the pods and the Job
+    let secret_of = |c: &Value, var: &str| -> Value {
+        let e = c["env"]
+            .as_array()
+            .and_then(|env| env.iter().find(|e| e["name"] == var))
+            .unwrap_or_else(|| panic!("{var} is not set in {}", c["name"]));
+        e["valueFrom"]["secretKeyRef"].clone()
+    };
+    let node_secret = secret_of(c, "FUNNEL_API__ADMIN_TOKEN");
+    assert_eq!(node_secret, secret_of(jc, "FUNNEL_ADMIN_TOKEN"));
+    assert_eq!(
+        node_secret["optional"], true,
+        "without the Secret the cluster runs without a token"
+    );
+
+    // one image everywhere
     let mut images = BTreeSet::new();
-    for cs in [
-        &pod["containers"],
-        &pod["initContainers"],
-        &job["spec"]["template"]["spec"]["containers"],
-    ] {
+    for cs in [&pod["containers"], &jpod["containers"]] {
         for c in cs.as_array().unwrap() {
             images.insert(str_of(&c["image"], "image"));
         }
@@ -381,6 +486,25 @@ fn compose_file_and_load_balancer_line_up() {
     let services = docs[0]["services"].as_object().expect("services");
     let nodes = compose_nodes(services);
     assert_eq!(nodes.len(), 3, "three nodes");
+    // the one-shot job: trains, then publishes to the cluster
+    let job = &services["demo-bundle"];
+    let job_script = script_text(&job["command"]);
+    let publish = publish_command(&job_script).expect("the job runs funnel admin publish");
+    assert_eq!(
+        flag_value(&job_script, "--out"),
+        Some(publish.bundle.clone()),
+        "the job publishes the bundle it trains"
+    );
+    assert!(
+        publish.flags.contains(&"--if-none-active".to_string()),
+        "`up` again must not replace the cluster's model: {:?}",
+        publish.flags
+    );
+    assert!(
+        job["environment"]["FUNNEL_ADMIN_TOKEN"].is_string(),
+        "the job passes the admin token"
+    );
+    let mut publish_to_internal = None;
     let mut bootstraps = 0;
     let mut ports = None;
     for (name, s) in &nodes {
@@ -402,12 +526,14 @@ fn compose_file_and_load_balancer_line_up() {
             })
             .expect("the config file is mounted");
         let toml_text = read(&deploy().join(&host_file));
-        let env: Vec<(&str, &str)> = s["environment"]
+        // as compose starts it with none of the file's variables set
+        let env: Vec<(String, String)> = s["environment"]
             .as_object()
             .expect("environment")
             .iter()
-            .map(|(k, v)| (k.as_str(), str_of(v, k)))
+            .map(|(k, v)| (k.clone(), compose_default(str_of(v, k))))
             .collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let cfg = load_config(&toml_text, &env).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(
             format!("node{}", cfg.node.id),
@@ -423,34 +549,66 @@ fn compose_file_and_load_balancer_line_up() {
             "members are reached by service name"
         );
         ports = Some((port_of(&cfg.api.http), port_of(&cfg.api.grpc)));
-        // the health check asks the node's own /readyz
+        // no model at start: the job publishes the first one
+        assert!(
+            cfg.node.bundle_dir().is_none(),
+            "{name} must start without a bundle (the job publishes it)"
+        );
+        // the health check asks /healthz: the job waits for it, and /readyz
+        // cannot pass before the job has published
         let check = s["healthcheck"]["test"].to_string();
         assert!(
-            check.contains(&format!("127.0.0.1:{}/readyz", port_of(&cfg.api.http))),
+            check.contains(&format!("127.0.0.1:{}/healthz", port_of(&cfg.api.http))),
             "{check}"
         );
-        // the one-shot job writes what the node loads, with the cluster's shard count
         assert_eq!(
-            s["depends_on"]["demo-bundle"]["condition"],
-            "service_completed_successfully"
+            job["depends_on"][name.as_str()]["condition"],
+            "service_healthy",
+            "the job waits for {name}"
         );
-        let job = services["demo-bundle"]["command"]
-            .to_string()
-            .replace("\\n", " ");
+        // the node sees the job's bundle at the path the job publishes
+        let mount = |svc: &Value| -> Option<(String, String)> {
+            svc["volumes"].as_array()?.iter().find_map(|v| {
+                let parts: Vec<&str> = v.as_str()?.split(':').collect();
+                (parts.len() >= 2 && Path::new(&publish.bundle).starts_with(parts[1]))
+                    .then(|| (parts[0].to_string(), parts[1].to_string()))
+            })
+        };
         assert_eq!(
-            flag_value(&job, "--out").as_deref(),
-            cfg.node.bundle_dir().and_then(|p| p.to_str())
+            mount(s),
+            mount(job),
+            "{name} mounts the job's bundle volume at the same path"
         );
         assert_eq!(
-            flag_value(&job, "--shards"),
-            Some(cluster.shards.to_string())
+            flag_value(&job_script, "--shards"),
+            Some(cluster.shards.to_string()),
+            "the bundle's shard count is the cluster's"
+        );
+        if cluster.bootstrap {
+            publish_to_internal = Some(me.internal.clone());
+        }
+        // one admin token for the nodes and the job
+        assert_eq!(
+            s["environment"]["FUNNEL_API__ADMIN_TOKEN"], job["environment"]["FUNNEL_ADMIN_TOKEN"],
+            "{name}"
         );
     }
+    assert_eq!(
+        publish_to_internal.as_deref(),
+        Some(publish.addr.as_str()),
+        "the job publishes through the bootstrap node's internal address"
+    );
     assert_eq!(bootstraps, 1, "exactly one node bootstraps");
     let (http, grpc) = ports.unwrap();
 
-    // HAProxy: every backend lists every node on a port the nodes serve
+    // HAProxy: every backend lists every node on a port the nodes serve,
+    // and a node gets traffic once it serves a model
     let cfg = read(&deploy().join("haproxy/haproxy.cfg"));
+    assert!(
+        cfg.lines()
+            .any(|l| l.trim() == "option httpchk GET /readyz"),
+        "the load balancer must check /readyz"
+    );
     let mut backends: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut current = None;
     let mut binds = BTreeSet::new();
@@ -539,6 +697,18 @@ fn probe_paths_are_answered_by_a_real_node() {
     assert_eq!(s, 200, "{live}: {v}");
     let (s, v) = http.get(&node.url(ready));
     assert_eq!(s, 503, "{ready} without a model must say not ready: {v}");
+    // and a request before any publish says what is missing
+    let (s, v) = http.call(
+        &node.url("/v1/recommend"),
+        Some(serde_json::json!({"user_id": "u000001", "k": 10}).to_string()),
+        None,
+    );
+    assert_eq!(s, 503, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("funnel admin") && msg.contains("publish"),
+        "{v}"
+    );
     let (s, _) = http.get(&node.url("/metrics"));
     assert_eq!(s, 200, "the scrape path of the pod annotations");
 }

@@ -56,6 +56,7 @@ impl Admin for AdminService {
             model_version: staged.version,
             previous_version: staged.previous.unwrap_or_default(),
             source_node: staged.source_node,
+            already_active: staged.already_active,
         }))
     }
 }

@@ -216,21 +216,48 @@ impl Node {
         &self.inner.config
     }
 
+    /// The version being served, if any.
+    fn serving(&self) -> Option<Arc<Serving>> {
+        self.inner.serving.read().ok().and_then(|s| s.clone())
+    }
+
     fn current(&self) -> Result<Arc<Serving>, ServiceError> {
-        self.inner
-            .serving
-            .read()
-            .ok()
-            .and_then(|s| s.clone())
-            .ok_or_else(|| {
-                ServiceError::Unavailable(
-                    "no model is loaded yet; publish a bundle (funnel admin publish DIR)".into(),
-                )
-            })
+        self.serving().ok_or_else(|| self.not_serving())
+    }
+
+    /// Why this node serves nothing, for the client and the operator: a
+    /// cluster that never had a model needs a publish, one that is rolling
+    /// its first model out or whose model this node is still loading only
+    /// needs a moment (and other nodes may answer meanwhile).
+    fn not_serving(&self) -> ServiceError {
+        let Some(link) = self.inner.cluster.get() else {
+            return ServiceError::Unavailable(
+                "no model is loaded yet; publish one: funnel admin --addr HTTP_ADDR publish BUNDLE_DIR"
+                    .into(),
+            );
+        };
+        let (active, staged) = {
+            let st = link.raft.state();
+            let st = st.read();
+            (
+                st.models.active.as_ref().map(|m| m.version.clone()),
+                st.models.staged.as_ref().map(|m| m.version.clone()),
+            )
+        };
+        let msg = match (active, staged) {
+            (Some(v), _) => format!(
+                "this node has not loaded the cluster's model {v} yet; ready nodes answer meanwhile (see /readyz; the node's log says why if loading fails)"
+            ),
+            (None, Some(v)) => format!(
+                "no model is active yet; {v} is being rolled out (funnel admin --addr INTERNAL_ADDR status shows which nodes have loaded it)"
+            ),
+            (None, None) => "no model is active yet; publish one with funnel admin --addr INTERNAL_ADDR publish BUNDLE_DIR".to_string(),
+        };
+        ServiceError::Unavailable(msg)
     }
 
     pub fn model_version(&self) -> Option<String> {
-        self.current().ok().map(|s| s.model.version.clone())
+        self.serving().map(|s| s.model.version.clone())
     }
 
     fn request_id(&self) -> String {
@@ -609,15 +636,15 @@ impl Node {
     }
 
     pub fn health(&self) -> HealthView {
-        match self.current() {
-            Ok(s) => HealthView {
+        match self.serving() {
+            Some(s) => HealthView {
                 status: "serving".into(),
                 node_id: self.inner.config.node.id,
                 model_version: s.model.version.clone(),
                 shards_local: self.shard_actors().len() as u32,
                 shards_total: s.model.shard_count,
             },
-            Err(_) => HealthView {
+            None => HealthView {
                 status: "loading".into(),
                 node_id: self.inner.config.node.id,
                 model_version: String::new(),

@@ -84,6 +84,9 @@ pub struct Staged {
     pub version: String,
     pub previous: Option<String>,
     pub source_node: u64,
+    /// The version was already the cluster's active one (published from
+    /// the same path): nothing was staged.
+    pub already_active: bool,
 }
 
 /// What the leader does about a staged version (pure; see `step`).
@@ -174,9 +177,9 @@ impl Node {
         model: &Arc<ServingModel>,
         actors: &BTreeMap<u32, Addr<ShardActor>>,
     ) -> Arc<Catalog> {
-        let catalog = Arc::new(match self.current() {
-            Ok(old) => old.catalog.carry_over(model.clone()),
-            Err(_) => Catalog::new(model.clone()),
+        let catalog = Arc::new(match self.serving() {
+            Some(old) => old.catalog.carry_over(model.clone()),
+            None => Catalog::new(model.clone()),
         });
         put_overlay(&catalog, model, actors).await;
         catalog
@@ -426,9 +429,22 @@ impl Node {
                 "the cluster has no shard map yet (it is still forming); retry in a moment".into(),
             )
         })?;
+        let abs = std::fs::canonicalize(&dir).unwrap_or(dir);
+        if let Some(a) = active.as_ref() {
+            if already_active(&manifest, a, &abs)? {
+                // a retried publish (a deploy job run again, a client that
+                // timed out after the rollout went through) changes nothing
+                tracing::info!(version = %a.version, "publish of the active version: nothing to do");
+                return Ok(Staged {
+                    version: a.version.clone(),
+                    previous: Some(a.version.clone()),
+                    source_node: a.source_node,
+                    already_active: true,
+                });
+            }
+        }
         check_publish(&manifest, shards, overlay_dim, staged.as_ref(), force)?;
         let version = manifest.model_version.clone();
-        let abs = std::fs::canonicalize(&dir).unwrap_or(dir);
         let previous = self.model_version().or_else(|| active.map(|a| a.version));
         let model = ModelRef {
             version: version.clone(),
@@ -454,6 +470,7 @@ impl Node {
             version,
             previous,
             source_node: link.id(),
+            already_active: false,
         })
     }
 
@@ -523,6 +540,30 @@ impl Node {
         };
         actix::spawn(tracing::Instrument::instrument(task, span));
     }
+}
+
+/// Whether publishing `manifest` from `dir` (canonical) asks for the
+/// cluster's `active` version again: true for the same version from the
+/// same path; an error for the same version from another path, because a
+/// version names one model cluster-wide and a second bundle under that
+/// name would be a different model nobody could tell apart.
+fn already_active(
+    manifest: &crate::bundle::Manifest,
+    active: &ModelRef,
+    dir: &std::path::Path,
+) -> Result<bool, ServiceError> {
+    if manifest.model_version != active.version {
+        return Ok(false);
+    }
+    if std::path::Path::new(&active.bundle_path) == dir {
+        return Ok(true);
+    }
+    Err(ServiceError::FailedPrecondition(format!(
+        "version {} is already active, published from {} (on node {}); a different bundle needs a new --model-version",
+        active.version,
+        active.bundle_path,
+        active.source_node
+    )))
 }
 
 /// Refuses a publish that cannot work, before anything changes.
@@ -742,5 +783,27 @@ mod tests {
         // re-publishing the staged version, or forcing, is allowed
         assert!(check_publish(&manifest("v2", 4, 16), 4, None, Some(&staged), false).is_ok());
         assert!(check_publish(&manifest("v3", 4, 16), 4, None, Some(&staged), true).is_ok());
+    }
+
+    #[test]
+    fn publishing_the_active_version_again_is_a_no_op_only_from_the_same_path() {
+        let active = ModelRef {
+            version: "v2".into(),
+            bundle_path: "/bundles/v2".into(),
+            source_node: 1,
+        };
+        let same = std::path::Path::new("/bundles/v2");
+        assert!(already_active(&manifest("v2", 4, 16), &active, same).unwrap());
+        // another version is a normal publish
+        assert!(!already_active(&manifest("v3", 4, 16), &active, same).unwrap());
+        // the same name for a bundle somewhere else is refused
+        let e = already_active(
+            &manifest("v2", 4, 16),
+            &active,
+            std::path::Path::new("/elsewhere/v2"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("new --model-version"), "{e}");
+        assert!(e.to_string().contains("/bundles/v2"), "{e}");
     }
 }
