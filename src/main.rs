@@ -330,9 +330,11 @@ fn main() -> Result<()> {
                 s.new_items,
                 s.dir.display()
             );
+            // the directory, not interactions.csv: `--data DIR` also reads
+            // items.csv (categories, so cold items get vectors) and users.csv
             println!(
                 "train on it with: funnel train --data {} --out BUNDLE_DIR",
-                s.dir.join("interactions.csv").display()
+                s.dir.display()
             );
         }
         Command::Train {
