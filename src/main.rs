@@ -240,6 +240,32 @@ enum BundleCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Copy a bundle with its ANN indexes rebuilt: another shard count (a
+    /// cluster's is fixed), other HNSW parameters or f16 storage; everything
+    /// else is copied unchanged, so the copy ranks like the source.
+    Reindex {
+        src: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Shard count of the copy (default: the source's).
+        #[arg(long)]
+        shards: Option<u32>,
+        #[arg(long, value_name = "M")]
+        connectivity: Option<u32>,
+        #[arg(long, value_name = "N")]
+        expansion_add: Option<u32>,
+        #[arg(long, value_name = "N")]
+        expansion_search: Option<u32>,
+        #[arg(long, value_name = "KIND",
+              value_parser = clap::builder::PossibleValuesParser::new(funnel::bundle::manifest::QUANTIZATIONS))]
+        quantization: Option<String>,
+        /// Model version of the copy (default: the source's + "-reindexed").
+        #[arg(long)]
+        model_version: Option<String>,
+        /// Replace an existing bundle at --out.
+        #[arg(long)]
+        force: bool,
+    },
     /// Measure the sharded ANN search's recall@k against an exact scan,
     /// querying the way the coordinator does.
     AnnRecall {
@@ -430,6 +456,45 @@ fn main() -> Result<()> {
             command: BundleCommand::Inspect { dir, json },
         } => {
             print!("{}", funnel::bundle::inspect::inspect(&dir, json)?);
+        }
+        Command::Bundle {
+            command:
+                BundleCommand::Reindex {
+                    src,
+                    out,
+                    shards,
+                    connectivity,
+                    expansion_add,
+                    expansion_search,
+                    quantization,
+                    model_version,
+                    force,
+                },
+        } => {
+            let t = std::time::Instant::now();
+            let opts = funnel::bundle::ReindexOptions {
+                shards,
+                connectivity,
+                expansion_add,
+                expansion_search,
+                quantization,
+                model_version,
+                force,
+            };
+            let m = funnel::bundle::reindex(&src, &out, &opts)?;
+            println!(
+                "wrote {} to {} ({} items in {} shards, {} {} connectivity {}, expansion add {} / search {}) in {:.1}s",
+                m.model_version,
+                out.display(),
+                m.n_items,
+                m.shard_count,
+                m.index.metric,
+                m.index.quantization,
+                m.index.connectivity,
+                m.index.expansion_add,
+                m.index.expansion_search,
+                t.elapsed().as_secs_f64()
+            );
         }
         Command::Bundle {
             command:

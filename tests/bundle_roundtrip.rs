@@ -428,3 +428,83 @@ fn a_half_precision_index_round_trips_and_must_match_its_manifest() {
         .to_string();
     assert!(err.contains("quantization") && err.contains("f16"), "{err}");
 }
+
+#[test]
+fn reindex_copies_everything_but_the_shards_and_spreads_items_over_the_new_count() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("model");
+    let s = write_sample(&src, 2, "v1");
+    let out = tmp.path().join("copy");
+    let opts = funnel::bundle::ReindexOptions {
+        shards: Some(5),
+        quantization: Some("f16".into()),
+        connectivity: Some(8),
+        ..Default::default()
+    };
+    let m = funnel::bundle::reindex(&src, &out, &opts).unwrap();
+    assert_eq!(m.model_version, "v1-reindexed");
+    assert_eq!((m.shard_count, m.n_items, m.n_users), (5, 60, 20));
+    assert_eq!(
+        (m.index.quantization.as_str(), m.index.connectivity),
+        ("f16", 8)
+    );
+    assert_eq!(m.components, s.manifest.components);
+    assert_eq!(m.created_at_unix, s.manifest.created_at_unix);
+    let b = Bundle::open(&out, &OpenCheck::default()).unwrap();
+    assert_eq!(b.items().unwrap(), s.items);
+    assert_eq!(
+        b.users().unwrap(),
+        (s.users.clone(), s.user_vectors.clone())
+    );
+    for name in ["itemcf", "ranker"] {
+        let from = Bundle::open(&src, &OpenCheck::default())
+            .unwrap()
+            .section_bytes(name)
+            .unwrap();
+        assert_eq!(
+            b.section_bytes(name).unwrap(),
+            from,
+            "section {name} byte for byte"
+        );
+    }
+    let row_of: HashMap<u64, usize> = s
+        .items
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(i, &k)| (k, i))
+        .collect();
+    let mut seen = 0;
+    for shard in 0..5 {
+        let loaded = b.load_shard(shard).unwrap();
+        for (i, &k) in loaded.keys.iter().enumerate() {
+            assert_eq!(shard_of(k, 5), shard);
+            assert_eq!(loaded.vectors.row(i), s.item_vectors.row(row_of[&k]));
+        }
+        seen += loaded.keys.len();
+    }
+    assert_eq!(seen, 60, "every item in exactly one new shard");
+
+    // bad options are refused and write nothing
+    let bad = tmp.path().join("bad");
+    let err = funnel::bundle::reindex(
+        &src,
+        &bad,
+        &funnel::bundle::ReindexOptions {
+            connectivity: Some(1),
+            ..Default::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("connectivity"), "{err}");
+    assert!(!bad.exists());
+    // an existing output needs force
+    let again = funnel::bundle::reindex(&src, &out, &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        again.contains("exists") || again.contains("force"),
+        "{again}"
+    );
+}

@@ -3,8 +3,9 @@
 //! rebuilding ANN indexes.
 //!
 //! Owns: the bundle layout and format version, writing (`BundleWriter`),
-//! verified reading (`Bundle`), `inspect`, and `import` of externally
-//! trained vectors (with our own `.npy` reader). Must not touch: training,
+//! verified reading (`Bundle`), `inspect`, `import` of externally
+//! trained vectors (with our own `.npy` reader) and `reindex` (new indexes
+//! or shard count for an existing bundle). Must not touch: training,
 //! feature computation or serving; other modules store their artefacts as
 //! named sections and decode them themselves.
 //!
@@ -40,6 +41,7 @@ pub mod items;
 pub mod manifest;
 pub mod npy;
 pub mod reader;
+pub mod reindex;
 pub mod shard_index;
 pub mod writer;
 
@@ -51,4 +53,5 @@ pub use manifest::{
     FeatureSchemaRef, FileEntry, IndexParams, Manifest, ManifestFields, FORMAT_VERSION,
 };
 pub use reader::{default_search_threads, Bundle, LoadedShard, OpenCheck, ShardHit};
+pub use reindex::{reindex, ReindexOptions};
 pub use writer::{BundleWriter, WriteOptions};

@@ -365,6 +365,17 @@ impl Bundle {
             .collect()
     }
 
+    /// The verified bytes of section `name`, undecoded (to copy it into
+    /// another bundle); `None` when the bundle has no such section.
+    pub fn section_bytes(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        validate_section_name(name)?;
+        let rel = section_file(name);
+        if self.manifest.file(&rel).is_none() {
+            return Ok(None);
+        }
+        self.read(&rel).map(Some)
+    }
+
     /// Decodes section `name`; `None` when the bundle has no such section.
     pub fn section<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
         validate_section_name(name)?;

@@ -284,13 +284,20 @@ impl BundleWriter {
     /// back with `Bundle::section`.
     pub fn put_section<T: Serialize + ?Sized>(&mut self, name: &str, value: &T) -> Result<()> {
         validate_section_name(name)?;
+        let bytes = to_postcard(value)?;
+        self.put_section_bytes(name, &bytes)
+    }
+
+    /// Writes section `name` from bytes another bundle holds (already
+    /// postcard, verified by `Bundle::section_bytes`).
+    pub fn put_section_bytes(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        validate_section_name(name)?;
         if !self.sections.insert(name.to_owned()) {
             return Err(BundleError::InvalidInput(format!(
                 "section {name:?} was put twice; each section name is used once per bundle"
             )));
         }
-        let bytes = to_postcard(value)?;
-        self.write(&section_file(name), &bytes)
+        self.write(&section_file(name), bytes)
     }
 
     /// Writes `manifest.json` last, fsyncs everything and renames the
