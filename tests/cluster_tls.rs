@@ -168,7 +168,7 @@ fn raw_status(
                 linearizable: false,
             })
             .await
-            .map(|r| r.into_inner().id)
+            .map(|r| r.into_inner().node_id)
             .map_err(|s| format!("{s:?}"))
     })
 }

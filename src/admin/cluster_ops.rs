@@ -191,6 +191,7 @@ async fn run_async(
                 propose(
                     addr,
                     token,
+                    tls,
                     &Command::SetSetting {
                         key: SETTING_MAX_CONCURRENT.to_string(),
                         value: n.to_string(),
