@@ -360,7 +360,8 @@ async fn control_client(
     addr: &str,
     tls: Option<&NodeTls>,
 ) -> Result<crate::cluster::proto::control_client::ControlClient<tonic::transport::Channel>> {
-    let ep = internal_endpoint(addr, tls, Duration::from_millis(700))?.timeout(Duration::from_secs(3));
+    let ep =
+        internal_endpoint(addr, tls, Duration::from_millis(700))?.timeout(Duration::from_secs(3));
     let ch = ep
         .connect()
         .await

@@ -149,10 +149,7 @@ fn converged_items(c: &BTreeMap<u32, Vec<(u64, u64, String)>>) -> Option<u64> {
 }
 
 /// Control.Status on node 1's internal port with a raw tonic client.
-fn raw_status(
-    rt: &tokio::runtime::Runtime,
-    tls: Option<ClientTlsConfig>,
-) -> Result<u64, String> {
+fn raw_status(rt: &tokio::runtime::Runtime, tls: Option<ClientTlsConfig>) -> Result<u64, String> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     rt.block_on(async {
         let mut ep = Endpoint::from_shared(format!("{scheme}://{}", internal(1)))
@@ -283,6 +280,7 @@ fn a_cluster_runs_over_mutual_tls_and_refuses_what_its_ca_did_not_sign() {
         err.contains("mutual TLS") && err.contains("--tls-ca"),
         "the error should say to pass the TLS flags: {err}"
     );
+    println!("plaintext admin status: {}", err.trim());
     // a cluster change too, before it changes anything
     let (ok, _, err) = admin(&internal(1), &["set-setting", "x.test", "1"], &[]);
     assert!(!ok && err.contains("--tls-ca"), "{err}");
@@ -294,13 +292,13 @@ fn a_cluster_runs_over_mutual_tls_and_refuses_what_its_ca_did_not_sign() {
     );
     let no_cert = raw_status(&rt, Some(client_tls(&ca.ca_pem, None)));
     assert!(no_cert.is_err(), "a client without a certificate got in");
-    let foreign_client = foreign_ca.issue(
-        "intruder",
-        &[],
-        vec![ExtendedKeyUsagePurpose::ClientAuth],
-    );
+    let foreign_client =
+        foreign_ca.issue("intruder", &[], vec![ExtendedKeyUsagePurpose::ClientAuth]);
     let foreign = raw_status(&rt, Some(client_tls(&ca.ca_pem, Some(&foreign_client))));
-    assert!(foreign.is_err(), "a client with a foreign certificate got in");
+    assert!(
+        foreign.is_err(),
+        "a client with a foreign certificate got in"
+    );
     let plain = raw_status(&rt, None);
     assert!(plain.is_err(), "a plaintext client got in");
     println!("refused: no cert: {no_cert:?}\nforeign cert: {foreign:?}\nplaintext: {plain:?}");
@@ -315,6 +313,10 @@ fn a_cluster_runs_over_mutual_tls_and_refuses_what_its_ca_did_not_sign() {
     procs.push(NodeProc::start_config(&config4, &data4));
     // a few join attempts (every 2 s)
     std::thread::sleep(Duration::from_secs(7));
+    assert!(
+        procs[3].child.try_wait().unwrap().is_none(),
+        "node 4 should keep running (and keep asking)"
+    );
     let v = view(&rt, &internal(1), &operator_tls).expect("the cluster answers");
     assert_eq!(
         v.nodes.keys().copied().collect::<Vec<_>>(),
@@ -349,4 +351,5 @@ fn a_cluster_runs_over_mutual_tls_and_refuses_what_its_ca_did_not_sign() {
             && err.contains("not accepted as a client certificate"),
         "{err}"
     );
+    println!("node 5: {}", err.trim());
 }

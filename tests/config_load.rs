@@ -311,7 +311,11 @@ fn tls_files_that_do_not_parse_or_fit_are_reported_under_their_key() {
         let mut cfg = cluster_config();
         cluster(&mut cfg).tls = files.clone();
         let p = problems(&cfg);
-        assert_eq!(p.len(), 1, "expected one problem for {key} ({says}), got {p:?}");
+        assert_eq!(
+            p.len(),
+            1,
+            "expected one problem for {key} ({says}), got {p:?}"
+        );
         let path = if key.ends_with("key") {
             &files.key
         } else if key.ends_with("ca") {

@@ -275,12 +275,7 @@ async fn run_async(
     Ok(report)
 }
 
-async fn propose(
-    addr: &str,
-    token: &str,
-    tls: Option<&NodeTls>,
-    command: &Command,
-) -> Result<u64> {
+async fn propose(addr: &str, token: &str, tls: Option<&NodeTls>, command: &Command) -> Result<u64> {
     match propose_via(addr, command, 0, token, tls, Duration::from_secs(15)).await {
         Ok((_, index)) => Ok(index),
         Err(ClusterError::Rejected(reason)) => bail!("the cluster refused: {reason}"),

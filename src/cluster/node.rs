@@ -623,11 +623,12 @@ impl RaftNode {
                 .max_encoding_message_size(max);
         let (stop_server, mut stop_rx) = watch::channel(false);
         let routes = extra(tonic::service::Routes::new(raft_service).add_service(control_service));
-        let server = server
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        let server = server.add_routes(routes).serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            async move {
                 let _ = stop_rx.wait_for(|stop| *stop).await;
-            });
+            },
+        );
         let node_id = settings.node_id;
         let server = tokio::spawn(async move {
             if let Err(e) = server.await {

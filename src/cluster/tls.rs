@@ -147,7 +147,12 @@ impl NodeTls {
         let key_pem = read(names.key, &files.key)?;
         let ca_pem = read(names.ca, &files.ca)?;
 
-        let chain = certificates(names.cert, &files.cert, &cert_pem, "this node's certificate")?;
+        let chain = certificates(
+            names.cert,
+            &files.cert,
+            &cert_pem,
+            "this node's certificate",
+        )?;
         let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::Content {
             setting: names.key,
             path: files.key.clone(),
@@ -190,14 +195,15 @@ impl NodeTls {
         })?;
         let now = UnixTime::now();
         // as the other nodes' servers will check it when this node dials
-        let as_client = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
-            .build()
-            .map_err(|e| TlsError::Content {
-                setting: names.ca,
-                path: files.ca.clone(),
-                problem: format!("cannot verify clients with these CAs: {e}"),
-                fix: "give the PEM certificate(s) of the CA that signed every node",
-            })?;
+        let as_client =
+            WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+                .build()
+                .map_err(|e| TlsError::Content {
+                    setting: names.ca,
+                    path: files.ca.clone(),
+                    problem: format!("cannot verify clients with these CAs: {e}"),
+                    fix: "give the PEM certificate(s) of the CA that signed every node",
+                })?;
         as_client
             .verify_client_cert(end_entity, intermediates, now)
             .map_err(|e| {

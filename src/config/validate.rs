@@ -423,8 +423,11 @@ fn check_tls(node_id: u64, c: &ClusterConfig, out: &mut Vec<String>) {
         }
     }
     if all_there {
-        if let Err(e) = NodeTls::load(&c.tls, tls::CONFIG_KEYS, dialled_host(node_id, c).as_deref())
-        {
+        if let Err(e) = NodeTls::load(
+            &c.tls,
+            tls::CONFIG_KEYS,
+            dialled_host(node_id, c).as_deref(),
+        ) {
             out.push(e.to_string());
         }
     }
