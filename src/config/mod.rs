@@ -5,8 +5,9 @@
 //! Owns: `NodeConfig` and its sections (`node`), the override layers
 //! (`env`, `CliOverrides`), validation (`validate`) and `ConfigError`.
 //! Must not touch: sockets, files other than the config file and the TLS
-//! files (read to check them, through `cluster::tls`), or any serving state. Addresses stay strings of the
-//! form HOST:PORT; they are resolved when the node binds or dials.
+//! files (read to check them, through `cluster::tls`), or any serving
+//! state. Addresses stay strings of the form HOST:PORT; they are resolved
+//! when the node binds or dials.
 //!
 //! # Precedence
 //!
