@@ -4,11 +4,17 @@
 //! `Control.View` for status, `Admin.Publish` for a cluster-wide rollout,
 //! and `cluster_ops` to change the cluster (add/remove nodes, transfers);
 //! `faults` sets a node's transport fault rules (tests only).
+//!
+//! The internal port of a cluster running mTLS (`[cluster.tls]`) takes
+//! only clients with a certificate signed by the cluster's CA: the
+//! `--tls-*` flags give one (`NodeTls`, passed as `tls` here), and a
+//! plaintext call that reaches such a port fails with a message saying so.
 
 pub mod cluster_ops;
 pub mod faults;
 
 use crate::bench::client::{build_client, send_json};
+use crate::cluster::tls::{error_chain, internal_endpoint, speaks_tls, NodeTls};
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use std::path::PathBuf;
@@ -116,6 +122,7 @@ pub fn served_version(addr: &str, token: &str) -> Result<Option<String>> {
 pub fn cluster_publish(
     addr: &str,
     token: &str,
+    tls: Option<&NodeTls>,
     bundle: &std::path::Path,
     opts: &PublishOptions,
 ) -> Result<Option<String>> {
@@ -127,8 +134,14 @@ pub fn cluster_publish(
     rt.block_on(async {
         let until = std::time::Instant::now() + opts.wait;
         // only a cluster node answers the view; anything else is HTTP
-        let Ok(view) = cluster_view(addr).await else {
-            return Ok(None);
+        let view = match cluster_view(addr, tls).await {
+            Ok(view) => view,
+            Err(e) => {
+                return match tls_mismatch(addr, tls, &format!("{e:#}")).await {
+                    Some(explained) => Err(explained),
+                    None => Ok(None),
+                }
+            }
         };
         if let (true, Some(a)) = (opts.if_none_active, &view.models.active) {
             return Ok(Some(format!(
@@ -140,12 +153,11 @@ pub fn cluster_publish(
             )));
         }
         // checking a large bundle on the node takes a while
-        let ch = tonic::transport::Endpoint::from_shared(base_url(addr))?
-            .connect_timeout(Duration::from_millis(700))
+        let ch = internal_endpoint(addr, tls, Duration::from_millis(700))?
             .timeout(Duration::from_secs(600))
             .connect()
             .await
-            .with_context(|| format!("connecting to {addr}"))?;
+            .map_err(|e| anyhow!("connecting to {addr}: {}", error_chain(&e)))?;
         // the node resolves the path on its own filesystem
         let abs = std::fs::canonicalize(bundle).unwrap_or_else(|_| bundle.to_path_buf());
         let mut last = String::new();
@@ -198,7 +210,7 @@ pub fn cluster_publish(
         }
         let mut last = String::new();
         loop {
-            if let Ok(view) = cluster_view(addr).await {
+            if let Ok(view) = cluster_view(addr, tls).await {
                 if view
                     .models
                     .active
@@ -228,17 +240,53 @@ pub fn cluster_publish(
 }
 
 /// The replicated view as `addr` sees it.
-async fn cluster_view(addr: &str) -> Result<crate::cluster::ClusterView> {
+async fn cluster_view(addr: &str, tls: Option<&NodeTls>) -> Result<crate::cluster::ClusterView> {
     use crate::cluster::proto::StatusRequest;
-    let mut c = control_client(addr).await?;
+    let mut c = control_client(addr, tls).await?;
     let r = c
         .view(StatusRequest {
             linearizable: false,
         })
         .await
-        .map_err(|s| anyhow!("{addr}: {}", s.message()))?
+        .map_err(|s| anyhow!("{addr}: {}", status_text(&s)))?
         .into_inner();
     decode_view(addr, &r)
+}
+
+/// A status's message with the transport error under it (a refused TLS
+/// handshake says why only there).
+pub fn status_text(s: &tonic::Status) -> String {
+    match std::error::Error::source(s) {
+        Some(cause) => format!("{}: {}", s.message(), error_chain(cause)),
+        None => s.message().to_string(),
+    }
+}
+
+/// What to tell an operator whose plaintext call reached a TLS-only port.
+pub fn needs_tls_message(addr: &str) -> String {
+    format!(
+        "{addr} serves its internal port over mutual TLS ([cluster.tls]) and refuses plaintext \
+         calls; pass --tls-ca, --tls-cert and --tls-key (or FUNNEL_ADMIN_TLS_CA, \
+         FUNNEL_ADMIN_TLS_CERT, FUNNEL_ADMIN_TLS_KEY) with a certificate signed by the \
+         cluster's CA"
+    )
+}
+
+/// After a call to `addr` failed with `failure`: the error to report when
+/// TLS explains it — with `tls` given, the TLS call itself failed (no
+/// falling back to plaintext HTTP); without, the port turns out to want
+/// TLS. `None`: TLS has nothing to do with it.
+async fn tls_mismatch(addr: &str, tls: Option<&NodeTls>, failure: &str) -> Option<anyhow::Error> {
+    if tls.is_some() {
+        return Some(anyhow!(
+            "{addr} over TLS: {failure}; check that --tls-ca is the CA that signed the \
+             cluster's certificates, that --tls-cert is signed by it, and that the address \
+             is a node's internal address (cluster.internal) whose host is in its certificate"
+        ));
+    }
+    speaks_tls(addr, Duration::from_secs(1))
+        .await
+        .then(|| anyhow!(needs_tls_message(addr)))
 }
 
 fn decode_view(
@@ -310,25 +358,44 @@ pub struct MemberReport {
 
 async fn control_client(
     addr: &str,
+    tls: Option<&NodeTls>,
 ) -> Result<crate::cluster::proto::control_client::ControlClient<tonic::transport::Channel>> {
-    let ep = tonic::transport::Endpoint::from_shared(base_url(addr))?
-        .connect_timeout(Duration::from_millis(700))
-        .timeout(Duration::from_secs(3));
-    let ch = ep.connect().await?;
+    let ep =
+        internal_endpoint(addr, tls, Duration::from_millis(700))?.timeout(Duration::from_secs(3));
+    let ch = ep
+        .connect()
+        .await
+        .map_err(|e| anyhow!("connecting to {addr}: {}", error_chain(&e)))?;
     Ok(crate::cluster::proto::control_client::ControlClient::new(
         ch,
     ))
 }
 
 /// The status and cluster view of the node at `addr` (its internal
-/// address). `None` when `addr` does not speak the cluster protocol (e.g. a
-/// single node's HTTP address).
+/// address), over plaintext. `None` when `addr` does not speak the cluster
+/// protocol (e.g. a single node's HTTP address).
 pub async fn fetch_view(
     addr: &str,
 ) -> Result<Option<(crate::cluster::ClusterStatus, crate::cluster::ClusterView)>> {
+    fetch_view_over(addr, None).await
+}
+
+/// `fetch_view` over mTLS with `tls`. A call that TLS explains (the port
+/// wants TLS, or the TLS call was refused) is an error saying so, never
+/// `None`.
+pub async fn fetch_view_over(
+    addr: &str,
+    tls: Option<&NodeTls>,
+) -> Result<Option<(crate::cluster::ClusterStatus, crate::cluster::ClusterView)>> {
     use crate::cluster::proto::StatusRequest;
-    let Ok(mut c) = control_client(addr).await else {
-        return Ok(None);
+    let mut c = match control_client(addr, tls).await {
+        Ok(c) => c,
+        Err(e) => {
+            return match tls_mismatch(addr, tls, &format!("{e:#}")).await {
+                Some(explained) => Err(explained),
+                None => Ok(None),
+            }
+        }
     };
     let r = match c
         .view(StatusRequest {
@@ -337,12 +404,17 @@ pub async fn fetch_view(
         .await
     {
         Ok(r) => r.into_inner(),
-        Err(s) if s.code() == tonic::Code::Unimplemented => return Ok(None),
-        Err(s) if s.code() == tonic::Code::Unknown || s.code() == tonic::Code::Internal => {
-            // an HTTP/1 server answering a gRPC call
-            return Ok(None);
+        Err(s) => {
+            if let Some(explained) = tls_mismatch(addr, tls, &status_text(&s)).await {
+                return Err(explained);
+            }
+            match s.code() {
+                tonic::Code::Unimplemented => return Ok(None),
+                // an HTTP/1 server answering a gRPC call
+                tonic::Code::Unknown | tonic::Code::Internal => return Ok(None),
+                _ => bail!("{addr}: {}", status_text(&s)),
+            }
         }
-        Err(s) => bail!("{addr}: {}", s.message()),
     };
     let view = decode_view(addr, &r)?;
     let status: crate::cluster::ClusterStatus = r
@@ -354,26 +426,28 @@ pub async fn fetch_view(
 }
 
 /// Asks `addr` (a node's internal cluster address) for the cluster view,
-/// then every member for its own status. `None` when `addr` does not
-/// speak the cluster protocol (e.g. a single node's HTTP address).
-pub fn cluster_report(addr: &str) -> Result<Option<ClusterReport>> {
+/// then every member for its own status (over mTLS with `tls`). `None`
+/// when `addr` does not speak the cluster protocol (e.g. a single node's
+/// HTTP address).
+pub fn cluster_report(addr: &str, tls: Option<&NodeTls>) -> Result<Option<ClusterReport>> {
     use crate::cluster::proto::StatusRequest;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let Some((status, view)) = fetch_view(addr).await? else {
+        let Some((status, view)) = fetch_view_over(addr, tls).await? else {
             return Ok(None);
         };
         let mut members = Vec::new();
         for (id, info) in &view.nodes {
             let one = async {
-                let mut c = control_client(&info.internal).await?;
+                let mut c = control_client(&info.internal, tls).await?;
                 let s = c
                     .status(StatusRequest {
                         linearizable: false,
                     })
-                    .await?;
+                    .await
+                    .map_err(|s| anyhow!("{}", status_text(&s)))?;
                 anyhow::Ok(s.into_inner())
             };
             members.push(match one.await {
@@ -391,7 +465,7 @@ pub fn cluster_report(addr: &str) -> Result<Option<ClusterReport>> {
                     term: None,
                     apply_lag: None,
                     last_applied_index: None,
-                    error: Some(format!("unreachable: {e}")),
+                    error: Some(format!("unreachable: {e:#}")),
                 },
             });
         }

@@ -115,6 +115,16 @@ enum Command {
         /// Admin token (api.admin_token of the node).
         #[arg(long, env = "FUNNEL_ADMIN_TOKEN", default_value = "")]
         token: String,
+        /// CA bundle (PEM) that signed the cluster's certificates, for a
+        /// cluster running mTLS ([cluster.tls]); with --tls-cert and --tls-key.
+        #[arg(long, env = "FUNNEL_ADMIN_TLS_CA", value_name = "PEM")]
+        tls_ca: Option<PathBuf>,
+        /// Client certificate (PEM) signed by that CA.
+        #[arg(long, env = "FUNNEL_ADMIN_TLS_CERT", value_name = "PEM")]
+        tls_cert: Option<PathBuf>,
+        /// Private key (PEM) of --tls-cert.
+        #[arg(long, env = "FUNNEL_ADMIN_TLS_KEY", value_name = "PEM")]
+        tls_key: Option<PathBuf>,
         #[command(subcommand)]
         command: AdminCommand,
     },
@@ -582,9 +592,14 @@ fn main() -> Result<()> {
         Command::Admin {
             addr,
             token,
+            tls_ca,
+            tls_cert,
+            tls_key,
             command,
         } => {
             use funnel::admin::cluster_ops::ClusterOp;
+            let tls = funnel::cluster::NodeTls::from_flags(tls_cert, tls_key, tls_ca)?;
+            let tls = tls.as_ref();
             let (op, json) = match command {
                 AdminCommand::Publish {
                     bundle,
@@ -599,7 +614,7 @@ fn main() -> Result<()> {
                         if_none_active,
                     };
                     if let Some(out) =
-                        funnel::admin::cluster_publish(&addr, &token, &bundle, &opts)?
+                        funnel::admin::cluster_publish(&addr, &token, tls, &bundle, &opts)?
                     {
                         print!("{out}");
                         return Ok(());
@@ -619,7 +634,7 @@ fn main() -> Result<()> {
                 }
                 AdminCommand::Status { json } => {
                     // a node's internal (cluster) address answers with the whole cluster
-                    if let Some(report) = funnel::admin::cluster_report(&addr)? {
+                    if let Some(report) = funnel::admin::cluster_report(&addr, tls)? {
                         if json {
                             println!("{}", serde_json::to_string_pretty(&report)?);
                         } else {
@@ -685,11 +700,11 @@ fn main() -> Result<()> {
                         }
                         FaultsCommand::Clear => Default::default(),
                     };
-                    print!("{}", funnel::admin::faults::run(&addr, &token, rules)?);
+                    print!("{}", funnel::admin::faults::run(&addr, &token, tls, rules)?);
                     return Ok(());
                 }
             };
-            let report = funnel::admin::cluster_ops::run(&addr, &token, op)?;
+            let report = funnel::admin::cluster_ops::run(&addr, &token, tls, op)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

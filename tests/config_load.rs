@@ -8,6 +8,9 @@ use funnel::eventlog::FsyncPolicy;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+#[path = "support/pki.rs"]
+mod pki;
+
 fn no_env() -> HashMap<String, String> {
     HashMap::new()
 }
@@ -205,23 +208,164 @@ fn cluster_rules_that_hold() {
     }
     cluster(&mut cfg).internal = "0.0.0.0:7001".into();
     assert_eq!(problems(&cfg), Vec::<String>::new());
-    // all three TLS files present
+    // all three TLS files present, a certificate for this node's host
     let dir = tempfile::tempdir().unwrap();
-    let mut tls = TlsFiles::default();
-    for (name, slot) in [
-        ("cert.pem", &mut tls.cert),
-        ("key.pem", &mut tls.key),
-        ("ca.pem", &mut tls.ca),
-    ] {
-        let p = dir.path().join(name);
-        std::fs::write(&p, "pem").unwrap();
-        *slot = p;
-    }
+    let tls = pki::TestCa::new(dir.path(), "a").node("node1", &["127.0.0.1"]);
     let mut cfg = cluster_config();
     cluster(&mut cfg).tls = tls.clone();
     assert_eq!(problems(&cfg), Vec::<String>::new());
     assert_eq!(cfg.cluster.as_ref().unwrap().tls(), Some(&tls));
     assert_eq!(cfg.this_member().map(|m| m.id), Some(1));
+    // binding every interface with no members entry: no host to check
+    let no_host = pki::TestCa::new(dir.path(), "b").node("any", &["node7"]);
+    let mut cfg = cluster_config();
+    cluster(&mut cfg).members.clear();
+    cluster(&mut cfg).internal = "0.0.0.0:7001".into();
+    cluster(&mut cfg).tls = no_host;
+    assert_eq!(problems(&cfg), Vec::<String>::new());
+}
+
+/// TLS files that exist but cannot work: each is one problem that starts
+/// with the key, names the file and says what to do.
+#[test]
+fn tls_files_that_do_not_parse_or_fit_are_reported_under_their_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = pki::TestCa::new(d, "main");
+    let good = ca.node("node1", &["127.0.0.1"]);
+    let other = ca.node("other", &["127.0.0.1"]);
+    let foreign = pki::TestCa::new(d, "foreign").node("node1", &["127.0.0.1"]);
+    let wrong_host = ca.node("wrong-host", &["node9.example"]);
+    let server_only = ca.issue(
+        "server-only",
+        &["127.0.0.1"],
+        vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth],
+    );
+    let text = |name: &str, body: &str| {
+        let p = d.join(name);
+        std::fs::write(&p, body).unwrap();
+        p
+    };
+    let garbage = text("garbage.pem", "not a certificate\n");
+    let broken = text(
+        "broken.pem",
+        "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+    );
+    let with = |f: &dyn Fn(&mut TlsFiles)| {
+        let mut t = good.clone();
+        f(&mut t);
+        t
+    };
+    let cases: Vec<(&str, &str, TlsFiles)> = vec![
+        (
+            "cluster.tls.cert",
+            "holds no certificate",
+            with(&|t| t.cert = garbage.clone()),
+        ),
+        (
+            "cluster.tls.cert",
+            "is not valid PEM",
+            with(&|t| t.cert = broken.clone()),
+        ),
+        (
+            "cluster.tls.key",
+            "holds no private key",
+            with(&|t| t.key = good.cert.clone()),
+        ),
+        (
+            "cluster.tls.key",
+            "does not fit cluster.tls.cert",
+            with(&|t| t.key = other.key.clone()),
+        ),
+        (
+            "cluster.tls.ca",
+            "holds no certificate",
+            with(&|t| t.ca = garbage.clone()),
+        ),
+        (
+            "cluster.tls.cert",
+            "is not accepted as a client certificate",
+            with(&|t| {
+                t.cert = foreign.cert.clone();
+                t.key = foreign.key.clone();
+            }),
+        ),
+        (
+            "cluster.tls.cert",
+            "is not accepted as a client certificate",
+            with(&|t| {
+                t.cert = server_only.cert.clone();
+                t.key = server_only.key.clone();
+            }),
+        ),
+        (
+            "cluster.tls.cert",
+            "is not accepted for 127.0.0.1",
+            with(&|t| {
+                t.cert = wrong_host.cert.clone();
+                t.key = wrong_host.key.clone();
+            }),
+        ),
+    ];
+    for (key, says, files) in cases {
+        let mut cfg = cluster_config();
+        cluster(&mut cfg).tls = files.clone();
+        let p = problems(&cfg);
+        assert_eq!(
+            p.len(),
+            1,
+            "expected one problem for {key} ({says}), got {p:?}"
+        );
+        let path = if key.ends_with("key") {
+            &files.key
+        } else if key.ends_with("ca") {
+            &files.ca
+        } else {
+            &files.cert
+        };
+        assert!(
+            p[0].starts_with(&format!("{key} = {:?}", path.display().to_string())),
+            "{:?} should start with {key} and the file",
+            p[0]
+        );
+        assert!(p[0].contains(says), "{:?} should say {says:?}", p[0]);
+        assert!(p[0].contains("; "), "{:?} should say what to do", p[0]);
+    }
+}
+
+#[test]
+fn environment_sets_the_tls_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = pki::TestCa::new(dir.path(), "env").node("node1", &["127.0.0.1"]);
+    let (cert, key, ca) = (
+        tls.cert.display().to_string(),
+        tls.key.display().to_string(),
+        tls.ca.display().to_string(),
+    );
+    let cfg = NodeConfig::load(
+        None,
+        &env(&[
+            ("FUNNEL_CLUSTER__INTERNAL", "127.0.0.1:7001"),
+            ("FUNNEL_CLUSTER__TLS__CERT", &cert),
+            ("FUNNEL_CLUSTER__TLS__KEY", &key),
+            ("FUNNEL_CLUSTER__TLS__CA", &ca),
+        ]),
+        &CliOverrides::default(),
+    )
+    .unwrap();
+    assert_eq!(cfg.cluster.as_ref().unwrap().tls(), Some(&tls));
+    // one of them alone is refused, naming the others
+    let err = NodeConfig::load(
+        None,
+        &env(&[("FUNNEL_CLUSTER__TLS__CA", &ca)]),
+        &CliOverrides::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("cluster.tls: cluster.tls.ca set but cluster.tls.cert, cluster.tls.key empty"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -17,7 +17,7 @@ use crate::cluster::moves::{
 };
 use crate::cluster::{
     plan_drain, plan_rebalance, propose_via, ClusterError, ClusterView, Command, NodeInfo,
-    NodeStatus, ShardMap, Transfer,
+    NodeStatus, NodeTls, ShardMap, Transfer,
 };
 use anyhow::{anyhow, bail, Result};
 use std::collections::BTreeMap;
@@ -69,16 +69,22 @@ pub struct OpReport {
     pub message: String,
 }
 
-/// Runs `op` against the node at `addr` (its internal cluster address).
-pub fn run(addr: &str, token: &str, op: ClusterOp) -> Result<OpReport> {
+/// Runs `op` against the node at `addr` (its internal cluster address,
+/// over mTLS with `tls`).
+pub fn run(addr: &str, token: &str, tls: Option<&NodeTls>, op: ClusterOp) -> Result<OpReport> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(run_async(addr, token, op))
+    rt.block_on(run_async(addr, token, tls, op))
 }
 
-async fn run_async(addr: &str, token: &str, op: ClusterOp) -> Result<OpReport> {
-    let (_, view) = super::fetch_view(addr).await?.ok_or_else(|| {
+async fn run_async(
+    addr: &str,
+    token: &str,
+    tls: Option<&NodeTls>,
+    op: ClusterOp,
+) -> Result<OpReport> {
+    let (_, view) = super::fetch_view_over(addr, tls).await?.ok_or_else(|| {
         anyhow!("{addr} does not answer the cluster protocol; give a node's internal address (cluster.internal)")
     })?;
     let map = view.shard_map.clone();
@@ -185,6 +191,7 @@ async fn run_async(addr: &str, token: &str, op: ClusterOp) -> Result<OpReport> {
                 propose(
                     addr,
                     token,
+                    tls,
                     &Command::SetSetting {
                         key: SETTING_MAX_CONCURRENT.to_string(),
                         value: n.to_string(),
@@ -262,14 +269,14 @@ async fn run_async(addr: &str, token: &str, op: ClusterOp) -> Result<OpReport> {
             Command::SetSetting { key, value }
         }
     };
-    let index = propose(addr, token, &command).await?;
+    let index = propose(addr, token, tls, &command).await?;
     report.applied = true;
     report.log_index = Some(index);
     Ok(report)
 }
 
-async fn propose(addr: &str, token: &str, command: &Command) -> Result<u64> {
-    match propose_via(addr, command, 0, token, Duration::from_secs(15)).await {
+async fn propose(addr: &str, token: &str, tls: Option<&NodeTls>, command: &Command) -> Result<u64> {
+    match propose_via(addr, command, 0, token, tls, Duration::from_secs(15)).await {
         Ok((_, index)) => Ok(index),
         Err(ClusterError::Rejected(reason)) => bail!("the cluster refused: {reason}"),
         Err(e) => bail!("{e}"),

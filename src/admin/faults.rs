@@ -10,7 +10,7 @@
 
 use crate::cluster::proto::fault_injection_client::FaultInjectionClient;
 use crate::cluster::proto::{FaultRules, Link, LinkDelay, LinkDrop, NodeGroup};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use std::time::Duration;
 
 /// The flags of `faults set`, as typed.
@@ -89,34 +89,41 @@ pub fn rules_from_flags(f: &FaultFlags) -> Result<FaultRules> {
     Ok(r)
 }
 
-/// Sends `rules` to the node at `addr` (its internal address); returns the
-/// line to print.
-pub fn run(addr: &str, token: &str, rules: FaultRules) -> Result<String> {
+/// Sends `rules` to the node at `addr` (its internal address, over mTLS
+/// with `tls`); returns the line to print.
+pub fn run(
+    addr: &str,
+    token: &str,
+    tls: Option<&crate::cluster::NodeTls>,
+    rules: FaultRules,
+) -> Result<String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let ch = tonic::transport::Endpoint::from_shared(super::base_url(addr))?
-            .connect_timeout(Duration::from_secs(2))
+        let ch = crate::cluster::tls::internal_endpoint(addr, tls, Duration::from_secs(2))?
             .timeout(Duration::from_secs(10))
             .connect()
             .await
-            .with_context(|| {
-                format!("connecting to {addr}; give a node's internal address (cluster.internal)")
+            .map_err(|e| {
+                anyhow!(
+                    "connecting to {addr}: {}; give a node's internal address (cluster.internal)",
+                    crate::cluster::tls::error_chain(&e)
+                )
             })?;
         let mut req = tonic::Request::new(rules);
         crate::auth::attach(&mut req, token).map_err(|e| anyhow!("--token: {e}"))?;
-        let ack = FaultInjectionClient::new(ch)
-            .set_faults(req)
-            .await
-            .map_err(|s| {
-                anyhow!(
-                    "{addr} refused the fault rules ({:?}): {}",
-                    s.code(),
-                    s.message()
-                )
-            })?
-            .into_inner();
+        let reply = FaultInjectionClient::new(ch).set_faults(req).await;
+        let ack = match reply {
+            Ok(r) => r.into_inner(),
+            Err(s) => {
+                let text = super::status_text(&s);
+                if let Some(explained) = super::tls_mismatch(addr, tls, &text).await {
+                    return Err(explained);
+                }
+                bail!("{addr} refused the fault rules ({:?}): {text}", s.code())
+            }
+        };
         Ok(format!(
             "node {}: fault rules {}\n",
             ack.node_id,

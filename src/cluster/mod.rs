@@ -7,7 +7,7 @@
 //! plans (`placement`), the shard-transfer queue and its steps (`moves`),
 //! durable Raft storage on redb (`log_store`, `state_machine`), the gRPC
 //! transport with fault injection (`network`, `service`, `fault`,
-//! `peer_channel`) and the
+//! `peer_channel`), optional mTLS between nodes (`tls`) and the
 //! node handle (`node`). Must not touch: shard
 //! data, model bundles or the public API; those watch `RaftNode::subscribe`
 //! and read `RaftNode::state`.
@@ -24,6 +24,7 @@ pub mod placement;
 pub mod service;
 pub mod state;
 pub mod state_machine;
+pub mod tls;
 pub mod types;
 
 /// Generated types of the node-to-node API (`proto/cluster.proto`).
@@ -44,4 +45,5 @@ pub use state::{
     NodeInfo, NodeStatus, Replica, ReplicaState, ShardMap, StateSummary,
 };
 pub use state_machine::{StateHandle, StateMachineStore};
+pub use tls::NodeTls;
 pub use types::{NodeId, TypeConfig};

@@ -5,7 +5,8 @@
 //! Owns: the channel cache (one lazily connected HTTP/2 channel per peer
 //! address, shared by Raft replication and control forwarding), message size
 //! limits on every client, per-RPC timeouts and the mapping of transport
-//! failures to openraft's error kinds. Every client it hands out is on a
+//! failures to openraft's error kinds. Channels use TLS with this node's
+//! identity when `[cluster.tls]` is set (`tls`). Every client it hands out is on a
 //! `PeerChannel`, which applies the `FaultInjector`'s rules. Must not
 //! touch: the server side (`service.rs`) or node life cycle (`node.rs`).
 
@@ -29,7 +30,7 @@ use openraft::raft::{
 use openraft::{AnyError, RPCTypes};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::error::ClusterError;
 use super::fault::FaultInjector;
@@ -39,6 +40,7 @@ use super::proto::control_client::ControlClient;
 use super::proto::raft_client::RaftClient;
 use super::proto::{PayloadFormat, RaftBytes};
 use super::state::NodeInfo;
+use super::tls::{internal_endpoint, NodeTls};
 use super::types::{NodeId, TypeConfig};
 
 /// Encodes a value for a cluster message payload (postcard).
@@ -81,6 +83,8 @@ pub struct Channels {
     max_message_bytes: usize,
     self_id: NodeId,
     faults: FaultInjector,
+    /// mTLS with this node's identity; `None`: plaintext.
+    tls: Option<NodeTls>,
 }
 
 impl Channels {
@@ -89,6 +93,7 @@ impl Channels {
         faults: FaultInjector,
         connect_timeout: Duration,
         max_message_bytes: usize,
+        tls: Option<NodeTls>,
     ) -> Self {
         Self {
             cache: Arc::new(Mutex::new(HashMap::new())),
@@ -96,6 +101,7 @@ impl Channels {
             max_message_bytes,
             self_id,
             faults,
+            tls,
         }
     }
 
@@ -111,12 +117,11 @@ impl Channels {
         if let Some(ch) = cache.get(addr) {
             return Ok(ch.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        let endpoint = internal_endpoint(addr, self.tls.as_ref(), self.connect_timeout)
             .map_err(|e| ClusterError::Transport {
                 target: addr.to_string(),
-                reason: format!("bad address: {e}"),
+                reason: e.to_string(),
             })?
-            .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true);
         let ch = endpoint.connect_lazy();
         cache.insert(addr.to_string(), ch.clone());

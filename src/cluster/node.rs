@@ -34,6 +34,7 @@ use super::proto::PayloadFormat;
 use super::service::{ControlService, RaftService};
 use super::state::{Command, CommandResult, NodeInfo, StateSummary};
 use super::state_machine::{StateHandle, StateMachineStore};
+use super::tls::{internal_endpoint, NodeTls};
 use super::types::{NodeId, Raft, RaftMetrics};
 
 /// How many times a write follows a changing leader before giving up.
@@ -67,6 +68,10 @@ pub struct RaftSettings {
     /// (`Command::needs_admin`) must carry it; this node sends it with
     /// every write it forwards (all members share the token).
     pub admin_token: String,
+    /// `[cluster.tls]`: the internal server requires client certificates
+    /// signed by its CA and every peer client presents this identity;
+    /// `None`: plaintext.
+    pub tls: Option<NodeTls>,
 }
 
 impl RaftSettings {
@@ -92,6 +97,7 @@ impl RaftSettings {
             request_timeout_ms: 10_000,
             faults: FaultInjector::default(),
             admin_token: String::new(),
+            tls: None,
         }
     }
 
@@ -169,30 +175,26 @@ pub struct ClusterStatus {
 /// Proposes `command` through the node at `address` (any member: it
 /// forwards to the leader) over Control.Propose, for callers outside the
 /// Raft group (the admin tool, a node asking to join). `origin` names the
-/// caller in the receiver's log (0 = an operator). A refused command is
+/// caller in the receiver's log (0 = an operator); `tls` is the caller's
+/// identity when the cluster runs mTLS. A refused command is
 /// `Err(ClusterError::Rejected)`.
 pub async fn propose_via(
     address: &str,
     command: &Command,
     origin: NodeId,
     token: &str,
+    tls: Option<&NodeTls>,
     timeout: Duration,
 ) -> Result<(CommandResult, u64), ClusterError> {
-    let uri = if address.contains("://") {
-        address.to_string()
-    } else {
-        format!("http://{address}")
-    };
     let transport = |reason: String| ClusterError::Transport {
         target: address.to_string(),
         reason,
     };
-    let channel = tonic::transport::Endpoint::from_shared(uri)
-        .map_err(|e| transport(format!("bad address: {e}")))?
-        .connect_timeout(Duration::from_secs(2))
+    let channel = internal_endpoint(address, tls, Duration::from_secs(2))
+        .map_err(|e| transport(e.to_string()))?
         .connect()
         .await
-        .map_err(|e| transport(e.to_string()))?;
+        .map_err(|e| transport(super::tls::error_chain(&e)))?;
     let mut client = proto::control_client::ControlClient::new(channel);
     let mut request = tonic::Request::new(proto::WriteRequest {
         format: PayloadFormat::Postcard as i32,
@@ -556,6 +558,17 @@ impl RaftNode {
             .with_purge_guard(state_machine.snapshot_watermark());
         let state = state_machine.handle();
 
+        // TLS settings are checked before anything binds
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = &settings.tls {
+            server = server.tls_config(tls.server_config()).map_err(|e| {
+                ClusterError::Config(format!(
+                    "cluster.tls: the internal server cannot use the TLS settings ({tls:?}): {}",
+                    super::tls::error_chain(&e)
+                ))
+            })?;
+        }
+
         let listener = tokio::net::TcpListener::bind(&settings.internal_addr)
             .await
             .map_err(|e| ClusterError::Bind {
@@ -576,6 +589,7 @@ impl RaftNode {
             settings.faults.clone(),
             Duration::from_millis(settings.connect_timeout_ms),
             settings.max_message_bytes,
+            settings.tls.clone(),
         );
         let network = NetworkFactory::new(settings.node_id, channels.clone());
         let raft = Raft::new(
@@ -609,11 +623,12 @@ impl RaftNode {
                 .max_encoding_message_size(max);
         let (stop_server, mut stop_rx) = watch::channel(false);
         let routes = extra(tonic::service::Routes::new(raft_service).add_service(control_service));
-        let server = tonic::transport::Server::builder()
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        let server = server.add_routes(routes).serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            async move {
                 let _ = stop_rx.wait_for(|stop| *stop).await;
-            });
+            },
+        );
         let node_id = settings.node_id;
         let server = tokio::spawn(async move {
             if let Err(e) = server.await {
@@ -660,6 +675,12 @@ impl RaftNode {
     /// (e.g. asking to join) and requires on admin writes.
     pub fn admin_token(&self) -> &str {
         self.core.admin_token()
+    }
+
+    /// This node's mTLS identity (`[cluster.tls]`), for clients of the
+    /// internal port it creates outside `Channels`; `None`: plaintext.
+    pub fn tls(&self) -> Option<&NodeTls> {
+        self.core.settings.tls.as_ref()
     }
 
     /// The address peers use for this node (host:port).

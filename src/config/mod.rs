@@ -4,9 +4,10 @@
 //!
 //! Owns: `NodeConfig` and its sections (`node`), the override layers
 //! (`env`, `CliOverrides`), validation (`validate`) and `ConfigError`.
-//! Must not touch: sockets, files other than the config file and TLS paths
-//! (existence only), or any serving state. Addresses stay strings of the
-//! form HOST:PORT; they are resolved when the node binds or dials.
+//! Must not touch: sockets, files other than the config file and the TLS
+//! files (read to check them, through `cluster::tls`), or any serving
+//! state. Addresses stay strings of the form HOST:PORT; they are resolved
+//! when the node binds or dials.
 //!
 //! # Precedence
 //!

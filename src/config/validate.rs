@@ -4,10 +4,12 @@
 //! Owns: the rules and their messages. Each problem is one line that starts
 //! with the dotted key it is about and says what is allowed, and all
 //! problems are reported together so an operator fixes a file in one pass.
-//! Must not touch: parsing or the environment. The only I/O is checking
-//! that configured TLS files exist.
+//! Must not touch: parsing or the environment. The only I/O is reading
+//! the configured TLS files, which `cluster::tls` checks (PEM, key fits
+//! the certificate, the CA accepts it, its SAN covers this node's host).
 
 use super::node::{ClusterConfig, NodeConfig};
+use crate::cluster::tls::{self, NodeTls};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
@@ -377,13 +379,13 @@ fn check_cluster(node_id: u64, c: &ClusterConfig, out: &mut Vec<String>) {
             c.replace_dead_after
         ));
     }
-    check_tls(c, out);
+    check_tls(node_id, c, out);
 }
 
 /// Longest `cluster.replace_dead_after`, in seconds.
 const MAX_REPLACE_DEAD_AFTER: u64 = 7 * 24 * 3600;
 
-fn check_tls(c: &ClusterConfig, out: &mut Vec<String>) {
+fn check_tls(node_id: u64, c: &ClusterConfig, out: &mut Vec<String>) {
     let files = [
         ("cluster.tls.cert", &c.tls.cert),
         ("cluster.tls.key", &c.tls.key),
@@ -410,14 +412,39 @@ fn check_tls(c: &ClusterConfig, out: &mut Vec<String>) {
             missing.join(", ")
         ));
     }
+    let mut all_there = set.len() == files.len();
     for (key, path) in files {
         if !path.as_os_str().is_empty() && !path.is_file() {
+            all_there = false;
             out.push(format!(
                 "{key} = {:?}: no such file (relative paths start at the working directory)",
                 path.display().to_string()
             ));
         }
     }
+    if all_there {
+        if let Err(e) = NodeTls::load(
+            &c.tls,
+            tls::CONFIG_KEYS,
+            dialled_host(node_id, c).as_deref(),
+        ) {
+            out.push(e.to_string());
+        }
+    }
+}
+
+/// The host other nodes dial this one at: its `members` entry's, else the
+/// bind address's when that names one host. Its certificate must carry it.
+fn dialled_host(node_id: u64, c: &ClusterConfig) -> Option<String> {
+    let advertised = c
+        .members
+        .iter()
+        .find(|m| m.id == node_id)
+        .map_or(&c.internal, |m| &m.internal);
+    parse_host_port(advertised)
+        .ok()
+        .filter(|hp| !hp.binds_everything())
+        .map(|hp| hp.host)
 }
 
 /// Two listeners on one port fail at bind time with a less helpful error.

@@ -3,7 +3,9 @@
 //! action (register members, create the shard map, load this node's
 //! shards, apply catalogue changes in log order).
 //!
-//! Owns: starting the Raft node with the data-plane service beside it,
+//! Owns: starting the Raft node with the data-plane service beside it
+//! (over mTLS when `[cluster.tls]` is set, for the server and every peer
+//! channel made here),
 //! bootstrap, and reconciling the node with the applied cluster state.
 //! Must not touch: the Raft rules (`cluster::state`) or request handling
 //! (the node's operations call into this only to read the shard map and to
@@ -12,8 +14,8 @@
 use super::types::ServiceError;
 use super::Node;
 use crate::cluster::{
-    initial_placement, ClusterError, ClusterState, Command, FaultInjector, NodeInfo, PeerChannel,
-    RaftNode, RaftSettings, ReplicaState,
+    initial_placement, tls, ClusterError, ClusterState, Command, FaultInjector, NodeInfo, NodeTls,
+    PeerChannel, RaftNode, RaftSettings, ReplicaState,
 };
 use crate::config::NodeConfig;
 use crate::replica::HealthBook;
@@ -68,7 +70,7 @@ impl ClusterLink {
         let ch = match m.get(&id) {
             Some((a, ch)) if a == addr => ch.clone(),
             _ => {
-                let ch = crate::replica::remote::peer_channel(addr)?;
+                let ch = crate::replica::remote::peer_channel(addr, self.raft.tls())?;
                 m.insert(id, (addr.to_string(), ch.clone()));
                 ch
             }
@@ -207,6 +209,12 @@ pub async fn start_cluster(
     // Raft and admin calls answer within a few election rounds or not at all
     settings.request_timeout_ms = 5_000;
     settings.admin_token = config.api.admin_token.clone();
+    // validated with the config; loaded again here to hold the identity
+    settings.tls = cc
+        .tls()
+        .map(|files| NodeTls::load(files, tls::CONFIG_KEYS, None))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     // one rule set per process, shared by Raft, forwarding and the data
     // plane; settable over gRPC only with cluster.fault_injection
     let faults = FaultInjector::new(me);

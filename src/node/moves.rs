@@ -313,7 +313,8 @@ pub async fn join_cluster(
         }
         let cmd = Command::RegisterNode(info.clone());
         let token = link.raft.admin_token().to_string();
-        match propose_via(&join, &cmd, info.id, &token, Duration::from_secs(5)).await {
+        let tls = link.raft.tls();
+        match propose_via(&join, &cmd, info.id, &token, tls, Duration::from_secs(5)).await {
             Ok(_) => tracing::info!(node_id = info.id, via = %join, "asked to join the cluster"),
             Err(ClusterError::Rejected(reason)) => {
                 tracing::error!(node_id = info.id, %reason, "the cluster refused this node; fix its config")

@@ -5,13 +5,14 @@
 
 use crate::cluster::proto::shard_data_client::ShardDataClient;
 use crate::cluster::proto::ShardSearchRequest;
+use crate::cluster::tls::{internal_endpoint, NodeTls};
 use crate::cluster::PeerChannel;
 use crate::coordinator::{SearchSpec, ShardCallError, ShardClient, VectorsResult};
 use crate::shard::{KeyedVectors, SearchResult};
 use futures::future::BoxFuture;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 #[derive(Clone)]
 pub struct RemoteShard {
@@ -21,18 +22,12 @@ pub struct RemoteShard {
     client: ShardDataClient<PeerChannel>,
 }
 
-/// A lazily connected channel to a peer's internal address: creating it
-/// never blocks, and a dead peer fails the first call fast (connection
-/// refused) instead of stalling node start-up.
-pub fn peer_channel(addr: &str) -> Result<Channel, String> {
-    let uri = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    let ep = Endpoint::from_shared(uri)
-        .map_err(|e| format!("bad peer address {addr}: {e}"))?
-        .connect_timeout(Duration::from_millis(300))
+/// A lazily connected channel to a peer's internal address (over mTLS
+/// with `tls`): creating it never blocks, and a dead peer fails the first
+/// call fast (connection refused) instead of stalling node start-up.
+pub fn peer_channel(addr: &str, tls: Option<&NodeTls>) -> Result<Channel, String> {
+    let ep = internal_endpoint(addr, tls, Duration::from_millis(300))
+        .map_err(|e| format!("peer {e}"))?
         .tcp_nodelay(true);
     Ok(ep.connect_lazy())
 }
