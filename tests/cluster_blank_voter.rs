@@ -178,15 +178,13 @@ fn a_wiped_voter_does_not_elect_a_leader_without_acknowledged_writes() {
     // acknowledged: committed on A and V, not on B
     let mut err = String::new();
     assert!(
-        eventually(Duration::from_secs(15), || match upsert(
-            &http,
-            &m(a).http,
-            "acked-while-b-was-cut-off"
-        ) {
-            Ok(()) => true,
-            Err(e) => {
-                err = e;
-                false
+        eventually(Duration::from_secs(15), || {
+            match upsert(&http, &m(a).http, "acked-while-b-was-cut-off") {
+                Ok(()) => true,
+                Err(e) => {
+                    err = e;
+                    false
+                }
             }
         }),
         "the upsert through A was never acknowledged: {err}"

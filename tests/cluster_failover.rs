@@ -162,7 +162,12 @@ fn three_nodes_survive_kills_and_converge_after_restart() {
         );
     }
     assert!(
-        support::wait_voters(&rt, &members[0].internal, &[1, 2, 3], Duration::from_secs(60)),
+        support::wait_voters(
+            &rt,
+            &members[0].internal,
+            &[1, 2, 3],
+            Duration::from_secs(60)
+        ),
         "the cluster never promoted all three members to voters"
     );
 
@@ -386,7 +391,12 @@ fn a_paused_leader_is_replaced_and_the_cluster_settles_after_it_resumes() {
         );
     }
     assert!(
-        support::wait_voters(&rt, &members[0].internal, &[1, 2, 3], Duration::from_secs(60)),
+        support::wait_voters(
+            &rt,
+            &members[0].internal,
+            &[1, 2, 3],
+            Duration::from_secs(60)
+        ),
         "the cluster never promoted all three members to voters"
     );
     let old = leader_seen_by(&rt, &members[0].internal).expect("a leader is known");

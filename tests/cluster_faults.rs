@@ -165,7 +165,12 @@ fn an_isolated_node_cannot_commit_and_the_majority_serves_until_healed() {
         );
     }
     assert!(
-        support::wait_voters(&rt, &members[0].internal, &[1, 2, 3], Duration::from_secs(60)),
+        support::wait_voters(
+            &rt,
+            &members[0].internal,
+            &[1, 2, 3],
+            Duration::from_secs(60)
+        ),
         "the cluster never promoted all three members to voters"
     );
     let leader = status(&rt, &members[0].internal)
@@ -438,7 +443,12 @@ fn a_crash_in_raft_apply_exits_86_and_loses_no_acknowledged_write() {
         );
     }
     assert!(
-        support::wait_voters(&rt, &members[0].internal, &[1, 2, 3], Duration::from_secs(60)),
+        support::wait_voters(
+            &rt,
+            &members[0].internal,
+            &[1, 2, 3],
+            Duration::from_secs(60)
+        ),
         "the cluster never promoted all three members to voters"
     );
     let base = status(&rt, &members[0].internal).unwrap().3;

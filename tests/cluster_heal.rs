@@ -268,7 +268,12 @@ fn start_cluster(
         );
     }
     assert!(
-        support::wait_voters(rt, &members[0].internal, &[1, 2, 3], Duration::from_secs(60)),
+        support::wait_voters(
+            rt,
+            &members[0].internal,
+            &[1, 2, 3],
+            Duration::from_secs(60)
+        ),
         "the cluster never promoted all three members to voters"
     );
     procs

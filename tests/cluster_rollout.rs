@@ -447,7 +447,12 @@ fn a_cluster_without_a_bundle_waits_for_a_publish_and_restarts_on_the_active_ver
     // a restarted node comes back on the active version
     let rt = support::rt();
     assert!(
-        support::wait_voters(&rt, &members[0].internal, &[1, 2, 3], Duration::from_secs(60)),
+        support::wait_voters(
+            &rt,
+            &members[0].internal,
+            &[1, 2, 3],
+            Duration::from_secs(60)
+        ),
         "the cluster never promoted all three members to voters"
     );
     procs[0].kill9();

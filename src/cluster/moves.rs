@@ -662,10 +662,7 @@ pub fn next_voters(
     ready: &BTreeSet<NodeId>,
 ) -> BTreeSet<NodeId> {
     let want = desired_voters(voters, learners, nodes, leader);
-    if want
-        .iter()
-        .all(|n| voters.contains(n) || ready.contains(n))
-    {
+    if want.iter().all(|n| voters.contains(n) || ready.contains(n)) {
         return want;
     }
     let ready_learners: BTreeSet<NodeId> = learners.intersection(ready).copied().collect();

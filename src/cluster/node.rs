@@ -621,9 +621,10 @@ impl RaftNode {
         });
 
         let max = settings.max_message_bytes;
-        let raft_service = proto::raft_server::RaftServer::new(RaftService::new(raft.clone(), fence.clone()))
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max);
+        let raft_service =
+            proto::raft_server::RaftServer::new(RaftService::new(raft.clone(), fence.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max);
         let control_service =
             proto::control_server::ControlServer::new(ControlService::new(core.clone()))
                 .max_decoding_message_size(max)
@@ -672,13 +673,13 @@ impl RaftNode {
         self.core.id
     }
 
-    /// True once this node holds any Raft state: a log entry (including
-    /// the founding membership `initialize` writes), a purge point or a
-    /// snapshot.
-    pub fn has_raft_state(&self) -> bool {
-        let metrics = self.core.raft.metrics();
-        let m = metrics.borrow();
-        m.last_log_index.is_some() || m.snapshot.is_some() || m.purged.is_some()
+    /// True once this node holds Raft state — a log entry (including the
+    /// founding membership `initialize` writes), a snapshot, or a vote a
+    /// leader made it record — or has stopped. Asked of openraft's core,
+    /// not its metrics: those read empty until the core has loaded the
+    /// storage.
+    pub async fn has_raft_state(&self) -> bool {
+        self.core.raft.is_initialized().await.unwrap_or(true)
     }
 
     /// True while this node refuses votes (`cluster::vote_fence`).
@@ -726,10 +727,7 @@ impl RaftNode {
     ) -> Result<(), ClusterError> {
         match self.core.raft.initialize(members).await {
             Ok(()) => {
-                self.core
-                    .fence
-                    .lift("it initialised a new cluster")
-                    .await;
+                self.core.fence.lift("it initialised a new cluster").await;
                 Ok(())
             }
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),

@@ -111,7 +111,7 @@ pub async fn run(
     let configured = peers.len() + 1;
     let mut said: Option<Formation> = None;
     loop {
-        if *shutdown.borrow() || link.raft.has_raft_state() {
+        if *shutdown.borrow() || link.raft.has_raft_state().await {
             return;
         }
         let asks = peers.iter().map(|(peer, addr)| {
@@ -188,7 +188,10 @@ mod tests {
             Formation::Initialize
         );
         assert_eq!(
-            decide(5, &[(2, Blank), (3, Blank), (4, Unreachable), (5, Unreachable)]),
+            decide(
+                5,
+                &[(2, Blank), (3, Blank), (4, Unreachable), (5, Unreachable)]
+            ),
             Formation::Initialize
         );
     }
@@ -203,7 +206,15 @@ mod tests {
             }
         );
         assert_eq!(
-            decide(5, &[(2, Blank), (3, Unreachable), (4, Unreachable), (5, Unreachable)]),
+            decide(
+                5,
+                &[
+                    (2, Blank),
+                    (3, Unreachable),
+                    (4, Unreachable),
+                    (5, Unreachable)
+                ]
+            ),
             Formation::Wait {
                 answered: 2,
                 needed: 3

@@ -150,11 +150,7 @@ async fn align_membership(link: &ClusterLink) -> Result<(), String> {
         let matched: BTreeMap<u64, Option<u64>> = m
             .replication
             .as_ref()
-            .map(|r| {
-                r.iter()
-                    .map(|(id, l)| (*id, l.map(|l| l.index)))
-                    .collect()
-            })
+            .map(|r| r.iter().map(|(id, l)| (*id, l.map(|l| l.index))).collect())
             .unwrap_or_default();
         let ready = caught_up(&matched, m.last_applied.map(|l| l.index));
         (voters, learners, mem.get_joint_config().len() > 1, ready)
