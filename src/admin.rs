@@ -353,6 +353,9 @@ pub struct MemberReport {
     pub term: Option<u64>,
     pub apply_lag: Option<u64>,
     pub last_applied_index: Option<u64>,
+    /// The member refuses votes (its Raft storage started empty and no
+    /// leader has brought it up to date yet).
+    pub vote_fenced: Option<bool>,
     pub error: Option<String>,
 }
 
@@ -457,6 +460,7 @@ pub fn cluster_report(addr: &str, tls: Option<&NodeTls>) -> Result<Option<Cluste
                     term: Some(s.term),
                     apply_lag: Some(s.apply_lag),
                     last_applied_index: s.last_applied_index,
+                    vote_fenced: Some(s.vote_fenced),
                     error: None,
                 },
                 Err(e) => MemberReport {
@@ -465,6 +469,7 @@ pub fn cluster_report(addr: &str, tls: Option<&NodeTls>) -> Result<Option<Cluste
                     term: None,
                     apply_lag: None,
                     last_applied_index: None,
+                    vote_fenced: None,
                     error: Some(format!("unreachable: {e:#}")),
                 },
             });
@@ -521,6 +526,14 @@ pub fn render_cluster(r: &ClusterReport) -> String {
             out,
             "{:<5} {:<10} {:<6} {:<9} {:<22} {:<22} {:<22} {:<8} {reps}",
             id, role, term, lag, info.internal, info.http, info.grpc, info.status
+        );
+    }
+    for m in r.members.iter().filter(|m| m.vote_fenced == Some(true)) {
+        let _ = writeln!(
+            out,
+            "node {} does not vote: its Raft storage started empty and no leader has brought it up to date yet (if it lost its data directory, see {})",
+            m.id,
+            crate::cluster::vote_fence::PROCEDURE
         );
     }
     match &v.shard_map {

@@ -267,6 +267,15 @@ fn start_cluster(
             m.id
         );
     }
+    assert!(
+        support::wait_voters(
+            rt,
+            &members[0].internal,
+            &[1, 2, 3],
+            Duration::from_secs(60)
+        ),
+        "the cluster never promoted all three members to voters"
+    );
     procs
 }
 

@@ -497,6 +497,29 @@ snapshot_every = {snapshot_every}
         })
     }
 
+    /// Waits until the leader reports `count` Raft voters: a new cluster
+    /// forms from node 1 alone and promotes the other members once they
+    /// caught up, so a node may serve before it votes.
+    pub fn wait_voters(&self, count: usize, timeout: Duration) -> Result<(), HarnessError> {
+        let t0 = Instant::now();
+        let mut last = Vec::new();
+        while t0.elapsed() < timeout {
+            if let Some((leader, _)) = self.leader() {
+                if let Some(s) = self.status(leader, Duration::from_millis(500)) {
+                    if s.voters.len() == count {
+                        return Ok(());
+                    }
+                    last = s.voters;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(HarnessError::Timeout(
+            timeout,
+            format!("the cluster never reached {count} Raft voters (last seen {last:?})"),
+        ))
+    }
+
     /// Waits for a leader every live node agrees on.
     pub fn wait_leader(&self, timeout: Duration) -> Result<(u64, u64), HarnessError> {
         let t0 = Instant::now();

@@ -51,6 +51,9 @@ impl Faults {
             routing.set(id, cluster.node(id).http.clone());
         }
         cluster.wait_leader(Duration::from_secs(30))?;
+        // 3 or 5 of them vote (`cluster::moves::voter_target`)
+        let count = funnel::cluster::moves::voter_target(voters.len());
+        cluster.wait_voters(count, Duration::from_secs(30))?;
         Ok(Faults {
             cluster,
             rec,

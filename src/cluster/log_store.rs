@@ -1,9 +1,10 @@
 //! Durable Raft log on redb (`<data_dir>/raft/log.redb`).
 //!
 //! Owns: the log file — entries (index -> postcard entry), the vote, the
-//! committed log id and the last purged log id — and openraft's
-//! `RaftLogStorage` / `RaftLogReader` on top of it. Must not touch: the
-//! state machine or snapshots (`state_machine.rs`).
+//! committed log id, the last purged log id and the vote fence's record
+//! (what it means is `vote_fence.rs`'s) — and openraft's `RaftLogStorage` /
+//! `RaftLogReader` on top of it. Must not touch: the state machine or
+//! snapshots (`state_machine.rs`).
 //!
 //! Durability: every append, truncate, purge and vote write is one redb
 //! transaction committed with `Durability::Immediate` (fsync) before openraft
@@ -36,6 +37,7 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
 const KEY_PURGED: &str = "last_purged";
+const KEY_VOTE_FENCE: &str = "vote_fence";
 
 /// File name of the log inside `<data_dir>/raft/`.
 pub const LOG_FILE: &str = "log.redb";
@@ -108,6 +110,36 @@ impl LogStore {
     /// last one goes).
     pub fn handle_count(&self) -> usize {
         Arc::strong_count(&self.inner)
+    }
+
+    /// The last entry's log id and the last purged log id, read directly
+    /// (blocking; for start-up and the vote fence, not for openraft).
+    pub fn log_bounds(&self) -> Result<(Option<LogId>, Option<LogId>), ClusterError> {
+        let purged = self
+            .inner
+            .read_meta::<LogId>(KEY_PURGED)
+            .map_err(|e| self.startup_error(e))?;
+        let last = self
+            .inner
+            .last_entry_log_id()
+            .map_err(|e| self.startup_error(e))?;
+        Ok((last, purged))
+    }
+
+    /// The vote fence's record: `None` when never written (blocking).
+    pub fn vote_fence_record(&self) -> Result<Option<bool>, ClusterError> {
+        self.inner
+            .read_meta::<bool>(KEY_VOTE_FENCE)
+            .map_err(|e| self.startup_error(e))
+    }
+
+    /// Writes the vote fence's record durably (blocking).
+    pub fn write_vote_fence_record(&self, armed: bool) -> Result<(), ClusterError> {
+        self.inner
+            .write_meta(KEY_VOTE_FENCE, &armed, Durability::Immediate)
+            .map_err(|e| {
+                ClusterError::storage(&self.inner.path, format!("saving the vote fence: {e}"))
+            })
     }
 
     fn startup_error(&self, e: StorageError) -> ClusterError {

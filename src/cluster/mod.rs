@@ -5,7 +5,8 @@
 //!
 //! Owns: the replicated state and its rules (`state`), replica placement
 //! plans (`placement`), the shard-transfer queue and its steps (`moves`),
-//! durable Raft storage on redb (`log_store`, `state_machine`), the gRPC
+//! durable Raft storage on redb (`log_store`, `state_machine`), the vote
+//! fence of a node whose storage started empty (`vote_fence`), the gRPC
 //! transport with fault injection (`network`, `service`, `fault`,
 //! `peer_channel`), optional mTLS between nodes (`tls`) and the
 //! node handle (`node`). Must not touch: shard
@@ -26,6 +27,7 @@ pub mod state;
 pub mod state_machine;
 pub mod tls;
 pub mod types;
+pub mod vote_fence;
 
 /// Generated types of the node-to-node API (`proto/cluster.proto`).
 pub mod proto {

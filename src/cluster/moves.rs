@@ -19,7 +19,8 @@
 //!
 //! Owns: `Transfer`, `Phase`, admission checks of new transfers, the
 //! projected map (the map once the queue has run), the step function, the
-//! replication planner and the Raft voter rule. Must not touch: Raft, the
+//! replication planner and the Raft voter rule (who votes, and when a
+//! learner is ready to). Must not touch: Raft, the
 //! network, clocks (the caller says which drains waited long enough).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -628,6 +629,51 @@ pub fn desired_voters(
     out
 }
 
+/// The members whose log the leader has seen reach `bar` (the leader's
+/// last applied index), from `matched` (openraft's replication progress:
+/// member -> highest matched index). Only these learners may become
+/// voters: a voter that is down or far behind adds nothing to a quorum
+/// but its absence, and one still catching up from empty storage refuses
+/// votes (`cluster::vote_fence`).
+pub fn caught_up(matched: &BTreeMap<NodeId, Option<u64>>, bar: Option<u64>) -> BTreeSet<NodeId> {
+    matched
+        .iter()
+        .filter(|(_, m)| match (m, bar) {
+            (Some(m), Some(bar)) => *m >= bar,
+            (Some(_), None) => true,
+            (None, _) => false,
+        })
+        .map(|(id, _)| *id)
+        .collect()
+}
+
+/// The voter set to move to now: `desired_voters`, except that a learner
+/// is promoted only once it is in `ready` (`caught_up`). While a learner
+/// the rule wants is still behind, the ready ones are promoted as far as
+/// the rule allows, but no voter is dropped: a replacement must be ready
+/// before the voter it replaces goes, and a member that never comes up
+/// must not hold up the others (a cluster forming from one node grows as
+/// its members arrive).
+pub fn next_voters(
+    voters: &BTreeSet<NodeId>,
+    learners: &BTreeSet<NodeId>,
+    nodes: &BTreeMap<NodeId, NodeInfo>,
+    leader: NodeId,
+    ready: &BTreeSet<NodeId>,
+) -> BTreeSet<NodeId> {
+    let want = desired_voters(voters, learners, nodes, leader);
+    if want.iter().all(|n| voters.contains(n) || ready.contains(n)) {
+        return want;
+    }
+    let ready_learners: BTreeSet<NodeId> = learners.intersection(ready).copied().collect();
+    let partial = desired_voters(voters, &ready_learners, nodes, leader);
+    if voters.is_subset(&partial) {
+        partial
+    } else {
+        voters.clone()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1112,6 +1158,63 @@ mod tests {
         );
         assert_eq!(voter_target(4), 3);
         assert_eq!(voter_target(7), 5);
+    }
+
+    #[test]
+    fn learners_are_promoted_only_once_caught_up() {
+        let nodes = |ids: &[NodeId], draining: &[NodeId]| -> BTreeMap<NodeId, NodeInfo> {
+            ids.iter()
+                .map(|&id| {
+                    let mut i = info(id);
+                    if draining.contains(&id) {
+                        i.status = NodeStatus::Draining;
+                    }
+                    (id, i)
+                })
+                .collect()
+        };
+        let set = |v: &[NodeId]| v.iter().copied().collect::<BTreeSet<_>>();
+        let matched = BTreeMap::from([(1, Some(40)), (2, Some(40)), (3, Some(7)), (4, None)]);
+        assert_eq!(caught_up(&matched, Some(40)), set(&[1, 2]));
+        assert_eq!(caught_up(&matched, None), set(&[1, 2, 3]));
+        // a cluster forming from node 1: node 2 is ready, node 3 is not up
+        // yet; node 2 is promoted without waiting for node 3
+        let all3 = nodes(&[1, 2, 3], &[]);
+        assert_eq!(
+            next_voters(&set(&[1]), &set(&[2, 3]), &all3, 1, &set(&[1, 2])),
+            set(&[1, 2])
+        );
+        // then node 3 catches up
+        assert_eq!(
+            next_voters(&set(&[1, 2]), &set(&[3]), &all3, 1, &set(&[1, 2, 3])),
+            set(&[1, 2, 3])
+        );
+        // nobody ready: nothing changes
+        assert_eq!(
+            next_voters(&set(&[1]), &set(&[2, 3]), &all3, 1, &set(&[1])),
+            set(&[1])
+        );
+        // a draining voter is not dropped before its replacement is ready
+        let four = nodes(&[1, 2, 3, 4], &[2]);
+        assert_eq!(
+            next_voters(&set(&[1, 2, 3]), &set(&[4]), &four, 1, &set(&[1, 2, 3])),
+            set(&[1, 2, 3])
+        );
+        assert_eq!(
+            next_voters(&set(&[1, 2, 3]), &set(&[4]), &four, 1, &set(&[1, 2, 3, 4])),
+            set(&[1, 3, 4])
+        );
+        // demotions that need no learner go ahead
+        assert_eq!(
+            next_voters(
+                &set(&[1, 2, 3, 4, 5]),
+                &set(&[]),
+                &nodes(&[1, 2, 3, 4, 5], &[3]),
+                5,
+                &set(&[])
+            ),
+            set(&[1, 2, 5])
+        );
     }
 
     #[test]

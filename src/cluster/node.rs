@@ -36,6 +36,7 @@ use super::state::{Command, CommandResult, NodeInfo, StateSummary};
 use super::state_machine::{StateHandle, StateMachineStore};
 use super::tls::{internal_endpoint, NodeTls};
 use super::types::{NodeId, Raft, RaftMetrics};
+use super::vote_fence::VoteFence;
 
 /// How many times a write follows a changing leader before giving up.
 const WRITE_ATTEMPTS: usize = 3;
@@ -170,6 +171,10 @@ pub struct ClusterStatus {
     pub state_digest: String,
     /// For linearizable status: the index the answer is valid at.
     pub read_index: Option<u64>,
+    /// This node refuses votes: its Raft storage started empty and no
+    /// leader has brought it up to date yet (`cluster::vote_fence`).
+    #[serde(default)]
+    pub vote_fenced: bool,
 }
 
 /// Proposes `command` through the node at `address` (any member: it
@@ -227,6 +232,7 @@ pub(crate) struct NodeCore {
     state: StateHandle,
     channels: Channels,
     settings: RaftSettings,
+    fence: VoteFence,
 }
 
 impl NodeCore {
@@ -456,6 +462,7 @@ impl NodeCore {
             state: summary,
             state_digest: digest,
             read_index,
+            vote_fenced: self.fence.is_armed(),
         })
     }
 }
@@ -478,6 +485,8 @@ struct Lifecycle {
     server: Mutex<Option<JoinHandle<()>>>,
     /// Kept to know when openraft has released the log file.
     log_store: Mutex<Option<LogStore>>,
+    /// Holds a log handle too; released at shutdown.
+    fence: VoteFence,
     done: tokio::sync::Mutex<bool>,
 }
 
@@ -505,6 +514,7 @@ impl Lifecycle {
         // openraft's replication tasks hold clones of the log store; the
         // file stays locked until the last one is gone, and a restart in the
         // same process must be able to open it again.
+        self.fence.release();
         let store = self
             .log_store
             .lock()
@@ -548,7 +558,7 @@ impl RaftNode {
         mut shutdown: watch::Receiver<bool>,
         extra: impl FnOnce(tonic::service::Routes) -> tonic::service::Routes,
     ) -> Result<RaftNode, ClusterError> {
-        let config = Arc::new(settings.raft_config()?);
+        let mut config = settings.raft_config()?;
         let raft_dir = settings.data_dir.join("raft");
         std::fs::create_dir_all(&raft_dir).map_err(|e| {
             ClusterError::storage(&raft_dir, format!("cannot create directory: {e}"))
@@ -557,6 +567,15 @@ impl RaftNode {
         let log_store = LogStore::open(raft_dir.join(LOG_FILE))?
             .with_purge_guard(state_machine.snapshot_watermark());
         let state = state_machine.handle();
+        let fence = VoteFence::open(
+            settings.node_id,
+            log_store.clone(),
+            state_machine.snapshot_log_id().as_ref(),
+        )?;
+        // a fenced node must not campaign either: with a partial log it
+        // could win against a lagging majority just as its vote could
+        config.enable_elect = !fence.is_armed();
+        let config = Arc::new(config);
 
         // TLS settings are checked before anything binds
         let mut server = tonic::transport::Server::builder();
@@ -605,18 +624,21 @@ impl RaftNode {
             other => ClusterError::Raft(other.to_string()),
         })?;
 
+        fence.attach(raft.clone());
         let core = Arc::new(NodeCore {
             id: settings.node_id,
             raft: raft.clone(),
             state,
             channels,
             settings: settings.clone(),
+            fence: fence.clone(),
         });
 
         let max = settings.max_message_bytes;
-        let raft_service = proto::raft_server::RaftServer::new(RaftService::new(raft.clone()))
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max);
+        let raft_service =
+            proto::raft_server::RaftServer::new(RaftService::new(raft.clone(), fence.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max);
         let control_service =
             proto::control_server::ControlServer::new(ControlService::new(core.clone()))
                 .max_decoding_message_size(max)
@@ -641,6 +663,7 @@ impl RaftNode {
             stop_server,
             server: Mutex::new(Some(server)),
             log_store: Mutex::new(Some(log_store)),
+            fence,
             done: tokio::sync::Mutex::new(false),
         });
         let watcher = lifecycle.clone();
@@ -663,6 +686,20 @@ impl RaftNode {
 
     pub fn id(&self) -> NodeId {
         self.core.id
+    }
+
+    /// True once this node holds Raft state — a log entry (including the
+    /// founding membership `initialize` writes), a snapshot, or a vote a
+    /// leader made it record — or has stopped. Asked of openraft's core,
+    /// not its metrics: those read empty until the core has loaded the
+    /// storage.
+    pub async fn has_raft_state(&self) -> bool {
+        self.core.raft.is_initialized().await.unwrap_or(true)
+    }
+
+    /// True while this node refuses votes (`cluster::vote_fence`).
+    pub fn vote_fenced(&self) -> bool {
+        self.core.fence.is_armed()
     }
 
     /// This node's transport fault rules (inactive unless set; see
@@ -700,13 +737,20 @@ impl RaftNode {
 
     /// Bootstraps a new cluster with `members` as voters. Does nothing (and
     /// succeeds) when this node already has Raft state, so every node may
-    /// call it at start-up.
+    /// call it at start-up. When it does initialise, this node's vote fence
+    /// is lifted: the caller declares that no cluster of these members
+    /// exists yet, so there is nothing this node could have lost. Never
+    /// call it for a node that lost its data directory (`node::formation`
+    /// checks the other members first).
     pub async fn initialize(
         &self,
         members: BTreeMap<NodeId, NodeInfo>,
     ) -> Result<(), ClusterError> {
         match self.core.raft.initialize(members).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.core.fence.lift("it initialised a new cluster").await;
+                Ok(())
+            }
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
             Err(RaftError::APIError(InitializeError::NotInMembers(e))) => {
                 Err(ClusterError::Membership(e.to_string()))

@@ -3,8 +3,9 @@
 //!
 //! Owns: decoding requests, handing them to openraft or the node core, and
 //! encoding replies; conversion of `ClusterStatus` to and from its protobuf
-//! form. Must not touch: the listener and server life cycle (`node.rs`) or
-//! outgoing requests (`network.rs`).
+//! form. Vote and AppendEntries pass the vote fence (`vote_fence.rs` decides;
+//! this only asks it). Must not touch: the listener and server life cycle
+//! (`node.rs`) or outgoing requests (`network.rs`).
 
 use std::sync::Arc;
 
@@ -19,15 +20,17 @@ use super::proto;
 use super::proto::{PayloadFormat, RaftBytes};
 use super::state::{Command, StateSummary};
 use super::types::{NodeId, Raft, TypeConfig};
+use super::vote_fence::VoteFence;
 
 /// Serves openraft's RPCs for this node.
 pub struct RaftService {
     raft: Raft,
+    fence: VoteFence,
 }
 
 impl RaftService {
-    pub fn new(raft: Raft) -> Self {
-        Self { raft }
+    pub fn new(raft: Raft, fence: VoteFence) -> Self {
+        Self { raft, fence }
     }
 }
 
@@ -52,11 +55,31 @@ impl proto::raft_server::Raft for RaftService {
     ) -> Result<Response<RaftBytes>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> =
             decode_request(request, "AppendEntries request")?;
-        reply(&self.raft.append_entries(rpc).await)
+        let (vote, prev, commit) = (rpc.vote, rpc.prev_log_id, rpc.leader_commit);
+        let last_sent = rpc.entries.last().map(|e| e.log_id);
+        let result = self.raft.append_entries(rpc).await;
+        if let Ok(resp) = &result {
+            self.fence
+                .observe_append(
+                    &vote,
+                    prev.as_ref(),
+                    last_sent.as_ref(),
+                    commit.as_ref(),
+                    resp,
+                )
+                .await;
+        }
+        reply(&result)
     }
 
     async fn vote(&self, request: Request<RaftBytes>) -> Result<Response<RaftBytes>, Status> {
         let rpc: VoteRequest<NodeId> = decode_request(request, "Vote request")?;
+        if let Some(refused) = self.fence.check_vote(&rpc).await {
+            // the same shape openraft answers with, so candidates of any
+            // funnel version read it as a plain "no"
+            let answer: Result<_, openraft::error::RaftError<NodeId>> = Ok(refused);
+            return reply(&answer);
+        }
         reply(&self.raft.vote(rpc).await)
     }
 
@@ -197,6 +220,7 @@ impl From<ClusterStatus> for proto::StatusResponse {
                 state_digest: s.state_digest,
             }),
             read_index: s.read_index,
+            vote_fenced: s.vote_fenced,
         }
     }
 }
@@ -234,6 +258,7 @@ impl TryFrom<proto::StatusResponse> for ClusterStatus {
             },
             state_digest: st.state_digest,
             read_index: p.read_index,
+            vote_fenced: p.vote_fenced,
         })
     }
 }

@@ -390,6 +390,11 @@ impl StateMachineStore {
         &self.snapshots.dir
     }
 
+    /// The last log id the current snapshot covers (`None`: no snapshot).
+    pub fn snapshot_log_id(&self) -> Option<LogId> {
+        self.snapshots.current_meta().and_then(|m| m.last_log_id)
+    }
+
     fn notify_applied(&self, index: Option<u64>) {
         self.handle.applied.send_replace(index);
     }

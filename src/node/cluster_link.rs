@@ -5,8 +5,9 @@
 //!
 //! Owns: starting the Raft node with the data-plane service beside it
 //! (over mTLS when `[cluster.tls]` is set, for the server and every peer
-//! channel made here),
-//! bootstrap, and reconciling the node with the applied cluster state.
+//! channel made here), starting the bootstrap node's formation task
+//! (`node::formation` decides when to form), and reconciling the node with
+//! the applied cluster state.
 //! Must not touch: the Raft rules (`cluster::state`) or request handling
 //! (the node's operations call into this only to read the shard map and to
 //! propose writes).
@@ -19,7 +20,7 @@ use crate::cluster::{
 };
 use crate::config::NodeConfig;
 use crate::replica::HealthBook;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -241,16 +242,6 @@ pub async fn start_cluster(
     })
     .await
     .map_err(|e| anyhow::anyhow!("starting Raft on cluster.internal {}: {e}", cc.internal))?;
-    if cc.bootstrap {
-        let members: BTreeMap<u64, NodeInfo> = cc
-            .members
-            .iter()
-            .map(|m| (m.id, NodeInfo::new(m.id, &m.internal, &m.http, &m.grpc)))
-            .collect();
-        raft.initialize(members)
-            .await
-            .map_err(|e| anyhow::anyhow!("bootstrapping the cluster: {e}"))?;
-    }
     let (applied_tx, _) = watch::channel(0);
     let link = Arc::new(ClusterLink {
         raft,
@@ -263,6 +254,28 @@ pub async fn start_cluster(
     });
     node.attach_cluster(link.clone())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if cc.bootstrap {
+        // a group of this node alone, formed in the background: members
+        // that are not up yet must not hold up this node's start
+        let me_info = match config.this_member() {
+            Some(m) => NodeInfo::new(me, &m.internal, &m.http, &m.grpc),
+            None => link
+                .raft
+                .node_info(config.api.http.clone(), config.api.grpc.clone()),
+        };
+        let peers: Vec<(u64, String)> = cc
+            .members
+            .iter()
+            .filter(|m| m.id != me)
+            .map(|m| (m.id, m.internal.clone()))
+            .collect();
+        tokio::spawn(super::formation::run(
+            link.clone(),
+            me_info,
+            peers,
+            shutdown.clone(),
+        ));
+    }
     if !cc.join.is_empty() && !cc.bootstrap {
         let info = match config.this_member() {
             Some(m) => NodeInfo::new(me, &m.internal, &m.http, &m.grpc),

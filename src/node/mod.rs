@@ -12,6 +12,7 @@ pub mod bundle_fetch;
 pub mod catchup;
 pub mod cluster_link;
 mod event_sink;
+pub mod formation;
 pub mod liveness;
 mod moves;
 pub mod rollout;

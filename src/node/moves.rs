@@ -1,7 +1,9 @@
 //! The leader's side of cluster changes: it carries queued shard transfers
 //! forward one Raft command at a time and keeps Raft membership in line
 //! with the registered members (new nodes join as learners, learners are
-//! promoted up to 3 or 5 voters, drained nodes leave). A joining node's
+//! promoted up to 3 or 5 voters once they caught up, drained nodes leave).
+//! This is also how a new cluster grows past its bootstrap node
+//! (`node::formation`). A joining node's
 //! request to be registered lives here too.
 //!
 //! Everything is driven from the replicated state, so a new leader resumes
@@ -15,14 +17,14 @@
 
 use super::cluster_link::ClusterLink;
 use crate::cluster::moves::{
-    desired_voters, next_steps, plan_dead_replacement, DEFAULT_DRAIN_GRACE_MS,
+    caught_up, next_steps, next_voters, plan_dead_replacement, DEFAULT_DRAIN_GRACE_MS,
     SETTING_DRAIN_GRACE_MS, SETTING_MAX_CONCURRENT, SETTING_REPLACE_DEAD_AFTER,
 };
 use crate::cluster::{
     propose_via, ClusterError, Command, NodeInfo, NodeStatus, ReplicaState, Transfer,
 };
 use crate::config::ClusterConfig;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -139,12 +141,19 @@ async fn replace_dead(
 }
 
 async fn align_membership(link: &ClusterLink) -> Result<(), String> {
-    let (voters, learners, joint) = {
+    let (voters, learners, joint, ready) = {
         let m = link.raft.metrics().borrow().clone();
         let mem = m.membership_config.membership();
         let voters: BTreeSet<u64> = mem.voter_ids().collect();
         let learners: BTreeSet<u64> = mem.learner_ids().collect();
-        (voters, learners, mem.get_joint_config().len() > 1)
+        // how far the leader has seen each member's log match its own
+        let matched: BTreeMap<u64, Option<u64>> = m
+            .replication
+            .as_ref()
+            .map(|r| r.iter().map(|(id, l)| (*id, l.map(|l| l.index))).collect())
+            .unwrap_or_default();
+        let ready = caught_up(&matched, m.last_applied.map(|l| l.index));
+        (voters, learners, mem.get_joint_config().len() > 1, ready)
     };
     if joint {
         // a membership change is still committing; look again next round
@@ -183,7 +192,9 @@ async fn align_membership(link: &ClusterLink) -> Result<(), String> {
             return Ok(());
         }
     }
-    let want = desired_voters(&voters, &learners, &nodes, link.id());
+    // learners are promoted once caught up (a member that is not up yet
+    // waits as a learner and holds nobody else up)
+    let want = next_voters(&voters, &learners, &nodes, link.id(), &ready);
     if want != voters {
         link.raft
             .change_membership(want.clone())

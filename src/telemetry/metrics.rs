@@ -25,6 +25,9 @@ pub struct Metrics {
     pub hedged_requests: prometheus::IntCounter,
     /// Calls to a remote shard replica, by outcome.
     pub replica_calls: IntCounterVec,
+    /// 1 while this node refuses Raft votes because its storage started
+    /// empty and no leader has brought it up to date (`cluster::vote_fence`).
+    pub raft_vote_fenced: prometheus::IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -121,7 +124,16 @@ fn build() -> Metrics {
         "Shard replica calls by outcome",
         &["outcome"],
     );
+    let raft_vote_fenced = prometheus::IntGauge::new(
+        "funnel_raft_vote_fenced",
+        "1 while this node refuses Raft votes: its storage started empty and no leader has brought it up to date",
+    )
+    .expect("metric definition is valid");
+    registry
+        .register(Box::new(raft_vote_fenced.clone()))
+        .expect("metric registered once");
     Metrics {
+        raft_vote_fenced,
         hedged_requests,
         replica_calls,
         registry,

@@ -402,3 +402,31 @@ pub fn copies(rt: &tokio::runtime::Runtime, v: &funnel::cluster::ClusterView) ->
     });
     out
 }
+
+/// Waits until the node at `internal` (HOST:PORT) reports a leader and
+/// exactly `voters` as Raft voters. A new cluster forms from its bootstrap
+/// node alone and promotes the other members once they caught up, so a
+/// test that kills or cuts off a node waits for this first.
+pub fn wait_voters(
+    rt: &tokio::runtime::Runtime,
+    internal: &str,
+    voters: &[u64],
+    timeout: Duration,
+) -> bool {
+    use funnel::cluster::proto::control_client::ControlClient;
+    use funnel::cluster::proto::StatusRequest;
+    eventually(timeout, || {
+        rt.block_on(async {
+            let Ok(mut c) = ControlClient::connect(format!("http://{internal}")).await else {
+                return false;
+            };
+            let req = StatusRequest {
+                linearizable: false,
+            };
+            c.status(req).await.is_ok_and(|s| {
+                let s = s.into_inner();
+                s.leader_id.is_some() && s.voters == voters
+            })
+        })
+    })
+}
