@@ -9,7 +9,9 @@
 //! repaired), the leader activates it and every node serves v2; under
 //! continuous recommend load during the rollout no request fails or loses
 //! coverage, each reports v1 or v2, and once every node switched only v2; `admin status` shows who loaded
-//! what; bad internal requests are rejected cleanly.
+//! what; bad internal requests are rejected cleanly; a shard then moved
+//! onto a node whose copy holds only its own shards is fetched from a peer
+//! and served.
 //!
 //! A second cluster starts with no bundle at all: it waits until one is
 //! published (requests meanwhile say so), here over HTTP on one node, which
@@ -398,6 +400,64 @@ fn publish_rolls_a_new_version_out_to_every_node_without_failed_requests() {
     // the recommend answers keep working on v2 with the token-free API
     let (version, coverage) = recommend(&http, &members[0].http, "u000002").unwrap();
     assert_eq!((version.as_str(), coverage), (V2, 1.0));
+
+    // a shard moved onto node 1, whose copy of v2 holds only the shards it
+    // hosted: it fetches the new shard's files from a peer and serves it
+    let hosts = |st: &serde_json::Value, s: u32| -> Vec<(u64, String)> {
+        st["view"]["shard_map"]["replicas"][s as usize]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["node"].as_u64().unwrap(),
+                    r["state"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    };
+    let st = status_json(&members[0].internal);
+    let shard = (0..SHARDS)
+        .find(|&s| hosts(&st, s).iter().all(|(n, _)| *n != 1))
+        .expect("with 4 shards x 2 copies on 3 nodes, node 1 lacks a shard");
+    let from = hosts(&st, shard)[0].0.to_string();
+    let shard_dir = members[0]
+        .data_dir
+        .join("bundles")
+        .join(V2)
+        .join(format!("shards/shard-{shard:04}"));
+    assert!(!shard_dir.join("index.usearch").exists());
+    let o = admin(
+        &members[1].internal,
+        Some(TOKEN),
+        &[
+            "move-shard",
+            "--shard",
+            &shard.to_string(),
+            "--from",
+            &from,
+            "--to",
+            "1",
+        ],
+    );
+    assert!(o.status.success(), "move-shard: {}", text(&o));
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            let h = hosts(&status_json(&members[0].internal), shard);
+            h.iter().any(|(n, s)| *n == 1 && s == "Active")
+                && h.iter().all(|(n, _)| n.to_string() != from)
+        }),
+        "shard {shard} did not move from node {from} to node 1: {}",
+        status_json(&members[0].internal)
+    );
+    assert!(
+        shard_dir.join("index.usearch").is_file(),
+        "node 1 fetched the moved shard's files into its copy"
+    );
+    for m in &members {
+        let (version, coverage) = recommend(&http, &m.http, "u000003").unwrap();
+        assert_eq!((version.as_str(), coverage), (V2, 1.0), "node {}", m.id);
+    }
 }
 
 #[test]

@@ -233,7 +233,9 @@ impl EventsConfig {
 pub struct ShardsConfig {
     /// Threads answering ANN queries (also the usearch search slots reserved).
     pub search_threads: usize,
-    /// usearch `ef` at query time.
+    /// usearch `ef` at query time; 0 uses the bundle's (its manifest's
+    /// `index.expansion_search`, chosen at training with the recall check
+    /// of `funnel bundle ann-recall`).
     pub expansion_search: usize,
 }
 
@@ -241,7 +243,7 @@ impl Default for ShardsConfig {
     fn default() -> Self {
         ShardsConfig {
             search_threads: 2,
-            expansion_search: 128,
+            expansion_search: 0,
         }
     }
 }

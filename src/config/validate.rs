@@ -267,13 +267,12 @@ fn check_workers(cfg: &NodeConfig, out: &mut Vec<String>) {
         1,
         "",
     );
-    at_least(
-        out,
-        "shards.expansion_search",
-        cfg.shards.expansion_search,
-        1,
-        " (the default is 128)",
-    );
+    if cfg.shards.expansion_search > 65_536 {
+        out.push(format!(
+            "shards.expansion_search = {}: must be at most 65536 (0 uses the bundle's, set by funnel train --expansion-search)",
+            cfg.shards.expansion_search
+        ));
+    }
 }
 
 fn check_cluster(node_id: u64, c: &ClusterConfig, out: &mut Vec<String>) {

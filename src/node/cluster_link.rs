@@ -405,8 +405,12 @@ async fn reconcile(
             if node.model_version().is_none() {
                 node.publish(dir.clone()).await.map_err(|e| e.to_string())?;
             } else if local_changed {
-                // a move adds or drops a copy: load (or unload) just those
-                if let Err(e) = node.rehost_shards(&mine).await {
+                // a move adds or drops a copy: load (or unload) just those,
+                // from a directory that holds the added shards' files (a
+                // node that fetched only its own shards gets the new ones
+                // from a peer first)
+                let from = super::rollout::dir_with_shards(node, link, config, &mine, &dir).await;
+                if let Err(e) = node.rehost_shards(&mine, from).await {
                     tracing::warn!(error = %e, "loading only the changed shards failed; reloading the bundle");
                     node.publish(dir.clone()).await.map_err(|e| e.to_string())?;
                 }

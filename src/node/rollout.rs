@@ -30,7 +30,7 @@ use crate::shard::{start_shard, Delete, ShardActor, Upsert};
 use crate::userstate::SeedUsers;
 use actix::Addr;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -187,16 +187,13 @@ impl Node {
 
     /// Brings the shards this node hosts for the served version to `want`
     /// without reloading the model or the shards that stay (a shard move
-    /// adds or drops one copy): loads each added shard from the served
-    /// bundle directory, puts the catalogue overlay into it as `prepare`
+    /// adds or drops one copy): loads each added shard from `dir` (the
+    /// served version's files, see `dir_with_shards`), puts the catalogue overlay into it as `prepare`
     /// does, and stops routing to the dropped ones. Nothing changes when
     /// loading fails; the caller can fall back to a full `publish`.
-    pub async fn rehost_shards(&self, want: &[u32]) -> Result<(), ServiceError> {
+    pub async fn rehost_shards(&self, want: &[u32], dir: PathBuf) -> Result<(), ServiceError> {
         let _one_at_a_time = self.inner.swap.lock().await;
         let cur = self.current()?;
-        let dir = self.current_bundle_dir().ok_or_else(|| {
-            ServiceError::Unavailable("no bundle is served yet; nothing to load shards from".into())
-        })?;
         let have = self.shard_actors();
         let added: Vec<u32> = want
             .iter()
@@ -614,6 +611,33 @@ pub(super) async fn first_bundle_dir(
                 .map_err(|e| e.to_string())
         }
         None => Ok(config.node.bundle_dir().map(|p| p.to_path_buf())),
+    }
+}
+
+/// A directory holding the served version's files for the shards `want`:
+/// when the served version is the cluster's active one, `ensure_local`
+/// checks `current` (or the local copy) for them and fetches what is
+/// missing from a peer; otherwise (mid-rollout, or fetching failed: the
+/// error is logged and loading then reports the missing file) `current`.
+pub(super) async fn dir_with_shards(
+    node: &Node,
+    link: &Arc<ClusterLink>,
+    config: &NodeConfig,
+    want: &[u32],
+    current: &Path,
+) -> PathBuf {
+    let active = link.raft.state().read().models.active.clone();
+    match active {
+        Some(m) if node.model_version().as_deref() == Some(m.version.as_str()) => {
+            match bundle_fetch::ensure_local(link, config, &m, want).await {
+                Ok(dir) => dir,
+                Err(e) => {
+                    tracing::warn!(version = %m.version, error = %e, "getting the files of newly placed shards failed");
+                    current.to_path_buf()
+                }
+            }
+        }
+        _ => current.to_path_buf(),
     }
 }
 

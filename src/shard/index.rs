@@ -38,6 +38,8 @@ pub struct ShardIndex {
 }
 
 impl ShardIndex {
+    /// A replica serving `loaded`, searching with beam `expansion_search`
+    /// (0 keeps the index's own, i.e. the bundle's).
     pub fn from_loaded(loaded: LoadedShard, expansion_search: usize) -> Self {
         let dim = loaded.vectors.cols();
         let rows = loaded
@@ -57,7 +59,9 @@ impl ShardIndex {
             upserts: 0,
             deletes: 0,
         };
-        index.set_expansion_search(expansion_search);
+        if expansion_search > 0 {
+            index.set_expansion_search(expansion_search);
+        }
         index
     }
 
