@@ -132,7 +132,9 @@ fn each_invalid_value_is_reported_under_its_key() {
         ("events.segment_bytes", |c| c.events.segment_bytes = 100),
         ("events.user_partitions", |c| c.events.user_partitions = 0),
         ("shards.search_threads", |c| c.shards.search_threads = 0),
-        ("shards.expansion_search", |c| c.shards.expansion_search = 70_000),
+        ("shards.expansion_search", |c| {
+            c.shards.expansion_search = 70_000
+        }),
     ];
     for (key, mutate) in cases {
         let mut cfg = NodeConfig::default();
