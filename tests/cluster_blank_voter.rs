@@ -19,23 +19,15 @@ use funnel::cluster::proto::control_client::ControlClient;
 use funnel::cluster::proto::fault_injection_client::FaultInjectionClient;
 use funnel::cluster::proto::{FaultRules, NodeGroup, StatusRequest, StatusResponse};
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use support::{
-    eventually, members_list, recommend, rt, small_bundle, write_node_config, Http, NodePorts,
+    eventually, members_list, recommend, rt, small_bundle, write_members, Http, Member, NodePorts,
     NodeProc,
 };
 
 const SHARDS: u32 = 6;
 const BASE: u16 = 22000;
-
-struct Member {
-    id: u64,
-    config: PathBuf,
-    data_dir: PathBuf,
-    http: String,
-    internal: String,
-}
 
 /// Nodes 1..=3 on http BASE+id, grpc BASE+10+id, internal BASE+20+id.
 fn write_configs(dir: &Path, bundle: &Path) -> Vec<Member> {
@@ -52,19 +44,7 @@ fn write_configs(dir: &Path, bundle: &Path) -> Vec<Member> {
         "fault_injection = true\nreplace_dead_after = 0\n{}",
         members_list(&nodes)
     );
-    nodes
-        .iter()
-        .map(|me| {
-            let (config, data_dir) = write_node_config(dir, me, Some(bundle), SHARDS, "", &extra);
-            Member {
-                id: me.id,
-                config,
-                data_dir,
-                http: format!("127.0.0.1:{}", me.http),
-                internal: format!("127.0.0.1:{}", me.internal),
-            }
-        })
-        .collect()
+    write_members(dir, &nodes, Some(bundle), SHARDS, "", &extra)
 }
 
 fn status(rt: &tokio::runtime::Runtime, internal: &str) -> Option<StatusResponse> {

@@ -15,13 +15,13 @@ use funnel::cluster::proto::control_client::ControlClient;
 use funnel::cluster::proto::StatusRequest;
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::{
-    digests_converged, eventually, members_list, shard_digests, small_bundle, write_node_config,
-    Http, NodePorts, NodeProc,
+    digests_converged, eventually, members_list, shard_digests, small_bundle, write_members, Http,
+    Member, NodePorts, NodeProc,
 };
 
 const SHARDS: u32 = 12;
@@ -31,14 +31,6 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("an ephemeral port is available")
-}
-
-struct Member {
-    id: u64,
-    config: PathBuf,
-    data_dir: PathBuf,
-    http: String,
-    internal: String,
 }
 
 fn write_configs(dir: &Path, bundle: &Path, n: u64) -> Vec<Member> {
@@ -51,19 +43,7 @@ fn write_configs(dir: &Path, bundle: &Path, n: u64) -> Vec<Member> {
         })
         .collect();
     let members = members_list(&nodes);
-    nodes
-        .iter()
-        .map(|me| {
-            let (config, data_dir) = write_node_config(dir, me, Some(bundle), SHARDS, "", &members);
-            Member {
-                id: me.id,
-                config,
-                data_dir,
-                http: format!("127.0.0.1:{}", me.http),
-                internal: format!("127.0.0.1:{}", me.internal),
-            }
-        })
-        .collect()
+    write_members(dir, &nodes, Some(bundle), SHARDS, "", &members)
 }
 
 fn recommend(http: &Http, node_http: &str, user: &str) -> Result<serde_json::Value, String> {

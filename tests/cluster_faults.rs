@@ -20,22 +20,14 @@ use funnel::cluster::proto::fault_injection_client::FaultInjectionClient;
 use funnel::cluster::proto::{FaultRules, LinkDrop, NodeGroup, StatusRequest};
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use support::{
     digests_converged, eventually, members_list, recommend, rt, shard_digests, small_bundle,
-    write_node_config, Http, NodePorts, NodeProc,
+    write_members, write_node_config, Http, Member, NodePorts, NodeProc,
 };
 
 const SHARDS: u32 = 12;
-
-struct Member {
-    id: u64,
-    config: PathBuf,
-    data_dir: PathBuf,
-    http: String,
-    internal: String,
-}
 
 /// Three members on fixed ports from `base` (http base+id, grpc base+10+id,
 /// internal base+20+id), with `cluster_extra` in every config.
@@ -49,19 +41,7 @@ fn write_configs(dir: &Path, bundle: &Path, base: u16, cluster_extra: &str) -> V
         })
         .collect();
     let extra = format!("{cluster_extra}\n{}", members_list(&nodes));
-    nodes
-        .iter()
-        .map(|me| {
-            let (config, data_dir) = write_node_config(dir, me, Some(bundle), SHARDS, "", &extra);
-            Member {
-                id: me.id,
-                config,
-                data_dir,
-                http: format!("127.0.0.1:{}", me.http),
-                internal: format!("127.0.0.1:{}", me.internal),
-            }
-        })
-        .collect()
+    write_members(dir, &nodes, Some(bundle), SHARDS, "", &extra)
 }
 
 fn full_coverage(http: &Http, node_http: &str) -> bool {

@@ -24,25 +24,17 @@ use funnel::cluster::{ClusterStatus, ClusterView, ReplicaState};
 use funnel::ids::{item_key, shard_of};
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::{
-    copies, eventually, members_list, recommend, rt, small_bundle, write_node_config, Copies, Http,
-    NodePorts, NodeProc,
+    copies, eventually, members_list, recommend, rt, small_bundle, write_members, Copies, Http,
+    Member, NodePorts, NodeProc,
 };
 
 const SHARDS: u32 = 6;
 const DIM: usize = 16;
-
-struct Member {
-    id: u64,
-    config: PathBuf,
-    data_dir: PathBuf,
-    http: String,
-    internal: String,
-}
 
 /// Configs of nodes 1..=3 on ports `base + 1..`, `base + 11..`, `base + 21..`.
 fn write_configs(dir: &Path, bundle: &Path, base: u16, cluster_extra: &str) -> Vec<Member> {
@@ -54,20 +46,8 @@ fn write_configs(dir: &Path, bundle: &Path, base: u16, cluster_extra: &str) -> V
             internal: base + 20 + id as u16,
         })
         .collect();
-    nodes
-        .iter()
-        .map(|me| {
-            let extra = format!("{}\n{cluster_extra}", members_list(&nodes));
-            let (config, data_dir) = write_node_config(dir, me, Some(bundle), SHARDS, "", &extra);
-            Member {
-                id: me.id,
-                config,
-                data_dir,
-                http: format!("127.0.0.1:{}", me.http),
-                internal: format!("127.0.0.1:{}", me.internal),
-            }
-        })
-        .collect()
+    let extra = format!("{}\n{cluster_extra}", members_list(&nodes));
+    write_members(dir, &nodes, Some(bundle), SHARDS, "", &extra)
 }
 
 fn admin(addr: &str, args: &[&str]) -> String {

@@ -35,21 +35,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::{
-    eventually, members_list, small_bundle, write_node_config, Http, NodePorts, NodeProc,
+    eventually, members_list, small_bundle, write_members, Http, Member, NodePorts, NodeProc,
 };
 
 const SHARDS: u32 = 4;
 const TOKEN: &str = "rollout-test-token";
 const V1: &str = "test-seed-1";
 const V2: &str = "test-seed-2";
-
-struct Member {
-    id: u64,
-    config: PathBuf,
-    data_dir: PathBuf,
-    http: String,
-    internal: String,
-}
 
 /// Configs of three nodes on ports `base`..`base + 29`.
 fn write_configs(dir: &Path, base: u16, bundle: Option<&Path>, fetch: &str) -> Vec<Member> {
@@ -63,20 +55,7 @@ fn write_configs(dir: &Path, base: u16, bundle: Option<&Path>, fetch: &str) -> V
         .collect();
     let cluster_extra = format!("fetch_bundles = \"{fetch}\"\n{}", members_list(&nodes));
     let api_extra = format!("admin_token = \"{TOKEN}\"");
-    nodes
-        .iter()
-        .map(|me| {
-            let (config, data_dir) =
-                write_node_config(dir, me, bundle, SHARDS, &api_extra, &cluster_extra);
-            Member {
-                id: me.id,
-                config,
-                data_dir,
-                http: format!("127.0.0.1:{}", me.http),
-                internal: format!("127.0.0.1:{}", me.internal),
-            }
-        })
-        .collect()
+    write_members(dir, &nodes, bundle, SHARDS, &api_extra, &cluster_extra)
 }
 
 fn admin(addr: &str, token: Option<&str>, args: &[&str]) -> Output {

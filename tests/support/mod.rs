@@ -430,3 +430,39 @@ pub fn wait_voters(
         })
     })
 }
+
+/// A member of a multi-process test cluster: its config file and data
+/// directory, and the addresses the tests talk to.
+pub struct Member {
+    pub id: u64,
+    pub config: PathBuf,
+    pub data_dir: PathBuf,
+    pub http: String,
+    pub internal: String,
+}
+
+/// Writes one config per node of `nodes` (`write_node_config` with the same
+/// bundle, shard count, `[api]` and `[cluster]` extra lines for each).
+pub fn write_members(
+    dir: &Path,
+    nodes: &[NodePorts],
+    bundle: Option<&Path>,
+    shards: u32,
+    api_extra: &str,
+    cluster_extra: &str,
+) -> Vec<Member> {
+    nodes
+        .iter()
+        .map(|me| {
+            let (config, data_dir) =
+                write_node_config(dir, me, bundle, shards, api_extra, cluster_extra);
+            Member {
+                id: me.id,
+                config,
+                data_dir,
+                http: format!("127.0.0.1:{}", me.http),
+                internal: format!("127.0.0.1:{}", me.internal),
+            }
+        })
+        .collect()
+}
