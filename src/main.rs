@@ -257,24 +257,8 @@ enum BundleCommand {
         src: PathBuf,
         #[arg(long)]
         out: PathBuf,
-        /// Shard count of the copy (default: the source's).
-        #[arg(long)]
-        shards: Option<u32>,
-        #[arg(long, value_name = "M")]
-        connectivity: Option<u32>,
-        #[arg(long, value_name = "N")]
-        expansion_add: Option<u32>,
-        #[arg(long, value_name = "N")]
-        expansion_search: Option<u32>,
-        #[arg(long, value_name = "KIND",
-              value_parser = clap::builder::PossibleValuesParser::new(funnel::bundle::manifest::QUANTIZATIONS))]
-        quantization: Option<String>,
-        /// Model version of the copy (default: the source's + "-reindexed").
-        #[arg(long)]
-        model_version: Option<String>,
-        /// Replace an existing bundle at --out.
-        #[arg(long)]
-        force: bool,
+        #[command(flatten)]
+        opts: funnel::bundle::ReindexOptions,
     },
     /// Measure the sharded ANN search's recall@k against an exact scan,
     /// querying the way the coordinator does.
@@ -468,29 +452,9 @@ fn main() -> Result<()> {
             print!("{}", funnel::bundle::inspect::inspect(&dir, json)?);
         }
         Command::Bundle {
-            command:
-                BundleCommand::Reindex {
-                    src,
-                    out,
-                    shards,
-                    connectivity,
-                    expansion_add,
-                    expansion_search,
-                    quantization,
-                    model_version,
-                    force,
-                },
+            command: BundleCommand::Reindex { src, out, opts },
         } => {
             let t = std::time::Instant::now();
-            let opts = funnel::bundle::ReindexOptions {
-                shards,
-                connectivity,
-                expansion_add,
-                expansion_search,
-                quantization,
-                model_version,
-                force,
-            };
             let m = funnel::bundle::reindex(&src, &out, &opts)?;
             println!(
                 "wrote {} to {} ({} items in {} shards, {} {} connectivity {}, expansion add {} / search {}) in {:.1}s",

@@ -141,15 +141,7 @@ fn three_nodes_survive_kills_and_converge_after_restart() {
             m.id
         );
     }
-    assert!(
-        support::wait_voters(
-            &rt,
-            &members[0].internal,
-            &[1, 2, 3],
-            Duration::from_secs(60)
-        ),
-        "the cluster never promoted all three members to voters"
-    );
+    support::expect_three_voters(&rt, &members[0].internal);
 
     // the operator's view, from any node's internal address
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_funnel"))
@@ -370,15 +362,7 @@ fn a_paused_leader_is_replaced_and_the_cluster_settles_after_it_resumes() {
             m.id
         );
     }
-    assert!(
-        support::wait_voters(
-            &rt,
-            &members[0].internal,
-            &[1, 2, 3],
-            Duration::from_secs(60)
-        ),
-        "the cluster never promoted all three members to voters"
-    );
+    support::expect_three_voters(&rt, &members[0].internal);
     let old = leader_seen_by(&rt, &members[0].internal).expect("a leader is known");
     let old_term = linearizable_status(&rt, &members[(old - 1) as usize].internal)
         .expect("the leader serves a linearizable read")

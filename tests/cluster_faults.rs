@@ -144,15 +144,7 @@ fn an_isolated_node_cannot_commit_and_the_majority_serves_until_healed() {
             m.id
         );
     }
-    assert!(
-        support::wait_voters(
-            &rt,
-            &members[0].internal,
-            &[1, 2, 3],
-            Duration::from_secs(60)
-        ),
-        "the cluster never promoted all three members to voters"
-    );
+    support::expect_three_voters(&rt, &members[0].internal);
     let leader = status(&rt, &members[0].internal)
         .and_then(|s| s.1)
         .expect("a leader is known");
@@ -422,15 +414,7 @@ fn a_crash_in_raft_apply_exits_86_and_loses_no_acknowledged_write() {
             m.id
         );
     }
-    assert!(
-        support::wait_voters(
-            &rt,
-            &members[0].internal,
-            &[1, 2, 3],
-            Duration::from_secs(60)
-        ),
-        "the cluster never promoted all three members to voters"
-    );
+    support::expect_three_voters(&rt, &members[0].internal);
     let base = status(&rt, &members[0].internal).unwrap().3;
     // restart node 3 armed: the replay at start passes, a later apply crashes
     drop(child);

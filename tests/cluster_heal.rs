@@ -247,15 +247,7 @@ fn start_cluster(
             m.id
         );
     }
-    assert!(
-        support::wait_voters(
-            rt,
-            &members[0].internal,
-            &[1, 2, 3],
-            Duration::from_secs(60)
-        ),
-        "the cluster never promoted all three members to voters"
-    );
+    support::expect_three_voters(rt, &members[0].internal);
     procs
 }
 

@@ -531,15 +531,7 @@ fn a_cluster_without_a_bundle_waits_for_a_publish_and_restarts_on_the_active_ver
 
     // a restarted node comes back on the active version
     let rt = support::rt();
-    assert!(
-        support::wait_voters(
-            &rt,
-            &members[0].internal,
-            &[1, 2, 3],
-            Duration::from_secs(60)
-        ),
-        "the cluster never promoted all three members to voters"
-    );
+    support::expect_three_voters(&rt, &members[0].internal);
     procs[0].kill9();
     procs[0] = NodeProc::start_config(&members[0].config, &members[0].data_dir);
     assert!(

@@ -21,17 +21,32 @@ use crate::matrix::Matrix;
 use std::collections::HashMap;
 use std::path::Path;
 
-/// What changes in the copy; `None` keeps the source's value.
-#[derive(Debug, Clone, Default)]
+/// What changes in the copy; `None` keeps the source's value. Also the
+/// flags of `funnel bundle reindex`.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct ReindexOptions {
+    /// Shard count of the copy (default: the source's).
+    #[arg(long)]
     pub shards: Option<u32>,
+    /// HNSW connectivity (M).
+    #[arg(long, value_name = "M")]
     pub connectivity: Option<u32>,
+    /// HNSW expansion while building.
+    #[arg(long, value_name = "N")]
     pub expansion_add: Option<u32>,
+    /// HNSW expansion while searching (what a node serves with by default).
+    #[arg(long, value_name = "N")]
     pub expansion_search: Option<u32>,
+    /// How the indexes store vectors (f32, or f16 with exact re-scoring).
+    #[arg(long, value_name = "KIND",
+          value_parser = clap::builder::PossibleValuesParser::new(super::manifest::QUANTIZATIONS))]
     pub quantization: Option<String>,
-    /// Default: the source's version with "-reindexed" appended (a cluster
-    /// refuses two different bundles under one version).
+    /// Model version of the copy (default: the source's + "-reindexed"; a
+    /// cluster refuses two different bundles under one version).
+    #[arg(long)]
     pub model_version: Option<String>,
+    /// Replace an existing bundle at the output path.
+    #[arg(long)]
     pub force: bool,
 }
 

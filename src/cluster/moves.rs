@@ -1097,20 +1097,25 @@ mod tests {
         assert_eq!(steps, vec![Command::CancelTransfers(vec![t])]);
     }
 
+    /// Members `ids`, those in `draining` Draining, the rest Active.
+    fn nodes(ids: &[NodeId], draining: &[NodeId]) -> BTreeMap<NodeId, NodeInfo> {
+        ids.iter()
+            .map(|&id| {
+                let mut i = info(id);
+                if draining.contains(&id) {
+                    i.status = NodeStatus::Draining;
+                }
+                (id, i)
+            })
+            .collect()
+    }
+
+    fn set(v: &[NodeId]) -> BTreeSet<NodeId> {
+        v.iter().copied().collect()
+    }
+
     #[test]
     fn voters_follow_the_three_or_five_rule() {
-        let nodes = |ids: &[NodeId], draining: &[NodeId]| -> BTreeMap<NodeId, NodeInfo> {
-            ids.iter()
-                .map(|&id| {
-                    let mut i = info(id);
-                    if draining.contains(&id) {
-                        i.status = NodeStatus::Draining;
-                    }
-                    (id, i)
-                })
-                .collect()
-        };
-        let set = |v: &[NodeId]| v.iter().copied().collect::<BTreeSet<_>>();
         // a 4th node stays a learner
         assert_eq!(
             desired_voters(&set(&[1, 2, 3]), &set(&[4]), &nodes(&[1, 2, 3, 4], &[]), 1),
@@ -1162,18 +1167,6 @@ mod tests {
 
     #[test]
     fn learners_are_promoted_only_once_caught_up() {
-        let nodes = |ids: &[NodeId], draining: &[NodeId]| -> BTreeMap<NodeId, NodeInfo> {
-            ids.iter()
-                .map(|&id| {
-                    let mut i = info(id);
-                    if draining.contains(&id) {
-                        i.status = NodeStatus::Draining;
-                    }
-                    (id, i)
-                })
-                .collect()
-        };
-        let set = |v: &[NodeId]| v.iter().copied().collect::<BTreeSet<_>>();
         let matched = BTreeMap::from([(1, Some(40)), (2, Some(40)), (3, Some(7)), (4, None)]);
         assert_eq!(caught_up(&matched, Some(40)), set(&[1, 2]));
         assert_eq!(caught_up(&matched, None), set(&[1, 2, 3]));

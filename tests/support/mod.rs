@@ -466,3 +466,13 @@ pub fn write_members(
         })
         .collect()
 }
+
+/// Panics unless the cluster seen from `internal` promotes nodes 1, 2 and 3
+/// to voters within a minute (a node may serve while still a learner, so
+/// fault tests wait for this before killing or cutting anything off).
+pub fn expect_three_voters(rt: &tokio::runtime::Runtime, internal: &str) {
+    assert!(
+        wait_voters(rt, internal, &[1, 2, 3], Duration::from_secs(60)),
+        "the cluster never promoted all three members to voters"
+    );
+}
