@@ -143,6 +143,24 @@ fn three_nodes_survive_kills_and_converge_after_restart() {
     }
     support::expect_three_voters(&rt, &members[0].internal);
 
+    // each node holds 8 of the 12 shards and the other 4 live on both of
+    // its peers: a coordinator asks one peer for all four in one
+    // SearchBatch (replica::batch) rather than in four RPCs
+    let batched: f64 = members
+        .iter()
+        .map(|m| {
+            support::metric_value(
+                &http,
+                &m.http,
+                "funnel_shard_searches_served_total{via=\"batch\"}",
+            )
+        })
+        .sum();
+    assert!(
+        batched >= 4.0,
+        "no shard searches were served in batches ({batched})"
+    );
+
     // the operator's view, from any node's internal address
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_funnel"))
         .args(["admin", "--addr", &members[1].internal, "status", "--json"])

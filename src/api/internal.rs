@@ -6,12 +6,15 @@
 use super::error::grpc_status;
 use crate::cluster::proto::shard_data_server::{ShardData, ShardDataServer};
 use crate::cluster::proto::{
-    FetchEventsRequest, ForwardEventsRequest, ForwardEventsResponse, ShardDigestRequest,
-    ShardDigestResponse, ShardSearchRequest, ShardSearchResponse,
+    shard_search_outcome, FetchEventsRequest, ForwardEventsRequest, ForwardEventsResponse,
+    SearchFailure, ShardDigestRequest, ShardDigestResponse, ShardSearchBatch,
+    ShardSearchBatchResponse, ShardSearchOutcome, ShardSearchRequest, ShardSearchResponse,
 };
 use crate::coordinator::SearchSpec;
 use crate::node::types::ServiceError;
 use crate::node::Node;
+use crate::telemetry::metrics::metrics;
+use futures::future::join_all;
 use std::sync::Arc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -33,13 +36,13 @@ fn bad(msg: String) -> Status {
     grpc_status(&ServiceError::InvalidArgument(msg))
 }
 
-#[tonic::async_trait]
-impl ShardData for ShardDataService {
-    async fn search(
-        &self,
-        request: Request<ShardSearchRequest>,
-    ) -> Result<Response<ShardSearchResponse>, Status> {
-        let r = request.into_inner();
+/// Most searches one `SearchBatch` may carry; a coordinator sends at most
+/// one per shard this node holds, so more is a confused caller.
+pub const MAX_BATCH_SEARCHES: usize = 256;
+
+impl ShardDataService {
+    /// One search, as `Search` and every item of `SearchBatch` answer it.
+    async fn search_one(&self, r: ShardSearchRequest) -> Result<ShardSearchResponse, Status> {
         if r.query.iter().any(|x| !x.is_finite()) {
             return Err(bad("query has a non-finite value".into()));
         }
@@ -68,6 +71,7 @@ impl ShardData for ShardDataService {
             categories,
             fetch: Arc::from(r.fetch),
             deadline: None,
+            batch: None,
         };
         let (res, model_version) = self
             .node
@@ -76,7 +80,7 @@ impl ShardData for ShardDataService {
             .map_err(|e| grpc_status(&e))?;
         let (dimension, vector_keys, vectors) = res.vectors.into_parts();
         let (keys, scores) = res.hits.into_iter().unzip();
-        Ok(Response::new(ShardSearchResponse {
+        Ok(ShardSearchResponse {
             keys,
             scores,
             vector_keys,
@@ -84,7 +88,54 @@ impl ShardData for ShardDataService {
             dimension: dimension as u32,
             node_id: self.node.config().node.id,
             model_version,
-        }))
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl ShardData for ShardDataService {
+    async fn search(
+        &self,
+        request: Request<ShardSearchRequest>,
+    ) -> Result<Response<ShardSearchResponse>, Status> {
+        metrics()
+            .shard_searches_served
+            .with_label_values(&["search"])
+            .inc();
+        self.search_one(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn search_batch(
+        &self,
+        request: Request<ShardSearchBatch>,
+    ) -> Result<Response<ShardSearchBatchResponse>, Status> {
+        let searches = request.into_inner().searches;
+        if searches.len() > MAX_BATCH_SEARCHES {
+            return Err(bad(format!(
+                "{} searches in one batch; send at most {MAX_BATCH_SEARCHES} per call",
+                searches.len()
+            )));
+        }
+        metrics()
+            .shard_searches_served
+            .with_label_values(&["batch"])
+            .inc_by(searches.len() as u64);
+        let answers = join_all(searches.into_iter().map(|r| self.search_one(r))).await;
+        let outcomes = answers
+            .into_iter()
+            .map(|a| ShardSearchOutcome {
+                result: Some(match a {
+                    Ok(ok) => shard_search_outcome::Result::Ok(ok),
+                    Err(s) => shard_search_outcome::Result::Failed(SearchFailure {
+                        code: s.code() as i32,
+                        message: s.message().to_string(),
+                    }),
+                }),
+            })
+            .collect();
+        Ok(Response::new(ShardSearchBatchResponse { outcomes }))
     }
 
     async fn forward_events(

@@ -20,6 +20,7 @@ use crate::ranking::score::{
 };
 use crate::ranking::worker::{RankWorker, ScoreBatch, ScoreWork};
 use crate::recall::{local_paths, merge, Candidate, PathResult, RecallConfig};
+use crate::replica::CallBatch;
 use crate::shard::{KeyedVectors, VectorTable};
 use crate::telemetry::metrics::metrics;
 use crate::userstate::UserReader;
@@ -193,6 +194,7 @@ pub async fn recommend(
             categories: wanted.clone().map(Arc::new),
             fetch: Arc::from(fetch.as_slice()),
             deadline: Some(clock.until(recall_end)),
+            batch: None,
         };
         let (hits, got, answered) = ann_fan_out(
             &serving.shards,
@@ -343,9 +345,15 @@ async fn ann_fan_out(
     until: Instant,
     degraded: &mut Vec<String>,
 ) -> (Vec<(u64, f32)>, Vec<KeyedVectors>, usize) {
+    let batch = CallBatch::new();
+    let spec = SearchSpec {
+        batch: Some(batch.clone()),
+        ..spec
+    };
+    let specs = spec.split_by_shard(shards.len() as u32);
     let calls = shards.iter().map(|c| {
         let c = c.clone();
-        let spec = spec.clone();
+        let spec = specs.get(c.shard() as usize).unwrap_or(&spec).clone();
         async move {
             (
                 c.shard(),
@@ -356,7 +364,16 @@ async fn ann_fan_out(
     let mut hits = Vec::new();
     let mut vectors = Vec::new();
     let mut answered = 0;
-    for (shard, r) in join_all(calls).await {
+    // The first poll starts every shard's first call; remote ones only
+    // queue in the batch, which then goes out as one RPC per node.
+    let mut all = std::pin::pin!(join_all(calls));
+    let first = futures::poll!(all.as_mut());
+    batch.send();
+    let results = match first {
+        std::task::Poll::Ready(r) => r,
+        std::task::Poll::Pending => all.await,
+    };
+    for (shard, r) in results {
         match r {
             Ok(Ok(res)) => {
                 answered += 1;

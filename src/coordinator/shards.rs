@@ -3,6 +3,7 @@
 //! node can rebuild the filter with its own catalogue.
 
 use crate::catalog::Catalog;
+use crate::ids::shard_of;
 use crate::shard::{GetVectors, KeyedVectors, Search, SearchResult, ShardActor};
 use actix::Addr;
 use futures::future::BoxFuture;
@@ -22,6 +23,10 @@ pub struct SearchSpec {
     /// When the recall stage ends: a remote call sends the time left as
     /// its grpc-timeout.
     pub deadline: Option<std::time::Instant>,
+    /// Remote copies queue their search here while the fan-out starts
+    /// every shard's call, so the searches for one node share one RPC
+    /// (`replica::CallBatch`); `None`: each call goes out on its own.
+    pub batch: Option<Arc<crate::replica::CallBatch>>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -39,6 +44,38 @@ pub trait ShardClient: Send + Sync {
 
 /// Vectors of the requested keys a shard holds, or why it could not answer.
 pub type VectorsResult = Result<KeyedVectors, ShardCallError>;
+
+impl SearchSpec {
+    /// One spec per shard, each carrying only the excluded and fetched keys
+    /// that live on that shard (`ids::shard_of`): a shard can neither return
+    /// nor hold another shard's items, and with a few hundred keys to fetch
+    /// per request, sending every list to every shard cost more than the
+    /// search on small shards. Lists stay in their order (`exclude` sorted).
+    pub fn split_by_shard(&self, shards: u32) -> Vec<SearchSpec> {
+        let n = shards.max(1);
+        let mut exclude: Vec<Vec<u64>> = vec![Vec::new(); n as usize];
+        let mut fetch: Vec<Vec<u64>> = vec![Vec::new(); n as usize];
+        for &k in self.exclude.iter() {
+            exclude[shard_of(k, n) as usize].push(k);
+        }
+        for &k in self.fetch.iter() {
+            fetch[shard_of(k, n) as usize].push(k);
+        }
+        exclude
+            .into_iter()
+            .zip(fetch)
+            .map(|(exclude, fetch)| SearchSpec {
+                query: self.query.clone(),
+                k: self.k,
+                exclude: Arc::new(exclude),
+                categories: self.categories.clone(),
+                fetch: Arc::from(fetch),
+                deadline: self.deadline,
+                batch: self.batch.clone(),
+            })
+            .collect()
+    }
+}
 
 /// Builds the keep-predicate of a spec against a catalogue: not excluded,
 /// not deleted, and in a wanted category.
@@ -107,5 +144,36 @@ impl ShardClient for LocalShard {
                     reason: format!("actor unavailable: {e}"),
                 })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_split_spec_gives_each_shard_only_its_own_keys_in_order() {
+        let spec = SearchSpec {
+            query: Arc::from(vec![0.5f32, 1.0]),
+            k: 7,
+            exclude: Arc::new(vec![1, 2, 3, 4, 5, 6, 9, 12]),
+            categories: Some(Arc::new(vec![2u16])),
+            fetch: Arc::from(vec![10u64, 4, 7, 3]),
+            deadline: None,
+            batch: None,
+        };
+        let parts = spec.split_by_shard(3);
+        assert_eq!(parts.len(), 3);
+        for (s, p) in parts.iter().enumerate() {
+            assert!(p.exclude.iter().all(|&k| shard_of(k, 3) == s as u32));
+            assert!(p.fetch.iter().all(|&k| shard_of(k, 3) == s as u32));
+            assert!(p.exclude.windows(2).all(|w| w[0] < w[1]));
+            assert_eq!((p.k, &*p.query), (7, &[0.5f32, 1.0][..]));
+            assert_eq!(p.categories.as_deref(), Some(&vec![2u16]));
+        }
+        assert_eq!(*parts[0].exclude, vec![3, 6, 9, 12]);
+        assert_eq!(&*parts[1].fetch, &[10u64, 4, 7][..]);
+        let total: usize = parts.iter().map(|p| p.exclude.len()).sum();
+        assert_eq!(total, spec.exclude.len());
     }
 }

@@ -89,14 +89,75 @@ impl NodeHealth {
     }
 }
 
+/// How many hedged (second) requests a coordinator may send: every first
+/// request earns `ratio` of a hedge, up to `burst` saved. Hedging cuts the
+/// tail when one copy is slow for its own reasons; when every copy is slow
+/// because the machines are busy, unlimited hedges add load exactly when
+/// there is none to spare and tip a loaded cluster into saturation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HedgeBudget {
+    tokens: f64,
+    ratio: f64,
+    burst: f64,
+}
+
+impl HedgeBudget {
+    pub fn new(ratio: f64, burst: f64) -> Self {
+        HedgeBudget {
+            tokens: burst,
+            ratio,
+            burst,
+        }
+    }
+
+    /// A first request went out.
+    pub fn earn(&mut self) {
+        self.tokens = (self.tokens + self.ratio).min(self.burst);
+    }
+
+    /// Whether a hedge may go out now (and if so, pays for it).
+    pub fn try_spend(&mut self) -> bool {
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Default for HedgeBudget {
+    /// One hedge per ten first requests, twenty saved up.
+    fn default() -> Self {
+        HedgeBudget::new(0.1, 20.0)
+    }
+}
+
 /// Health of every node, shared by all replica sets of a coordinator so
-/// that one shard's failed call warns the others about that node.
+/// that one shard's failed call warns the others about that node; it also
+/// holds the coordinator's one hedge budget.
 #[derive(Debug, Clone, Default)]
 pub struct HealthBook {
     nodes: Arc<Mutex<HashMap<u64, NodeHealth>>>,
+    hedges: Arc<Mutex<HedgeBudget>>,
 }
 
 impl HealthBook {
+    /// A first request to some copy went out: it earns part of a hedge.
+    pub fn first_request(&self) {
+        if let Ok(mut b) = self.hedges.lock() {
+            b.earn();
+        }
+    }
+
+    /// Whether the budget allows one more hedged request (and spends it).
+    pub fn may_hedge(&self) -> bool {
+        self.hedges
+            .lock()
+            .map(|mut b| b.try_spend())
+            .unwrap_or(false)
+    }
+
     pub fn get(&self, node: u64) -> NodeHealth {
         self.nodes
             .lock()
@@ -170,6 +231,28 @@ mod tests {
         h.record_success(Duration::from_millis(1));
         assert!(!h.is_suspect(now));
         assert_eq!(h.consecutive_failures, 0);
+    }
+
+    #[test]
+    fn hedges_are_limited_to_the_budget_ratio_after_the_burst() {
+        let mut b = HedgeBudget::new(0.1, 2.0);
+        // the saved burst first
+        assert!(b.try_spend());
+        assert!(b.try_spend());
+        assert!(!b.try_spend());
+        let mut granted = 0;
+        for _ in 0..1000 {
+            b.earn();
+            if b.try_spend() {
+                granted += 1;
+            }
+        }
+        assert!((99..=100).contains(&granted), "{granted}");
+        // savings stop at the burst
+        for _ in 0..1000 {
+            b.earn();
+        }
+        assert!(b.try_spend() && b.try_spend() && !b.try_spend());
     }
 
     #[test]

@@ -3,14 +3,17 @@
 //!
 //! Owns: per-node health and latency tracking (`health`), the replica
 //! choice and hedging policy (`set`, a `ShardClient` over several copies),
-//! and the gRPC client of a remote copy (`remote`). Must not touch: which
+//! the gRPC client of a remote copy (`remote`), and one request's searches
+//! gathered per node into one RPC (`batch`). Must not touch: which
 //! node holds which shard (the cluster's shard map decides; `node` builds
 //! replica sets from it) or how a shard searches (`shard`).
 
+pub mod batch;
 pub mod health;
 pub mod remote;
 pub mod set;
 
-pub use health::{HealthBook, LatencyTracker, NodeHealth};
+pub use batch::CallBatch;
+pub use health::{HealthBook, HedgeBudget, LatencyTracker, NodeHealth};
 pub use remote::RemoteShard;
 pub use set::{ReplicaSet, ReplicaTarget};

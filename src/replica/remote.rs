@@ -1,8 +1,11 @@
 //! A shard copy on another node, reached over the cluster's internal gRPC
 //! (`ShardData.Search`). The request carries the coordinator's model
 //! version and the remaining stage time as its grpc-timeout, so a remote
-//! node never works on an answer nobody waits for.
+//! node never works on an answer nobody waits for. Inside a request's
+//! fan-out the search joins the request's `CallBatch` (`batch`), which sends
+//! all searches for one node together.
 
+use super::batch::{status_text, with_deadline};
 use crate::cluster::proto::shard_data_client::ShardDataClient;
 use crate::cluster::proto::ShardSearchRequest;
 use crate::cluster::tls::{internal_endpoint, NodeTls};
@@ -11,7 +14,7 @@ use crate::coordinator::{SearchSpec, ShardCallError, ShardClient, VectorsResult}
 use crate::shard::{KeyedVectors, SearchResult};
 use futures::future::BoxFuture;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tonic::transport::Channel;
 
 #[derive(Clone)]
@@ -75,24 +78,32 @@ impl RemoteShard {
         };
         let deadline = spec.deadline;
         let want_version = self.model_version.clone();
+        // queued in the request's batch when it is still open; else sent now
+        let queued = match &spec.batch {
+            Some(batch) => batch.enqueue(node, &client, body, deadline),
+            None => Err(body),
+        };
         Box::pin(async move {
             let fail = |reason: String| ShardCallError::Failed {
                 shard,
                 reason: format!("node {node}: {reason}"),
             };
-            let mut req = tonic::Request::new(body);
-            if let Some(d) = deadline {
-                let left = d.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(fail("deadline passed before sending".into()));
+            let r = match queued {
+                Ok(rx) => rx
+                    .await
+                    .map_err(|_| fail("the batch carrying this search was dropped".into()))?
+                    .map_err(fail)?,
+                Err(body) => {
+                    let Some(req) = with_deadline(body, deadline) else {
+                        return Err(fail("deadline passed before sending".into()));
+                    };
+                    client
+                        .search(req)
+                        .await
+                        .map_err(|s| fail(status_text(&s)))?
+                        .into_inner()
                 }
-                req.set_timeout(left);
-            }
-            let r = client
-                .search(req)
-                .await
-                .map_err(|s| fail(format!("{}: {}", s.code(), s.message())))?
-                .into_inner();
+            };
             // an answer from another model version would mix two models'
             // vector spaces in one request
             if !r.model_version.is_empty() && r.model_version != *want_version {
@@ -140,6 +151,7 @@ impl ShardClient for RemoteShard {
             categories: None,
             fetch: keys,
             deadline: None,
+            batch: None,
         };
         let f = self.call(spec);
         Box::pin(async move { f.await.map(|r| r.vectors) })

@@ -74,7 +74,11 @@ impl ReplicaSet {
                 reason: "no live replica".into(),
             });
         };
+        // (node, sent at) of every call still in flight
+        let mut pending: Vec<(u64, Instant)> = Vec::with_capacity(2);
         inflight.push(start(first));
+        pending.push((self.replicas[first].node, Instant::now()));
+        self.book.first_request();
         let hedge = tokio::time::sleep(self.hedge_after(self.replicas[first].node));
         tokio::pin!(hedge);
         let mut hedged = false;
@@ -83,6 +87,9 @@ impl ReplicaSet {
             tokio::select! {
                 done = inflight.next() => {
                     let Some((node, took, res)) = done else { break };
+                    if let Some(i) = pending.iter().position(|p| p.0 == node) {
+                        pending.swap_remove(i);
+                    }
                     let outcome = if res.is_ok() { "ok" } else { "error" };
                     crate::telemetry::metrics::metrics()
                         .replica_calls
@@ -91,6 +98,13 @@ impl ReplicaSet {
                     match res {
                         Ok(r) => {
                             self.book.update(node, |h| h.record_success(took));
+                            // a copy that lost to a hedge is charged the time it
+                            // took so far: a stalled node (SIGSTOP, a full queue)
+                            // never completes a call, and without this it would
+                            // stay first choice and need a hedge every time
+                            for (slow, since) in pending.drain(..) {
+                                self.book.update(slow, |h| h.latency.observe(since.elapsed()));
+                            }
                             return Ok(r);
                         }
                         Err(e) => {
@@ -99,15 +113,19 @@ impl ReplicaSet {
                             // fail over at once
                             if let Some(i) = next.next() {
                                 inflight.push(start(i));
+                                pending.push((self.replicas[i].node, Instant::now()));
                             }
                         }
                     }
                 }
                 _ = &mut hedge, if !hedged => {
                     hedged = true;
-                    if let Some(i) = next.next() {
+                    if !self.book.may_hedge() {
+                        crate::telemetry::metrics::metrics().hedges_refused.inc();
+                    } else if let Some(i) = next.next() {
                         crate::telemetry::metrics::metrics().hedged_requests.inc();
                         inflight.push(start(i));
+                        pending.push((self.replicas[i].node, Instant::now()));
                     }
                 }
             }
@@ -216,6 +234,7 @@ mod tests {
             categories: None,
             fetch: Arc::from(Vec::new()),
             deadline: None,
+            batch: None,
         }
     }
 
@@ -277,6 +296,29 @@ mod tests {
             "{:?}",
             t0.elapsed()
         );
+    }
+
+    #[tokio::test]
+    async fn a_copy_that_lost_to_a_hedge_is_no_longer_asked_first() {
+        let book = HealthBook::default();
+        for node in [1, 2] {
+            for _ in 0..10 {
+                book.update(node, |h| h.record_success(Duration::from_millis(1)));
+            }
+        }
+        // node 1 stalls (a paused process: no answer, no error)
+        let (stalled, stalled_calls) = target(1, false, 60_000, false);
+        let (other, other_calls) = target(2, false, 1, false);
+        let set = ReplicaSet::new(0, vec![stalled, other], book.clone());
+        let r = set.search(spec()).await.unwrap();
+        assert_eq!(r.hits[0].0, 2);
+        assert!(book.get(1).latency.mean() > book.get(2).latency.mean());
+        // the next call goes to node 2 first and needs no hedge
+        let r = set.search(spec()).await.unwrap();
+        assert_eq!(r.hits[0].0, 2);
+        let calls =
+            |c: &Arc<std::sync::atomic::AtomicUsize>| c.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!((calls(&stalled_calls), calls(&other_calls)), (1, 2));
     }
 
     #[tokio::test]

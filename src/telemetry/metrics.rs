@@ -23,6 +23,11 @@ pub struct Metrics {
     pub events: IntCounterVec,
     /// Second requests sent to another replica because the first was slow.
     pub hedged_requests: prometheus::IntCounter,
+    /// Hedges the budget refused (`replica::HedgeBudget`).
+    pub hedges_refused: prometheus::IntCounter,
+    /// Searches this node answered for other nodes' coordinators, by how
+    /// they came: alone (`search`) or in a `SearchBatch` (`batch`).
+    pub shard_searches_served: IntCounterVec,
     /// Calls to a remote shard replica, by outcome.
     pub replica_calls: IntCounterVec,
     /// 1 while this node refuses Raft votes because its storage started
@@ -111,18 +116,30 @@ fn build() -> Metrics {
         .register(Box::new(process_cpu_seconds.clone()))
         .expect("metric registered once");
     let events = c("funnel_events_total", "Events ingested by kind", &["kind"]);
-    let hedged_requests = prometheus::IntCounter::new(
+    let int_counter = |name: &str, help: &str| {
+        let m = prometheus::IntCounter::new(name, help).expect("metric definition is valid");
+        registry
+            .register(Box::new(m.clone()))
+            .expect("metric registered once");
+        m
+    };
+    let hedged_requests = int_counter(
         "funnel_hedged_requests_total",
         "Hedged second requests to another shard replica",
-    )
-    .expect("metric definition is valid");
-    registry
-        .register(Box::new(hedged_requests.clone()))
-        .expect("metric registered once");
+    );
+    let hedges_refused = int_counter(
+        "funnel_hedges_refused_total",
+        "Hedges not sent because the hedge budget was spent",
+    );
     let replica_calls = c(
         "funnel_replica_calls_total",
         "Shard replica calls by outcome",
         &["outcome"],
+    );
+    let shard_searches_served = c(
+        "funnel_shard_searches_served_total",
+        "Shard searches answered for other nodes, alone or in a batch",
+        &["via"],
     );
     let raft_vote_fenced = prometheus::IntGauge::new(
         "funnel_raft_vote_fenced",
@@ -135,6 +152,8 @@ fn build() -> Metrics {
     Metrics {
         raft_vote_fenced,
         hedged_requests,
+        hedges_refused,
+        shard_searches_served,
         replica_calls,
         registry,
         request_seconds,

@@ -476,3 +476,16 @@ pub fn expect_three_voters(rt: &tokio::runtime::Runtime, internal: &str) {
         "the cluster never promoted all three members to voters"
     );
 }
+
+/// The value of one series in a node's /metrics, e.g.
+/// `funnel_shard_searches_served_total{via="batch"}` (0 when absent: a
+/// labelled series appears only once it has a value).
+pub fn metric_value(http: &Http, node_http: &str, series: &str) -> f64 {
+    let (s, m) = http.call(&format!("http://{node_http}/metrics"), None, None);
+    assert_eq!(s, 200, "/metrics of {node_http}");
+    m.as_str()
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+}

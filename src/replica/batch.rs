@@ -1,0 +1,239 @@
+//! One request's remote searches, gathered per node so that the shards a
+//! coordinator asks of one peer travel in one `ShardData.SearchBatch`
+//! round trip instead of one RPC each.
+//!
+//! The coordinator opens a `CallBatch`, starts every shard's first call
+//! (remote copies only queue here), then `send`s: one RPC per node, a plain
+//! `Search` when a node got one search. Calls started after that — hedges,
+//! fail-overs — go out on their own at once, so batching never delays the
+//! paths that exist to cut the tail.
+//!
+//! Owns: the queue and the per-node dispatch. Must not touch: which copy
+//! to ask (`set`) or what an answer means (`remote` checks each one).
+
+use crate::api::internal::MAX_BATCH_SEARCHES;
+use crate::cluster::proto::shard_data_client::ShardDataClient;
+use crate::cluster::proto::{
+    shard_search_outcome, ShardSearchBatch, ShardSearchRequest, ShardSearchResponse,
+};
+use crate::cluster::PeerChannel;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::oneshot;
+
+/// The answer to one queued search: the response, or why it failed
+/// ("code: message").
+pub type SearchAnswer = Result<ShardSearchResponse, String>;
+
+struct Queued {
+    request: ShardSearchRequest,
+    reply: oneshot::Sender<SearchAnswer>,
+}
+
+struct NodeQueue {
+    client: ShardDataClient<PeerChannel>,
+    deadline: Option<Instant>,
+    calls: Vec<Queued>,
+}
+
+#[derive(Default)]
+struct State {
+    sent: bool,
+    nodes: BTreeMap<u64, NodeQueue>,
+}
+
+/// Searches queued for sending together; see the module doc.
+#[derive(Default)]
+pub struct CallBatch {
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for CallBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let queued = self
+            .state
+            .lock()
+            .map(|s| s.nodes.values().map(|q| q.calls.len()).sum::<usize>())
+            .unwrap_or(0);
+        write!(f, "CallBatch {{ queued: {queued} }}")
+    }
+}
+
+impl CallBatch {
+    pub fn new() -> Arc<Self> {
+        Arc::new(CallBatch::default())
+    }
+
+    /// Queues one search for `node`. Gives the request back when the batch
+    /// was already sent: the caller sends it on its own.
+    pub fn enqueue(
+        &self,
+        node: u64,
+        client: &ShardDataClient<PeerChannel>,
+        request: ShardSearchRequest,
+        deadline: Option<Instant>,
+    ) -> Result<oneshot::Receiver<SearchAnswer>, ShardSearchRequest> {
+        let Ok(mut st) = self.state.lock() else {
+            return Err(request);
+        };
+        if st.sent {
+            return Err(request);
+        }
+        let (reply, rx) = oneshot::channel();
+        let q = st.nodes.entry(node).or_insert_with(|| NodeQueue {
+            client: client.clone(),
+            deadline,
+            calls: Vec::new(),
+        });
+        // one deadline for the RPC: the latest any of its searches allows
+        q.deadline = match (q.deadline, deadline) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            _ => None,
+        };
+        q.calls.push(Queued { request, reply });
+        Ok(rx)
+    }
+
+    /// Sends everything queued (one task per node and chunk) and closes the
+    /// batch: later `enqueue` calls get their request back. Returns how
+    /// many RPCs went out.
+    pub fn send(&self) -> usize {
+        let nodes = match self.state.lock() {
+            Ok(mut st) => {
+                st.sent = true;
+                std::mem::take(&mut st.nodes)
+            }
+            Err(_) => return 0,
+        };
+        let mut rpcs = 0;
+        for (_, mut q) in nodes {
+            while !q.calls.is_empty() {
+                let rest = q.calls.split_off(q.calls.len().min(MAX_BATCH_SEARCHES));
+                let chunk = std::mem::replace(&mut q.calls, rest);
+                tokio::spawn(send_chunk(q.client.clone(), q.deadline, chunk));
+                rpcs += 1;
+            }
+        }
+        rpcs
+    }
+}
+
+/// The time left before `deadline` as a request timeout, or None when it
+/// has passed (nothing is sent then: nobody waits for the answer).
+pub fn with_deadline<T>(body: T, deadline: Option<Instant>) -> Option<tonic::Request<T>> {
+    let mut req = tonic::Request::new(body);
+    if let Some(d) = deadline {
+        let left = d.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        req.set_timeout(left);
+    }
+    Some(req)
+}
+
+/// A failed search as text: the status code's name and its message.
+pub fn status_text(s: &tonic::Status) -> String {
+    format!("{:?}: {}", s.code(), s.message())
+}
+
+async fn send_chunk(
+    mut client: ShardDataClient<PeerChannel>,
+    deadline: Option<Instant>,
+    mut calls: Vec<Queued>,
+) {
+    const PASSED: &str = "deadline passed before sending";
+    if calls.len() == 1 {
+        let Some(call) = calls.pop() else { return };
+        let answer = match with_deadline(call.request, deadline) {
+            None => Err(PASSED.to_string()),
+            Some(req) => client
+                .search(req)
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| status_text(&s)),
+        };
+        // the caller may have stopped waiting (its own deadline): fine
+        let _ = call.reply.send(answer);
+        return;
+    }
+    let (requests, replies): (Vec<_>, Vec<_>) =
+        calls.into_iter().map(|c| (c.request, c.reply)).unzip();
+    let n = requests.len();
+    let answers: Vec<SearchAnswer> =
+        match with_deadline(ShardSearchBatch { searches: requests }, deadline) {
+            None => vec![Err(PASSED.to_string()); n],
+            Some(req) => match client.search_batch(req).await {
+                Err(s) => vec![Err(status_text(&s)); n],
+                Ok(r) => {
+                    let outcomes = r.into_inner().outcomes;
+                    if outcomes.len() != n {
+                        let e = format!(
+                            "malformed batch answer: {} outcomes for {n} searches",
+                            outcomes.len()
+                        );
+                        vec![Err(e); n]
+                    } else {
+                        outcomes.into_iter().map(outcome_answer).collect()
+                    }
+                }
+            },
+        };
+    for (reply, answer) in replies.into_iter().zip(answers) {
+        let _ = reply.send(answer);
+    }
+}
+
+fn outcome_answer(o: crate::cluster::proto::ShardSearchOutcome) -> SearchAnswer {
+    match o.result {
+        Some(shard_search_outcome::Result::Ok(r)) => Ok(r),
+        Some(shard_search_outcome::Result::Failed(f)) => Err(status_text(&tonic::Status::new(
+            tonic::Code::from(f.code),
+            f.message,
+        ))),
+        None => Err("malformed batch answer: an outcome with no result".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::proto::{SearchFailure, ShardSearchOutcome};
+
+    #[test]
+    fn outcomes_map_to_answers_and_an_empty_one_is_malformed() {
+        let ok = ShardSearchOutcome {
+            result: Some(shard_search_outcome::Result::Ok(ShardSearchResponse {
+                keys: vec![7],
+                scores: vec![0.5],
+                ..Default::default()
+            })),
+        };
+        assert_eq!(outcome_answer(ok).unwrap().keys, vec![7]);
+        let failed = ShardSearchOutcome {
+            result: Some(shard_search_outcome::Result::Failed(SearchFailure {
+                code: tonic::Code::FailedPrecondition as i32,
+                message: "shard 3 is not served here".into(),
+            })),
+        };
+        let e = outcome_answer(failed).unwrap_err();
+        assert!(e.contains("shard 3 is not served here"), "{e}");
+        assert!(
+            e.to_lowercase().contains("precondition"),
+            "the code is named: {e}"
+        );
+        let e = outcome_answer(ShardSearchOutcome { result: None }).unwrap_err();
+        assert!(e.contains("malformed"), "{e}");
+    }
+
+    #[test]
+    fn a_passed_deadline_sends_nothing() {
+        let past = Instant::now() - std::time::Duration::from_millis(1);
+        assert!(with_deadline((), Some(past)).is_none());
+        let later = Instant::now() + std::time::Duration::from_secs(5);
+        let req = with_deadline((), Some(later)).expect("time is left");
+        assert!(req.metadata().get("grpc-timeout").is_some());
+        assert!(with_deadline((), None).is_some());
+    }
+}
