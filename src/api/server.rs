@@ -62,12 +62,9 @@ where
     let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
     let grpc_server = tonic::transport::Server::builder()
         .add_service(grpc::service(node.clone()))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            async {
-                let _ = grpc_stopped.await;
-            },
-        );
+        .serve_with_incoming_shutdown(crate::cluster::node::nodelay_incoming(listener), async {
+            let _ = grpc_stopped.await;
+        });
     let grpc_task = tokio::spawn(grpc_server);
 
     tracing::info!(http = %http_addr, grpc = %grpc_addr, node_id = config.node.id, "funnel node serving");

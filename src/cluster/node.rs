@@ -23,7 +23,6 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use super::error::{from_status, ClusterError};
 use super::fault::FaultInjector;
@@ -646,7 +645,7 @@ impl RaftNode {
         let (stop_server, mut stop_rx) = watch::channel(false);
         let routes = extra(tonic::service::Routes::new(raft_service).add_service(control_service));
         let server = server.add_routes(routes).serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
+            nodelay_incoming(listener),
             async move {
                 let _ = stop_rx.wait_for(|stop| *stop).await;
             },
@@ -921,4 +920,16 @@ impl RaftNode {
     pub async fn shutdown(&self) {
         self.lifecycle.shutdown().await;
     }
+}
+
+/// Accepted connections with Nagle's algorithm off. tonic sets TCP_NODELAY
+/// only on listeners it binds itself; on a listener handed in (ours: bound
+/// first so a busy port is a clear error) its answers would sit in the
+/// kernel waiting for the peer's delayed ACK, about 40 ms, whenever a
+/// response went out in more than one segment: remote shard searches then
+/// missed the recall deadline on an idle cluster.
+pub fn nodelay_incoming(
+    listener: tokio::net::TcpListener,
+) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
