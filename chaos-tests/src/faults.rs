@@ -447,6 +447,22 @@ impl Faults {
         Some((s.voters, s.learners))
     }
 
+    /// Waits until Raft has `n` voters (learners are promoted once they
+    /// caught up, a moment after `add_node` returns).
+    pub fn wait_voters(&self, n: usize, timeout: Duration) -> Result<(), HarnessError> {
+        let t0 = Instant::now();
+        while t0.elapsed() < timeout {
+            if self.raft_members().is_some_and(|(v, _)| v.len() == n) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Err(HarnessError::Timeout(
+            timeout,
+            format!("waiting for {n} Raft voters (last seen: {:?})", self.raft_members()),
+        ))
+    }
+
     fn entry(&self) -> Result<u64, HarnessError> {
         self.entry_other_than(0)
     }

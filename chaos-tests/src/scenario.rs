@@ -360,6 +360,8 @@ pub fn all() -> Vec<Scenario> {
                         == 5
                 });
                 five?;
+                // the 3 -> 5 voters step: both learners caught up and promoted
+                run.faults.wait_voters(5, secs(30))?;
                 if let Some((voters, learners)) = run.faults.raft_members() {
                     run.notes
                         .push(format!("at 5 nodes: voters {voters:?}, learners {learners:?}"));
