@@ -459,7 +459,10 @@ impl Faults {
         }
         Err(HarnessError::Timeout(
             timeout,
-            format!("waiting for {n} Raft voters (last seen: {:?})", self.raft_members()),
+            format!(
+                "waiting for {n} Raft voters (last seen: {:?})",
+                self.raft_members()
+            ),
         ))
     }
 

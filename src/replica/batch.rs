@@ -26,6 +26,14 @@ use tokio::sync::oneshot;
 /// ("code: message").
 pub type SearchAnswer = Result<ShardSearchResponse, String>;
 
+/// What became of a search offered to a batch.
+pub enum Enqueued {
+    /// It travels with the batch; the answer arrives here.
+    Queued(oneshot::Receiver<SearchAnswer>),
+    /// The batch was already sent: send this request on its own.
+    SendNow(ShardSearchRequest),
+}
+
 struct Queued {
     request: ShardSearchRequest,
     reply: oneshot::Sender<SearchAnswer>,
@@ -73,12 +81,12 @@ impl CallBatch {
         client: &ShardDataClient<PeerChannel>,
         request: ShardSearchRequest,
         deadline: Option<Instant>,
-    ) -> Result<oneshot::Receiver<SearchAnswer>, ShardSearchRequest> {
+    ) -> Enqueued {
         let Ok(mut st) = self.state.lock() else {
-            return Err(request);
+            return Enqueued::SendNow(request);
         };
         if st.sent {
-            return Err(request);
+            return Enqueued::SendNow(request);
         }
         let (reply, rx) = oneshot::channel();
         let q = st.nodes.entry(node).or_insert_with(|| NodeQueue {
@@ -92,7 +100,7 @@ impl CallBatch {
             _ => None,
         };
         q.calls.push(Queued { request, reply });
-        Ok(rx)
+        Enqueued::Queued(rx)
     }
 
     /// Sends everything queued (one task per node and chunk) and closes the

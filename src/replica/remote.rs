@@ -5,7 +5,7 @@
 //! fan-out the search joins the request's `CallBatch` (`batch`), which sends
 //! all searches for one node together.
 
-use super::batch::{status_text, with_deadline};
+use super::batch::{status_text, with_deadline, Enqueued};
 use crate::cluster::proto::shard_data_client::ShardDataClient;
 use crate::cluster::proto::ShardSearchRequest;
 use crate::cluster::tls::{internal_endpoint, NodeTls};
@@ -81,7 +81,7 @@ impl RemoteShard {
         // queued in the request's batch when it is still open; else sent now
         let queued = match &spec.batch {
             Some(batch) => batch.enqueue(node, &client, body, deadline),
-            None => Err(body),
+            None => Enqueued::SendNow(body),
         };
         Box::pin(async move {
             let fail = |reason: String| ShardCallError::Failed {
@@ -89,11 +89,11 @@ impl RemoteShard {
                 reason: format!("node {node}: {reason}"),
             };
             let r = match queued {
-                Ok(rx) => rx
+                Enqueued::Queued(rx) => rx
                     .await
                     .map_err(|_| fail("the batch carrying this search was dropped".into()))?
                     .map_err(fail)?,
-                Err(body) => {
+                Enqueued::SendNow(body) => {
                     let Some(req) = with_deadline(body, deadline) else {
                         return Err(fail("deadline passed before sending".into()));
                     };

@@ -102,7 +102,14 @@ impl NodeProc {
         });
         let line = rx
             .recv_timeout(Duration::from_secs(120))
-            .unwrap_or_else(|_| {
+            .unwrap_or_else(|e| {
+                if e == std::sync::mpsc::RecvTimeoutError::Disconnected {
+                    // stdout closed: the process ended (its stderr is above)
+                    let status = child.wait().map(|s| s.to_string());
+                    panic!(
+                        "funnel serve {args:?} exited before reporting its addresses: {status:?}"
+                    )
+                }
                 let _ = child.kill();
                 panic!("funnel serve did not report its addresses within 120 s")
             });
