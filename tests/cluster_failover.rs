@@ -26,20 +26,18 @@ use support::{
 
 const SHARDS: u32 = 12;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("an ephemeral port is available")
-}
-
-fn write_configs(dir: &Path, bundle: &Path, n: u64) -> Vec<Member> {
+/// Ports `base + id` (HTTP), `base + 10 + id` (gRPC), `base + 20 + id`
+/// (internal), below the kernel's ephemeral range (32768 and up here): a
+/// port picked by binding port 0 and letting go of it could be taken by
+/// the nodes' own outgoing connections before the node binds it. Each test
+/// has its own `base`.
+fn write_configs(dir: &Path, bundle: &Path, n: u64, base: u16) -> Vec<Member> {
     let nodes: Vec<NodePorts> = (1..=n)
         .map(|id| NodePorts {
             id,
-            http: free_port(),
-            grpc: free_port(),
-            internal: free_port(),
+            http: base + id as u16,
+            grpc: base + 10 + id as u16,
+            internal: base + 20 + id as u16,
         })
         .collect();
     let members = members_list(&nodes);
@@ -127,7 +125,7 @@ fn load(
 fn three_nodes_survive_kills_and_converge_after_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let bundle = small_bundle(&tmp.path().join("bundle"), 11, SHARDS);
-    let members = write_configs(tmp.path(), &bundle, 3);
+    let members = write_configs(tmp.path(), &bundle, 3, 22200);
     let mut procs: Vec<Option<NodeProc>> = members
         .iter()
         .map(|m| Some(NodeProc::start_config(&m.config, &m.data_dir)))
@@ -366,7 +364,7 @@ fn linearizable_status(
 fn a_paused_leader_is_replaced_and_the_cluster_settles_after_it_resumes() {
     let tmp = tempfile::tempdir().unwrap();
     let bundle = small_bundle(&tmp.path().join("bundle"), 13, SHARDS);
-    let members = write_configs(tmp.path(), &bundle, 3);
+    let members = write_configs(tmp.path(), &bundle, 3, 22250);
     let procs: Vec<NodeProc> = members
         .iter()
         .map(|m| NodeProc::start_config(&m.config, &m.data_dir))
