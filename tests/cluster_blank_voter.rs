@@ -18,7 +18,6 @@ mod support;
 use funnel::cluster::proto::control_client::ControlClient;
 use funnel::cluster::proto::fault_injection_client::FaultInjectionClient;
 use funnel::cluster::proto::{FaultRules, NodeGroup, StatusRequest, StatusResponse};
-use serde_json::json;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use support::{
@@ -79,22 +78,6 @@ fn isolate(id: u64) -> FaultRules {
     }
 }
 
-fn upsert(http: &Http, node_http: &str, id: &str) -> Result<(), String> {
-    let (s, v) = http.try_call(
-        &format!("http://{node_http}/v1/items"),
-        Some(
-            json!({"items": [{"item_id": id, "vector": vec![0.1f32; 16], "categories": []}]})
-                .to_string(),
-        ),
-        None,
-    )?;
-    if s == 200 {
-        Ok(())
-    } else {
-        Err(format!("{s}: {v}"))
-    }
-}
-
 #[test]
 fn a_wiped_voter_does_not_elect_a_leader_without_acknowledged_writes() {
     let tmp = tempfile::tempdir().unwrap();
@@ -138,7 +121,8 @@ fn a_wiped_voter_does_not_elect_a_leader_without_acknowledged_writes() {
     // writes through every node, so the leader has seen each follower
     // match a real log
     for (i, m) in members.iter().enumerate() {
-        upsert(&http, &m.http, &format!("before-{i}")).expect("a write before the faults");
+        support::upsert_item(&http, &m.http, &format!("before-{i}"))
+            .expect("a write before the faults");
     }
 
     let a = status(&rt, &members[0].internal)
@@ -159,7 +143,7 @@ fn a_wiped_voter_does_not_elect_a_leader_without_acknowledged_writes() {
     let mut err = String::new();
     assert!(
         eventually(Duration::from_secs(15), || {
-            match upsert(&http, &m(a).http, "acked-while-b-was-cut-off") {
+            match support::upsert_item(&http, &m(a).http, "acked-while-b-was-cut-off") {
                 Ok(()) => true,
                 Err(e) => {
                     err = e;
@@ -259,7 +243,7 @@ fn a_wiped_voter_does_not_elect_a_leader_without_acknowledged_writes() {
         "V never caught up and voted again"
     );
     assert!(
-        eventually(Duration::from_secs(30), || upsert(
+        eventually(Duration::from_secs(30), || support::upsert_item(
             &http,
             &m(v).http,
             "after-recovery"

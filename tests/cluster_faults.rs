@@ -18,7 +18,6 @@ mod support;
 use funnel::cluster::proto::control_client::ControlClient;
 use funnel::cluster::proto::fault_injection_client::FaultInjectionClient;
 use funnel::cluster::proto::{FaultRules, LinkDrop, NodeGroup, StatusRequest};
-use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -46,22 +45,6 @@ fn write_configs(dir: &Path, bundle: &Path, base: u16, cluster_extra: &str) -> V
 
 fn full_coverage(http: &Http, node_http: &str) -> bool {
     recommend(http, node_http, "u000001").is_ok_and(|v| v["coverage"].as_f64() == Some(1.0))
-}
-
-fn add_item(http: &Http, node_http: &str, id: &str) -> Result<(), String> {
-    let (s, v) = http.try_call(
-        &format!("http://{node_http}/v1/items"),
-        Some(
-            json!({"items": [{"item_id": id, "vector": vec![0.1f32; 16], "categories": []}]})
-                .to_string(),
-        ),
-        None,
-    )?;
-    if s == 200 {
-        Ok(())
-    } else {
-        Err(format!("{s}: {v}"))
-    }
 }
 
 fn set_faults(
@@ -204,7 +187,7 @@ fn an_isolated_node_cannot_commit_and_the_majority_serves_until_healed() {
     let mut write_err = String::new();
     assert!(
         eventually(Duration::from_secs(15), || {
-            match add_item(&http, &majority[1].http, "during-partition") {
+            match support::upsert_item(&http, &majority[1].http, "during-partition") {
                 Ok(()) => true,
                 Err(e) => {
                     write_err = e;
@@ -250,7 +233,7 @@ fn an_isolated_node_cannot_commit_and_the_majority_serves_until_healed() {
 
     // the isolated node refuses a write with an error, within its timeout
     let t0 = Instant::now();
-    let r = add_item(&http, &victim.http, "on-the-island");
+    let r = support::upsert_item(&http, &victim.http, "on-the-island");
     let took = t0.elapsed();
     println!("write on the isolated node: {r:?} after {took:?}");
     assert!(r.is_err(), "the isolated node committed a write");
@@ -276,7 +259,7 @@ fn an_isolated_node_cannot_commit_and_the_majority_serves_until_healed() {
         "the healed node never served with full coverage"
     );
     assert!(
-        eventually(Duration::from_secs(30), || add_item(
+        eventually(Duration::from_secs(30), || support::upsert_item(
             &http,
             &victim.http,
             "after-heal"
@@ -434,7 +417,7 @@ fn a_crash_in_raft_apply_exits_86_and_loses_no_acknowledged_write() {
         assert!(Instant::now() < until, "node 3 never hit the failpoint");
         let id = format!("crash-{attempted}");
         attempted += 1;
-        if add_item(&http, &members[0].http, &id).is_ok() {
+        if support::upsert_item(&http, &members[0].http, &id).is_ok() {
             acked.push(id);
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -454,7 +437,7 @@ fn a_crash_in_raft_apply_exits_86_and_loses_no_acknowledged_write() {
     for i in 0..3 {
         let id = format!("while-down-{i}");
         attempted += 1;
-        add_item(&http, &members[1].http, &id).unwrap();
+        support::upsert_item(&http, &members[1].http, &id).unwrap();
         acked.push(id);
     }
 

@@ -21,8 +21,7 @@ mod support;
 mod pki;
 
 use funnel::cluster::proto::control_client::ControlClient;
-use funnel::cluster::proto::shard_data_client::ShardDataClient;
-use funnel::cluster::proto::{ShardDigestRequest, StatusRequest};
+use funnel::cluster::proto::StatusRequest;
 use funnel::cluster::tls::{NodeTls, ADMIN_FLAGS};
 use funnel::cluster::{ClusterView, ReplicaState};
 use funnel::config::TlsFiles;
@@ -98,45 +97,6 @@ fn settled(v: &ClusterView) -> bool {
                 .iter()
                 .all(|rs| rs.len() == 2 && rs.iter().all(|r| r.state == ReplicaState::Active))
         })
-}
-
-/// shard -> [(node, items, digest)] of every copy, asked over mTLS.
-fn copies(
-    rt: &tokio::runtime::Runtime,
-    v: &ClusterView,
-    tls: &NodeTls,
-) -> BTreeMap<u32, Vec<(u64, u64, String)>> {
-    let mut out: BTreeMap<u32, Vec<(u64, u64, String)>> = BTreeMap::new();
-    let Some(map) = &v.shard_map else {
-        return out;
-    };
-    rt.block_on(async {
-        for (s, rs) in map.replicas.iter().enumerate() {
-            for r in rs {
-                let Some(info) = v.nodes.get(&r.node) else {
-                    continue;
-                };
-                let Ok(ep) = funnel::cluster::tls::internal_endpoint(
-                    &info.internal,
-                    Some(tls),
-                    Duration::from_secs(2),
-                ) else {
-                    continue;
-                };
-                let Ok(ch) = ep.connect().await else {
-                    continue;
-                };
-                let req = ShardDigestRequest { shard: s as u32 };
-                if let Ok(d) = ShardDataClient::new(ch).digest(req).await {
-                    let d = d.into_inner();
-                    out.entry(s as u32)
-                        .or_default()
-                        .push((r.node, d.items, d.digest));
-                }
-            }
-        }
-    });
-    out
 }
 
 /// Items in the catalogue (one copy per shard) when every shard's copies
@@ -230,7 +190,8 @@ fn a_cluster_runs_over_mutual_tls_and_refuses_what_its_ca_did_not_sign() {
     // every copy of their shard
     let before = {
         let v = view(&rt, &internal(1), &operator_tls).unwrap();
-        converged_items(&copies(&rt, &v, &operator_tls)).expect("copies agree before upserts")
+        converged_items(&support::copies_with(&rt, &v, Some(&operator_tls)))
+            .expect("copies agree before upserts")
     };
     let upserts = 12u64;
     for n in 0..upserts {
@@ -248,7 +209,8 @@ fn a_cluster_runs_over_mutual_tls_and_refuses_what_its_ca_did_not_sign() {
     }
     let reached = eventually(Duration::from_secs(30), || {
         let v = view(&rt, &internal(1), &operator_tls).unwrap();
-        converged_items(&copies(&rt, &v, &operator_tls)) == Some(before + upserts)
+        converged_items(&support::copies_with(&rt, &v, Some(&operator_tls)))
+            == Some(before + upserts)
     });
     assert!(reached, "upserted items did not reach every copy");
 

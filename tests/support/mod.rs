@@ -382,6 +382,15 @@ pub type Copies = std::collections::BTreeMap<u32, Vec<(u64, u64, String)>>;
 /// Items and digest of every copy `v`'s shard map places, asked of the
 /// node holding it (a node that does not answer is left out).
 pub fn copies(rt: &tokio::runtime::Runtime, v: &funnel::cluster::ClusterView) -> Copies {
+    copies_with(rt, v, None)
+}
+
+/// `copies`, reaching the nodes over mutual TLS with `tls`.
+pub fn copies_with(
+    rt: &tokio::runtime::Runtime,
+    v: &funnel::cluster::ClusterView,
+    tls: Option<&funnel::cluster::tls::NodeTls>,
+) -> Copies {
     use funnel::cluster::proto::shard_data_client::ShardDataClient;
     use funnel::cluster::proto::ShardDigestRequest;
     let mut out = Copies::new();
@@ -394,11 +403,18 @@ pub fn copies(rt: &tokio::runtime::Runtime, v: &funnel::cluster::ClusterView) ->
                 let Some(info) = v.nodes.get(&r.node) else {
                     continue;
                 };
-                let Ok(mut c) = ShardDataClient::connect(format!("http://{}", info.internal)).await
-                else {
+                let Ok(ep) = funnel::cluster::tls::internal_endpoint(
+                    &info.internal,
+                    tls,
+                    Duration::from_secs(2),
+                ) else {
                     continue;
                 };
-                if let Ok(d) = c.digest(ShardDigestRequest { shard: s as u32 }).await {
+                let Ok(ch) = ep.connect().await else {
+                    continue;
+                };
+                let req = ShardDigestRequest { shard: s as u32 };
+                if let Ok(d) = ShardDataClient::new(ch).digest(req).await {
                     let d = d.into_inner();
                     out.entry(s as u32)
                         .or_default()
@@ -408,6 +424,24 @@ pub fn copies(rt: &tokio::runtime::Runtime, v: &funnel::cluster::ClusterView) ->
         }
     });
     out
+}
+
+/// Upserts one item (16-dimensional vector, no categories) through a
+/// node's HTTP API: Ok once acknowledged, else the status and body.
+pub fn upsert_item(http: &Http, node_http: &str, id: &str) -> Result<(), String> {
+    let (s, v) = http.try_call(
+        &format!("http://{node_http}/v1/items"),
+        Some(
+            serde_json::json!({"items": [{"item_id": id, "vector": vec![0.1f32; 16], "categories": []}]})
+                .to_string(),
+        ),
+        None,
+    )?;
+    if s == 200 {
+        Ok(())
+    } else {
+        Err(format!("{s}: {v}"))
+    }
 }
 
 /// Waits until the node at `internal` (HOST:PORT) reports a leader and
