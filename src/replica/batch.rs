@@ -104,26 +104,22 @@ impl CallBatch {
     }
 
     /// Sends everything queued (one task per node and chunk) and closes the
-    /// batch: later `enqueue` calls get their request back. Returns how
-    /// many RPCs went out.
-    pub fn send(&self) -> usize {
+    /// batch: later `enqueue` calls get their request back.
+    pub fn send(&self) {
         let nodes = match self.state.lock() {
             Ok(mut st) => {
                 st.sent = true;
                 std::mem::take(&mut st.nodes)
             }
-            Err(_) => return 0,
+            Err(_) => return,
         };
-        let mut rpcs = 0;
         for (_, mut q) in nodes {
             while !q.calls.is_empty() {
                 let rest = q.calls.split_off(q.calls.len().min(MAX_BATCH_SEARCHES));
                 let chunk = std::mem::replace(&mut q.calls, rest);
                 tokio::spawn(send_chunk(q.client.clone(), q.deadline, chunk));
-                rpcs += 1;
             }
         }
-        rpcs
     }
 }
 
