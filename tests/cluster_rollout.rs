@@ -6,7 +6,9 @@
 //! wrong shard count, is refused and changes nothing; a publish of v2 on
 //! one node makes every node load its shards of v2 (the others fetching
 //! the files, checksummed, into their data dir; a corrupted local copy is
-//! repaired), the leader activates it and every node serves v2; under
+//! repaired; a half-fetched file is resumed where it stopped, a corrupted
+//! half-fetched one fetched again; a copy of a version nothing needs any
+//! more is deleted), the leader activates it and every node serves v2; under
 //! continuous recommend load during the rollout no request fails or loses
 //! coverage, each reports v1 or v2, and once every node switched only v2; `admin status` shows who loaded
 //! what; bad internal requests are rejected cleanly; a shard then moved
@@ -190,6 +192,35 @@ fn publish_rolls_a_new_version_out_to_every_node_without_failed_requests() {
     items[10] ^= 0xff;
     std::fs::write(stale.join("items.bin"), items).unwrap();
 
+    // node 1 was interrupted in an earlier fetch of v2: half of items.bin
+    // arrived intact, and a shared file's partial copy is corrupted. It
+    // must ask only for the rest of the first and, when the second's
+    // checksum fails, fetch that one again from the start.
+    let half_done = members[0].data_dir.join("bundles").join(V2);
+    let items = std::fs::read(v2.join("items.bin")).unwrap();
+    let resumed_bytes = items.len() / 2;
+    std::fs::create_dir_all(&half_done).unwrap();
+    std::fs::write(half_done.join("items.bin.part"), &items[..resumed_bytes]).unwrap();
+    let shared = walk(&v2)
+        .into_iter()
+        .map(|p| p.strip_prefix(&v2).unwrap().to_path_buf())
+        .find(|rel| {
+            !rel.starts_with("shards")
+                && rel != Path::new("items.bin")
+                && rel != Path::new("manifest.json")
+                && std::fs::metadata(v2.join(rel)).unwrap().len() > 1
+        })
+        .expect("the bundle has a shared file besides items.bin");
+    let mut garbled = std::fs::read(v2.join(&shared)).unwrap();
+    garbled.truncate(garbled.len() / 2);
+    garbled[0] ^= 0xff;
+    let garbled_part = half_done.join(format!("{}.part", shared.display()));
+    std::fs::create_dir_all(garbled_part.parent().unwrap()).unwrap();
+    std::fs::write(&garbled_part, &garbled).unwrap();
+    // and holds a copy of a version the cluster no longer has: swept away
+    let old_copy = members[0].data_dir.join("bundles").join("test-seed-0");
+    copy_tree(&v1, &old_copy);
+
     // continuous load on every node during the rollout
     let stop = Arc::new(AtomicBool::new(false));
     let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
@@ -293,6 +324,36 @@ fn publish_rolls_a_new_version_out_to_every_node_without_failed_requests() {
         std::fs::read(stale.join("items.bin")).unwrap(),
         std::fs::read(v2.join("items.bin")).unwrap(),
         "node 3 must replace the corrupted file"
+    );
+    assert!(
+        !old_copy.exists(),
+        "node 1 must delete its copy of a version that is neither staged, active nor retired"
+    );
+    // node 1 resumed items.bin (only its interrupted half counts as
+    // resumed: the garbled part was discarded) and both files are whole
+    for rel in [Path::new("items.bin"), shared.as_path()] {
+        assert_eq!(
+            std::fs::read(half_done.join(rel)).unwrap(),
+            std::fs::read(v2.join(rel)).unwrap(),
+            "node 1's {} must equal the source's",
+            rel.display()
+        );
+    }
+    assert_eq!(
+        support::metric_value(
+            &http,
+            &members[0].http,
+            "funnel_bundle_fetch_bytes_total{source=\"resumed\"}"
+        ),
+        resumed_bytes as f64,
+        "node 1 must reuse exactly the intact half of items.bin"
+    );
+    assert!(
+        support::metric_value(
+            &http,
+            &members[0].http,
+            "funnel_bundle_fetch_bytes_total{source=\"fetched\"}"
+        ) > 0.0
     );
     let map = &st["view"]["shard_map"]["replicas"];
     for m in &members {

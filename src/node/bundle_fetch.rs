@@ -4,7 +4,11 @@
 //! (its hosted shards plus the shared, non-shard files) from a peer that
 //! has them over `BundleFiles.FetchBundleFile`, into
 //! `<data_dir>/bundles/<version>/`, each checked against the manifest and
-//! fsynced before it is renamed into place.
+//! fsynced before it is renamed into place. A file whose copy was cut off
+//! resumes from the bytes that arrived (`<file>.part`).
+//!
+//! Copies of versions that are no longer staged, active or retired are
+//! deleted (`remove_stale_copies`, run by the rollout loop).
 //!
 //! Owns: the local copy's location, the rules for bundle-relative paths
 //! (shared with the serving side, `api::bundle_files`) and the fetch
@@ -19,6 +23,7 @@ use crate::cluster::proto::bundle_files_client::BundleFilesClient;
 use crate::cluster::proto::FetchBundleFileRequest;
 use crate::cluster::ModelRef;
 use crate::config::{FetchBundles, NodeConfig};
+use crate::telemetry::metrics::metrics;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -87,6 +92,48 @@ pub fn local_dir(data_dir: &Path, version: &str) -> PathBuf {
 pub fn fetched_copy(data_dir: &Path, version: &str) -> Option<PathBuf> {
     let dir = local_dir(data_dir, version);
     dir.join(MANIFEST_FILE).is_file().then_some(dir)
+}
+
+/// The directories under `<data_dir>/bundles/` (by name) that hold none
+/// of the `keep` versions: copies a sweep may delete.
+pub fn stale_copies(names: &[String], keep: &[&str]) -> Vec<String> {
+    let kept: Vec<String> = keep.iter().map(|v| version_dir_name(v)).collect();
+    names
+        .iter()
+        .filter(|n| !kept.contains(n))
+        .cloned()
+        .collect()
+}
+
+/// Deletes the fetched copies of every version but `keep` (see
+/// `stale_copies`); returns the directories removed. A copy that cannot
+/// be removed is logged and left for the next sweep.
+pub fn remove_stale_copies(data_dir: &Path, keep: &[&str]) -> Vec<PathBuf> {
+    let root = data_dir.join("bundles");
+    let Ok(entries) = std::fs::read_dir(&root) else {
+        return Vec::new();
+    };
+    let names: Vec<String> = entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    let mut removed = Vec::new();
+    for name in stale_copies(&names, keep) {
+        let dir = root.join(&name);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => removed.push(dir),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove an old bundle copy")
+            }
+        }
+    }
+    if !removed.is_empty() {
+        if let Err(e) = fsync_dir(&root) {
+            tracing::warn!(dir = %root.display(), error = %e, "fsync after removing old bundle copies");
+        }
+    }
+    removed
 }
 
 /// The files a node hosting `hosted` needs: everything outside `shards/`
@@ -235,7 +282,7 @@ async fn fetch_bundle(
     hosted: &[u32],
 ) -> Result<(), String> {
     let mut bytes = Vec::new();
-    let mut file = FileStream::open(&mut client, version, MANIFEST_FILE).await?;
+    let mut file = FileStream::open(&mut client, version, MANIFEST_FILE, 0).await?;
     while let Some((chunk, _)) = file.next().await? {
         if bytes.len() + chunk.len() > MAX_MANIFEST_BYTES {
             return Err(format!("the manifest is over {MAX_MANIFEST_BYTES} bytes"));
@@ -269,8 +316,13 @@ async fn fetch_bundle(
         .map_err(|e| format!("writing the manifest: {e}"))?
 }
 
-/// Streams one file into `<file>.part`, hashing as it goes; renames it
-/// into place only when size and blake3 match the manifest.
+/// Copies one file into `<file>.part` and renames it into place only when
+/// size and blake3 match the manifest. A `.part` left by an interrupted
+/// earlier attempt is resumed: its bytes are hashed and only the rest is
+/// asked for, from whichever peer this attempt uses (a version's files are
+/// the same on every node; the checksum decides). A resumed file that does
+/// not check out is fetched once more from the start. When the stream
+/// breaks, what arrived stays in `.part` for the next attempt.
 async fn fetch_checked(
     client: &mut BundleFilesClient<crate::cluster::PeerChannel>,
     version: &str,
@@ -284,49 +336,125 @@ async fn fetch_checked(
             .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
     }
     let part = part_path(&path);
-    let r = async {
-        let mut out = tokio::fs::File::create(&part)
+    let mut check = fill_part(client, version, entry, &part, true).await?;
+    if let PartCheck::Mismatch { reused, reason } = &check {
+        if *reused > 0 {
+            tracing::warn!(file = %entry.path, reused, %reason, "a resumed bundle file did not check out; fetching it again from the start");
+            check = fill_part(client, version, entry, &part, false).await?;
+        }
+    }
+    if let PartCheck::Mismatch { reason, .. } = check {
+        let _ = tokio::fs::remove_file(&part).await;
+        return Err(reason);
+    }
+    tokio::fs::rename(&part, &path)
+        .await
+        .map_err(|e| format!("rename to {}: {e}", path.display()))?;
+    let parent = path.parent().unwrap_or(dir).to_path_buf();
+    tokio::task::spawn_blocking(move || fsync_dir(&parent).map_err(|e| e.to_string()))
+        .await
+        .map_err(|e| e.to_string())?
+}
+
+/// What a filled `.part` file holds against its manifest entry.
+enum PartCheck {
+    /// The whole file, size and blake3 as the manifest says (fsynced).
+    Intact,
+    /// Something else; `reused` bytes of it came from an earlier attempt.
+    Mismatch { reused: u64, reason: String },
+}
+
+/// Brings `part` to `entry`'s full length, keeping the bytes already in it
+/// when `resume` and asking the peer for the rest, then checks it. An error
+/// (the peer, the stream, the disk) leaves whatever arrived in `part`.
+async fn fill_part(
+    client: &mut BundleFilesClient<crate::cluster::PeerChannel>,
+    version: &str,
+    entry: &FileEntry,
+    part: &Path,
+    resume: bool,
+) -> Result<PartCheck, String> {
+    let (mut hasher, reused) = if resume {
+        let (p, want) = (part.to_path_buf(), entry.bytes);
+        tokio::task::spawn_blocking(move || hash_prefix(&p, want))
             .await
-            .map_err(|e| format!("cannot create {}: {e}", part.display()))?;
-        let mut hasher = blake3::Hasher::new();
-        let mut written = 0u64;
-        let mut file = FileStream::open(client, version, &entry.path).await?;
+            .map_err(|e| format!("reading {}: {e}", part.display()))??
+    } else {
+        (blake3::Hasher::new(), 0)
+    };
+    let mut out = if reused > 0 {
+        tokio::fs::OpenOptions::new().append(true).open(part).await
+    } else {
+        tokio::fs::File::create(part).await
+    }
+    .map_err(|e| format!("cannot open {}: {e}", part.display()))?;
+    let mut written = reused;
+    if written < entry.bytes {
+        let mut file = FileStream::open(client, version, &entry.path, written).await?;
         while let Some((chunk, total)) = file.next().await? {
             if total != entry.bytes || written + chunk.len() as u64 > entry.bytes {
-                return Err(format!(
-                    "{} is {total} bytes at the peer, the manifest says {}",
-                    entry.path, entry.bytes
-                ));
+                return Ok(PartCheck::Mismatch {
+                    reused,
+                    reason: format!(
+                        "{} is {total} bytes at the peer, the manifest says {}",
+                        entry.path, entry.bytes
+                    ),
+                });
             }
             hasher.update(&chunk);
-            written += chunk.len() as u64;
             out.write_all(&chunk)
                 .await
                 .map_err(|e| format!("writing {}: {e}", part.display()))?;
+            written += chunk.len() as u64;
+            metrics()
+                .bundle_fetch_bytes
+                .with_label_values(&["fetched"])
+                .inc_by(chunk.len() as u64);
         }
-        let hash = hasher.finalize().to_hex().to_string();
-        if written != entry.bytes || hash != entry.blake3 {
-            return Err(format!(
+    }
+    let hash = hasher.finalize().to_hex().to_string();
+    if written != entry.bytes || hash != entry.blake3 {
+        return Ok(PartCheck::Mismatch {
+            reused,
+            reason: format!(
                 "{} arrived with {written} bytes and blake3 {hash}; the manifest says {} bytes, {}",
                 entry.path, entry.bytes, entry.blake3
-            ));
-        }
-        out.sync_all()
-            .await
-            .map_err(|e| format!("fsync {}: {e}", part.display()))?;
-        tokio::fs::rename(&part, &path)
-            .await
-            .map_err(|e| format!("rename to {}: {e}", path.display()))?;
-        let parent = path.parent().unwrap_or(dir).to_path_buf();
-        tokio::task::spawn_blocking(move || fsync_dir(&parent).map_err(|e| e.to_string()))
-            .await
-            .map_err(|e| e.to_string())?
+            ),
+        });
     }
-    .await;
-    if r.is_err() {
-        let _ = tokio::fs::remove_file(&part).await;
+    out.sync_all()
+        .await
+        .map_err(|e| format!("fsync {}: {e}", part.display()))?;
+    if reused > 0 {
+        tracing::info!(file = %entry.path, reused, "resumed an interrupted bundle file fetch");
+        metrics()
+            .bundle_fetch_bytes
+            .with_label_values(&["resumed"])
+            .inc_by(reused);
     }
-    r
+    Ok(PartCheck::Intact)
+}
+
+/// The blake3 state and length of what an earlier attempt left in `part`;
+/// nothing (start over) when there is no such file or it is longer than
+/// the whole file should be.
+fn hash_prefix(part: &Path, want: u64) -> Result<(blake3::Hasher, u64), String> {
+    let mut hasher = blake3::Hasher::new();
+    let mut f = match std::fs::File::open(part) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((hasher, 0)),
+        Err(e) => return Err(format!("cannot open {}: {e}", part.display())),
+    };
+    let len = f
+        .metadata()
+        .map_err(|e| format!("cannot stat {}: {e}", part.display()))?
+        .len();
+    if len > want {
+        return Ok((blake3::Hasher::new(), 0));
+    }
+    let n = std::io::copy(&mut f, &mut hasher)
+        .map_err(|e| format!("reading {}: {e}", part.display()))?;
+    Ok((hasher, n))
 }
 
 /// One file of a bundle arriving from a peer, chunk by chunk, in order.
@@ -341,11 +469,12 @@ impl FileStream {
         client: &mut BundleFilesClient<crate::cluster::PeerChannel>,
         version: &str,
         rel: &str,
+        offset: u64,
     ) -> Result<FileStream, String> {
         let req = FetchBundleFileRequest {
             version: version.to_string(),
             path: rel.to_string(),
-            offset: 0,
+            offset,
         };
         let stream = client
             .fetch_bundle_file(req)
@@ -355,7 +484,7 @@ impl FileStream {
         Ok(FileStream {
             rel: rel.to_string(),
             stream,
-            at: 0,
+            at: offset,
         })
     }
 
@@ -447,6 +576,43 @@ mod tests {
         assert_ne!(version_dir_name("a/b"), version_dir_name("a/c"));
         let d = local_dir(Path::new("/data"), "../x");
         assert!(d.starts_with("/data/bundles/"));
+    }
+
+    #[test]
+    fn only_copies_of_versions_no_longer_wanted_are_stale() {
+        let names: Vec<String> = ["v1", "v2", "v3", &version_dir_name("odd/name")]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            stale_copies(&names, &["v2", "v3"]),
+            ["v1", names[3].as_str()]
+        );
+        assert_eq!(
+            stale_copies(&names, &["odd/name", "v1", "v2", "v3"]),
+            Vec::<String>::new()
+        );
+        assert_eq!(stale_copies(&names, &[]), names);
+    }
+
+    #[test]
+    fn a_sweep_removes_old_copies_and_leaves_the_kept_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        for v in ["v1", "v2", "v3"] {
+            let d = local_dir(tmp.path(), v).join("shards");
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("f.part"), b"x").unwrap();
+        }
+        std::fs::write(tmp.path().join("bundles").join("note.txt"), b"x").unwrap();
+        let removed = remove_stale_copies(tmp.path(), &["v2", "v3"]);
+        assert_eq!(removed, [local_dir(tmp.path(), "v1")]);
+        assert!(!local_dir(tmp.path(), "v1").exists());
+        assert!(local_dir(tmp.path(), "v2").join("shards/f.part").is_file());
+        assert!(local_dir(tmp.path(), "v3").exists());
+        // plain files there are not bundle copies: left alone
+        assert!(tmp.path().join("bundles/note.txt").is_file());
+        // no bundles directory at all: nothing to do
+        assert!(remove_stale_copies(&tmp.path().join("none"), &[]).is_empty());
     }
 
     #[test]

@@ -642,9 +642,10 @@ pub(super) async fn dir_with_shards(
 }
 
 /// One rollout step of the control loop: drop an expired retired version,
-/// switch to the active version once it is prepared, prepare the staged
-/// one and report it loaded, and (on the leader) activate it when every
-/// replica holder has.
+/// delete fetched copies of versions nothing needs any more, switch to the
+/// active version once it is prepared, prepare the staged one and report
+/// it loaded, and (on the leader) activate it when every replica holder
+/// has.
 pub(super) async fn step(
     node: &Node,
     link: &Arc<ClusterLink>,
@@ -671,6 +672,32 @@ pub(super) async fn step(
         }
     }
     let serving = node.model_version();
+    // once this node serves what the cluster activated, it has caught up
+    // far enough to know which fetched copies nothing needs any more
+    if active.is_some() && active.as_ref().map(|a| &a.version) == serving.as_ref() {
+        let keep: Vec<String> = {
+            let v = node.versions();
+            [
+                active.as_ref().map(|a| a.version.clone()),
+                staged.as_ref().map(|s| s.version.clone()),
+                v.prepared.as_ref().map(|p| p.standby.version.clone()),
+                v.retired.as_ref().map(|(r, _)| r.version.clone()),
+            ]
+            .into_iter()
+            .flatten()
+            .collect()
+        };
+        let data_dir = config.node.data_dir.clone();
+        let removed = tokio::task::spawn_blocking(move || {
+            let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
+            super::bundle_fetch::remove_stale_copies(&data_dir, &keep)
+        })
+        .await
+        .unwrap_or_default();
+        for dir in removed {
+            tracing::info!(node_id = me, dir = %dir.display(), "removed a copy of a model version no longer staged, served or retired");
+        }
+    }
     if let Some(a) = &active {
         if serving.as_deref() != Some(a.version.as_str()) {
             if node.prepared_version().as_deref() == Some(a.version.as_str()) {

@@ -30,6 +30,10 @@ pub struct Metrics {
     pub shard_searches_served: IntCounterVec,
     /// Calls to a remote shard replica, by outcome.
     pub replica_calls: IntCounterVec,
+    /// Bundle file bytes this node copied from peers, by where they came
+    /// from: over the network (`fetched`) or from the `.part` file an
+    /// interrupted earlier fetch left (`resumed`).
+    pub bundle_fetch_bytes: IntCounterVec,
     /// 1 while this node refuses Raft votes because its storage started
     /// empty and no leader has brought it up to date (`cluster::vote_fence`).
     pub raft_vote_fenced: prometheus::IntGauge,
@@ -141,6 +145,11 @@ fn build() -> Metrics {
         "Shard searches answered for other nodes, alone or in a batch",
         &["via"],
     );
+    let bundle_fetch_bytes = c(
+        "funnel_bundle_fetch_bytes_total",
+        "Bundle file bytes copied from peers: fetched over the network or resumed from an interrupted fetch",
+        &["source"],
+    );
     let raft_vote_fenced = prometheus::IntGauge::new(
         "funnel_raft_vote_fenced",
         "1 while this node refuses Raft votes: its storage started empty and no leader has brought it up to date",
@@ -155,6 +164,7 @@ fn build() -> Metrics {
         hedges_refused,
         shard_searches_served,
         replica_calls,
+        bundle_fetch_bytes,
         registry,
         request_seconds,
         stage_seconds,
