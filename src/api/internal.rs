@@ -70,8 +70,6 @@ impl ShardDataService {
             exclude: Arc::new(exclude),
             categories,
             fetch: Arc::from(r.fetch),
-            deadline: None,
-            batch: None,
         };
         let (res, model_version) = self
             .node

@@ -15,4 +15,6 @@ mod shards;
 
 pub use actor::{CoordinatorActor, Recommend};
 pub use recommend::{per_shard_k, recommend, RecommendEnv, Serving};
-pub use shards::{keep_fn, LocalShard, SearchSpec, ShardCallError, ShardClient, VectorsResult};
+pub use shards::{
+    keep_fn, CallContext, LocalShard, SearchSpec, ShardCallError, ShardClient, VectorsResult,
+};

@@ -4,7 +4,7 @@
 //! next); a stage that runs out returns what it has and says so in
 //! `degraded`, and a late shard is reported, never awaited.
 
-use super::shards::{SearchSpec, ShardClient};
+use super::shards::{CallContext, SearchSpec, ShardClient};
 use crate::catalog::{Catalog, ItemFacts};
 use crate::config::StageBudget;
 use crate::features::{Device, ItemInput, RecallPath, RequestContext, UserFeatures, UserState};
@@ -193,8 +193,6 @@ pub async fn recommend(
             exclude: Arc::new(exclude.clone()),
             categories: wanted.clone().map(Arc::new),
             fetch: Arc::from(fetch.as_slice()),
-            deadline: Some(clock.until(recall_end)),
-            batch: None,
         };
         let (hits, got, answered) = ann_fan_out(
             &serving.shards,
@@ -346,18 +344,19 @@ async fn ann_fan_out(
     degraded: &mut Vec<String>,
 ) -> (Vec<(u64, f32)>, Vec<KeyedVectors>, usize) {
     let batch = CallBatch::new();
-    let spec = SearchSpec {
+    let ctx = CallContext {
+        deadline: Some(until),
         batch: Some(batch.clone()),
-        ..spec
     };
     let specs = spec.split_by_shard(shards.len() as u32);
     let calls = shards.iter().map(|c| {
         let c = c.clone();
         let spec = specs.get(c.shard() as usize).unwrap_or(&spec).clone();
+        let ctx = ctx.clone();
         async move {
             (
                 c.shard(),
-                tokio::time::timeout_at(until.into(), c.search(spec)).await,
+                tokio::time::timeout_at(until.into(), c.search(spec, ctx)).await,
             )
         }
     });

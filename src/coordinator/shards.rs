@@ -20,12 +20,20 @@ pub struct SearchSpec {
     pub categories: Option<Arc<Vec<u16>>>,
     /// Keys whose vectors to return if they live on the shard.
     pub fetch: Arc<[u64]>,
+}
+
+/// How a shard call is sent, as opposed to what it asks (`SearchSpec`):
+/// one per request's fan-out, shared by every shard's call. Local shards
+/// ignore it.
+#[derive(Debug, Clone, Default)]
+pub struct CallContext {
     /// When the recall stage ends: a remote call sends the time left as
     /// its grpc-timeout.
     pub deadline: Option<std::time::Instant>,
     /// Remote copies queue their search here while the fan-out starts
     /// every shard's call, so the searches for one node share one RPC
-    /// (`replica::CallBatch`); `None`: each call goes out on its own.
+    /// (`replica::CallBatch`); `None`, or a batch already sent (hedges,
+    /// fail-overs): the call goes out on its own.
     pub batch: Option<Arc<crate::replica::CallBatch>>,
 }
 
@@ -38,7 +46,11 @@ pub enum ShardCallError {
 /// One shard, wherever it lives.
 pub trait ShardClient: Send + Sync {
     fn shard(&self) -> u32;
-    fn search(&self, spec: SearchSpec) -> BoxFuture<'static, Result<SearchResult, ShardCallError>>;
+    fn search(
+        &self,
+        spec: SearchSpec,
+        ctx: CallContext,
+    ) -> BoxFuture<'static, Result<SearchResult, ShardCallError>>;
     fn vectors(&self, keys: Arc<[u64]>) -> BoxFuture<'static, VectorsResult>;
 }
 
@@ -70,8 +82,6 @@ impl SearchSpec {
                 exclude: Arc::new(exclude),
                 categories: self.categories.clone(),
                 fetch: Arc::from(fetch),
-                deadline: self.deadline,
-                batch: self.batch.clone(),
             })
             .collect()
     }
@@ -108,7 +118,11 @@ impl ShardClient for LocalShard {
         self.shard
     }
 
-    fn search(&self, spec: SearchSpec) -> BoxFuture<'static, Result<SearchResult, ShardCallError>> {
+    fn search(
+        &self,
+        spec: SearchSpec,
+        _: CallContext,
+    ) -> BoxFuture<'static, Result<SearchResult, ShardCallError>> {
         let keep = keep_fn(&spec, self.catalog.clone());
         let msg = Search {
             query: spec.query,
@@ -159,8 +173,6 @@ mod tests {
             exclude: Arc::new(vec![1, 2, 3, 4, 5, 6, 9, 12]),
             categories: Some(Arc::new(vec![2u16])),
             fetch: Arc::from(vec![10u64, 4, 7, 3]),
-            deadline: None,
-            batch: None,
         };
         let parts = spec.split_by_shard(3);
         assert_eq!(parts.len(), 3);

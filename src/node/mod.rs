@@ -23,7 +23,8 @@ use crate::catalog::Catalog;
 use crate::cluster::{Command, ItemRecord};
 use crate::config::NodeConfig;
 use crate::coordinator::{
-    CoordinatorActor, LocalShard, Recommend, RecommendEnv, SearchSpec, Serving, ShardClient,
+    CallContext, CoordinatorActor, LocalShard, Recommend, RecommendEnv, SearchSpec, Serving,
+    ShardClient,
 };
 use crate::eventlog::LogEvent;
 use crate::features::event_strength;
@@ -894,7 +895,7 @@ impl Node {
             addr,
             catalog,
         }
-        .search(spec)
+        .search(spec, CallContext::default())
         .await
         .map_err(|e| ServiceError::Internal(e.to_string()))?;
         Ok((result, version))

@@ -10,7 +10,7 @@ use crate::cluster::proto::shard_data_client::ShardDataClient;
 use crate::cluster::proto::ShardSearchRequest;
 use crate::cluster::tls::{internal_endpoint, NodeTls};
 use crate::cluster::PeerChannel;
-use crate::coordinator::{SearchSpec, ShardCallError, ShardClient, VectorsResult};
+use crate::coordinator::{CallContext, SearchSpec, ShardCallError, ShardClient, VectorsResult};
 use crate::shard::{KeyedVectors, SearchResult};
 use futures::future::BoxFuture;
 use std::sync::Arc;
@@ -58,7 +58,11 @@ impl RemoteShard {
         self.node
     }
 
-    fn call(&self, spec: SearchSpec) -> BoxFuture<'static, Result<SearchResult, ShardCallError>> {
+    fn call(
+        &self,
+        spec: SearchSpec,
+        ctx: CallContext,
+    ) -> BoxFuture<'static, Result<SearchResult, ShardCallError>> {
         let mut client = self.client.clone();
         let shard = self.shard;
         let node = self.node;
@@ -76,10 +80,10 @@ impl RemoteShard {
                 .unwrap_or_default(),
             fetch: spec.fetch.to_vec(),
         };
-        let deadline = spec.deadline;
+        let deadline = ctx.deadline;
         let want_version = self.model_version.clone();
         // queued in the request's batch when it is still open; else sent now
-        let queued = match &spec.batch {
+        let queued = match &ctx.batch {
             Some(batch) => batch.enqueue(node, &client, body, deadline),
             None => Enqueued::SendNow(body),
         };
@@ -139,8 +143,12 @@ impl ShardClient for RemoteShard {
         self.shard
     }
 
-    fn search(&self, spec: SearchSpec) -> BoxFuture<'static, Result<SearchResult, ShardCallError>> {
-        self.call(spec)
+    fn search(
+        &self,
+        spec: SearchSpec,
+        ctx: CallContext,
+    ) -> BoxFuture<'static, Result<SearchResult, ShardCallError>> {
+        self.call(spec, ctx)
     }
 
     fn vectors(&self, keys: Arc<[u64]>) -> BoxFuture<'static, VectorsResult> {
@@ -150,10 +158,8 @@ impl ShardClient for RemoteShard {
             exclude: Arc::new(Vec::new()),
             categories: None,
             fetch: keys,
-            deadline: None,
-            batch: None,
         };
-        let f = self.call(spec);
+        let f = self.call(spec, CallContext::default());
         Box::pin(async move { f.await.map(|r| r.vectors) })
     }
 }

@@ -4,7 +4,7 @@
 //! bounds everything (the coordinator wraps each shard call in it).
 
 use super::health::{try_order, HealthBook};
-use crate::coordinator::{SearchSpec, ShardCallError, ShardClient, VectorsResult};
+use crate::coordinator::{CallContext, SearchSpec, ShardCallError, ShardClient, VectorsResult};
 use crate::shard::SearchResult;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -54,17 +54,21 @@ impl ReplicaSet {
         }
     }
 
-    async fn search_inner(self, spec: SearchSpec) -> Result<SearchResult, ShardCallError> {
+    async fn search_inner(
+        self,
+        spec: SearchSpec,
+        ctx: CallContext,
+    ) -> Result<SearchResult, ShardCallError> {
         let keys: Vec<(u64, bool)> = self.replicas.iter().map(|r| (r.node, r.local)).collect();
         let order = try_order(&keys, &self.book, Instant::now());
         let mut next = order.into_iter();
         let mut inflight = FuturesUnordered::new();
         let start = |i: usize| {
             let r = self.replicas[i].clone();
-            let spec = spec.clone();
+            let (spec, ctx) = (spec.clone(), ctx.clone());
             async move {
                 let t0 = Instant::now();
-                let res = r.client.search(spec).await;
+                let res = r.client.search(spec, ctx).await;
                 (r.node, t0.elapsed(), res)
             }
         };
@@ -149,8 +153,12 @@ impl ShardClient for ReplicaSet {
         self.shard
     }
 
-    fn search(&self, spec: SearchSpec) -> BoxFuture<'static, Result<SearchResult, ShardCallError>> {
-        Box::pin(self.clone().search_inner(spec))
+    fn search(
+        &self,
+        spec: SearchSpec,
+        ctx: CallContext,
+    ) -> BoxFuture<'static, Result<SearchResult, ShardCallError>> {
+        Box::pin(self.clone().search_inner(spec, ctx))
     }
 
     fn vectors(&self, keys: Arc<[u64]>) -> BoxFuture<'static, VectorsResult> {
@@ -201,6 +209,7 @@ mod tests {
         fn search(
             &self,
             _spec: SearchSpec,
+            _ctx: CallContext,
         ) -> BoxFuture<'static, Result<SearchResult, ShardCallError>> {
             let (delay, fail, tag, shard) = (self.delay, self.fail, self.tag, self.shard);
             self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -233,8 +242,6 @@ mod tests {
             exclude: Arc::new(vec![]),
             categories: None,
             fetch: Arc::from(Vec::new()),
-            deadline: None,
-            batch: None,
         }
     }
 
@@ -268,11 +275,11 @@ mod tests {
         let (dead, dead_calls) = target(1, true, 0, true);
         let (live, _) = target(2, false, 1, false);
         let set = ReplicaSet::new(0, vec![dead, live], book.clone());
-        let r = set.search(spec()).await.unwrap();
+        let r = set.search(spec(), CallContext::default()).await.unwrap();
         assert_eq!(r.hits[0].0, 2);
         assert_eq!(dead_calls.load(std::sync::atomic::Ordering::SeqCst), 1);
         // the dead local copy is suspect now: the next call goes to node 2 first
-        let r = set.search(spec()).await.unwrap();
+        let r = set.search(spec(), CallContext::default()).await.unwrap();
         assert_eq!(r.hits[0].0, 2);
         assert_eq!(dead_calls.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
@@ -288,7 +295,7 @@ mod tests {
         let (other, other_calls) = target(2, false, 1, false);
         let set = ReplicaSet::new(0, vec![stalled, other], book);
         let t0 = Instant::now();
-        let r = set.search(spec()).await.unwrap();
+        let r = set.search(spec(), CallContext::default()).await.unwrap();
         assert_eq!(r.hits[0].0, 2);
         assert_eq!(other_calls.load(std::sync::atomic::Ordering::SeqCst), 1);
         assert!(
@@ -310,11 +317,11 @@ mod tests {
         let (stalled, stalled_calls) = target(1, false, 60_000, false);
         let (other, other_calls) = target(2, false, 1, false);
         let set = ReplicaSet::new(0, vec![stalled, other], book.clone());
-        let r = set.search(spec()).await.unwrap();
+        let r = set.search(spec(), CallContext::default()).await.unwrap();
         assert_eq!(r.hits[0].0, 2);
         assert!(book.get(1).latency.mean() > book.get(2).latency.mean());
         // the next call goes to node 2 first and needs no hedge
-        let r = set.search(spec()).await.unwrap();
+        let r = set.search(spec(), CallContext::default()).await.unwrap();
         assert_eq!(r.hits[0].0, 2);
         let calls =
             |c: &Arc<std::sync::atomic::AtomicUsize>| c.load(std::sync::atomic::Ordering::SeqCst);
@@ -326,11 +333,15 @@ mod tests {
         let (a, _) = target(1, false, 0, true);
         let (b, _) = target(2, false, 0, true);
         let set = ReplicaSet::new(0, vec![a, b], HealthBook::default());
-        let e = set.search(spec()).await.unwrap_err().to_string();
+        let e = set
+            .search(spec(), CallContext::default())
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("every replica failed"), "{e}");
         let empty = ReplicaSet::new(3, vec![], HealthBook::default());
         assert!(empty
-            .search(spec())
+            .search(spec(), CallContext::default())
             .await
             .unwrap_err()
             .to_string()
