@@ -25,12 +25,11 @@ use funnel::ids::{item_key, shard_of};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::{
-    copies, eventually, members_list, recommend, rt, small_bundle, write_members, Copies, Http,
-    Member, NodePorts, NodeProc,
+    copies, eventually, members_list, recommend, rt, small_bundle, write_members, ClusterLoad,
+    Copies, Http, Member, NodePorts, NodeProc,
 };
 
 const SHARDS: u32 = 6;
@@ -85,96 +84,6 @@ fn settled(v: &ClusterView, copies: usize) -> bool {
                 .iter()
                 .all(|rs| rs.len() == copies && rs.iter().all(|r| r.state == ReplicaState::Active))
         })
-}
-
-/// Recommend load and item upserts against `targets` until stopped.
-struct Load {
-    stop: Arc<AtomicBool>,
-    recommends: std::thread::JoinHandle<(usize, Vec<String>)>,
-    upserts: std::thread::JoinHandle<Upserts>,
-}
-
-/// Acknowledged upsert ids, and refusals with when they were answered.
-type Upserts = (Vec<String>, Vec<(Instant, String)>);
-
-impl Load {
-    fn start(targets: Vec<String>, prefix: &'static str, acked: Arc<Mutex<Vec<String>>>) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (s, t) = (stop.clone(), targets.clone());
-        let recommends = std::thread::spawn(move || {
-            let http = Http::default();
-            let (mut n, mut failures) = (0usize, Vec::new());
-            while !s.load(Ordering::SeqCst) {
-                let target = &t[n % t.len()];
-                match recommend(&http, target, &format!("u{:06}", n % 300)) {
-                    Ok(v) if v["coverage"].as_f64() == Some(1.0) => {}
-                    Ok(v) => failures.push(format!(
-                        "{target}: coverage {} ({})",
-                        v["coverage"], v["degraded"]
-                    )),
-                    Err(e) => failures.push(format!("{target}: {e}")),
-                }
-                n += 1;
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            (n, failures)
-        });
-        let s = stop.clone();
-        let upserts = std::thread::spawn(move || {
-            let http = Http::default();
-            let (mut ok, mut failed) = (Vec::new(), Vec::new());
-            let mut n = 0usize;
-            while !s.load(Ordering::SeqCst) {
-                let id = format!("{prefix}-{n:05}");
-                let vector: Vec<f32> = (0..DIM).map(|d| ((n * 7 + d) % 13) as f32 / 13.0).collect();
-                let target = &targets[n % targets.len()];
-                let body = json!({"items": [{"item_id": id, "vector": vector, "categories": []}]});
-                match http.try_call(
-                    &format!("http://{target}/v1/items"),
-                    Some(body.to_string()),
-                    None,
-                ) {
-                    Ok((200, _)) => {
-                        acked.lock().unwrap().push(id.clone());
-                        ok.push(id);
-                    }
-                    Ok((s, v)) => failed.push((Instant::now(), format!("{target} {id}: {s} {v}"))),
-                    Err(e) => failed.push((Instant::now(), format!("{target} {id}: {e}"))),
-                }
-                n += 1;
-                std::thread::sleep(Duration::from_millis(40));
-            }
-            (ok, failed)
-        });
-        Load {
-            stop,
-            recommends,
-            upserts,
-        }
-    }
-
-    /// Stops the load; asserts no recommend failed or was degraded. Answers
-    /// when the upserts that were refused were answered.
-    fn finish(self, phase: &str) -> Vec<Instant> {
-        self.stop.store(true, Ordering::SeqCst);
-        let (n, failures) = self.recommends.join().unwrap();
-        let (ok, failed) = self.upserts.join().unwrap();
-        println!(
-            "{phase}: {n} recommends, {} upserts acknowledged, {} refused {:?}",
-            ok.len(),
-            failed.len(),
-            failed.iter().take(2).map(|(_, m)| m).collect::<Vec<_>>()
-        );
-        assert!(n > 50, "{phase}: the load ran ({n} requests)");
-        assert!(
-            failures.is_empty(),
-            "{phase}: {} of {n} recommend requests failed or were degraded: {:?}",
-            failures.len(),
-            &failures[..failures.len().min(5)]
-        );
-        assert!(!ok.is_empty(), "{phase}: no upsert was acknowledged");
-        failed.into_iter().map(|(t, _)| t).collect()
-    }
 }
 
 /// Items per shard of the bundle, read off the settled cluster.
@@ -272,9 +181,10 @@ fn dead_node_shards_are_re_replicated() {
     let victim = members.iter().rev().find(|m| m.id != lead).unwrap();
     let live: Vec<&Member> = members.iter().filter(|m| m.id != victim.id).collect();
     let acked = Arc::new(Mutex::new(Vec::new()));
-    let load = Load::start(
+    let load = ClusterLoad::start(
         live.iter().map(|m| m.http.clone()).collect(),
         "heal-item",
+        DIM,
         acked.clone(),
     );
     std::thread::sleep(Duration::from_secs(1));
@@ -357,9 +267,10 @@ fn dead_node_shards_are_re_replicated() {
     );
     // a rebalance puts it back to work; no copy is below R meanwhile
     let acked2 = Arc::new(Mutex::new(acked_now.clone()));
-    let load = Load::start(
+    let load = ClusterLoad::start(
         members.iter().map(|m| m.http.clone()).collect(),
         "heal-item-2",
+        DIM,
         acked2.clone(),
     );
     admin(&live[0].internal, &["rebalance"]);
@@ -404,9 +315,10 @@ fn leader_killed_in_the_middle_of_a_move() {
         &["set-setting", "transfers.max_concurrent", "1"],
     );
     let acked = Arc::new(Mutex::new(Vec::new()));
-    let load = Load::start(
+    let load = ClusterLoad::start(
         followers.iter().map(|m| m.http.clone()).collect(),
         "leader-move-item",
+        DIM,
         acked.clone(),
     );
     std::thread::sleep(Duration::from_millis(500));
@@ -476,7 +388,11 @@ fn leader_killed_in_the_middle_of_a_move() {
     );
     let done = killed.elapsed();
     std::thread::sleep(Duration::from_secs(1));
-    let refused = load.finish("leader killed mid-move");
+    let refused: Vec<Instant> = load
+        .finish("leader killed mid-move")
+        .into_iter()
+        .map(|(at, _)| at)
+        .collect();
     // upserts are refused only while there is no leader to commit them
     let last_refused = refused
         .iter()

@@ -22,12 +22,11 @@ use funnel::ids::{item_key, shard_of};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::{
-    copies, eventually, members_list, recommend, rt, small_bundle, write_node_config, Copies, Http,
-    NodePorts, NodeProc,
+    copies, eventually, members_list, recommend, rt, small_bundle, write_node_config, ClusterLoad,
+    Copies, Http, NodePorts, NodeProc,
 };
 
 const SHARDS: u32 = 6;
@@ -118,92 +117,6 @@ fn settled(v: &ClusterView) -> bool {
                 .iter()
                 .all(|rs| !rs.is_empty() && rs.iter().all(|r| r.state == ReplicaState::Active))
         })
-}
-
-/// Recommend load and item upserts against `targets` until `stop`.
-struct Load {
-    stop: Arc<AtomicBool>,
-    recommends: std::thread::JoinHandle<(usize, Vec<String>)>,
-    upserts: std::thread::JoinHandle<(Vec<String>, Vec<String>)>,
-}
-
-impl Load {
-    fn start(targets: Vec<String>, acked: Arc<Mutex<Vec<String>>>) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (s, t) = (stop.clone(), targets.clone());
-        let recommends = std::thread::spawn(move || {
-            let http = Http::default();
-            let (mut n, mut failures) = (0usize, Vec::new());
-            while !s.load(Ordering::SeqCst) {
-                let target = &t[n % t.len()];
-                match recommend(&http, target, &format!("u{:06}", n % 300)) {
-                    Ok(v) if v["coverage"].as_f64() == Some(1.0) => {}
-                    Ok(v) => failures.push(format!(
-                        "{target}: coverage {} ({})",
-                        v["coverage"], v["degraded"]
-                    )),
-                    Err(e) => failures.push(format!("{target}: {e}")),
-                }
-                n += 1;
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            (n, failures)
-        });
-        let s = stop.clone();
-        let upserts = std::thread::spawn(move || {
-            let http = Http::default();
-            let (mut ok, mut failed) = (Vec::new(), Vec::new());
-            let mut n = 0usize;
-            while !s.load(Ordering::SeqCst) {
-                let id = format!("moved-item-{n:05}");
-                let vector: Vec<f32> = (0..DIM).map(|d| ((n * 7 + d) % 13) as f32 / 13.0).collect();
-                let target = &targets[n % targets.len()];
-                let body = json!({"items": [{"item_id": id, "vector": vector, "categories": []}]});
-                match http.try_call(
-                    &format!("http://{target}/v1/items"),
-                    Some(body.to_string()),
-                    None,
-                ) {
-                    Ok((200, _)) => {
-                        acked.lock().unwrap().push(id.clone());
-                        ok.push(id);
-                    }
-                    Ok((s, v)) => failed.push(format!("{target} {id}: {s} {v}")),
-                    Err(e) => failed.push(format!("{target} {id}: {e}")),
-                }
-                n += 1;
-                std::thread::sleep(Duration::from_millis(40));
-            }
-            (ok, failed)
-        });
-        Load {
-            stop,
-            recommends,
-            upserts,
-        }
-    }
-
-    /// Stops the load; asserts no recommend failed and returns the upserts'
-    /// failures.
-    fn finish(self, phase: &str) -> Vec<String> {
-        self.stop.store(true, Ordering::SeqCst);
-        let (n, failures) = self.recommends.join().unwrap();
-        let (ok, failed) = self.upserts.join().unwrap();
-        println!(
-            "{phase}: {n} recommends, {} upserts acknowledged, {} refused",
-            ok.len(),
-            failed.len()
-        );
-        assert!(n > 50, "{phase}: the load ran ({n} requests)");
-        assert!(
-            failures.is_empty(),
-            "{phase}: {} of {n} recommend requests failed or were degraded: {:?}",
-            failures.len(),
-            &failures[..failures.len().min(5)]
-        );
-        assert!(!ok.is_empty(), "{phase}: no upsert was acknowledged");
-        failed
-    }
 }
 
 /// Every copy of every shard has the same digest, and holds the bundle's
@@ -323,7 +236,7 @@ fn shards_move_rebalance_and_drain_under_load() {
     assert_eq!(view(&rt, entry).unwrap().shard_map, Some(map0.clone()));
 
     // --- move one shard under load ---------------------------------------
-    let load = Load::start(front.clone(), acked.clone());
+    let load = ClusterLoad::start(front.clone(), "moved-item", DIM, acked.clone());
     std::thread::sleep(Duration::from_millis(500));
     let spare = (1..=3u64)
         .find(|n| map0.replica(0, *n).is_none())
@@ -415,7 +328,7 @@ fn shards_move_rebalance_and_drain_under_load() {
         "a dry run queued something"
     );
 
-    let load = Load::start(front.clone(), acked.clone());
+    let load = ClusterLoad::start(front.clone(), "moved-item", DIM, acked.clone());
     std::thread::sleep(Duration::from_millis(500));
     let out = admin(entry, &["rebalance", "--max-concurrent", "2"]);
     assert!(out.contains("queued 3 moves"), "{out}");
@@ -449,7 +362,7 @@ fn shards_move_rebalance_and_drain_under_load() {
     assert!(out.contains("balanced; nothing to move"), "{out}");
 
     // --- drain node 4 away again -----------------------------------------
-    let load = Load::start(front.clone(), acked.clone());
+    let load = ClusterLoad::start(front.clone(), "moved-item", DIM, acked.clone());
     std::thread::sleep(Duration::from_millis(500));
     let out = admin(entry, &["remove-node", "--drain", "4", "--json"]);
     let r: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -501,7 +414,7 @@ fn shards_move_rebalance_and_drain_under_load() {
 
     // --- drain a voter: a learner takes its vote, node 5 its replicas -----
     let front: Vec<String> = members[..2].iter().map(|m| m.http.clone()).collect();
-    let load = Load::start(front, acked.clone());
+    let load = ClusterLoad::start(front, "moved-item", DIM, acked.clone());
     std::thread::sleep(Duration::from_millis(500));
     admin(entry, &["remove-node", "--drain", "3"]);
     assert!(
@@ -543,7 +456,7 @@ fn shards_move_rebalance_and_drain_under_load() {
         "{out:?}"
     );
     let front: Vec<String> = members[..2].iter().map(|m| m.http.clone()).collect();
-    let load = Load::start(front, acked.clone());
+    let load = ClusterLoad::start(front, "moved-item", DIM, acked.clone());
     std::thread::sleep(Duration::from_millis(500));
     let out = admin(entry, &["set-replication", "3"]);
     assert!(out.contains("6 copies queued"), "{out}");

@@ -530,3 +530,100 @@ pub fn metric_value(http: &Http, node_http: &str, series: &str) -> f64 {
         .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
         .unwrap_or(0.0)
 }
+
+/// Background load on a cluster while an operation runs: recommends
+/// round-robin over `targets` every 5 ms (each must answer with coverage
+/// 1) and an item upsert every 40 ms (ids `{prefix}-00000`, ...; the
+/// acknowledged ones are pushed to `acked` as they are acknowledged).
+pub struct ClusterLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    recommends: std::thread::JoinHandle<(usize, Vec<String>)>,
+    upserts: std::thread::JoinHandle<(Vec<String>, Vec<(Instant, String)>)>,
+}
+
+impl ClusterLoad {
+    pub fn start(
+        targets: Vec<String>,
+        prefix: &'static str,
+        dim: usize,
+        acked: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    ) -> ClusterLoad {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (s, t) = (stop.clone(), targets.clone());
+        let recommends = std::thread::spawn(move || {
+            let http = Http::default();
+            let (mut n, mut failures) = (0usize, Vec::new());
+            while !s.load(Ordering::SeqCst) {
+                let target = &t[n % t.len()];
+                match recommend(&http, target, &format!("u{:06}", n % 300)) {
+                    Ok(v) if v["coverage"].as_f64() == Some(1.0) => {}
+                    Ok(v) => failures.push(format!(
+                        "{target}: coverage {} ({})",
+                        v["coverage"], v["degraded"]
+                    )),
+                    Err(e) => failures.push(format!("{target}: {e}")),
+                }
+                n += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (n, failures)
+        });
+        let s = stop.clone();
+        let upserts = std::thread::spawn(move || {
+            let http = Http::default();
+            let (mut ok, mut failed) = (Vec::new(), Vec::new());
+            let mut n = 0usize;
+            while !s.load(Ordering::SeqCst) {
+                let id = format!("{prefix}-{n:05}");
+                let vector: Vec<f32> = (0..dim).map(|d| ((n * 7 + d) % 13) as f32 / 13.0).collect();
+                let target = &targets[n % targets.len()];
+                let body = serde_json::json!({"items": [{"item_id": id, "vector": vector, "categories": []}]});
+                match http.try_call(
+                    &format!("http://{target}/v1/items"),
+                    Some(body.to_string()),
+                    None,
+                ) {
+                    Ok((200, _)) => {
+                        acked.lock().unwrap().push(id.clone());
+                        ok.push(id);
+                    }
+                    Ok((s, v)) => failed.push((Instant::now(), format!("{target} {id}: {s} {v}"))),
+                    Err(e) => failed.push((Instant::now(), format!("{target} {id}: {e}"))),
+                }
+                n += 1;
+                std::thread::sleep(Duration::from_millis(40));
+            }
+            (ok, failed)
+        });
+        ClusterLoad {
+            stop,
+            recommends,
+            upserts,
+        }
+    }
+
+    /// Stops the load; asserts it ran, no recommend failed or was degraded
+    /// and some upsert was acknowledged. Answers the refused upserts with
+    /// when each refusal came.
+    pub fn finish(self, phase: &str) -> Vec<(Instant, String)> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (n, failures) = self.recommends.join().unwrap();
+        let (ok, failed) = self.upserts.join().unwrap();
+        println!(
+            "{phase}: {n} recommends, {} upserts acknowledged, {} refused {:?}",
+            ok.len(),
+            failed.len(),
+            failed.iter().take(2).map(|(_, m)| m).collect::<Vec<_>>()
+        );
+        assert!(n > 50, "{phase}: the load ran ({n} requests)");
+        assert!(
+            failures.is_empty(),
+            "{phase}: {} of {n} recommend requests failed or were degraded: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
+        assert!(!ok.is_empty(), "{phase}: no upsert was acknowledged");
+        failed
+    }
+}
