@@ -20,45 +20,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::{
-    digests_converged, eventually, members_list, shard_digests, small_bundle, write_members, Http,
-    Member, NodePorts, NodeProc,
+    digests_converged, eventually, full_coverage, members_list, recommend, shard_digests,
+    small_bundle, write_members, Http, Member, NodePorts, NodeProc,
 };
 
 const SHARDS: u32 = 12;
 
-/// Ports `base + id` (HTTP), `base + 10 + id` (gRPC), `base + 20 + id`
-/// (internal), below the kernel's ephemeral range (32768 and up here): a
-/// port picked by binding port 0 and letting go of it could be taken by
-/// the nodes' own outgoing connections before the node binds it. Each test
-/// has its own `base`.
+/// Nodes 1..=`n` on `NodePorts::layout(n, base)`; each test has its own
+/// `base`.
 fn write_configs(dir: &Path, bundle: &Path, n: u64, base: u16) -> Vec<Member> {
-    let nodes: Vec<NodePorts> = (1..=n)
-        .map(|id| NodePorts {
-            id,
-            http: base + id as u16,
-            grpc: base + 10 + id as u16,
-            internal: base + 20 + id as u16,
-        })
-        .collect();
+    let nodes = NodePorts::layout(n, base);
     let members = members_list(&nodes);
     write_members(dir, &nodes, Some(bundle), SHARDS, "", &members)
-}
-
-fn recommend(http: &Http, node_http: &str, user: &str) -> Result<serde_json::Value, String> {
-    let (s, v) = http.try_call(
-        &format!("http://{node_http}/v1/recommend"),
-        Some(json!({"user_id": user, "k": 10, "deadline_ms": 1000}).to_string()),
-        None,
-    )?;
-    if s == 200 {
-        Ok(v)
-    } else {
-        Err(format!("{s}: {v}"))
-    }
-}
-
-fn full_coverage(http: &Http, node_http: &str) -> bool {
-    recommend(http, node_http, "u000001").is_ok_and(|v| v["coverage"].as_f64() == Some(1.0))
 }
 
 fn rt() -> tokio::runtime::Runtime {

@@ -22,8 +22,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use support::{
-    digests_converged, eventually, members_list, recommend, rt, shard_digests, small_bundle,
-    write_members, write_node_config, Http, Member, NodePorts, NodeProc,
+    digests_converged, eventually, full_coverage, members_list, recommend, rt, shard_digests,
+    small_bundle, write_members, write_node_config, Http, Member, NodePorts, NodeProc,
 };
 
 const SHARDS: u32 = 12;
@@ -31,20 +31,9 @@ const SHARDS: u32 = 12;
 /// Three members on fixed ports from `base` (http base+id, grpc base+10+id,
 /// internal base+20+id), with `cluster_extra` in every config.
 fn write_configs(dir: &Path, bundle: &Path, base: u16, cluster_extra: &str) -> Vec<Member> {
-    let nodes: Vec<NodePorts> = (1..=3u16)
-        .map(|id| NodePorts {
-            id: id.into(),
-            http: base + id,
-            grpc: base + 10 + id,
-            internal: base + 20 + id,
-        })
-        .collect();
+    let nodes = NodePorts::layout(3, base);
     let extra = format!("{cluster_extra}\n{}", members_list(&nodes));
     write_members(dir, &nodes, Some(bundle), SHARDS, "", &extra)
-}
-
-fn full_coverage(http: &Http, node_http: &str) -> bool {
-    recommend(http, node_http, "u000001").is_ok_and(|v| v["coverage"].as_f64() == Some(1.0))
 }
 
 fn set_faults(

@@ -37,14 +37,7 @@ const DIM: usize = 16;
 
 /// Configs of nodes 1..=3 on ports `base + 1..`, `base + 11..`, `base + 21..`.
 fn write_configs(dir: &Path, bundle: &Path, base: u16, cluster_extra: &str) -> Vec<Member> {
-    let nodes: Vec<NodePorts> = (1..=3u64)
-        .map(|id| NodePorts {
-            id,
-            http: base + id as u16,
-            grpc: base + 10 + id as u16,
-            internal: base + 20 + id as u16,
-        })
-        .collect();
+    let nodes = NodePorts::layout(3, base);
     let extra = format!("{}\n{cluster_extra}", members_list(&nodes));
     write_members(dir, &nodes, Some(bundle), SHARDS, "", &extra)
 }

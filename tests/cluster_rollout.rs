@@ -47,14 +47,7 @@ const V2: &str = "test-seed-2";
 
 /// Configs of three nodes on ports `base`..`base + 29`.
 fn write_configs(dir: &Path, base: u16, bundle: Option<&Path>, fetch: &str) -> Vec<Member> {
-    let nodes: Vec<NodePorts> = (1..=3)
-        .map(|id| NodePorts {
-            id,
-            http: base + id as u16,
-            grpc: base + 10 + id as u16,
-            internal: base + 20 + id as u16,
-        })
-        .collect();
+    let nodes = NodePorts::layout(3, base);
     let cluster_extra = format!("fetch_bundles = \"{fetch}\"\n{}", members_list(&nodes));
     let api_extra = format!("admin_token = \"{TOKEN}\"");
     write_members(dir, &nodes, bundle, SHARDS, &api_extra, &cluster_extra)

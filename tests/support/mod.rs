@@ -289,6 +289,23 @@ pub struct NodePorts {
 }
 
 impl NodePorts {
+    /// Nodes 1..=`n` on fixed ports from `base`: http `base + id`, grpc
+    /// `base + 10 + id`, internal `base + 20 + id` (so `n` <= 9). Fixed
+    /// ports below the kernel's ephemeral range: a port picked by binding
+    /// port 0 and letting go of it could be taken by the nodes' own
+    /// outgoing connections before the node binds it.
+    pub fn layout(n: u64, base: u16) -> Vec<NodePorts> {
+        assert!(n <= 9, "the layout has room for nine nodes");
+        (1..=n)
+            .map(|id| NodePorts {
+                id,
+                http: base + id as u16,
+                grpc: base + 10 + id as u16,
+                internal: base + 20 + id as u16,
+            })
+            .collect()
+    }
+
     /// Its entry in a `members = [...]` list.
     pub fn member_line(&self) -> String {
         format!(
@@ -363,6 +380,11 @@ pub fn rt() -> tokio::runtime::Runtime {
 
 /// One recommend request (k 10, 1 s deadline): the JSON answer, or the
 /// status and body of a refusal.
+/// Whether `node_http` answers a recommend with every shard covered.
+pub fn full_coverage(http: &Http, node_http: &str) -> bool {
+    recommend(http, node_http, "u000001").is_ok_and(|v| v["coverage"].as_f64() == Some(1.0))
+}
+
 pub fn recommend(http: &Http, node_http: &str, user: &str) -> Result<serde_json::Value, String> {
     let (s, v) = http.try_call(
         &format!("http://{node_http}/v1/recommend"),
