@@ -554,14 +554,17 @@ pub fn metric_value(http: &Http, node_http: &str, series: &str) -> f64 {
 }
 
 /// Background load on a cluster while an operation runs: recommends
-/// round-robin over `targets` every 5 ms (each must answer with coverage
-/// 1) and an item upsert every 40 ms (ids `{prefix}-00000`, ...; the
-/// acknowledged ones are pushed to `acked` as they are acknowledged).
+/// round-robin over `targets` every 5 ms (each must answer with full
+/// coverage) and an item upsert every 40 ms (ids `{prefix}-00000` and on,
+/// each pushed to `acked` once acknowledged).
 pub struct ClusterLoad {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     recommends: std::thread::JoinHandle<(usize, Vec<String>)>,
-    upserts: std::thread::JoinHandle<(Vec<String>, Vec<(Instant, String)>)>,
+    upserts: std::thread::JoinHandle<UpsertOutcomes>,
 }
+
+/// Acknowledged upsert ids, and refusals with when they were answered.
+type UpsertOutcomes = (Vec<String>, Vec<(Instant, String)>);
 
 impl ClusterLoad {
     pub fn start(
