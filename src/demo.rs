@@ -103,6 +103,7 @@ pub fn run_demo(args: &DemoArgs) -> Result<()> {
             shards,
             params: PipelineParams::default(),
             index: Default::default(),
+            index_threads: 0,
             model_version: None,
             progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
             metrics: serde_json::Value::Null,

@@ -99,7 +99,7 @@ fn a_loaded_shard_finds_the_exact_nearest_item_like_the_in_memory_index() {
     let parts = partition(&s.items.keys, 2);
     for part in &parts {
         let loaded = b.load_shard(part.shard).unwrap();
-        let in_memory = build_index(part, &s.item_vectors, &IndexParams::default()).unwrap();
+        let in_memory = build_index(part, &s.item_vectors, &IndexParams::default(), 1).unwrap();
         for (i, &key) in loaded.keys.iter().enumerate() {
             let q = loaded.vectors.row(i);
             let hits = loaded.search(q, 5).unwrap();
@@ -162,7 +162,14 @@ fn existing_output_is_refused_unless_forced_and_then_replaced() {
     assert!(err.to_string().contains("--force"), "{err}");
 
     let items = sample_items(4);
-    let mut w = BundleWriter::create(&out, WriteOptions { force: true }).unwrap();
+    let mut w = BundleWriter::create(
+        &out,
+        WriteOptions {
+            force: true,
+            ..WriteOptions::default()
+        },
+    )
+    .unwrap();
     w.put_items(&items).unwrap();
     let m = w.finish(fields("v2")).unwrap();
     assert_eq!(m.model_version, "v2");
@@ -194,14 +201,28 @@ fn force_never_replaces_something_that_is_not_a_bundle() {
     let out = tmp.path().join("home");
     std::fs::create_dir(&out).unwrap();
     std::fs::write(out.join("thesis.tex"), b"years of work").unwrap();
-    let err = BundleWriter::create(&out, WriteOptions { force: true }).unwrap_err();
+    let err = BundleWriter::create(
+        &out,
+        WriteOptions {
+            force: true,
+            ..WriteOptions::default()
+        },
+    )
+    .unwrap_err();
     assert!(matches!(err, BundleError::RefuseReplace { .. }), "{err}");
     assert!(out.join("thesis.tex").exists());
 
     // An empty directory may be used as the target.
     let empty = tmp.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
-    let mut w = BundleWriter::create(&empty, WriteOptions { force: true }).unwrap();
+    let mut w = BundleWriter::create(
+        &empty,
+        WriteOptions {
+            force: true,
+            ..WriteOptions::default()
+        },
+    )
+    .unwrap();
     w.put_items(&sample_items(2)).unwrap();
     w.finish(fields("v1")).unwrap();
     Bundle::open(&empty, &OpenCheck::default()).unwrap();

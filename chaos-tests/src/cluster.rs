@@ -99,6 +99,7 @@ pub fn small_bundle(out: &Path, seed: u64, shards: u32) -> Result<PathBuf, Harne
             shards,
             params,
             index: Default::default(),
+            index_threads: 0,
             model_version: Some(format!("chaos-seed-{seed}")),
             progress: false,
             metrics: serde_json::Value::Null,

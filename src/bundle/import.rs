@@ -88,6 +88,11 @@ pub struct IndexArgs {
     #[arg(long, value_name = "KIND", default_value_t = IndexParams::default().quantization,
           value_parser = clap::builder::PossibleValuesParser::new(crate::bundle::manifest::QUANTIZATIONS))]
     pub quantization: String,
+    /// Threads building the shard indexes (0 = one per core). 1 builds each
+    /// shard on one thread, in key order: slower, and the same input then
+    /// gives byte-identical index files.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub index_threads: usize,
 }
 
 impl Default for IndexArgs {
@@ -98,6 +103,7 @@ impl Default for IndexArgs {
             expansion_add: p.expansion_add,
             expansion_search: p.expansion_search,
             quantization: p.quantization,
+            index_threads: 0,
         }
     }
 }
@@ -199,7 +205,13 @@ pub fn import(args: &ImportArgs) -> Result<Manifest> {
     let fingerprint = fingerprint.finalize().to_hex().to_string();
 
     let params = args.index.params();
-    let mut w = BundleWriter::create(&args.out, WriteOptions { force: args.force })?;
+    let mut w = BundleWriter::create(
+        &args.out,
+        WriteOptions {
+            force: args.force,
+            index_threads: args.index.index_threads,
+        },
+    )?;
     w.put_items(&table)?;
     if let Some(u) = &users {
         let user_table = UserTable {

@@ -54,4 +54,5 @@ pub use manifest::{
 };
 pub use reader::{default_search_threads, Bundle, LoadedShard, OpenCheck, ShardHit};
 pub use reindex::{reindex, ReindexOptions};
+pub use shard_index::threads_per_shard;
 pub use writer::{BundleWriter, WriteOptions};

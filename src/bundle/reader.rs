@@ -82,19 +82,21 @@ impl std::fmt::Debug for LoadedShard {
 
 impl LoadedShard {
     /// Builds a shard in memory from rows of `vectors` keyed by `keys`
-    /// (tests and tools; serving loads shards from bundles).
+    /// (tests and tools; serving loads shards from bundles), its index by
+    /// `threads` threads (see `shard_index::build_index`).
     pub fn build(
         shard: u32,
         keys: Vec<u64>,
         vectors: Matrix,
         params: &manifest::IndexParams,
+        threads: usize,
     ) -> Result<LoadedShard> {
         let part = super::shard_index::ShardPart {
             shard,
             rows: (0..keys.len()).collect(),
             keys: keys.clone(),
         };
-        let index = super::shard_index::build_index(&part, &vectors, params)?;
+        let index = super::shard_index::build_index(&part, &vectors, params, threads)?;
         LoadedShard::ready(shard, keys, vectors, index)
     }
 

@@ -48,6 +48,10 @@ pub struct ReindexOptions {
     /// Replace an existing bundle at the output path.
     #[arg(long)]
     pub force: bool,
+    /// Threads building the indexes (0 = one per core; 1 = one per shard,
+    /// byte-identical files for the same input).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub index_threads: usize,
 }
 
 impl ReindexOptions {
@@ -82,7 +86,13 @@ pub fn reindex(src: &Path, out: &Path, opts: &ReindexOptions) -> Result<Manifest
     let items = b.items()?;
     let vectors = item_vectors(&b, &items.keys, m.dimension as usize)?;
 
-    let mut w = BundleWriter::create(out, WriteOptions { force: opts.force })?;
+    let mut w = BundleWriter::create(
+        out,
+        WriteOptions {
+            force: opts.force,
+            index_threads: opts.index_threads,
+        },
+    )?;
     w.put_items(&items)?;
     if m.has_component(COMPONENT_USERS) || m.has_component(COMPONENT_USER_VECTORS) {
         let (users, user_vectors) = b.users()?;

@@ -21,7 +21,7 @@ use super::manifest::{
     COMPONENT_USERS, COMPONENT_USER_VECTORS, FEATURE_COMPONENTS, FORMAT_VERSION, ITEMS_FILE,
     MANIFEST_FILE, MAX_SHARDS, USERS_FILE, USER_VECTORS_FILE,
 };
-use super::shard_index::{build_index, index_to_bytes, partition, ShardPart};
+use super::shard_index::{build_index, index_to_bytes, partition, threads_per_shard, ShardPart};
 use crate::matrix::Matrix;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -33,6 +33,10 @@ use std::path::{Path, PathBuf};
 pub struct WriteOptions {
     /// Replace an existing bundle at `out` (never a non-bundle directory).
     pub force: bool,
+    /// Threads building the shard indexes (0 = one per core). With one
+    /// thread per shard (1, or at least as many shards as threads) the same
+    /// input gives byte-identical index files.
+    pub index_threads: usize,
 }
 
 struct AnnState {
@@ -49,6 +53,7 @@ pub struct BundleWriter {
     tmp: PathBuf,
     aside: PathBuf,
     force: bool,
+    index_threads: usize,
     files: Vec<FileEntry>,
     item_keys: Option<Vec<u64>>,
     users: Option<(usize, usize)>,
@@ -143,6 +148,7 @@ impl BundleWriter {
             tmp,
             aside,
             force: opts.force,
+            index_threads: opts.index_threads,
             files: Vec::new(),
             item_keys: None,
             users: None,
@@ -255,9 +261,10 @@ impl BundleWriter {
 
         let parts = partition(&items.keys, shard_count);
         let tmp = self.tmp.clone();
+        let per_shard = threads_per_shard(self.index_threads, shard_count);
         let written: Vec<Result<Vec<FileEntry>>> = parts
             .par_iter()
-            .map(|part| write_shard(&tmp, part, vectors, &params))
+            .map(|part| write_shard(&tmp, part, vectors, &params, per_shard))
             .collect();
         let mut entries = Vec::new();
         for shard_entries in written {
@@ -468,12 +475,13 @@ fn write_shard(
     part: &ShardPart,
     vectors: &Matrix,
     params: &IndexParams,
+    threads: usize,
 ) -> Result<Vec<FileEntry>> {
     let mut shard_vectors = Vec::with_capacity(part.rows.len() * vectors.cols());
     for &r in &part.rows {
         shard_vectors.extend_from_slice(vectors.row(r));
     }
-    let index = build_index(part, vectors, params)?;
+    let index = build_index(part, vectors, params, threads)?;
     let index_bytes = index_to_bytes(&index, &format!("shard {}", part.shard))?;
     Ok(vec![
         write_synced(dir, &shard_keys_file(part.shard), &encode_u64s(&part.keys))?,

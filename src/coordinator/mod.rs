@@ -16,5 +16,5 @@ mod shards;
 pub use actor::{CoordinatorActor, Recommend};
 pub use recommend::{per_shard_k, recommend, RecommendEnv, Serving};
 pub use shards::{
-    keep_fn, CallContext, LocalShard, SearchSpec, ShardCallError, ShardClient, VectorsResult,
+    search_filter, CallContext, LocalShard, SearchSpec, ShardCallError, ShardClient, VectorsResult,
 };

@@ -4,7 +4,7 @@
 
 use crate::catalog::Catalog;
 use crate::ids::shard_of;
-use crate::shard::{GetVectors, KeyedVectors, Search, SearchResult, ShardActor};
+use crate::shard::{GetVectors, KeyedVectors, Search, SearchFilter, SearchResult, ShardActor};
 use actix::Addr;
 use futures::future::BoxFuture;
 use std::sync::Arc;
@@ -87,23 +87,19 @@ impl SearchSpec {
     }
 }
 
-/// Builds the keep-predicate of a spec against a catalogue: not excluded,
-/// not deleted, and in a wanted category.
-pub fn keep_fn(spec: &SearchSpec, catalog: Arc<Catalog>) -> crate::shard::KeepFn {
-    let exclude = spec.exclude.clone();
-    let cats = spec.categories.clone();
-    // the deleted keys as of the search's start: the predicate runs for
-    // every node the search visits, on several threads at once
+/// The filter of a spec against a catalogue: not excluded, not deleted (as
+/// of the search's start), and in a wanted category.
+pub fn search_filter(spec: &SearchSpec, catalog: Arc<Catalog>) -> SearchFilter {
     let deleted = catalog.deleted_set();
-    Arc::new(move |key: u64| {
-        if exclude.binary_search(&key).is_ok() || deleted.contains(&key) {
-            return false;
-        }
-        match &cats {
-            None => true,
-            Some(want) => catalog.live_view().allows(key, Some(want)),
-        }
-    })
+    let predicate: Option<crate::shard::KeepFn> = spec.categories.clone().map(|want| {
+        Arc::new(move |key: u64| catalog.live_view().allows(key, Some(&want)))
+            as crate::shard::KeepFn
+    });
+    SearchFilter {
+        exclude: spec.exclude.clone(),
+        deleted,
+        predicate,
+    }
 }
 
 /// A shard served by an actor in this process.
@@ -123,11 +119,11 @@ impl ShardClient for LocalShard {
         spec: SearchSpec,
         _: CallContext,
     ) -> BoxFuture<'static, Result<SearchResult, ShardCallError>> {
-        let keep = keep_fn(&spec, self.catalog.clone());
+        let filter = search_filter(&spec, self.catalog.clone());
         let msg = Search {
             query: spec.query,
             k: spec.k,
-            keep,
+            filter,
             fetch: spec.fetch,
         };
         let addr = self.addr.clone();

@@ -576,6 +576,7 @@ fn export(
         shards: 1,
         params: p.clone(),
         index: Default::default(),
+        index_threads: 0,
         model_version: Some(format!("eval-{}", ds.fingerprint.get(..8).unwrap_or("0"))),
         progress: false,
         metrics: serde_json::json!({ "pipeline": pipeline }),

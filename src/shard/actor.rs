@@ -45,7 +45,7 @@ impl Handler<Search> for ShardActor {
         let cpu0 = thread_cpu_micros();
         let idx = self.read();
         let _span = tracing::trace_span!("shard_search", shard_id = idx.shard()).entered();
-        let hits = idx.search(&msg.query, msg.k, &*msg.keep)?;
+        let hits = idx.search(&msg.query, msg.k, &msg.filter)?;
         let mut vectors =
             KeyedVectors::with_capacity(idx.dimension(), hits.len() + msg.fetch.len());
         let keys = hits.iter().map(|h| h.0).chain(msg.fetch.iter().copied());

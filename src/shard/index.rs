@@ -1,9 +1,25 @@
 //! One shard replica's data: the ANN index and the vectors it was built
 //! from, keyed by item key.
+//!
+//! Searches walk `graph`, a flat copy of usearch's HNSW graph (see
+//! `graph.rs` for why), plus an exact scan of the few items upserted since
+//! that copy was taken; usearch's index stays the structure upserts and
+//! deletes change, and the copy is taken again once enough has changed.
 
+use super::graph::Graph;
+use super::messages::SearchFilter;
 use crate::bundle::LoadedShard;
 use crate::ids::KeyMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// Changes absorbed (exactly scanned upserts plus retired graph nodes)
+/// before the graph is copied again: at least this many, or this fraction
+/// of the shard. The copy costs a walk over usearch's adjacency lists
+/// (tens of milliseconds per 100k items, measured in BENCHMARKS.md) and is
+/// taken under the shard's write lock, so it should be rare; the exact scan
+/// of changed items costs one dot product each per search.
+const REEXPORT_MIN_CHANGES: usize = 256;
+const REEXPORT_FRACTION: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShardError {
@@ -31,7 +47,19 @@ pub struct ShardIndex {
     index: usearch::Index,
     /// key -> row in `vectors`
     rows: KeyMap<u32>,
+    /// row -> key (rows of deleted items keep their old key)
+    row_keys: Vec<u64>,
     vectors: Vec<f32>,
+    /// The walkable copy of `index`'s graph; slot = row. None only when
+    /// the copy failed (searches then go through usearch).
+    graph: Option<Graph>,
+    /// Graph slots whose node no longer matches the item (deleted, or its
+    /// vector replaced): walked through, never returned.
+    retired: Vec<bool>,
+    retired_count: usize,
+    /// Rows upserted since the graph was copied, searched exactly.
+    changed: Vec<u32>,
+    expansion_search: AtomicUsize,
     searches: AtomicU64,
     upserts: u64,
     deletes: u64,
@@ -48,13 +76,19 @@ impl ShardIndex {
             .enumerate()
             .map(|(i, &k)| (k, i as u32))
             .collect();
-        // usearch widens the beam to k when k is larger
-        let index = ShardIndex {
+        let ef = loaded.index.expansion_search();
+        let mut index = ShardIndex {
             shard: loaded.shard,
             dim,
             index: loaded.index,
             rows,
+            row_keys: loaded.keys,
             vectors: loaded.vectors.into_vec(),
+            graph: None,
+            retired: Vec::new(),
+            retired_count: 0,
+            changed: Vec::new(),
+            expansion_search: AtomicUsize::new(ef.max(1)),
             searches: AtomicU64::new(0),
             upserts: 0,
             deletes: 0,
@@ -62,12 +96,81 @@ impl ShardIndex {
         if expansion_search > 0 {
             index.set_expansion_search(expansion_search);
         }
+        index.copy_graph();
         index
     }
 
-    /// Changes the search beam (usearch's ef) of this replica's index.
+    /// Takes a fresh copy of usearch's graph over every current row and
+    /// forgets the changes the old copy needed beside it. On failure the
+    /// shard searches through usearch (slower, same answers).
+    fn copy_graph(&mut self) {
+        let started = std::time::Instant::now();
+        let rows = &self.rows;
+        let keys = &self.row_keys;
+        let live = |slot: usize| rows.get(&keys[slot]) == Some(&(slot as u32));
+        let slot_of = |key: u64| rows.get(&key).copied();
+        match Graph::export(&self.index, keys, &live, &slot_of) {
+            Ok(mut g) => {
+                // an f16 index says the operator traded precision for memory
+                // traffic: the walk reads f16 too (hits are re-scored in f32)
+                if self.index.scalar_kind() == usearch::ScalarKind::F16 {
+                    g.add_half_rows(&self.vectors, self.dim);
+                }
+                tracing::debug!(
+                    shard_id = self.shard,
+                    slots = g.slots(),
+                    ms = started.elapsed().as_secs_f64() * 1e3,
+                    "copied the shard's HNSW graph"
+                );
+                self.retired = (0..g.slots()).map(|s| !live(s)).collect();
+                self.retired_count = self.retired.iter().filter(|&&r| r).count();
+                self.graph = Some(g);
+            }
+            Err(e) => {
+                tracing::warn!(shard_id = self.shard, error = %e, "could not copy the shard's HNSW graph; searching through usearch");
+                self.graph = None;
+                self.retired.clear();
+                self.retired_count = 0;
+            }
+        }
+        self.changed.clear();
+    }
+
+    /// Copies the graph again once the changes beside it are many.
+    fn maybe_copy_graph(&mut self) {
+        let Some(g) = &self.graph else { return };
+        let limit = REEXPORT_MIN_CHANGES.max(g.slots() / REEXPORT_FRACTION);
+        if self.changed.len() + self.retired_count > limit {
+            self.copy_graph();
+        }
+    }
+
+    /// Marks graph slot `row` as no longer matching its item.
+    fn retire(&mut self, row: u32) {
+        if let Some(r) = self.retired.get_mut(row as usize) {
+            if !*r {
+                *r = true;
+                self.retired_count += 1;
+            }
+        }
+    }
+
+    /// Changes the search beam (HNSW ef) of this replica.
     pub fn set_expansion_search(&self, expansion_search: usize) {
-        self.index.change_expansion_search(expansion_search.max(1));
+        let ef = expansion_search.max(1);
+        self.expansion_search.store(ef, Ordering::Relaxed);
+        self.index.change_expansion_search(ef);
+    }
+
+    /// The search beam (HNSW ef) in use.
+    pub fn expansion_search(&self) -> usize {
+        self.expansion_search.load(Ordering::Relaxed)
+    }
+
+    /// Whether searches walk funnel's copy of the graph (false: usearch's
+    /// own search, after a failed copy).
+    pub fn walks_own_graph(&self) -> bool {
+        self.graph.is_some()
     }
 
     pub fn shard(&self) -> u32 {
@@ -91,16 +194,102 @@ impl ShardIndex {
         Some(&self.vectors[r * self.dim..(r + 1) * self.dim])
     }
 
-    /// Top-`k` keys by inner product with `query` among keys `keep` allows.
-    /// A query of the wrong dimension finds nothing rather than failing the
-    /// request: the caller validated it already.
+    /// Top-`k` keys by inner product with `query` among those `filter`
+    /// allows, best first (ties by key). A query of the wrong dimension
+    /// finds nothing rather than failing the request: the caller validated
+    /// it already.
     pub fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        filter: &SearchFilter,
+    ) -> Result<Vec<(u64, f32)>, ShardError> {
+        // the few excluded keys as slots, once: the walk then never needs a
+        // node's key unless a rule beyond exclusion does
+        let mut excluded: Vec<u32> = filter
+            .exclude
+            .iter()
+            .filter_map(|k| self.rows.get(k).copied())
+            .collect();
+        excluded.sort_unstable();
+        let by_key = |key: u64| filter.allows_beyond_exclude(key);
+        let key_rule: Option<&(dyn Fn(u64) -> bool + Sync)> =
+            filter.checks_keys().then_some(&by_key);
+        self.search_by(query, k, &excluded, key_rule, &|key| filter.allows(key))
+    }
+
+    /// The same search with the rule as one predicate on the key (tools and
+    /// the trainer).
+    pub fn search_where(
         &self,
         query: &[f32],
         k: usize,
         keep: &(dyn Fn(u64) -> bool + Sync),
     ) -> Result<Vec<(u64, f32)>, ShardError> {
+        self.search_by(query, k, &[], Some(keep), keep)
+    }
+
+    /// The walk, refusing graph slots in `excluded` (sorted) and keys
+    /// `key_rule` refuses; `keep` is the whole rule on a key, for the items
+    /// upserted since the graph was copied and for usearch's search.
+    fn search_by(
+        &self,
+        query: &[f32],
+        k: usize,
+        excluded: &[u32],
+        key_rule: Option<&(dyn Fn(u64) -> bool + Sync)>,
+        keep: &(dyn Fn(u64) -> bool + Sync),
+    ) -> Result<Vec<(u64, f32)>, ShardError> {
         self.searches.fetch_add(1, Ordering::Relaxed);
+        if query.len() != self.dim || k == 0 || self.rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some(graph) = &self.graph else {
+            return self.search_usearch(query, k, keep);
+        };
+        let allow = |slot: u32| {
+            !self.retired[slot as usize]
+                && (excluded.is_empty() || excluded.binary_search(&slot).is_err())
+                && key_rule.is_none_or(|rule| rule(self.row_keys[slot as usize]))
+        };
+        let mut found = Vec::with_capacity(k + self.changed.len());
+        graph.search(
+            &self.vectors,
+            self.dim,
+            query,
+            k,
+            self.expansion_search(),
+            &allow,
+            &mut found,
+        );
+        let mut hits: Vec<(u64, f32)> = found
+            .iter()
+            .map(|&(slot, score)| (self.row_keys[slot as usize], score))
+            .collect();
+        // items upserted since the graph was copied: scored exactly
+        for &row in &self.changed {
+            let key = self.row_keys[row as usize];
+            if keep(key) {
+                let v = &self.vectors[row as usize * self.dim..(row as usize + 1) * self.dim];
+                hits.push((key, crate::linalg::dot(query, v)));
+            }
+        }
+        if !self.changed.is_empty() {
+            hits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            hits.truncate(k);
+        }
+        Ok(hits)
+    }
+
+    /// The same search through usearch's own `filtered_search`: the path
+    /// when the graph copy failed, and the reference `funnel bundle
+    /// ann-recall` measures the walk against.
+    pub fn search_usearch(
+        &self,
+        query: &[f32],
+        k: usize,
+        keep: &(dyn Fn(u64) -> bool + Sync),
+    ) -> Result<Vec<(u64, f32)>, ShardError> {
         if query.len() != self.dim || k == 0 || self.rows.is_empty() {
             return Ok(Vec::new());
         }
@@ -113,8 +302,7 @@ impl ShardIndex {
             })?;
         // Scores come from the exact f32 vectors kept beside the index, not
         // from usearch's distance (1 - dot), which a quantized (f16) index
-        // computes on rounded vectors: 48 dot products cost next to nothing
-        // against the search, and every path then sees the same score.
+        // computes on rounded vectors: every path then sees the same score.
         let mut hits: Vec<(u64, f32)> = m
             .keys
             .iter()
@@ -164,19 +352,27 @@ impl ShardIndex {
                 self.index.remove(*key).map_err(|e| err(&e))?;
             }
             self.index.add(*key, v).map_err(|e| err(&e))?;
-            match self.rows.get(key) {
+            let row = match self.rows.get(key) {
                 Some(&r) => {
-                    let r = r as usize;
-                    self.vectors[r * self.dim..(r + 1) * self.dim].copy_from_slice(v);
+                    let at = r as usize * self.dim;
+                    self.vectors[at..at + self.dim].copy_from_slice(v);
+                    self.retire(r);
+                    r
                 }
                 None => {
-                    self.rows
-                        .insert(*key, (self.vectors.len() / self.dim.max(1)) as u32);
+                    let r = self.row_keys.len() as u32;
+                    self.rows.insert(*key, r);
+                    self.row_keys.push(*key);
                     self.vectors.extend_from_slice(v);
+                    r
                 }
+            };
+            if self.graph.is_some() && !self.changed.contains(&row) {
+                self.changed.push(row);
             }
             self.upserts += 1;
         }
+        self.maybe_copy_graph();
         Ok(())
     }
 
@@ -184,15 +380,18 @@ impl ShardIndex {
     pub fn delete(&mut self, keys: &[u64]) -> Result<usize, ShardError> {
         let mut n = 0;
         for key in keys {
-            if self.rows.remove(key).is_some() {
+            if let Some(row) = self.rows.remove(key) {
                 self.index.remove(*key).map_err(|e| ShardError::Index {
                     shard: self.shard,
                     reason: e.to_string(),
                 })?;
+                self.retire(row);
+                self.changed.retain(|&r| r != row);
                 n += 1;
                 self.deletes += 1;
             }
         }
+        self.maybe_copy_graph();
         Ok(n)
     }
 
@@ -228,5 +427,132 @@ impl ShardIndex {
             }
         }
         h.finalize().to_hex().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundle::IndexParams;
+    use crate::matrix::Matrix;
+    use crate::rng::Rng;
+
+    const DIM: usize = 8;
+
+    fn unit(rng: &mut Rng) -> Vec<f32> {
+        let v: Vec<f32> = (0..DIM).map(|_| rng.normal() as f32).collect();
+        let n = crate::linalg::norm(&v);
+        v.into_iter().map(|x| x / n).collect()
+    }
+
+    fn shard(n: usize, seed: u64) -> ShardIndex {
+        let mut rng = Rng::new(seed);
+        let keys: Vec<u64> = (0..n as u64).map(|i| 10 + i).collect();
+        let flat: Vec<f32> = (0..n).flat_map(|_| unit(&mut rng)).collect();
+        let m = Matrix::from_vec(n, DIM, flat).unwrap();
+        let loaded = LoadedShard::build(0, keys, m, &IndexParams::default(), 1).unwrap();
+        ShardIndex::from_loaded(loaded, 64)
+    }
+
+    /// The exact top-k of the shard's live items.
+    fn exact(ix: &ShardIndex, q: &[f32], k: usize) -> Vec<u64> {
+        let mut all: Vec<(u64, f32)> = ix
+            .items()
+            .map(|(key, v)| (key, crate::linalg::dot(q, v)))
+            .collect();
+        all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        all.into_iter().take(k).map(|x| x.0).collect()
+    }
+
+    #[test]
+    fn upserts_and_deletes_show_in_the_next_search_before_and_after_a_new_copy() {
+        let mut ix = shard(2000, 1);
+        assert!(ix.walks_own_graph());
+        let mut rng = Rng::new(2);
+        let q = unit(&mut rng);
+        // a new item exactly on the query, and an old one moved onto it
+        let moved = ix.search_where(&q, 50, &|_| true).unwrap()[40].0;
+        ix.upsert(&[(99_999, q.clone()), (moved, q.clone())])
+            .unwrap();
+        let hits = ix.search_where(&q, 5, &|_| true).unwrap();
+        let top: Vec<u64> = hits.iter().take(2).map(|h| h.0).collect();
+        assert!(top.contains(&99_999) && top.contains(&moved), "{hits:?}");
+        assert!(
+            (hits[0].1 - 1.0).abs() < 1e-5,
+            "exact score of the new vector"
+        );
+        assert_eq!(
+            hits.iter().filter(|h| h.0 == moved).count(),
+            1,
+            "old copy never returned"
+        );
+        // deleted items are gone, the filter still applies to changed items
+        let best_old = hits[2].0;
+        ix.delete(&[99_999, best_old]).unwrap();
+        let hits = ix.search_where(&q, 5, &|k| k != moved).unwrap();
+        assert!(hits
+            .iter()
+            .all(|h| h.0 != 99_999 && h.0 != best_old && h.0 != moved));
+        assert_eq!(hits.len(), 5);
+        assert!(
+            !ix.changed.is_empty(),
+            "changes are held beside the old copy"
+        );
+
+        // enough changes to take a new copy: afterwards nothing is held beside it
+        let batch: Vec<(u64, Vec<f32>)> =
+            (0..400u64).map(|i| (50_000 + i, unit(&mut rng))).collect();
+        ix.upsert(&batch).unwrap();
+        assert!(
+            ix.changed.is_empty() && ix.walks_own_graph(),
+            "copied again"
+        );
+        assert_eq!(ix.graph.as_ref().unwrap().slots(), ix.row_keys.len());
+        let mut recall = 0.0;
+        for _ in 0..40 {
+            let q = unit(&mut rng);
+            let got: Vec<u64> = ix
+                .search(&q, 10, &SearchFilter::default())
+                .unwrap()
+                .iter()
+                .map(|h| h.0)
+                .collect();
+            assert!(got.iter().all(|k| *k != 99_999 && *k != best_old));
+            let want = exact(&ix, &q, 10);
+            recall += got.iter().filter(|k| want.contains(k)).count() as f64 / 10.0;
+        }
+        assert!(
+            recall / 40.0 > 0.95,
+            "recall after the new copy {}",
+            recall / 40.0
+        );
+        // the moved item is found at its new place
+        let hits = ix.search(&q, 3, &SearchFilter::default()).unwrap();
+        assert_eq!(hits[0].0, moved);
+    }
+
+    #[test]
+    fn the_walk_and_usearch_answer_alike() {
+        let ix = shard(3000, 5);
+        let mut rng = Rng::new(6);
+        let mut same = 0usize;
+        for _ in 0..30 {
+            let q = unit(&mut rng);
+            let walk: Vec<u64> = ix
+                .search_where(&q, 10, &|k| k % 5 != 0)
+                .unwrap()
+                .iter()
+                .map(|h| h.0)
+                .collect();
+            let lib: Vec<u64> = ix
+                .search_usearch(&q, 10, &|k| k % 5 != 0)
+                .unwrap()
+                .iter()
+                .map(|h| h.0)
+                .collect();
+            assert!(walk.iter().all(|k| k % 5 != 0));
+            same += walk.iter().filter(|k| lib.contains(k)).count();
+        }
+        assert!(same >= 285, "{same} of 300 hits in common");
     }
 }

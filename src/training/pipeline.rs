@@ -159,10 +159,13 @@ pub struct FittedModels {
 }
 
 /// The trainer's ANN index over all item vectors, built like a bundle's
-/// shard indexes (default HNSW parameters).
+/// shard indexes (default HNSW parameters) on every core. (A threaded
+/// build is equally good but not the same graph twice, so the ranker's
+/// candidates on such catalogues can differ slightly between runs.)
 fn trainer_ann_index(keys: &[u64], vectors: &Matrix) -> Result<ShardIndex, String> {
     let params = IndexParams::default();
-    let loaded = LoadedShard::build(0, keys.to_vec(), vectors.clone(), &params)
+    let threads = crate::bundle::threads_per_shard(0, 1);
+    let loaded = LoadedShard::build(0, keys.to_vec(), vectors.clone(), &params, threads)
         .map_err(|e| format!("building the trainer's ANN index: {e}"))?;
     Ok(ShardIndex::from_loaded(
         loaded,
@@ -431,7 +434,7 @@ impl FittedModels {
         let u = self.als.user_factors.row(user as usize);
         if let Some(index) = &self.ann_index {
             // an index error leaves the path empty, as a failed shard would
-            let items = index.search(u, k, allow).unwrap_or_default();
+            let items = index.search_where(u, k, allow).unwrap_or_default();
             return PathResult {
                 path: RecallPath::Ann,
                 items,

@@ -36,6 +36,8 @@ pub struct TrainOptions {
     pub shards: u32,
     pub params: PipelineParams,
     pub index: IndexParams,
+    /// Threads building the ANN indexes (0 = one per core).
+    pub index_threads: usize,
     /// None = derived from the time and the input fingerprint.
     pub model_version: Option<String>,
     pub progress: bool,
@@ -162,7 +164,14 @@ pub fn write_bundle(
             .unwrap_or(0);
         format!("v{now}-{}", src.fingerprint.get(..8).unwrap_or("00000000"))
     });
-    let mut w = BundleWriter::create(&opts.out, WriteOptions { force: opts.force }).map_err(err)?;
+    let mut w = BundleWriter::create(
+        &opts.out,
+        WriteOptions {
+            force: opts.force,
+            index_threads: opts.index_threads,
+        },
+    )
+    .map_err(err)?;
     w.put_items(&items).map_err(err)?;
     w.put_item_vectors(
         &items,

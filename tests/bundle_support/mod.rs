@@ -98,7 +98,12 @@ pub fn write_sample(out: &Path, shards: u32, model_version: &str) -> Sample {
             .map(|&k| (k, vec![(items.keys[10], 0.5), (items.keys[11], 0.25)]))
             .collect(),
     };
-    let mut w = BundleWriter::create(out, WriteOptions::default()).unwrap();
+    // one thread per shard: the byte-identical-bundles test relies on it
+    let opts = WriteOptions {
+        index_threads: 1,
+        ..WriteOptions::default()
+    };
+    let mut w = BundleWriter::create(out, opts).unwrap();
     w.put_items(&items).unwrap();
     w.put_users(&users, &user_vectors).unwrap();
     w.put_item_vectors(&items, &item_vectors, shards, IndexParams::default())

@@ -39,6 +39,7 @@ pub fn small_bundle(out: &Path, seed: u64, shards: u32) -> PathBuf {
             shards,
             params: quick_params(),
             index: Default::default(),
+            index_threads: 0,
             model_version: Some(format!("test-seed-{seed}")),
             progress: false,
             metrics: serde_json::Value::Null,
