@@ -104,8 +104,9 @@ enum Command {
     },
     /// The built-in demonstration: generate data, train, serve, show recommendations.
     Demo(funnel::demo::DemoArgs),
-    /// Open-loop load generator against a running node's HTTP API.
-    Bench(funnel::bench::BenchArgs),
+    /// Open-loop load generator against a running node's HTTP API;
+    /// `funnel bench scaleout` measures capacity by cluster size.
+    Bench(BenchCommand),
     /// Operator commands against a running node.
     Admin {
         /// A node's HTTP address (HOST:PORT or URL), or in a cluster any
@@ -290,6 +291,24 @@ enum BundleCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `funnel bench [--target ...]`, or `funnel bench scaleout ...`.
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct BenchCommand {
+    #[command(subcommand)]
+    mode: Option<BenchMode>,
+    #[command(flatten)]
+    run: Option<funnel::bench::BenchArgs>,
+}
+
+#[derive(Subcommand)]
+enum BenchMode {
+    /// Capacity by cluster size: starts local clusters of each --nodes
+    /// count, every node held to the same CPU share (cgroup quota; root),
+    /// and finds the highest rate within the p99 target.
+    Scaleout(funnel::bench::scaleout::ScaleoutArgs),
 }
 
 /// Where the interactions come from: files (`--data ...`) or the built-in
@@ -546,13 +565,29 @@ fn main() -> Result<()> {
             }))?;
         }
         Command::Demo(args) => funnel::demo::run_demo(&args)?,
-        Command::Bench(args) => {
+        Command::Bench(BenchCommand {
+            mode: Some(BenchMode::Scaleout(args)),
+            ..
+        }) => {
+            let report = funnel::bench::scaleout::run_scaleout(&args)?;
+            if args.json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.to_table());
+            }
+        }
+        Command::Bench(BenchCommand {
+            run: Some(args), ..
+        }) => {
             let report = funnel::bench::run_blocking(&args)?;
             if args.json {
                 println!("{}", report.to_json());
             } else {
                 print!("{}", report.to_table());
             }
+        }
+        Command::Bench(BenchCommand { .. }) => {
+            anyhow::bail!("funnel bench needs --target URL --qps N --duration S, or the scaleout subcommand (funnel bench --help)")
         }
         Command::Admin {
             addr,

@@ -13,6 +13,7 @@ use crate::cluster::proto::{
 use crate::coordinator::SearchSpec;
 use crate::node::types::ServiceError;
 use crate::node::Node;
+use crate::telemetry::cpu::CpuTimed;
 use crate::telemetry::metrics::metrics;
 use futures::future::join_all;
 use std::sync::Arc;
@@ -100,7 +101,7 @@ impl ShardData for ShardDataService {
             .shard_searches_served
             .with_label_values(&["search"])
             .inc();
-        self.search_one(request.into_inner())
+        CpuTimed::new("rpc", self.search_one(request.into_inner()))
             .await
             .map(Response::new)
     }
@@ -120,7 +121,11 @@ impl ShardData for ShardDataService {
             .shard_searches_served
             .with_label_values(&["batch"])
             .inc_by(searches.len() as u64);
-        let answers = join_all(searches.into_iter().map(|r| self.search_one(r))).await;
+        let answers = CpuTimed::new(
+            "rpc",
+            join_all(searches.into_iter().map(|r| self.search_one(r))),
+        )
+        .await;
         let outcomes = answers
             .into_iter()
             .map(|a| ShardSearchOutcome {

@@ -20,6 +20,7 @@ pub mod client;
 pub mod idspec;
 pub mod record;
 pub mod report;
+pub mod scaleout;
 pub mod schedule;
 pub mod server_stats;
 
@@ -237,6 +238,7 @@ fn server_cpu(
 ) -> ServerCpu {
     let unavailable = |reason: String| ServerCpu {
         per_request: None,
+        per_target: Vec::new(),
         unavailable: Some(reason),
     };
     let mut windows = Vec::with_capacity(plan.targets.len());
@@ -257,6 +259,18 @@ fn server_cpu(
     let names: Vec<String> = plan.targets.iter().map(|t| t.given.clone()).collect();
     match cpu_per_request(&names, &windows) {
         Ok(c) => ServerCpu {
+            per_target: names
+                .iter()
+                .zip(&windows)
+                .filter_map(|(n, w)| {
+                    // one target's counters over all of the run's responses
+                    let all = TargetWindow {
+                        completed: c.requests,
+                        ..*w
+                    };
+                    cpu_per_request(std::slice::from_ref(n), &[all]).ok()
+                })
+                .collect(),
             per_request: Some(c),
             unavailable: None,
         },

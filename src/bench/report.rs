@@ -150,6 +150,9 @@ pub struct EventFigures {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ServerCpu {
     pub per_request: Option<CpuPerRequest>,
+    /// Each target's share of `per_request`, in target order: its CPU over
+    /// every request of the run (the shares add up to the total).
+    pub per_target: Vec<CpuPerRequest>,
     /// Set when `per_request` is absent.
     pub unavailable: Option<String>,
 }
@@ -426,11 +429,12 @@ impl BenchReport {
                 let opt = |v: Option<f64>| v.map_or("n/a".to_string(), |x| format!("{x:.1}"));
                 let _ = writeln!(
                     out,
-                    "server CPU per request (µs): total {:.1}, ann {}, ranking {}, other {} \
+                    "server CPU per request (µs): total {:.1}, ann {}, ranking {}, rpc {}, other {} \
                      (over {} answers{})",
                     c.total_us,
                     opt(c.ann_us),
                     opt(c.ranking_us),
+                    opt(c.rpc_us),
                     opt(c.other_us),
                     c.requests,
                     c.server_counted_requests

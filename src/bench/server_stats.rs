@@ -6,10 +6,12 @@
 //! the latency figures.
 //!
 //! Counters read: `process_cpu_seconds_total` (whole process),
-//! `funnel_cpu_seconds_total{stage="ann"}` and `{stage="ranking"}`, and
-//! `funnel_requests_total` (summed over all label sets, as a cross-check of
-//! the client's own count). "other" is total - ann - ranking: everything
-//! the process spent outside those stages (HTTP, JSON, recall merge, ...).
+//! `funnel_cpu_seconds_total{stage="ann"}`, `{stage="ranking"}` and
+//! `{stage="rpc"}` (node-to-node shard searches, both sides; absent on a
+//! single node, read as zero), and `funnel_requests_total` (summed over all
+//! label sets, as a cross-check of the client's own count). "other" is
+//! total - ann - ranking - rpc: everything the process spent outside those
+//! stages (HTTP, JSON, recall merge, ...).
 
 use serde::Serialize;
 
@@ -111,6 +113,7 @@ pub struct CpuCounters {
     pub total_seconds: Option<f64>,
     pub ann_seconds: Option<f64>,
     pub ranking_seconds: Option<f64>,
+    pub rpc_seconds: Option<f64>,
     pub requests: Option<f64>,
 }
 
@@ -135,6 +138,7 @@ pub fn cpu_counters(samples: &[MetricSample]) -> CpuCounters {
         total_seconds: sum_matching(samples, |s| s.name == "process_cpu_seconds_total"),
         ann_seconds: sum_matching(samples, stage("ann")),
         ranking_seconds: sum_matching(samples, stage("ranking")),
+        rpc_seconds: sum_matching(samples, stage("rpc")),
         requests: sum_matching(samples, |s| s.name == "funnel_requests_total"),
     }
 }
@@ -151,7 +155,9 @@ pub struct CpuPerRequest {
     pub total_us: f64,
     pub ann_us: Option<f64>,
     pub ranking_us: Option<f64>,
-    /// total - ann - ranking, when both stage counters exist.
+    /// Node-to-node shard search calls, both sides (0 on a single node).
+    pub rpc_us: Option<f64>,
+    /// total - ann - ranking - rpc, when the ann and ranking counters exist.
     pub other_us: Option<f64>,
 }
 
@@ -210,6 +216,7 @@ pub fn cpu_per_request(
     windows: &[TargetWindow],
 ) -> Result<CpuPerRequest, CpuUnavailable> {
     let (mut total, mut ann, mut ranking, mut counted) = (None, None, None, None);
+    let mut rpc = None;
     let mut requests = 0u64;
     for (name, w) in names.iter().zip(windows) {
         let (b, a) = (w.before, w.after);
@@ -234,6 +241,9 @@ pub fn cpu_per_request(
             &mut ranking,
             delta(name, stage_counter, b.ranking_seconds, a.ranking_seconds)?,
         );
+        // a node that never called or answered a peer has no rpc counter
+        let rpc_here = delta(name, stage_counter, b.rpc_seconds, a.rpc_seconds)?;
+        accumulate(&mut rpc, Some(rpc_here.unwrap_or(0.0)));
         accumulate(
             &mut counted,
             delta(name, "funnel_requests_total", b.requests, a.requests)?,
@@ -251,6 +261,7 @@ pub fn cpu_per_request(
     let per_us = |seconds: f64| seconds * 1e6 / requests as f64;
     let ann_us = ann.flatten().map(per_us);
     let ranking_us = ranking.flatten().map(per_us);
+    let rpc_us = rpc.flatten().map(per_us);
     let total_us = per_us(total);
     Ok(CpuPerRequest {
         requests,
@@ -258,8 +269,9 @@ pub fn cpu_per_request(
         total_us,
         ann_us,
         ranking_us,
+        rpc_us,
         other_us: match (ann_us, ranking_us) {
-            (Some(a), Some(r)) => Some(total_us - a - r),
+            (Some(a), Some(r)) => Some(total_us - a - r - rpc_us.unwrap_or(0.0)),
             _ => None,
         },
     })
@@ -305,6 +317,7 @@ this line is garbage
                 total_seconds: Some(12.5),
                 ann_seconds: Some(3.25),
                 ranking_seconds: Some(4.0),
+                rpc_seconds: None,
                 requests: Some(100.0),
             }
         );
@@ -319,6 +332,7 @@ this line is garbage
             total_seconds: Some(total),
             ann_seconds: Some(ann),
             ranking_seconds: Some(ranking),
+            rpc_seconds: None,
             requests: Some(requests),
         }
     }

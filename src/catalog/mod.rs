@@ -62,6 +62,11 @@ impl LiveView<'_> {
             return false;
         }
         let model = &self.catalog.model;
+        let Some(wanted) = wanted else {
+            // no category rule: one lookup, not the categories' too (the
+            // local recall paths check a few thousand keys per request)
+            return self.overlay.upserted.contains_key(&key) || model.item_index(key).is_some();
+        };
         let categories: &[u16] = match self.overlay.upserted.get(&key) {
             Some(item) => &item.categories,
             None => match model.item_index(key) {
@@ -69,7 +74,7 @@ impl LiveView<'_> {
                 None => return false,
             },
         };
-        wanted.is_none_or(|w| categories.iter().any(|c| w.contains(c)))
+        categories.iter().any(|c| wanted.contains(c))
     }
 }
 

@@ -18,7 +18,7 @@ use crate::ranking::score::{
     cascade_phases, feature_rows, finish_cascade, gather_rows, second_phase_rows, Cascade,
     ItemSource, Ranker,
 };
-use crate::ranking::worker::{RankWorker, ScoreBatch, ScoreWork};
+use crate::ranking::worker::{score_batch, RankWorker, ScoreBatch, ScoreWork};
 use crate::recall::{local_paths, merge, Candidate, PathResult, RecallConfig};
 use crate::replica::CallBatch;
 use crate::shard::{KeyedVectors, VectorTable};
@@ -386,8 +386,9 @@ async fn ann_fan_out(
     (hits, vectors, answered)
 }
 
-/// Scores rows on the worker pool in batches; past the deadline, falls back
-/// to rank fusion computed here (cheap) and says so.
+/// Scores rows: one batch on this thread, more on the worker pool in
+/// batches; past the deadline, falls back to rank fusion computed here
+/// (cheap) and says so.
 async fn score(
     env: &RecommendEnv,
     ranker: &Arc<Ranker>,
@@ -409,15 +410,13 @@ async fn score(
     let phases = cascade_phases(env.cascade, ranker.n_trees(), n_rows);
     let scored = match phases {
         None => add_trees(env, ranker, &rows, start, 0..usize::MAX, until).await,
-        // one batch: the worker runs both phases (`Ranker::score_rows`)
-        Some(_) if n_rows <= env.batch_rows => {
-            let msg = ScoreBatch {
-                ranker: ranker.clone(),
-                rows,
-                work: ScoreWork::Cascade(env.cascade),
-            };
-            worker_result(tokio::time::timeout_at(until.into(), env.rank.send(msg)).await)
-        }
+        // one batch: both phases here (`Ranker::score_rows`), on this thread
+        Some(_) if n_rows <= env.batch_rows => score_batch(ScoreBatch {
+            ranker: ranker.clone(),
+            rows,
+            work: ScoreWork::Cascade(env.cascade),
+        })
+        .map_err(|e| format!("rank: {e}")),
         Some((first, rest)) => {
             // the same steps as `Ranker::score_rows`, over the worker pool
             match add_trees(env, ranker, &rows, start, first, until).await {
@@ -457,6 +456,15 @@ async fn add_trees(
 ) -> Result<Vec<f32>, String> {
     let width = crate::features::N_FEATURES;
     let batch = env.batch_rows.max(1);
+    if rows.len() <= batch * width {
+        // one batch: scored on this thread, no trip to a worker
+        return score_batch(ScoreBatch {
+            ranker: ranker.clone(),
+            rows: rows.to_vec(),
+            work: ScoreWork::Trees { start, trees },
+        })
+        .map_err(|e| format!("rank: {e}"));
+    }
     let calls = rows
         .chunks(batch * width)
         .zip(start.chunks(batch))

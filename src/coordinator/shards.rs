@@ -4,8 +4,7 @@
 
 use crate::catalog::Catalog;
 use crate::ids::shard_of;
-use crate::shard::{GetVectors, KeyedVectors, Search, SearchFilter, SearchResult, ShardActor};
-use actix::Addr;
+use crate::shard::{KeyedVectors, Search, SearchFilter, SearchResult, ShardHandle};
 use futures::future::BoxFuture;
 use std::sync::Arc;
 
@@ -102,10 +101,10 @@ pub fn search_filter(spec: &SearchSpec, catalog: Arc<Catalog>) -> SearchFilter {
     }
 }
 
-/// A shard served by an actor in this process.
+/// A shard copy held by this process.
 pub struct LocalShard {
     pub shard: u32,
-    pub addr: Addr<ShardActor>,
+    pub handle: ShardHandle,
     pub catalog: Arc<Catalog>,
 }
 
@@ -126,32 +125,29 @@ impl ShardClient for LocalShard {
             filter,
             fetch: spec.fetch,
         };
-        let addr = self.addr.clone();
+        let handle = self.handle.clone();
         let shard = self.shard;
         Box::pin(async move {
-            match addr.send(msg).await {
-                Ok(Ok(r)) => Ok(r),
-                Ok(Err(e)) => Err(ShardCallError::Failed {
+            handle
+                .search(msg)
+                .await
+                .map_err(|e| ShardCallError::Failed {
                     shard,
                     reason: e.to_string(),
-                }),
-                Err(e) => Err(ShardCallError::Failed {
-                    shard,
-                    reason: format!("actor unavailable: {e}"),
-                }),
-            }
+                })
         })
     }
 
     fn vectors(&self, keys: Arc<[u64]>) -> BoxFuture<'static, VectorsResult> {
-        let addr = self.addr.clone();
+        let handle = self.handle.clone();
         let shard = self.shard;
         Box::pin(async move {
-            addr.send(GetVectors { keys })
+            handle
+                .vectors(keys)
                 .await
                 .map_err(|e| ShardCallError::Failed {
                     shard,
-                    reason: format!("actor unavailable: {e}"),
+                    reason: e.to_string(),
                 })
         })
     }

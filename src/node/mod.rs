@@ -22,17 +22,14 @@ pub mod validate;
 use crate::catalog::Catalog;
 use crate::cluster::{Command, ItemRecord};
 use crate::config::NodeConfig;
-use crate::coordinator::{
-    CallContext, CoordinatorActor, LocalShard, Recommend, RecommendEnv, SearchSpec, Serving,
-    ShardClient,
-};
+use crate::coordinator::{CallContext, LocalShard, RecommendEnv, SearchSpec, Serving, ShardClient};
 use crate::eventlog::LogEvent;
 use crate::features::event_strength;
 use crate::ids::{item_key, shard_of, user_key};
 use crate::model::ServingModel;
 use crate::ranking::worker::{start_rank_workers, RankWorker};
 use crate::replica::{RemoteShard, ReplicaSet, ReplicaTarget};
-use crate::shard::{Delete, Digest, ShardActor, ShardIndex, Stats, Upsert};
+use crate::shard::{Delete, Digest, SearchPool, ShardHandle, ShardIndex, Stats, Upsert};
 use crate::telemetry::metrics::metrics;
 use crate::userstate::{AppliedEvent, ApplyEvents, UserReader, UserStateActor};
 use actix::{Actor, Addr, Arbiter};
@@ -42,7 +39,7 @@ use event_sink::{start_event_sink, Append, EventSink, Flush, SyncDue};
 use futures::future::join_all;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use types::*;
 
@@ -56,7 +53,9 @@ struct Inner {
     config: NodeConfig,
     serving: RwLock<Option<Arc<Serving>>>,
     /// The shard actors this node hosts for the current version, by shard.
-    shard_actors: RwLock<BTreeMap<u32, Addr<ShardActor>>>,
+    shard_actors: RwLock<BTreeMap<u32, ShardHandle>>,
+    /// The threads every local shard search runs on.
+    search_pool: SearchPool,
     /// The bundle directory of the current version.
     bundle_dir: RwLock<Option<PathBuf>>,
     /// Set once when the node runs in a cluster.
@@ -75,8 +74,6 @@ struct Inner {
     origins: catchup::Origins,
     /// Identity of this node's own event log (`catchup::log_id`).
     event_log_id: u64,
-    coordinators: Vec<Addr<CoordinatorActor>>,
-    next_coordinator: AtomicUsize,
     requests: AtomicU64,
     /// One model swap at a time.
     swap: tokio::sync::Mutex<()>,
@@ -148,19 +145,13 @@ impl Node {
             })
             .unzip();
         let rank = start_rank_workers(config.ranking.workers);
-        let n_coord = std::thread::available_parallelism()
-            .map_or(2, |n| n.get())
-            .clamp(1, 8);
-        let coordinators = (0..n_coord)
-            .map(|_| {
-                let arb = Arbiter::new();
-                CoordinatorActor::start_in_arbiter(&arb.handle(), |_| CoordinatorActor)
-            })
-            .collect();
+        let search_pool = SearchPool::new(config.shards.search_threads)
+            .map_err(|e| anyhow::anyhow!("starting the search threads: {e}"))?;
         let node = Node {
             inner: Arc::new(Inner {
                 serving: RwLock::new(None),
                 shard_actors: RwLock::new(BTreeMap::new()),
+                search_pool,
                 bundle_dir: RwLock::new(None),
                 cluster: OnceLock::new(),
                 users: Arc::new(users),
@@ -170,8 +161,6 @@ impl Node {
                 peer_events: peer_events.clone(),
                 origins,
                 event_log_id,
-                coordinators,
-                next_coordinator: AtomicUsize::new(0),
                 requests: AtomicU64::new(0),
                 swap: tokio::sync::Mutex::new(()),
                 versions: std::sync::Mutex::new(rollout::Versions::default()),
@@ -287,16 +276,15 @@ impl Node {
             batch_rows: c.ranking.batch_rows,
             cascade: c.ranking.cascade,
         };
-        let i = self.inner.next_coordinator.fetch_add(1, Ordering::Relaxed)
-            % self.inner.coordinators.len();
-        let r = self.inner.coordinators[i]
-            .send(Recommend {
-                env,
-                req,
-                request_id,
-            })
-            .await
-            .map_err(|e| ServiceError::Unavailable(format!("coordinator unavailable: {e}")))?;
+        // run on the caller's thread: a hop to another thread per request
+        // costs two wakeups and bought nothing (every request was its own
+        // future there too)
+        let span = tracing::debug_span!("recommend", request_id = %request_id, user = %req.user_id);
+        let r = tracing::Instrument::instrument(
+            crate::coordinator::recommend(env, req, request_id),
+            span,
+        )
+        .await;
         metrics()
             .request_seconds
             .with_label_values(&["recommend"])
@@ -656,7 +644,7 @@ impl Node {
         }
     }
 
-    fn shard_actors(&self) -> BTreeMap<u32, Addr<ShardActor>> {
+    fn shard_actors(&self) -> BTreeMap<u32, ShardHandle> {
         self.inner
             .shard_actors
             .read()
@@ -707,11 +695,11 @@ impl Node {
         &self,
         model: &ServingModel,
         catalog: &Arc<Catalog>,
-        actors: &BTreeMap<u32, Addr<ShardActor>>,
+        actors: &BTreeMap<u32, ShardHandle>,
     ) -> Result<Vec<Arc<dyn ShardClient>>, ServiceError> {
-        let local = |s: u32, a: &Addr<ShardActor>| LocalShard {
+        let local = |s: u32, a: &ShardHandle| LocalShard {
             shard: s,
-            addr: a.clone(),
+            handle: a.clone(),
             catalog: catalog.clone(),
         };
         let Some(link) = self.inner.cluster.get() else {
@@ -885,14 +873,14 @@ impl Node {
                     serving.model.version
                 )));
             };
-        let Some(addr) = actors.get(&shard).cloned() else {
+        let Some(handle) = actors.get(&shard).cloned() else {
             return Err(ServiceError::FailedPrecondition(format!(
                 "node {me} does not hold shard {shard} of model {version}"
             )));
         };
         let result = LocalShard {
             shard,
-            addr,
+            handle,
             catalog,
         }
         .search(spec, CallContext::default())

@@ -26,9 +26,8 @@ use crate::config::NodeConfig;
 use crate::coordinator::Serving;
 use crate::ids::{shard_of, user_key};
 use crate::model::ServingModel;
-use crate::shard::{start_shard, Delete, ShardActor, Upsert};
+use crate::shard::{start_shard, Delete, ShardHandle, Upsert};
 use crate::userstate::SeedUsers;
-use actix::Addr;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -52,7 +51,7 @@ pub struct Standby {
     pub dir: PathBuf,
     pub model: Arc<ServingModel>,
     pub catalog: Arc<Catalog>,
-    pub actors: BTreeMap<u32, Addr<ShardActor>>,
+    pub actors: BTreeMap<u32, ShardHandle>,
 }
 
 /// A prepared version with what the switch still needs.
@@ -148,14 +147,14 @@ impl Node {
     /// this node's shards (started as actors) and the catalogue overlay
     /// carried over. Nothing is served from it until `switch_to`.
     pub(super) async fn prepare(&self, dir: PathBuf) -> Result<Prepared, ServiceError> {
-        let threads = self.inner.config.shards.search_threads;
+        let pool = self.inner.search_pool.clone();
         let ef = self.inner.config.shards.expansion_search;
         let hosted = self.hosted_shards();
         let (model, user_states, indexes) = load_version(dir.clone(), ef, hosted).await?;
         let model = Arc::new(model);
-        let actors: BTreeMap<u32, Addr<ShardActor>> = indexes
+        let actors: BTreeMap<u32, ShardHandle> = indexes
             .into_iter()
-            .map(|ix| (ix.shard(), start_shard(ix, threads)))
+            .map(|ix| (ix.shard(), start_shard(ix, &pool)))
             .collect();
         let catalog = self.carry_catalog(&model, &actors).await;
         Ok(Prepared {
@@ -175,7 +174,7 @@ impl Node {
     async fn carry_catalog(
         &self,
         model: &Arc<ServingModel>,
-        actors: &BTreeMap<u32, Addr<ShardActor>>,
+        actors: &BTreeMap<u32, ShardHandle>,
     ) -> Arc<Catalog> {
         let catalog = Arc::new(match self.serving() {
             Some(old) => old.catalog.carry_over(model.clone()),
@@ -200,7 +199,7 @@ impl Node {
             .copied()
             .filter(|s| !have.contains_key(s))
             .collect();
-        let threads = self.inner.config.shards.search_threads;
+        let pool = self.inner.search_pool.clone();
         let ef = self.inner.config.shards.expansion_search;
         let shard_count = cur.model.shard_count;
         let indexes = tokio::task::spawn_blocking(move || {
@@ -208,9 +207,9 @@ impl Node {
         })
         .await
         .map_err(|e| ServiceError::Internal(format!("shard loading task failed: {e}")))??;
-        let fresh: BTreeMap<u32, Addr<ShardActor>> = indexes
+        let fresh: BTreeMap<u32, ShardHandle> = indexes
             .into_iter()
-            .map(|ix| (ix.shard(), start_shard(ix, threads)))
+            .map(|ix| (ix.shard(), start_shard(ix, &pool)))
             .collect();
         put_overlay(&cur.catalog, &cur.model, &fresh).await;
         let mut next = have;
@@ -238,11 +237,7 @@ impl Node {
 /// Puts the overlay of `catalog` (items upserted and deleted since
 /// training) into freshly loaded shard `actors`, so a copy loaded from the
 /// bundle matches its peers' digests.
-async fn put_overlay(
-    catalog: &Catalog,
-    model: &ServingModel,
-    actors: &BTreeMap<u32, Addr<ShardActor>>,
-) {
+async fn put_overlay(catalog: &Catalog, model: &ServingModel, actors: &BTreeMap<u32, ShardHandle>) {
     let n = model.shard_count.max(1);
     let mut by_shard: BTreeMap<u32, Vec<(u64, Vec<f32>)>> = BTreeMap::new();
     for it in catalog

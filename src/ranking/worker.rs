@@ -1,5 +1,9 @@
-//! `RankWorker`: sync-arbiter threads that score batches of feature rows,
-//! so ranking's CPU work never runs on the threads that move requests.
+//! `RankWorker`: sync-arbiter threads that score batches of feature rows
+//! in parallel when a request has more rows than one batch. A request whose
+//! rows fit one batch (the common case) is scored on its own thread with
+//! `score_batch`: the trip to a worker and back cost two thread wakeups,
+//! more than the ~150 µs of scoring it moved, and on a node held to a
+//! fraction of a core every wakeup is paid from the same quota.
 
 use super::score::{Cascade, Ranker};
 use crate::telemetry::cpu::thread_cpu_micros;
@@ -46,18 +50,23 @@ impl Handler<ScoreBatch> for RankWorker {
     type Result = Result<Vec<f32>, String>;
 
     fn handle(&mut self, msg: ScoreBatch, _: &mut SyncContext<Self>) -> Self::Result {
-        let t0 = thread_cpu_micros();
-        let (r, out) = match msg.work {
-            ScoreWork::Trees { start, trees } => {
-                let mut out = start;
-                (msg.ranker.add_trees(&msg.rows, trees, &mut out), out)
-            }
-            ScoreWork::Cascade(cascade) => {
-                let mut out = vec![0f32; msg.rows.len() / crate::features::N_FEATURES];
-                (msg.ranker.score_rows(&msg.rows, &mut out, cascade), out)
-            }
-        };
-        crate::telemetry::metrics::record_cpu("ranking", thread_cpu_micros().saturating_sub(t0));
-        r.map(|_| out)
+        score_batch(msg)
     }
+}
+
+/// Scores one batch on the calling thread (what a worker does with it).
+pub fn score_batch(msg: ScoreBatch) -> Result<Vec<f32>, String> {
+    let t0 = thread_cpu_micros();
+    let (r, out) = match msg.work {
+        ScoreWork::Trees { start, trees } => {
+            let mut out = start;
+            (msg.ranker.add_trees(&msg.rows, trees, &mut out), out)
+        }
+        ScoreWork::Cascade(cascade) => {
+            let mut out = vec![0f32; msg.rows.len() / crate::features::N_FEATURES];
+            (msg.ranker.score_rows(&msg.rows, &mut out, cascade), out)
+        }
+    };
+    crate::telemetry::metrics::record_cpu("ranking", thread_cpu_micros().saturating_sub(t0));
+    r.map(|_| out)
 }

@@ -117,7 +117,10 @@ impl CallBatch {
             while !q.calls.is_empty() {
                 let rest = q.calls.split_off(q.calls.len().min(MAX_BATCH_SEARCHES));
                 let chunk = std::mem::replace(&mut q.calls, rest);
-                tokio::spawn(send_chunk(q.client.clone(), q.deadline, chunk));
+                tokio::spawn(crate::telemetry::cpu::CpuTimed::new(
+                    "rpc",
+                    send_chunk(q.client.clone(), q.deadline, chunk),
+                ));
             }
         }
     }

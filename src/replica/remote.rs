@@ -87,7 +87,8 @@ impl RemoteShard {
             Some(batch) => batch.enqueue(node, &client, body, deadline),
             None => Enqueued::SendNow(body),
         };
-        Box::pin(async move {
+        // the call's own CPU (building, decoding the answer) counts as rpc
+        Box::pin(crate::telemetry::cpu::CpuTimed::new("rpc", async move {
             let fail = |reason: String| ShardCallError::Failed {
                 shard,
                 reason: format!("node {node}: {reason}"),
@@ -134,7 +135,7 @@ impl RemoteShard {
                 vectors,
                 cpu_micros: 0,
             })
-        })
+        }))
     }
 }
 

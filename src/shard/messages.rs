@@ -65,15 +65,6 @@ impl Message for Search {
     type Result = Result<SearchResult, ShardError>;
 }
 
-/// Vectors of the given keys that live on this shard.
-pub struct GetVectors {
-    pub keys: Arc<[u64]>,
-}
-
-impl Message for GetVectors {
-    type Result = KeyedVectors;
-}
-
 pub struct Upsert {
     pub items: Vec<(u64, Vec<f32>)>,
 }

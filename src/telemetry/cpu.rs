@@ -11,6 +11,45 @@ pub fn process_cpu_micros() -> u64 {
     clock_micros(libc::CLOCK_PROCESS_CPUTIME_ID)
 }
 
+/// A future that adds the CPU time its own polls take (on whatever thread
+/// polls it) to stage `stage` of `funnel_cpu_seconds_total` when it ends.
+/// For work that is spread over an await (an RPC: build, send, decode the
+/// answer) where timing the thread from start to end would also count the
+/// other tasks that ran on it in between.
+pub struct CpuTimed<F> {
+    inner: std::pin::Pin<Box<F>>,
+    stage: &'static str,
+    micros: u64,
+}
+
+impl<F: std::future::Future> CpuTimed<F> {
+    pub fn new(stage: &'static str, fut: F) -> Self {
+        CpuTimed {
+            inner: Box::pin(fut),
+            stage,
+            micros: 0,
+        }
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for CpuTimed<F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let t0 = thread_cpu_micros();
+        let out = self.inner.as_mut().poll(cx);
+        let spent = thread_cpu_micros().saturating_sub(t0);
+        self.micros += spent;
+        if out.is_ready() {
+            crate::telemetry::metrics::record_cpu(self.stage, self.micros);
+        }
+        out
+    }
+}
+
 fn clock_micros(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -28,6 +67,26 @@ fn clock_micros(clock: libc::clockid_t) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_timed_future_counts_only_its_own_polls() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let before = crate::telemetry::metrics::cpu_seconds("test-timed");
+        rt.block_on(CpuTimed::new("test-timed", async {
+            let mut x = 0u64;
+            for i in 0..5_000_000u64 {
+                x = x.wrapping_mul(31).wrapping_add(i);
+            }
+            std::hint::black_box(x);
+            // a sleep costs no CPU of this future's own
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }));
+        let spent = crate::telemetry::metrics::cpu_seconds("test-timed") - before;
+        assert!(spent > 0.0 && spent < 0.05, "{spent}");
+    }
 
     #[test]
     fn cpu_clocks_advance_with_work() {

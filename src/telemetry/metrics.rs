@@ -192,6 +192,11 @@ pub fn record_cpu(stage: &str, micros: u64) {
         .inc_by(micros as f64 / 1e6);
 }
 
+/// CPU seconds recorded for `stage` so far.
+pub fn cpu_seconds(stage: &str) -> f64 {
+    metrics().cpu_seconds.with_label_values(&[stage]).get()
+}
+
 /// Prometheus text exposition of every metric.
 pub fn render() -> String {
     let m = metrics();
