@@ -92,11 +92,10 @@ where
 pub fn block_on<T>(fut: impl Future<Output = T>) -> T {
     actix_rt::System::with_tokio_rt(|| {
         tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(
-                std::thread::available_parallelism()
-                    .map_or(2, |n| n.get())
-                    .max(2),
-            )
+            // the cores this process may use: std reads the cgroup CPU quota,
+            // so a node held to 0.4 of a core runs one worker instead of
+            // two that wake each other for every task they hand over
+            .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
             .enable_all()
             .build()
             .expect("a tokio runtime can be built")

@@ -48,6 +48,17 @@ impl PeerChannel {
             to,
         }
     }
+
+    /// The same link (nodes, fault rules) over another connection to the
+    /// same peer.
+    pub fn over(&self, inner: Channel) -> Self {
+        Self {
+            inner,
+            faults: self.faults.clone(),
+            from: self.from,
+            to: self.to,
+        }
+    }
 }
 
 /// The status a request refused by the injector fails with.

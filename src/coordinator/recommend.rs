@@ -336,6 +336,23 @@ async fn fetch_vectors(
     (out, answered, asked)
 }
 
+/// The copies this request asks first: local, then as few other nodes as
+/// cover the rest (`replica::plan_copies`); None on a single node.
+fn plan_request(shards: &[Arc<dyn ShardClient>]) -> Option<Arc<crate::replica::CopyPlan>> {
+    static SALT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut copies: Vec<Vec<crate::replica::CopyInfo>> = vec![Vec::new(); shards.len()];
+    for s in shards {
+        if let Some(slot) = copies.get_mut(s.shard() as usize) {
+            *slot = s.copies();
+        }
+    }
+    if copies.iter().all(|c| c.is_empty()) {
+        return None;
+    }
+    let salt = SALT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    crate::replica::plan_copies(&copies, salt).map(Arc::new)
+}
+
 /// Searches every shard at once; returns (hits, vectors, shards answered).
 async fn ann_fan_out(
     shards: &[Arc<dyn ShardClient>],
@@ -347,6 +364,7 @@ async fn ann_fan_out(
     let ctx = CallContext {
         deadline: Some(until),
         batch: Some(batch.clone()),
+        plan: plan_request(shards),
     };
     let specs = spec.split_by_shard(shards.len() as u32);
     let calls = shards.iter().map(|c| {

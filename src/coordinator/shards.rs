@@ -34,6 +34,9 @@ pub struct CallContext {
     /// (`replica::CallBatch`); `None`, or a batch already sent (hedges,
     /// fail-overs): the call goes out on its own.
     pub batch: Option<Arc<crate::replica::CallBatch>>,
+    /// The copy each shard asks first, planned for the whole request
+    /// (`replica::plan_copies`); None: each shard's own order.
+    pub plan: Option<Arc<crate::replica::CopyPlan>>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -51,6 +54,11 @@ pub trait ShardClient: Send + Sync {
         ctx: CallContext,
     ) -> BoxFuture<'static, Result<SearchResult, ShardCallError>>;
     fn vectors(&self, keys: Arc<[u64]>) -> BoxFuture<'static, VectorsResult>;
+    /// The copies behind this client, for planning a request's copies
+    /// (empty: one copy, nothing to choose).
+    fn copies(&self) -> Vec<crate::replica::CopyInfo> {
+        Vec::new()
+    }
 }
 
 /// Vectors of the requested keys a shard holds, or why it could not answer.

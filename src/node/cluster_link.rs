@@ -84,6 +84,11 @@ impl ClusterLink {
         ))
     }
 
+    /// This node's TLS identity for internal calls (None: plain TCP).
+    pub fn tls(&self) -> Option<&crate::cluster::tls::NodeTls> {
+        self.raft.tls()
+    }
+
     pub fn max_message_bytes(&self) -> usize {
         self.max_message_bytes
     }

@@ -41,6 +41,9 @@ struct Queued {
 
 struct NodeQueue {
     client: ShardDataClient<PeerChannel>,
+    /// Set when `client` is the request thread's own connection to this
+    /// address (`remote::thread_channel`): forgotten if it fails.
+    own: Option<Arc<str>>,
     deadline: Option<Instant>,
     calls: Vec<Queued>,
 }
@@ -79,6 +82,7 @@ impl CallBatch {
         &self,
         node: u64,
         client: &ShardDataClient<PeerChannel>,
+        own: Option<Arc<str>>,
         request: ShardSearchRequest,
         deadline: Option<Instant>,
     ) -> Enqueued {
@@ -91,6 +95,7 @@ impl CallBatch {
         let (reply, rx) = oneshot::channel();
         let q = st.nodes.entry(node).or_insert_with(|| NodeQueue {
             client: client.clone(),
+            own,
             deadline,
             calls: Vec::new(),
         });
@@ -119,7 +124,7 @@ impl CallBatch {
                 let chunk = std::mem::replace(&mut q.calls, rest);
                 tokio::spawn(crate::telemetry::cpu::CpuTimed::new(
                     "rpc",
-                    send_chunk(q.client.clone(), q.deadline, chunk),
+                    send_chunk(q.client.clone(), q.own.clone(), q.deadline, chunk),
                 ));
             }
         }
@@ -147,9 +152,16 @@ pub fn status_text(s: &tonic::Status) -> String {
 
 async fn send_chunk(
     mut client: ShardDataClient<PeerChannel>,
+    own: Option<Arc<str>>,
     deadline: Option<Instant>,
     mut calls: Vec<Queued>,
 ) {
+    let failed = |s: &tonic::Status| {
+        if let (Some(addr), true) = (&own, super::remote::is_transport_failure(s.code())) {
+            super::remote::forget_thread_channel(addr);
+        }
+        status_text(s)
+    };
     const PASSED: &str = "deadline passed before sending";
     if calls.len() == 1 {
         let Some(call) = calls.pop() else { return };
@@ -159,7 +171,7 @@ async fn send_chunk(
                 .search(req)
                 .await
                 .map(|r| r.into_inner())
-                .map_err(|s| status_text(&s)),
+                .map_err(|s| failed(&s)),
         };
         // the caller may have stopped waiting (its own deadline): fine
         let _ = call.reply.send(answer);
@@ -172,7 +184,7 @@ async fn send_chunk(
         match with_deadline(ShardSearchBatch { searches: requests }, deadline) {
             None => vec![Err(PASSED.to_string()); n],
             Some(req) => match client.search_batch(req).await {
-                Err(s) => vec![Err(status_text(&s)); n],
+                Err(s) => vec![Err(failed(&s)); n],
                 Ok(r) => {
                     let outcomes = r.into_inner().outcomes;
                     if outcomes.len() != n {

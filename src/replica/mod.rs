@@ -3,6 +3,7 @@
 //!
 //! Owns: per-node health and latency tracking (`health`), the replica
 //! choice and hedging policy (`set`, a `ShardClient` over several copies),
+//! which copies one request asks first (`plan`: local, then fewest nodes),
 //! the gRPC client of a remote copy (`remote`), and one request's searches
 //! gathered per node into one RPC (`batch`). Must not touch: which
 //! node holds which shard (the cluster's shard map decides; `node` builds
@@ -10,10 +11,12 @@
 
 pub mod batch;
 pub mod health;
+pub mod plan;
 pub mod remote;
 pub mod set;
 
 pub use batch::CallBatch;
 pub use health::{HealthBook, HedgeBudget, LatencyTracker, NodeHealth};
+pub use plan::{plan_copies, CopyInfo, CopyPlan};
 pub use remote::RemoteShard;
 pub use set::{ReplicaSet, ReplicaTarget};

@@ -23,6 +23,63 @@ pub struct RemoteShard {
     node: u64,
     model_version: Arc<str>,
     client: ShardDataClient<PeerChannel>,
+    /// The shared channel's link (nodes, fault rules), reused over a
+    /// thread's own connection.
+    peer: PeerChannel,
+    /// The peer's internal address and our TLS identity, for the request
+    /// thread's own connection (`thread_channel`).
+    addr: Arc<str>,
+    tls: Option<NodeTls>,
+    max_message_bytes: usize,
+}
+
+thread_local! {
+    /// Connections opened by this thread, by peer address.
+    static THREAD_CHANNELS: std::cell::RefCell<std::collections::HashMap<Arc<str>, Channel>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// This thread's own connection to `addr`, when the thread runs a
+/// current-thread runtime (an actix worker: where requests are handled).
+/// A shared channel's connection task lives on the multi-thread runtime,
+/// so every remote search crossed threads twice on the way out and twice
+/// back; on a node held to a fraction of a core those wakeups cost about
+/// as much CPU as the search. A connection opened here runs its tasks on
+/// the same thread as the request that uses it. None elsewhere (the
+/// shared channel is used).
+fn thread_channel(addr: &Arc<str>, tls: Option<&NodeTls>) -> Option<Channel> {
+    let rt = tokio::runtime::Handle::try_current().ok()?;
+    if rt.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread {
+        return None;
+    }
+    THREAD_CHANNELS
+        .try_with(|m| {
+            let mut m = m.try_borrow_mut().ok()?;
+            if let Some(ch) = m.get(addr) {
+                return Some(ch.clone());
+            }
+            let ch = peer_channel(addr, tls).ok()?;
+            m.insert(addr.clone(), ch.clone());
+            Some(ch)
+        })
+        .ok()
+        .flatten()
+}
+
+/// Drops this thread's connection to `addr` after a transport failure, so
+/// the next call opens a fresh one (a connection whose tasks died with an
+/// earlier runtime on this thread would otherwise fail every call).
+pub fn forget_thread_channel(addr: &str) {
+    let _ = THREAD_CHANNELS.try_with(|m| {
+        if let Ok(mut m) = m.try_borrow_mut() {
+            m.remove(addr);
+        }
+    });
+}
+
+/// Whether a failed call says the connection itself is broken.
+pub fn is_transport_failure(code: tonic::Code) -> bool {
+    matches!(code, tonic::Code::Unavailable | tonic::Code::Unknown)
 }
 
 /// A lazily connected channel to a peer's internal address (over mTLS
@@ -42,8 +99,10 @@ impl RemoteShard {
         model_version: Arc<str>,
         channel: PeerChannel,
         max_message_bytes: usize,
+        addr: &str,
+        tls: Option<NodeTls>,
     ) -> Self {
-        let client = ShardDataClient::new(channel)
+        let client = ShardDataClient::new(channel.clone())
             .max_decoding_message_size(max_message_bytes)
             .max_encoding_message_size(max_message_bytes);
         RemoteShard {
@@ -51,8 +110,28 @@ impl RemoteShard {
             node,
             model_version,
             client,
+            peer: channel,
+            addr: Arc::from(addr),
+            tls,
+            max_message_bytes,
         }
     }
+
+    /// The client a call on this thread uses: over the thread's own
+    /// connection when it has one, else the shared channel; and the
+    /// address to forget when that connection fails.
+    fn client_here(&self) -> (ShardDataClient<PeerChannel>, Option<Arc<str>>) {
+        match thread_channel(&self.addr, self.tls.as_ref()) {
+            Some(ch) => (
+                ShardDataClient::new(self.peer.over(ch))
+                    .max_decoding_message_size(self.max_message_bytes)
+                    .max_encoding_message_size(self.max_message_bytes),
+                Some(self.addr.clone()),
+            ),
+            None => (self.client.clone(), None),
+        }
+    }
+
 
     pub fn node(&self) -> u64 {
         self.node
@@ -63,7 +142,7 @@ impl RemoteShard {
         spec: SearchSpec,
         ctx: CallContext,
     ) -> BoxFuture<'static, Result<SearchResult, ShardCallError>> {
-        let mut client = self.client.clone();
+        let (mut client, own) = self.client_here();
         let shard = self.shard;
         let node = self.node;
         let body = ShardSearchRequest {
@@ -84,7 +163,7 @@ impl RemoteShard {
         let want_version = self.model_version.clone();
         // queued in the request's batch when it is still open; else sent now
         let queued = match &ctx.batch {
-            Some(batch) => batch.enqueue(node, &client, body, deadline),
+            Some(batch) => batch.enqueue(node, &client, own.clone(), body, deadline),
             None => Enqueued::SendNow(body),
         };
         // the call's own CPU (building, decoding the answer) counts as rpc
@@ -105,7 +184,12 @@ impl RemoteShard {
                     client
                         .search(req)
                         .await
-                        .map_err(|s| fail(status_text(&s)))?
+                        .map_err(|s| {
+                            if let (Some(addr), true) = (&own, is_transport_failure(s.code())) {
+                                forget_thread_channel(addr);
+                            }
+                            fail(status_text(&s))
+                        })?
                         .into_inner()
                 }
             };

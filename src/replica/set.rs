@@ -4,6 +4,7 @@
 //! bounds everything (the coordinator wraps each shard call in it).
 
 use super::health::{try_order, HealthBook};
+use super::plan::CopyInfo;
 use crate::coordinator::{CallContext, SearchSpec, ShardCallError, ShardClient, VectorsResult};
 use crate::shard::SearchResult;
 use futures::future::BoxFuture;
@@ -60,7 +61,15 @@ impl ReplicaSet {
         ctx: CallContext,
     ) -> Result<SearchResult, ShardCallError> {
         let keys: Vec<(u64, bool)> = self.replicas.iter().map(|r| (r.node, r.local)).collect();
-        let order = try_order(&keys, &self.book, Instant::now());
+        let mut order = try_order(&keys, &self.book, Instant::now());
+        // the request's plan names the copy to ask first (a healthy one:
+        // the planner saw the same book); the rest keep their order
+        if let Some(want) = ctx.plan.as_ref().and_then(|p| p.first(self.shard)) {
+            if let Some(pos) = order.iter().position(|&i| self.replicas[i].node == want) {
+                let i = order.remove(pos);
+                order.insert(0, i);
+            }
+        }
         let mut next = order.into_iter();
         let mut inflight = FuturesUnordered::new();
         let start = |i: usize| {
@@ -159,6 +168,18 @@ impl ShardClient for ReplicaSet {
         ctx: CallContext,
     ) -> BoxFuture<'static, Result<SearchResult, ShardCallError>> {
         Box::pin(self.clone().search_inner(spec, ctx))
+    }
+
+    fn copies(&self) -> Vec<CopyInfo> {
+        let now = Instant::now();
+        self.replicas
+            .iter()
+            .map(|r| CopyInfo {
+                node: r.node,
+                local: r.local,
+                healthy: !self.book.get(r.node).is_suspect(now),
+            })
+            .collect()
     }
 
     fn vectors(&self, keys: Arc<[u64]>) -> BoxFuture<'static, VectorsResult> {
