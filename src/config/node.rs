@@ -231,7 +231,9 @@ impl EventsConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ShardsConfig {
-    /// Threads answering ANN queries (also the usearch search slots reserved).
+    /// Threads of the node's search pool, shared by every shard copy (also
+    /// the usearch search slots reserved); small shards are searched on the
+    /// request's own thread (`shard::handle::INLINE_MAX_ITEMS`).
     pub search_threads: usize,
     /// usearch `ef` at query time; 0 uses the bundle's (its manifest's
     /// `index.expansion_search`, chosen at training with the recall check

@@ -82,10 +82,7 @@ pub fn plan_copies(copies: &[Vec<CopyInfo>], salt: u64) -> Option<CopyPlan> {
                 }
             }
         }
-        let Some(&(best, _)) = counts
-            .iter()
-            .max_by_key(|(n, k)| (*k, spread(*n, salt)))
-        else {
+        let Some(&(best, _)) = counts.iter().max_by_key(|(n, k)| (*k, spread(*n, salt))) else {
             break;
         };
         uncovered.retain(|&s| {

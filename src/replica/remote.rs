@@ -132,7 +132,6 @@ impl RemoteShard {
         }
     }
 
-
     pub fn node(&self) -> u64 {
         self.node
     }

@@ -157,6 +157,12 @@ impl ReplicaSet {
     }
 }
 
+/// Whether a copy's mean latency is far above the fastest copy's: more
+/// than three times it and more than 2 ms over it.
+fn far_slower(mean: Duration, fastest: Duration) -> bool {
+    mean > fastest * 3 && mean > fastest + Duration::from_millis(2)
+}
+
 impl ShardClient for ReplicaSet {
     fn shard(&self) -> u32 {
         self.shard
@@ -170,14 +176,31 @@ impl ShardClient for ReplicaSet {
         Box::pin(self.clone().search_inner(spec, ctx))
     }
 
+    /// Copies a request may plan on: not suspect after a failure, and not
+    /// far slower than this shard's fastest copy. A stalled node (paused,
+    /// overloaded) never fails a call, it only loses hedges and is charged
+    /// for them; planning on it anyway would make every request wait for a
+    /// hedge whose delay, that copy's own p95, has grown past the deadline.
     fn copies(&self) -> Vec<CopyInfo> {
         let now = Instant::now();
+        let health: Vec<_> = self
+            .replicas
+            .iter()
+            .map(|r| self.book.get(r.node))
+            .collect();
+        let fastest = health
+            .iter()
+            .filter(|h| !h.is_suspect(now))
+            .map(|h| h.latency.mean())
+            .min()
+            .unwrap_or_default();
         self.replicas
             .iter()
-            .map(|r| CopyInfo {
+            .zip(&health)
+            .map(|(r, h)| CopyInfo {
                 node: r.node,
                 local: r.local,
-                healthy: !self.book.get(r.node).is_suspect(now),
+                healthy: !h.is_suspect(now) && !far_slower(h.latency.mean(), fastest),
             })
             .collect()
     }
@@ -347,6 +370,38 @@ mod tests {
         let calls =
             |c: &Arc<std::sync::atomic::AtomicUsize>| c.load(std::sync::atomic::Ordering::SeqCst);
         assert_eq!((calls(&stalled_calls), calls(&other_calls)), (1, 2));
+    }
+
+    #[test]
+    fn a_stalled_copy_is_left_out_of_plans_until_it_is_fast_again() {
+        let book = HealthBook::default();
+        for _ in 0..10 {
+            book.update(1, |h| h.record_success(Duration::from_millis(1)));
+            book.update(2, |h| h.record_success(Duration::from_millis(40)));
+        }
+        let (a, _) = target(1, false, 0, false);
+        let (b, _) = target(2, false, 0, false);
+        let set = ReplicaSet::new(0, vec![a, b], book.clone());
+        let healthy = |set: &ReplicaSet| {
+            set.copies()
+                .iter()
+                .map(|c| (c.node, c.healthy))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(healthy(&set), vec![(1, true), (2, false)]);
+        // a copy only somewhat slower is still planned on
+        for _ in 0..60 {
+            book.update(2, |h| h.record_success(Duration::from_micros(2500)));
+        }
+        assert_eq!(healthy(&set), vec![(1, true), (2, true)]);
+        assert!(far_slower(
+            Duration::from_millis(10),
+            Duration::from_millis(1)
+        ));
+        assert!(!far_slower(
+            Duration::from_micros(2900),
+            Duration::from_millis(1)
+        ));
     }
 
     #[tokio::test]

@@ -11,8 +11,25 @@ pub fn process_cpu_micros() -> u64 {
     clock_micros(libc::CLOCK_PROCESS_CPUTIME_ID)
 }
 
+thread_local! {
+    /// CPU microseconds this thread has recorded to any stage so far.
+    static RECORDED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Called by `metrics::record_cpu`: lets an enclosing `CpuTimed` leave out
+/// work a nested stage already counted (a search run inside an RPC
+/// handler is ANN, not RPC).
+pub fn note_recorded(micros: u64) {
+    let _ = RECORDED.try_with(|r| r.set(r.get().wrapping_add(micros)));
+}
+
+fn recorded_here() -> u64 {
+    RECORDED.try_with(|r| r.get()).unwrap_or(0)
+}
+
 /// A future that adds the CPU time its own polls take (on whatever thread
-/// polls it) to stage `stage` of `funnel_cpu_seconds_total` when it ends.
+/// polls it) to stage `stage` of `funnel_cpu_seconds_total` when it ends,
+/// less what stages nested in those polls recorded themselves.
 /// For work that is spread over an await (an RPC: build, send, decode the
 /// answer) where timing the thread from start to end would also count the
 /// other tasks that ran on it in between.
@@ -39,10 +56,11 @@ impl<F: std::future::Future> std::future::Future for CpuTimed<F> {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<F::Output> {
-        let t0 = thread_cpu_micros();
+        let (t0, nested0) = (thread_cpu_micros(), recorded_here());
         let out = self.inner.as_mut().poll(cx);
         let spent = thread_cpu_micros().saturating_sub(t0);
-        self.micros += spent;
+        let nested = recorded_here().wrapping_sub(nested0);
+        self.micros += spent.saturating_sub(nested);
         if out.is_ready() {
             crate::telemetry::metrics::record_cpu(self.stage, self.micros);
         }
@@ -86,6 +104,34 @@ mod tests {
         }));
         let spent = crate::telemetry::metrics::cpu_seconds("test-timed") - before;
         assert!(spent > 0.0 && spent < 0.05, "{spent}");
+    }
+
+    #[test]
+    fn a_timed_future_leaves_out_what_a_nested_stage_recorded() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (outer0, inner0) = (
+            crate::telemetry::metrics::cpu_seconds("test-outer"),
+            crate::telemetry::metrics::cpu_seconds("test-inner"),
+        );
+        rt.block_on(CpuTimed::new("test-outer", async {
+            // all of this future's work is a nested stage's
+            let t0 = thread_cpu_micros();
+            let mut x = 0u64;
+            for i in 0..20_000_000u64 {
+                x = x.wrapping_mul(31).wrapping_add(i);
+            }
+            std::hint::black_box(x);
+            crate::telemetry::metrics::record_cpu("test-inner", thread_cpu_micros() - t0);
+        }));
+        let outer = crate::telemetry::metrics::cpu_seconds("test-outer") - outer0;
+        let inner = crate::telemetry::metrics::cpu_seconds("test-inner") - inner0;
+        assert!(inner > 0.001, "{inner}");
+        assert!(
+            outer < inner / 5.0,
+            "outer {outer} counted the nested work {inner}"
+        );
     }
 
     #[test]

@@ -186,6 +186,7 @@ pub fn metrics() -> &'static Metrics {
 }
 
 pub fn record_cpu(stage: &str, micros: u64) {
+    crate::telemetry::cpu::note_recorded(micros);
     metrics()
         .cpu_seconds
         .with_label_values(&[stage])
