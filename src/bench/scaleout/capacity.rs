@@ -136,6 +136,8 @@ pub struct RunFigures {
     pub errors: u64,
     /// p99 latency from the intended send time, ms (None: no answers).
     pub p99_ms: Option<f64>,
+    /// Mean share of shards that answered in time (None: not reported).
+    pub coverage: Option<f64>,
 }
 
 /// Whether a run passed, and if not, why.
@@ -145,9 +147,11 @@ pub struct Verdict {
     pub reason: String,
 }
 
-/// A run passes when every due request was sent, none failed, and the
-/// p99 from the intended send time is within the target.
-pub fn judge(f: &RunFigures, target_p99_ms: f64) -> Verdict {
+/// A run passes when every due request was sent, none failed, the p99
+/// from the intended send time is within the target, and the mean
+/// coverage is at least `min_coverage` (0: answers missing shards count
+/// as answers, which is how capacity is defined by default).
+pub fn judge(f: &RunFigures, target_p99_ms: f64, min_coverage: f64) -> Verdict {
     let fail = |reason: String| Verdict {
         passed: false,
         reason,
@@ -160,6 +164,17 @@ pub fn judge(f: &RunFigures, target_p99_ms: f64) -> Verdict {
     }
     if f.errors > 0 {
         return fail(format!("{} errors", f.errors));
+    }
+    if min_coverage > 0.0 {
+        match f.coverage {
+            Some(c) if c >= min_coverage => {}
+            Some(c) => {
+                return fail(format!(
+                    "coverage {c:.4} < {min_coverage} (shards missed their deadline)"
+                ))
+            }
+            None => return fail("coverage not reported".into()),
+        }
     }
     match f.p99_ms {
         None => fail("no answers".into()),
@@ -259,19 +274,36 @@ mod tests {
             sent: 100,
             errors: 0,
             p99_ms: Some(20.0),
+            coverage: Some(0.98),
         };
-        assert!(judge(&ok, 25.0).passed);
+        assert!(judge(&ok, 25.0, 0.0).passed);
+        // a coverage floor, when asked for, fails degraded runs
+        assert!(judge(&ok, 25.0, 0.97).passed);
+        let v = judge(&ok, 25.0, 0.99);
+        assert!(!v.passed && v.reason.contains("coverage 0.9800"), "{v:?}");
+        assert!(
+            !judge(
+                &RunFigures {
+                    coverage: None,
+                    ..ok
+                },
+                25.0,
+                0.99
+            )
+            .passed
+        );
         let v = judge(
             &RunFigures {
                 p99_ms: Some(30.0),
                 ..ok
             },
             25.0,
+            0.0,
         );
         assert!(!v.passed && v.reason.contains("p99 30.0 ms"), "{v:?}");
-        assert!(!judge(&RunFigures { errors: 1, ..ok }, 25.0).passed);
-        let v = judge(&RunFigures { sent: 90, ..ok }, 25.0);
+        assert!(!judge(&RunFigures { errors: 1, ..ok }, 25.0, 0.0).passed);
+        let v = judge(&RunFigures { sent: 90, ..ok }, 25.0, 0.0);
         assert!(!v.passed && v.reason.contains("90 of 100"), "{v:?}");
-        assert!(!judge(&RunFigures { p99_ms: None, ..ok }, 25.0).passed);
+        assert!(!judge(&RunFigures { p99_ms: None, ..ok }, 25.0, 0.0).passed);
     }
 }

@@ -47,6 +47,11 @@ pub struct ScaleoutArgs {
     /// p99 target, milliseconds from each request's intended send time.
     #[arg(long, default_value_t = 25.0)]
     pub p99_ms: f64,
+    /// Also fail a run whose mean coverage (share of shards answering in
+    /// time) is below this, e.g. 0.99; 0 counts degraded answers as
+    /// answers.
+    #[arg(long, default_value_t = 0.0)]
+    pub min_coverage: f64,
     /// Copies of each shard in a cluster (at most the node count).
     #[arg(long, default_value_t = 2)]
     pub replication: u32,
@@ -154,6 +159,9 @@ fn check(args: &ScaleoutArgs) -> Result<()> {
         || args.warmup < 0.0
     {
         bail!("--p99-ms and --duration must be positive and --warmup not negative");
+    }
+    if !(0.0..=1.0).contains(&args.min_coverage) {
+        bail!("--min-coverage is a share of shards: between 0 and 1 (e.g. 0.99)");
     }
     if !(args.growth.is_finite() && args.growth > 1.0) {
         bail!("--growth must be above 1 (e.g. 1.5)");
@@ -302,8 +310,9 @@ fn one_run(args: &ScaleoutArgs, cluster: &mut LocalCluster, n: u16, qps: f64) ->
         sent: r.requests.sent,
         errors: r.requests.errors,
         p99_ms: (lat.count > 0).then_some(lat.p99_us as f64 / 1000.0),
+        coverage: r.recommend.coverage_mean,
     };
-    let verdict = judge(&figures, args.p99_ms);
+    let verdict = judge(&figures, args.p99_ms, args.min_coverage);
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get()) as f64;
     let left = cores
         - cluster
@@ -401,8 +410,15 @@ impl ScaleoutReport {
         );
         let _ = writeln!(
             out,
-            "target:  p99 <= {} ms from intended send, no errors; {} s runs after {} s warm-up\n",
-            self.args.p99_ms, self.args.duration, self.args.warmup
+            "target:  p99 <= {} ms from intended send, no errors{}; {} s runs after {} s warm-up\n",
+            self.args.p99_ms,
+            if self.args.min_coverage > 0.0 {
+                format!(", coverage >= {}", self.args.min_coverage)
+            } else {
+                String::new()
+            },
+            self.args.duration,
+            self.args.warmup
         );
         let _ = writeln!(
             out,
@@ -485,6 +501,7 @@ mod tests {
             cpu: 0.4,
             no_cpu_limit: false,
             p99_ms: 25.0,
+            min_coverage: 0.0,
             replication: 2,
             duration: 20.0,
             warmup: 5.0,
@@ -521,6 +538,11 @@ mod tests {
         .is_err());
         assert!(check(&ScaleoutArgs {
             p99_ms: f64::NAN,
+            ..args()
+        })
+        .is_err());
+        assert!(check(&ScaleoutArgs {
+            min_coverage: 1.5,
             ..args()
         })
         .is_err());
