@@ -28,22 +28,6 @@ impl CopyPlan {
     pub fn first(&self, shard: u32) -> Option<u64> {
         self.first.get(shard as usize).copied().flatten()
     }
-
-    /// Distinct other nodes the plan reaches.
-    pub fn remote_nodes(&self, copies: &[Vec<CopyInfo>]) -> usize {
-        let mut nodes: Vec<u64> = self
-            .first
-            .iter()
-            .zip(copies)
-            .filter_map(|(f, cs)| {
-                let n = (*f)?;
-                cs.iter().any(|c| c.node == n && !c.local).then_some(n)
-            })
-            .collect();
-        nodes.sort_unstable();
-        nodes.dedup();
-        nodes.len()
-    }
 }
 
 /// A stable scramble of (node, salt), for tie-breaking.
@@ -100,6 +84,22 @@ pub fn plan_copies(copies: &[Vec<CopyInfo>], salt: u64) -> Option<CopyPlan> {
 mod tests {
     use super::*;
 
+    /// Distinct other nodes a plan reaches.
+    fn remote_nodes(plan: &CopyPlan, copies: &[Vec<CopyInfo>]) -> usize {
+        let mut nodes: Vec<u64> = (0..copies.len())
+            .filter_map(|s| {
+                let n = plan.first(s as u32)?;
+                copies[s]
+                    .iter()
+                    .any(|c| c.node == n && !c.local)
+                    .then_some(n)
+            })
+            .collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        nodes.len()
+    }
+
     fn c(node: u64, local: bool) -> CopyInfo {
         CopyInfo {
             node,
@@ -132,7 +132,7 @@ mod tests {
                 }
             }
             // the shards node 1 lacks are all on both others: one RPC covers them
-            assert_eq!(plan.remote_nodes(&copies), 1, "salt {salt}");
+            assert_eq!(remote_nodes(&plan, &copies), 1, "salt {salt}");
         }
     }
 
@@ -194,6 +194,6 @@ mod tests {
             vec![Some(4); 3]
         );
         assert!(matches!(plan.first(3), Some(2) | Some(3)));
-        assert_eq!(plan.remote_nodes(&copies), 2);
+        assert_eq!(remote_nodes(&plan, &copies), 2);
     }
 }

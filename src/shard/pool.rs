@@ -7,7 +7,7 @@
 //! node showed ~9 % of its CPU in `sched_yield` and futex waits, and on a
 //! node held to a fraction of a core that spinning is paid from the quota.
 //! Here the searches of all shards queue in one place and a few threads
-//! (one per core by default) take them in turn: a busy thread moves to the
+//! (`shards.search_threads`, 2 by default) take them in turn: a busy thread moves to the
 //! next search without sleeping, an idle one sleeps on a condition variable
 //! without spinning.
 //!
@@ -86,11 +86,6 @@ impl SearchPool {
             queue,
             threads,
         })
-    }
-
-    /// One thread per core.
-    pub fn per_core() -> std::io::Result<SearchPool> {
-        SearchPool::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
     }
 
     pub fn threads(&self) -> usize {
