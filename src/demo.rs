@@ -8,7 +8,7 @@
 use crate::api::server::{block_on, run, shutdown_signal, Ready};
 use crate::config::NodeConfig;
 use crate::gen::{generate, GenParams};
-use crate::node::types::{EventIn, RecommendQuery};
+use crate::service::types::{EventIn, RecommendQuery};
 use crate::training::pipeline::PipelineParams;
 use crate::training::trainer::{train, TrainOptions};
 use anyhow::{Context, Result};
@@ -205,7 +205,7 @@ pub fn run_demo(args: &DemoArgs) -> Result<()> {
 async fn ask(
     node: &crate::node::Node,
     user: &str,
-) -> Result<crate::node::types::Recommendation, crate::node::types::ServiceError> {
+) -> Result<crate::service::types::Recommendation, crate::service::types::ServiceError> {
     node.recommend(RecommendQuery {
         user_id: user.to_string(),
         k: 5,

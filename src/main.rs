@@ -268,6 +268,10 @@ enum BundleCommand {
         /// Query vectors to sample (user vectors, else item vectors).
         #[arg(long, default_value_t = 300)]
         queries: usize,
+        /// Further unseen query vectors each search path is timed on once
+        /// (the cold figure: serving rarely repeats a query).
+        #[arg(long, default_value_t = 1000)]
+        cold_queries: usize,
         /// Candidates the ANN path returns (the node's recall.ann_k).
         #[arg(long, default_value_t = 200)]
         k: usize,
@@ -351,8 +355,37 @@ fn load_params(path: &Option<PathBuf>) -> Result<PipelineParams> {
     }
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+/// Runs the command; an error prints as its message and the chain of
+/// causes on one line, never as a backtrace: `main` returning `Result`
+/// would print anyhow's `Debug` form, which appends a stack backtrace
+/// whenever RUST_BACKTRACE is set (common on developer machines) and buries
+/// the message a user has to act on. A panic still reports its backtrace.
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes, joined by ": ", leaving out a cause whose
+/// text the message already quotes (many of our errors name their cause
+/// in their own message, so anyhow's `{:#}` would say it twice).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !out.contains(&c) {
+            out.push_str(": ");
+            out.push_str(&c);
+        }
+    }
+    out
+}
+
+fn run(cli: Cli) -> Result<()> {
     let interactive = std::io::IsTerminal::is_terminal(&std::io::stderr());
     match cli.command {
         Command::Gen { params, out } => {
@@ -495,6 +528,7 @@ fn main() -> Result<()> {
                 BundleCommand::AnnRecall {
                     dir,
                     queries,
+                    cold_queries,
                     k,
                     expansion_search,
                     connectivity,
@@ -511,6 +545,7 @@ fn main() -> Result<()> {
             };
             let opts = funnel::shard::quality::BundleCheckOptions {
                 queries,
+                cold_queries,
                 k,
                 expansion_search,
                 rebuild,
@@ -535,6 +570,12 @@ fn main() -> Result<()> {
                         "warm time per query, one thread, shards one after another: ANN {:.4} ms; usearch's own search of the same index {:.4} ms (recall {:.4}); exact scan {:.3} ms",
                         r.ann_ms_per_query, r.usearch_ms_per_query, r.usearch_recall, r.exact_ms_per_query
                     );
+                    if r.cold_queries > 0 {
+                        println!(
+                            "cold time per query ({} unseen queries per path, each searched once): ANN {:.4} ms; usearch's own search {:.4} ms",
+                            r.cold_queries, r.ann_cold_ms_per_query, r.usearch_cold_ms_per_query
+                        );
+                    }
                 }
             }
         }

@@ -9,7 +9,7 @@
 use super::error::grpc_status;
 use crate::cluster::proto::admin_server::{Admin, AdminServer};
 use crate::cluster::proto::{PublishRequest, PublishResponse};
-use crate::node::types::ServiceError;
+use crate::service::types::ServiceError;
 use crate::node::Node;
 use tonic::{Request, Response, Status};
 

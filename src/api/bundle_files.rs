@@ -13,7 +13,7 @@ use crate::bundle::Bundle;
 use crate::cluster::proto::bundle_files_server::{BundleFiles, BundleFilesServer};
 use crate::cluster::proto::{BundleFileChunk, FetchBundleFileRequest};
 use crate::node::bundle_fetch::check_rel_path;
-use crate::node::types::ServiceError;
+use crate::service::types::ServiceError;
 use crate::node::Node;
 use std::io::{Read, Seek, SeekFrom};
 use tokio_stream::wrappers::ReceiverStream;

@@ -1,7 +1,7 @@
 //! The single mapping from `ServiceError` to gRPC status codes and HTTP
 //! statuses with a JSON body.
 
-use crate::node::types::ServiceError;
+use crate::service::types::ServiceError;
 use actix_web::http::StatusCode;
 use serde::Serialize;
 

@@ -2,7 +2,7 @@
 //! own types and back; semantics live in `Node`.
 
 use super::error::grpc_status;
-use crate::node::types::{ContextIn, EventIn, ItemIn, RecommendQuery};
+use crate::service::types::{ContextIn, EventIn, ItemIn, RecommendQuery};
 use crate::node::Node;
 use crate::proto;
 use crate::proto::funnel_server::{Funnel, FunnelServer};

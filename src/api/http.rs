@@ -1,7 +1,7 @@
 //! The HTTP/JSON API: the same operations as the gRPC service, plus
 //! /metrics, /healthz and /readyz.
 
-use crate::node::types::{EventIn, ItemIn, RecommendQuery, ServiceError};
+use crate::service::types::{EventIn, ItemIn, RecommendQuery, ServiceError};
 use crate::node::Node;
 use actix_web::error::JsonPayloadError;
 use actix_web::{web, HttpRequest, HttpResponse};

@@ -10,9 +10,10 @@ use crate::cluster::proto::{
     SearchFailure, ShardDigestRequest, ShardDigestResponse, ShardSearchBatch,
     ShardSearchBatchResponse, ShardSearchOutcome, ShardSearchRequest, ShardSearchResponse,
 };
-use crate::coordinator::SearchSpec;
-use crate::node::types::ServiceError;
+use crate::service::types::ServiceError;
 use crate::node::Node;
+use crate::routing::batch::MAX_BATCH_SEARCHES;
+use crate::routing::SearchSpec;
 use crate::telemetry::cpu::CpuTimed;
 use crate::telemetry::metrics::metrics;
 use futures::future::join_all;
@@ -36,10 +37,6 @@ pub fn shard_data_service(
 fn bad(msg: String) -> Status {
     grpc_status(&ServiceError::InvalidArgument(msg))
 }
-
-/// Most searches one `SearchBatch` may carry; a coordinator sends at most
-/// one per shard this node holds, so more is a confused caller.
-pub const MAX_BATCH_SEARCHES: usize = 256;
 
 impl ShardDataService {
     /// One search, as `Search` and every item of `SearchBatch` answer it.

@@ -33,7 +33,7 @@ pub mod validate;
 
 pub use node::{
     ApiConfig, ClusterConfig, ClusterMember, EventsConfig, FetchBundles, NodeConfig, NodeSection,
-    RankingConfig, ShardsConfig, StageBudget, StageDeadlines, TlsFiles,
+    RankingConfig, ShardSearchEngine, ShardsConfig, StageBudget, StageDeadlines, TlsFiles,
 };
 pub use span::TextPos;
 pub use validate::{parse_host_port, HostPort};

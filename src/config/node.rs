@@ -239,6 +239,20 @@ pub struct ShardsConfig {
     /// `index.expansion_search`, chosen at training with the recall check
     /// of `funnel bundle ann-recall`).
     pub expansion_search: usize,
+    /// Which search answers: `walk` (funnel's walk of a flat copy of the
+    /// HNSW graph, the default and the faster) or `usearch` (the library's
+    /// own filtered search of the same index, no copy kept: a fallback,
+    /// and the reference serving measurements compare the walk with).
+    pub search: ShardSearchEngine,
+}
+
+/// `shards.search`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShardSearchEngine {
+    #[default]
+    Walk,
+    Usearch,
 }
 
 impl Default for ShardsConfig {
@@ -246,6 +260,7 @@ impl Default for ShardsConfig {
         ShardsConfig {
             search_threads: 2,
             expansion_search: 0,
+            search: ShardSearchEngine::Walk,
         }
     }
 }

@@ -6,15 +6,11 @@
 //! (there is no coordinator actor: it held no state, and the hop to it cost
 //! two thread wakeups per request).
 //!
-//! Owns: the request flow and its deadline accounting (`recommend`) and the
-//! shard client abstraction. Must not touch: how
-//! features, recall paths, merge or scoring work (it calls the plain
-//! functions in `features`, `recall`, `ranking`).
+//! Owns: the request flow and its deadline accounting (`recommend`). Must
+//! not touch: how features, recall paths, merge or scoring work (it calls
+//! the plain functions in `features`, `recall`, `ranking`) or which copy
+//! of a shard to ask (`routing`).
 
 mod recommend;
-mod shards;
 
-pub use recommend::{per_shard_k, recommend, RecommendEnv, Serving};
-pub use shards::{
-    search_filter, CallContext, LocalShard, SearchSpec, ShardCallError, ShardClient, VectorsResult,
-};
+pub use recommend::{recommend, RecommendEnv, Serving};

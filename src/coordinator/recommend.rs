@@ -4,15 +4,14 @@
 //! next); a stage that runs out returns what it has and says so in
 //! `degraded`, and a late shard is reported, never awaited.
 
-use super::shards::{CallContext, SearchSpec, ShardClient};
 use crate::catalog::{Catalog, ItemFacts};
 use crate::config::StageBudget;
 use crate::features::{Device, ItemInput, RecallPath, RequestContext, UserFeatures, UserState};
 use crate::ids::KeyMap;
 use crate::ids::{item_key, shard_of, user_key};
 use crate::model::ServingModel;
-use crate::node::types::{Recommendation, RecommendedItem, ServiceError, StageTiming};
-use crate::node::validate::ValidRecommend;
+use crate::service::types::{Recommendation, RecommendedItem, ServiceError, StageTiming};
+use crate::service::validate::ValidRecommend;
 use crate::ranking::rerank::{rerank, RerankConfig};
 use crate::ranking::score::{
     cascade_phases, feature_rows, finish_cascade, gather_rows, second_phase_rows, Cascade,
@@ -20,8 +19,8 @@ use crate::ranking::score::{
 };
 use crate::ranking::worker::{score_batch, RankWorker, ScoreBatch, ScoreWork};
 use crate::recall::{local_paths, merge, Candidate, PathResult, RecallConfig};
-use crate::replica::CallBatch;
-use crate::shard::{KeyedVectors, VectorTable};
+use crate::routing::{CallBatch, CallContext, SearchSpec, ShardClient};
+use crate::shard::{per_shard_k, KeyedVectors, VectorTable};
 use crate::telemetry::metrics::metrics;
 use crate::userstate::UserReader;
 use actix::Addr;
@@ -337,10 +336,10 @@ async fn fetch_vectors(
 }
 
 /// The copies this request asks first: local, then as few other nodes as
-/// cover the rest (`replica::plan_copies`); None on a single node.
-fn plan_request(shards: &[Arc<dyn ShardClient>]) -> Option<Arc<crate::replica::CopyPlan>> {
+/// cover the rest (`routing::plan_copies`); None on a single node.
+fn plan_request(shards: &[Arc<dyn ShardClient>]) -> Option<Arc<crate::routing::CopyPlan>> {
     static SALT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let mut copies: Vec<Vec<crate::replica::CopyInfo>> = vec![Vec::new(); shards.len()];
+    let mut copies: Vec<Vec<crate::routing::CopyInfo>> = vec![Vec::new(); shards.len()];
     for s in shards {
         if let Some(slot) = copies.get_mut(s.shard() as usize) {
             *slot = s.copies();
@@ -350,7 +349,7 @@ fn plan_request(shards: &[Arc<dyn ShardClient>]) -> Option<Arc<crate::replica::C
         return None;
     }
     let salt = SALT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    crate::replica::plan_copies(&copies, salt).map(Arc::new)
+    crate::routing::plan_copies(&copies, salt).map(Arc::new)
 }
 
 /// Searches every shard at once; returns (hits, vectors, shards answered).
@@ -540,33 +539,5 @@ fn similarity(items: &CandidateItems, a: u64, b: u64) -> f32 {
             shared as f32 / union as f32
         }
         _ => 0.0,
-    }
-}
-
-/// How many hits to ask each of `n_shards` shards for so that the merged
-/// best `ann_k` is nearly the global best `ann_k`. Items spread evenly over
-/// shards by hash, so a shard holds about `ann_k / n_shards` of the true
-/// top; half again plus a constant covers the binomial spread without
-/// making every shard search for the full `ann_k`.
-pub fn per_shard_k(ann_k: usize, n_shards: usize) -> usize {
-    if n_shards <= 1 {
-        ann_k
-    } else {
-        ((ann_k * 3).div_ceil(2 * n_shards) + 10).min(ann_k)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::per_shard_k;
-
-    #[test]
-    fn per_shard_k_covers_the_spread_and_never_exceeds_ann_k() {
-        assert_eq!(per_shard_k(200, 1), 200);
-        assert_eq!(per_shard_k(200, 8), 48);
-        assert_eq!(per_shard_k(200, 12), 35);
-        assert_eq!(per_shard_k(200, 2), 160);
-        assert_eq!(per_shard_k(5, 2), 5);
-        assert!((1..64).all(|s| per_shard_k(200, s) * s >= 200));
     }
 }

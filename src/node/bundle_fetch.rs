@@ -15,7 +15,7 @@
 //! client. Must not touch: loading or serving a version (`rollout`).
 
 use super::cluster_link::ClusterLink;
-use super::types::ServiceError;
+use crate::service::types::ServiceError;
 use crate::bundle::fsio::{fsync_dir, verify_streaming};
 use crate::bundle::manifest::{self, shard_dir, MANIFEST_FILE};
 use crate::bundle::{Bundle, FileEntry, Manifest, OpenCheck};

@@ -12,14 +12,14 @@
 //! (the node's operations call into this only to read the shard map and to
 //! propose writes).
 
-use super::types::ServiceError;
+use crate::service::types::ServiceError;
 use super::Node;
 use crate::cluster::{
     initial_placement, tls, ClusterError, ClusterState, Command, FaultInjector, NodeInfo, NodeTls,
     PeerChannel, RaftNode, RaftSettings, ReplicaState,
 };
 use crate::config::NodeConfig;
-use crate::replica::HealthBook;
+use crate::routing::HealthBook;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -71,7 +71,7 @@ impl ClusterLink {
         let ch = match m.get(&id) {
             Some((a, ch)) if a == addr => ch.clone(),
             _ => {
-                let ch = crate::replica::remote::peer_channel(addr, self.raft.tls())?;
+                let ch = crate::routing::remote::peer_channel(addr, self.raft.tls())?;
                 m.insert(id, (addr.to_string(), ch.clone()));
                 ch
             }

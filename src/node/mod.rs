@@ -16,19 +16,19 @@ pub mod formation;
 pub mod liveness;
 mod moves;
 pub mod rollout;
-pub mod types;
-pub mod validate;
 
 use crate::catalog::Catalog;
 use crate::cluster::{Command, ItemRecord};
-use crate::config::NodeConfig;
-use crate::coordinator::{CallContext, LocalShard, RecommendEnv, SearchSpec, Serving, ShardClient};
+use crate::config::{NodeConfig, ShardSearchEngine, ShardsConfig};
+use crate::coordinator::{RecommendEnv, Serving};
 use crate::eventlog::LogEvent;
 use crate::features::event_strength;
 use crate::ids::{item_key, shard_of, user_key};
 use crate::model::ServingModel;
 use crate::ranking::worker::{start_rank_workers, RankWorker};
-use crate::replica::{RemoteShard, ReplicaSet, ReplicaTarget};
+use crate::routing::{
+    fitting_map, replica_sets, CallContext, LocalShard, RemoteShard, SearchSpec, ShardClient,
+};
 use crate::shard::{Delete, Digest, SearchPool, ShardHandle, ShardIndex, Stats, Upsert};
 use crate::telemetry::metrics::metrics;
 use crate::userstate::{AppliedEvent, ApplyEvents, UserReader, UserStateActor};
@@ -41,7 +41,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
-use types::*;
+use crate::service::types::*;
+use crate::service::validate;
 
 /// A handle to the node; cheap to clone, shared by every front end.
 #[derive(Clone)]
@@ -719,61 +720,29 @@ impl Node {
         };
         let st = link.raft.state();
         let st = st.read();
-        let map = st
-            .shard_map
-            .as_ref()
-            .ok_or_else(|| ServiceError::Unavailable("the cluster has no shard map yet".into()))?;
-        if map.shards != model.shard_count {
-            return Err(ServiceError::FailedPrecondition(format!(
-                "the bundle has {} shards but the cluster has {}; train with --shards {}",
-                model.shard_count, map.shards, map.shards
-            )));
-        }
+        let map = fitting_map(st.shard_map.as_ref(), model.shard_count)?;
         let version: Arc<str> = Arc::from(model.version.as_str());
-        let mut clients: Vec<Arc<dyn ShardClient>> = Vec::with_capacity(map.shards as usize);
-        for s in 0..map.shards {
-            let mut targets = Vec::new();
-            for r in map.replicas_of(s).unwrap_or_default() {
-                if r.node == link.id() {
-                    if r.state == crate::cluster::ReplicaState::Draining {
-                        continue;
-                    }
-                    if let Some(a) = actors.get(&s) {
-                        targets.push(ReplicaTarget {
-                            node: r.node,
-                            local: true,
-                            client: Arc::new(local(s, a)),
-                        });
-                    }
-                    continue;
-                }
-                // Loading copies are not ready and Draining ones are about
-                // to go: neither gets new queries
-                if r.state != crate::cluster::ReplicaState::Active {
-                    continue;
-                }
-                let Some(info) = st.nodes.get(&r.node) else {
-                    continue;
-                };
-                match link.channel(r.node, &info.internal) {
-                    Ok(ch) => targets.push(ReplicaTarget {
-                        node: r.node,
-                        local: false,
-                        client: Arc::new(RemoteShard::new(
-                            s,
-                            r.node,
-                            version.clone(),
-                            ch,
-                            link.max_message_bytes(),
-                            &info.internal,
-                            link.tls().cloned(),
-                        )),
-                    }),
-                    Err(e) => tracing::warn!(node = r.node, error = %e, "cannot reach a replica"),
-                }
-            }
-            clients.push(Arc::new(ReplicaSet::new(s, targets, link.book.clone())));
-        }
+        let own = |s: u32| {
+            actors
+                .get(&s)
+                .map(|a| Arc::new(local(s, a)) as Arc<dyn ShardClient>)
+        };
+        let remote = |s: u32, node: u64, addr: &str| {
+            let ch = link.channel(node, addr)?;
+            Ok(Arc::new(RemoteShard::new(
+                s,
+                node,
+                version.clone(),
+                ch,
+                link.max_message_bytes(),
+                addr,
+                link.tls().cloned(),
+            )) as Arc<dyn ShardClient>)
+        };
+        let clients = replica_sets(map, link.id(), &st.nodes, &own, &remote, &link.book)
+            .into_iter()
+            .map(|set| Arc::new(set) as Arc<dyn ShardClient>)
+            .collect();
         Ok(clients)
     }
 
@@ -1057,17 +1026,17 @@ type LoadedVersion = (
 /// Reads and verifies a bundle and every shard off the async threads.
 async fn load_version(
     dir: PathBuf,
-    expansion_search: usize,
+    search: ShardsConfig,
     hosted: Option<Vec<u32>>,
 ) -> Result<LoadedVersion, ServiceError> {
-    tokio::task::spawn_blocking(move || load_version_blocking(&dir, expansion_search, hosted))
+    tokio::task::spawn_blocking(move || load_version_blocking(&dir, search, hosted))
         .await
         .map_err(|e| ServiceError::Internal(format!("model loading task failed: {e}")))?
 }
 
 fn load_version_blocking(
     dir: &Path,
-    expansion_search: usize,
+    search: ShardsConfig,
     hosted: Option<Vec<u32>>,
 ) -> Result<LoadedVersion, ServiceError> {
     let precondition = |e: String| {
@@ -1088,7 +1057,7 @@ fn load_version_blocking(
         let shard = bundle
             .load_shard(s)
             .map_err(|e| precondition(e.to_string()))?;
-        indexes.push(ShardIndex::from_loaded(shard, expansion_search));
+        indexes.push(shard_index(shard, search));
     }
     Ok((loaded.model, loaded.user_states, indexes))
 }
@@ -1097,7 +1066,7 @@ fn load_version_blocking(
 /// `shard_count` shards), checked as a full load checks them.
 fn load_shards_blocking(
     dir: &Path,
-    expansion_search: usize,
+    search: ShardsConfig,
     shard_count: u32,
     shards: &[u32],
 ) -> Result<Vec<ShardIndex>, ServiceError> {
@@ -1119,9 +1088,18 @@ fn load_shards_blocking(
         let shard = bundle
             .load_shard(s)
             .map_err(|e| precondition(e.to_string()))?;
-        out.push(ShardIndex::from_loaded(shard, expansion_search));
+        out.push(shard_index(shard, search));
     }
     Ok(out)
+}
+
+/// A loaded shard, searched as `[shards]` says.
+fn shard_index(shard: crate::bundle::LoadedShard, search: ShardsConfig) -> ShardIndex {
+    let mut index = ShardIndex::from_loaded(shard, search.expansion_search);
+    if search.search == ShardSearchEngine::Usearch {
+        index.search_through_usearch();
+    }
+    index
 }
 
 /// `data_dir/serving.json`: which model version is live and the first
@@ -1161,5 +1139,16 @@ impl ServingMark {
             std::fs::File::open(dir)?.sync_all()?;
         }
         Ok(())
+    }
+}
+
+/// Routing refusals as the service reports them.
+impl From<crate::routing::RoutingError> for ServiceError {
+    fn from(e: crate::routing::RoutingError) -> Self {
+        use crate::routing::RoutingError::*;
+        match e {
+            NoShardMap => ServiceError::Unavailable(e.to_string()),
+            ShardCount { .. } => ServiceError::FailedPrecondition(e.to_string()),
+        }
     }
 }

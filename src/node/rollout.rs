@@ -18,7 +18,7 @@
 
 use super::bundle_fetch;
 use super::cluster_link::{service_error, ClusterLink};
-use super::types::ServiceError;
+use crate::service::types::ServiceError;
 use super::{load_version, Node, ServingMark};
 use crate::catalog::Catalog;
 use crate::cluster::{Command, ModelRef};
@@ -148,9 +148,9 @@ impl Node {
     /// carried over. Nothing is served from it until `switch_to`.
     pub(super) async fn prepare(&self, dir: PathBuf) -> Result<Prepared, ServiceError> {
         let pool = self.inner.search_pool.clone();
-        let ef = self.inner.config.shards.expansion_search;
+        let search = self.inner.config.shards;
         let hosted = self.hosted_shards();
-        let (model, user_states, indexes) = load_version(dir.clone(), ef, hosted).await?;
+        let (model, user_states, indexes) = load_version(dir.clone(), search, hosted).await?;
         let model = Arc::new(model);
         let actors: BTreeMap<u32, ShardHandle> = indexes
             .into_iter()
@@ -200,10 +200,10 @@ impl Node {
             .filter(|s| !have.contains_key(s))
             .collect();
         let pool = self.inner.search_pool.clone();
-        let ef = self.inner.config.shards.expansion_search;
+        let search = self.inner.config.shards;
         let shard_count = cur.model.shard_count;
         let indexes = tokio::task::spawn_blocking(move || {
-            super::load_shards_blocking(&dir, ef, shard_count, &added)
+            super::load_shards_blocking(&dir, search, shard_count, &added)
         })
         .await
         .map_err(|e| ServiceError::Internal(format!("shard loading task failed: {e}")))??;

@@ -59,6 +59,9 @@ pub struct ShardIndex {
     retired_count: usize,
     /// Rows upserted since the graph was copied, searched exactly.
     changed: Vec<u32>,
+    /// Searches go through usearch's own search and no graph copy is kept
+    /// (`shards.search = "usearch"`).
+    library_only: bool,
     expansion_search: AtomicUsize,
     searches: AtomicU64,
     upserts: u64,
@@ -88,6 +91,7 @@ impl ShardIndex {
             retired: Vec::new(),
             retired_count: 0,
             changed: Vec::new(),
+            library_only: false,
             expansion_search: AtomicUsize::new(ef.max(1)),
             searches: AtomicU64::new(0),
             upserts: 0,
@@ -136,6 +140,16 @@ impl ShardIndex {
         self.changed.clear();
     }
 
+    /// From now on searches go through usearch's own search and the graph
+    /// copy is dropped, never taken again (`shards.search = "usearch"`).
+    pub fn search_through_usearch(&mut self) {
+        self.library_only = true;
+        self.graph = None;
+        self.retired.clear();
+        self.retired_count = 0;
+        self.changed.clear();
+    }
+
     /// Copies the graph again once the changes beside it are many.
     fn maybe_copy_graph(&mut self) {
         let Some(g) = &self.graph else { return };
@@ -168,7 +182,7 @@ impl ShardIndex {
     }
 
     /// Whether searches walk funnel's copy of the graph (false: usearch's
-    /// own search, after a failed copy).
+    /// own search, after a failed copy or when configured).
     pub fn walks_own_graph(&self) -> bool {
         self.graph.is_some()
     }
@@ -436,6 +450,7 @@ mod tests {
     use crate::bundle::IndexParams;
     use crate::matrix::Matrix;
     use crate::rng::Rng;
+    use std::sync::Arc;
 
     const DIM: usize = 8;
 
@@ -554,5 +569,32 @@ mod tests {
             same += walk.iter().filter(|k| lib.contains(k)).count();
         }
         assert!(same >= 285, "{same} of 300 hits in common");
+    }
+
+    #[test]
+    fn a_shard_told_to_search_through_usearch_keeps_no_copy_and_sees_its_writes() {
+        let mut ix = shard(1000, 8);
+        ix.search_through_usearch();
+        assert!(!ix.walks_own_graph());
+        let mut rng = Rng::new(9);
+        let q = unit(&mut rng);
+        // more changes than would take a new copy: none is taken
+        let batch: Vec<(u64, Vec<f32>)> = (0..300u64)
+            .map(|i| (70_000 + i, unit(&mut rng)))
+            .chain([(99_999, q.clone())])
+            .collect();
+        ix.upsert(&batch).unwrap();
+        assert!(!ix.walks_own_graph() && ix.changed.is_empty());
+        let excluded = SearchFilter {
+            exclude: Arc::new(vec![10, 11]),
+            ..SearchFilter::default()
+        };
+        let hits = ix.search(&q, 5, &excluded).unwrap();
+        assert_eq!(hits[0].0, 99_999, "{hits:?}");
+        assert!((hits[0].1 - 1.0).abs() < 1e-5);
+        ix.delete(&[99_999]).unwrap();
+        let hits = ix.search(&q, 50, &excluded).unwrap();
+        assert!(hits.iter().all(|h| ![99_999, 10, 11].contains(&h.0)));
+        assert_eq!(hits.len(), 50);
     }
 }

@@ -32,6 +32,15 @@ pub struct RecallCheck {
     /// the same ef, measured the same way (the reference for the walk).
     pub usearch_recall: f64,
     pub usearch_ms_per_query: f64,
+    /// Cold time of one query's approximate search: one pass over
+    /// queries never searched before (as serving sees them: every request
+    /// a different user), shards one after another on one thread.
+    pub ann_cold_ms_per_query: f64,
+    /// The same for usearch's own search, over another set of unseen
+    /// queries (so neither path runs on caches the other warmed).
+    pub usearch_cold_ms_per_query: f64,
+    /// Unseen queries timed per path in the cold pass.
+    pub cold_queries: usize,
     /// Mean time of one query's exact scan (all shards, in parallel).
     pub exact_ms_per_query: f64,
 }
@@ -153,12 +162,32 @@ fn measure(
     })
 }
 
+/// Time per query of one pass over `queries`, each searched once.
+fn time_once(
+    indexes: &[ShardIndex],
+    search: ShardSearch,
+    queries: &[Vec<f32>],
+    k: usize,
+    per_shard_k: usize,
+) -> Result<f64, ShardError> {
+    if queries.is_empty() {
+        return Ok(0.0);
+    }
+    let t = Instant::now();
+    for q in queries {
+        std::hint::black_box(sharded_top_k(indexes, search, q, k, per_shard_k)?);
+    }
+    Ok(t.elapsed().as_secs_f64() * 1000.0 / queries.len() as f64)
+}
+
 /// Measures recall@k of the sharded ANN search against the exact scan, and
 /// its warm single-thread time, for funnel's walk and for usearch's own
-/// search of the same indexes.
+/// search of the same indexes; then each path's cold time over its own
+/// half of `unseen` (queries not among `queries`).
 pub fn ann_recall(
     indexes: &[ShardIndex],
     queries: &[Vec<f32>],
+    unseen: &[Vec<f32>],
     k: usize,
     per_shard_k: usize,
 ) -> Result<RecallCheck, ShardError> {
@@ -175,6 +204,15 @@ pub fn ann_recall(
     let exact_s = t.elapsed().as_secs_f64();
     let walked = measure(indexes, walk, queries, &truth, k, per_shard_k)?;
     let lib = measure(indexes, library, queries, &truth, k, per_shard_k)?;
+    let (cold_walk, cold_lib) = unseen.split_at(unseen.len() / 2);
+    let ann_cold = time_once(indexes, walk, cold_walk, k, per_shard_k)?;
+    let lib_cold = time_once(
+        indexes,
+        library,
+        &cold_lib[..cold_walk.len()],
+        k,
+        per_shard_k,
+    )?;
     Ok(RecallCheck {
         queries: truth.iter().filter(|t| !t.is_empty()).count(),
         items: indexes.iter().map(|i| i.len()).sum(),
@@ -186,6 +224,9 @@ pub fn ann_recall(
         ann_ms_per_query: walked.ms_per_query,
         usearch_recall: lib.recall,
         usearch_ms_per_query: lib.ms_per_query,
+        ann_cold_ms_per_query: ann_cold,
+        usearch_cold_ms_per_query: lib_cold,
+        cold_queries: cold_walk.len(),
         exact_ms_per_query: if queries.is_empty() {
             0.0
         } else {
@@ -198,6 +239,8 @@ pub fn ann_recall(
 #[derive(Debug, Clone)]
 pub struct BundleCheckOptions {
     pub queries: usize,
+    /// Unseen queries each path is timed on once (the cold figure).
+    pub cold_queries: usize,
     pub k: usize,
     /// usearch ef values at query time to measure, one report each (the
     /// node's `shards.expansion_search` is the one that serves).
@@ -300,8 +343,13 @@ pub fn check_bundle(
     }
     let mut rng = crate::rng::Rng::new(opts.seed);
     rng.shuffle(&mut candidates);
-    candidates.truncate(opts.queries.max(1));
-    let per_shard = crate::coordinator::per_shard_k(opts.k, indexes.len());
+    // the first `queries` are measured for recall and warm time; the next
+    // ones, never searched before, for cold time (fewer if the bundle
+    // holds fewer vectors)
+    let warm_n = opts.queries.max(1).min(candidates.len());
+    candidates.truncate(warm_n + 2 * opts.cold_queries);
+    let unseen = candidates.split_off(warm_n);
+    let per_shard = super::per_shard_k(opts.k, indexes.len());
     let efs = if opts.expansion_search.is_empty() {
         vec![params.expansion_search as usize]
     } else {
@@ -310,8 +358,8 @@ pub fn check_bundle(
     efs.into_iter()
         .map(|ef| {
             indexes.iter().for_each(|ix| ix.set_expansion_search(ef));
-            let check =
-                ann_recall(&indexes, &candidates, opts.k, per_shard).map_err(|e| e.to_string())?;
+            let check = ann_recall(&indexes, &candidates, &unseen, opts.k, per_shard)
+                .map_err(|e| e.to_string())?;
             Ok(BundleCheck {
                 expansion_search: ef,
                 index: params.clone(),
@@ -388,12 +436,22 @@ mod tests {
         let queries: Vec<Vec<f32>> = (0..30)
             .map(|_| (0..16).map(|_| rng.normal() as f32).collect())
             .collect();
-        let r = ann_recall(&ix, &queries, 50, 50).unwrap();
+        let unseen: Vec<Vec<f32>> = (0..21)
+            .map(|_| (0..16).map(|_| rng.normal() as f32).collect())
+            .collect();
+        let r = ann_recall(&ix, &queries, &unseen, 50, 50).unwrap();
         assert_eq!(r.queries, 30);
         assert_eq!(r.items, 4000);
         assert!(r.recall > 0.9 && r.recall <= 1.0, "{r:?}");
+        // each path is timed cold on its own half of the unseen queries
+        assert_eq!(r.cold_queries, 10);
+        assert!(r.ann_cold_ms_per_query > 0.0 && r.usearch_cold_ms_per_query > 0.0);
         // asking each shard for too few misses the items of crowded shards
-        let starved = ann_recall(&ix, &queries, 50, 5).unwrap();
+        let starved = ann_recall(&ix, &queries, &[], 50, 5).unwrap();
+        assert_eq!(
+            (starved.cold_queries, starved.ann_cold_ms_per_query),
+            (0, 0.0)
+        );
         assert!(starved.recall <= 20.0 / 50.0 + 1e-9, "{starved:?}");
     }
 
@@ -422,8 +480,8 @@ mod tests {
                 }
             }
         }
-        let r_half = ann_recall(&half, &queries, 30, 30).unwrap();
-        let r_full = ann_recall(&full, &queries, 30, 30).unwrap();
+        let r_half = ann_recall(&half, &queries, &[], 30, 30).unwrap();
+        let r_full = ann_recall(&full, &queries, &[], 30, 30).unwrap();
         assert!(
             r_half.recall >= r_full.recall - 0.05,
             "f16 {r_half:?} vs f32 {r_full:?}"

@@ -23,7 +23,7 @@ pub struct Metrics {
     pub events: IntCounterVec,
     /// Second requests sent to another replica because the first was slow.
     pub hedged_requests: prometheus::IntCounter,
-    /// Hedges the budget refused (`replica::HedgeBudget`).
+    /// Hedges the budget refused (`routing::HedgeBudget`).
     pub hedges_refused: prometheus::IntCounter,
     /// Searches this node answered for other nodes' coordinators, by how
     /// they came: alone (`search`) or in a `SearchBatch` (`batch`).

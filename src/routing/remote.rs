@@ -6,11 +6,11 @@
 //! all searches for one node together.
 
 use super::batch::{status_text, with_deadline, Enqueued};
+use super::client::{CallContext, SearchSpec, ShardCallError, ShardClient, VectorsResult};
 use crate::cluster::proto::shard_data_client::ShardDataClient;
 use crate::cluster::proto::ShardSearchRequest;
 use crate::cluster::tls::{internal_endpoint, NodeTls};
 use crate::cluster::PeerChannel;
-use crate::coordinator::{CallContext, SearchSpec, ShardCallError, ShardClient, VectorsResult};
 use crate::shard::{KeyedVectors, SearchResult};
 use futures::future::BoxFuture;
 use std::sync::Arc;

@@ -11,7 +11,6 @@
 //! Owns: the queue and the per-node dispatch. Must not touch: which copy
 //! to ask (`set`) or what an answer means (`remote` checks each one).
 
-use crate::api::internal::MAX_BATCH_SEARCHES;
 use crate::cluster::proto::shard_data_client::ShardDataClient;
 use crate::cluster::proto::{
     shard_search_outcome, ShardSearchBatch, ShardSearchRequest, ShardSearchResponse,
@@ -21,6 +20,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::oneshot;
+
+/// Most searches one `SearchBatch` may carry (the serving side refuses
+/// more); a coordinator sends at most one per shard a node holds.
+pub const MAX_BATCH_SEARCHES: usize = 256;
 
 /// The answer to one queued search: the response, or why it failed
 /// ("code: message").

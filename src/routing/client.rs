@@ -1,10 +1,10 @@
-//! How the coordinator reaches a shard: a local actor or (in a cluster) a
-//! remote node. Both take the same serialisable search spec, so a remote
-//! node can rebuild the filter with its own catalogue.
+//! The shard client: what a request asks of one shard (`SearchSpec`), how
+//! the call is sent (`CallContext`) and the trait every copy, local or
+//! remote, answers through. Both kinds take the same serialisable spec, so
+//! a remote node can rebuild the filter with its own catalogue.
 
-use crate::catalog::Catalog;
 use crate::ids::shard_of;
-use crate::shard::{KeyedVectors, Search, SearchFilter, SearchResult, ShardHandle};
+use crate::shard::{KeyedVectors, SearchResult};
 use futures::future::BoxFuture;
 use std::sync::Arc;
 
@@ -31,12 +31,12 @@ pub struct CallContext {
     pub deadline: Option<std::time::Instant>,
     /// Remote copies queue their search here while the fan-out starts
     /// every shard's call, so the searches for one node share one RPC
-    /// (`replica::CallBatch`); `None`, or a batch already sent (hedges,
+    /// (`routing::CallBatch`); `None`, or a batch already sent (hedges,
     /// fail-overs): the call goes out on its own.
-    pub batch: Option<Arc<crate::replica::CallBatch>>,
+    pub batch: Option<Arc<super::CallBatch>>,
     /// The copy each shard asks first, planned for the whole request
-    /// (`replica::plan_copies`); None: each shard's own order.
-    pub plan: Option<Arc<crate::replica::CopyPlan>>,
+    /// (`routing::plan_copies`); None: each shard's own order.
+    pub plan: Option<Arc<super::CopyPlan>>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -56,7 +56,7 @@ pub trait ShardClient: Send + Sync {
     fn vectors(&self, keys: Arc<[u64]>) -> BoxFuture<'static, VectorsResult>;
     /// The copies behind this client, for planning a request's copies
     /// (empty: one copy, nothing to choose).
-    fn copies(&self) -> Vec<crate::replica::CopyInfo> {
+    fn copies(&self) -> Vec<super::CopyInfo> {
         Vec::new()
     }
 }
@@ -91,73 +91,6 @@ impl SearchSpec {
                 fetch: Arc::from(fetch),
             })
             .collect()
-    }
-}
-
-/// The filter of a spec against a catalogue: not excluded, not deleted (as
-/// of the search's start), and in a wanted category.
-pub fn search_filter(spec: &SearchSpec, catalog: Arc<Catalog>) -> SearchFilter {
-    let deleted = catalog.deleted_set();
-    let predicate: Option<crate::shard::KeepFn> = spec.categories.clone().map(|want| {
-        Arc::new(move |key: u64| catalog.live_view().allows(key, Some(&want)))
-            as crate::shard::KeepFn
-    });
-    SearchFilter {
-        exclude: spec.exclude.clone(),
-        deleted,
-        predicate,
-    }
-}
-
-/// A shard copy held by this process.
-pub struct LocalShard {
-    pub shard: u32,
-    pub handle: ShardHandle,
-    pub catalog: Arc<Catalog>,
-}
-
-impl ShardClient for LocalShard {
-    fn shard(&self) -> u32 {
-        self.shard
-    }
-
-    fn search(
-        &self,
-        spec: SearchSpec,
-        _: CallContext,
-    ) -> BoxFuture<'static, Result<SearchResult, ShardCallError>> {
-        let filter = search_filter(&spec, self.catalog.clone());
-        let msg = Search {
-            query: spec.query,
-            k: spec.k,
-            filter,
-            fetch: spec.fetch,
-        };
-        let handle = self.handle.clone();
-        let shard = self.shard;
-        Box::pin(async move {
-            handle
-                .search(msg)
-                .await
-                .map_err(|e| ShardCallError::Failed {
-                    shard,
-                    reason: e.to_string(),
-                })
-        })
-    }
-
-    fn vectors(&self, keys: Arc<[u64]>) -> BoxFuture<'static, VectorsResult> {
-        let handle = self.handle.clone();
-        let shard = self.shard;
-        Box::pin(async move {
-            handle
-                .vectors(keys)
-                .await
-                .map_err(|e| ShardCallError::Failed {
-                    shard,
-                    reason: e.to_string(),
-                })
-        })
     }
 }
 

@@ -3,9 +3,9 @@
 //! when the first is slower than its recent p95. The caller's deadline
 //! bounds everything (the coordinator wraps each shard call in it).
 
+use super::client::{CallContext, SearchSpec, ShardCallError, ShardClient, VectorsResult};
 use super::health::{try_order, HealthBook};
 use super::plan::CopyInfo;
-use crate::coordinator::{CallContext, SearchSpec, ShardCallError, ShardClient, VectorsResult};
 use crate::shard::SearchResult;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};

@@ -1,0 +1,13 @@
+//! The service's operations as the rest of the crate sees them, below
+//! every front end and above nothing that serves: the request and response
+//! types of each operation (`types`), the one error enum callers tell cases
+//! apart by (`ServiceError`), and edge validation (`validate`: a request is
+//! checked completely before anything changes).
+//!
+//! Owns: those types and checks, plain code. Must not touch: actors, the
+//! network, disk, or any wire format (`api` converts to and from these).
+
+pub mod types;
+pub mod validate;
+
+pub use types::*;
