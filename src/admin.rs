@@ -13,8 +13,8 @@
 pub mod cluster_ops;
 pub mod faults;
 
-use crate::bench::client::{build_client, send_json};
-use crate::cluster::tls::{error_chain, internal_endpoint, speaks_tls, NodeTls};
+use crate::http_client::{build_client, send_json};
+use crate::tls::{error_chain, internal_endpoint, speaks_tls, NodeTls};
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use std::path::PathBuf;

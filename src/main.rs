@@ -4,7 +4,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use funnel::eval::run::{EvalOptions, Search};
-use funnel::eval::split::Variant;
+use funnel::dataset::split::Variant;
 use funnel::gen::GenParams;
 use funnel::ingest::DataArgs;
 use funnel::training::pipeline::PipelineParams;
@@ -639,7 +639,7 @@ fn run(cli: Cli) -> Result<()> {
             command,
         } => {
             use funnel::admin::cluster_ops::ClusterOp;
-            let tls = funnel::cluster::NodeTls::from_flags(tls_cert, tls_key, tls_ca)?;
+            let tls = funnel::tls::NodeTls::from_flags(tls_cert, tls_key, tls_ca)?;
             let tls = tls.as_ref();
             let (op, json) = match command {
                 AdminCommand::Publish {

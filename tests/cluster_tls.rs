@@ -22,7 +22,7 @@ mod pki;
 
 use funnel::cluster::proto::control_client::ControlClient;
 use funnel::cluster::proto::StatusRequest;
-use funnel::cluster::tls::{NodeTls, ADMIN_FLAGS};
+use funnel::tls::{NodeTls, ADMIN_FLAGS};
 use funnel::cluster::{ClusterView, ReplicaState};
 use funnel::config::TlsFiles;
 use pki::{tls_section, TestCa};

@@ -13,7 +13,8 @@
 
 mod support;
 
-use funnel::config::{parse_host_port, NodeConfig};
+use funnel::config::NodeConfig;
+use funnel::net::parse_host_port;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};

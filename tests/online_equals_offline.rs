@@ -6,7 +6,7 @@ mod support;
 
 use funnel::eval::metrics::evaluate;
 use funnel::eval::run::{run, EvalOptions, ExportedEval, Search};
-use funnel::eval::split::Variant;
+use funnel::dataset::split::Variant;
 use funnel::ingest::{load, DataArgs};
 use funnel::training::pipeline::PipelineParams;
 use serde_json::json;

@@ -8,7 +8,7 @@
 //! Must not touch: the fault schedule or the history (`faults.rs` decides
 //! what to do to a node, `history.rs` records it).
 
-use funnel::bench::client::{build_client, send_json, ErrorKind, HttpClient};
+use funnel::http_client::{build_client, send_json, ErrorKind, HttpClient};
 use funnel::cluster::proto::control_client::ControlClient;
 use funnel::cluster::proto::shard_data_client::ShardDataClient;
 use funnel::cluster::proto::{ShardDigestRequest, ShardSearchRequest, StatusRequest};

@@ -13,7 +13,7 @@
 
 use crate::cluster::{status_at, DIM, USERS};
 use crate::history::{LeaderObs, OpKind, OpRecord, Outcome, Recorder};
-use funnel::bench::client::{build_client, send_json, ErrorKind, HttpClient};
+use funnel::http_client::{build_client, send_json, ErrorKind, HttpClient};
 use funnel::rng::Rng;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};

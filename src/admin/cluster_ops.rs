@@ -17,8 +17,9 @@ use crate::cluster::moves::{
 };
 use crate::cluster::{
     plan_drain, plan_rebalance, propose_via, ClusterError, ClusterView, Command, NodeInfo,
-    NodeStatus, NodeTls, ShardMap, Transfer,
+    NodeStatus, ShardMap, Transfer,
 };
+use crate::tls::NodeTls;
 use anyhow::{anyhow, bail, Result};
 use std::collections::BTreeMap;
 use std::fmt::Write;

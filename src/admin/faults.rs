@@ -94,21 +94,21 @@ pub fn rules_from_flags(f: &FaultFlags) -> Result<FaultRules> {
 pub fn run(
     addr: &str,
     token: &str,
-    tls: Option<&crate::cluster::NodeTls>,
+    tls: Option<&crate::tls::NodeTls>,
     rules: FaultRules,
 ) -> Result<String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let ch = crate::cluster::tls::internal_endpoint(addr, tls, Duration::from_secs(2))?
+        let ch = crate::tls::internal_endpoint(addr, tls, Duration::from_secs(2))?
             .timeout(Duration::from_secs(10))
             .connect()
             .await
             .map_err(|e| {
                 anyhow!(
                     "connecting to {addr}: {}; give a node's internal address (cluster.internal)",
-                    crate::cluster::tls::error_chain(&e)
+                    crate::tls::error_chain(&e)
                 )
             })?;
         let mut req = tonic::Request::new(rules);

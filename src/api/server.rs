@@ -31,9 +31,34 @@ where
     let node = Node::start(config.clone()).await?;
     let (stop_cluster, cluster_stopping) = tokio::sync::watch::channel(false);
     if config.is_cluster() {
-        let link =
-            crate::node::cluster_link::start_cluster(node.clone(), &config, cluster_stopping)
-                .await?;
+        // the data and ops services beside Raft on the internal port are the
+        // api's to build; the node only hosts them
+        let (for_rpc, me, token) = (node.clone(), config.node.id, config.api.admin_token.clone());
+        let fault_injection = config.cluster.as_ref().is_some_and(|c| c.fault_injection);
+        let services = move |routes: tonic::service::Routes,
+                             faults: &crate::cluster::FaultInjector,
+                             max: usize| {
+            routes
+                .add_service(super::internal::shard_data_service(for_rpc.clone(), max))
+                .add_service(super::bundle_files::bundle_files_service(
+                    for_rpc.clone(),
+                    max,
+                ))
+                .add_service(super::admin_service::admin_service(for_rpc))
+                .add_service(super::fault_service::fault_service(
+                    me,
+                    fault_injection,
+                    token,
+                    faults.clone(),
+                ))
+        };
+        let link = crate::node::cluster_link::start_cluster(
+            node.clone(),
+            &config,
+            cluster_stopping,
+            services,
+        )
+        .await?;
         tracing::info!(node_id = config.node.id, internal = %link.raft.internal_addr(), "joined the cluster");
     }
     let max = config.api.max_message_bytes;

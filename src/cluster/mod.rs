@@ -8,7 +8,7 @@
 //! durable Raft storage on redb (`log_store`, `state_machine`), the vote
 //! fence of a node whose storage started empty (`vote_fence`), the gRPC
 //! transport with fault injection (`network`, `service`, `fault`,
-//! `peer_channel`), optional mTLS between nodes (`tls`) and the
+//! `peer_channel`; mTLS settings come from the top-level `tls`) and the
 //! node handle (`node`). Must not touch: shard
 //! data, model bundles or the public API; those watch `RaftNode::subscribe`
 //! and read `RaftNode::state`.
@@ -25,7 +25,6 @@ pub mod placement;
 pub mod service;
 pub mod state;
 pub mod state_machine;
-pub mod tls;
 pub mod types;
 pub mod vote_fence;
 
@@ -47,5 +46,4 @@ pub use state::{
     NodeInfo, NodeStatus, Replica, ReplicaState, ShardMap, StateSummary,
 };
 pub use state_machine::{StateHandle, StateMachineStore};
-pub use tls::NodeTls;
 pub use types::{NodeId, TypeConfig};

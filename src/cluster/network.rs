@@ -40,7 +40,7 @@ use super::proto::control_client::ControlClient;
 use super::proto::raft_client::RaftClient;
 use super::proto::{PayloadFormat, RaftBytes};
 use super::state::NodeInfo;
-use super::tls::{internal_endpoint, NodeTls};
+use crate::tls::{internal_endpoint, NodeTls};
 use super::types::{NodeId, TypeConfig};
 
 /// Encodes a value for a cluster message payload (postcard).

@@ -33,7 +33,7 @@ use super::proto::PayloadFormat;
 use super::service::{ControlService, RaftService};
 use super::state::{Command, CommandResult, NodeInfo, StateSummary};
 use super::state_machine::{StateHandle, StateMachineStore};
-use super::tls::{internal_endpoint, NodeTls};
+use crate::tls::{internal_endpoint, NodeTls};
 use super::types::{NodeId, Raft, RaftMetrics};
 use super::vote_fence::VoteFence;
 
@@ -198,7 +198,7 @@ pub async fn propose_via(
         .map_err(|e| transport(e.to_string()))?
         .connect()
         .await
-        .map_err(|e| transport(super::tls::error_chain(&e)))?;
+        .map_err(|e| transport(crate::tls::error_chain(&e)))?;
     let mut client = proto::control_client::ControlClient::new(channel);
     let mut request = tonic::Request::new(proto::WriteRequest {
         format: PayloadFormat::Postcard as i32,
@@ -582,7 +582,7 @@ impl RaftNode {
             server = server.tls_config(tls.server_config()).map_err(|e| {
                 ClusterError::Config(format!(
                     "cluster.tls: the internal server cannot use the TLS settings ({tls:?}): {}",
-                    super::tls::error_chain(&e)
+                    crate::tls::error_chain(&e)
                 ))
             })?;
         }

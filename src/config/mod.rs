@@ -36,7 +36,6 @@ pub use node::{
     RankingConfig, ShardSearchEngine, ShardsConfig, StageBudget, StageDeadlines, TlsFiles,
 };
 pub use span::TextPos;
-pub use validate::{parse_host_port, HostPort};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -10,6 +10,7 @@
 //! name any subset of its keys, and a misspelt key is an error instead of a
 //! silently ignored setting.
 
+pub use crate::tls::TlsFiles;
 use crate::eventlog::{EventLogOptions, FsyncPolicy};
 use crate::ranking::rerank::RerankConfig;
 use crate::ranking::score::Cascade;
@@ -364,22 +365,6 @@ pub struct ClusterMember {
     pub grpc: String,
 }
 
-/// `cluster.tls`: PEM files for mTLS between nodes.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub ca: PathBuf,
-}
-
-impl TlsFiles {
-    pub fn is_empty(&self) -> bool {
-        [&self.cert, &self.key, &self.ca]
-            .iter()
-            .all(|p| p.as_os_str().is_empty())
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -9,9 +9,9 @@
 //! the certificate, the CA accepts it, its SAN covers this node's host).
 
 use super::node::{ClusterConfig, NodeConfig};
-use crate::cluster::tls::{self, NodeTls};
+use crate::tls::{self, NodeTls};
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use crate::net::{parse_host_port, HostPort};
 
 /// Largest id a node can have: TOML integers are signed 64-bit, so a larger
 /// id could not be written back by `--print-config`.
@@ -27,69 +27,6 @@ pub const MIN_MESSAGE_BYTES: usize = 1024;
 /// Budget shares may add up to slightly more than 1.0 through decimal
 /// rounding (0.1 + 0.2 + ...); this much is tolerated.
 const BUDGET_EPSILON: f64 = 1e-9;
-
-/// A HOST:PORT string split into its parts. `host` keeps IPv6 brackets off.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostPort {
-    pub host: String,
-    pub port: u16,
-}
-
-impl HostPort {
-    /// 0.0.0.0 and [::] bind every interface, so they clash with any host
-    /// on the same port.
-    fn binds_everything(&self) -> bool {
-        self.host == "0.0.0.0" || self.host == "::"
-    }
-}
-
-/// Checks the form of an address without resolving it: an IP socket
-/// address (`127.0.0.1:8080`, `[::1]:8080`) or a host name with a port
-/// (`node1:7001`), which is resolved when the node binds or connects.
-/// Port 0 is accepted here (it means "any free port" for a bind).
-pub fn parse_host_port(text: &str) -> Result<HostPort, String> {
-    const FORM: &str = "expected HOST:PORT such as 127.0.0.1:8080, [::1]:8080 or node1:8080";
-    if let Ok(addr) = text.parse::<SocketAddr>() {
-        return Ok(HostPort {
-            host: addr.ip().to_string(),
-            port: addr.port(),
-        });
-    }
-    let Some((host, port)) = text.rsplit_once(':') else {
-        return Err(format!("{text:?} has no port; {FORM}"));
-    };
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("{text:?} has port {port:?}, not a number in 0..=65535; {FORM}"))?;
-    if host.contains(':') || host.starts_with('[') {
-        return Err(format!(
-            "{text:?} is not a valid IPv6 socket address; write it in brackets, like [::1]:{port}"
-        ));
-    }
-    if !is_host_name(host) {
-        return Err(format!(
-            "{text:?} has host {host:?}, which is neither an IP address nor a host name \
-             (letters, digits, '-', '_' and '.'); {FORM}"
-        ));
-    }
-    Ok(HostPort {
-        host: host.to_ascii_lowercase(),
-        port,
-    })
-}
-
-fn is_host_name(host: &str) -> bool {
-    !host.is_empty()
-        && host.len() <= 253
-        && host.split('.').all(|label| {
-            !label.is_empty()
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        })
-}
 
 /// Every problem with `cfg`, each naming its key; empty when it is valid.
 pub fn problems(cfg: &NodeConfig) -> Vec<String> {
@@ -465,48 +402,6 @@ fn check_bind_clashes(cfg: &NodeConfig, out: &mut Vec<String>) {
                     b.port
                 ));
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_port_accepts_ips_and_host_names() {
-        assert_eq!(
-            parse_host_port("127.0.0.1:8080").unwrap(),
-            HostPort {
-                host: "127.0.0.1".into(),
-                port: 8080
-            }
-        );
-        assert_eq!(parse_host_port("[::1]:0").unwrap().host, "::1");
-        assert_eq!(parse_host_port("node1:7001").unwrap().port, 7001);
-        assert_eq!(
-            parse_host_port("Funnel-2.svc.local:1").unwrap().host,
-            "funnel-2.svc.local"
-        );
-    }
-
-    #[test]
-    fn host_port_refuses_malformed_addresses() {
-        for bad in [
-            "",
-            "8080",
-            "node1",
-            ":8080",
-            "node1:",
-            "node1:65536",
-            "node1:http",
-            "::1:8080",
-            "no de:1",
-            "-node:1",
-            "a..b:1",
-            "[::1]:x",
-        ] {
-            assert!(parse_host_port(bad).is_err(), "{bad:?} should be refused");
         }
     }
 }

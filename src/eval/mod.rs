@@ -2,7 +2,8 @@
 //! temporal per-user split, full ranking, Recall/NDCG/HR/Coverage at 10 and
 //! 20, hyper-parameters chosen on the validation phase only.
 //!
-//! Owns: the split, the metrics, and the evaluation runs that put each
+//! Owns: the metrics and the evaluation runs (the split they use is
+//! `dataset::split`, shared with training) that put each
 //! recall path, the merged candidate set and the ranked pipeline side by
 //! side. Must not touch: serving, bundles on disk (it only reads the
 //! dataset it is given).
@@ -10,4 +11,3 @@
 pub mod metrics;
 pub mod report;
 pub mod run;
-pub mod split;

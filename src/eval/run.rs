@@ -4,7 +4,7 @@
 //! values, and that is the figure reported.
 
 use super::metrics::{evaluate, top_k, user_metrics, Metrics};
-use super::split::{protocol_splits, Split, SplitStats, Variant};
+use crate::dataset::split::{protocol_splits, Split, SplitStats, Variant};
 use crate::dataset::Dataset;
 use crate::features::Demographics;
 use crate::ids::item_key;

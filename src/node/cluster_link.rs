@@ -15,9 +15,10 @@
 use crate::service::types::ServiceError;
 use super::Node;
 use crate::cluster::{
-    initial_placement, tls, ClusterError, ClusterState, Command, FaultInjector, NodeInfo, NodeTls,
-    PeerChannel, RaftNode, RaftSettings, ReplicaState,
+    initial_placement, ClusterError, ClusterState, Command, FaultInjector, NodeInfo, PeerChannel,
+    RaftNode, RaftSettings, ReplicaState,
 };
+use crate::tls::{self, NodeTls};
 use crate::config::NodeConfig;
 use crate::routing::HealthBook;
 use std::collections::HashMap;
@@ -85,7 +86,7 @@ impl ClusterLink {
     }
 
     /// This node's TLS identity for internal calls (None: plain TCP).
-    pub fn tls(&self) -> Option<&crate::cluster::tls::NodeTls> {
+    pub fn tls(&self) -> Option<&crate::tls::NodeTls> {
         self.raft.tls()
     }
 
@@ -200,6 +201,11 @@ pub async fn start_cluster(
     node: Node,
     config: &NodeConfig,
     shutdown: watch::Receiver<bool>,
+    internal_services: impl FnOnce(
+        tonic::service::Routes,
+        &FaultInjector,
+        usize,
+    ) -> tonic::service::Routes,
 ) -> anyhow::Result<Arc<ClusterLink>> {
     let cc = config
         .cluster
@@ -229,21 +235,8 @@ pub async fn start_cluster(
         settings.advertise_addr = Some(m.internal.clone());
     }
     let max = settings.max_message_bytes;
-    let service = crate::api::internal::shard_data_service(node.clone(), max);
-    let files = crate::api::bundle_files::bundle_files_service(node.clone(), max);
-    let admin = crate::api::admin_service::admin_service(node.clone());
-    let fault_rpc = crate::api::fault_service::fault_service(
-        me,
-        cc.fault_injection,
-        config.api.admin_token.clone(),
-        faults,
-    );
     let raft = RaftNode::start_with_services(settings, shutdown.clone(), move |routes| {
-        routes
-            .add_service(service)
-            .add_service(files)
-            .add_service(admin)
-            .add_service(fault_rpc)
+        internal_services(routes, &faults, max)
     })
     .await
     .map_err(|e| anyhow::anyhow!("starting Raft on cluster.internal {}: {e}", cc.internal))?;

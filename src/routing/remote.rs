@@ -9,7 +9,7 @@ use super::batch::{status_text, with_deadline, Enqueued};
 use super::client::{CallContext, SearchSpec, ShardCallError, ShardClient, VectorsResult};
 use crate::cluster::proto::shard_data_client::ShardDataClient;
 use crate::cluster::proto::ShardSearchRequest;
-use crate::cluster::tls::{internal_endpoint, NodeTls};
+use crate::tls::{internal_endpoint, NodeTls};
 use crate::cluster::PeerChannel;
 use crate::shard::{KeyedVectors, SearchResult};
 use futures::future::BoxFuture;

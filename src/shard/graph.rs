@@ -154,7 +154,7 @@ impl Graph {
         // usearch's base layer holds up to twice the connectivity
         let max_base = 2 * index.connectivity().max(1);
         let stride = 1 + max_base;
-        let mut base = vec![0u32; slots * stride];
+        let mut base: Vec<u32> = super::huge::zeroed(slots * stride);
         let mut upper: Vec<HashMap<u32, Box<[u32]>, KeyHasher>> = Vec::new();
         let mut entry: Option<(usize, u32)> = None;
         let mut keys = vec![0u64; max_base.max(64)];

@@ -104,7 +104,7 @@ mod x86 {
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn encode(xs: &[f32]) -> Vec<u16> {
-        let mut out = vec![0u16; xs.len()];
+        let mut out: Vec<u16> = crate::shard::huge::zeroed(xs.len());
         let mut i = 0;
         while i + 8 <= xs.len() {
             let v = _mm256_loadu_ps(xs.as_ptr().add(i));

@@ -86,7 +86,8 @@ impl ShardIndex {
             index: loaded.index,
             rows,
             row_keys: loaded.keys,
-            vectors: loaded.vectors.into_vec(),
+            // the walk re-scores hits from these rows at random
+            vectors: super::huge::copied(loaded.vectors.as_slice()),
             graph: None,
             retired: Vec::new(),
             retired_count: 0,

@@ -15,6 +15,7 @@ mod actor;
 mod graph;
 mod half;
 mod handle;
+mod huge;
 mod index;
 mod keyed_vectors;
 mod messages;

@@ -10,7 +10,7 @@ use super::popularity::{build_lists, replay_item_stats, ItemFacts, ItemLists};
 use crate::bundle::manifest::IndexParams;
 use crate::bundle::reader::LoadedShard;
 use crate::dataset::Interaction;
-use crate::eval::split::temporal_holdout;
+use crate::dataset::split::temporal_holdout;
 use crate::features::{
     event_strength, Demographics, ItemInput, ItemStats, RecallPath, RequestContext, StateParams,
     UserFeatures, UserState, FEATURE_NAMES, N_FEATURES,

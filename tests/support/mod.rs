@@ -3,7 +3,7 @@
 //! client.
 #![allow(dead_code)]
 
-use funnel::bench::client::{build_client, send_json, HttpClient};
+use funnel::http_client::{build_client, send_json, HttpClient};
 use funnel::gen::{generate, GenParams};
 use funnel::training::pipeline::PipelineParams;
 use funnel::training::trainer::{train, TrainOptions};
@@ -194,7 +194,7 @@ impl Http {
             ))
         };
         let (status, bytes) = match send() {
-            Err(funnel::bench::client::ErrorKind::Transport) => send(),
+            Err(funnel::http_client::ErrorKind::Transport) => send(),
             other => other,
         }
         .map_err(|k| k.label())?;
@@ -412,7 +412,7 @@ pub fn copies(rt: &tokio::runtime::Runtime, v: &funnel::cluster::ClusterView) ->
 pub fn copies_with(
     rt: &tokio::runtime::Runtime,
     v: &funnel::cluster::ClusterView,
-    tls: Option<&funnel::cluster::tls::NodeTls>,
+    tls: Option<&funnel::tls::NodeTls>,
 ) -> Copies {
     use funnel::cluster::proto::shard_data_client::ShardDataClient;
     use funnel::cluster::proto::ShardDigestRequest;
@@ -426,7 +426,7 @@ pub fn copies_with(
                 let Some(info) = v.nodes.get(&r.node) else {
                     continue;
                 };
-                let Ok(ep) = funnel::cluster::tls::internal_endpoint(
+                let Ok(ep) = funnel::tls::internal_endpoint(
                     &info.internal,
                     tls,
                     Duration::from_secs(2),

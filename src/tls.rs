@@ -2,7 +2,8 @@
 //! `funnel admin --tls-*`) turned into tonic's server and client TLS
 //! settings, and the endpoint for an internal `HOST:PORT`.
 //!
-//! Owns: reading and checking the three files (every error names the
+//! Owns: `TlsFiles` (the three paths, as `[cluster.tls]` and the admin
+//! flags name them), reading and checking the files (every error names the
 //! setting and the file and says what to fix), the rule that the internal
 //! server accepts only clients with a certificate signed by the CA, the
 //! URL scheme of internal addresses (`http` plain, `https` with TLS), and
@@ -34,7 +35,24 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
 
-use crate::config::TlsFiles;
+use serde::{Deserialize, Serialize};
+
+/// `cluster.tls`: PEM files for mTLS between nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+impl TlsFiles {
+    pub fn is_empty(&self) -> bool {
+        [&self.cert, &self.key, &self.ca]
+            .iter()
+            .all(|p| p.as_os_str().is_empty())
+    }
+}
 
 /// How long the server waits for a client to finish its TLS handshake: a
 /// peer that opens a connection and stalls must not hold it for ever.
@@ -416,7 +434,7 @@ pub async fn speaks_tls(addr: &str, wait: Duration) -> bool {
 
 /// The bytes of a ClientHello for the host of `addr`, as rustls writes it.
 fn client_hello(addr: &str) -> Option<Vec<u8>> {
-    let host = crate::config::parse_host_port(addr)
+    let host = crate::net::parse_host_port(addr)
         .map(|hp| hp.host)
         .unwrap_or_else(|_| "localhost".into());
     let name = ServerName::try_from(host)

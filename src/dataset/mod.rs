@@ -1,9 +1,12 @@
 //! The in-memory interaction log every offline step reads: users, items,
 //! their attributes, and timestamped interactions with dense indices.
 //!
-//! Owns: `Dataset`, `Interaction`, `EventKind`, `ItemMeta`, `UserMeta`, and
-//! canonical ordering. Must not touch: file formats (that is `ingest`),
-//! training or evaluation logic.
+//! Owns: `Dataset`, `Interaction`, `EventKind`, `ItemMeta`, `UserMeta`,
+//! canonical ordering, and the evaluation protocol's temporal split
+//! (`split`: training holds out by it too, so it sits below both). Must not
+//! touch: file formats (that is `ingest`), training or evaluation logic.
+
+pub mod split;
 
 use crate::ids::IdMap;
 use serde::{Deserialize, Serialize};
