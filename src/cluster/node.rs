@@ -6,7 +6,7 @@
 //!
 //! Owns: the node's life cycle (start, serve, shut down), openraft's
 //! configuration, write routing and status. Must not touch: the rules of the
-//! state (`state.rs`), storage formats, or the data plane, which only
+//! state (`state/`), storage formats, or the data plane, which only
 //! watches `subscribe()` and reads `state()`.
 
 use std::collections::{BTreeMap, BTreeSet};

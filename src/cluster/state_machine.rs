@@ -5,7 +5,7 @@
 //! the data plane (a `watch` of the last applied index), building, writing,
 //! installing and loading snapshots, and openraft's `RaftStateMachine` /
 //! `RaftSnapshotBuilder` on top of that. Must not touch: the log
-//! (`log_store.rs`) or the rules of the state (`state.rs`).
+//! (`log_store.rs`) or the rules of the state (`state/`).
 //!
 //! Durability model: `apply` only changes memory. A restarted node loads its
 //! latest snapshot and openraft re-applies the committed log entries after

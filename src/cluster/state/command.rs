@@ -1,0 +1,283 @@
+//! Commands: `Command` (a change to the control state, as it travels
+//! through the Raft log), `CommandResult`, and `ClusterState::apply_command`,
+//! which runs the command's check (in the file of its aggregate) and, only
+//! if it passes, applies the whole command; a rejected command leaves the
+//! state exactly as it was.
+//!
+//! Must not touch: Raft, storage, the network, clocks or randomness (see
+//! the `state` module: a pure, deterministic function of (state, command,
+//! index), with `BTreeMap`s only). `Command` and `CommandResult` are part
+//! of the Raft log format: their variants and fields keep their order.
+
+use serde::{Deserialize, Serialize};
+
+use super::checks::{check_delete, check_setting};
+use super::{
+    ClusterState, ItemRecord, ModelRef, NodeInfo, NodeStatus, Replica, ReplicaState, ShardMap,
+};
+use crate::cluster::moves::Transfer;
+use crate::cluster::types::NodeId;
+
+/// A change to the control state, proposed through Raft.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Add a node or update its public addresses.
+    RegisterNode(NodeInfo),
+    SetNodeStatus {
+        id: NodeId,
+        status: NodeStatus,
+    },
+    /// Create the shard map. The proposer computes `placement` (see
+    /// `placement::initial_placement`), so applying stays a pure check.
+    InitShards {
+        shards: u32,
+        replication: u32,
+        placement: Vec<Vec<NodeId>>,
+    },
+    AddReplica {
+        shard: u32,
+        node: NodeId,
+        state: ReplicaState,
+    },
+    SetReplicaState {
+        shard: u32,
+        node: NodeId,
+        state: ReplicaState,
+    },
+    DropReplica {
+        shard: u32,
+        node: NodeId,
+    },
+    StageModel(ModelRef),
+    ReportLoaded {
+        node: NodeId,
+        version: String,
+    },
+    ActivateModel {
+        version: String,
+        force: bool,
+    },
+    UpsertItems(Vec<ItemRecord>),
+    DeleteItems(Vec<String>),
+    /// Set a cluster setting; an empty value removes the key.
+    SetSetting {
+        key: String,
+        value: String,
+    },
+    /// Queue shard transfers (moves, adds, drops); the leader carries them
+    /// out step by step (`moves::next_steps`).
+    QueueTransfers(Vec<Transfer>),
+    /// Mark a node Draining and queue the transfers that empty it; the
+    /// leader removes it from Raft and marks it Removed once it is empty.
+    DrainNode {
+        id: NodeId,
+        transfers: Vec<Transfer>,
+    },
+    /// Change the target replica count and queue the adds and drops that
+    /// reach it. The proposer plans (`moves::plan_replication`).
+    SetReplication {
+        replication: u32,
+        transfers: Vec<Transfer>,
+    },
+    /// Stop driving queued transfers; replicas stay as they are.
+    CancelTransfers(Vec<Transfer>),
+}
+
+impl Command {
+    /// Short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::RegisterNode(_) => "RegisterNode",
+            Command::SetNodeStatus { .. } => "SetNodeStatus",
+            Command::InitShards { .. } => "InitShards",
+            Command::AddReplica { .. } => "AddReplica",
+            Command::SetReplicaState { .. } => "SetReplicaState",
+            Command::DropReplica { .. } => "DropReplica",
+            Command::StageModel(_) => "StageModel",
+            Command::ReportLoaded { .. } => "ReportLoaded",
+            Command::ActivateModel { .. } => "ActivateModel",
+            Command::UpsertItems(_) => "UpsertItems",
+            Command::DeleteItems(_) => "DeleteItems",
+            Command::SetSetting { .. } => "SetSetting",
+            Command::QueueTransfers(_) => "QueueTransfers",
+            Command::DrainNode { .. } => "DrainNode",
+            Command::SetReplication { .. } => "SetReplication",
+            Command::CancelTransfers(_) => "CancelTransfers",
+        }
+    }
+
+    /// Commands that change the model, the members or the shard layout:
+    /// when the cluster has an admin token, a forwarded one must carry it.
+    /// Catalogue writes are the public API's (its own auth applies).
+    pub fn needs_admin(&self) -> bool {
+        !matches!(self, Command::UpsertItems(_) | Command::DeleteItems(_))
+    }
+}
+
+/// What applying a command did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResult {
+    Ok,
+    /// The command made no sense against the state; nothing changed.
+    Rejected(String),
+    /// Catalog write: how many ids it touched and the log index it got
+    /// (a replica that reached this index has the change).
+    Items {
+        applied: u32,
+        index: u64,
+    },
+}
+
+impl ClusterState {
+    /// Applies one committed command written at log `index`. A rejected
+    /// command leaves the state exactly as it was.
+    pub fn apply_command(&mut self, index: u64, command: Command) -> CommandResult {
+        let verdict = match &command {
+            Command::RegisterNode(info) => self.check_register(info),
+            Command::SetNodeStatus { id, status } => self.check_node_status(*id, *status),
+            Command::InitShards {
+                shards,
+                replication,
+                placement,
+            } => self.check_init_shards(*shards, *replication, placement),
+            Command::AddReplica { shard, node, state } => {
+                self.check_add_replica(*shard, *node, *state)
+            }
+            Command::SetReplicaState { shard, node, state } => {
+                self.check_replica_state(*shard, *node, *state)
+            }
+            Command::DropReplica { shard, node } => self.check_drop_replica(*shard, *node),
+            Command::StageModel(model) => self.check_stage(model),
+            Command::ReportLoaded { node, version } => self.check_report_loaded(*node, version),
+            Command::ActivateModel { version, force } => self.check_activate(version, *force),
+            Command::UpsertItems(items) => self.check_upsert(items),
+            Command::DeleteItems(ids) => check_delete(ids),
+            Command::SetSetting { key, value } => check_setting(key, value),
+            Command::QueueTransfers(t) => self.check_transfers(t).map(|_| ()),
+            Command::DrainNode { id, transfers } => self.check_drain_node(*id, transfers),
+            Command::SetReplication {
+                replication,
+                transfers,
+            } => self.check_set_replication(*replication, transfers),
+            Command::CancelTransfers(t) => self.check_cancel_transfers(t),
+        };
+        if let Err(reason) = verdict {
+            return CommandResult::Rejected(format!("{} rejected: {reason}", command.kind()));
+        }
+        let result = self.mutate(index, command);
+        self.retire_transfers();
+        result
+    }
+
+    /// Applies a command that passed its check.
+    fn mutate(&mut self, index: u64, command: Command) -> CommandResult {
+        match command {
+            Command::RegisterNode(info) => {
+                let status = self.node_status(info.id).unwrap_or(info.status);
+                self.nodes.insert(info.id, NodeInfo { status, ..info });
+            }
+            Command::SetNodeStatus { id, status } => {
+                if let Some(node) = self.nodes.get_mut(&id) {
+                    node.status = status;
+                }
+                if status == NodeStatus::Removed {
+                    self.models.loaded.remove(&id);
+                }
+            }
+            Command::InitShards {
+                shards,
+                replication,
+                placement,
+            } => {
+                let replicas = placement
+                    .into_iter()
+                    .map(|nodes| {
+                        nodes
+                            .into_iter()
+                            .map(|node| Replica {
+                                node,
+                                state: ReplicaState::Loading,
+                            })
+                            .collect()
+                    })
+                    .collect();
+                self.shard_map = Some(ShardMap {
+                    shards,
+                    replication,
+                    replicas,
+                });
+            }
+            Command::AddReplica { shard, node, state } => {
+                if let Some(rs) = self.replicas_mut(shard) {
+                    rs.push(Replica { node, state });
+                }
+            }
+            Command::SetReplicaState { shard, node, state } => {
+                if let Some(r) = self
+                    .replicas_mut(shard)
+                    .and_then(|rs| rs.iter_mut().find(|r| r.node == node))
+                {
+                    r.state = state;
+                }
+            }
+            Command::DropReplica { shard, node } => {
+                if let Some(rs) = self.replicas_mut(shard) {
+                    rs.retain(|r| r.node != node);
+                }
+            }
+            Command::StageModel(model) => self.models.staged = Some(model),
+            Command::ReportLoaded { node, version } => {
+                self.models.loaded.insert(node, version);
+            }
+            Command::ActivateModel { version, .. } => {
+                if self
+                    .models
+                    .staged
+                    .as_ref()
+                    .is_some_and(|m| m.version == version)
+                {
+                    self.models.active = self.models.staged.take();
+                }
+            }
+            Command::UpsertItems(items) => {
+                let applied = items.len() as u32;
+                for item in items {
+                    self.catalog.upsert(item, index);
+                }
+                return CommandResult::Items { applied, index };
+            }
+            Command::DeleteItems(ids) => {
+                let applied = ids.len() as u32;
+                for id in ids {
+                    self.catalog.delete(id, index);
+                }
+                return CommandResult::Items { applied, index };
+            }
+            Command::SetSetting { key, value } => {
+                if value.is_empty() {
+                    self.settings.remove(&key);
+                } else {
+                    self.settings.insert(key, value);
+                }
+            }
+            Command::QueueTransfers(transfers) => self.transfers.extend(transfers),
+            Command::DrainNode { id, transfers } => {
+                if let Some(node) = self.nodes.get_mut(&id) {
+                    node.status = NodeStatus::Draining;
+                }
+                self.transfers.extend(transfers);
+            }
+            Command::SetReplication {
+                replication,
+                transfers,
+            } => {
+                if let Some(map) = self.shard_map.as_mut() {
+                    map.replication = replication;
+                }
+                self.transfers.extend(transfers);
+            }
+            Command::CancelTransfers(cancel) => self.transfers.retain(|t| !cancel.contains(t)),
+        }
+        CommandResult::Ok
+    }
+}

@@ -1,0 +1,250 @@
+//! The shard map: `Replica`, `ReplicaState`, `ShardMap` (which nodes hold
+//! which shard, in which state) and the replica rules of `ClusterState`:
+//! creating the map, adding, re-stating and dropping replicas so that a
+//! shard never loses its last Active copy.
+//!
+//! Must not touch: Raft, storage, the network, clocks or randomness (see
+//! the `state` module: a pure, deterministic function of the log, with
+//! `BTreeMap`s only); nor the transfer queue, whose rules live in
+//! `cluster::moves`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::checks::Verdict;
+use super::{ClusterState, NodeStatus, MAX_REPLICATION, MAX_SHARDS};
+use crate::cluster::types::NodeId;
+
+/// Life cycle of one shard replica: `Loading` (being built, not queried),
+/// `Active` (queried), `Draining` (still answers, about to be dropped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ReplicaState {
+    Loading,
+    Active,
+    Draining,
+}
+
+impl fmt::Display for ReplicaState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ReplicaState::Loading => "Loading",
+            ReplicaState::Active => "Active",
+            ReplicaState::Draining => "Draining",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replica {
+    pub node: NodeId,
+    pub state: ReplicaState,
+}
+
+/// Which nodes hold which shard. `replication` is the target replica count;
+/// during a move a shard briefly has one more.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardMap {
+    pub shards: u32,
+    pub replication: u32,
+    /// Index = shard id.
+    pub replicas: Vec<Vec<Replica>>,
+}
+
+impl ShardMap {
+    /// The replicas of `shard`, or `None` for an unknown shard.
+    pub fn replicas_of(&self, shard: u32) -> Option<&[Replica]> {
+        self.replicas.get(shard as usize).map(|v| v.as_slice())
+    }
+
+    /// The replica of `shard` on `node`, if any.
+    pub fn replica(&self, shard: u32, node: NodeId) -> Option<&Replica> {
+        self.replicas_of(shard)?.iter().find(|r| r.node == node)
+    }
+
+    /// Shards with a replica (in any state) on `node`, ascending.
+    pub fn shards_on(&self, node: NodeId) -> Vec<u32> {
+        (0..self.shards)
+            .filter(|&s| self.replica(s, node).is_some())
+            .collect()
+    }
+
+    /// Replicas (any state) per node, for every node holding at least one.
+    pub fn replica_counts(&self) -> BTreeMap<NodeId, usize> {
+        let mut counts = BTreeMap::new();
+        for replica in self.replicas.iter().flatten() {
+            *counts.entry(replica.node).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// Every node holding at least one replica.
+    pub fn nodes_with_replicas(&self) -> BTreeSet<NodeId> {
+        self.replicas.iter().flatten().map(|r| r.node).collect()
+    }
+
+    fn active_replicas(&self, shard: u32) -> usize {
+        self.replicas_of(shard)
+            .map(|rs| {
+                rs.iter()
+                    .filter(|r| r.state == ReplicaState::Active)
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl ClusterState {
+    pub(super) fn check_init_shards(
+        &self,
+        shards: u32,
+        replication: u32,
+        placement: &[Vec<NodeId>],
+    ) -> Verdict {
+        if let Some(map) = &self.shard_map {
+            return Err(format!(
+                "the shard map already exists ({} shards x {} replicas); the shard count is fixed at creation",
+                map.shards, map.replication
+            ));
+        }
+        if shards == 0 || shards > MAX_SHARDS {
+            return Err(format!("shard count {shards} is outside 1..={MAX_SHARDS}"));
+        }
+        if replication == 0 || replication > MAX_REPLICATION {
+            return Err(format!(
+                "replication {replication} is outside 1..={MAX_REPLICATION}"
+            ));
+        }
+        let active = self.active_node_ids();
+        if replication as usize > active.len() {
+            return Err(format!(
+                "replication {replication} needs that many Active nodes but there are {}; add nodes or lower it",
+                active.len()
+            ));
+        }
+        if placement.len() != shards as usize {
+            return Err(format!(
+                "placement lists {} shards but shards = {shards}",
+                placement.len()
+            ));
+        }
+        for (shard, nodes) in placement.iter().enumerate() {
+            if nodes.len() != replication as usize {
+                return Err(format!(
+                    "shard {shard} is placed on {} nodes but replication = {replication}",
+                    nodes.len()
+                ));
+            }
+            let mut seen = BTreeSet::new();
+            for &node in nodes {
+                if !seen.insert(node) {
+                    return Err(format!(
+                        "shard {shard} lists node {node} twice; replicas need distinct nodes"
+                    ));
+                }
+                self.check_can_host(node)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn shard_map_for(&self, shard: u32) -> Result<&ShardMap, String> {
+        let map = self
+            .shard_map
+            .as_ref()
+            .ok_or_else(|| "the shard map does not exist yet; run InitShards first".to_string())?;
+        if shard >= map.shards {
+            return Err(format!(
+                "shard {shard} does not exist (shards 0..{})",
+                map.shards
+            ));
+        }
+        Ok(map)
+    }
+
+    pub(super) fn check_add_replica(
+        &self,
+        shard: u32,
+        node: NodeId,
+        state: ReplicaState,
+    ) -> Verdict {
+        let map = self.shard_map_for(shard)?;
+        if state == ReplicaState::Draining {
+            return Err("a new replica starts Loading (or Active), never Draining".to_string());
+        }
+        if map.replica(shard, node).is_some() {
+            return Err(format!(
+                "node {node} already holds a replica of shard {shard}"
+            ));
+        }
+        self.check_can_host(node)
+    }
+
+    pub(super) fn check_replica_state(
+        &self,
+        shard: u32,
+        node: NodeId,
+        state: ReplicaState,
+    ) -> Verdict {
+        let map = self.shard_map_for(shard)?;
+        let replica = map
+            .replica(shard, node)
+            .ok_or_else(|| format!("node {node} holds no replica of shard {shard}"))?;
+        match (replica.state, state) {
+            (from, to) if from == to => Ok(()),
+            (_, ReplicaState::Loading) => Err(format!(
+                "the replica of shard {shard} on node {node} is {}; a replica never goes back to Loading \
+                 (drop it and add it again)",
+                replica.state
+            )),
+            (ReplicaState::Loading, ReplicaState::Draining) => Err(format!(
+                "the replica of shard {shard} on node {node} is still Loading and serves nothing; drop it instead"
+            )),
+            (_, ReplicaState::Active) => match self.node_status(node) {
+                Some(NodeStatus::Active) => Ok(()),
+                Some(status) => Err(format!(
+                    "node {node} is {status}; its replicas cannot become Active (set the node Active first)"
+                )),
+                None => Err(format!("node {node} is unknown")),
+            },
+            (ReplicaState::Active, ReplicaState::Draining) => {
+                if map.active_replicas(shard) <= 1 {
+                    Err(format!(
+                        "shard {shard} would have no Active replica; add and activate another replica first"
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
+            // (Draining, Draining) and (Loading, Loading) are caught by the first arm.
+            (from, to) => Err(format!("replica state change {from} -> {to} is not allowed")),
+        }
+    }
+
+    pub(super) fn check_drop_replica(&self, shard: u32, node: NodeId) -> Verdict {
+        let map = self.shard_map_for(shard)?;
+        let replica = map
+            .replica(shard, node)
+            .ok_or_else(|| format!("node {node} holds no replica of shard {shard}"))?;
+        if replica.state == ReplicaState::Loading {
+            return Ok(());
+        }
+        let other_active = map
+            .replicas_of(shard)
+            .unwrap_or(&[])
+            .iter()
+            .filter(|r| r.node != node && r.state == ReplicaState::Active)
+            .count();
+        if other_active == 0 {
+            return Err(format!(
+                "shard {shard} would have no Active replica left; add and activate another replica first"
+            ));
+        }
+        Ok(())
+    }
+
+    pub(super) fn replicas_mut(&mut self, shard: u32) -> Option<&mut Vec<Replica>> {
+        self.shard_map.as_mut()?.replicas.get_mut(shard as usize)
+    }
+}
