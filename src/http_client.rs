@@ -70,7 +70,7 @@ impl ErrorKind {
 }
 
 /// Sends one request and reads the whole answer within `timeout`.
-async fn exchange(
+pub async fn exchange(
     client: &HttpClient,
     request: Request<Full<Bytes>>,
     timeout: Duration,
