@@ -3,8 +3,8 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use funnel::eval::run::{EvalOptions, Search};
 use funnel::dataset::split::Variant;
+use funnel::eval::run::{EvalOptions, Search};
 use funnel::gen::GenParams;
 use funnel::ingest::DataArgs;
 use funnel::training::pipeline::PipelineParams;

@@ -22,9 +22,9 @@ mod pki;
 
 use funnel::cluster::proto::control_client::ControlClient;
 use funnel::cluster::proto::StatusRequest;
-use funnel::tls::{NodeTls, ADMIN_FLAGS};
 use funnel::cluster::{ClusterView, ReplicaState};
 use funnel::config::TlsFiles;
+use funnel::tls::{NodeTls, ADMIN_FLAGS};
 use pki::{tls_section, TestCa};
 use rcgen::ExtendedKeyUsagePurpose;
 use serde_json::json;

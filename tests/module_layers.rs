@@ -154,8 +154,7 @@ fn every_import_points_to_a_lower_layer() {
         .filter_map(|l| l.trim().strip_prefix("pub mod "))
         .map(|rest| rest.trim_end_matches([';', '{', ' ']).to_string())
         .collect();
-    let listed: std::collections::BTreeSet<String> =
-        layers.keys().map(|m| m.to_string()).collect();
+    let listed: std::collections::BTreeSet<String> = layers.keys().map(|m| m.to_string()).collect();
     assert_eq!(listed, declared, "LAYERS vs the modules lib.rs declares");
     assert!(seen_modules.is_subset(&declared), "{seen_modules:?}");
 }

@@ -4,9 +4,9 @@
 
 mod support;
 
+use funnel::dataset::split::Variant;
 use funnel::eval::metrics::evaluate;
 use funnel::eval::run::{run, EvalOptions, ExportedEval, Search};
-use funnel::dataset::split::Variant;
 use funnel::ingest::{load, DataArgs};
 use funnel::training::pipeline::PipelineParams;
 use serde_json::json;

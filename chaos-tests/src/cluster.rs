@@ -8,11 +8,11 @@
 //! Must not touch: the fault schedule or the history (`faults.rs` decides
 //! what to do to a node, `history.rs` records it).
 
-use funnel::http_client::{build_client, send_json, ErrorKind, HttpClient};
 use funnel::cluster::proto::control_client::ControlClient;
 use funnel::cluster::proto::shard_data_client::ShardDataClient;
 use funnel::cluster::proto::{ShardDigestRequest, ShardSearchRequest, StatusRequest};
 use funnel::cluster::{ClusterView, ReplicaState};
+use funnel::http_client::{build_client, send_json, ErrorKind, HttpClient};
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};

@@ -9,8 +9,8 @@
 use super::error::grpc_status;
 use crate::cluster::proto::admin_server::{Admin, AdminServer};
 use crate::cluster::proto::{PublishRequest, PublishResponse};
-use crate::service::types::ServiceError;
 use crate::node::Node;
+use crate::service::types::ServiceError;
 use tonic::{Request, Response, Status};
 
 pub struct AdminService {

@@ -2,10 +2,10 @@
 //! own types and back; semantics live in `Node`.
 
 use super::error::grpc_status;
-use crate::service::types::{ContextIn, EventIn, ItemIn, RecommendQuery};
 use crate::node::Node;
 use crate::proto;
 use crate::proto::funnel_server::{Funnel, FunnelServer};
+use crate::service::types::{ContextIn, EventIn, ItemIn, RecommendQuery};
 use tonic::{Request, Response, Status};
 
 pub struct FunnelService {

@@ -1,8 +1,8 @@
 //! The HTTP/JSON API: the same operations as the gRPC service, plus
 //! /metrics, /healthz and /readyz.
 
-use crate::service::types::{EventIn, ItemIn, RecommendQuery, ServiceError};
 use crate::node::Node;
+use crate::service::types::{EventIn, ItemIn, RecommendQuery, ServiceError};
 use actix_web::error::JsonPayloadError;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};

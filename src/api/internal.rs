@@ -10,10 +10,10 @@ use crate::cluster::proto::{
     SearchFailure, ShardDigestRequest, ShardDigestResponse, ShardSearchBatch,
     ShardSearchBatchResponse, ShardSearchOutcome, ShardSearchRequest, ShardSearchResponse,
 };
-use crate::service::types::ServiceError;
 use crate::node::Node;
 use crate::routing::batch::MAX_BATCH_SEARCHES;
 use crate::routing::SearchSpec;
+use crate::service::types::ServiceError;
 use crate::telemetry::cpu::CpuTimed;
 use crate::telemetry::metrics::metrics;
 use futures::future::join_all;

@@ -76,6 +76,20 @@ impl LiveView<'_> {
         };
         categories.iter().any(|c| wanted.contains(c))
     }
+
+    /// `allows` for a key taken from the catalogue's own lists (the
+    /// bundle's item-CF neighbours, popular, category and fresh lists):
+    /// such a key is an item by construction, so without a category rule
+    /// only a deletion refuses it and no lookup in the model's million-key
+    /// map is needed. The local recall paths check ~400 keys per request,
+    /// and on a 1M-item catalogue that lookup, a cache miss each, was ~10 %
+    /// of a request's CPU (perf, BENCHMARKS.md section 5).
+    pub fn allows_listed(&self, key: u64, wanted: Option<&[u16]>) -> bool {
+        match wanted {
+            None => self.overlay.deleted.is_empty() || !self.overlay.deleted.contains(&key),
+            Some(_) => self.allows(key, wanted),
+        }
+    }
 }
 
 /// Owned copy of what the features need for one item (the catalogue's lock

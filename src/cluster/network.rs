@@ -40,8 +40,8 @@ use super::proto::control_client::ControlClient;
 use super::proto::raft_client::RaftClient;
 use super::proto::{PayloadFormat, RaftBytes};
 use super::state::NodeInfo;
-use crate::tls::{internal_endpoint, NodeTls};
 use super::types::{NodeId, TypeConfig};
+use crate::tls::{internal_endpoint, NodeTls};
 
 /// Encodes a value for a cluster message payload (postcard).
 pub fn encode_payload<T: Serialize>(value: &T) -> Result<Vec<u8>, ClusterError> {

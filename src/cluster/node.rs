@@ -33,9 +33,9 @@ use super::proto::PayloadFormat;
 use super::service::{ControlService, RaftService};
 use super::state::{Command, CommandResult, NodeInfo, StateSummary};
 use super::state_machine::{StateHandle, StateMachineStore};
-use crate::tls::{internal_endpoint, NodeTls};
 use super::types::{NodeId, Raft, RaftMetrics};
 use super::vote_fence::VoteFence;
+use crate::tls::{internal_endpoint, NodeTls};
 
 /// How many times a write follows a changing leader before giving up.
 const WRITE_ATTEMPTS: usize = 3;

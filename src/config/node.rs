@@ -10,11 +10,11 @@
 //! name any subset of its keys, and a misspelt key is an error instead of a
 //! silently ignored setting.
 
-pub use crate::tls::TlsFiles;
 use crate::eventlog::{EventLogOptions, FsyncPolicy};
 use crate::ranking::rerank::RerankConfig;
 use crate::ranking::score::Cascade;
 use crate::recall::RecallConfig;
+pub use crate::tls::TlsFiles;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -364,7 +364,6 @@ pub struct ClusterMember {
     pub http: String,
     pub grpc: String,
 }
-
 
 #[cfg(test)]
 mod tests {

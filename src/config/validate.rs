@@ -9,9 +9,9 @@
 //! the certificate, the CA accepts it, its SAN covers this node's host).
 
 use super::node::{ClusterConfig, NodeConfig};
+use crate::net::{parse_host_port, HostPort};
 use crate::tls::{self, NodeTls};
 use std::collections::HashMap;
-use crate::net::{parse_host_port, HostPort};
 
 /// Largest id a node can have: TOML integers are signed 64-bit, so a larger
 /// id could not be written back by `--print-config`.

@@ -10,8 +10,6 @@ use crate::features::{Device, ItemInput, RecallPath, RequestContext, UserFeature
 use crate::ids::KeyMap;
 use crate::ids::{item_key, shard_of, user_key};
 use crate::model::ServingModel;
-use crate::service::types::{Recommendation, RecommendedItem, ServiceError, StageTiming};
-use crate::service::validate::ValidRecommend;
 use crate::ranking::rerank::{rerank, RerankConfig};
 use crate::ranking::score::{
     cascade_phases, feature_rows, finish_cascade, gather_rows, second_phase_rows, Cascade,
@@ -20,6 +18,8 @@ use crate::ranking::score::{
 use crate::ranking::worker::{score_batch, RankWorker, ScoreBatch, ScoreWork};
 use crate::recall::{local_paths, merge, Candidate, PathResult, RecallConfig};
 use crate::routing::{CallBatch, CallContext, SearchSpec, ShardClient};
+use crate::service::types::{Recommendation, RecommendedItem, ServiceError, StageTiming};
+use crate::service::validate::ValidRecommend;
 use crate::shard::{per_shard_k, KeyedVectors, VectorTable};
 use crate::telemetry::metrics::metrics;
 use crate::userstate::UserReader;
@@ -173,7 +173,8 @@ pub async fn recommend(
         // one read lock for every key the local paths check
         let live = catalog.live_view();
         let allow = |key: u64| -> bool {
-            exclude.binary_search(&key).is_err() && live.allows(key, wanted.as_deref())
+            // every key the local paths offer comes from the catalogue's lists
+            exclude.binary_search(&key).is_err() && live.allows_listed(key, wanted.as_deref())
         };
         local_paths(&uf, &model.lists, Some(fresh.as_ref()), &env.recall, &allow)
     };

@@ -15,7 +15,6 @@
 //! client. Must not touch: loading or serving a version (`rollout`).
 
 use super::cluster_link::ClusterLink;
-use crate::service::types::ServiceError;
 use crate::bundle::fsio::{fsync_dir, verify_streaming};
 use crate::bundle::manifest::{self, shard_dir, MANIFEST_FILE};
 use crate::bundle::{Bundle, FileEntry, Manifest, OpenCheck};
@@ -23,6 +22,7 @@ use crate::cluster::proto::bundle_files_client::BundleFilesClient;
 use crate::cluster::proto::FetchBundleFileRequest;
 use crate::cluster::ModelRef;
 use crate::config::{FetchBundles, NodeConfig};
+use crate::service::types::ServiceError;
 use crate::telemetry::metrics::metrics;
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -12,15 +12,15 @@
 //! (the node's operations call into this only to read the shard map and to
 //! propose writes).
 
-use crate::service::types::ServiceError;
 use super::Node;
 use crate::cluster::{
     initial_placement, ClusterError, ClusterState, Command, FaultInjector, NodeInfo, PeerChannel,
     RaftNode, RaftSettings, ReplicaState,
 };
-use crate::tls::{self, NodeTls};
 use crate::config::NodeConfig;
 use crate::routing::HealthBook;
+use crate::service::types::ServiceError;
+use crate::tls::{self, NodeTls};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

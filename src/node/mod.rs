@@ -29,6 +29,8 @@ use crate::ranking::worker::{start_rank_workers, RankWorker};
 use crate::routing::{
     fitting_map, replica_sets, CallContext, LocalShard, RemoteShard, SearchSpec, ShardClient,
 };
+use crate::service::types::*;
+use crate::service::validate;
 use crate::shard::{Delete, Digest, SearchPool, ShardHandle, ShardIndex, Stats, Upsert};
 use crate::telemetry::metrics::metrics;
 use crate::userstate::{AppliedEvent, ApplyEvents, UserReader, UserStateActor};
@@ -41,8 +43,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
-use crate::service::types::*;
-use crate::service::validate;
 
 /// A handle to the node; cheap to clone, shared by every front end.
 #[derive(Clone)]

@@ -18,7 +18,6 @@
 
 use super::bundle_fetch;
 use super::cluster_link::{service_error, ClusterLink};
-use crate::service::types::ServiceError;
 use super::{load_version, Node, ServingMark};
 use crate::catalog::Catalog;
 use crate::cluster::{Command, ModelRef};
@@ -26,6 +25,7 @@ use crate::config::NodeConfig;
 use crate::coordinator::Serving;
 use crate::ids::{shard_of, user_key};
 use crate::model::ServingModel;
+use crate::service::types::ServiceError;
 use crate::shard::{start_shard, Delete, ShardHandle, Upsert};
 use crate::userstate::SeedUsers;
 use std::collections::BTreeMap;

@@ -134,14 +134,21 @@ fn search_now(index: &RwLock<ShardIndex>, msg: Search) -> Result<SearchResult, S
     let cpu0 = thread_cpu_micros();
     let idx = read(index);
     let _span = tracing::trace_span!("shard_search", shard_id = idx.shard()).entered();
-    let hits = idx.search(&msg.query, msg.k, &msg.filter)?;
-    let mut vectors = KeyedVectors::with_capacity(idx.dimension(), hits.len() + msg.fetch.len());
-    let keys = hits.iter().map(|h| h.0).chain(msg.fetch.iter().copied());
-    for key in keys {
+    let found = idx.search_rows(&msg.query, msg.k, &msg.filter)?;
+    let mut vectors = KeyedVectors::with_capacity(idx.dimension(), found.len() + msg.fetch.len());
+    // the hits' rows are known: no lookup by key (the walk just read them)
+    for &(key, _, row) in &found {
+        vectors.push(key, idx.row_vector(row));
+    }
+    for &key in msg.fetch.iter() {
         if let Some(v) = idx.vector(key) {
             vectors.push(key, v);
         }
     }
+    let hits = found
+        .into_iter()
+        .map(|(key, score, _)| (key, score))
+        .collect();
     let cpu_micros = thread_cpu_micros().saturating_sub(cpu0);
     crate::telemetry::metrics::record_cpu("ann", cpu_micros);
     Ok(SearchResult {

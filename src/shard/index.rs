@@ -219,6 +219,21 @@ impl ShardIndex {
         k: usize,
         filter: &SearchFilter,
     ) -> Result<Vec<(u64, f32)>, ShardError> {
+        Ok(self
+            .search_rows(query, k, filter)?
+            .into_iter()
+            .map(|(key, score, _)| (key, score))
+            .collect())
+    }
+
+    /// `search` with each hit's row, whose vector `row_vector` reads
+    /// without a lookup by key (serving sends the hits' vectors back).
+    pub fn search_rows(
+        &self,
+        query: &[f32],
+        k: usize,
+        filter: &SearchFilter,
+    ) -> Result<Vec<(u64, f32, u32)>, ShardError> {
         // the few excluded keys as slots, once: the walk then never needs a
         // node's key unless a rule beyond exclusion does
         let mut excluded: Vec<u32> = filter
@@ -241,7 +256,17 @@ impl ShardIndex {
         k: usize,
         keep: &(dyn Fn(u64) -> bool + Sync),
     ) -> Result<Vec<(u64, f32)>, ShardError> {
-        self.search_by(query, k, &[], Some(keep), keep)
+        Ok(self
+            .search_by(query, k, &[], Some(keep), keep)?
+            .into_iter()
+            .map(|(key, score, _)| (key, score))
+            .collect())
+    }
+
+    /// The vector in `row` (a row `search_rows` returned).
+    pub fn row_vector(&self, row: u32) -> &[f32] {
+        let r = row as usize;
+        &self.vectors[r * self.dim..(r + 1) * self.dim]
     }
 
     /// The walk, refusing graph slots in `excluded` (sorted) and keys
@@ -254,13 +279,17 @@ impl ShardIndex {
         excluded: &[u32],
         key_rule: Option<&(dyn Fn(u64) -> bool + Sync)>,
         keep: &(dyn Fn(u64) -> bool + Sync),
-    ) -> Result<Vec<(u64, f32)>, ShardError> {
+    ) -> Result<Vec<(u64, f32, u32)>, ShardError> {
         self.searches.fetch_add(1, Ordering::Relaxed);
         if query.len() != self.dim || k == 0 || self.rows.is_empty() {
             return Ok(Vec::new());
         }
         let Some(graph) = &self.graph else {
-            return self.search_usearch(query, k, keep);
+            let hits = self.search_usearch(query, k, keep)?;
+            return Ok(hits
+                .into_iter()
+                .filter_map(|(key, score)| Some((key, score, *self.rows.get(&key)?)))
+                .collect());
         };
         let allow = |slot: u32| {
             !self.retired[slot as usize]
@@ -277,16 +306,16 @@ impl ShardIndex {
             &allow,
             &mut found,
         );
-        let mut hits: Vec<(u64, f32)> = found
+        // graph slot = row of the vector table
+        let mut hits: Vec<(u64, f32, u32)> = found
             .iter()
-            .map(|&(slot, score)| (self.row_keys[slot as usize], score))
+            .map(|&(slot, score)| (self.row_keys[slot as usize], score, slot))
             .collect();
         // items upserted since the graph was copied: scored exactly
         for &row in &self.changed {
             let key = self.row_keys[row as usize];
             if keep(key) {
-                let v = &self.vectors[row as usize * self.dim..(row as usize + 1) * self.dim];
-                hits.push((key, crate::linalg::dot(query, v)));
+                hits.push((key, crate::linalg::dot(query, self.row_vector(row)), row));
             }
         }
         if !self.changed.is_empty() {
@@ -597,5 +626,27 @@ mod tests {
         let hits = ix.search(&q, 50, &excluded).unwrap();
         assert!(hits.iter().all(|h| ![99_999, 10, 11].contains(&h.0)));
         assert_eq!(hits.len(), 50);
+    }
+
+    #[test]
+    fn search_rows_name_the_rows_holding_each_hits_vector() {
+        let mut ix = shard(1500, 12);
+        let mut rng = Rng::new(13);
+        let q = unit(&mut rng);
+        // one hit from the graph, one upserted beside it
+        ix.upsert(&[(88_888, q.clone())]).unwrap();
+        for usearch in [false, true] {
+            if usearch {
+                ix.search_through_usearch();
+            }
+            let found = ix.search_rows(&q, 20, &SearchFilter::default()).unwrap();
+            assert_eq!(found.len(), 20);
+            assert_eq!(found[0].0, 88_888);
+            for (key, score, row) in found {
+                assert_eq!(ix.row_vector(row), ix.vector(key).unwrap());
+                let exact = crate::linalg::dot(&q, ix.vector(key).unwrap());
+                assert!((score - exact).abs() < 1e-5, "{score} vs {exact}");
+            }
+        }
     }
 }

@@ -9,8 +9,8 @@ use super::itemcf::{self, ItemCfParams};
 use super::popularity::{build_lists, replay_item_stats, ItemFacts, ItemLists};
 use crate::bundle::manifest::IndexParams;
 use crate::bundle::reader::LoadedShard;
-use crate::dataset::Interaction;
 use crate::dataset::split::temporal_holdout;
+use crate::dataset::Interaction;
 use crate::features::{
     event_strength, Demographics, ItemInput, ItemStats, RecallPath, RequestContext, StateParams,
     UserFeatures, UserState, FEATURE_NAMES, N_FEATURES,

@@ -3,8 +3,8 @@
 //! client.
 #![allow(dead_code)]
 
-use funnel::http_client::{build_client, send_json, HttpClient};
 use funnel::gen::{generate, GenParams};
+use funnel::http_client::{build_client, send_json, HttpClient};
 use funnel::training::pipeline::PipelineParams;
 use funnel::training::trainer::{train, TrainOptions};
 use std::io::{BufRead, BufReader};
@@ -426,11 +426,9 @@ pub fn copies_with(
                 let Some(info) = v.nodes.get(&r.node) else {
                     continue;
                 };
-                let Ok(ep) = funnel::tls::internal_endpoint(
-                    &info.internal,
-                    tls,
-                    Duration::from_secs(2),
-                ) else {
+                let Ok(ep) =
+                    funnel::tls::internal_endpoint(&info.internal, tls, Duration::from_secs(2))
+                else {
                     continue;
                 };
                 let Ok(ch) = ep.connect().await else {
