@@ -36,6 +36,10 @@ pub fn fitting_map(map: Option<&ShardMap>, bundle_shards: u32) -> Result<&ShardM
     Ok(map)
 }
 
+/// How to reach another member's copy of a shard: (shard, node, internal
+/// address) to its client, or why the node cannot be reached.
+pub type ConnectRemote<'a> = &'a dyn Fn(u32, NodeId, &str) -> Result<Arc<dyn ShardClient>, String>;
+
 /// One replica set per shard of `map`, as node `me` queries them. `local`
 /// gives this node's copy of a shard (None: not loaded here); `remote`
 /// the client of another member's copy at its internal address, or why it
@@ -45,7 +49,7 @@ pub fn replica_sets(
     me: NodeId,
     nodes: &BTreeMap<NodeId, NodeInfo>,
     local: &dyn Fn(u32) -> Option<Arc<dyn ShardClient>>,
-    remote: &dyn Fn(u32, NodeId, &str) -> Result<Arc<dyn ShardClient>, String>,
+    remote: ConnectRemote<'_>,
     book: &HealthBook,
 ) -> Vec<ReplicaSet> {
     (0..map.shards)
