@@ -10,25 +10,24 @@
 //! `bundle_fetch`) and proposes `ReportLoaded` -> the leader proposes
 //! `ActivateModel` once `ClusterState::not_loaded` is empty (or the
 //! operator forced it) -> every node switches when it applies that.
+//! Loading, holding and installing versions is `model_host`'s
+//! (`Versions`, `ModelHost::prepare`/`install`, driven by `Node::publish`
+//! and `Node::switch_to`); this module decides when.
 //!
-//! Owns: `Versions` (prepared/retired copies), `prepare`/`switch_to`,
-//! staging a publish (`publish_cluster`) and the rollout reconcile `step`.
+//! Owns: staging a publish (`publish_cluster`), loading a staged version in
+//! the background (`start_loading`), where a version's files are on this
+//! node (`bundle_dir_of`) and the rollout reconcile `step`.
 //! Must not touch: the Raft rules (`cluster::state`), how files are copied
-//! (`bundle_fetch`) or the shard map's placement.
+//! (`bundle_fetch`), the shard map's placement, or the serving tables
+//! themselves (`model_host`).
 
 use super::bundle_fetch;
 use super::cluster_link::{service_error, ClusterLink};
-use super::{load_version, Node, ServingMark};
-use crate::catalog::Catalog;
+pub use super::model_host::{Prepared, Standby, Versions};
+use super::Node;
 use crate::cluster::{Command, ModelRef};
 use crate::config::NodeConfig;
-use crate::coordinator::Serving;
-use crate::ids::{shard_of, user_key};
-use crate::model::ServingModel;
 use crate::service::types::ServiceError;
-use crate::shard::{start_shard, Delete, ShardHandle, Upsert};
-use crate::userstate::SeedUsers;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,38 +43,6 @@ const RETRY_AFTER: Duration = Duration::from_secs(3);
 /// How long an HTTP `admin publish` on a cluster node waits for the node
 /// to serve the version (the HTTP admin client waits 600 s).
 pub const HTTP_PUBLISH_WAIT: Duration = Duration::from_secs(300);
-
-/// A version loaded on this node besides (or instead of) the served one.
-pub struct Standby {
-    pub version: String,
-    pub dir: PathBuf,
-    pub model: Arc<ServingModel>,
-    pub catalog: Arc<Catalog>,
-    pub actors: BTreeMap<u32, ShardHandle>,
-}
-
-/// A prepared version with what the switch still needs.
-pub struct Prepared {
-    standby: Arc<Standby>,
-    user_states: Vec<(String, crate::features::UserState)>,
-}
-
-/// The versions this node holds besides the served one.
-#[derive(Default)]
-pub struct Versions {
-    /// A staged version, loaded and ready to switch to.
-    prepared: Option<Prepared>,
-    /// The version being loaded in the background.
-    loading: Option<String>,
-    /// The last version whose loading failed, and when (the error is
-    /// logged).
-    failed: Option<(String, Instant)>,
-    /// The version served before the last switch, and when it was retired.
-    retired: Option<(Arc<Standby>, Instant)>,
-    /// The last version this node staged as source, and its directory:
-    /// known here before the peers that fetch it have applied the stage.
-    published: Option<(String, PathBuf)>,
-}
 
 /// What staging a publish did.
 #[derive(Debug, Clone)]
@@ -115,253 +82,6 @@ pub fn activation(state: &crate::cluster::ClusterState) -> Activation {
 }
 
 impl Node {
-    fn versions(&self) -> std::sync::MutexGuard<'_, Versions> {
-        // the table holds plain handles; a panic elsewhere cannot leave it
-        // half-updated
-        self.inner
-            .versions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// A prepared or retired version this node still holds.
-    pub fn standby(&self, version: &str) -> Option<Arc<Standby>> {
-        let v = self.versions();
-        if let Some(p) = v.prepared.as_ref().filter(|p| p.standby.version == version) {
-            return Some(p.standby.clone());
-        }
-        v.retired
-            .as_ref()
-            .filter(|(s, _)| s.version == version)
-            .map(|(s, _)| s.clone())
-    }
-
-    fn prepared_version(&self) -> Option<String> {
-        self.versions()
-            .prepared
-            .as_ref()
-            .map(|p| p.standby.version.clone())
-    }
-
-    /// Loads the bundle in `dir` beside the served version: the model,
-    /// this node's shards (started as actors) and the catalogue overlay
-    /// carried over. Nothing is served from it until `switch_to`.
-    pub(super) async fn prepare(&self, dir: PathBuf) -> Result<Prepared, ServiceError> {
-        let pool = self.inner.search_pool.clone();
-        let search = self.inner.config.shards;
-        let hosted = self.hosted_shards();
-        let (model, user_states, indexes) = load_version(dir.clone(), search, hosted).await?;
-        let model = Arc::new(model);
-        let actors: BTreeMap<u32, ShardHandle> = indexes
-            .into_iter()
-            .map(|ix| (ix.shard(), start_shard(ix, &pool)))
-            .collect();
-        let catalog = self.carry_catalog(&model, &actors).await;
-        Ok(Prepared {
-            standby: Arc::new(Standby {
-                version: model.version.clone(),
-                dir,
-                model,
-                catalog,
-                actors,
-            }),
-            user_states,
-        })
-    }
-
-    /// A catalogue for `model` holding the served version's overlay, with
-    /// the items upserted since training put into `actors`.
-    async fn carry_catalog(
-        &self,
-        model: &Arc<ServingModel>,
-        actors: &BTreeMap<u32, ShardHandle>,
-    ) -> Arc<Catalog> {
-        let catalog = Arc::new(match self.serving() {
-            Some(old) => old.catalog.carry_over(model.clone()),
-            None => Catalog::new(model.clone()),
-        });
-        put_overlay(&catalog, model, actors).await;
-        catalog
-    }
-
-    /// Brings the shards this node hosts for the served version to `want`
-    /// without reloading the model or the shards that stay (a shard move
-    /// adds or drops one copy): loads each added shard from `dir` (the
-    /// served version's files, see `dir_with_shards`), puts the catalogue overlay into it as `prepare`
-    /// does, and stops routing to the dropped ones. Nothing changes when
-    /// loading fails; the caller can fall back to a full `publish`.
-    pub async fn rehost_shards(&self, want: &[u32], dir: PathBuf) -> Result<(), ServiceError> {
-        let _one_at_a_time = self.inner.swap.lock().await;
-        let cur = self.current()?;
-        let have = self.shard_actors();
-        let added: Vec<u32> = want
-            .iter()
-            .copied()
-            .filter(|s| !have.contains_key(s))
-            .collect();
-        let pool = self.inner.search_pool.clone();
-        let search = self.inner.config.shards;
-        let shard_count = cur.model.shard_count;
-        let indexes = tokio::task::spawn_blocking(move || {
-            super::load_shards_blocking(&dir, search, shard_count, &added)
-        })
-        .await
-        .map_err(|e| ServiceError::Internal(format!("shard loading task failed: {e}")))??;
-        let fresh: BTreeMap<u32, ShardHandle> = indexes
-            .into_iter()
-            .map(|ix| (ix.shard(), start_shard(ix, &pool)))
-            .collect();
-        put_overlay(&cur.catalog, &cur.model, &fresh).await;
-        let mut next = have;
-        next.retain(|s, _| want.contains(s));
-        next.extend(fresh);
-        let shards = self.shard_clients(&cur.model, &cur.catalog, &next)?;
-        let serving = Arc::new(Serving {
-            model: cur.model.clone(),
-            catalog: cur.catalog.clone(),
-            shards,
-        });
-        match (self.inner.serving.write(), self.inner.shard_actors.write()) {
-            (Ok(mut cur), Ok(mut sa)) => {
-                *cur = Some(serving);
-                *sa = next;
-                Ok(())
-            }
-            _ => Err(ServiceError::Internal(
-                "the node's model tables are poisoned; restart the node".into(),
-            )),
-        }
-    }
-}
-
-/// Puts the overlay of `catalog` (items upserted and deleted since
-/// training) into freshly loaded shard `actors`, so a copy loaded from the
-/// bundle matches its peers' digests.
-async fn put_overlay(catalog: &Catalog, model: &ServingModel, actors: &BTreeMap<u32, ShardHandle>) {
-    let n = model.shard_count.max(1);
-    let mut by_shard: BTreeMap<u32, Vec<(u64, Vec<f32>)>> = BTreeMap::new();
-    for it in catalog
-        .upserted_items()
-        .into_iter()
-        .filter(|it| it.vector.len() == model.dimension)
-    {
-        by_shard
-            .entry(shard_of(it.key, n))
-            .or_default()
-            .push((it.key, it.vector));
-    }
-    for (s, b) in by_shard {
-        if let Some(a) = actors.get(&s) {
-            let _ = a.send(Upsert { items: b }).await;
-        }
-    }
-    // and items deleted since training stay deleted: a shard copy loaded
-    // fresh from the bundle (e.g. the target of a shard move) must match
-    // its peers' digests
-    let mut gone: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
-    for key in catalog.deleted_keys() {
-        gone.entry(shard_of(key, n)).or_default().push(key);
-    }
-    for (s, keys) in gone {
-        if let Some(a) = actors.get(&s) {
-            let _ = a.send(Delete { keys }).await;
-        }
-    }
-}
-
-impl Node {
-    /// Serves `p` from now on; the version served before is retired (kept
-    /// for `RETIRED_GRACE`). The caller holds `inner.swap`.
-    pub(super) async fn switch_to(&self, p: Prepared) -> Result<String, ServiceError> {
-        let Prepared {
-            standby,
-            user_states,
-        } = p;
-        // catalogue changes applied since `prepare` ride along: carry again
-        let catalog = self.carry_catalog(&standby.model, &standby.actors).await;
-        // seed user state for users the node does not track yet
-        let parts = self.inner.users.len() as u32;
-        let mut seeds: Vec<Vec<(String, crate::features::UserState)>> =
-            vec![Vec::new(); parts as usize];
-        for (id, s) in user_states {
-            seeds[shard_of(user_key(&id), parts) as usize].push((id, s));
-        }
-        for (p, s) in seeds.into_iter().enumerate() {
-            let _ = self.inner.users[p].send(SeedUsers(s)).await;
-        }
-        let shards = self.shard_clients(&standby.model, &catalog, &standby.actors)?;
-        let version = standby.version.clone();
-        let dir = standby.dir.clone();
-        let serving = Arc::new(Serving {
-            model: standby.model.clone(),
-            catalog: catalog.clone(),
-            shards,
-        });
-        let old = match (
-            self.inner.serving.write(),
-            self.inner.shard_actors.write(),
-            self.inner.bundle_dir.write(),
-        ) {
-            (Ok(mut cur), Ok(mut sa), Ok(mut bd)) => {
-                let old_serving = cur.replace(serving);
-                let old_actors = std::mem::replace(&mut *sa, standby.actors.clone());
-                let old_dir = bd.replace(dir.clone());
-                old_serving.map(|s| Standby {
-                    version: s.model.version.clone(),
-                    dir: old_dir.unwrap_or_default(),
-                    model: s.model.clone(),
-                    catalog: s.catalog.clone(),
-                    actors: old_actors,
-                })
-            }
-            _ => {
-                return Err(ServiceError::Internal(
-                    "the node's model tables are poisoned; restart the node".into(),
-                ))
-            }
-        };
-        let first_load = old.is_none();
-        {
-            let mut v = self.versions();
-            if v.prepared
-                .as_ref()
-                .is_some_and(|p| p.standby.version == version)
-            {
-                v.prepared = None;
-            }
-            if let Some(old) = old.filter(|o| o.version != version) {
-                v.retired = Some((Arc::new(old), Instant::now()));
-            }
-        }
-        // remember from which log positions this version's state is live;
-        // the first load after a restart of the version that was live
-        // replays what the logs hold since then (single node and cluster)
-        let before = if first_load {
-            ServingMark::read(&self.mark_path()).filter(|m| m.model_version == version)
-        } else {
-            None
-        };
-        let mark = match before {
-            Some(m) => {
-                self.replay_logs(&m).await?;
-                m
-            }
-            None => ServingMark {
-                model_version: version.clone(),
-                log_seq: next_seq(&self.inner.events).await,
-                peer_log_seq: match &self.inner.peer_events {
-                    Some(p) => next_seq(p).await,
-                    None => 0,
-                },
-            },
-        };
-        if let Err(e) = mark.write(&self.mark_path()) {
-            tracing::warn!(error = %e, "cannot record the serving mark; a restart will not replay the event log");
-        }
-        tracing::info!(node_id = self.inner.config.node.id, version = %version, dir = %dir.display(), "model version active");
-        Ok(version)
-    }
-
     /// The bundle directory of `version` on this node, for peers fetching
     /// its files: the served, a prepared or retired version, one this node
     /// staged as source, or a complete copy under `<data_dir>/bundles/`.
@@ -373,6 +93,8 @@ impl Node {
             return Some(s.dir.clone());
         }
         if let Some((_, dir)) = self
+            .inner
+            .host
             .versions()
             .published
             .as_ref()
@@ -443,7 +165,7 @@ impl Node {
             bundle_path: abs.display().to_string(),
             source_node: link.id(),
         };
-        self.versions().published = Some((version.clone(), abs.clone()));
+        self.inner.host.versions().published = Some((version.clone(), abs.clone()));
         link.raft
             .write(Command::StageModel(model))
             .await
@@ -485,7 +207,7 @@ impl Node {
     /// loop picks the result up.
     fn start_loading(&self, link: &Arc<ClusterLink>, config: &NodeConfig, m: &ModelRef) {
         {
-            let mut v = self.versions();
+            let mut v = self.inner.host.versions();
             if v.loading.is_some() {
                 return;
             }
@@ -516,7 +238,7 @@ impl Node {
                 Ok(p)
             }
             .await;
-            let mut v = node.versions();
+            let mut v = node.inner.host.versions();
             v.loading = None;
             match r {
                 Ok(p) => {
@@ -658,7 +380,7 @@ pub(super) async fn step(
         )
     };
     {
-        let mut v = node.versions();
+        let mut v = node.inner.host.versions();
         if v.retired
             .as_ref()
             .is_some_and(|(_, at)| at.elapsed() >= RETIRED_GRACE)
@@ -671,7 +393,7 @@ pub(super) async fn step(
     // far enough to know which fetched copies nothing needs any more
     if active.is_some() && active.as_ref().map(|a| &a.version) == serving.as_ref() {
         let keep: Vec<String> = {
-            let v = node.versions();
+            let v = node.inner.host.versions();
             [
                 active.as_ref().map(|a| a.version.clone()),
                 staged.as_ref().map(|s| s.version.clone()),
@@ -695,9 +417,9 @@ pub(super) async fn step(
     }
     if let Some(a) = &active {
         if serving.as_deref() != Some(a.version.as_str()) {
-            if node.prepared_version().as_deref() == Some(a.version.as_str()) {
-                let _one_at_a_time = node.inner.swap.lock().await;
-                let p = node.versions().prepared.take();
+            if node.inner.host.prepared_version().as_deref() == Some(a.version.as_str()) {
+                let _one_at_a_time = node.inner.host.one_at_a_time().await;
+                let p = node.inner.host.versions().prepared.take();
                 if let Some(p) = p {
                     node.switch_to(p).await.map_err(|e| e.to_string())?;
                 }
@@ -709,7 +431,7 @@ pub(super) async fn step(
     }
     if let Some(s) = &staged {
         let have = node.model_version().as_deref() == Some(s.version.as_str())
-            || node.prepared_version().as_deref() == Some(s.version.as_str());
+            || node.inner.host.prepared_version().as_deref() == Some(s.version.as_str());
         if !have {
             node.start_loading(link, config, s);
         } else if reported.as_deref() != Some(s.version.as_str()) {
@@ -734,11 +456,6 @@ pub(super) async fn step(
         tracing::info!(node_id = me, version = %version, "every replica holder loaded the staged model; activated");
     }
     Ok(())
-}
-
-/// The next seq an event log will assign (0 if its sink is gone).
-async fn next_seq(sink: &actix::Addr<super::event_sink::EventSink>) -> u64 {
-    sink.send(super::event_sink::NextSeq).await.unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -1,0 +1,435 @@
+//! The event pipeline: this node's two durable event logs (the log of
+//! events its clients sent, `<data_dir>/events/`, and in a cluster the log
+//! of events peers forwarded, `<data_dir>/events-peers/`), which forwarded
+//! events were applied already (`catchup::Origins`), and the one path every
+//! event takes: validated, logged, then applied to the user-state
+//! partitions and the served catalogue's item counters. Also forwarding
+//! accepted events to the peers, serving this node's own log to a peer that
+//! catches up, replaying both logs after a restart, and flushing them.
+//!
+//! Owns: the event sinks, `Origins`, the event log's identity, and the
+//! writing side of the user partitions for applied events.
+//! Must not touch: which model version is served (it asks its caller's
+//! `current` at each point it needs the catalogue, and never keeps one),
+//! the serving mark's file (`model_host`), or the catch-up schedule
+//! (`catchup`).
+
+use super::catchup;
+use super::cluster_link::ClusterLink;
+use super::event_sink::{start_event_sink, Append, EventSink, Flush, NextSeq, SyncDue};
+use super::model_host::ServingMark;
+use super::now_unix;
+use crate::config::{ApiConfig, NodeConfig};
+use crate::coordinator::Serving;
+use crate::eventlog::LogEvent;
+use crate::features::event_strength;
+use crate::ids::{item_key, shard_of, user_key};
+use crate::service::types::*;
+use crate::service::validate;
+use crate::telemetry::metrics::metrics;
+use crate::userstate::{AppliedEvent, ApplyEvents, UserStateActor};
+use actix::Addr;
+use futures::future::join_all;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// How long an event ingest waits for the other nodes to take the events
+/// before answering anyway (they are durable here already).
+const FORWARD_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The version being served, or why there is none: the node's `current`,
+/// asked anew at every point the pipeline needs a catalogue.
+pub(super) type Current<'a> = &'a (dyn Fn() -> Result<Arc<Serving>, ServiceError> + Sync);
+
+/// The logs and the record of applied forwarded events, opened at start
+/// before the user partitions exist (`EventPipeline::new` adds them).
+pub(super) struct EventLogs {
+    events: Addr<EventSink>,
+    peer_events: Option<Addr<EventSink>>,
+    origins: catchup::Origins,
+    event_log_id: u64,
+}
+
+impl EventLogs {
+    /// Opens (recovering) this node's event log, in a cluster also the
+    /// forwarded-event log, the applied-origins record and the log's
+    /// identity.
+    pub(super) fn open(config: &NodeConfig, data_dir: &Path) -> anyhow::Result<EventLogs> {
+        let (events, recovery) =
+            start_event_sink(&data_dir.join("events"), config.events.log_options()).map_err(
+                |e| {
+                    anyhow::anyhow!(
+                        "opening the event log in {}: {e}",
+                        data_dir.join("events").display()
+                    )
+                },
+            )?;
+        tracing::info!(%recovery, "event log open");
+        let peer_events = if config.is_cluster() {
+            let dir = data_dir.join("events-peers");
+            let (sink, recovery) = start_event_sink(&dir, config.events.log_options())
+                .map_err(|e| anyhow::anyhow!("opening the event log in {}: {e}", dir.display()))?;
+            tracing::info!(%recovery, "forwarded-event log open");
+            Some(sink)
+        } else {
+            None
+        };
+        let origins = catchup::Origins::load(data_dir.join("event_origins.json"));
+        // only a cluster node's events travel to peers
+        let event_log_id = if config.is_cluster() {
+            catchup::log_id(data_dir).map_err(|e| {
+                anyhow::anyhow!("writing {}: {e}", data_dir.join("event_log_id").display())
+            })?
+        } else {
+            0
+        };
+        Ok(EventLogs {
+            events,
+            peer_events,
+            origins,
+            event_log_id,
+        })
+    }
+}
+
+pub(super) struct EventPipeline {
+    events: Addr<EventSink>,
+    /// In a cluster: the log of events other nodes accepted and forwarded
+    /// here (`<data_dir>/events-peers/`), so `events` holds only what this
+    /// node accepted from clients — the log peers catch up from.
+    peer_events: Option<Addr<EventSink>>,
+    /// Which forwarded events (by origin node and seq) were applied here.
+    origins: Arc<catchup::Origins>,
+    /// Identity of this node's own event log (`catchup::log_id`).
+    event_log_id: u64,
+    /// One actor per user partition: the only writer of its states.
+    users: Arc<Vec<Addr<UserStateActor>>>,
+    /// This node's id.
+    me: u64,
+    /// The limits events are validated against.
+    api: ApiConfig,
+    /// `node.data_dir`, where the logs live.
+    data_dir: PathBuf,
+}
+
+impl EventPipeline {
+    pub(super) fn new(
+        logs: EventLogs,
+        users: Arc<Vec<Addr<UserStateActor>>>,
+        config: &NodeConfig,
+    ) -> EventPipeline {
+        EventPipeline {
+            events: logs.events,
+            peer_events: logs.peer_events,
+            origins: Arc::new(logs.origins),
+            event_log_id: logs.event_log_id,
+            users,
+            me: config.node.id,
+            api: config.api.clone(),
+            data_dir: config.node.data_dir.clone(),
+        }
+    }
+
+    /// Runs the interval fsync policy's clock (`interval`: the policy is
+    /// `IntervalMs`).
+    pub(super) fn start_sync_ticks(&self, interval: bool) {
+        // the interval fsync policy needs a clock; the others do not, and an
+        // idle tick 100 times a second woke three threads each time (about
+        // 2% of a core per node, measured on a 0.4-core node)
+        let sink = self.events.clone();
+        let peer_events = self.peer_events.clone();
+        actix::spawn(async move {
+            if !interval {
+                return;
+            }
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(10));
+            loop {
+                tick.tick().await;
+                if sink.send(SyncDue).await.is_err() {
+                    break;
+                }
+                if let Some(peers) = &peer_events {
+                    if peers.send(SyncDue).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Events from this node's clients: logged in its own log and applied
+    /// (see `Node::ingest_events`).
+    pub(super) async fn ingest_client(
+        &self,
+        events: Vec<EventIn>,
+        current: Current<'_>,
+    ) -> Result<Vec<LogEvent>, ServiceError> {
+        self.ingest(events, &self.events, current).await
+    }
+
+    /// Sends events this node accepted to every other node, waiting at
+    /// most `FORWARD_WAIT` for them.
+    pub(super) async fn forward(&self, link: &ClusterLink, log: &[LogEvent]) {
+        link.forward_events(log, self.event_log_id, FORWARD_WAIT)
+            .await;
+    }
+
+    /// Events node `origin` accepted and forwarded (see
+    /// `Node::ingest_forwarded_events`).
+    pub(super) async fn ingest_forwarded(
+        &self,
+        cluster: Option<&Arc<ClusterLink>>,
+        origin: u64,
+        origin_log: u64,
+        events: Vec<crate::cluster::proto::ForwardedEvent>,
+        current: Current<'_>,
+    ) -> Result<u32, ServiceError> {
+        // refuse before claiming: a claimed event must get applied
+        current()?;
+        if let Some(link) = cluster {
+            let known = {
+                let st = link.raft.state();
+                let st = st.read();
+                st.nodes.contains_key(&origin)
+            };
+            if !known || origin == self.me {
+                return Err(ServiceError::InvalidArgument(format!(
+                    "events forwarded from node {origin}, which is not another member of this cluster"
+                )));
+            }
+        }
+        let mut claimed = Vec::new();
+        let fresh: Vec<EventIn> = events
+            .into_iter()
+            .filter(|e| {
+                // seq 0: a sender that does not number its events
+                let new = e.origin_seq == 0 || self.origins.claim(origin, origin_log, e.origin_seq);
+                if new && e.origin_seq > 0 {
+                    claimed.push(e.origin_seq);
+                }
+                new
+            })
+            .map(|e| EventIn {
+                user_id: e.user_id,
+                item_id: e.item_id,
+                kind: e.kind,
+                weight: e.weight,
+                timestamp: e.timestamp,
+                device: e.device,
+            })
+            .collect();
+        if fresh.is_empty() {
+            return Ok(0);
+        }
+        let sink = self.peer_events.as_ref().unwrap_or(&self.events);
+        match self.ingest(fresh, sink, current).await {
+            Ok(log) => {
+                // the claims are made durable before the sender hears back:
+                // a restart replays the peers' log and must not also fetch
+                // these again (only a crash between the two writes can
+                // still count this batch twice)
+                let origins = self.origins.clone();
+                match tokio::task::spawn_blocking(move || origins.flush()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "cannot record which forwarded events were applied")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "recording forwarded events stopped"),
+                }
+                Ok(log.len() as u32)
+            }
+            // events this node refuses now it will refuse on every retry:
+            // they stay claimed, so a catch-up moves past them
+            Err(e @ (ServiceError::InvalidArgument(_) | ServiceError::ResourceExhausted(_))) => {
+                tracing::warn!(origin, events = claimed.len(), error = %e, "forwarded events refused; skipping them");
+                Err(e)
+            }
+            Err(e) => {
+                self.origins.release(origin, &claimed);
+                Err(e)
+            }
+        }
+    }
+
+    /// Identity of this node's own event log, sent with its events.
+    pub(super) fn event_log_id(&self) -> u64 {
+        self.event_log_id
+    }
+
+    /// Which forwarded events were applied here (`catchup`).
+    pub(super) fn origins(&self) -> &catchup::Origins {
+        &self.origins
+    }
+
+    /// Events this node accepted from clients with seq > `after` (at most
+    /// `max`), for a peer catching up (`ShardData.FetchEvents`).
+    pub(super) async fn client_events_after(
+        &self,
+        after: u64,
+        max: usize,
+    ) -> Result<Vec<LogEvent>, ServiceError> {
+        let dir = self.data_dir.join("events");
+        tokio::task::spawn_blocking(move || catchup::read_client_events(&dir, after, max))
+            .await
+            .map_err(|e| ServiceError::Internal(e.to_string()))?
+            .map_err(|e| ServiceError::Internal(format!("reading the event log: {e}")))
+    }
+
+    async fn ingest(
+        &self,
+        events: Vec<EventIn>,
+        sink: &Addr<EventSink>,
+        current: Current<'_>,
+    ) -> Result<Vec<LogEvent>, ServiceError> {
+        let valid = validate::events(events, &self.api, now_unix())?;
+        // refuse before logging: applying needs a model's catalogue
+        current()?;
+        let mut log: Vec<LogEvent> = valid
+            .iter()
+            .map(|e| LogEvent {
+                seq: 0,
+                ts: e.timestamp,
+                user_id: e.user_id.clone(),
+                item_id: e.item_id.clone(),
+                kind: e.kind,
+                weight: e.weight,
+                device: e.device.clone(),
+            })
+            .collect();
+        let (first, _) = sink
+            .send(Append(log.clone()))
+            .await
+            .map_err(|e| ServiceError::Unavailable(format!("event log unavailable: {e}")))?
+            .map_err(|e| ServiceError::Internal(format!("event log append failed: {e}")))?;
+        // the writer numbered its copy the same way: consecutive from first
+        for (i, e) in log.iter_mut().enumerate() {
+            e.seq = first + i as u64;
+        }
+        for e in &log {
+            metrics().events.with_label_values(&[e.kind.as_str()]).inc();
+        }
+        self.apply_logged(&log, current).await?;
+        Ok(log)
+    }
+
+    /// After a restart, applies what the event logs hold since `mark` was
+    /// taken to user state and item counters: this node's own log from
+    /// `log_seq` and, in a cluster, the log of events forwarded by peers
+    /// from `peer_log_seq` (the bundle holds neither).
+    pub(super) async fn replay_logs(
+        &self,
+        mark: &ServingMark,
+        current: Current<'_>,
+    ) -> Result<usize, ServiceError> {
+        let mut n = self.replay_log("events", mark.log_seq, current).await?;
+        if self.peer_events.is_some() {
+            n += self
+                .replay_log("events-peers", mark.peer_log_seq, current)
+                .await?;
+        }
+        tracing::info!(
+            events = n,
+            from_seq = mark.log_seq,
+            from_peer_seq = mark.peer_log_seq,
+            "replayed the event logs into user state"
+        );
+        Ok(n)
+    }
+
+    /// Applies the events of `<data_dir>/<log>` with seq >= `from`.
+    async fn replay_log(
+        &self,
+        log: &str,
+        from: u64,
+        current: Current<'_>,
+    ) -> Result<usize, ServiceError> {
+        let dir = self.data_dir.join(log);
+        if !dir.exists() {
+            return Ok(0);
+        }
+        let events = tokio::task::spawn_blocking(move || -> Result<Vec<LogEvent>, String> {
+            let mut out = Vec::new();
+            for e in crate::eventlog::EventLogReader::open(&dir).map_err(|e| e.to_string())? {
+                let e = e.map_err(|e| e.to_string())?;
+                if e.seq >= from {
+                    out.push(e);
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(e.to_string()))?
+        .map_err(|e| ServiceError::Internal(format!("reading the event log {log}: {e}")))?;
+        let n = events.len();
+        for chunk in events.chunks(1000) {
+            self.apply_logged(chunk, current).await?;
+        }
+        Ok(n)
+    }
+
+    /// Applies events that are already durable to user state and counters.
+    async fn apply_logged(
+        &self,
+        events: &[LogEvent],
+        current: Current<'_>,
+    ) -> Result<(), ServiceError> {
+        let serving = current()?;
+        let parts = self.users.len() as u32;
+        let mut by_part: Vec<Vec<AppliedEvent>> = vec![Vec::new(); parts as usize];
+        for e in events {
+            let key = item_key(&e.item_id);
+            serving
+                .catalog
+                .record_event(key, e.ts, event_strength(e.kind, e.weight));
+            by_part[shard_of(user_key(&e.user_id), parts) as usize].push(AppliedEvent {
+                user_id: e.user_id.clone(),
+                item_key: key,
+                categories: serving.catalog.categories_of(key),
+                ts: e.ts,
+                kind: e.kind,
+                weight: e.weight,
+            });
+        }
+        let sends = by_part
+            .into_iter()
+            .enumerate()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(p, v)| self.users[p].send(ApplyEvents(v)));
+        for r in join_all(sends).await {
+            r.map_err(|e| {
+                ServiceError::Internal(format!(
+                    "events are logged but a user partition is unavailable: {e}"
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The next seq this node's own log and (in a cluster) the
+    /// forwarded-event log will assign, in that order (0 for a log this
+    /// node does not keep, or whose sink is gone).
+    pub(super) async fn next_seqs(&self) -> (u64, u64) {
+        let log_seq = next_seq(&self.events).await;
+        let peer_log_seq = match &self.peer_events {
+            Some(p) => next_seq(p).await,
+            None => 0,
+        };
+        (log_seq, peer_log_seq)
+    }
+
+    /// Flushes the event logs; call on shutdown.
+    pub(super) async fn flush(&self) -> Result<(), String> {
+        if let Some(peers) = &self.peer_events {
+            peers.send(Flush).await.map_err(|e| e.to_string())??;
+        }
+        if let Err(e) = self.origins.flush() {
+            tracing::warn!(error = %e, "cannot record which forwarded events were applied");
+        }
+        self.events.send(Flush).await.map_err(|e| e.to_string())?
+    }
+}
+
+/// The next seq an event log will assign (0 if its sink is gone).
+async fn next_seq(sink: &Addr<EventSink>) -> u64 {
+    sink.send(NextSeq).await.unwrap_or(0)
+}
