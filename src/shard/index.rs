@@ -205,8 +205,7 @@ impl ShardIndex {
     }
 
     pub fn vector(&self, key: u64) -> Option<&[f32]> {
-        let r = *self.rows.get(&key)? as usize;
-        Some(&self.vectors[r * self.dim..(r + 1) * self.dim])
+        Some(self.row_vector(*self.rows.get(&key)?))
     }
 
     /// Top-`k` keys by inner product with `query` among those `filter`
