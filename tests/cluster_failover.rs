@@ -302,7 +302,7 @@ fn three_nodes_survive_kills_and_converge_after_restart() {
 /// Sends `signal` (e.g. "STOP", "CONT") to a node process.
 fn signal(p: &NodeProc, signal: &str) {
     let status = std::process::Command::new("kill")
-        .args([&format!("-{signal}"), &p.child.id().to_string()])
+        .args([&format!("-{signal}"), &p.pid().to_string()])
         .status()
         .expect("kill(1) runs");
     assert!(status.success(), "kill -{signal} failed");

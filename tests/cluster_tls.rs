@@ -276,7 +276,7 @@ fn a_cluster_runs_over_mutual_tls_and_refuses_what_its_ca_did_not_sign() {
     // a few join attempts (every 2 s)
     std::thread::sleep(Duration::from_secs(7));
     assert!(
-        procs[3].child.try_wait().unwrap().is_none(),
+        procs[3].process.try_exit().is_none(),
         "node 4 should keep running (and keep asking)"
     );
     let v = view(&rt, &internal(1), &operator_tls).expect("the cluster answers");

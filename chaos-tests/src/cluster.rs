@@ -1,118 +1,46 @@
-//! A real cluster of real `funnel serve` processes on 127.0.0.1: config
-//! writing, start, SIGKILL, SIGSTOP/SIGCONT, restart, and the calls the
-//! harness makes to look at it (Control.Status, the cluster view,
-//! ShardData.Digest/Search, HTTP recommend and upsert, `funnel admin`).
+//! A real cluster of real `funnel serve` processes on 127.0.0.1: the chaos
+//! shape of it (voters and spares, failpoints, fault injection, an admin
+//! token, a log file per node), start, SIGKILL, SIGTERM, SIGSTOP/SIGCONT,
+//! restart, and the calls the harness makes to look at it (Control.Status,
+//! the cluster view, ShardData.Digest/Search, HTTP recommend and upsert,
+//! `funnel admin`). Processes, ports, config text, the HTTP client and the
+//! status/view/digest calls are the shared test kit's (`testkit`); this
+//! module keeps what only the chaos runs need.
 //!
 //! Owns: the node processes, their config files, data directories and log
 //! files, and the tokio runtime every harness task runs on.
 //! Must not touch: the fault schedule or the history (`faults.rs` decides
 //! what to do to a node, `history.rs` records it).
 
-use funnel::cluster::proto::control_client::ControlClient;
 use funnel::cluster::proto::shard_data_client::ShardDataClient;
-use funnel::cluster::proto::{ShardDigestRequest, ShardSearchRequest, StatusRequest};
-use funnel::cluster::{ClusterView, ReplicaState};
-use funnel::http_client::{build_client, send_json, ErrorKind, HttpClient};
+use funnel::cluster::proto::ShardSearchRequest;
+use funnel::cluster::ClusterView;
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use testkit::http::{Http, HttpOptions};
+use testkit::layout::{local, members_list, taken_port, NodeConfig, NodePorts};
+use testkit::process::{ServeCommand, ServeProcess};
 
-/// Why the harness could not do what it was asked.
-#[derive(Debug, thiserror::Error)]
-pub enum HarnessError {
-    #[error("{0}")]
-    Binary(String),
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        source: std::io::Error,
-    },
-    #[error("timed out after {0:?}: {1}")]
-    Timeout(Duration, String),
-    #[error("funnel admin {args}: {message}")]
-    Admin { args: String, message: String },
-    #[error("{0}")]
-    Other(String),
-}
+pub use testkit::bundle::{DIM, USERS};
+pub use testkit::observe::{placed_copies, settled, status_at};
+pub use testkit::process::funnel_bin;
+/// Why the harness could not do what it was asked (the kit's error).
+pub use testkit::KitError as HarnessError;
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HarnessError {
-    let what = what.into();
-    move |source| HarnessError::Io { what, source }
+    testkit::error::io(what)
 }
 
-/// The `funnel` executable: `FUNNEL_BIN`, else `target/<profile>/funnel`
-/// next to the running test or chaos binary.
-pub fn funnel_bin() -> Result<PathBuf, HarnessError> {
-    const BUILD: &str = "build it with `cargo build --bin funnel --features failpoints` \
-         (or point FUNNEL_BIN at a funnel executable)";
-    if let Some(p) = std::env::var_os("FUNNEL_BIN") {
-        let p = PathBuf::from(p);
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(HarnessError::Binary(format!(
-                "FUNNEL_BIN={} is not a file; {BUILD}",
-                p.display()
-            )))
-        };
-    }
-    let exe = std::env::current_exe().map_err(io("locating the running executable"))?;
-    // target/<profile>/deps/ci-HASH (tests) or target/<profile>/chaos (the binary)
-    let mut candidates = Vec::new();
-    for dir in exe.ancestors().skip(1).take(2) {
-        candidates.push(dir.join(format!("funnel{}", std::env::consts::EXE_SUFFIX)));
-    }
-    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
-        HarnessError::Binary(format!(
-            "no funnel executable next to {}; {BUILD}",
-            exe.display()
-        ))
-    })
-}
-
-/// Trains a small seeded bundle (400 users, 300 items, 16 factors) into
-/// `out`: seconds, and every node of a run serves it.
+/// Trains the small seeded bundle (400 users, 300 items, 16 factors),
+/// model `chaos-seed-{seed}`, into `out`: seconds, and every node of a run
+/// serves it.
 pub fn small_bundle(out: &Path, seed: u64, shards: u32) -> Result<PathBuf, HarnessError> {
-    use funnel::gen::{generate, GenParams};
-    use funnel::training::pipeline::PipelineParams;
-    use funnel::training::trainer::{train, TrainOptions};
-    let ds = generate(&GenParams {
-        users: 400,
-        items: 300,
-        interactions: 16_000,
-        seed,
-        ..GenParams::default()
-    })
-    .map_err(|e| HarnessError::Other(format!("generating the training data: {e}")))?;
-    let mut params = PipelineParams::default();
-    params.als.factors = DIM as usize;
-    params.als.iterations = 6;
-    params.gbdt.trees = 40;
-    train(
-        &ds,
-        &TrainOptions {
-            out: out.to_path_buf(),
-            force: true,
-            shards,
-            params,
-            index: Default::default(),
-            index_threads: 0,
-            model_version: Some(format!("chaos-seed-{seed}")),
-            progress: false,
-            metrics: serde_json::Value::Null,
-        },
-    )
-    .map_err(|e| HarnessError::Other(format!("training the chaos bundle: {e}")))?;
-    Ok(out.to_path_buf())
+    testkit::bundle::small_bundle(out, seed, shards, &format!("chaos-seed-{seed}"))
 }
 
-/// Embedding dimension of the chaos bundle.
-pub const DIM: u32 = 16;
-/// Users in the chaos bundle (u000000..u000399).
-pub const USERS: u32 = 400;
 /// The admin token every chaos node is configured with.
 pub const ADMIN_TOKEN: &str = "chaos-admin-token";
 
@@ -161,21 +89,27 @@ pub struct Node {
     pub config: PathBuf,
     pub data_dir: PathBuf,
     pub log: PathBuf,
-    child: Option<Child>,
-    paused: bool,
+    process: Option<ServeProcess>,
 }
 
 impl Node {
     pub fn running(&self) -> bool {
-        self.child.is_some()
+        self.process.is_some()
     }
 
     pub fn paused(&self) -> bool {
-        self.paused
+        self.process.as_ref().is_some_and(ServeProcess::paused)
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.process.as_ref().map(ServeProcess::pid)
+    }
+
+    fn process(&mut self) -> Result<&mut ServeProcess, HarnessError> {
+        let id = self.id;
+        self.process
+            .as_mut()
+            .ok_or_else(|| HarnessError::Other(format!("node {id} is not running")))
     }
 }
 
@@ -187,105 +121,77 @@ pub struct Cluster {
     pub bundle: PathBuf,
     pub nodes: Vec<Node>,
     pub rt: Arc<tokio::runtime::Runtime>,
-    http: HttpClient,
+    http: Http,
 }
+
+/// How long a `full_coverage` recommend may take.
+const COVERAGE_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Cluster {
     /// Writes the configs of every node (voters and spares) under `dir`;
     /// starts nothing.
     pub fn new(spec: ClusterSpec, dir: &Path, bundle: &Path) -> Result<Cluster, HarnessError> {
         let bin = funnel_bin()?;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .map_err(io("starting the harness runtime"))?;
-        let http = rt.block_on(async { build_client(64, Duration::from_secs(5)) });
+        let rt = Arc::new(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(io("starting the harness runtime"))?,
+        );
+        let http = Http::on(
+            rt.clone(),
+            HttpOptions {
+                pool: 64,
+                connect_timeout: Duration::from_secs(5),
+                timeout: COVERAGE_TIMEOUT,
+                retry_broken_connection: false,
+            },
+        );
         let total = spec.voters + spec.spares;
-        let port = |id: u64, k: u16| spec.base_port + 3 * (id as u16 - 1) + k;
+        let ports = NodePorts::packed(total, spec.base_port);
         // nodes of another run on these ports would talk Raft to this
         // cluster's nodes: refuse to start instead
-        for id in 1..=total {
-            for k in 0..3 {
-                let p = port(id, k);
-                if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", p)) {
-                    return Err(HarnessError::Other(format!(
-                        "port {p} (node {id}) is not free ({e}): another chaos run or test uses \
-                         ports {}..{}; pick another --base-port",
-                        spec.base_port,
-                        port(total, 2)
-                    )));
-                }
-            }
+        if let Some((id, p, e)) = taken_port(&ports) {
+            return Err(HarnessError::Other(format!(
+                "port {p} (node {id}) is not free ({e}): another chaos run or test uses \
+                 ports {}..{}; pick another --base-port",
+                spec.base_port,
+                ports.last().map_or(spec.base_port, |n| n.internal)
+            )));
         }
-        let addr = |p: u16| format!("127.0.0.1:{p}");
-        let members: Vec<String> = (1..=spec.voters)
-            .map(|id| {
-                format!(
-                    "  {{ id = {id}, internal = \"{}\", http = \"{}\", grpc = \"{}\" }},",
-                    addr(port(id, 2)),
-                    addr(port(id, 0)),
-                    addr(port(id, 1))
-                )
-            })
-            .collect();
+        let members = members_list(&ports[..spec.voters as usize]);
+        let api_extra = format!("admin_token = \"{ADMIN_TOKEN}\"");
         let mut nodes = Vec::new();
-        for id in 1..=total {
-            let data_dir = dir.join(format!("node-{id}"));
-            let config = dir.join(format!("node{id}.toml"));
-            let members = if id <= spec.voters {
-                format!("members = [\n{}\n]", members.join("\n"))
-            } else {
-                String::new()
-            };
-            let text = format!(
-                r#"[node]
-id = {id}
-data_dir = "{data}"
-bundle = "{bundle}"
-
-[api]
-http = "{http}"
-grpc = "{grpc}"
-admin_token = "{ADMIN_TOKEN}"
-
-[cluster]
-internal = "{internal}"
-bootstrap = {boot}
-shards = {shards}
-replication = {replication}
-heartbeat_ms = 100
-election_timeout_min_ms = 300
-election_timeout_max_ms = 600
-snapshot_every = {snapshot_every}
-{fault_injection}{members}
-"#,
-                data = data_dir.display(),
-                bundle = bundle.display(),
-                http = addr(port(id, 0)),
-                grpc = addr(port(id, 1)),
-                internal = addr(port(id, 2)),
-                boot = id == 1,
-                shards = spec.shards,
-                replication = spec.replication,
-                snapshot_every = spec.snapshot_every,
-                fault_injection = if spec.fault_injection {
+        for me in &ports {
+            let cluster_extra = format!(
+                "snapshot_every = {}\n{}{}",
+                spec.snapshot_every,
+                if spec.fault_injection {
                     "fault_injection = true\n"
                 } else {
                     ""
                 },
+                if me.id <= spec.voters { &members } else { "" },
             );
-            std::fs::write(&config, text).map_err(io(format!("writing {}", config.display())))?;
+            let (config, data_dir) = NodeConfig {
+                ports: me,
+                bundle: Some(bundle),
+                shards: spec.shards,
+                replication: spec.replication,
+                api_extra: &api_extra,
+                cluster_extra: &cluster_extra,
+            }
+            .write(dir)?;
             nodes.push(Node {
-                id,
-                http: addr(port(id, 0)),
-                grpc: addr(port(id, 1)),
-                internal: addr(port(id, 2)),
+                id: me.id,
+                http: local(me.http),
+                grpc: local(me.grpc),
+                internal: local(me.internal),
                 config,
                 data_dir,
-                log: dir.join(format!("node{id}.log")),
-                child: None,
-                paused: false,
+                log: dir.join(format!("node{}.log", me.id)),
+                process: None,
             });
         }
         Ok(Cluster {
@@ -294,7 +200,7 @@ snapshot_every = {snapshot_every}
             dir: dir.to_path_buf(),
             bundle: bundle.to_path_buf(),
             nodes,
-            rt: Arc::new(rt),
+            rt,
             http,
         })
     }
@@ -320,45 +226,28 @@ snapshot_every = {snapshot_every}
     pub fn live(&self) -> Vec<u64> {
         self.nodes
             .iter()
-            .filter(|n| n.running() && !n.paused)
+            .filter(|n| n.running() && !n.paused())
             .map(|n| n.id)
             .collect()
     }
 
-    /// Starts node `id`'s process (stdout and stderr appended to its log);
-    /// does not wait for it to serve.
+    /// Starts node `id`'s process (stdout and stderr appended to its log,
+    /// `FUNNEL_FAILPOINTS` from the spec); does not wait for it to serve.
     pub fn start(&mut self, id: u64) -> Result<(), HarnessError> {
         if self.node(id).running() {
             return Ok(());
         }
         let failpoints = self.spec.failpoints.get(&id).cloned();
-        let bin = self.bin.clone();
-        let node = self.node_mut(id);
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&node.log)
-            .map_err(io(format!("opening {}", node.log.display())))?;
-        let err = log
-            .try_clone()
-            .map_err(io(format!("opening {}", node.log.display())))?;
-        let mut cmd = Command::new(&bin);
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&node.config)
-            .env("RUST_LOG", "warn,openraft=off")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(err));
-        match failpoints {
-            Some(fp) => cmd.env("FUNNEL_FAILPOINTS", fp),
+        let mut cmd = ServeCommand::new(&self.bin).args([
+            "--config".into(),
+            self.node(id).config.clone().into_os_string(),
+        ]);
+        cmd = match failpoints {
+            Some(fp) => cmd.env("FUNNEL_FAILPOINTS", &fp),
             None => cmd.env_remove("FUNNEL_FAILPOINTS"),
         };
-        let child = cmd
-            .spawn()
-            .map_err(io(format!("starting {} serve", bin.display())))?;
-        node.child = Some(child);
-        node.paused = false;
+        let process = cmd.spawn_logged(&self.node(id).log)?;
+        self.node_mut(id).process = Some(process);
         Ok(())
     }
 
@@ -391,75 +280,42 @@ snapshot_every = {snapshot_every}
     /// then marked not running).
     pub fn exited(&mut self, id: u64) -> Option<std::process::ExitStatus> {
         let node = self.node_mut(id);
-        let status = node.child.as_mut()?.try_wait().ok()??;
-        node.child = None;
-        node.paused = false;
+        let status = node.process.as_mut()?.try_exit()?;
+        node.process = None;
         Some(status)
     }
 
     /// SIGKILL and reap.
     pub fn kill(&mut self, id: u64) {
-        let node = self.node_mut(id);
-        if let Some(mut c) = node.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(mut p) = self.node_mut(id).process.take() {
+            p.kill();
         }
-        node.paused = false;
     }
 
     /// SIGTERM (a graceful stop, as an orchestrator does it), reaped; a
     /// process still running after `grace` is SIGKILLed. True when it exited
     /// within the grace period.
     pub fn stop(&mut self, id: u64, grace: Duration) -> bool {
-        if self.signal(id, libc::SIGTERM).is_err() {
-            return false;
-        }
-        let t0 = Instant::now();
-        while t0.elapsed() < grace {
-            if self.exited(id).is_some() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.kill(id);
-        false
-    }
-
-    fn signal(&mut self, id: u64, sig: libc::c_int) -> Result<(), HarnessError> {
-        let pid = self
-            .node(id)
-            .pid()
-            .ok_or_else(|| HarnessError::Other(format!("node {id} is not running")))?;
-        // SAFETY: kill(2) with a pid of a child this harness started and has
-        // not reaped (so the pid cannot have been reused).
-        let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
-        if rc != 0 {
-            return Err(HarnessError::Io {
-                what: format!("signalling node {id} (pid {pid})"),
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        Ok(())
+        self.node_mut(id)
+            .process
+            .take()
+            .is_some_and(|p| p.stop(grace))
     }
 
     /// SIGSTOP: the process freezes with its sockets open.
     pub fn pause(&mut self, id: u64) -> Result<(), HarnessError> {
-        self.signal(id, libc::SIGSTOP)?;
-        self.node_mut(id).paused = true;
-        Ok(())
+        self.node_mut(id).process()?.pause()
     }
 
     /// SIGCONT.
     pub fn resume(&mut self, id: u64) -> Result<(), HarnessError> {
-        self.signal(id, libc::SIGCONT)?;
-        self.node_mut(id).paused = false;
-        Ok(())
+        self.node_mut(id).process()?.resume()
     }
 
     /// Every process SIGKILLed.
     pub fn shutdown(&mut self) {
         for id in 1..=self.nodes.len() as u64 {
-            if self.node(id).paused {
+            if self.node(id).paused() {
                 let _ = self.resume(id);
             }
             self.kill(id);
@@ -550,15 +406,7 @@ snapshot_every = {snapshot_every}
 
     /// The cluster view as node `id` has it.
     pub fn view(&self, id: u64) -> Option<ClusterView> {
-        let addr = self.node(id).internal.clone();
-        self.rt.block_on(async move {
-            tokio::time::timeout(Duration::from_secs(3), funnel::admin::fetch_view(&addr))
-                .await
-                .ok()?
-                .ok()
-                .flatten()
-                .map(|(_, v)| v)
-        })
+        testkit::observe::view(&self.rt, &self.node(id).internal, Duration::from_secs(3))
     }
 
     /// The view from any live node.
@@ -567,28 +415,15 @@ snapshot_every = {snapshot_every}
     }
 
     /// Digest of every copy the shard map places: shard -> [(node, digest)].
-    pub fn digests(&self, view: &ClusterView) -> BTreeMap<u32, Vec<(u64, String)>> {
-        let mut out: BTreeMap<u32, Vec<(u64, String)>> = BTreeMap::new();
-        for (shard, node) in placed_copies(view) {
-            let Some(info) = view.nodes.get(&node) else {
-                continue;
-            };
-            let addr = format!("http://{}", info.internal);
-            let d = self.rt.block_on(async move {
-                let mut c =
-                    tokio::time::timeout(Duration::from_secs(2), ShardDataClient::connect(addr))
-                        .await
-                        .ok()?
-                        .ok()?;
-                let mut req = tonic::Request::new(ShardDigestRequest { shard });
-                req.set_timeout(Duration::from_secs(3));
-                c.digest(req).await.ok().map(|r| r.into_inner().digest)
-            });
-            if let Some(d) = d {
-                out.entry(shard).or_default().push((node, d));
-            }
-        }
-        out
+    pub fn digests(&self, view: &ClusterView) -> testkit::observe::Digests {
+        // a frozen node must not hold the harness: every call has a bound
+        testkit::observe::copies_with(&self.rt, view, None, Some(Duration::from_secs(3)))
+            .into_iter()
+            .map(|(shard, copies)| {
+                let digests = copies.into_iter().map(|(node, _, d)| (node, d)).collect();
+                (shard, digests)
+            })
+            .collect()
     }
 
     /// For each copy the map places: which of `keys` (item keys of items of
@@ -635,35 +470,23 @@ snapshot_every = {snapshot_every}
         out
     }
 
-    /// POST `body` to node `id`'s HTTP `path`.
+    /// POST `body` to node `id`'s HTTP `path` within `timeout`.
     pub fn post(
         &self,
         id: u64,
         path: &str,
         body: serde_json::Value,
         timeout: Duration,
-    ) -> Result<(u16, serde_json::Value), ErrorKind> {
-        let uri: hyper::Uri = format!("http://{}{path}", self.node(id).http)
-            .parse()
-            .map_err(|_| ErrorKind::BadResponse)?;
-        let (status, bytes) = self.rt.block_on(send_json(
-            &self.http,
-            uri,
-            Some(body.to_string().into()),
-            None,
-            timeout,
-        ))?;
-        let v = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-        Ok((status.as_u16(), v))
+    ) -> Result<(u16, serde_json::Value), HarnessError> {
+        let url = format!("http://{}{path}", self.node(id).http);
+        self.http
+            .call_within(&url, Some(body.to_string()), None, timeout)
     }
 
-    /// True when node `id` answers a recommend with 200 and coverage 1.
+    /// True when node `id` answers a recommend with 200 and coverage 1
+    /// (within 3 s).
     pub fn full_coverage(&self, id: u64) -> bool {
-        let body = serde_json::json!({"user_id": "u000001", "k": 10, "deadline_ms": 1000});
-        matches!(
-            self.post(id, "/v1/recommend", body, Duration::from_secs(3)),
-            Ok((200, v)) if v["coverage"].as_f64() == Some(1.0)
-        )
+        testkit::http::full_coverage(&self.http, &self.node(id).http)
     }
 
     /// Replaces node `id`'s transport fault rules (FaultInjection.SetFaults;
@@ -724,46 +547,4 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.shutdown();
     }
-}
-
-/// Control.Status of the node at `addr` (http://HOST:PORT) within `timeout`.
-pub async fn status_at(
-    addr: String,
-    timeout: Duration,
-) -> Option<funnel::cluster::proto::StatusResponse> {
-    tokio::time::timeout(timeout, async move {
-        let mut c = ControlClient::connect(addr).await.ok()?;
-        let mut req = tonic::Request::new(StatusRequest {
-            linearizable: false,
-        });
-        req.set_timeout(timeout);
-        c.status(req).await.ok().map(|r| r.into_inner())
-    })
-    .await
-    .ok()
-    .flatten()
-}
-
-/// (shard, node) of every copy the view's shard map places.
-pub fn placed_copies(view: &ClusterView) -> Vec<(u32, u64)> {
-    view.shard_map
-        .as_ref()
-        .map(|m| {
-            m.replicas
-                .iter()
-                .enumerate()
-                .flat_map(|(s, rs)| rs.iter().map(move |r| (s as u32, r.node)))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Every replica Active and no transfer queued.
-pub fn settled(v: &ClusterView) -> bool {
-    v.transfers.is_empty()
-        && v.shard_map.as_ref().is_some_and(|m| {
-            m.replicas
-                .iter()
-                .all(|rs| !rs.is_empty() && rs.iter().all(|r| r.state == ReplicaState::Active))
-        })
 }

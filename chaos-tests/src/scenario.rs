@@ -604,7 +604,7 @@ fn fresh_write_and_read(f: &Faults, seed: u64) -> Result<(), String> {
     match f.cluster.post(via, "/v1/items", body, secs(10)) {
         Ok((200, _)) => {}
         Ok((s, v)) => return Err(format!("fresh upsert via node {via}: {s} {v}")),
-        Err(e) => return Err(format!("fresh upsert via node {via}: {}", e.label())),
+        Err(e) => return Err(format!("fresh upsert via node {via}: {e}")),
     }
     let view = f
         .cluster
