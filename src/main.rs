@@ -592,18 +592,26 @@ fn run(cli: Cli) -> Result<()> {
             }
             // a chaos test that asked for crash points must not run without them
             funnel::failpoints::setup_from_env().map_err(|e| anyhow::anyhow!(e))?;
-            funnel::telemetry::init_tracing();
+            // installed once the config is known: [telemetry] may add the
+            // OTLP export layer
+            let export = funnel::telemetry::init_node_tracing(&cfg.telemetry, cfg.node.id)?;
             let shutdown = funnel::api::server::shutdown_signal();
-            funnel::api::server::block_on(funnel::api::server::run(cfg, shutdown, |r| {
-                let model = r
-                    .node
-                    .model_version()
-                    .unwrap_or_else(|| "(none yet)".into());
-                println!(
-                    "funnel serving: http=http://{} grpc={} model={model}",
-                    r.http, r.grpc
-                );
-            }))?;
+            let served =
+                funnel::api::server::block_on(funnel::api::server::run(cfg, shutdown, |r| {
+                    let model = r
+                        .node
+                        .model_version()
+                        .unwrap_or_else(|| "(none yet)".into());
+                    println!(
+                        "funnel serving: http=http://{} grpc={} model={model}",
+                        r.http, r.grpc
+                    );
+                }));
+            // send the spans still queued, also those of a failed start
+            if let Some(export) = export {
+                export.shutdown();
+            }
+            served?;
         }
         Command::Demo(args) => funnel::demo::run_demo(&args)?,
         Command::Bench(BenchCommand {

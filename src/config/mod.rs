@@ -33,7 +33,8 @@ pub mod validate;
 
 pub use node::{
     ApiConfig, ClusterConfig, ClusterMember, EventsConfig, FetchBundles, NodeConfig, NodeSection,
-    RankingConfig, ShardSearchEngine, ShardsConfig, StageBudget, StageDeadlines, TlsFiles,
+    RankingConfig, ShardSearchEngine, ShardsConfig, StageBudget, StageDeadlines, TelemetryConfig,
+    TlsFiles,
 };
 pub use span::TextPos;
 

@@ -14,6 +14,7 @@ use crate::eventlog::{EventLogOptions, FsyncPolicy};
 use crate::ranking::rerank::RerankConfig;
 use crate::ranking::score::Cascade;
 use crate::recall::RecallConfig;
+pub use crate::telemetry::TelemetryConfig;
 pub use crate::tls::TlsFiles;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -31,6 +32,8 @@ pub struct NodeConfig {
     pub rerank: RerankConfig,
     pub events: EventsConfig,
     pub shards: ShardsConfig,
+    /// Span export over OTLP; off unless `otlp_endpoint` is set.
+    pub telemetry: TelemetryConfig,
     /// `None` (no `[cluster]` section): a single node that owns every shard.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterConfig>,

@@ -40,6 +40,8 @@ pub fn problems(cfg: &NodeConfig) -> Vec<String> {
         // RerankConfig's messages start with the field name
         out.push(format!("rerank.{msg}"));
     }
+    // its messages start with `telemetry.<key>`
+    out.extend(cfg.telemetry.problems());
     if let Some(cluster) = &cfg.cluster {
         check_cluster(cfg.node.id, cluster, &mut out);
     }
