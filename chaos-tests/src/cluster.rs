@@ -8,11 +8,12 @@
 //! Must not touch: the fault schedule or the history (`faults.rs` decides
 //! what to do to a node, `history.rs` records it).
 
-use funnel::cluster::proto::control_client::ControlClient;
-use funnel::cluster::proto::shard_data_client::ShardDataClient;
-use funnel::cluster::proto::{ShardDigestRequest, ShardSearchRequest, StatusRequest};
 use funnel::cluster::{ClusterView, ReplicaState};
 use funnel::http_client::{build_client, send_json, ErrorKind, HttpClient};
+use funnel::proto::control::control_client::ControlClient;
+use funnel::proto::control::StatusRequest;
+use funnel::proto::data::shard_data_client::ShardDataClient;
+use funnel::proto::data::{ShardDigestRequest, ShardSearchRequest};
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
@@ -485,7 +486,7 @@ snapshot_every = {snapshot_every}
         &self,
         id: u64,
         timeout: Duration,
-    ) -> Option<funnel::cluster::proto::StatusResponse> {
+    ) -> Option<funnel::proto::control::StatusResponse> {
         let addr = format!("http://{}", self.node(id).internal);
         self.rt.block_on(status_at(addr, timeout))
     }
@@ -671,9 +672,9 @@ snapshot_every = {snapshot_every}
     pub fn set_faults(
         &self,
         id: u64,
-        rules: funnel::cluster::proto::FaultRules,
+        rules: funnel::proto::ops::FaultRules,
     ) -> Result<(), HarnessError> {
-        use funnel::cluster::proto::fault_injection_client::FaultInjectionClient;
+        use funnel::proto::ops::fault_injection_client::FaultInjectionClient;
         let addr = format!("http://{}", self.node(id).internal);
         self.rt.block_on(async move {
             let ch = tonic::transport::Endpoint::from_shared(addr.clone())
@@ -730,7 +731,7 @@ impl Drop for Cluster {
 pub async fn status_at(
     addr: String,
     timeout: Duration,
-) -> Option<funnel::cluster::proto::StatusResponse> {
+) -> Option<funnel::proto::control::StatusResponse> {
     tokio::time::timeout(timeout, async move {
         let mut c = ControlClient::connect(addr).await.ok()?;
         let mut req = tonic::Request::new(StatusRequest {

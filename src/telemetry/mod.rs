@@ -1,9 +1,11 @@
-//! Observability: tracing setup, Prometheus metrics, CPU-time accounting.
+//! Observability: tracing setup, Prometheus metrics, CPU-time accounting,
+//! logging of control-loop steps that keep failing (`failure_log`).
 //!
 //! Owns: the process-wide metrics registry and the tracing subscriber.
 //! Must not touch: request handling (callers record; this module stores).
 
 pub mod cpu;
+pub mod failure_log;
 pub mod metrics;
 
 /// Installs the tracing subscriber (RUST_LOG, default "info"), once.

@@ -244,8 +244,8 @@ pub fn shard_digests(
     nodes: &[(u64, String)],
     shards: u32,
 ) -> std::collections::BTreeMap<u32, Vec<(u64, String)>> {
-    use funnel::cluster::proto::shard_data_client::ShardDataClient;
-    use funnel::cluster::proto::ShardDigestRequest;
+    use funnel::proto::data::shard_data_client::ShardDataClient;
+    use funnel::proto::data::ShardDigestRequest;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -414,8 +414,8 @@ pub fn copies_with(
     v: &funnel::cluster::ClusterView,
     tls: Option<&funnel::tls::NodeTls>,
 ) -> Copies {
-    use funnel::cluster::proto::shard_data_client::ShardDataClient;
-    use funnel::cluster::proto::ShardDigestRequest;
+    use funnel::proto::data::shard_data_client::ShardDataClient;
+    use funnel::proto::data::ShardDigestRequest;
     let mut out = Copies::new();
     let Some(map) = &v.shard_map else {
         return out;
@@ -475,8 +475,8 @@ pub fn wait_voters(
     voters: &[u64],
     timeout: Duration,
 ) -> bool {
-    use funnel::cluster::proto::control_client::ControlClient;
-    use funnel::cluster::proto::StatusRequest;
+    use funnel::proto::control::control_client::ControlClient;
+    use funnel::proto::control::StatusRequest;
     eventually(timeout, || {
         rt.block_on(async {
             let Ok(mut c) = ControlClient::connect(format!("http://{internal}")).await else {
