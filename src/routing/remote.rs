@@ -278,8 +278,11 @@ mod tests {
     /// hit: the shard's number as the key.
     #[derive(Clone, Default)]
     struct Recorder {
-        seen: Arc<Mutex<Vec<(&'static str, Option<String>)>>>,
+        seen: Arc<Mutex<Vec<Seen>>>,
     }
+
+    /// (RPC, the request id it carried)
+    type Seen = (&'static str, Option<String>);
 
     impl Recorder {
         fn record<T>(&self, rpc: &'static str, req: &Request<T>) {
