@@ -4,7 +4,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     // SAFETY: build scripts are single-threaded; nothing else reads the environment concurrently.
     unsafe { std::env::set_var("PROTOC", protoc) };
-    let protos = ["proto/funnel.proto", "proto/cluster.proto"];
+    // the public API, then one file per node-to-node plane (see src/proto.rs)
+    let protos = [
+        "proto/funnel.proto",
+        "proto/control.proto",
+        "proto/data.proto",
+        "proto/ops.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

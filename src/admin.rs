@@ -126,8 +126,8 @@ pub fn cluster_publish(
     bundle: &std::path::Path,
     opts: &PublishOptions,
 ) -> Result<Option<String>> {
-    use crate::cluster::proto::admin_client::AdminClient;
-    use crate::cluster::proto::PublishRequest;
+    use crate::proto::ops::admin_client::AdminClient;
+    use crate::proto::ops::PublishRequest;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -241,7 +241,7 @@ pub fn cluster_publish(
 
 /// The replicated view as `addr` sees it.
 async fn cluster_view(addr: &str, tls: Option<&NodeTls>) -> Result<crate::cluster::ClusterView> {
-    use crate::cluster::proto::StatusRequest;
+    use crate::proto::control::StatusRequest;
     let mut c = control_client(addr, tls).await?;
     let r = c
         .view(StatusRequest {
@@ -291,9 +291,9 @@ async fn tls_mismatch(addr: &str, tls: Option<&NodeTls>, failure: &str) -> Optio
 
 fn decode_view(
     addr: &str,
-    r: &crate::cluster::proto::ViewResponse,
+    r: &crate::proto::control::ViewResponse,
 ) -> Result<crate::cluster::ClusterView> {
-    if r.format != crate::cluster::proto::PayloadFormat::Postcard as i32 {
+    if r.format != crate::proto::control::PayloadFormat::Postcard as i32 {
         bail!("{addr} sent the view in an unknown format {}", r.format);
     }
     postcard::from_bytes(&r.view)
@@ -362,14 +362,14 @@ pub struct MemberReport {
 async fn control_client(
     addr: &str,
     tls: Option<&NodeTls>,
-) -> Result<crate::cluster::proto::control_client::ControlClient<tonic::transport::Channel>> {
+) -> Result<crate::proto::control::control_client::ControlClient<tonic::transport::Channel>> {
     let ep =
         internal_endpoint(addr, tls, Duration::from_millis(700))?.timeout(Duration::from_secs(3));
     let ch = ep
         .connect()
         .await
         .map_err(|e| anyhow!("connecting to {addr}: {}", error_chain(&e)))?;
-    Ok(crate::cluster::proto::control_client::ControlClient::new(
+    Ok(crate::proto::control::control_client::ControlClient::new(
         ch,
     ))
 }
@@ -390,7 +390,7 @@ pub async fn fetch_view_over(
     addr: &str,
     tls: Option<&NodeTls>,
 ) -> Result<Option<(crate::cluster::ClusterStatus, crate::cluster::ClusterView)>> {
-    use crate::cluster::proto::StatusRequest;
+    use crate::proto::control::StatusRequest;
     let mut c = match control_client(addr, tls).await {
         Ok(c) => c,
         Err(e) => {
@@ -433,7 +433,7 @@ pub async fn fetch_view_over(
 /// when `addr` does not speak the cluster protocol (e.g. a single node's
 /// HTTP address).
 pub fn cluster_report(addr: &str, tls: Option<&NodeTls>) -> Result<Option<ClusterReport>> {
-    use crate::cluster::proto::StatusRequest;
+    use crate::proto::control::StatusRequest;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -31,6 +31,7 @@ pub mod model;
 pub mod net;
 pub mod node;
 pub mod progress;
+pub mod proto;
 pub mod ranking;
 pub mod recall;
 pub mod rng;
@@ -43,9 +44,3 @@ pub mod testdata;
 pub mod tls;
 pub mod training;
 pub mod userstate;
-
-/// Generated protobuf types for the public API (`proto/funnel.proto`).
-pub mod proto {
-    #![allow(clippy::all, missing_docs)]
-    tonic::include_proto!("funnel.v1");
-}

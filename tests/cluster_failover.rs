@@ -11,8 +11,8 @@
 
 mod support;
 
-use funnel::cluster::proto::control_client::ControlClient;
-use funnel::cluster::proto::StatusRequest;
+use funnel::proto::control::control_client::ControlClient;
+use funnel::proto::control::StatusRequest;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -313,7 +313,7 @@ fn signal(p: &NodeProc, signal: &str) {
 fn linearizable_status(
     rt: &tokio::runtime::Runtime,
     internal: &str,
-) -> Result<funnel::cluster::proto::StatusResponse, String> {
+) -> Result<funnel::proto::control::StatusResponse, String> {
     rt.block_on(async {
         let mut c = ControlClient::connect(format!("http://{internal}"))
             .await

@@ -15,9 +15,10 @@
 
 mod support;
 
-use funnel::cluster::proto::control_client::ControlClient;
-use funnel::cluster::proto::fault_injection_client::FaultInjectionClient;
-use funnel::cluster::proto::{FaultRules, LinkDrop, NodeGroup, StatusRequest};
+use funnel::proto::control::control_client::ControlClient;
+use funnel::proto::control::StatusRequest;
+use funnel::proto::ops::fault_injection_client::FaultInjectionClient;
+use funnel::proto::ops::{FaultRules, LinkDrop, NodeGroup};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -26,10 +26,11 @@
 
 mod support;
 
-use funnel::cluster::proto::bundle_files_client::BundleFilesClient;
-use funnel::cluster::proto::control_client::ControlClient;
-use funnel::cluster::proto::{FetchBundleFileRequest, PayloadFormat, WriteRequest};
 use funnel::cluster::{Command, ModelRef};
+use funnel::proto::control::control_client::ControlClient;
+use funnel::proto::control::{PayloadFormat, WriteRequest};
+use funnel::proto::data::bundle_files_client::BundleFilesClient;
+use funnel::proto::data::FetchBundleFileRequest;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::Output;

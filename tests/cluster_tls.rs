@@ -20,10 +20,10 @@ mod support;
 #[path = "support/pki.rs"]
 mod pki;
 
-use funnel::cluster::proto::control_client::ControlClient;
-use funnel::cluster::proto::StatusRequest;
 use funnel::cluster::{ClusterView, ReplicaState};
 use funnel::config::TlsFiles;
+use funnel::proto::control::control_client::ControlClient;
+use funnel::proto::control::StatusRequest;
 use funnel::tls::{NodeTls, ADMIN_FLAGS};
 use pki::{tls_section, TestCa};
 use rcgen::ExtendedKeyUsagePurpose;

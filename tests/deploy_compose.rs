@@ -30,7 +30,7 @@
 mod support;
 
 use funnel::bench::server_stats::parse_exposition;
-use funnel::proto::funnel_client::FunnelClient;
+use funnel::proto::public::funnel_client::FunnelClient;
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -736,7 +736,7 @@ fn compose_cluster_behind_the_load_balancer_survives_a_kill_and_a_partition() {
             .expect("gRPC through the load balancer connects");
         for user in ["u000001", "u000002", "u000003"] {
             let r = c
-                .recommend(funnel::proto::RecommendRequest {
+                .recommend(funnel::proto::public::RecommendRequest {
                     user_id: user.into(),
                     k: 10,
                     deadline_ms: DEADLINE_MS as u32,

@@ -5,8 +5,8 @@ mod support;
 
 use funnel::features::CfLookup;
 use funnel::ids::item_key;
-use funnel::proto::funnel_client::FunnelClient;
-use funnel::proto::{Item, RecommendRequest, UpsertItemsRequest};
+use funnel::proto::public::funnel_client::FunnelClient;
+use funnel::proto::public::{Item, RecommendRequest, UpsertItemsRequest};
 use serde_json::json;
 use support::*;
 

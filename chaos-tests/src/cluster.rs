@@ -12,8 +12,8 @@
 //! Must not touch: the fault schedule or the history (`faults.rs` decides
 //! what to do to a node, `history.rs` records it).
 
-use funnel::cluster::proto::shard_data_client::ShardDataClient;
-use funnel::cluster::proto::ShardSearchRequest;
+use funnel::proto::data::shard_data_client::ShardDataClient;
+use funnel::proto::data::ShardSearchRequest;
 use funnel::cluster::ClusterView;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -341,7 +341,7 @@ impl Cluster {
         &self,
         id: u64,
         timeout: Duration,
-    ) -> Option<funnel::cluster::proto::StatusResponse> {
+    ) -> Option<funnel::proto::control::StatusResponse> {
         let addr = format!("http://{}", self.node(id).internal);
         self.rt.block_on(status_at(addr, timeout))
     }
@@ -494,9 +494,9 @@ impl Cluster {
     pub fn set_faults(
         &self,
         id: u64,
-        rules: funnel::cluster::proto::FaultRules,
+        rules: funnel::proto::ops::FaultRules,
     ) -> Result<(), HarnessError> {
-        use funnel::cluster::proto::fault_injection_client::FaultInjectionClient;
+        use funnel::proto::ops::fault_injection_client::FaultInjectionClient;
         let addr = format!("http://{}", self.node(id).internal);
         self.rt.block_on(async move {
             let ch = tonic::transport::Endpoint::from_shared(addr.clone())

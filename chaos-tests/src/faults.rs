@@ -13,7 +13,7 @@
 use crate::cluster::{Cluster, HarnessError};
 use crate::history::Recorder;
 use crate::load::Routing;
-use funnel::cluster::proto::{FaultRules, LinkDelay, LinkDrop, NodeGroup};
+use funnel::proto::ops::{FaultRules, LinkDelay, LinkDrop, NodeGroup};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 

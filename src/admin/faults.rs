@@ -8,8 +8,8 @@
 //! touch: validation beyond syntax (the node checks the rules and refuses
 //! bad ones with what is wrong).
 
-use crate::cluster::proto::fault_injection_client::FaultInjectionClient;
-use crate::cluster::proto::{FaultRules, Link, LinkDelay, LinkDrop, NodeGroup};
+use crate::proto::ops::fault_injection_client::FaultInjectionClient;
+use crate::proto::ops::{FaultRules, Link, LinkDelay, LinkDrop, NodeGroup};
 use anyhow::{anyhow, bail, Result};
 use std::time::Duration;
 

@@ -7,9 +7,9 @@
 //! does (`Node::publish_cluster`).
 
 use super::error::grpc_status;
-use crate::cluster::proto::admin_server::{Admin, AdminServer};
-use crate::cluster::proto::{PublishRequest, PublishResponse};
 use crate::node::Node;
+use crate::proto::ops::admin_server::{Admin, AdminServer};
+use crate::proto::ops::{PublishRequest, PublishResponse};
 use crate::service::types::ServiceError;
 use tonic::{Request, Response, Status};
 

@@ -10,10 +10,10 @@
 use super::error::grpc_status;
 use crate::bundle::manifest::MANIFEST_FILE;
 use crate::bundle::Bundle;
-use crate::cluster::proto::bundle_files_server::{BundleFiles, BundleFilesServer};
-use crate::cluster::proto::{BundleFileChunk, FetchBundleFileRequest};
 use crate::node::bundle_fetch::check_rel_path;
 use crate::node::Node;
+use crate::proto::data::bundle_files_server::{BundleFiles, BundleFilesServer};
+use crate::proto::data::{BundleFileChunk, FetchBundleFileRequest};
 use crate::service::types::ServiceError;
 use std::io::{Read, Seek, SeekFrom};
 use tokio_stream::wrappers::ReceiverStream;

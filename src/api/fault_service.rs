@@ -8,8 +8,8 @@
 //! (`cluster::fault`, `cluster::peer_channel`).
 
 use crate::cluster::fault::{Delay, FaultInjector, FaultRules};
-use crate::cluster::proto::fault_injection_server::{FaultInjection, FaultInjectionServer};
-use crate::cluster::proto::{self, FaultAck};
+use crate::proto::ops::fault_injection_server::{FaultInjection, FaultInjectionServer};
+use crate::proto::ops::{self, FaultAck};
 use std::collections::BTreeSet;
 use std::time::Duration;
 use tonic::{Request, Response, Status};
@@ -37,7 +37,7 @@ pub fn fault_service(
 
 /// The wire rules as `FaultRules`, validated, and the seed to restart from
 /// (`None` for 0: keep the current one).
-pub fn rules_from_proto(r: &proto::FaultRules) -> Result<(FaultRules, Option<u64>), String> {
+pub fn rules_from_proto(r: &ops::FaultRules) -> Result<(FaultRules, Option<u64>), String> {
     let target = |to: u64| (to != 0).then_some(to);
     let rules = FaultRules {
         isolate: r
@@ -73,7 +73,7 @@ pub fn rules_from_proto(r: &proto::FaultRules) -> Result<(FaultRules, Option<u64
 impl FaultInjection for FaultService {
     async fn set_faults(
         &self,
-        request: Request<proto::FaultRules>,
+        request: Request<ops::FaultRules>,
     ) -> Result<Response<FaultAck>, Status> {
         if !self.enabled {
             return Err(Status::failed_precondition(format!(
@@ -114,14 +114,14 @@ mod tests {
 
     #[test]
     fn wire_rules_convert_with_zero_meaning_any() {
-        let r = proto::FaultRules {
-            isolate: vec![proto::NodeGroup { nodes: vec![3, 1] }],
-            cut: vec![proto::Link { from: 1, to: 2 }],
-            drop: vec![proto::LinkDrop {
+        let r = ops::FaultRules {
+            isolate: vec![ops::NodeGroup { nodes: vec![3, 1] }],
+            cut: vec![ops::Link { from: 1, to: 2 }],
+            drop: vec![ops::LinkDrop {
                 to: 0,
                 probability: 0.25,
             }],
-            delay: vec![proto::LinkDelay {
+            delay: vec![ops::LinkDelay {
                 to: 2,
                 fixed_ms: 40,
                 jitter_ms: 5,
@@ -135,7 +135,7 @@ mod tests {
         assert_eq!(rules.drop, vec![(None, 0.25)]);
         assert_eq!(rules.delay[0].0, Some(2));
         assert_eq!(rules.delay[0].1.fixed, Duration::from_millis(40));
-        let seeded = proto::FaultRules {
+        let seeded = ops::FaultRules {
             seed: 7,
             ..Default::default()
         };
@@ -144,16 +144,16 @@ mod tests {
 
     #[test]
     fn bad_wire_rules_are_refused() {
-        let p = proto::FaultRules {
-            drop: vec![proto::LinkDrop {
+        let p = ops::FaultRules {
+            drop: vec![ops::LinkDrop {
                 to: 2,
                 probability: 1.5,
             }],
             ..Default::default()
         };
         assert!(rules_from_proto(&p).unwrap_err().contains("1.5"));
-        let d = proto::FaultRules {
-            delay: vec![proto::LinkDelay {
+        let d = ops::FaultRules {
+            delay: vec![ops::LinkDelay {
                 to: 0,
                 fixed_ms: 60_001,
                 jitter_ms: 0,
@@ -161,8 +161,8 @@ mod tests {
             ..Default::default()
         };
         assert!(rules_from_proto(&d).is_err());
-        let z = proto::FaultRules {
-            isolate: vec![proto::NodeGroup { nodes: vec![0] }],
+        let z = ops::FaultRules {
+            isolate: vec![ops::NodeGroup { nodes: vec![0] }],
             ..Default::default()
         };
         assert!(rules_from_proto(&z).is_err());
@@ -178,7 +178,7 @@ mod tests {
             faults: faults.clone(),
         };
         let e = off
-            .set_faults(Request::new(proto::FaultRules::default()))
+            .set_faults(Request::new(ops::FaultRules::default()))
             .await
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::FailedPrecondition);
@@ -193,8 +193,8 @@ mod tests {
             admin_token: "tok".into(),
             faults: faults.clone(),
         };
-        let isolate = proto::FaultRules {
-            isolate: vec![proto::NodeGroup { nodes: vec![4] }],
+        let isolate = ops::FaultRules {
+            isolate: vec![ops::NodeGroup { nodes: vec![4] }],
             ..Default::default()
         };
         let e = on

@@ -3,8 +3,8 @@
 
 use super::error::grpc_status;
 use crate::node::Node;
-use crate::proto;
-use crate::proto::funnel_server::{Funnel, FunnelServer};
+use crate::proto::public;
+use crate::proto::public::funnel_server::{Funnel, FunnelServer};
 use crate::service::types::{ContextIn, EventIn, ItemIn, RecommendQuery};
 use tonic::{Request, Response, Status};
 
@@ -31,8 +31,8 @@ fn observe(op: &str, ok: bool) {
 impl Funnel for FunnelService {
     async fn recommend(
         &self,
-        req: Request<proto::RecommendRequest>,
-    ) -> Result<Response<proto::RecommendResponse>, Status> {
+        req: Request<public::RecommendRequest>,
+    ) -> Result<Response<public::RecommendResponse>, Status> {
         let r = req.into_inner();
         let ctx = r.context.unwrap_or_default();
         let q = RecommendQuery {
@@ -51,11 +51,11 @@ impl Funnel for FunnelService {
         let out = self.node.recommend(q).await;
         observe("recommend", out.is_ok());
         let out = out.map_err(|e| grpc_status(&e))?;
-        Ok(Response::new(proto::RecommendResponse {
+        Ok(Response::new(public::RecommendResponse {
             items: out
                 .items
                 .into_iter()
-                .map(|i| proto::RecommendedItem {
+                .map(|i| public::RecommendedItem {
                     item_id: i.item_id,
                     score: i.score,
                     sources: i.sources,
@@ -68,7 +68,7 @@ impl Funnel for FunnelService {
             timings: out
                 .timings
                 .into_iter()
-                .map(|t| proto::StageTiming {
+                .map(|t| public::StageTiming {
                     stage: t.stage,
                     micros: t.micros,
                 })
@@ -79,8 +79,8 @@ impl Funnel for FunnelService {
 
     async fn ingest_events(
         &self,
-        req: Request<proto::IngestEventsRequest>,
-    ) -> Result<Response<proto::IngestEventsResponse>, Status> {
+        req: Request<public::IngestEventsRequest>,
+    ) -> Result<Response<public::IngestEventsResponse>, Status> {
         let events = req
             .into_inner()
             .events
@@ -96,15 +96,15 @@ impl Funnel for FunnelService {
             .collect();
         let out = self.node.ingest_events(events).await;
         observe("events", out.is_ok());
-        Ok(Response::new(proto::IngestEventsResponse {
+        Ok(Response::new(public::IngestEventsResponse {
             accepted: out.map_err(|e| grpc_status(&e))?,
         }))
     }
 
     async fn upsert_items(
         &self,
-        req: Request<proto::UpsertItemsRequest>,
-    ) -> Result<Response<proto::UpsertItemsResponse>, Status> {
+        req: Request<public::UpsertItemsRequest>,
+    ) -> Result<Response<public::UpsertItemsResponse>, Status> {
         let items = req
             .into_inner()
             .items
@@ -119,37 +119,37 @@ impl Funnel for FunnelService {
             .collect();
         let out = self.node.upsert_items(items).await;
         observe("upsert_items", out.is_ok());
-        Ok(Response::new(proto::UpsertItemsResponse {
+        Ok(Response::new(public::UpsertItemsResponse {
             upserted: out.map_err(|e| grpc_status(&e))?,
         }))
     }
 
     async fn delete_items(
         &self,
-        req: Request<proto::DeleteItemsRequest>,
-    ) -> Result<Response<proto::DeleteItemsResponse>, Status> {
+        req: Request<public::DeleteItemsRequest>,
+    ) -> Result<Response<public::DeleteItemsResponse>, Status> {
         let out = self.node.delete_items(req.into_inner().item_ids).await;
         observe("delete_items", out.is_ok());
-        Ok(Response::new(proto::DeleteItemsResponse {
+        Ok(Response::new(public::DeleteItemsResponse {
             deleted: out.map_err(|e| grpc_status(&e))?,
         }))
     }
 
     async fn get_user(
         &self,
-        req: Request<proto::GetUserRequest>,
-    ) -> Result<Response<proto::GetUserResponse>, Status> {
+        req: Request<public::GetUserRequest>,
+    ) -> Result<Response<public::GetUserResponse>, Status> {
         let out = self.node.get_user(req.into_inner().user_id).await;
         observe("get_user", out.is_ok());
         let u = out.map_err(|e| grpc_status(&e))?;
-        Ok(Response::new(proto::GetUserResponse {
+        Ok(Response::new(public::GetUserResponse {
             user_id: u.user_id,
             known: u.known,
             events: u.events,
             recent: u
                 .recent
                 .into_iter()
-                .map(|r| proto::RecentItem {
+                .map(|r| public::RecentItem {
                     item_id: r.item_id,
                     kind: r.kind,
                     timestamp: r.timestamp,
@@ -158,7 +158,7 @@ impl Funnel for FunnelService {
             tastes: u
                 .tastes
                 .into_iter()
-                .map(|t| proto::CategoryTaste {
+                .map(|t| public::CategoryTaste {
                     category: t.category,
                     weight: t.weight,
                 })
@@ -169,10 +169,10 @@ impl Funnel for FunnelService {
 
     async fn health(
         &self,
-        _: Request<proto::HealthRequest>,
-    ) -> Result<Response<proto::HealthResponse>, Status> {
+        _: Request<public::HealthRequest>,
+    ) -> Result<Response<public::HealthResponse>, Status> {
         let h = self.node.health();
-        Ok(Response::new(proto::HealthResponse {
+        Ok(Response::new(public::HealthResponse {
             status: h.status,
             node_id: h.node_id,
             model_version: h.model_version,

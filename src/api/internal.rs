@@ -1,17 +1,22 @@
 //! The data-plane half of the internal gRPC API (`ShardData` in
-//! `proto/cluster.proto`): other nodes' coordinators search this node's
+//! `proto/data.proto`): other nodes' coordinators search this node's
 //! shard copies. Served on the cluster's internal port next to Raft.
-//! Conversion only; the work is `Node::local_shard_search`.
+//! Conversion only; the work is `Node::local_shard_search`. Each search RPC
+//! runs in a `shard_rpc{request_id}` span (the coordinator's id, sent as
+//! metadata: `routing::metadata`) and each search in a
+//! `shard_search{shard_id}` child, so this node's part of a request can be
+//! found by the id the coordinator logged.
 
 use super::error::grpc_status;
-use crate::cluster::proto::shard_data_server::{ShardData, ShardDataServer};
-use crate::cluster::proto::{
+use crate::node::Node;
+use crate::proto::data::shard_data_server::{ShardData, ShardDataServer};
+use crate::proto::data::{
     shard_search_outcome, FetchEventsRequest, ForwardEventsRequest, ForwardEventsResponse,
     SearchFailure, ShardDigestRequest, ShardDigestResponse, ShardSearchBatch,
     ShardSearchBatchResponse, ShardSearchOutcome, ShardSearchRequest, ShardSearchResponse,
 };
-use crate::node::Node;
 use crate::routing::batch::MAX_BATCH_SEARCHES;
+use crate::routing::metadata::request_id_of;
 use crate::routing::SearchSpec;
 use crate::service::types::ServiceError;
 use crate::telemetry::cpu::CpuTimed;
@@ -20,6 +25,7 @@ use futures::future::join_all;
 use std::sync::Arc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 pub struct ShardDataService {
     node: Node,
@@ -38,9 +44,27 @@ fn bad(msg: String) -> Status {
     grpc_status(&ServiceError::InvalidArgument(msg))
 }
 
+/// The caller's request id for a span field ("-" when it sent none).
+fn request_id_field<T>(request: &Request<T>) -> String {
+    request_id_of(request).unwrap_or("-").to_string()
+}
+
 impl ShardDataService {
-    /// One search, as `Search` and every item of `SearchBatch` answer it.
+    /// One search, as `Search` and every item of `SearchBatch` answer it,
+    /// in a `shard_search` span (a child of the call's span); a refused
+    /// search is logged there, so with the request id.
     async fn search_one(&self, r: ShardSearchRequest) -> Result<ShardSearchResponse, Status> {
+        let span = tracing::info_span!("shard_search", shard_id = r.shard);
+        let answer = self.search_unlogged(r).instrument(span.clone()).await;
+        if let Err(s) = &answer {
+            span.in_scope(
+                || tracing::debug!(code = ?s.code(), error = %s.message(), "shard search refused"),
+            );
+        }
+        answer
+    }
+
+    async fn search_unlogged(&self, r: ShardSearchRequest) -> Result<ShardSearchResponse, Status> {
         if r.query.iter().any(|x| !x.is_finite()) {
             return Err(bad("query has a non-finite value".into()));
         }
@@ -98,7 +122,9 @@ impl ShardData for ShardDataService {
             .shard_searches_served
             .with_label_values(&["search"])
             .inc();
+        let span = tracing::info_span!("shard_rpc", request_id = %request_id_field(&request));
         CpuTimed::new("rpc", self.search_one(request.into_inner()))
+            .instrument(span)
             .await
             .map(Response::new)
     }
@@ -107,7 +133,13 @@ impl ShardData for ShardDataService {
         &self,
         request: Request<ShardSearchBatch>,
     ) -> Result<Response<ShardSearchBatchResponse>, Status> {
+        let request_id = request_id_field(&request);
         let searches = request.into_inner().searches;
+        let span = tracing::info_span!(
+            "shard_rpc",
+            request_id = %request_id,
+            searches = searches.len()
+        );
         if searches.len() > MAX_BATCH_SEARCHES {
             return Err(bad(format!(
                 "{} searches in one batch; send at most {MAX_BATCH_SEARCHES} per call",
@@ -122,6 +154,7 @@ impl ShardData for ShardDataService {
             "rpc",
             join_all(searches.into_iter().map(|r| self.search_one(r))),
         )
+        .instrument(span)
         .await;
         let outcomes = answers
             .into_iter()

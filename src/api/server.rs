@@ -1,11 +1,13 @@
 //! Running a node's front ends: `run(config, shutdown, on_ready)` starts
 //! the node, the HTTP and gRPC servers, hands the bound addresses to
 //! `on_ready`, and on `shutdown` stops accepting, drains, and flushes the
-//! event log.
+//! event log. All of it runs under the node's root span (`node_span`).
 
+use super::node_span::{node_span, InNodeSpan};
 use super::{grpc, http};
 use crate::config::NodeConfig;
 use crate::node::Node;
+use actix_web::dev::Service as _;
 use actix_web::{App, HttpServer};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -28,6 +30,21 @@ pub async fn run<F>(
 where
     F: Future<Output = ()>,
 {
+    let span = node_span(config.node.id);
+    tracing::Instrument::instrument(serve(config, shutdown, on_ready, span.clone()), span).await
+}
+
+/// `run`, inside the node's `span`; the servers and tasks it starts are put
+/// under the span too (they do not inherit it).
+async fn serve<F>(
+    config: NodeConfig,
+    shutdown: F,
+    on_ready: impl FnOnce(Ready),
+    span: tracing::Span,
+) -> anyhow::Result<()>
+where
+    F: Future<Output = ()>,
+{
     let node = Node::start(config.clone()).await?;
     let (stop_cluster, cluster_stopping) = tokio::sync::watch::channel(false);
     if config.is_cluster() {
@@ -35,21 +52,26 @@ where
         // api's to build; the node only hosts them
         let (for_rpc, me, token) = (node.clone(), config.node.id, config.api.admin_token.clone());
         let fault_injection = config.cluster.as_ref().is_some_and(|c| c.fault_injection);
+        let span = span.clone();
         let services = move |routes: tonic::service::Routes,
                              faults: &crate::cluster::FaultInjector,
                              max: usize| {
             routes
-                .add_service(super::internal::shard_data_service(for_rpc.clone(), max))
-                .add_service(super::bundle_files::bundle_files_service(
-                    for_rpc.clone(),
-                    max,
+                .add_service(InNodeSpan::new(
+                    super::internal::shard_data_service(for_rpc.clone(), max),
+                    span.clone(),
                 ))
-                .add_service(super::admin_service::admin_service(for_rpc))
-                .add_service(super::fault_service::fault_service(
-                    me,
-                    fault_injection,
-                    token,
-                    faults.clone(),
+                .add_service(InNodeSpan::new(
+                    super::bundle_files::bundle_files_service(for_rpc.clone(), max),
+                    span.clone(),
+                ))
+                .add_service(InNodeSpan::new(
+                    super::admin_service::admin_service(for_rpc),
+                    span.clone(),
+                ))
+                .add_service(InNodeSpan::new(
+                    super::fault_service::fault_service(me, fault_injection, token, faults.clone()),
+                    span.clone(),
                 ))
         };
         let link = crate::node::cluster_link::start_cluster(
@@ -63,9 +85,15 @@ where
     }
     let max = config.api.max_message_bytes;
     let for_http = node.clone();
+    let http_span = span.clone();
     let server = HttpServer::new(move || {
         let n = for_http.clone();
-        App::new().configure(move |c| http::configure(c, n, max))
+        let span = http_span.clone();
+        // the HTTP workers are arbiters of their own: each request is put
+        // under the node's span here
+        App::new()
+            .wrap_fn(move |req, srv| tracing::Instrument::instrument(srv.call(req), span.clone()))
+            .configure(move |c| http::configure(c, n, max))
     })
     .workers(config.api.http_workers.max(1))
     .disable_signals()
@@ -86,7 +114,7 @@ where
     let grpc_addr = listener.local_addr()?;
     let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
     let grpc_server = tonic::transport::Server::builder()
-        .add_service(grpc::service(node.clone()))
+        .add_service(InNodeSpan::new(grpc::service(node.clone()), span.clone()))
         .serve_with_incoming_shutdown(crate::cluster::node::nodelay_incoming(listener), async {
             let _ = grpc_stopped.await;
         });

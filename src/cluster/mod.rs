@@ -28,12 +28,6 @@ pub mod state_machine;
 pub mod types;
 pub mod vote_fence;
 
-/// Generated types of the node-to-node API (`proto/cluster.proto`).
-pub mod proto {
-    #![allow(clippy::all, missing_docs)]
-    tonic::include_proto!("funnel.cluster.v1");
-}
-
 pub use error::{from_status, to_status, ClusterError};
 pub use fault::{Delay, FaultInjector, FaultRules, InjectedFault};
 pub use log_store::LogStore;

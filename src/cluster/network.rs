@@ -1,6 +1,6 @@
 //! Outgoing cluster traffic: gRPC channels to peers, the payload codec, and
 //! openraft's `RaftNetworkFactory` / `RaftNetwork` over the `Raft` service of
-//! `proto/cluster.proto`.
+//! `proto/control.proto`.
 //!
 //! Owns: the channel cache (one lazily connected HTTP/2 channel per peer
 //! address, shared by Raft replication and control forwarding), message size
@@ -36,11 +36,11 @@ use super::error::ClusterError;
 use super::fault::FaultInjector;
 use super::log_reversion::MatchedLogs;
 use super::peer_channel::PeerChannel;
-use super::proto::control_client::ControlClient;
-use super::proto::raft_client::RaftClient;
-use super::proto::{PayloadFormat, RaftBytes};
 use super::state::NodeInfo;
 use super::types::{NodeId, TypeConfig};
+use crate::proto::control::control_client::ControlClient;
+use crate::proto::control::raft_client::RaftClient;
+use crate::proto::control::{PayloadFormat, RaftBytes};
 use crate::tls::{internal_endpoint, NodeTls};
 
 /// Encodes a value for a cluster message payload (postcard).

@@ -28,13 +28,14 @@ use super::error::{from_status, ClusterError};
 use super::fault::FaultInjector;
 use super::log_store::{LogStore, LOG_FILE};
 use super::network::{decode_payload, encode_payload, Channels, NetworkFactory};
-use super::proto;
-use super::proto::PayloadFormat;
 use super::service::{ControlService, RaftService};
 use super::state::{Command, CommandResult, NodeInfo, StateSummary};
 use super::state_machine::{StateHandle, StateMachineStore};
 use super::types::{NodeId, Raft, RaftMetrics};
 use super::vote_fence::VoteFence;
+// the cluster speaks the control plane only
+use crate::proto::control as proto;
+use crate::proto::control::PayloadFormat;
 use crate::tls::{internal_endpoint, NodeTls};
 
 /// How many times a write follows a changing leader before giving up.

@@ -300,8 +300,8 @@ mod tests {
     /// transport.
     #[tokio::test]
     async fn a_real_client_sees_the_injected_status() {
-        use crate::cluster::proto::control_client::ControlClient;
-        use crate::cluster::proto::StatusRequest;
+        use crate::proto::control::control_client::ControlClient;
+        use crate::proto::control::StatusRequest;
         let ch = tonic::transport::Endpoint::from_static("http://127.0.0.1:9")
             .connect_timeout(Duration::from_millis(200))
             .connect_lazy();

@@ -1,5 +1,5 @@
 //! Incoming cluster traffic: the tonic implementations of the `Raft` and
-//! `Control` services of `proto/cluster.proto`.
+//! `Control` services of `proto/control.proto`.
 //!
 //! Owns: decoding requests, handing them to openraft or the node core, and
 //! encoding replies; conversion of `ClusterStatus` to and from its protobuf
@@ -16,11 +16,12 @@ use tonic::{Request, Response, Status};
 use super::error::{to_status, ClusterError};
 use super::network::{decode_payload, encode_payload, raft_bytes};
 use super::node::{ClusterStatus, NodeCore};
-use super::proto;
-use super::proto::{PayloadFormat, RaftBytes};
 use super::state::{Command, StateSummary};
 use super::types::{NodeId, Raft, TypeConfig};
 use super::vote_fence::VoteFence;
+// the cluster speaks the control plane only
+use crate::proto::control as proto;
+use crate::proto::control::{PayloadFormat, RaftBytes};
 
 /// Serves openraft's RPCs for this node.
 pub struct RaftService {

@@ -198,6 +198,7 @@ pub async fn recommend(
             &serving.shards,
             spec,
             clock.until(recall_end),
+            &request_id,
             &mut degraded,
         )
         .await;
@@ -358,6 +359,7 @@ async fn ann_fan_out(
     shards: &[Arc<dyn ShardClient>],
     spec: SearchSpec,
     until: Instant,
+    request_id: &str,
     degraded: &mut Vec<String>,
 ) -> (Vec<(u64, f32)>, Vec<KeyedVectors>, usize) {
     let batch = CallBatch::new();
@@ -365,6 +367,7 @@ async fn ann_fan_out(
         deadline: Some(until),
         batch: Some(batch.clone()),
         plan: plan_request(shards),
+        request_id: Some(Arc::from(request_id)),
     };
     let specs = spec.split_by_shard(shards.len() as u32);
     let calls = shards.iter().map(|c| {

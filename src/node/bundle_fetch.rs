@@ -18,10 +18,10 @@ use super::cluster_link::ClusterLink;
 use crate::bundle::fsio::{fsync_dir, verify_streaming};
 use crate::bundle::manifest::{self, shard_dir, MANIFEST_FILE};
 use crate::bundle::{Bundle, FileEntry, Manifest, OpenCheck};
-use crate::cluster::proto::bundle_files_client::BundleFilesClient;
-use crate::cluster::proto::FetchBundleFileRequest;
 use crate::cluster::ModelRef;
 use crate::config::{FetchBundles, NodeConfig};
+use crate::proto::data::bundle_files_client::BundleFilesClient;
+use crate::proto::data::FetchBundleFileRequest;
 use crate::service::types::ServiceError;
 use crate::telemetry::metrics::metrics;
 use std::io::Write;
@@ -460,7 +460,7 @@ fn hash_prefix(part: &Path, want: u64) -> Result<(blake3::Hasher, u64), String> 
 /// One file of a bundle arriving from a peer, chunk by chunk, in order.
 struct FileStream {
     rel: String,
-    stream: tonic::Streaming<crate::cluster::proto::BundleFileChunk>,
+    stream: tonic::Streaming<crate::proto::data::BundleFileChunk>,
     at: u64,
 }
 

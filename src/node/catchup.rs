@@ -33,10 +33,11 @@
 
 use super::cluster_link::ClusterLink;
 use super::Node;
-use crate::cluster::proto::shard_data_client::ShardDataClient;
-use crate::cluster::proto::{FetchEventsRequest, ForwardedEvent};
 use crate::cluster::NodeStatus;
 use crate::eventlog::{EventLogReader, LogEvent};
+use crate::proto::data::shard_data_client::ShardDataClient;
+use crate::proto::data::{FetchEventsRequest, ForwardedEvent};
+use crate::telemetry::failure_log::StepFailures;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -307,6 +308,9 @@ pub async fn run(node: Node, link: Arc<ClusterLink>, mut shutdown: watch::Receiv
     // peers still to ask since start (or since the last sweep)
     let mut pending: Option<BTreeSet<u64>> = None;
     let mut last_sweep = Instant::now();
+    // per peer: a peer down for a moment is routine, one that stays
+    // unreachable is logged at warn (`failure_log`)
+    let mut failures: BTreeMap<u64, StepFailures> = BTreeMap::new();
     loop {
         tokio::select! {
             _ = shutdown.wait_for(|s| *s) => {
@@ -346,8 +350,12 @@ pub async fn run(node: Node, link: Arc<ClusterLink>, mut shutdown: watch::Receiv
                 todo.remove(&peer);
                 continue;
             };
+            let log = failures
+                .entry(peer)
+                .or_insert_with(|| StepFailures::new("event catch-up"));
             match catch_up_from(&node, &link, peer, addr).await {
                 Ok(n) => {
+                    log.succeeded();
                     todo.remove(&peer);
                     if n > 0 {
                         tracing::info!(
@@ -358,7 +366,7 @@ pub async fn run(node: Node, link: Arc<ClusterLink>, mut shutdown: watch::Receiv
                     }
                 }
                 Err(e) => {
-                    tracing::debug!(origin = peer, error = %e, "event catch-up did not finish; retrying")
+                    log.failed(&format!("from node {peer}: {e}"));
                 }
             }
         }

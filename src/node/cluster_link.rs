@@ -20,6 +20,7 @@ use crate::cluster::{
 use crate::config::NodeConfig;
 use crate::routing::HealthBook;
 use crate::service::types::ServiceError;
+use crate::telemetry::failure_log::StepFailures;
 use crate::tls::{self, NodeTls};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 use tonic::transport::Channel;
+use tracing::Instrument;
 
 pub struct ClusterLink {
     pub raft: RaftNode,
@@ -128,9 +130,9 @@ impl ClusterLink {
         node_log_id: u64,
         wait: Duration,
     ) {
-        use crate::cluster::proto::shard_data_client::ShardDataClient;
-        use crate::cluster::proto::ForwardEventsRequest;
         use crate::cluster::NodeStatus;
+        use crate::proto::data::shard_data_client::ShardDataClient;
+        use crate::proto::data::ForwardEventsRequest;
         if events.is_empty() {
             return;
         }
@@ -267,12 +269,9 @@ pub async fn start_cluster(
             .filter(|m| m.id != me)
             .map(|m| (m.id, m.internal.clone()))
             .collect();
-        tokio::spawn(super::formation::run(
-            link.clone(),
-            me_info,
-            peers,
-            shutdown.clone(),
-        ));
+        tokio::spawn(
+            super::formation::run(link.clone(), me_info, peers, shutdown.clone()).in_current_span(),
+        );
     }
     if !cc.join.is_empty() && !cc.bootstrap {
         let info = match config.this_member() {
@@ -281,23 +280,21 @@ pub async fn start_cluster(
                 .raft
                 .node_info(config.api.http.clone(), config.api.grpc.clone()),
         };
-        tokio::spawn(super::moves::join_cluster(
-            link.clone(),
-            info,
-            cc.join.clone(),
-            shutdown.clone(),
-        ));
+        tokio::spawn(
+            super::moves::join_cluster(link.clone(), info, cc.join.clone(), shutdown.clone())
+                .in_current_span(),
+        );
     }
-    tokio::spawn(super::liveness::watch(link.clone(), shutdown.clone()));
+    tokio::spawn(super::liveness::watch(link.clone(), shutdown.clone()).in_current_span());
     // on the actix system: applying events talks to the user-state actors
     {
         let (n, l, s) = (node.clone(), link.clone(), shutdown.clone());
-        actix::spawn(async move { super::catchup::run(n, l, s).await });
+        actix::spawn(async move { super::catchup::run(n, l, s).await }.in_current_span());
     }
     let cfg = config.clone();
     let l = link.clone();
     // on the actix system: reconciling starts shard actors
-    actix::spawn(async move { control_loop(node, l, cfg, shutdown).await });
+    actix::spawn(async move { control_loop(node, l, cfg, shutdown).await }.in_current_span());
     Ok(link)
 }
 
@@ -313,19 +310,25 @@ async fn control_loop(
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut built: Option<(ReplicaSignature, String)> = None;
     let mut mover = super::moves::MoveDriver::default();
+    // retried every tick: logged at warn only when they keep failing
+    let mut reconcile_log = StepFailures::new("reconcile");
+    let mut rollout_log = StepFailures::new("rollout");
+    let mut moves_log = StepFailures::new("transfers and membership");
     loop {
         tokio::select! {
             _ = shutdown.wait_for(|s| *s) => return,
             r = applied.changed() => if r.is_err() { return },
             _ = tick.tick() => {}
         }
-        if let Err(e) = reconcile(&node, &link, &config, &mut built).await {
-            tracing::debug!(error = %e, "cluster reconcile step did not finish; retrying");
-        }
+        match reconcile(&node, &link, &config, &mut built, &mut rollout_log).await {
+            Ok(()) => reconcile_log.succeeded(),
+            Err(e) => reconcile_log.failed(&e),
+        };
         if let Some(cc) = config.cluster.as_ref() {
-            if let Err(e) = super::moves::drive(&link, cc, &mut mover).await {
-                tracing::debug!(error = %e, "transfer or membership step did not finish; retrying");
-            }
+            match super::moves::drive(&link, cc, &mut mover).await {
+                Ok(()) => moves_log.succeeded(),
+                Err(e) => moves_log.failed(&e),
+            };
         }
     }
 }
@@ -335,6 +338,7 @@ async fn reconcile(
     link: &Arc<ClusterLink>,
     config: &NodeConfig,
     built: &mut Option<(ReplicaSignature, String)>,
+    rollout_log: &mut StepFailures,
 ) -> Result<(), String> {
     let cc = config.cluster.as_ref().ok_or("no [cluster] section")?;
     let (sig, has_map, missing) = {
@@ -380,9 +384,10 @@ async fn reconcile(
     }
     // a rollout that cannot progress right now (no leader, a peer down)
     // must not hold up the catalogue or the shard map
-    if let Err(e) = super::rollout::step(node, link, config).await {
-        tracing::debug!(error = %e, "rollout step did not finish; retrying");
-    }
+    match super::rollout::step(node, link, config).await {
+        Ok(_) => rollout_log.succeeded(),
+        Err(e) => rollout_log.failed(&e),
+    };
     // load (or rebuild) this node's shards when the map or the model moved
     let dir = match node.current_bundle_dir() {
         Some(d) => Some(d),

@@ -181,7 +181,7 @@ impl EventPipeline {
         cluster: Option<&Arc<ClusterLink>>,
         origin: u64,
         origin_log: u64,
-        events: Vec<crate::cluster::proto::ForwardedEvent>,
+        events: Vec<crate::proto::data::ForwardedEvent>,
         current: Current<'_>,
     ) -> Result<u32, ServiceError> {
         // refuse before claiming: a claimed event must get applied

@@ -230,7 +230,7 @@ impl Node {
         // run on the caller's thread: a hop to another thread per request
         // costs two wakeups and bought nothing (every request was its own
         // future there too)
-        let span = tracing::debug_span!("recommend", request_id = %request_id, user = %req.user_id);
+        let span = tracing::info_span!("recommend", request_id = %request_id, user = %req.user_id);
         let r = tracing::Instrument::instrument(
             crate::coordinator::recommend(env, req, request_id),
             span,
@@ -268,7 +268,7 @@ impl Node {
         &self,
         origin: u64,
         origin_log: u64,
-        events: Vec<crate::cluster::proto::ForwardedEvent>,
+        events: Vec<crate::proto::data::ForwardedEvent>,
     ) -> Result<u32, ServiceError> {
         self.inner
             .events
@@ -509,7 +509,7 @@ impl Node {
     pub async fn local_shard_digest(
         &self,
         shard: u32,
-    ) -> Result<crate::cluster::proto::ShardDigestResponse, ServiceError> {
+    ) -> Result<crate::proto::data::ShardDigestResponse, ServiceError> {
         let serving = self.current()?;
         let me = self.inner.config.node.id;
         peer::digest(&self.inner.host, &self.inner.cluster, me, &serving, shard).await

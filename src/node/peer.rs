@@ -74,7 +74,7 @@ pub(super) async fn digest(
     me: u64,
     serving: &Serving,
     shard: u32,
-) -> Result<crate::cluster::proto::ShardDigestResponse, ServiceError> {
+) -> Result<crate::proto::data::ShardDigestResponse, ServiceError> {
     let Some(addr) = host.shard_actors().get(&shard).cloned() else {
         return Err(ServiceError::FailedPrecondition(format!(
             "node {me} does not hold shard {shard}"
@@ -85,7 +85,7 @@ pub(super) async fn digest(
     };
     let digest = addr.send(Digest).await.map_err(unavailable)?;
     let stats = addr.send(Stats).await.map_err(unavailable)?;
-    Ok(crate::cluster::proto::ShardDigestResponse {
+    Ok(crate::proto::data::ShardDigestResponse {
         shard,
         node_id: me,
         model_version: serving.model.version.clone(),

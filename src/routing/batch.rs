@@ -11,11 +11,12 @@
 //! Owns: the queue and the per-node dispatch. Must not touch: which copy
 //! to ask (`set`) or what an answer means (`remote` checks each one).
 
-use crate::cluster::proto::shard_data_client::ShardDataClient;
-use crate::cluster::proto::{
+use super::metadata::outgoing;
+use crate::cluster::PeerChannel;
+use crate::proto::data::shard_data_client::ShardDataClient;
+use crate::proto::data::{
     shard_search_outcome, ShardSearchBatch, ShardSearchRequest, ShardSearchResponse,
 };
-use crate::cluster::PeerChannel;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -44,6 +45,8 @@ struct Queued {
 
 struct NodeQueue {
     client: ShardDataClient<PeerChannel>,
+    /// The request's id, sent as metadata with the RPC (`metadata`).
+    request_id: Option<Arc<str>>,
     /// Set when `client` is the request thread's own connection to this
     /// address (`remote::thread_channel`): forgotten if it fails.
     own: Option<Arc<str>>,
@@ -88,6 +91,7 @@ impl CallBatch {
         own: Option<Arc<str>>,
         request: ShardSearchRequest,
         deadline: Option<Instant>,
+        request_id: Option<&Arc<str>>,
     ) -> Enqueued {
         let Ok(mut st) = self.state.lock() else {
             return Enqueued::SendNow(request);
@@ -98,6 +102,7 @@ impl CallBatch {
         let (reply, rx) = oneshot::channel();
         let q = st.nodes.entry(node).or_insert_with(|| NodeQueue {
             client: client.clone(),
+            request_id: request_id.cloned(),
             own,
             deadline,
             calls: Vec::new(),
@@ -121,31 +126,26 @@ impl CallBatch {
             }
             Err(_) => return,
         };
-        for (_, mut q) in nodes {
+        for (node, mut q) in nodes {
             while !q.calls.is_empty() {
                 let rest = q.calls.split_off(q.calls.len().min(MAX_BATCH_SEARCHES));
                 let chunk = std::mem::replace(&mut q.calls, rest);
-                tokio::spawn(crate::telemetry::cpu::CpuTimed::new(
-                    "rpc",
-                    send_chunk(q.client.clone(), q.own.clone(), q.deadline, chunk),
+                // a spawned task leaves the request's span behind: this one
+                // is made here, inside it, so the RPC stays its child
+                let span = tracing::debug_span!("shard_call", peer = node, searches = chunk.len());
+                let call = Call {
+                    client: q.client.clone(),
+                    own: q.own.clone(),
+                    deadline: q.deadline,
+                    request_id: q.request_id.clone(),
+                };
+                tokio::spawn(tracing::Instrument::instrument(
+                    crate::telemetry::cpu::CpuTimed::new("rpc", send_chunk(call, chunk)),
+                    span,
                 ));
             }
         }
     }
-}
-
-/// The time left before `deadline` as a request timeout, or None when it
-/// has passed (nothing is sent then: nobody waits for the answer).
-pub fn with_deadline<T>(body: T, deadline: Option<Instant>) -> Option<tonic::Request<T>> {
-    let mut req = tonic::Request::new(body);
-    if let Some(d) = deadline {
-        let left = d.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return None;
-        }
-        req.set_timeout(left);
-    }
-    Some(req)
 }
 
 /// A failed search as text: the status code's name and its message.
@@ -153,12 +153,22 @@ pub fn status_text(s: &tonic::Status) -> String {
     format!("{:?}: {}", s.code(), s.message())
 }
 
-async fn send_chunk(
-    mut client: ShardDataClient<PeerChannel>,
+/// How one node's chunk of searches is sent.
+struct Call {
+    client: ShardDataClient<PeerChannel>,
     own: Option<Arc<str>>,
     deadline: Option<Instant>,
-    mut calls: Vec<Queued>,
-) {
+    request_id: Option<Arc<str>>,
+}
+
+async fn send_chunk(call: Call, mut calls: Vec<Queued>) {
+    let Call {
+        mut client,
+        own,
+        deadline,
+        request_id,
+    } = call;
+    let request_id = request_id.as_deref();
     let failed = |s: &tonic::Status| {
         if let (Some(addr), true) = (&own, super::remote::is_transport_failure(s.code())) {
             super::remote::forget_thread_channel(addr);
@@ -168,7 +178,7 @@ async fn send_chunk(
     const PASSED: &str = "deadline passed before sending";
     if calls.len() == 1 {
         let Some(call) = calls.pop() else { return };
-        let answer = match with_deadline(call.request, deadline) {
+        let answer = match outgoing(call.request, deadline, request_id) {
             None => Err(PASSED.to_string()),
             Some(req) => client
                 .search(req)
@@ -183,31 +193,34 @@ async fn send_chunk(
     let (requests, replies): (Vec<_>, Vec<_>) =
         calls.into_iter().map(|c| (c.request, c.reply)).unzip();
     let n = requests.len();
-    let answers: Vec<SearchAnswer> =
-        match with_deadline(ShardSearchBatch { searches: requests }, deadline) {
-            None => vec![Err(PASSED.to_string()); n],
-            Some(req) => match client.search_batch(req).await {
-                Err(s) => vec![Err(failed(&s)); n],
-                Ok(r) => {
-                    let outcomes = r.into_inner().outcomes;
-                    if outcomes.len() != n {
-                        let e = format!(
-                            "malformed batch answer: {} outcomes for {n} searches",
-                            outcomes.len()
-                        );
-                        vec![Err(e); n]
-                    } else {
-                        outcomes.into_iter().map(outcome_answer).collect()
-                    }
+    let answers: Vec<SearchAnswer> = match outgoing(
+        ShardSearchBatch { searches: requests },
+        deadline,
+        request_id,
+    ) {
+        None => vec![Err(PASSED.to_string()); n],
+        Some(req) => match client.search_batch(req).await {
+            Err(s) => vec![Err(failed(&s)); n],
+            Ok(r) => {
+                let outcomes = r.into_inner().outcomes;
+                if outcomes.len() != n {
+                    let e = format!(
+                        "malformed batch answer: {} outcomes for {n} searches",
+                        outcomes.len()
+                    );
+                    vec![Err(e); n]
+                } else {
+                    outcomes.into_iter().map(outcome_answer).collect()
                 }
-            },
-        };
+            }
+        },
+    };
     for (reply, answer) in replies.into_iter().zip(answers) {
         let _ = reply.send(answer);
     }
 }
 
-fn outcome_answer(o: crate::cluster::proto::ShardSearchOutcome) -> SearchAnswer {
+fn outcome_answer(o: crate::proto::data::ShardSearchOutcome) -> SearchAnswer {
     match o.result {
         Some(shard_search_outcome::Result::Ok(r)) => Ok(r),
         Some(shard_search_outcome::Result::Failed(f)) => Err(status_text(&tonic::Status::new(
@@ -221,7 +234,7 @@ fn outcome_answer(o: crate::cluster::proto::ShardSearchOutcome) -> SearchAnswer 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::proto::{SearchFailure, ShardSearchOutcome};
+    use crate::proto::data::{SearchFailure, ShardSearchOutcome};
 
     #[test]
     fn outcomes_map_to_answers_and_an_empty_one_is_malformed() {
@@ -247,15 +260,5 @@ mod tests {
         );
         let e = outcome_answer(ShardSearchOutcome { result: None }).unwrap_err();
         assert!(e.contains("malformed"), "{e}");
-    }
-
-    #[test]
-    fn a_passed_deadline_sends_nothing() {
-        let past = Instant::now() - std::time::Duration::from_millis(1);
-        assert!(with_deadline((), Some(past)).is_none());
-        let later = Instant::now() + std::time::Duration::from_secs(5);
-        let req = with_deadline((), Some(later)).expect("time is left");
-        assert!(req.metadata().get("grpc-timeout").is_some());
-        assert!(with_deadline((), None).is_some());
     }
 }

@@ -37,6 +37,10 @@ pub struct CallContext {
     /// The copy each shard asks first, planned for the whole request
     /// (`routing::plan_copies`); None: each shard's own order.
     pub plan: Option<Arc<super::CopyPlan>>,
+    /// The request's id: remote calls send it as metadata so the serving
+    /// node logs under it (`routing::metadata`), and failing or slow
+    /// copies are logged with it.
+    pub request_id: Option<Arc<str>>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -5,7 +5,8 @@
 //! (`remote`), per-node health and latency tracking (`health`), the replica
 //! choice and hedging policy (`set`, a `ShardClient` over several copies),
 //! which copies one request asks first (`plan`: local, then fewest nodes),
-//! one request's searches gathered per node into one RPC (`batch`), and
+//! one request's searches gathered per node into one RPC (`batch`), what a
+//! call carries besides its body (`metadata`: deadline, request id), and
 //! building one replica set per shard from the cluster's shard map
 //! (`build`). Must not touch: which node holds which shard (the cluster's
 //! Raft state decides), how a shard searches (`shard`) or what a request
@@ -16,6 +17,7 @@ pub mod build;
 pub mod client;
 pub mod health;
 pub mod local;
+pub mod metadata;
 pub mod plan;
 pub mod remote;
 pub mod set;

@@ -3,13 +3,15 @@
 //! version and the remaining stage time as its grpc-timeout, so a remote
 //! node never works on an answer nobody waits for. Inside a request's
 //! fan-out the search joins the request's `CallBatch` (`batch`), which sends
-//! all searches for one node together.
+//! all searches for one node together. Either way the request id goes with
+//! it as metadata (`metadata`).
 
-use super::batch::{status_text, with_deadline, Enqueued};
+use super::batch::{status_text, Enqueued};
 use super::client::{CallContext, SearchSpec, ShardCallError, ShardClient, VectorsResult};
-use crate::cluster::proto::shard_data_client::ShardDataClient;
-use crate::cluster::proto::ShardSearchRequest;
+use super::metadata::outgoing;
 use crate::cluster::PeerChannel;
+use crate::proto::data::shard_data_client::ShardDataClient;
+use crate::proto::data::ShardSearchRequest;
 use crate::shard::{KeyedVectors, SearchResult};
 use crate::tls::{internal_endpoint, NodeTls};
 use futures::future::BoxFuture;
@@ -159,10 +161,18 @@ impl RemoteShard {
             fetch: spec.fetch.to_vec(),
         };
         let deadline = ctx.deadline;
+        let request_id = ctx.request_id.clone();
         let want_version = self.model_version.clone();
         // queued in the request's batch when it is still open; else sent now
         let queued = match &ctx.batch {
-            Some(batch) => batch.enqueue(node, &client, own.clone(), body, deadline),
+            Some(batch) => batch.enqueue(
+                node,
+                &client,
+                own.clone(),
+                body,
+                deadline,
+                ctx.request_id.as_ref(),
+            ),
             None => Enqueued::SendNow(body),
         };
         // the call's own CPU (building, decoding the answer) counts as rpc
@@ -177,7 +187,7 @@ impl RemoteShard {
                     .map_err(|_| fail("the batch carrying this search was dropped".into()))?
                     .map_err(fail)?,
                 Enqueued::SendNow(body) => {
-                    let Some(req) = with_deadline(body, deadline) else {
+                    let Some(req) = outgoing(body, deadline, request_id.as_deref()) else {
                         return Err(fail("deadline passed before sending".into()));
                     };
                     client
@@ -245,5 +255,185 @@ impl ShardClient for RemoteShard {
         };
         let f = self.call(spec, CallContext::default());
         Box::pin(async move { f.await.map(|r| r.vectors) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::FaultInjector;
+    use crate::proto::data::shard_data_server::{ShardData, ShardDataServer};
+    use crate::proto::data::{
+        shard_search_outcome, FetchEventsRequest, ForwardEventsRequest, ForwardEventsResponse,
+        ShardDigestRequest, ShardDigestResponse, ShardSearchBatch, ShardSearchBatchResponse,
+        ShardSearchOutcome, ShardSearchResponse,
+    };
+    use crate::routing::metadata::request_id_of;
+    use crate::routing::CallBatch;
+    use std::sync::Mutex;
+    use tonic::{Request, Response, Status};
+
+    /// A peer's ShardData that records, per RPC, the request id it was sent
+    /// (read as `api::internal` reads it) and answers each search with one
+    /// hit: the shard's number as the key.
+    #[derive(Clone, Default)]
+    struct Recorder {
+        seen: Arc<Mutex<Vec<Seen>>>,
+    }
+
+    /// (RPC, the request id it carried)
+    type Seen = (&'static str, Option<String>);
+
+    impl Recorder {
+        fn record<T>(&self, rpc: &'static str, req: &Request<T>) {
+            let id = request_id_of(req).map(str::to_string);
+            self.seen.lock().unwrap().push((rpc, id));
+        }
+    }
+
+    fn answer(r: &ShardSearchRequest) -> ShardSearchResponse {
+        ShardSearchResponse {
+            keys: vec![r.shard as u64],
+            scores: vec![1.0],
+            model_version: r.model_version.clone(),
+            node_id: 2,
+            ..Default::default()
+        }
+    }
+
+    #[tonic::async_trait]
+    impl ShardData for Recorder {
+        async fn search(
+            &self,
+            req: Request<ShardSearchRequest>,
+        ) -> Result<Response<ShardSearchResponse>, Status> {
+            self.record("search", &req);
+            Ok(Response::new(answer(req.get_ref())))
+        }
+
+        async fn search_batch(
+            &self,
+            req: Request<ShardSearchBatch>,
+        ) -> Result<Response<ShardSearchBatchResponse>, Status> {
+            self.record("batch", &req);
+            let outcomes = req
+                .get_ref()
+                .searches
+                .iter()
+                .map(|r| ShardSearchOutcome {
+                    result: Some(shard_search_outcome::Result::Ok(answer(r))),
+                })
+                .collect();
+            Ok(Response::new(ShardSearchBatchResponse { outcomes }))
+        }
+
+        async fn digest(
+            &self,
+            _: Request<ShardDigestRequest>,
+        ) -> Result<Response<ShardDigestResponse>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+
+        async fn forward_events(
+            &self,
+            _: Request<ForwardEventsRequest>,
+        ) -> Result<Response<ForwardEventsResponse>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+
+        type FetchEventsStream =
+            tokio_stream::wrappers::ReceiverStream<Result<ForwardEventsRequest, Status>>;
+
+        async fn fetch_events(
+            &self,
+            _: Request<FetchEventsRequest>,
+        ) -> Result<Response<Self::FetchEventsStream>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+    }
+
+    fn spec() -> SearchSpec {
+        SearchSpec {
+            query: Arc::from(vec![0.5f32, 0.5]),
+            k: 3,
+            exclude: Arc::new(Vec::new()),
+            categories: None,
+            fetch: Arc::from(Vec::new()),
+        }
+    }
+
+    /// A coordinator (node 1) and a peer (node 2) in one process, over real
+    /// gRPC on 127.0.0.1: the peer sees the coordinator's request id on a
+    /// search sent alone and on a batch, and none when there is none.
+    #[tokio::test]
+    async fn the_request_id_reaches_the_peer_on_searches_and_batches() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let recorder = Recorder::default();
+        let server = tonic::transport::Server::builder()
+            .add_service(ShardDataServer::new(recorder.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+        let server = tokio::spawn(server);
+
+        let channel = PeerChannel::new(
+            peer_channel(&addr, None).unwrap(),
+            FaultInjector::new(1),
+            1,
+            Some(2),
+        );
+        let copy = |shard| {
+            RemoteShard::new(
+                shard,
+                2,
+                Arc::from("v1"),
+                channel.clone(),
+                1 << 20,
+                &addr,
+                None,
+            )
+        };
+        let deadline = Some(std::time::Instant::now() + Duration::from_secs(10));
+
+        // alone
+        let ctx = CallContext {
+            deadline,
+            request_id: Some(Arc::from("req-alone")),
+            ..Default::default()
+        };
+        let r = copy(0).search(spec(), ctx).await.expect("the peer answers");
+        assert_eq!(r.hits, vec![(0, 1.0)]);
+
+        // two shards of one request on the same peer: one batch RPC
+        let batch = CallBatch::new();
+        let ctx = CallContext {
+            deadline,
+            batch: Some(batch.clone()),
+            request_id: Some(Arc::from("req-batch")),
+            ..Default::default()
+        };
+        let a = copy(3).search(spec(), ctx.clone());
+        let b = copy(4).search(spec(), ctx);
+        batch.send();
+        let (a, b) = futures::future::join(a, b).await;
+        assert_eq!(a.unwrap().hits, vec![(3, 1.0)]);
+        assert_eq!(b.unwrap().hits, vec![(4, 1.0)]);
+
+        // no id: none invented
+        let ctx = CallContext {
+            deadline,
+            ..Default::default()
+        };
+        copy(5).search(spec(), ctx).await.expect("the peer answers");
+
+        let seen = recorder.seen.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            vec![
+                ("search", Some("req-alone".to_string())),
+                ("batch", Some("req-batch".to_string())),
+                ("search", None),
+            ]
+        );
+        server.abort();
     }
 }

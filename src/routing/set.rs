@@ -87,10 +87,17 @@ impl ReplicaSet {
                 reason: "no live replica".into(),
             });
         };
-        // (node, sent at) of every call still in flight
-        let mut pending: Vec<(u64, Instant)> = Vec::with_capacity(2);
+        // (node, sent at) of every call still in flight; logged with the
+        // request id if the caller's deadline drops this call unanswered
+        let mut pending = Unanswered {
+            shard: self.shard,
+            request_id: ctx.request_id.clone(),
+            calls: Vec::with_capacity(2),
+        };
         inflight.push(start(first));
-        pending.push((self.replicas[first].node, Instant::now()));
+        pending
+            .calls
+            .push((self.replicas[first].node, Instant::now()));
         self.book.first_request();
         let hedge = tokio::time::sleep(self.hedge_after(self.replicas[first].node));
         tokio::pin!(hedge);
@@ -100,8 +107,8 @@ impl ReplicaSet {
             tokio::select! {
                 done = inflight.next() => {
                     let Some((node, took, res)) = done else { break };
-                    if let Some(i) = pending.iter().position(|p| p.0 == node) {
-                        pending.swap_remove(i);
+                    if let Some(i) = pending.calls.iter().position(|p| p.0 == node) {
+                        pending.calls.swap_remove(i);
                     }
                     let outcome = if res.is_ok() { "ok" } else { "error" };
                     crate::telemetry::metrics::metrics()
@@ -115,18 +122,25 @@ impl ReplicaSet {
                             // took so far: a stalled node (SIGSTOP, a full queue)
                             // never completes a call, and without this it would
                             // stay first choice and need a hedge every time
-                            for (slow, since) in pending.drain(..) {
+                            for (slow, since) in pending.calls.drain(..) {
                                 self.book.update(slow, |h| h.latency.observe(since.elapsed()));
                             }
                             return Ok(r);
                         }
                         Err(e) => {
                             self.book.update(node, |h| h.record_failure(Instant::now()));
+                            tracing::warn!(
+                                request_id = pending.request_id(),
+                                shard_id = self.shard,
+                                node,
+                                error = %e,
+                                "shard copy failed; failing over"
+                            );
                             errors.push(e.to_string());
                             // fail over at once
                             if let Some(i) = next.next() {
                                 inflight.push(start(i));
-                                pending.push((self.replicas[i].node, Instant::now()));
+                                pending.calls.push((self.replicas[i].node, Instant::now()));
                             }
                         }
                     }
@@ -137,8 +151,16 @@ impl ReplicaSet {
                         crate::telemetry::metrics::metrics().hedges_refused.inc();
                     } else if let Some(i) = next.next() {
                         crate::telemetry::metrics::metrics().hedged_requests.inc();
+                        // routine (a copy past its own p95), hence debug
+                        tracing::debug!(
+                            request_id = pending.request_id(),
+                            shard_id = self.shard,
+                            slow_node = self.replicas[first].node,
+                            hedge_node = self.replicas[i].node,
+                            "shard copy slow; hedging to another copy"
+                        );
                         inflight.push(start(i));
-                        pending.push((self.replicas[i].node, Instant::now()));
+                        pending.calls.push((self.replicas[i].node, Instant::now()));
                     }
                 }
             }
@@ -154,6 +176,39 @@ impl ReplicaSet {
                 format!("every replica failed: {}", errors.join("; "))
             },
         })
+    }
+}
+
+/// The calls of one shard search still in flight. Dropped with calls left,
+/// the search was cut off by its caller (the coordinator's recall deadline):
+/// the slow copies are logged with the request id, so a slow node can be
+/// tied to the requests it slowed down.
+struct Unanswered {
+    shard: u32,
+    request_id: Option<Arc<str>>,
+    /// (node, sent at)
+    calls: Vec<(u64, Instant)>,
+}
+
+impl Unanswered {
+    fn request_id(&self) -> &str {
+        self.request_id.as_deref().unwrap_or("-")
+    }
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(&(node, since)) = self.calls.iter().min_by_key(|c| c.1) {
+            let nodes: Vec<u64> = self.calls.iter().map(|c| c.0).collect();
+            tracing::warn!(
+                request_id = self.request_id(),
+                shard_id = self.shard,
+                node,
+                waiting_on = ?nodes,
+                waited_ms = since.elapsed().as_millis() as u64,
+                "shard search cut off unanswered (deadline)"
+            );
+        }
     }
 }
 

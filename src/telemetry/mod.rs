@@ -1,11 +1,13 @@
 //! Observability: tracing setup, Prometheus metrics, CPU-time accounting,
-//! and the optional OTLP span export.
+//! the optional OTLP span export, and the logging of control-loop steps
+//! that keep failing (`failure_log`).
 //!
 //! Owns: the process-wide metrics registry and the tracing subscriber (the
 //! stderr log, plus the export layer of `otlp` when it is configured).
 //! Must not touch: request handling (callers record; this module stores).
 
 pub mod cpu;
+pub mod failure_log;
 pub mod metrics;
 pub mod otlp;
 

@@ -6,9 +6,10 @@
 //! processes (`process`) or the public HTTP API (`http`).
 
 use crate::KitError;
-use funnel::cluster::proto::control_client::ControlClient;
-use funnel::cluster::proto::shard_data_client::ShardDataClient;
-use funnel::cluster::proto::{ShardDigestRequest, StatusRequest, StatusResponse};
+use funnel::proto::control::control_client::ControlClient;
+use funnel::proto::data::shard_data_client::ShardDataClient;
+use funnel::proto::control::{StatusRequest, StatusResponse};
+use funnel::proto::data::ShardDigestRequest;
 use funnel::cluster::{ClusterView, ReplicaState};
 use funnel::tls::NodeTls;
 use std::collections::BTreeMap;
