@@ -4,6 +4,9 @@
 //! that made it, so the dependency graph cannot drift back into cycles.
 //! The layers are the architecture's (docs/architecture.md, "Modules");
 //! a new module must be placed in one.
+//!
+//! It also caps a source file's non-test code at `MAX_FILE_LINES`, so one
+//! file cannot grow back into a grab-bag of concepts.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -157,6 +160,30 @@ fn every_import_points_to_a_lower_layer() {
     let listed: std::collections::BTreeSet<String> = layers.keys().map(|m| m.to_string()).collect();
     assert_eq!(listed, declared, "LAYERS vs the modules lib.rs declares");
     assert!(seen_modules.is_subset(&declared), "{seen_modules:?}");
+}
+
+/// Past this many lines of non-test code a file holds more than one
+/// concept; split it (unit tests may move to a sibling `tests.rs`).
+const MAX_FILE_LINES: usize = 800;
+
+#[test]
+fn no_source_file_is_over_the_size_limit() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    files.sort();
+    let mut over = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        let lines = non_test_code(f, &text).lines().count();
+        if lines > MAX_FILE_LINES {
+            over.push(format!(
+                "src/{}: {lines} lines of non-test code (limit {MAX_FILE_LINES}); split it by concept",
+                f.strip_prefix(&src).unwrap().display()
+            ));
+        }
+    }
+    assert!(over.is_empty(), "{}", over.join("\n"));
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //!
 //! Owns: the fault rules (partitions, one-way link cuts, per-target drop
 //! probability, added delay with jitter) and the decision for one request.
-//! Must not touch: the network itself; `network.rs` and `node.rs` act on the
+//! Must not touch: the network itself; `network.rs` and `node/` act on the
 //! decision. Always compiled in: when no rule was ever set, a request costs
 //! one relaxed atomic load.
 //!

@@ -8,7 +8,7 @@
 //! failures to openraft's error kinds. Channels use TLS with this node's
 //! identity when `[cluster.tls]` is set (`tls`). Every client it hands out is on a
 //! `PeerChannel`, which applies the `FaultInjector`'s rules. Must not
-//! touch: the server side (`service.rs`) or node life cycle (`node.rs`).
+//! touch: the server side (`service.rs`) or node life cycle (`node/`).
 
 // openraft's RPCError is large by design and is the return type of every
 // call here; boxing it would only add conversions.

@@ -5,7 +5,7 @@
 //! encoding replies; conversion of `ClusterStatus` to and from its protobuf
 //! form. Vote and AppendEntries pass the vote fence (`vote_fence.rs` decides;
 //! this only asks it). Must not touch: the listener and server life cycle
-//! (`node.rs`) or outgoing requests (`network.rs`).
+//! (`node/`) or outgoing requests (`network.rs`).
 
 use std::sync::Arc;
 

@@ -57,6 +57,7 @@
 mod model;
 mod names;
 mod params;
+mod sampling;
 mod write;
 
 #[cfg(test)]
