@@ -112,8 +112,17 @@ pub struct HealthView {
     pub shards_total: u32,
 }
 
+/// The underlying error a `ServiceError` wraps. Shared, so that the error
+/// stays `Clone` (a failed shard search fans out to several waiters).
+pub type ErrorSource = std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Why an operation failed. Every front end maps it with `api::error`.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+///
+/// The variants that can be caused by a lower layer (the event log, a
+/// task, a bundle, a peer) keep that cause as `source`; their message
+/// already quotes it, so clients see the same text either way and the CLI's
+/// `one_line` does not repeat it.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ServiceError {
     /// The request is malformed; nothing was changed.
     #[error("{0}")]
@@ -123,28 +132,116 @@ pub enum ServiceError {
     ResourceExhausted(String),
     #[error("{0}")]
     NotFound(String),
-    /// The node cannot serve yet (no model loaded) or is shutting down.
-    #[error("{0}")]
-    Unavailable(String),
+    /// The node cannot serve yet (no model loaded) or is shutting down,
+    /// or a peer or local resource it needs is unreachable.
+    #[error("{message}")]
+    Unavailable {
+        message: String,
+        #[source]
+        source: Option<ErrorSource>,
+    },
     #[error("{0}")]
     Unauthenticated(String),
-    #[error("{0}")]
-    FailedPrecondition(String),
-    #[error("internal error: {0}")]
-    Internal(String),
+    #[error("{message}")]
+    FailedPrecondition {
+        message: String,
+        #[source]
+        source: Option<ErrorSource>,
+    },
+    #[error("internal error: {message}")]
+    Internal {
+        message: String,
+        #[source]
+        source: Option<ErrorSource>,
+    },
+}
+
+/// `context: cause`, the message of an error that wraps `cause`.
+fn quoting(context: impl std::fmt::Display, cause: &dyn std::error::Error) -> String {
+    format!("{context}: {cause}")
 }
 
 impl ServiceError {
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        ServiceError::Unavailable {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Unavailable because of `cause`; the message reads `context: cause`.
+    pub fn unavailable_from(
+        context: impl std::fmt::Display,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        ServiceError::Unavailable {
+            message: quoting(context, &cause),
+            source: Some(std::sync::Arc::new(cause)),
+        }
+    }
+
+    pub fn failed_precondition(message: impl Into<String>) -> Self {
+        ServiceError::FailedPrecondition {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A failed precondition caused by `cause`; the message reads `context: cause`.
+    pub fn failed_precondition_from(
+        context: impl std::fmt::Display,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        ServiceError::FailedPrecondition {
+            message: quoting(context, &cause),
+            source: Some(std::sync::Arc::new(cause)),
+        }
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        ServiceError::Internal {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// An internal failure caused by `cause`; the message reads `context: cause`.
+    pub fn internal_from(
+        context: impl std::fmt::Display,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        ServiceError::Internal {
+            message: quoting(context, &cause),
+            source: Some(std::sync::Arc::new(cause)),
+        }
+    }
+
+    /// An internal failure whose message is the cause's own text.
+    pub fn internal_cause(cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        ServiceError::Internal {
+            message: cause.to_string(),
+            source: Some(std::sync::Arc::new(cause)),
+        }
+    }
+
     /// Stable machine-readable code, used in JSON bodies and metrics.
     pub fn code(&self) -> &'static str {
         match self {
             ServiceError::InvalidArgument(_) => "invalid_argument",
             ServiceError::ResourceExhausted(_) => "resource_exhausted",
             ServiceError::NotFound(_) => "not_found",
-            ServiceError::Unavailable(_) => "unavailable",
+            ServiceError::Unavailable { .. } => "unavailable",
             ServiceError::Unauthenticated(_) => "unauthenticated",
-            ServiceError::FailedPrecondition(_) => "failed_precondition",
-            ServiceError::Internal(_) => "internal",
+            ServiceError::FailedPrecondition { .. } => "failed_precondition",
+            ServiceError::Internal { .. } => "internal",
         }
+    }
+}
+
+/// Two errors are equal when a client could not tell them apart: same
+/// code, same message (the source is for logs and is not compared).
+impl PartialEq for ServiceError {
+    fn eq(&self, other: &Self) -> bool {
+        self.code() == other.code() && self.to_string() == other.to_string()
     }
 }
