@@ -31,6 +31,7 @@ mod catalog_apply;
 pub mod catchup;
 pub mod cluster_link;
 mod event_sink;
+pub use event_sink::SinkError;
 mod events;
 pub mod formation;
 pub mod liveness;
@@ -173,7 +174,7 @@ impl Node {
     /// needs a moment (and other nodes may answer meanwhile).
     fn not_serving(&self) -> ServiceError {
         let Some(link) = self.inner.cluster.get() else {
-            return ServiceError::Unavailable(
+            return ServiceError::unavailable(
                 "no model is loaded yet; publish one: funnel admin --addr HTTP_ADDR publish BUNDLE_DIR"
                     .into(),
             );
@@ -195,7 +196,7 @@ impl Node {
             ),
             (None, None) => "no model is active yet; publish one with funnel admin --addr INTERNAL_ADDR publish BUNDLE_DIR".to_string(),
         };
-        ServiceError::Unavailable(msg)
+        ServiceError::unavailable(msg)
     }
 
     pub fn model_version(&self) -> Option<String> {
@@ -627,7 +628,7 @@ impl Node {
     }
 
     /// Flushes the event log; call on shutdown.
-    pub async fn flush(&self) -> Result<(), String> {
+    pub async fn flush(&self) -> Result<(), SinkError> {
         self.inner.events.flush().await
     }
 }
