@@ -476,7 +476,7 @@ fn run(cli: Cli) -> Result<()> {
                 progress: interactive && !json,
                 export,
             };
-            let r = funnel::eval::run::run(&ds, &opts).map_err(anyhow::Error::msg)?;
+            let r = funnel::eval::run::run(&ds, &opts)?;
             if let Some(path) = report {
                 std::fs::write(&path, funnel::eval::report::html(&r))
                     .with_context(|| format!("writing {}", path.display()))?;
@@ -591,7 +591,7 @@ fn run(cli: Cli) -> Result<()> {
                 return Ok(());
             }
             // a chaos test that asked for crash points must not run without them
-            funnel::failpoints::setup_from_env().map_err(|e| anyhow::anyhow!(e))?;
+            funnel::failpoints::setup_from_env()?;
             funnel::telemetry::init_tracing();
             let shutdown = funnel::api::server::shutdown_signal();
             funnel::api::server::block_on(funnel::api::server::run(cfg, shutdown, |r| {
