@@ -132,4 +132,29 @@ mod tests {
             assert!(parse_host_port(bad).is_err(), "{bad:?} should be refused");
         }
     }
+
+    #[test]
+    fn refusals_name_the_broken_part() {
+        assert_eq!(
+            parse_host_port("node1"),
+            Err(AddressError::NoPort("node1".into()))
+        );
+        assert_eq!(
+            parse_host_port("node1:http"),
+            Err(AddressError::BadPort {
+                text: "node1:http".into(),
+                port: "http".into()
+            })
+        );
+        assert_eq!(
+            parse_host_port("::1:8080"),
+            Err(AddressError::UnbracketedIpv6 {
+                text: "::1:8080".into(),
+                port: 8080
+            })
+        );
+        let e = parse_host_port("no de:1").unwrap_err();
+        assert!(matches!(e, AddressError::BadHost { .. }), "{e:?}");
+        assert!(e.to_string().ends_with(FORM), "{e}");
+    }
 }

@@ -668,6 +668,56 @@ mod tests {
     }
 
     #[test]
+    fn refused_paths_say_why() {
+        assert_eq!(check_rel_path(""), Err(RelPathError::Empty));
+        assert_eq!(
+            check_rel_path("../x"),
+            Err(RelPathError::BadSegment("../x".into()))
+        );
+        assert_eq!(
+            check_rel_path("/etc/passwd"),
+            Err(RelPathError::NotRelative("/etc/passwd".into()))
+        );
+        assert_eq!(
+            check_rel_path("a\\b").unwrap_err().to_string(),
+            r#""a\\b" is not a bundle-relative path (absolute, or with '\\' or ':')"#
+        );
+        let e = FetchError::UnsafePath(check_rel_path("a//b").unwrap_err());
+        assert!(
+            e.to_string().starts_with("the manifest lists \"a//b\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_disk_failure_is_a_disk_error_with_the_io_cause() {
+        use std::error::Error as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let missing = tmp.path().join("no-such-dir");
+        let e = write_synced_atomic(&missing, MANIFEST_FILE, b"{}").unwrap_err();
+        let FetchError::Disk { action, path, .. } = &e else {
+            panic!("{e:?}");
+        };
+        assert_eq!(*action, "create");
+        assert!(path.starts_with(&missing));
+        let io = e.source().and_then(|s| s.downcast_ref::<std::io::Error>());
+        assert_eq!(io.map(|e| e.kind()), Some(std::io::ErrorKind::NotFound));
+        // a part file that is not there is no error: start from zero
+        let (_, n) = hash_prefix(&tmp.path().join("x.part"), 10).unwrap();
+        assert_eq!(n, 0);
+    }
+
+    #[test]
+    fn a_local_copy_of_another_version_is_not_used() {
+        let tmp = tempfile::tempdir().unwrap();
+        // no bundle at all: the bundle layer says why
+        assert!(matches!(
+            verify_local(tmp.path(), "v1", &[]),
+            Err(FetchError::Bundle(_))
+        ));
+    }
+
+    #[test]
     fn odd_versions_get_hashed_directory_names() {
         assert_eq!(version_dir_name("test-seed-2"), "test-seed-2");
         for odd in ["..", ".", "a/b", "../../etc", "v 1", ""] {

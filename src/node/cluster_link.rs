@@ -279,8 +279,7 @@ pub async fn start_cluster(
         applied_tx,
         liveness: Default::default(),
     });
-    node.attach_cluster(link.clone())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    node.attach_cluster(link.clone())?;
     if cc.bootstrap {
         // a group of this node alone, formed in the background: members
         // that are not up yet must not hold up this node's start

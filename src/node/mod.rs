@@ -61,6 +61,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
+/// `Node::attach_cluster` on a node that already joined one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the node is already part of a cluster")]
+pub struct AlreadyInCluster;
+
 /// A handle to the node; cheap to clone, shared by every front end.
 #[derive(Clone)]
 pub struct Node {
@@ -175,8 +180,7 @@ impl Node {
     fn not_serving(&self) -> ServiceError {
         let Some(link) = self.inner.cluster.get() else {
             return ServiceError::unavailable(
-                "no model is loaded yet; publish one: funnel admin --addr HTTP_ADDR publish BUNDLE_DIR"
-                    .into(),
+                "no model is loaded yet; publish one: funnel admin --addr HTTP_ADDR publish BUNDLE_DIR",
             );
         };
         let (active, staged) = {
@@ -437,11 +441,8 @@ impl Node {
 
     /// Joins a cluster: from now on the shard map decides which shards this
     /// node loads, and catalogue writes go through Raft.
-    pub fn attach_cluster(&self, link: Arc<ClusterLink>) -> Result<(), String> {
-        self.inner
-            .cluster
-            .set(link)
-            .map_err(|_| "the node is already part of a cluster".to_string())
+    pub fn attach_cluster(&self, link: Arc<ClusterLink>) -> Result<(), AlreadyInCluster> {
+        self.inner.cluster.set(link).map_err(|_| AlreadyInCluster)
     }
 
     pub fn cluster(&self) -> Option<&Arc<ClusterLink>> {

@@ -235,7 +235,7 @@ impl ModelHost {
                 Ok(())
             }
             _ => Err(ServiceError::internal(
-                "the node's model tables are poisoned; restart the node".into(),
+                "the node's model tables are poisoned; restart the node",
             )),
         }
     }
@@ -278,7 +278,7 @@ impl ModelHost {
             }
             _ => {
                 return Err(ServiceError::internal(
-                    "the node's model tables are poisoned; restart the node".into(),
+                    "the node's model tables are poisoned; restart the node",
                 ))
             }
         };

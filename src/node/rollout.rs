@@ -124,7 +124,7 @@ impl Node {
     pub async fn publish_cluster(&self, dir: PathBuf, force: bool) -> Result<Staged, ServiceError> {
         let link = self.cluster().cloned().ok_or_else(|| {
             ServiceError::failed_precondition(
-                "this node is not part of a cluster; publish over HTTP (funnel admin --addr HTTP_ADDR publish)".into(),
+                "this node is not part of a cluster; publish over HTTP (funnel admin --addr HTTP_ADDR publish)",
             )
         })?;
         let manifest = bundle_fetch::read_manifest(dir.clone()).await?;
@@ -140,7 +140,7 @@ impl Node {
         };
         let shards = shards.ok_or_else(|| {
             ServiceError::unavailable(
-                "the cluster has no shard map yet (it is still forming); retry in a moment".into(),
+                "the cluster has no shard map yet (it is still forming); retry in a moment",
             )
         })?;
         let abs = std::fs::canonicalize(&dir).unwrap_or(dir);

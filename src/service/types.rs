@@ -245,3 +245,37 @@ impl PartialEq for ServiceError {
         self.code() == other.code() && self.to_string() == other.to_string()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn a_wrapped_cause_is_the_source_and_the_text_is_unchanged() {
+        let cause = std::io::Error::new(std::io::ErrorKind::StorageFull, "no space left");
+        let e = ServiceError::internal_from("event log append failed", cause);
+        assert_eq!(
+            e.to_string(),
+            "internal error: event log append failed: no space left"
+        );
+        let source = e.source().expect("the io error is kept");
+        let io = source
+            .downcast_ref::<std::io::Error>()
+            .expect("as the io error it was");
+        assert_eq!(io.kind(), std::io::ErrorKind::StorageFull);
+        assert_eq!(e.code(), "internal");
+        // a plain message has no source, and equality ignores the source
+        let plain = ServiceError::internal("event log append failed: no space left");
+        assert!(plain.source().is_none());
+        assert_eq!(plain, e);
+        assert_ne!(ServiceError::unavailable("x"), ServiceError::internal("x"));
+        let p = ServiceError::failed_precondition_from("cannot load bundle /b", cause_of("bad"));
+        assert_eq!(p.to_string(), "cannot load bundle /b: bad");
+        assert!(p.source().is_some());
+    }
+
+    fn cause_of(text: &str) -> std::io::Error {
+        std::io::Error::other(text.to_string())
+    }
+}
