@@ -475,7 +475,7 @@ mod tests {
         }
         let e = bad[0].validate().unwrap_err();
         assert!(
-            matches!(e, FaultRuleError::DropProbability { probability, target: None } if probability == 1.5),
+            matches!(e, FaultRuleError::DropProbability { probability, target: Some(2) } if probability == 1.5),
             "{e:?}"
         );
         let text = e.to_string();

@@ -122,38 +122,57 @@ pub type ErrorSource = std::sync::Arc<dyn std::error::Error + Send + Sync + 'sta
 /// task, a bundle, a peer) keep that cause as `source`; their message
 /// already quotes it, so clients see the same text either way and the CLI's
 /// `one_line` does not repeat it.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone)]
 pub enum ServiceError {
     /// The request is malformed; nothing was changed.
-    #[error("{0}")]
     InvalidArgument(String),
     /// The request is over a configured limit; nothing was changed.
-    #[error("{0}")]
     ResourceExhausted(String),
-    #[error("{0}")]
     NotFound(String),
     /// The node cannot serve yet (no model loaded) or is shutting down,
     /// or a peer or local resource it needs is unreachable.
-    #[error("{message}")]
     Unavailable {
         message: String,
-        #[source]
         source: Option<ErrorSource>,
     },
-    #[error("{0}")]
     Unauthenticated(String),
-    #[error("{message}")]
     FailedPrecondition {
         message: String,
-        #[source]
         source: Option<ErrorSource>,
     },
-    #[error("internal error: {message}")]
     Internal {
         message: String,
-        #[source]
         source: Option<ErrorSource>,
     },
+}
+
+impl std::fmt::Display for ServiceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServiceError::InvalidArgument(m)
+            | ServiceError::ResourceExhausted(m)
+            | ServiceError::NotFound(m)
+            | ServiceError::Unauthenticated(m)
+            | ServiceError::Unavailable { message: m, .. }
+            | ServiceError::FailedPrecondition { message: m, .. } => f.write_str(m),
+            ServiceError::Internal { message, .. } => write!(f, "internal error: {message}"),
+        }
+    }
+}
+
+/// Written by hand rather than derived so that `source()` is the wrapped
+/// error itself (downcastable), not the `Arc` around it.
+impl std::error::Error for ServiceError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ServiceError::Unavailable { source, .. }
+            | ServiceError::FailedPrecondition { source, .. }
+            | ServiceError::Internal { source, .. } => source
+                .as_deref()
+                .map(|e| e as &(dyn std::error::Error + 'static)),
+            _ => None,
+        }
+    }
 }
 
 /// `context: cause`, the message of an error that wraps `cause`.
