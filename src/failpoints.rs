@@ -49,24 +49,38 @@ pub fn armed() -> bool {
     ARMED.load(Ordering::Relaxed)
 }
 
+/// Why `FUNNEL_FAILPOINTS` cannot be honoured; the process must not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FailpointError {
+    #[error("{ENV}: `{0}` is not NAME=ACTIONS (e.g. raft-apply=1*off->return)", ENV = ENV)]
+    NotAssignment(String),
+    #[error("{ENV}: unknown failpoint `{0}`; funnel has {names}", ENV = ENV, names = NAMES.join(", "))]
+    UnknownName(String),
+    #[error("{ENV}: failpoint `{0}` has no actions", ENV = ENV)]
+    NoActions(String),
+    #[error(
+        "{ENV} is set but this funnel was built without the `failpoints` feature: build with --features failpoints",
+        ENV = ENV
+    )]
+    NotBuiltIn,
+    /// The `fail` crate refused the actions; `reason` is its text.
+    #[error("{ENV}: failpoint `{name}`: {reason}", ENV = ENV)]
+    BadActions { name: String, reason: String },
+}
+
 /// Splits `name=actions;name2=actions` into pairs, checking the names.
-pub fn parse(spec: &str) -> Result<Vec<(String, String)>, String> {
+pub fn parse(spec: &str) -> Result<Vec<(String, String)>, FailpointError> {
     let mut out = Vec::new();
     for part in spec.split(';').map(str::trim).filter(|p| !p.is_empty()) {
         let Some((name, actions)) = part.split_once('=') else {
-            return Err(format!(
-                "{ENV}: `{part}` is not NAME=ACTIONS (e.g. raft-apply=1*off->return)"
-            ));
+            return Err(FailpointError::NotAssignment(part.to_string()));
         };
         let (name, actions) = (name.trim(), actions.trim());
         if !NAMES.contains(&name) {
-            return Err(format!(
-                "{ENV}: unknown failpoint `{name}`; funnel has {}",
-                NAMES.join(", ")
-            ));
+            return Err(FailpointError::UnknownName(name.to_string()));
         }
         if actions.is_empty() {
-            return Err(format!("{ENV}: failpoint `{name}` has no actions"));
+            return Err(FailpointError::NoActions(name.to_string()));
         }
         out.push((name.to_string(), actions.to_string()));
     }
@@ -77,7 +91,7 @@ pub fn parse(spec: &str) -> Result<Vec<(String, String)>, String> {
 /// or empty). An error — a bad spec, or the variable set in a build without
 /// the feature — means the process must not start: a chaos test would
 /// otherwise run without the crash it asked for.
-pub fn setup_from_env() -> Result<(), String> {
+pub fn setup_from_env() -> Result<(), FailpointError> {
     match std::env::var(ENV) {
         Ok(spec) if !spec.trim().is_empty() => setup(&spec),
         _ => Ok(()),
@@ -85,16 +99,17 @@ pub fn setup_from_env() -> Result<(), String> {
 }
 
 /// Arms the points of `spec` (see `parse`).
-pub fn setup(spec: &str) -> Result<(), String> {
+pub fn setup(spec: &str) -> Result<(), FailpointError> {
     let points = parse(spec)?;
     if !cfg!(feature = "failpoints") {
-        return Err(format!(
-            "{ENV} is set but this funnel was built without the `failpoints` feature: build with --features failpoints"
-        ));
+        return Err(FailpointError::NotBuiltIn);
     }
     #[cfg(feature = "failpoints")]
     for (name, actions) in &points {
-        fail::cfg(name.as_str(), actions).map_err(|e| format!("{ENV}: failpoint `{name}`: {e}"))?;
+        fail::cfg(name.as_str(), actions).map_err(|reason| FailpointError::BadActions {
+            name: name.clone(),
+            reason,
+        })?;
     }
     if !points.is_empty() {
         ARMED.store(true, Ordering::Relaxed);
@@ -153,16 +168,23 @@ mod tests {
         );
         assert!(parse("").unwrap().is_empty());
         let e = parse("raft-aply=return").unwrap_err();
-        assert!(e.contains("unknown failpoint `raft-aply`"), "{e}");
-        assert!(parse("raft-apply").unwrap_err().contains("NAME=ACTIONS"));
-        assert!(parse("raft-apply=").unwrap_err().contains("no actions"));
+        assert_eq!(e, FailpointError::UnknownName("raft-aply".into()));
+        assert!(
+            e.to_string().contains("unknown failpoint `raft-aply`"),
+            "{e}"
+        );
+        let e = parse("raft-apply").unwrap_err();
+        assert!(e.to_string().contains("NAME=ACTIONS"), "{e}");
+        let e = parse("raft-apply=").unwrap_err();
+        assert!(e.to_string().contains("no actions"), "{e}");
     }
 
     #[cfg(not(feature = "failpoints"))]
     #[test]
     fn a_build_without_the_feature_refuses_to_arm() {
         let e = setup("raft-apply=return").unwrap_err();
-        assert!(e.contains("--features failpoints"), "{e}");
+        assert_eq!(e, FailpointError::NotBuiltIn);
+        assert!(e.to_string().contains("--features failpoints"), "{e}");
         assert!(!armed());
     }
 
@@ -170,6 +192,6 @@ mod tests {
     #[test]
     fn a_bad_action_is_refused() {
         let e = setup("raft-snapshot-build=explode").unwrap_err();
-        assert!(e.contains("raft-snapshot-build"), "{e}");
+        assert!(e.to_string().contains("raft-snapshot-build"), "{e}");
     }
 }

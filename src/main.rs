@@ -476,7 +476,7 @@ fn run(cli: Cli) -> Result<()> {
                 progress: interactive && !json,
                 export,
             };
-            let r = funnel::eval::run::run(&ds, &opts).map_err(anyhow::Error::msg)?;
+            let r = funnel::eval::run::run(&ds, &opts)?;
             if let Some(path) = report {
                 std::fs::write(&path, funnel::eval::report::html(&r))
                     .with_context(|| format!("writing {}", path.display()))?;
@@ -591,7 +591,7 @@ fn run(cli: Cli) -> Result<()> {
                 return Ok(());
             }
             // a chaos test that asked for crash points must not run without them
-            funnel::failpoints::setup_from_env().map_err(|e| anyhow::anyhow!(e))?;
+            funnel::failpoints::setup_from_env()?;
             // installed once the config is known: [telemetry] may add the
             // OTLP export layer
             let export = funnel::telemetry::init_node_tracing(&cfg.telemetry, cfg.node.id)?;

@@ -21,12 +21,33 @@ impl HostPort {
     }
 }
 
+/// How an address must look, quoted by every `AddressError`.
+const FORM: &str = "expected HOST:PORT such as 127.0.0.1:8080, [::1]:8080 or node1:8080";
+
+/// Why a text is not a `HOST:PORT` address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    #[error("{0:?} has no port; {FORM}", FORM = FORM)]
+    NoPort(String),
+    #[error("{text:?} has port {port:?}, not a number in 0..=65535; {FORM}", FORM = FORM)]
+    BadPort { text: String, port: String },
+    #[error(
+        "{text:?} is not a valid IPv6 socket address; write it in brackets, like [::1]:{port}"
+    )]
+    UnbracketedIpv6 { text: String, port: u16 },
+    #[error(
+        "{text:?} has host {host:?}, which is neither an IP address nor a host name \
+         (letters, digits, '-', '_' and '.'); {FORM}",
+        FORM = FORM
+    )]
+    BadHost { text: String, host: String },
+}
+
 /// Checks the form of an address without resolving it: an IP socket
 /// address (`127.0.0.1:8080`, `[::1]:8080`) or a host name with a port
 /// (`node1:7001`), which is resolved when the node binds or connects.
 /// Port 0 is accepted here (it means "any free port" for a bind).
-pub fn parse_host_port(text: &str) -> Result<HostPort, String> {
-    const FORM: &str = "expected HOST:PORT such as 127.0.0.1:8080, [::1]:8080 or node1:8080";
+pub fn parse_host_port(text: &str) -> Result<HostPort, AddressError> {
     if let Ok(addr) = text.parse::<SocketAddr>() {
         return Ok(HostPort {
             host: addr.ip().to_string(),
@@ -34,21 +55,23 @@ pub fn parse_host_port(text: &str) -> Result<HostPort, String> {
         });
     }
     let Some((host, port)) = text.rsplit_once(':') else {
-        return Err(format!("{text:?} has no port; {FORM}"));
+        return Err(AddressError::NoPort(text.to_string()));
     };
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("{text:?} has port {port:?}, not a number in 0..=65535; {FORM}"))?;
+    let port: u16 = port.parse().map_err(|_| AddressError::BadPort {
+        text: text.to_string(),
+        port: port.to_string(),
+    })?;
     if host.contains(':') || host.starts_with('[') {
-        return Err(format!(
-            "{text:?} is not a valid IPv6 socket address; write it in brackets, like [::1]:{port}"
-        ));
+        return Err(AddressError::UnbracketedIpv6 {
+            text: text.to_string(),
+            port,
+        });
     }
     if !is_host_name(host) {
-        return Err(format!(
-            "{text:?} has host {host:?}, which is neither an IP address nor a host name \
-             (letters, digits, '-', '_' and '.'); {FORM}"
-        ));
+        return Err(AddressError::BadHost {
+            text: text.to_string(),
+            host: host.to_string(),
+        });
     }
     Ok(HostPort {
         host: host.to_ascii_lowercase(),
@@ -108,5 +131,30 @@ mod tests {
         ] {
             assert!(parse_host_port(bad).is_err(), "{bad:?} should be refused");
         }
+    }
+
+    #[test]
+    fn refusals_name_the_broken_part() {
+        assert_eq!(
+            parse_host_port("node1"),
+            Err(AddressError::NoPort("node1".into()))
+        );
+        assert_eq!(
+            parse_host_port("node1:http"),
+            Err(AddressError::BadPort {
+                text: "node1:http".into(),
+                port: "http".into()
+            })
+        );
+        assert_eq!(
+            parse_host_port("::1:8080"),
+            Err(AddressError::UnbracketedIpv6 {
+                text: "::1:8080".into(),
+                port: 8080
+            })
+        );
+        let e = parse_host_port("no de:1").unwrap_err();
+        assert!(matches!(e, AddressError::BadHost { .. }), "{e:?}");
+        assert!(e.to_string().ends_with(FORM), "{e}");
     }
 }

@@ -6,6 +6,21 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Why raw parts do not form a `Csr`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CsrError {
+    #[error("csr: {offsets} offsets for {rows} rows")]
+    OffsetCount { offsets: usize, rows: usize },
+    #[error("csr: indices and values differ in length")]
+    LengthMismatch,
+    #[error("csr: offsets do not span the entries")]
+    Span,
+    #[error("csr: offsets decrease")]
+    Decreasing,
+    #[error("csr: a column index is >= {n_cols}")]
+    ColumnOutOfRange { n_cols: usize },
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Csr {
     n_rows: usize,
@@ -94,28 +109,31 @@ impl Csr {
     }
 
     /// Rebuilds from raw parts, checking that they are consistent (input may
-    /// come from disk).
+    /// come from disk; see `CsrError`).
     pub fn from_parts(
         n_rows: usize,
         n_cols: usize,
         offsets: Vec<u64>,
         indices: Vec<u32>,
         values: Vec<f32>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, CsrError> {
         if offsets.len() != n_rows + 1 {
-            return Err(format!("csr: {} offsets for {n_rows} rows", offsets.len()));
+            return Err(CsrError::OffsetCount {
+                offsets: offsets.len(),
+                rows: n_rows,
+            });
         }
         if indices.len() != values.len() {
-            return Err("csr: indices and values differ in length".into());
+            return Err(CsrError::LengthMismatch);
         }
         if offsets.first() != Some(&0) || *offsets.last().unwrap_or(&0) != indices.len() as u64 {
-            return Err("csr: offsets do not span the entries".into());
+            return Err(CsrError::Span);
         }
         if offsets.windows(2).any(|w| w[0] > w[1]) {
-            return Err("csr: offsets decrease".into());
+            return Err(CsrError::Decreasing);
         }
         if indices.iter().any(|&c| c as usize >= n_cols) {
-            return Err(format!("csr: a column index is >= {n_cols}"));
+            return Err(CsrError::ColumnOutOfRange { n_cols });
         }
         Ok(Csr {
             n_rows,
@@ -226,8 +244,17 @@ mod tests {
 
     #[test]
     fn from_parts_rejects_inconsistent_input() {
-        assert!(Csr::from_parts(1, 2, vec![0, 1], vec![5], vec![1.0]).is_err());
-        assert!(Csr::from_parts(2, 2, vec![0, 1], vec![0], vec![1.0]).is_err());
+        assert_eq!(
+            Csr::from_parts(1, 2, vec![0, 1], vec![5], vec![1.0]).unwrap_err(),
+            CsrError::ColumnOutOfRange { n_cols: 2 }
+        );
+        assert_eq!(
+            Csr::from_parts(2, 2, vec![0, 1], vec![0], vec![1.0]).unwrap_err(),
+            CsrError::OffsetCount {
+                offsets: 2,
+                rows: 2
+            }
+        );
         assert!(Csr::from_parts(1, 2, vec![0, 1], vec![1], vec![1.0]).is_ok());
     }
 }

@@ -44,7 +44,8 @@ impl BundleFiles for BundleFilesService {
         request: Request<FetchBundleFileRequest>,
     ) -> Result<Response<Self::FetchBundleFileStream>, Status> {
         let r = request.into_inner();
-        check_rel_path(&r.path).map_err(|e| grpc_status(&ServiceError::InvalidArgument(e)))?;
+        check_rel_path(&r.path)
+            .map_err(|e| grpc_status(&ServiceError::InvalidArgument(e.to_string())))?;
         let not_found = |m: String| grpc_status(&ServiceError::NotFound(m));
         let dir = self.node.bundle_dir_of(&r.version).ok_or_else(|| {
             not_found(format!(

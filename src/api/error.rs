@@ -11,10 +11,10 @@ pub fn grpc_status(e: &ServiceError) -> tonic::Status {
         ServiceError::InvalidArgument(_) => tonic::Status::invalid_argument(msg),
         ServiceError::ResourceExhausted(_) => tonic::Status::resource_exhausted(msg),
         ServiceError::NotFound(_) => tonic::Status::not_found(msg),
-        ServiceError::Unavailable(_) => tonic::Status::unavailable(msg),
+        ServiceError::Unavailable { .. } => tonic::Status::unavailable(msg),
         ServiceError::Unauthenticated(_) => tonic::Status::unauthenticated(msg),
-        ServiceError::FailedPrecondition(_) => tonic::Status::failed_precondition(msg),
-        ServiceError::Internal(_) => tonic::Status::internal(msg),
+        ServiceError::FailedPrecondition { .. } => tonic::Status::failed_precondition(msg),
+        ServiceError::Internal { .. } => tonic::Status::internal(msg),
     }
 }
 
@@ -23,10 +23,10 @@ pub fn http_status(e: &ServiceError) -> StatusCode {
         ServiceError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
         ServiceError::ResourceExhausted(_) => StatusCode::PAYLOAD_TOO_LARGE,
         ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
-        ServiceError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        ServiceError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         ServiceError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-        ServiceError::FailedPrecondition(_) => StatusCode::CONFLICT,
-        ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        ServiceError::FailedPrecondition { .. } => StatusCode::CONFLICT,
+        ServiceError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -83,7 +83,7 @@ mod tests {
                 404,
             ),
             (
-                ServiceError::Unavailable("x".into()),
+                ServiceError::unavailable("x"),
                 tonic::Code::Unavailable,
                 503,
             ),
@@ -93,15 +93,11 @@ mod tests {
                 401,
             ),
             (
-                ServiceError::FailedPrecondition("x".into()),
+                ServiceError::failed_precondition("x"),
                 tonic::Code::FailedPrecondition,
                 409,
             ),
-            (
-                ServiceError::Internal("x".into()),
-                tonic::Code::Internal,
-                500,
-            ),
+            (ServiceError::internal("x"), tonic::Code::Internal, 500),
         ];
         for (e, g, h) in cases {
             assert_eq!(grpc_status(&e).code(), g);

@@ -205,19 +205,35 @@ pub async fn post_events(client: &HttpClient, uri: Uri, body: Bytes, timeout: Du
     }
 }
 
+/// Why a target's `/metrics` could not be read; the report says so
+/// instead of giving server CPU figures.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ScrapeError {
+    #[error("{uri} answered with non-UTF-8 text")]
+    NotText { uri: Uri },
+    #[error("{uri} answered HTTP {status}")]
+    Status { uri: Uri, status: u16 },
+    #[error("{uri} failed: {}", kind.label())]
+    Failed { uri: Uri, kind: ErrorKind },
+}
+
 /// `GET /metrics` as text, or why it could not be read (for the report).
 pub async fn fetch_metrics(
     client: &HttpClient,
     uri: Uri,
     timeout: Duration,
-) -> Result<String, String> {
+) -> Result<String, ScrapeError> {
     let mut request = Request::new(Full::new(Bytes::new()));
     *request.uri_mut() = uri.clone();
     match exchange(client, request, timeout).await {
-        Ok((status, body)) if status.is_success() => String::from_utf8(body.to_vec())
-            .map_err(|_| format!("{uri} answered with non-UTF-8 text")),
-        Ok((status, _)) => Err(format!("{uri} answered HTTP {}", status.as_u16())),
-        Err(kind) => Err(format!("{uri} failed: {}", kind.label())),
+        Ok((status, body)) if status.is_success() => {
+            String::from_utf8(body.to_vec()).map_err(|_| ScrapeError::NotText { uri })
+        }
+        Ok((status, _)) => Err(ScrapeError::Status {
+            uri,
+            status: status.as_u16(),
+        }),
+        Err(kind) => Err(ScrapeError::Failed { uri, kind }),
     }
 }
 

@@ -221,7 +221,7 @@ async fn send(shared: &Shared, index: u64, target: usize, call: Call) -> Outcome
 }
 
 /// CPU counters of every target, or why a target's could not be read.
-async fn scrape_all(shared: &Shared) -> Vec<Result<CpuCounters, String>> {
+async fn scrape_all(shared: &Shared) -> Vec<Result<CpuCounters, client::ScrapeError>> {
     let scrapes = shared.plan.targets.iter().map(|t| async {
         let text =
             client::fetch_metrics(&shared.client, t.uri("/metrics"), shared.plan.timeout).await?;
@@ -232,8 +232,8 @@ async fn scrape_all(shared: &Shared) -> Vec<Result<CpuCounters, String>> {
 
 fn server_cpu(
     plan: &Plan,
-    before: &[Result<CpuCounters, String>],
-    after: &[Result<CpuCounters, String>],
+    before: &[Result<CpuCounters, client::ScrapeError>],
+    after: &[Result<CpuCounters, client::ScrapeError>],
     answered: &[u64],
 ) -> ServerCpu {
     let unavailable = |reason: String| ServerCpu {

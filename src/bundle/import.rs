@@ -461,8 +461,9 @@ pub fn read_parquet_vectors(
             .column_by_name(vector_col)
             .expect("the projection keeps the vector column");
         let first_row = ids.len();
-        append_ids(id_array, first_row, &mut ids).map_err(bad)?;
-        append_vectors(vec_array, first_row, &ids, &mut dim, &mut values).map_err(bad)?;
+        append_ids(id_array, first_row, &mut ids).map_err(|e| bad(e.to_string()))?;
+        append_vectors(vec_array, first_row, &ids, &mut dim, &mut values)
+            .map_err(|e| bad(e.to_string()))?;
     }
     let rows = ids.len();
     let cols = dim.unwrap_or(0);
@@ -470,14 +471,47 @@ pub fn read_parquet_vectors(
     Ok((ids, m))
 }
 
-fn append_ids(array: &ArrayRef, first_row: usize, out: &mut Vec<String>) -> Result<(), String> {
+/// Why a Parquet batch's id or vector column cannot be imported; `row`
+/// counts from 0 over the whole file. Reported as `BundleError::Import`.
+#[derive(Debug, thiserror::Error)]
+enum ColumnError {
+    #[error("row {row}: the id is null; every row needs an id")]
+    NullId { row: usize },
+    #[error("id column has type {0}; use a string or integer column")]
+    IdType(DataType),
+    #[error("row {row}: id {id:?} is invalid: {source}")]
+    InvalidId {
+        row: usize,
+        id: String,
+        #[source]
+        source: crate::ids::IdError,
+    },
+    #[error("row {row} (id {id:?}): the vector is null")]
+    NullVector { row: usize, id: String },
+    #[error("vector column has type {0}; use list<float32>, list<float64> or fixed_size_list")]
+    VectorType(DataType),
+    #[error("row {row} (id {id:?}): the vector contains null values")]
+    NullValues { row: usize, id: String },
+    #[error(
+        "row {row} (id {id:?}): the vector has {len} values but earlier rows have {dim}; all vectors need the same dimension"
+    )]
+    Dimension {
+        row: usize,
+        id: String,
+        len: usize,
+        dim: usize,
+    },
+    #[error("vector elements have type {0}; use float32 or float64")]
+    ElementType(DataType),
+}
+
+fn append_ids(
+    array: &ArrayRef,
+    first_row: usize,
+    out: &mut Vec<String>,
+) -> Result<(), ColumnError> {
     let n = array.len();
-    let null_at = |i: usize| {
-        format!(
-            "row {}: the id is null; every row needs an id",
-            first_row + i
-        )
-    };
+    let null_at = |i: usize| ColumnError::NullId { row: first_row + i };
     macro_rules! push_all {
         ($arr:expr) => {{
             let arr = $arr;
@@ -497,14 +531,14 @@ fn append_ids(array: &ArrayRef, first_row: usize, out: &mut Vec<String>) -> Resu
         DataType::Int64 => push_all!(array.as_primitive::<Int64Type>()),
         DataType::UInt32 => push_all!(array.as_primitive::<UInt32Type>()),
         DataType::UInt64 => push_all!(array.as_primitive::<UInt64Type>()),
-        other => {
-            return Err(format!(
-                "id column has type {other}; use a string or integer column"
-            ))
-        }
+        other => return Err(ColumnError::IdType(other.clone())),
     }
     for (i, id) in out.iter().enumerate().skip(first_row) {
-        validate_id(id).map_err(|e| format!("row {i}: id {id:?} is invalid: {e}"))?;
+        validate_id(id).map_err(|source| ColumnError::InvalidId {
+            row: i,
+            id: id.clone(),
+            source,
+        })?;
     }
     Ok(())
 }
@@ -516,7 +550,7 @@ fn append_vectors(
     ids: &[String],
     dim: &mut Option<usize>,
     out: &mut Vec<f32>,
-) -> Result<(), String> {
+) -> Result<(), ColumnError> {
     let row_value = |i: usize| -> Option<ArrayRef> {
         match array.data_type() {
             DataType::List(_) => Some(array.as_list::<i32>().value(i)),
@@ -527,27 +561,26 @@ fn append_vectors(
     };
     for i in 0..array.len() {
         let row = first_row + i;
-        let who = || format!("row {row} (id {:?})", ids[row]);
+        let id = || ids[row].clone();
         if array.is_null(i) {
-            return Err(format!("{}: the vector is null", who()));
+            return Err(ColumnError::NullVector { row, id: id() });
         }
         let Some(values) = row_value(i) else {
-            return Err(format!(
-                "vector column has type {}; use list<float32>, list<float64> or fixed_size_list",
-                array.data_type()
-            ));
+            return Err(ColumnError::VectorType(array.data_type().clone()));
         };
         if values.null_count() > 0 {
-            return Err(format!("{}: the vector contains null values", who()));
+            return Err(ColumnError::NullValues { row, id: id() });
         }
         let len = values.len();
         match *dim {
             None => *dim = Some(len),
             Some(d) if d != len => {
-                return Err(format!(
-                    "{}: the vector has {len} values but earlier rows have {d}; all vectors need the same dimension",
-                    who()
-                ))
+                return Err(ColumnError::Dimension {
+                    row,
+                    id: id(),
+                    len,
+                    dim: d,
+                })
             }
             Some(_) => {}
         }
@@ -560,11 +593,7 @@ fn append_vectors(
                     .iter()
                     .map(|&v| v as f32),
             ),
-            other => {
-                return Err(format!(
-                    "vector elements have type {other}; use float32 or float64"
-                ))
-            }
+            other => return Err(ColumnError::ElementType(other.clone())),
         }
     }
     Ok(())

@@ -52,6 +52,46 @@ pub struct FaultRules {
     pub delay: Vec<(Option<NodeId>, Delay)>,
 }
 
+/// Why a set of fault rules is refused; nothing changes.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FaultRuleError {
+    #[error("isolate[{index}] is an empty group; list the node ids to isolate")]
+    EmptyGroup { index: usize },
+    #[error("isolate[{index}] contains node id 0; node ids start at 1")]
+    GroupWithNodeZero { index: usize },
+    #[error("cut {from}:{to} names node 0; node ids start at 1")]
+    CutWithNodeZero { from: NodeId, to: NodeId },
+    #[error("cut {from}:{to} cuts a node from itself; name two nodes")]
+    CutToSelf { from: NodeId, to: NodeId },
+    #[error(
+        "drop probability {probability} for target {} is not a number in [0, 1]",
+        target_name(*target)
+    )]
+    DropProbability {
+        probability: f64,
+        target: Option<NodeId>,
+    },
+    #[error(
+        "delay {} ms + jitter {} ms for target {} is above the limit of {} ms each",
+        delay.fixed.as_millis(),
+        delay.jitter.as_millis(),
+        target_name(*target),
+        MAX_DELAY.as_millis()
+    )]
+    DelayTooLong {
+        delay: Delay,
+        target: Option<NodeId>,
+    },
+}
+
+/// `api::fault_service` turns the wire rules into `FaultRules` and reports a
+/// refusal as text.
+impl From<FaultRuleError> for String {
+    fn from(e: FaultRuleError) -> String {
+        e.to_string()
+    }
+}
+
 impl FaultRules {
     pub fn is_empty(&self) -> bool {
         self.isolate.is_empty()
@@ -61,46 +101,34 @@ impl FaultRules {
     }
 
     /// Checks every rule; the message says which one is wrong and why.
-    pub fn validate(&self) -> Result<(), String> {
-        for (i, group) in self.isolate.iter().enumerate() {
+    pub fn validate(&self) -> Result<(), FaultRuleError> {
+        for (index, group) in self.isolate.iter().enumerate() {
             if group.is_empty() {
-                return Err(format!(
-                    "isolate[{i}] is an empty group; list the node ids to isolate"
-                ));
+                return Err(FaultRuleError::EmptyGroup { index });
             }
             if group.contains(&0) {
-                return Err(format!(
-                    "isolate[{i}] contains node id 0; node ids start at 1"
-                ));
+                return Err(FaultRuleError::GroupWithNodeZero { index });
             }
         }
         for &(from, to) in &self.cut {
             if from == 0 || to == 0 {
-                return Err(format!("cut {from}:{to} names node 0; node ids start at 1"));
+                return Err(FaultRuleError::CutWithNodeZero { from, to });
             }
             if from == to {
-                return Err(format!(
-                    "cut {from}:{to} cuts a node from itself; name two nodes"
-                ));
+                return Err(FaultRuleError::CutToSelf { from, to });
             }
         }
-        for &(to, p) in &self.drop {
-            if !p.is_finite() || !(0.0..=1.0).contains(&p) {
-                return Err(format!(
-                    "drop probability {p} for target {} is not a number in [0, 1]",
-                    target_name(to)
-                ));
+        for &(target, probability) in &self.drop {
+            if !probability.is_finite() || !(0.0..=1.0).contains(&probability) {
+                return Err(FaultRuleError::DropProbability {
+                    probability,
+                    target,
+                });
             }
         }
-        for (to, d) in &self.delay {
-            if d.fixed > MAX_DELAY || d.jitter > MAX_DELAY {
-                return Err(format!(
-                    "delay {} ms + jitter {} ms for target {} is above the limit of {} ms each",
-                    d.fixed.as_millis(),
-                    d.jitter.as_millis(),
-                    target_name(*to),
-                    MAX_DELAY.as_millis()
-                ));
+        for &(target, delay) in &self.delay {
+            if delay.fixed > MAX_DELAY || delay.jitter > MAX_DELAY {
+                return Err(FaultRuleError::DelayTooLong { delay, target });
             }
         }
         Ok(())
@@ -235,7 +263,7 @@ impl FaultInjector {
     /// Replaces every rule with `rules` at once (the empty set clears them);
     /// with `seed`, restarts the random decisions from it. Refuses (and
     /// changes nothing) when a rule is invalid.
-    pub fn replace(&self, rules: &FaultRules, seed: Option<u64>) -> Result<(), String> {
+    pub fn replace(&self, rules: &FaultRules, seed: Option<u64>) -> Result<(), FaultRuleError> {
         rules.validate()?;
         let mut current = self.inner.rules.lock().unwrap_or_else(|p| p.into_inner());
         *current = Rules {
@@ -446,7 +474,12 @@ mod tests {
             assert!(f.decide(2, 3).1.is_ok());
         }
         let e = bad[0].validate().unwrap_err();
-        assert!(e.contains("1.5") && e.contains("[0, 1]"), "{e}");
+        assert!(
+            matches!(e, FaultRuleError::DropProbability { probability, target: Some(2) } if probability == 1.5),
+            "{e:?}"
+        );
+        let text = e.to_string();
+        assert!(text.contains("1.5") && text.contains("[0, 1]"), "{text}");
     }
 
     #[test]

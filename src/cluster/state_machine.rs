@@ -346,7 +346,7 @@ impl StateMachineStore {
             state = decode_state(&file.data)
                 .map_err(|e| ClusterError::storage(path, format!("snapshot data {e}")))?;
             check_consistent(&file.meta, &state)
-                .map_err(|reason| ClusterError::storage(path, reason))?;
+                .map_err(|e| ClusterError::storage(path, e.to_string()))?;
             current = Some(file.meta);
         }
         let applied = state.last_applied.map(|l| l.index);
@@ -400,16 +400,29 @@ impl StateMachineStore {
     }
 }
 
+/// How a snapshot's data contradicts its metadata (a damaged or
+/// mismatched snapshot file, or a bad snapshot from the leader).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum SnapshotMismatch {
+    #[error("snapshot data is at log {data:?} but its metadata says {meta:?}")]
+    LogId {
+        data: Option<LogId>,
+        meta: Option<LogId>,
+    },
+    #[error("snapshot data and metadata disagree on the membership")]
+    Membership,
+}
+
 /// The state inside a snapshot must be the state its metadata describes.
-fn check_consistent(meta: &SnapshotMeta, state: &ClusterState) -> Result<(), String> {
+fn check_consistent(meta: &SnapshotMeta, state: &ClusterState) -> Result<(), SnapshotMismatch> {
     if state.last_applied != meta.last_log_id {
-        return Err(format!(
-            "snapshot data is at log {:?} but its metadata says {:?}",
-            state.last_applied, meta.last_log_id
-        ));
+        return Err(SnapshotMismatch::LogId {
+            data: state.last_applied,
+            meta: meta.last_log_id,
+        });
     }
     if state.membership != meta.last_membership {
-        return Err("snapshot data and metadata disagree on the membership".to_string());
+        return Err(SnapshotMismatch::Membership);
     }
     Ok(())
 }
@@ -515,7 +528,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .into()
         };
         let new_state = decode_state(&data).map_err(|e| bad(format!("data {e}")))?;
-        check_consistent(meta, &new_state).map_err(bad)?;
+        check_consistent(meta, &new_state).map_err(|e| bad(e.to_string()))?;
 
         // chaos tests: crash with the snapshot received but not durable
         crate::failpoint!("raft-snapshot-install");

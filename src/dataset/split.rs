@@ -149,8 +149,19 @@ pub fn holdout_count(n: usize) -> usize {
     n.div_ceil(5).max(1)
 }
 
+/// Why the protocol cannot be applied to a dataset.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SplitError {
+    /// No user keeps enough interactions under the variant's filter.
+    #[error(
+        "no user has {MIN_USER_INTERACTIONS} or more interactions under variant {variant}; \
+         the protocol needs at least one"
+    )]
+    NoEligibleUser { variant: String },
+}
+
 /// Builds the val and test phases from a canonicalized dataset.
-pub fn protocol_splits(ds: &Dataset, variant: Variant) -> Result<ProtocolSplits, String> {
+pub fn protocol_splits(ds: &Dataset, variant: Variant) -> Result<ProtocolSplits, SplitError> {
     // variant filter, then keep the earliest occurrence of each (user, item)
     let kept: Vec<Interaction> = ds
         .interactions
@@ -171,11 +182,9 @@ pub fn protocol_splits(ds: &Dataset, variant: Variant) -> Result<ProtocolSplits,
         .filter(|&u| per_user[u as usize].len() >= MIN_USER_INTERACTIONS)
         .collect();
     if kept_users.is_empty() {
-        return Err(format!(
-            "no user has {MIN_USER_INTERACTIONS} or more interactions under variant {}; \
-             the protocol needs at least one",
-            variant.name()
-        ));
+        return Err(SplitError::NoEligibleUser {
+            variant: variant.name(),
+        });
     }
     let mut item_used = vec![false; ds.items.len()];
     for &u in &kept_users {
@@ -457,6 +466,7 @@ mod tests {
     #[test]
     fn no_eligible_user_is_an_error() {
         let err = protocol_splits(&ds(&[("a", "1", 0, 1.0)]), Variant::All).unwrap_err();
-        assert!(err.contains("5 or more"), "{err}");
+        assert!(matches!(err, SplitError::NoEligibleUser { .. }), "{err}");
+        assert!(err.to_string().contains("5 or more"), "{err}");
     }
 }

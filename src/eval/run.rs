@@ -4,7 +4,7 @@
 //! values, and that is the figure reported.
 
 use super::metrics::{evaluate, top_k, user_metrics, Metrics};
-use crate::dataset::split::{protocol_splits, Split, SplitStats, Variant};
+use crate::dataset::split::{protocol_splits, Split, SplitError, SplitStats, Variant};
 use crate::dataset::Dataset;
 use crate::features::Demographics;
 use crate::ids::item_key;
@@ -23,6 +23,35 @@ use std::time::Instant;
 
 /// Cut-offs of the per-path recall curves in the report.
 pub const CURVE_KS: [usize; 6] = [10, 20, 50, 100, 200, 300];
+
+/// Why an evaluation run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    /// The dataset does not fit the protocol.
+    #[error(transparent)]
+    Split(#[from] SplitError),
+    /// Fitting a model or the ranker, or writing the exported bundle,
+    /// failed; the text is training's own.
+    #[error("{0}")]
+    Training(String),
+    /// The export directory or its request file could not be written.
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+}
+
+/// Training reports its failures as text.
+impl From<String> for EvalError {
+    fn from(message: String) -> Self {
+        EvalError::Training(message)
+    }
+}
 
 /// How much of the hyper-parameter space to search on validation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -295,7 +324,7 @@ fn search_grid(
     base: &PipelineParams,
     grid: &mut Vec<GridPoint>,
     progress: &Progress,
-) -> Result<PipelineParams, String> {
+) -> Result<PipelineParams, EvalError> {
     let mut best = base.clone();
     let mut best_score = f64::NEG_INFINITY;
     for factors in [64, 128] {
@@ -352,7 +381,7 @@ fn search_grid(
     Ok(best)
 }
 
-pub fn run(ds: &Dataset, opts: &EvalOptions) -> Result<EvalReport, String> {
+pub fn run(ds: &Dataset, opts: &EvalOptions) -> Result<EvalReport, EvalError> {
     let t0 = Instant::now();
     let progress = Progress::new(opts.progress);
     let splits = protocol_splits(ds, opts.variant)?;
@@ -537,9 +566,13 @@ fn export(
     p: &PipelineParams,
     pipeline: Metrics,
     dir: &std::path::Path,
-) -> Result<(), String> {
+) -> Result<(), EvalError> {
     use crate::training::trainer::{write_bundle, BundleSource, TrainOptions};
-    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(|source| EvalError::Io {
+        action: "creating",
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let src = BundleSource {
         item_ids: test
             .item_ds
@@ -601,9 +634,13 @@ fn export(
         pipeline,
         rerank: p.rerank,
     };
-    let text = serde_json::to_string(&out).map_err(|e| e.to_string())?;
-    std::fs::write(dir.join("requests.json"), text)
-        .map_err(|e| format!("writing {}: {e}", dir.join("requests.json").display()))
+    let text = serde_json::to_string(&out)?;
+    let path = dir.join("requests.json");
+    std::fs::write(&path, text).map_err(|source| EvalError::Io {
+        action: "writing",
+        path,
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -144,8 +144,21 @@ impl From<FsyncPolicy> for String {
     }
 }
 
+/// Why a text or table is not an fsync policy.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FsyncPolicyError {
+    #[error(
+        "unknown fsync policy {0:?}; use \"always\", \"never\", \"interval:50ms\" or \"interval:2s\""
+    )]
+    Unknown(String),
+    #[error("fsync interval in {0:?} is zero; use \"always\" to fsync on every append")]
+    ZeroInterval(String),
+    #[error("fsync interval_ms is zero; use \"always\" to fsync on every append")]
+    ZeroIntervalMs,
+}
+
 impl FromStr for FsyncPolicy {
-    type Err = String;
+    type Err = FsyncPolicyError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let t = s.trim().to_ascii_lowercase();
@@ -154,12 +167,7 @@ impl FromStr for FsyncPolicy {
             "never" => return Ok(FsyncPolicy::Never),
             _ => {}
         }
-        let bad = || {
-            format!(
-                "unknown fsync policy {s:?}; use \"always\", \"never\", \"interval:50ms\" \
-                 or \"interval:2s\""
-            )
-        };
+        let bad = || FsyncPolicyError::Unknown(s.to_string());
         let spec = t.strip_prefix("interval:").ok_or_else(bad)?;
         let (digits, scale) = if let Some(d) = spec.strip_suffix("ms") {
             (d, 1)
@@ -171,9 +179,7 @@ impl FromStr for FsyncPolicy {
         let n: u64 = digits.trim().parse().map_err(|_| bad())?;
         let ms = n.checked_mul(scale).ok_or_else(bad)?;
         if ms == 0 {
-            return Err(format!(
-                "fsync interval in {s:?} is zero; use \"always\" to fsync on every append"
-            ));
+            return Err(FsyncPolicyError::ZeroInterval(s.to_string()));
         }
         Ok(FsyncPolicy::IntervalMs(ms))
     }
@@ -188,14 +194,12 @@ enum FsyncPolicyRepr {
 }
 
 impl TryFrom<FsyncPolicyRepr> for FsyncPolicy {
-    type Error = String;
+    type Error = FsyncPolicyError;
 
-    fn try_from(r: FsyncPolicyRepr) -> Result<Self, String> {
+    fn try_from(r: FsyncPolicyRepr) -> Result<Self, FsyncPolicyError> {
         match r {
             FsyncPolicyRepr::Text(s) => s.parse(),
-            FsyncPolicyRepr::Table { interval_ms: 0 } => {
-                Err("fsync interval_ms is zero; use \"always\" to fsync on every append".into())
-            }
+            FsyncPolicyRepr::Table { interval_ms: 0 } => Err(FsyncPolicyError::ZeroIntervalMs),
             FsyncPolicyRepr::Table { interval_ms } => Ok(FsyncPolicy::IntervalMs(interval_ms)),
         }
     }

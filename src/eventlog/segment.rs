@@ -126,23 +126,33 @@ pub(crate) fn encode_record(e: &LogEvent, out: &mut Vec<u8>) {
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// Why a payload whose CRC matched still is not an event (a writer bug or
+/// a newer format); reported as `EventLogError::Corrupt`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum DecodeError {
+    #[error("payload ends inside a field (needs {need} bytes at payload offset {at})")]
+    Truncated { need: usize, at: usize },
+    #[error("unknown event kind code {0}")]
+    UnknownKind(u8),
+    #[error("{0} is not valid UTF-8")]
+    NotUtf8(&'static str),
+    #[error("{0} unexpected bytes after the last field")]
+    TrailingBytes(usize),
+}
+
 /// Decodes a payload whose CRC already matched.
-pub(crate) fn decode_payload(p: &[u8]) -> Result<LogEvent, String> {
+pub(crate) fn decode_payload(p: &[u8]) -> Result<LogEvent, DecodeError> {
     let mut cur = Cursor { buf: p, pos: 0 };
     let seq = u64::from_le_bytes(cur.array()?);
     let ts = i64::from_le_bytes(cur.array()?);
     let [kind_byte] = cur.array::<1>()?;
-    let kind = EventKind::from_u8(kind_byte)
-        .ok_or_else(|| format!("unknown event kind code {kind_byte}"))?;
+    let kind = EventKind::from_u8(kind_byte).ok_or(DecodeError::UnknownKind(kind_byte))?;
     let weight = f32::from_le_bytes(cur.array()?);
     let user_id = cur.string("user id")?;
     let item_id = cur.string("item id")?;
     let device = cur.string("device")?;
     if cur.pos != p.len() {
-        return Err(format!(
-            "{} unexpected bytes after the last field",
-            p.len() - cur.pos
-        ));
+        return Err(DecodeError::TrailingBytes(p.len() - cur.pos));
     }
     Ok(LogEvent {
         seq,
@@ -161,29 +171,29 @@ struct Cursor<'a> {
 }
 
 impl Cursor<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], String> {
+    fn take(&mut self, n: usize) -> Result<&[u8], DecodeError> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len());
         let Some(end) = end else {
-            return Err(format!(
-                "payload ends inside a field (needs {n} bytes at payload offset {})",
-                self.pos
-            ));
+            return Err(DecodeError::Truncated {
+                need: n,
+                at: self.pos,
+            });
         };
         let s = &self.buf[self.pos..end];
         self.pos = end;
         Ok(s)
     }
 
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
         let mut a = [0u8; N];
         a.copy_from_slice(self.take(N)?);
         Ok(a)
     }
 
-    fn string(&mut self, what: &str) -> Result<String, String> {
+    fn string(&mut self, what: &'static str) -> Result<String, DecodeError> {
         let len = u16::from_le_bytes(self.array()?) as usize;
         let bytes = self.take(len)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| format!("{what} is not valid UTF-8"))
+        String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError::NotUtf8(what))
     }
 }
 
@@ -348,7 +358,8 @@ impl<R: Read> SegmentScanner<R> {
             }
             return Err(self.corrupt(start, reason));
         }
-        let event = decode_payload(&self.payload).map_err(|r| self.corrupt(start, r))?;
+        let event =
+            decode_payload(&self.payload).map_err(|r| self.corrupt(start, r.to_string()))?;
         Ok(ScanStep::Record { event, end })
     }
 

@@ -482,3 +482,41 @@ fn open_after_skips_whole_segments_below_the_position() {
         .collect();
     assert_eq!(all, (1..=24).collect::<Vec<u64>>());
 }
+
+#[test]
+fn fsync_policy_refusals_say_which_rule_was_broken() {
+    assert_eq!(
+        "sometimes".parse::<FsyncPolicy>(),
+        Err(FsyncPolicyError::Unknown("sometimes".into()))
+    );
+    assert_eq!(
+        "interval:0s".parse::<FsyncPolicy>(),
+        Err(FsyncPolicyError::ZeroInterval("interval:0s".into()))
+    );
+    let err = "interval:0ms".parse::<FsyncPolicy>().unwrap_err();
+    assert!(err.to_string().contains("use \"always\""), "{err}");
+    let table = toml::from_str::<EventLogOptions>("fsync = { interval_ms = 0 }").unwrap_err();
+    assert!(table.to_string().contains("interval_ms is zero"), "{table}");
+}
+
+#[test]
+fn a_payload_that_is_not_an_event_gives_the_decode_case() {
+    use segment::{decode_payload, DecodeError};
+    let mut record = Vec::new();
+    segment::encode_record(&event(7), &mut record);
+    let payload = &record[segment::RECORD_HEADER_LEN as usize..];
+    assert_eq!(decode_payload(payload).unwrap(), event(7));
+    assert!(matches!(
+        decode_payload(&payload[..payload.len() - 1]),
+        Err(DecodeError::Truncated { .. })
+    ));
+    let mut longer = payload.to_vec();
+    longer.push(0);
+    assert_eq!(decode_payload(&longer), Err(DecodeError::TrailingBytes(1)));
+    let mut bad_kind = payload.to_vec();
+    bad_kind[16] = 200; // after seq (8) and ts (8)
+    assert_eq!(
+        decode_payload(&bad_kind),
+        Err(DecodeError::UnknownKind(200))
+    );
+}

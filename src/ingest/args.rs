@@ -207,19 +207,23 @@ impl DataArgs {
     }
 }
 
+/// A `--delimiter` value that is not one ASCII character.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "delimiter {0:?} is not a single ASCII character; pass e.g. --delimiter ';' or --delimiter tab"
+)]
+pub struct DelimiterError(String);
+
 /// Accepts one ASCII character, or `\t` / `tab` for a tab, which is awkward
 /// to type in a shell.
-fn parse_delimiter(s: &str) -> Result<char, String> {
+fn parse_delimiter(s: &str) -> Result<char, DelimiterError> {
     if s == "\\t" || s.eq_ignore_ascii_case("tab") {
         return Ok('\t');
     }
     let mut chars = s.chars();
     match (chars.next(), chars.next()) {
         (Some(c), None) if c.is_ascii() => Ok(c),
-        _ => Err(format!(
-            "delimiter {s:?} is not a single ASCII character; pass e.g. --delimiter ';' or \
-             --delimiter tab"
-        )),
+        _ => Err(DelimiterError(s.to_string())),
     }
 }
 

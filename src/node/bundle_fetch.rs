@@ -14,10 +14,10 @@
 //! (shared with the serving side, `api::bundle_files`) and the fetch
 //! client. Must not touch: loading or serving a version (`rollout`).
 
-use super::cluster_link::ClusterLink;
+use super::cluster_link::{ChannelError, ClusterLink};
 use crate::bundle::fsio::{fsync_dir, verify_streaming};
 use crate::bundle::manifest::{self, shard_dir, MANIFEST_FILE};
-use crate::bundle::{Bundle, FileEntry, Manifest, OpenCheck};
+use crate::bundle::{Bundle, BundleError, FileEntry, Manifest, OpenCheck};
 use crate::cluster::ModelRef;
 use crate::config::{FetchBundles, NodeConfig};
 use crate::proto::data::bundle_files_client::BundleFilesClient;
@@ -35,33 +35,128 @@ const MAX_MANIFEST_BYTES: usize = 16 << 20;
 /// A peer that sends nothing for this long is given up on.
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Why a path named by a request or a manifest is not a bundle-relative path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RelPathError {
+    #[error("the file path is empty")]
+    Empty,
+    #[error("the file path is longer than 1024 bytes")]
+    TooLong,
+    #[error("{0:?} is not a bundle-relative path (absolute, or with '\\\\' or ':')")]
+    NotRelative(String),
+    #[error("{0:?} contains a control character")]
+    ControlCharacter(String),
+    #[error("{0:?} has an empty, '.' or '..' segment; bundle paths go only downwards")]
+    BadSegment(String),
+}
+
+/// Why copying a bundle from one peer failed. The caller tries the next
+/// peer; the cases say whether the peer, its data or this node's disk is
+/// to blame.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// No channel to the peer could be made.
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    /// The peer is unreachable, refused the request or broke the stream.
+    #[error("{rel}: {}: {}", status.code(), status.message())]
+    Peer {
+        rel: String,
+        #[source]
+        status: tonic::Status,
+    },
+    #[error("{rel}: the peer sent nothing for {secs} s")]
+    Silent { rel: String, secs: u64 },
+    #[error("{rel}: chunk at offset {got} where {want} was expected")]
+    OutOfOrder { rel: String, got: u64, want: u64 },
+    #[error("the manifest is over {MAX_MANIFEST_BYTES} bytes")]
+    ManifestTooLarge,
+    #[error("the peer sent the manifest of version {got}, not {want}")]
+    WrongVersion { got: String, want: String },
+    /// A local copy holds another version than the one asked for.
+    #[error("{} holds version {found}, not {want}", dir.display())]
+    OtherVersionHere {
+        dir: PathBuf,
+        found: String,
+        want: String,
+    },
+    /// The manifest names a file outside the bundle directory.
+    #[error("the manifest lists {0}")]
+    UnsafePath(#[source] RelPathError),
+    /// The peer's copy of a file has another size than the manifest says.
+    #[error("{path} is {total} bytes at the peer, the manifest says {want}")]
+    SizeAtPeer { path: String, total: u64, want: u64 },
+    /// What arrived does not match the manifest's size and checksum.
+    #[error(
+        "{path} arrived with {bytes} bytes and blake3 {blake3}; the manifest says {want_bytes} bytes, {want_blake3}"
+    )]
+    Checksum {
+        path: String,
+        bytes: u64,
+        blake3: String,
+        want_bytes: u64,
+        want_blake3: String,
+    },
+    /// A bundle rule or file check failed (a bad manifest, a damaged local
+    /// file, a directory that cannot be fsynced).
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    /// This node's disk refused: `action` names the step.
+    #[error("{action} {}: {source}", path.display())]
+    Disk {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A blocking disk task did not finish (the runtime is shutting down).
+    #[error("{what}: {source}")]
+    Task {
+        what: String,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}
+
+impl FetchError {
+    fn disk(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> FetchError {
+        let path = path.to_path_buf();
+        move |source| FetchError::Disk {
+            action,
+            path,
+            source,
+        }
+    }
+
+    fn task(what: impl Into<String>) -> impl FnOnce(tokio::task::JoinError) -> FetchError {
+        let what = what.into();
+        move |source| FetchError::Task { what, source }
+    }
+}
+
 /// Checks that `rel` is a plain bundle-relative path: `/`-separated
 /// segments, none empty, `.` or `..`, no backslash, not absolute, no
 /// control characters. Both the serving side (a request naming a file) and
 /// the fetching side (a manifest listing files) use it, so a peer can
 /// neither read nor write outside a bundle directory.
-pub fn check_rel_path(rel: &str) -> Result<(), String> {
+pub fn check_rel_path(rel: &str) -> Result<(), RelPathError> {
     if rel.is_empty() {
-        return Err("the file path is empty".into());
+        return Err(RelPathError::Empty);
     }
     if rel.len() > 1024 {
-        return Err("the file path is longer than 1024 bytes".into());
+        return Err(RelPathError::TooLong);
     }
     if rel.starts_with('/') || rel.contains('\\') || rel.contains(':') {
-        return Err(format!(
-            "{rel:?} is not a bundle-relative path (absolute, or with '\\\\' or ':')"
-        ));
+        return Err(RelPathError::NotRelative(rel.to_string()));
     }
     if rel.chars().any(|c| c.is_control()) {
-        return Err(format!("{rel:?} contains a control character"));
+        return Err(RelPathError::ControlCharacter(rel.to_string()));
     }
     if rel
         .split('/')
         .any(|seg| seg.is_empty() || seg == "." || seg == "..")
     {
-        return Err(format!(
-            "{rel:?} has an empty, '.' or '..' segment; bundle paths go only downwards"
-        ));
+        return Err(RelPathError::BadSegment(rel.to_string()));
     }
     Ok(())
 }
@@ -171,23 +266,23 @@ pub async fn read_manifest(dir: PathBuf) -> Result<Manifest, ServiceError> {
         })
     })
     .await
-    .map_err(|e| ServiceError::Internal(format!("bundle check task failed: {e}")))?
+    .map_err(|e| ServiceError::internal_from("bundle check task failed", e))?
 }
 
 /// Checks that `dir` holds `version` with every file a node hosting
 /// `hosted` needs, intact.
-fn verify_local(dir: &Path, version: &str, hosted: &[u32]) -> Result<(), String> {
-    let bundle = Bundle::open(dir, &OpenCheck::default()).map_err(|e| e.to_string())?;
+fn verify_local(dir: &Path, version: &str, hosted: &[u32]) -> Result<(), FetchError> {
+    let bundle = Bundle::open(dir, &OpenCheck::default())?;
     let m = bundle.manifest();
     if m.model_version != version {
-        return Err(format!(
-            "{} holds version {}, not {version}",
-            dir.display(),
-            m.model_version
-        ));
+        return Err(FetchError::OtherVersionHere {
+            dir: dir.to_path_buf(),
+            found: m.model_version.clone(),
+            want: version.to_string(),
+        });
     }
     for f in needed_files(m, hosted) {
-        verify_streaming(dir, f).map_err(|e| e.to_string())?;
+        verify_streaming(dir, f)?;
     }
     Ok(())
 }
@@ -216,7 +311,7 @@ pub async fn ensure_local(
         verify_local(&l, &version, &hosted_v).is_ok().then_some(l)
     })
     .await
-    .map_err(|e| ServiceError::Internal(format!("bundle check task failed: {e}")))?;
+    .map_err(|e| ServiceError::internal_from("bundle check task failed", e))?;
     if let Some(dir) = found {
         return Ok(dir);
     }
@@ -260,7 +355,7 @@ pub async fn ensure_local(
             }
         }
     }
-    Err(ServiceError::Unavailable(format!(
+    Err(ServiceError::unavailable(format!(
         "version {} is not readable at {} here and no peer could send it ({}); check the source node",
         m.version,
         published.display(),
@@ -280,27 +375,27 @@ async fn fetch_bundle(
     version: &str,
     dir: &Path,
     hosted: &[u32],
-) -> Result<(), String> {
+) -> Result<(), FetchError> {
     let mut bytes = Vec::new();
     let mut file = FileStream::open(&mut client, version, MANIFEST_FILE, 0).await?;
     while let Some((chunk, _)) = file.next().await? {
         if bytes.len() + chunk.len() > MAX_MANIFEST_BYTES {
-            return Err(format!("the manifest is over {MAX_MANIFEST_BYTES} bytes"));
+            return Err(FetchError::ManifestTooLarge);
         }
         bytes.extend_from_slice(&chunk);
     }
-    let manifest = manifest::decode(dir, &bytes).map_err(|e| e.to_string())?;
+    let manifest = manifest::decode(dir, &bytes)?;
     if manifest.model_version != version {
-        return Err(format!(
-            "the peer sent the manifest of version {}, not {version}",
-            manifest.model_version
-        ));
+        return Err(FetchError::WrongVersion {
+            got: manifest.model_version,
+            want: version.to_string(),
+        });
     }
     tokio::fs::create_dir_all(dir)
         .await
-        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        .map_err(FetchError::disk("cannot create", dir))?;
     for entry in needed_files(&manifest, hosted) {
-        check_rel_path(&entry.path).map_err(|e| format!("the manifest lists {e}"))?;
+        check_rel_path(&entry.path).map_err(FetchError::UnsafePath)?;
         let (d, e) = (dir.to_path_buf(), entry.clone());
         let intact = tokio::task::spawn_blocking(move || verify_streaming(&d, &e).is_ok())
             .await
@@ -313,7 +408,7 @@ async fn fetch_bundle(
     let (d, b) = (dir.to_path_buf(), bytes);
     tokio::task::spawn_blocking(move || write_synced_atomic(&d, MANIFEST_FILE, &b))
         .await
-        .map_err(|e| format!("writing the manifest: {e}"))?
+        .map_err(FetchError::task("writing the manifest"))?
 }
 
 /// Copies one file into `<file>.part` and renames it into place only when
@@ -328,12 +423,12 @@ async fn fetch_checked(
     version: &str,
     dir: &Path,
     entry: &FileEntry,
-) -> Result<(), String> {
+) -> Result<(), FetchError> {
     let path = dir.join(&entry.path);
     if let Some(parent) = path.parent() {
         tokio::fs::create_dir_all(parent)
             .await
-            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+            .map_err(FetchError::disk("cannot create", parent))?;
     }
     let part = part_path(&path);
     let mut check = fill_part(client, version, entry, &part, true).await?;
@@ -349,11 +444,13 @@ async fn fetch_checked(
     }
     tokio::fs::rename(&part, &path)
         .await
-        .map_err(|e| format!("rename to {}: {e}", path.display()))?;
+        .map_err(FetchError::disk("rename to", &path))?;
     let parent = path.parent().unwrap_or(dir).to_path_buf();
-    tokio::task::spawn_blocking(move || fsync_dir(&parent).map_err(|e| e.to_string()))
+    let what = format!("fsync {}", parent.display());
+    tokio::task::spawn_blocking(move || fsync_dir(&parent))
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(FetchError::task(what))??;
+    Ok(())
 }
 
 /// What a filled `.part` file holds against its manifest entry.
@@ -361,7 +458,7 @@ enum PartCheck {
     /// The whole file, size and blake3 as the manifest says (fsynced).
     Intact,
     /// Something else; `reused` bytes of it came from an earlier attempt.
-    Mismatch { reused: u64, reason: String },
+    Mismatch { reused: u64, reason: FetchError },
 }
 
 /// Brings `part` to `entry`'s full length, keeping the bytes already in it
@@ -373,12 +470,12 @@ async fn fill_part(
     entry: &FileEntry,
     part: &Path,
     resume: bool,
-) -> Result<PartCheck, String> {
+) -> Result<PartCheck, FetchError> {
     let (mut hasher, reused) = if resume {
         let (p, want) = (part.to_path_buf(), entry.bytes);
         tokio::task::spawn_blocking(move || hash_prefix(&p, want))
             .await
-            .map_err(|e| format!("reading {}: {e}", part.display()))??
+            .map_err(FetchError::task(format!("reading {}", part.display())))??
     } else {
         (blake3::Hasher::new(), 0)
     };
@@ -387,7 +484,7 @@ async fn fill_part(
     } else {
         tokio::fs::File::create(part).await
     }
-    .map_err(|e| format!("cannot open {}: {e}", part.display()))?;
+    .map_err(FetchError::disk("cannot open", part))?;
     let mut written = reused;
     if written < entry.bytes {
         let mut file = FileStream::open(client, version, &entry.path, written).await?;
@@ -395,16 +492,17 @@ async fn fill_part(
             if total != entry.bytes || written + chunk.len() as u64 > entry.bytes {
                 return Ok(PartCheck::Mismatch {
                     reused,
-                    reason: format!(
-                        "{} is {total} bytes at the peer, the manifest says {}",
-                        entry.path, entry.bytes
-                    ),
+                    reason: FetchError::SizeAtPeer {
+                        path: entry.path.clone(),
+                        total,
+                        want: entry.bytes,
+                    },
                 });
             }
             hasher.update(&chunk);
             out.write_all(&chunk)
                 .await
-                .map_err(|e| format!("writing {}: {e}", part.display()))?;
+                .map_err(FetchError::disk("writing", part))?;
             written += chunk.len() as u64;
             metrics()
                 .bundle_fetch_bytes
@@ -416,15 +514,18 @@ async fn fill_part(
     if written != entry.bytes || hash != entry.blake3 {
         return Ok(PartCheck::Mismatch {
             reused,
-            reason: format!(
-                "{} arrived with {written} bytes and blake3 {hash}; the manifest says {} bytes, {}",
-                entry.path, entry.bytes, entry.blake3
-            ),
+            reason: FetchError::Checksum {
+                path: entry.path.clone(),
+                bytes: written,
+                blake3: hash,
+                want_bytes: entry.bytes,
+                want_blake3: entry.blake3.clone(),
+            },
         });
     }
     out.sync_all()
         .await
-        .map_err(|e| format!("fsync {}: {e}", part.display()))?;
+        .map_err(FetchError::disk("fsync", part))?;
     if reused > 0 {
         tracing::info!(file = %entry.path, reused, "resumed an interrupted bundle file fetch");
         metrics()
@@ -438,22 +539,21 @@ async fn fill_part(
 /// The blake3 state and length of what an earlier attempt left in `part`;
 /// nothing (start over) when there is no such file or it is longer than
 /// the whole file should be.
-fn hash_prefix(part: &Path, want: u64) -> Result<(blake3::Hasher, u64), String> {
+fn hash_prefix(part: &Path, want: u64) -> Result<(blake3::Hasher, u64), FetchError> {
     let mut hasher = blake3::Hasher::new();
     let mut f = match std::fs::File::open(part) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((hasher, 0)),
-        Err(e) => return Err(format!("cannot open {}: {e}", part.display())),
+        Err(e) => return Err(FetchError::disk("cannot open", part)(e)),
     };
     let len = f
         .metadata()
-        .map_err(|e| format!("cannot stat {}: {e}", part.display()))?
+        .map_err(FetchError::disk("cannot stat", part))?
         .len();
     if len > want {
         return Ok((blake3::Hasher::new(), 0));
     }
-    let n = std::io::copy(&mut f, &mut hasher)
-        .map_err(|e| format!("reading {}: {e}", part.display()))?;
+    let n = std::io::copy(&mut f, &mut hasher).map_err(FetchError::disk("reading", part))?;
     Ok((hasher, n))
 }
 
@@ -470,7 +570,7 @@ impl FileStream {
         version: &str,
         rel: &str,
         offset: u64,
-    ) -> Result<FileStream, String> {
+    ) -> Result<FileStream, FetchError> {
         let req = FetchBundleFileRequest {
             version: version.to_string(),
             path: rel.to_string(),
@@ -479,7 +579,10 @@ impl FileStream {
         let stream = client
             .fetch_bundle_file(req)
             .await
-            .map_err(|s| format!("{rel}: {}: {}", s.code(), s.message()))?
+            .map_err(|status| FetchError::Peer {
+                rel: rel.to_string(),
+                status,
+            })?
             .into_inner();
         Ok(FileStream {
             rel: rel.to_string(),
@@ -489,25 +592,27 @@ impl FileStream {
     }
 
     /// The next chunk and the file's total size; `None` at the end.
-    async fn next(&mut self) -> Result<Option<(Vec<u8>, u64)>, String> {
+    async fn next(&mut self) -> Result<Option<(Vec<u8>, u64)>, FetchError> {
         let rel = &self.rel;
         let next = tokio::time::timeout(CHUNK_TIMEOUT, self.stream.message())
             .await
-            .map_err(|_| {
-                format!(
-                    "{rel}: the peer sent nothing for {} s",
-                    CHUNK_TIMEOUT.as_secs()
-                )
+            .map_err(|_| FetchError::Silent {
+                rel: rel.clone(),
+                secs: CHUNK_TIMEOUT.as_secs(),
             })?
-            .map_err(|s| format!("{rel}: {}: {}", s.code(), s.message()))?;
+            .map_err(|status| FetchError::Peer {
+                rel: rel.clone(),
+                status,
+            })?;
         let Some(chunk) = next else {
             return Ok(None);
         };
         if chunk.offset != self.at {
-            return Err(format!(
-                "{rel}: chunk at offset {} where {} was expected",
-                chunk.offset, self.at
-            ));
+            return Err(FetchError::OutOfOrder {
+                rel: rel.clone(),
+                got: chunk.offset,
+                want: self.at,
+            });
         }
         self.at += chunk.data.len() as u64;
         Ok(Some((chunk.data, chunk.total_bytes)))
@@ -522,16 +627,15 @@ fn part_path(path: &Path) -> PathBuf {
 }
 
 /// Writes `dir/rel` through a temporary file, fsync and rename.
-fn write_synced_atomic(dir: &Path, rel: &str, bytes: &[u8]) -> Result<(), String> {
+fn write_synced_atomic(dir: &Path, rel: &str, bytes: &[u8]) -> Result<(), FetchError> {
     let path = dir.join(rel);
     let tmp = part_path(&path);
-    let mut f =
-        std::fs::File::create(&tmp).map_err(|e| format!("create {}: {e}", tmp.display()))?;
+    let mut f = std::fs::File::create(&tmp).map_err(FetchError::disk("create", &tmp))?;
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
-        .map_err(|e| format!("write {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).map_err(|e| format!("rename to {}: {e}", path.display()))?;
-    fsync_dir(dir).map_err(|e| e.to_string())
+        .map_err(FetchError::disk("write", &tmp))?;
+    std::fs::rename(&tmp, &path).map_err(FetchError::disk("rename to", &path))?;
+    Ok(fsync_dir(dir)?)
 }
 
 #[cfg(test)]
@@ -561,6 +665,56 @@ mod tests {
         ] {
             assert!(check_rel_path(bad).is_err(), "{bad:?} must be refused");
         }
+    }
+
+    #[test]
+    fn refused_paths_say_why() {
+        assert_eq!(check_rel_path(""), Err(RelPathError::Empty));
+        assert_eq!(
+            check_rel_path("../x"),
+            Err(RelPathError::BadSegment("../x".into()))
+        );
+        assert_eq!(
+            check_rel_path("/etc/passwd"),
+            Err(RelPathError::NotRelative("/etc/passwd".into()))
+        );
+        assert_eq!(
+            check_rel_path("a\\b").unwrap_err().to_string(),
+            r#""a\\b" is not a bundle-relative path (absolute, or with '\\' or ':')"#
+        );
+        let e = FetchError::UnsafePath(check_rel_path("a//b").unwrap_err());
+        assert!(
+            e.to_string().starts_with("the manifest lists \"a//b\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_disk_failure_is_a_disk_error_with_the_io_cause() {
+        use std::error::Error as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let missing = tmp.path().join("no-such-dir");
+        let e = write_synced_atomic(&missing, MANIFEST_FILE, b"{}").unwrap_err();
+        let FetchError::Disk { action, path, .. } = &e else {
+            panic!("{e:?}");
+        };
+        assert_eq!(*action, "create");
+        assert!(path.starts_with(&missing));
+        let io = e.source().and_then(|s| s.downcast_ref::<std::io::Error>());
+        assert_eq!(io.map(|e| e.kind()), Some(std::io::ErrorKind::NotFound));
+        // a part file that is not there is no error: start from zero
+        let (_, n) = hash_prefix(&tmp.path().join("x.part"), 10).unwrap();
+        assert_eq!(n, 0);
+    }
+
+    #[test]
+    fn a_local_copy_of_another_version_is_not_used() {
+        let tmp = tempfile::tempdir().unwrap();
+        // no bundle at all: the bundle layer says why
+        assert!(matches!(
+            verify_local(tmp.path(), "v1", &[]),
+            Err(FetchError::Bundle(_))
+        ));
     }
 
     #[test]

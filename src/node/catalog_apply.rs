@@ -42,8 +42,8 @@ pub(super) async fn apply_upserts(
         shards[&s]
             .send(Upsert { items: batch })
             .await
-            .map_err(|e| ServiceError::Unavailable(format!("shard {s} unavailable: {e}")))?
-            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+            .map_err(|e| ServiceError::unavailable_from(format!("shard {s} unavailable"), e))?
+            .map_err(ServiceError::internal_cause)?;
     }
     for r in records {
         serving.catalog.upsert(
@@ -82,8 +82,8 @@ pub(super) async fn apply_deletes(
         shards[&s]
             .send(Delete { keys })
             .await
-            .map_err(|e| ServiceError::Unavailable(format!("shard {s} unavailable: {e}")))?
-            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+            .map_err(|e| ServiceError::unavailable_from(format!("shard {s} unavailable"), e))?
+            .map_err(ServiceError::internal_cause)?;
     }
     Ok(deleted)
 }

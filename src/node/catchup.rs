@@ -31,12 +31,13 @@
 //! Must not touch: how events are validated, logged or applied (`Node`), or
 //! the event log format (`eventlog`).
 
-use super::cluster_link::ClusterLink;
+use super::cluster_link::{ChannelError, ClusterLink};
 use super::Node;
 use crate::cluster::NodeStatus;
-use crate::eventlog::{EventLogReader, LogEvent};
+use crate::eventlog::{EventLogError, EventLogReader, LogEvent};
 use crate::proto::data::shard_data_client::ShardDataClient;
 use crate::proto::data::{FetchEventsRequest, ForwardedEvent};
+use crate::service::types::ServiceError;
 use crate::telemetry::failure_log::StepFailures;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -244,13 +245,17 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// The events of this node's own log (`dir`, events accepted from clients)
 /// with seq > `after`, at most `max`, in seq order. Blocking: call it off
 /// the async threads.
-pub fn read_client_events(dir: &Path, after: u64, max: usize) -> Result<Vec<LogEvent>, String> {
+pub fn read_client_events(
+    dir: &Path,
+    after: u64,
+    max: usize,
+) -> Result<Vec<LogEvent>, EventLogError> {
     let mut out = Vec::new();
     if !dir.exists() {
         return Ok(out);
     }
-    for e in EventLogReader::open_after(dir, after).map_err(|e| e.to_string())? {
-        let e = e.map_err(|e| e.to_string())?;
+    for e in EventLogReader::open_after(dir, after)? {
+        let e = e?;
         if e.seq > after {
             out.push(e);
             if out.len() >= max {
@@ -373,6 +378,23 @@ pub async fn run(node: Node, link: Arc<ClusterLink>, mut shutdown: watch::Receiv
     }
 }
 
+/// Why catching up from one peer stopped; the next round tries again.
+#[derive(Debug, thiserror::Error)]
+pub enum CatchUpError {
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    /// The peer refused or broke the `FetchEvents` stream.
+    #[error("FetchEvents from node {peer}: {}", status.message())]
+    Fetch {
+        peer: u64,
+        #[source]
+        status: tonic::Status,
+    },
+    /// Applying the fetched events here failed.
+    #[error(transparent)]
+    Apply(#[from] ServiceError),
+}
+
 /// Fetches and applies every event `peer` accepted after what this node
 /// applied from it; answers how many were new here.
 async fn catch_up_from(
@@ -380,7 +402,7 @@ async fn catch_up_from(
     link: &ClusterLink,
     peer: u64,
     addr: &str,
-) -> Result<usize, String> {
+) -> Result<usize, CatchUpError> {
     let max_batch = node.config().api.max_batch.max(1);
     let mut applied = 0usize;
     loop {
@@ -397,20 +419,19 @@ async fn catch_up_from(
         let mut stream = client
             .fetch_events(req)
             .await
-            .map_err(|s| format!("FetchEvents from node {peer}: {}", s.message()))?
+            .map_err(|status| CatchUpError::Fetch { peer, status })?
             .into_inner();
         let mut received = 0usize;
         while let Some(batch) = stream
             .message()
             .await
-            .map_err(|s| format!("FetchEvents from node {peer}: {}", s.message()))?
+            .map_err(|status| CatchUpError::Fetch { peer, status })?
         {
             received += batch.events.len();
             for chunk in batch.events.chunks(max_batch) {
                 applied += node
                     .ingest_forwarded_events(peer, batch.origin_log, chunk.to_vec())
-                    .await
-                    .map_err(|e| e.to_string())? as usize;
+                    .await? as usize;
             }
         }
         if received < MAX_FETCH_EVENTS as usize {

@@ -15,7 +15,7 @@
 use super::Node;
 use crate::cluster::{
     initial_placement, ClusterError, ClusterState, Command, FaultInjector, NodeInfo, PeerChannel,
-    RaftNode, RaftSettings, ReplicaState,
+    PlacementError, RaftNode, RaftSettings, ReplicaState,
 };
 use crate::config::NodeConfig;
 use crate::routing::HealthBook;
@@ -29,6 +29,37 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 use tracing::Instrument;
+
+/// Why one control-loop step (reconcile, rollout) did not finish; the
+/// loop logs it and tries again on the next applied index or tick.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("no [cluster] section")]
+    NoClusterConfig,
+    /// A Raft write or membership change failed (no leader, refused,
+    /// unreachable).
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// A local operation (fetching or loading a bundle, applying the
+    /// catalogue) failed.
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    /// The configured shard map cannot be placed on the members.
+    #[error(transparent)]
+    Placement(#[from] PlacementError),
+}
+
+/// Why no channel to a peer could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    /// A thread panicked while holding the channel table.
+    #[error("peer channel table poisoned")]
+    Poisoned,
+    /// The peer's address (or this node's TLS identity) does not make an
+    /// endpoint; the text says which.
+    #[error("{0}")]
+    Endpoint(String),
+}
 
 pub struct ClusterLink {
     pub raft: RaftNode,
@@ -66,15 +97,13 @@ impl ClusterLink {
 
     /// A channel to node `id` at `addr`, reused while the address holds.
     /// Every request on it consults this node's fault rules.
-    pub fn channel(&self, id: u64, addr: &str) -> Result<PeerChannel, String> {
-        let mut m = self
-            .channels
-            .lock()
-            .map_err(|_| "peer channel table poisoned".to_string())?;
+    pub fn channel(&self, id: u64, addr: &str) -> Result<PeerChannel, ChannelError> {
+        let mut m = self.channels.lock().map_err(|_| ChannelError::Poisoned)?;
         let ch = match m.get(&id) {
             Some((a, ch)) if a == addr => ch.clone(),
             _ => {
-                let ch = crate::routing::remote::peer_channel(addr, self.raft.tls())?;
+                let ch = crate::routing::remote::peer_channel(addr, self.raft.tls())
+                    .map_err(ChannelError::Endpoint)?;
                 m.insert(id, (addr.to_string(), ch.clone()));
                 ch
             }
@@ -113,7 +142,7 @@ impl ClusterLink {
             .is_ok_and(|r| r.is_ok());
         match ok {
             true => Ok(()),
-            false => Err(ServiceError::Unavailable(format!(
+            false => Err(ServiceError::unavailable(format!(
                 "the write is committed (log index {index}) but this node has not applied it within {} ms; it will",
                 timeout.as_millis()
             ))),
@@ -189,10 +218,10 @@ impl ClusterLink {
 /// Maps a control-plane error to the service error a client sees.
 pub fn service_error(e: ClusterError) -> ServiceError {
     match e {
-        ClusterError::Rejected(r) => ServiceError::FailedPrecondition(r),
+        ClusterError::Rejected(r) => ServiceError::failed_precondition(r),
         ClusterError::TooLarge { .. } => ServiceError::ResourceExhausted(e.to_string()),
         ClusterError::Unauthenticated(m) => ServiceError::Unauthenticated(m),
-        other => ServiceError::Unavailable(format!("cluster: {other}")),
+        other => ServiceError::unavailable_from("cluster", other),
     }
 }
 
@@ -252,8 +281,7 @@ pub async fn start_cluster(
         applied_tx,
         liveness: Default::default(),
     });
-    node.attach_cluster(link.clone())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    node.attach_cluster(link.clone())?;
     if cc.bootstrap {
         // a group of this node alone, formed in the background: members
         // that are not up yet must not hold up this node's start
@@ -339,8 +367,8 @@ async fn reconcile(
     config: &NodeConfig,
     built: &mut Option<(ReplicaSignature, String)>,
     rollout_log: &mut StepFailures,
-) -> Result<(), String> {
-    let cc = config.cluster.as_ref().ok_or("no [cluster] section")?;
+) -> Result<(), StepError> {
+    let cc = config.cluster.as_ref().ok_or(StepError::NoClusterConfig)?;
     let (sig, has_map, missing) = {
         let st = link.raft.state();
         let st = st.read();
@@ -354,24 +382,19 @@ async fn reconcile(
     };
     if link.is_leader() {
         for info in missing.iter() {
-            link.raft
-                .write(Command::RegisterNode(info.clone()))
-                .await
-                .map_err(|e| e.to_string())?;
+            link.raft.write(Command::RegisterNode(info.clone())).await?;
         }
         if !has_map && missing.is_empty() {
             let mut ids: Vec<u64> = cc.members.iter().map(|m| m.id).collect();
             ids.sort_unstable();
-            let placement =
-                initial_placement(cc.shards, cc.replication, &ids).map_err(|e| e.to_string())?;
+            let placement = initial_placement(cc.shards, cc.replication, &ids)?;
             link.raft
                 .write(Command::InitShards {
                     shards: cc.shards,
                     replication: cc.replication,
                     placement,
                 })
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             tracing::info!(
                 shards = cc.shards,
                 replication = cc.replication,
@@ -406,7 +429,7 @@ async fn reconcile(
                 .collect();
             let local_changed = node.local_shards() != mine;
             if node.model_version().is_none() {
-                node.publish(dir.clone()).await.map_err(|e| e.to_string())?;
+                node.publish(dir.clone()).await?;
             } else if local_changed {
                 // a move adds or drops a copy: load (or unload) just those,
                 // from a directory that holds the added shards' files (a
@@ -415,17 +438,15 @@ async fn reconcile(
                 let from = super::rollout::dir_with_shards(node, link, config, &mine, &dir).await;
                 if let Err(e) = node.rehost_shards(&mine, from).await {
                     tracing::warn!(error = %e, "loading only the changed shards failed; reloading the bundle");
-                    node.publish(dir.clone()).await.map_err(|e| e.to_string())?;
+                    node.publish(dir.clone()).await?;
                 }
             } else {
-                node.rebuild_shard_clients().map_err(|e| e.to_string())?;
+                node.rebuild_shard_clients()?;
             }
             *built = Some((sig, dir_s));
         }
     }
-    node.apply_cluster_catalog()
-        .await
-        .map_err(|e| e.to_string())?;
+    node.apply_cluster_catalog().await?;
     // shards loaded here are ready to be queried by the other nodes
     let loaded = node.local_shards();
     let ready: Vec<u32> = built
@@ -445,8 +466,7 @@ async fn reconcile(
                 node: link.id(),
                 state: ReplicaState::Active,
             })
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         tracing::info!(shard, "shard replica loaded and active");
     }
     Ok(())

@@ -1,10 +1,26 @@
 //! `EventSink`: the one writer of this node's durable event log. A sync
-//! actor (its own thread), because appends block on fsync.
+//! actor (its own thread), because appends block on fsync. Its failures are
+//! `SinkError`s.
 
 use crate::eventlog::{EventLogError, EventLogOptions, EventLogWriter, LogEvent};
 use actix::{Actor, Addr, Handler, Message, SyncArbiter, SyncContext};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+
+/// Why the sink could not append or flush.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// An earlier append panicked while holding the writer; the log's tail
+    /// is unknown until the node restarts and recovers it.
+    #[error("event log writer is poisoned")]
+    Poisoned,
+    /// The log itself refused (I/O, a bad event, a poisoned writer).
+    #[error(transparent)]
+    Log(#[from] EventLogError),
+    /// The sink's thread is gone (shutdown) so the message was not handled.
+    #[error(transparent)]
+    Stopped(#[from] actix::MailboxError),
+}
 
 pub struct EventSink {
     writer: Arc<Mutex<EventLogWriter>>,
@@ -31,18 +47,15 @@ pub fn start_event_sink(
 pub struct Append(pub Vec<LogEvent>);
 
 impl Message for Append {
-    type Result = Result<(u64, u64), String>;
+    type Result = Result<(u64, u64), SinkError>;
 }
 
 impl Handler<Append> for EventSink {
-    type Result = Result<(u64, u64), String>;
+    type Result = Result<(u64, u64), SinkError>;
 
     fn handle(&mut self, mut msg: Append, _: &mut SyncContext<Self>) -> Self::Result {
-        let mut w = self
-            .writer
-            .lock()
-            .map_err(|_| "event log writer is poisoned".to_string())?;
-        w.append_batch(&mut msg.0).map_err(|e| e.to_string())
+        let mut w = self.writer.lock().map_err(|_| SinkError::Poisoned)?;
+        Ok(w.append_batch(&mut msg.0)?)
     }
 }
 
@@ -69,18 +82,15 @@ impl Handler<SyncDue> for EventSink {
 pub struct Flush;
 
 impl Message for Flush {
-    type Result = Result<(), String>;
+    type Result = Result<(), SinkError>;
 }
 
 impl Handler<Flush> for EventSink {
-    type Result = Result<(), String>;
+    type Result = Result<(), SinkError>;
 
     fn handle(&mut self, _: Flush, _: &mut SyncContext<Self>) -> Self::Result {
-        let mut w = self
-            .writer
-            .lock()
-            .map_err(|_| "event log writer is poisoned".to_string())?;
-        w.sync().map_err(|e| e.to_string())
+        let mut w = self.writer.lock().map_err(|_| SinkError::Poisoned)?;
+        Ok(w.sync()?)
     }
 }
 

@@ -16,12 +16,12 @@
 
 use super::catchup;
 use super::cluster_link::ClusterLink;
-use super::event_sink::{start_event_sink, Append, EventSink, Flush, NextSeq, SyncDue};
+use super::event_sink::{start_event_sink, Append, EventSink, Flush, NextSeq, SinkError, SyncDue};
 use super::model_host::ServingMark;
 use super::now_unix;
 use crate::config::{ApiConfig, NodeConfig};
 use crate::coordinator::Serving;
-use crate::eventlog::LogEvent;
+use crate::eventlog::{EventLogError, LogEvent};
 use crate::features::event_strength;
 use crate::ids::{item_key, shard_of, user_key};
 use crate::service::types::*;
@@ -271,8 +271,8 @@ impl EventPipeline {
         let dir = self.data_dir.join("events");
         tokio::task::spawn_blocking(move || catchup::read_client_events(&dir, after, max))
             .await
-            .map_err(|e| ServiceError::Internal(e.to_string()))?
-            .map_err(|e| ServiceError::Internal(format!("reading the event log: {e}")))
+            .map_err(ServiceError::internal_cause)?
+            .map_err(|e| ServiceError::internal_from("reading the event log", e))
     }
 
     async fn ingest(
@@ -299,8 +299,8 @@ impl EventPipeline {
         let (first, _) = sink
             .send(Append(log.clone()))
             .await
-            .map_err(|e| ServiceError::Unavailable(format!("event log unavailable: {e}")))?
-            .map_err(|e| ServiceError::Internal(format!("event log append failed: {e}")))?;
+            .map_err(|e| ServiceError::unavailable_from("event log unavailable", e))?
+            .map_err(|e| ServiceError::internal_from("event log append failed", e))?;
         // the writer numbered its copy the same way: consecutive from first
         for (i, e) in log.iter_mut().enumerate() {
             e.seq = first + i as u64;
@@ -347,19 +347,20 @@ impl EventPipeline {
         if !dir.exists() {
             return Ok(0);
         }
-        let events = tokio::task::spawn_blocking(move || -> Result<Vec<LogEvent>, String> {
-            let mut out = Vec::new();
-            for e in crate::eventlog::EventLogReader::open(&dir).map_err(|e| e.to_string())? {
-                let e = e.map_err(|e| e.to_string())?;
-                if e.seq >= from {
-                    out.push(e);
+        let events =
+            tokio::task::spawn_blocking(move || -> Result<Vec<LogEvent>, EventLogError> {
+                let mut out = Vec::new();
+                for e in crate::eventlog::EventLogReader::open(&dir)? {
+                    let e = e?;
+                    if e.seq >= from {
+                        out.push(e);
+                    }
                 }
-            }
-            Ok(out)
-        })
-        .await
-        .map_err(|e| ServiceError::Internal(e.to_string()))?
-        .map_err(|e| ServiceError::Internal(format!("reading the event log {log}: {e}")))?;
+                Ok(out)
+            })
+            .await
+            .map_err(ServiceError::internal_cause)?
+            .map_err(|e| ServiceError::internal_from(format!("reading the event log {log}"), e))?;
         let n = events.len();
         for chunk in events.chunks(1000) {
             self.apply_logged(chunk, current).await?;
@@ -397,9 +398,10 @@ impl EventPipeline {
             .map(|(p, v)| self.users[p].send(ApplyEvents(v)));
         for r in join_all(sends).await {
             r.map_err(|e| {
-                ServiceError::Internal(format!(
-                    "events are logged but a user partition is unavailable: {e}"
-                ))
+                ServiceError::internal_from(
+                    "events are logged but a user partition is unavailable",
+                    e,
+                )
             })?;
         }
         Ok(())
@@ -418,14 +420,14 @@ impl EventPipeline {
     }
 
     /// Flushes the event logs; call on shutdown.
-    pub(super) async fn flush(&self) -> Result<(), String> {
+    pub(super) async fn flush(&self) -> Result<(), SinkError> {
         if let Some(peers) = &self.peer_events {
-            peers.send(Flush).await.map_err(|e| e.to_string())??;
+            peers.send(Flush).await??;
         }
         if let Err(e) = self.origins.flush() {
             tracing::warn!(error = %e, "cannot record which forwarded events were applied");
         }
-        self.events.send(Flush).await.map_err(|e| e.to_string())?
+        self.events.send(Flush).await?
     }
 }
 

@@ -31,6 +31,7 @@ mod catalog_apply;
 pub mod catchup;
 pub mod cluster_link;
 mod event_sink;
+pub use event_sink::SinkError;
 mod events;
 pub mod formation;
 pub mod liveness;
@@ -59,6 +60,11 @@ use model_host::{ModelHost, Prepared, ServingMark, Standby};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+
+/// `Node::attach_cluster` on a node that already joined one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the node is already part of a cluster")]
+pub struct AlreadyInCluster;
 
 /// A handle to the node; cheap to clone, shared by every front end.
 #[derive(Clone)]
@@ -173,9 +179,8 @@ impl Node {
     /// needs a moment (and other nodes may answer meanwhile).
     fn not_serving(&self) -> ServiceError {
         let Some(link) = self.inner.cluster.get() else {
-            return ServiceError::Unavailable(
-                "no model is loaded yet; publish one: funnel admin --addr HTTP_ADDR publish BUNDLE_DIR"
-                    .into(),
+            return ServiceError::unavailable(
+                "no model is loaded yet; publish one: funnel admin --addr HTTP_ADDR publish BUNDLE_DIR",
             );
         };
         let (active, staged) = {
@@ -195,7 +200,7 @@ impl Node {
             ),
             (None, None) => "no model is active yet; publish one with funnel admin --addr INTERNAL_ADDR publish BUNDLE_DIR".to_string(),
         };
-        ServiceError::Unavailable(msg)
+        ServiceError::unavailable(msg)
     }
 
     pub fn model_version(&self) -> Option<String> {
@@ -436,11 +441,8 @@ impl Node {
 
     /// Joins a cluster: from now on the shard map decides which shards this
     /// node loads, and catalogue writes go through Raft.
-    pub fn attach_cluster(&self, link: Arc<ClusterLink>) -> Result<(), String> {
-        self.inner
-            .cluster
-            .set(link)
-            .map_err(|_| "the node is already part of a cluster".to_string())
+    pub fn attach_cluster(&self, link: Arc<ClusterLink>) -> Result<(), AlreadyInCluster> {
+        self.inner.cluster.set(link).map_err(|_| AlreadyInCluster)
     }
 
     pub fn cluster(&self) -> Option<&Arc<ClusterLink>> {
@@ -627,7 +629,7 @@ impl Node {
     }
 
     /// Flushes the event log; call on shutdown.
-    pub async fn flush(&self) -> Result<(), String> {
+    pub async fn flush(&self) -> Result<(), SinkError> {
         self.inner.events.flush().await
     }
 }

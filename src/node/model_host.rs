@@ -209,7 +209,7 @@ impl ModelHost {
             load_shards_blocking(&dir, search, shard_count, &added)
         })
         .await
-        .map_err(|e| ServiceError::Internal(format!("shard loading task failed: {e}")))??;
+        .map_err(|e| ServiceError::internal_from("shard loading task failed", e))??;
         let fresh: BTreeMap<u32, ShardHandle> = indexes
             .into_iter()
             .map(|ix| (ix.shard(), start_shard(ix, &pool)))
@@ -234,8 +234,8 @@ impl ModelHost {
                 *sa = actors;
                 Ok(())
             }
-            _ => Err(ServiceError::Internal(
-                "the node's model tables are poisoned; restart the node".into(),
+            _ => Err(ServiceError::internal(
+                "the node's model tables are poisoned; restart the node",
             )),
         }
     }
@@ -277,8 +277,8 @@ impl ModelHost {
                 })
             }
             _ => {
-                return Err(ServiceError::Internal(
-                    "the node's model tables are poisoned; restart the node".into(),
+                return Err(ServiceError::internal(
+                    "the node's model tables are poisoned; restart the node",
                 ))
             }
         };
@@ -360,7 +360,7 @@ async fn load_version(
 ) -> Result<LoadedVersion, ServiceError> {
     tokio::task::spawn_blocking(move || load_version_blocking(&dir, search, hosted))
         .await
-        .map_err(|e| ServiceError::Internal(format!("model loading task failed: {e}")))?
+        .map_err(|e| ServiceError::internal_from("model loading task failed", e))?
 }
 
 fn load_version_blocking(
@@ -369,11 +369,11 @@ fn load_version_blocking(
     hosted: Option<Vec<u32>>,
 ) -> Result<LoadedVersion, ServiceError> {
     let precondition = |e: String| {
-        ServiceError::FailedPrecondition(format!("cannot load bundle {}: {e}", dir.display()))
+        ServiceError::failed_precondition(format!("cannot load bundle {}: {e}", dir.display()))
     };
-    let loaded = ServingModel::load(dir).map_err(|e| precondition(e.to_string()))?;
+    let loaded = ServingModel::load(dir).map_err(|e| cannot_load(dir, e))?;
     let bundle = crate::bundle::Bundle::open(dir, &crate::bundle::OpenCheck::default())
-        .map_err(|e| precondition(e.to_string()))?;
+        .map_err(|e| cannot_load(dir, e))?;
     let mut indexes = Vec::new();
     let shards = hosted.unwrap_or_else(|| (0..loaded.model.shard_count).collect());
     for s in shards {
@@ -383,12 +383,15 @@ fn load_version_blocking(
                 loaded.model.shard_count
             )));
         }
-        let shard = bundle
-            .load_shard(s)
-            .map_err(|e| precondition(e.to_string()))?;
+        let shard = bundle.load_shard(s).map_err(|e| cannot_load(dir, e))?;
         indexes.push(shard_index(shard, search));
     }
     Ok((loaded.model, loaded.user_states, indexes))
+}
+
+/// The bundle in `dir` cannot be served because of `cause`.
+fn cannot_load(dir: &Path, cause: impl std::error::Error + Send + Sync + 'static) -> ServiceError {
+    ServiceError::failed_precondition_from(format!("cannot load bundle {}", dir.display()), cause)
 }
 
 /// Loads shards `shards` of the bundle in `dir` (the served version's, of
@@ -403,10 +406,10 @@ fn load_shards_blocking(
         return Ok(Vec::new());
     }
     let precondition = |e: String| {
-        ServiceError::FailedPrecondition(format!("cannot load bundle {}: {e}", dir.display()))
+        ServiceError::failed_precondition(format!("cannot load bundle {}: {e}", dir.display()))
     };
     let bundle = crate::bundle::Bundle::open(dir, &crate::bundle::OpenCheck::default())
-        .map_err(|e| precondition(e.to_string()))?;
+        .map_err(|e| cannot_load(dir, e))?;
     let mut out = Vec::with_capacity(shards.len());
     for &s in shards {
         if s >= shard_count {
@@ -414,9 +417,7 @@ fn load_shards_blocking(
                 "the cluster places shard {s} here but the bundle has only {shard_count} shards"
             )));
         }
-        let shard = bundle
-            .load_shard(s)
-            .map_err(|e| precondition(e.to_string()))?;
+        let shard = bundle.load_shard(s).map_err(|e| cannot_load(dir, e))?;
         out.push(shard_index(shard, search));
     }
     Ok(out)

@@ -44,7 +44,7 @@ pub async fn drive(
     link: &ClusterLink,
     cc: &ClusterConfig,
     driver: &mut MoveDriver,
-) -> Result<(), String> {
+) -> Result<(), ClusterError> {
     if !link.is_leader() {
         driver.draining_since.clear();
         return Ok(());
@@ -64,7 +64,7 @@ async fn replace_dead(
     link: &ClusterLink,
     cc: &ClusterConfig,
     driver: &mut MoveDriver,
-) -> Result<(), String> {
+) -> Result<(), ClusterError> {
     let after: u64 = setting(link, SETTING_REPLACE_DEAD_AFTER).unwrap_or(cc.replace_dead_after);
     if after == 0 {
         return Ok(());
@@ -96,12 +96,10 @@ async fn replace_dead(
     if plan.is_empty() {
         return Ok(());
     }
-    let err = |e: ClusterError| e.to_string();
     if !plan.cancel.is_empty() {
         link.raft
             .write(Command::CancelTransfers(plan.cancel.clone()))
-            .await
-            .map_err(err)?;
+            .await?;
         tracing::warn!(transfers = ?plan.cancel, "cancelled transfers onto unreachable members");
         // plan again from the state without them
         return Ok(());
@@ -118,7 +116,7 @@ async fn replace_dead(
             Err(ClusterError::Rejected(reason)) => {
                 tracing::debug!(shard_id = shard, node_id = node, %reason, "draining a dead copy refused")
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e),
         }
     }
     if !plan.transfers.is_empty() {
@@ -134,13 +132,13 @@ async fn replace_dead(
             Err(ClusterError::Rejected(reason)) => {
                 tracing::debug!(%reason, "re-replication refused; planning again next round")
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e),
         }
     }
     Ok(())
 }
 
-async fn align_membership(link: &ClusterLink) -> Result<(), String> {
+async fn align_membership(link: &ClusterLink) -> Result<(), ClusterError> {
     let (voters, learners, joint, ready) = {
         let m = link.raft.metrics().borrow().clone();
         let mem = m.membership_config.membership();
@@ -179,14 +177,10 @@ async fn align_membership(link: &ClusterLink) -> Result<(), String> {
             .collect();
         (st.nodes.clone(), emptied)
     };
-    let err = |e: ClusterError| e.to_string();
     for n in nodes.values() {
         let known = voters.contains(&n.id) || learners.contains(&n.id);
         if n.status == NodeStatus::Active && !known {
-            link.raft
-                .add_learner(n.id, n.clone(), false)
-                .await
-                .map_err(err)?;
+            link.raft.add_learner(n.id, n.clone(), false).await?;
             tracing::info!(node_id = n.id, internal = %n.internal, "added to Raft as a learner");
             // the next round sees the new membership
             return Ok(());
@@ -196,10 +190,7 @@ async fn align_membership(link: &ClusterLink) -> Result<(), String> {
     // waits as a learner and holds nobody else up)
     let want = next_voters(&voters, &learners, &nodes, link.id(), &ready);
     if want != voters {
-        link.raft
-            .change_membership(want.clone())
-            .await
-            .map_err(err)?;
+        link.raft.change_membership(want.clone()).await?;
         tracing::info!(voters = ?want, "Raft voters changed");
         return Ok(());
     }
@@ -209,10 +200,7 @@ async fn align_membership(link: &ClusterLink) -> Result<(), String> {
             continue;
         }
         if learners.contains(&id) {
-            link.raft
-                .remove_nodes(BTreeSet::from([id]))
-                .await
-                .map_err(err)?;
+            link.raft.remove_nodes(BTreeSet::from([id])).await?;
             tracing::info!(node_id = id, "drained node left Raft membership");
             return Ok(());
         }
@@ -221,8 +209,7 @@ async fn align_membership(link: &ClusterLink) -> Result<(), String> {
                 id,
                 status: NodeStatus::Removed,
             })
-            .await
-            .map_err(err)?;
+            .await?;
         tracing::info!(node_id = id, "drained node removed");
     }
     Ok(())
@@ -238,7 +225,7 @@ async fn advance_transfers(
     link: &ClusterLink,
     cc: &ClusterConfig,
     driver: &mut MoveDriver,
-) -> Result<(), String> {
+) -> Result<(), ClusterError> {
     let (map, queue) = {
         let st = link.raft.state();
         let st = st.read();
@@ -290,15 +277,12 @@ async fn advance_transfers(
                         .copied()
                         .collect();
                     if !stuck.is_empty() {
-                        link.raft
-                            .write(Command::CancelTransfers(stuck))
-                            .await
-                            .map_err(|e| e.to_string())?;
+                        link.raft.write(Command::CancelTransfers(stuck)).await?;
                         tracing::warn!(shard_id = shard, node_id = node, "transfer cancelled");
                     }
                 }
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e),
         }
     }
     Ok(())

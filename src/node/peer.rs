@@ -45,13 +45,13 @@ pub(super) async fn search(
         } else if let Some(s) = host.standby(model_version) {
             (s.version.clone(), s.catalog.clone(), s.actors.clone())
         } else {
-            return Err(ServiceError::FailedPrecondition(format!(
+            return Err(ServiceError::failed_precondition(format!(
                 "node {me} serves model {}, not {model_version}",
                 serving.model.version
             )));
         };
     let Some(handle) = actors.get(&shard).cloned() else {
-        return Err(ServiceError::FailedPrecondition(format!(
+        return Err(ServiceError::failed_precondition(format!(
             "node {me} does not hold shard {shard} of model {version}"
         )));
     };
@@ -62,7 +62,7 @@ pub(super) async fn search(
     }
     .search(spec, CallContext::default())
     .await
-    .map_err(|e| ServiceError::Internal(e.to_string()))?;
+    .map_err(ServiceError::internal_cause)?;
     Ok((result, version))
 }
 
@@ -76,12 +76,12 @@ pub(super) async fn digest(
     shard: u32,
 ) -> Result<crate::proto::data::ShardDigestResponse, ServiceError> {
     let Some(addr) = host.shard_actors().get(&shard).cloned() else {
-        return Err(ServiceError::FailedPrecondition(format!(
+        return Err(ServiceError::failed_precondition(format!(
             "node {me} does not hold shard {shard}"
         )));
     };
     let unavailable = |e: actix::MailboxError| {
-        ServiceError::Unavailable(format!("shard {shard} unavailable: {e}"))
+        ServiceError::unavailable_from(format!("shard {shard} unavailable"), e)
     };
     let digest = addr.send(Digest).await.map_err(unavailable)?;
     let stats = addr.send(Stats).await.map_err(unavailable)?;
@@ -124,7 +124,7 @@ pub(super) fn shard_clients(
             .map(|a| Arc::new(local(s, a)) as Arc<dyn ShardClient>)
     };
     let remote = |s: u32, node: u64, addr: &str| {
-        let ch = link.channel(node, addr)?;
+        let ch = link.channel(node, addr).map_err(|e| e.to_string())?;
         Ok(Arc::new(RemoteShard::new(
             s,
             node,
@@ -164,8 +164,8 @@ impl From<crate::routing::RoutingError> for ServiceError {
     fn from(e: crate::routing::RoutingError) -> Self {
         use crate::routing::RoutingError::*;
         match e {
-            NoShardMap => ServiceError::Unavailable(e.to_string()),
-            ShardCount { .. } => ServiceError::FailedPrecondition(e.to_string()),
+            NoShardMap => ServiceError::unavailable(e.to_string()),
+            ShardCount { .. } => ServiceError::failed_precondition(e.to_string()),
         }
     }
 }

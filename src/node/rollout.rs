@@ -22,7 +22,7 @@
 //! themselves (`model_host`).
 
 use super::bundle_fetch;
-use super::cluster_link::{service_error, ClusterLink};
+use super::cluster_link::{service_error, ClusterLink, StepError};
 pub use super::model_host::{Prepared, Standby, Versions};
 use super::Node;
 use crate::cluster::{Command, ModelRef};
@@ -123,8 +123,8 @@ impl Node {
     /// publish changes nothing.
     pub async fn publish_cluster(&self, dir: PathBuf, force: bool) -> Result<Staged, ServiceError> {
         let link = self.cluster().cloned().ok_or_else(|| {
-            ServiceError::FailedPrecondition(
-                "this node is not part of a cluster; publish over HTTP (funnel admin --addr HTTP_ADDR publish)".into(),
+            ServiceError::failed_precondition(
+                "this node is not part of a cluster; publish over HTTP (funnel admin --addr HTTP_ADDR publish)",
             )
         })?;
         let manifest = bundle_fetch::read_manifest(dir.clone()).await?;
@@ -139,8 +139,8 @@ impl Node {
             )
         };
         let shards = shards.ok_or_else(|| {
-            ServiceError::Unavailable(
-                "the cluster has no shard map yet (it is still forming); retry in a moment".into(),
+            ServiceError::unavailable(
+                "the cluster has no shard map yet (it is still forming); retry in a moment",
             )
         })?;
         let abs = std::fs::canonicalize(&dir).unwrap_or(dir);
@@ -197,7 +197,7 @@ impl Node {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Err(ServiceError::Unavailable(format!(
+        Err(ServiceError::unavailable(format!(
             "version {version} is staged but this node does not serve it after {} s; see funnel admin --addr INTERNAL status for which nodes have loaded it",
             timeout.as_secs()
         )))
@@ -228,7 +228,7 @@ impl Node {
                 let dir = bundle_fetch::ensure_local(&link, &config, &m, &hosted).await?;
                 let p = node.prepare(dir).await?;
                 if p.standby.version != m.version {
-                    return Err(ServiceError::FailedPrecondition(format!(
+                    return Err(ServiceError::failed_precondition(format!(
                         "the bundle at {} is version {}, not the staged {}",
                         p.standby.dir.display(),
                         p.standby.version,
@@ -272,7 +272,7 @@ fn already_active(
     if std::path::Path::new(&active.bundle_path) == dir {
         return Ok(true);
     }
-    Err(ServiceError::FailedPrecondition(format!(
+    Err(ServiceError::failed_precondition(format!(
         "version {} is already active, published from {} (on node {}); a different bundle needs a new --model-version",
         active.version,
         active.bundle_path,
@@ -290,19 +290,19 @@ fn check_publish(
 ) -> Result<(), ServiceError> {
     let version = &manifest.model_version;
     if manifest.shard_count != shards {
-        return Err(ServiceError::FailedPrecondition(format!(
+        return Err(ServiceError::failed_precondition(format!(
             "bundle {version} has {} shards but the cluster has {shards}; train it with --shards {shards}",
             manifest.shard_count
         )));
     }
     if let Some(d) = overlay_dim.filter(|&d| d != manifest.dimension as usize) {
-        return Err(ServiceError::FailedPrecondition(format!(
+        return Err(ServiceError::failed_precondition(format!(
             "bundle {version} has {}-dimensional vectors but items upserted into the cluster have {d}; train with dimension {d}",
             manifest.dimension
         )));
     }
     if let Some(s) = staged.filter(|s| s.version != *version && !force) {
-        return Err(ServiceError::FailedPrecondition(format!(
+        return Err(ServiceError::failed_precondition(format!(
             "version {} is already being rolled out (staged, not yet active); wait until it is active (funnel admin status), or publish with --force to replace it",
             s.version
         )));
@@ -317,7 +317,7 @@ pub(super) async fn first_bundle_dir(
     node: &Node,
     link: &Arc<ClusterLink>,
     config: &NodeConfig,
-) -> Result<Option<PathBuf>, String> {
+) -> Result<Option<PathBuf>, ServiceError> {
     let active = link.raft.state().read().models.active.clone();
     match active {
         Some(m) => {
@@ -325,7 +325,6 @@ pub(super) async fn first_bundle_dir(
             bundle_fetch::ensure_local(link, config, &m, &hosted)
                 .await
                 .map(Some)
-                .map_err(|e| e.to_string())
         }
         None => Ok(config.node.bundle_dir().map(|p| p.to_path_buf())),
     }
@@ -367,7 +366,7 @@ pub(super) async fn step(
     node: &Node,
     link: &Arc<ClusterLink>,
     config: &NodeConfig,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     let me = link.id();
     let (active, staged, reported, decision) = {
         let st = link.raft.state();
@@ -421,7 +420,7 @@ pub(super) async fn step(
                 let _one_at_a_time = node.inner.host.one_at_a_time().await;
                 let p = node.inner.host.versions().prepared.take();
                 if let Some(p) = p {
-                    node.switch_to(p).await.map_err(|e| e.to_string())?;
+                    node.switch_to(p).await?;
                 }
             } else if serving.is_some() {
                 // activated (e.g. forced) before this node had it loaded
@@ -440,8 +439,7 @@ pub(super) async fn step(
                     node: me,
                     version: s.version.clone(),
                 })
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             tracing::info!(node_id = me, version = %s.version, "reported the staged model loaded");
         }
     }
@@ -451,8 +449,7 @@ pub(super) async fn step(
                 version: version.clone(),
                 force: false,
             })
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         tracing::info!(node_id = me, version = %version, "every replica holder loaded the staged model; activated");
     }
     Ok(())

@@ -112,39 +112,189 @@ pub struct HealthView {
     pub shards_total: u32,
 }
 
+/// The underlying error a `ServiceError` wraps. Shared, so that the error
+/// stays `Clone` (a failed shard search fans out to several waiters).
+pub type ErrorSource = std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Why an operation failed. Every front end maps it with `api::error`.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+///
+/// The variants that can be caused by a lower layer (the event log, a
+/// task, a bundle, a peer) keep that cause as `source`; their message
+/// already quotes it, so clients see the same text either way and the CLI's
+/// `one_line` does not repeat it.
+#[derive(Debug, Clone)]
 pub enum ServiceError {
     /// The request is malformed; nothing was changed.
-    #[error("{0}")]
     InvalidArgument(String),
     /// The request is over a configured limit; nothing was changed.
-    #[error("{0}")]
     ResourceExhausted(String),
-    #[error("{0}")]
     NotFound(String),
-    /// The node cannot serve yet (no model loaded) or is shutting down.
-    #[error("{0}")]
-    Unavailable(String),
-    #[error("{0}")]
+    /// The node cannot serve yet (no model loaded) or is shutting down,
+    /// or a peer or local resource it needs is unreachable.
+    Unavailable {
+        message: String,
+        source: Option<ErrorSource>,
+    },
     Unauthenticated(String),
-    #[error("{0}")]
-    FailedPrecondition(String),
-    #[error("internal error: {0}")]
-    Internal(String),
+    FailedPrecondition {
+        message: String,
+        source: Option<ErrorSource>,
+    },
+    Internal {
+        message: String,
+        source: Option<ErrorSource>,
+    },
+}
+
+impl std::fmt::Display for ServiceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServiceError::InvalidArgument(m)
+            | ServiceError::ResourceExhausted(m)
+            | ServiceError::NotFound(m)
+            | ServiceError::Unauthenticated(m)
+            | ServiceError::Unavailable { message: m, .. }
+            | ServiceError::FailedPrecondition { message: m, .. } => f.write_str(m),
+            ServiceError::Internal { message, .. } => write!(f, "internal error: {message}"),
+        }
+    }
+}
+
+/// Written by hand rather than derived so that `source()` is the wrapped
+/// error itself (downcastable), not the `Arc` around it.
+impl std::error::Error for ServiceError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ServiceError::Unavailable { source, .. }
+            | ServiceError::FailedPrecondition { source, .. }
+            | ServiceError::Internal { source, .. } => source
+                .as_deref()
+                .map(|e| e as &(dyn std::error::Error + 'static)),
+            _ => None,
+        }
+    }
+}
+
+/// `context: cause`, the message of an error that wraps `cause`.
+fn quoting(context: impl std::fmt::Display, cause: &dyn std::error::Error) -> String {
+    format!("{context}: {cause}")
 }
 
 impl ServiceError {
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        ServiceError::Unavailable {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Unavailable because of `cause`; the message reads `context: cause`.
+    pub fn unavailable_from(
+        context: impl std::fmt::Display,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        ServiceError::Unavailable {
+            message: quoting(context, &cause),
+            source: Some(std::sync::Arc::new(cause)),
+        }
+    }
+
+    pub fn failed_precondition(message: impl Into<String>) -> Self {
+        ServiceError::FailedPrecondition {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A failed precondition caused by `cause`; the message reads `context: cause`.
+    pub fn failed_precondition_from(
+        context: impl std::fmt::Display,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        ServiceError::FailedPrecondition {
+            message: quoting(context, &cause),
+            source: Some(std::sync::Arc::new(cause)),
+        }
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        ServiceError::Internal {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// An internal failure caused by `cause`; the message reads `context: cause`.
+    pub fn internal_from(
+        context: impl std::fmt::Display,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        ServiceError::Internal {
+            message: quoting(context, &cause),
+            source: Some(std::sync::Arc::new(cause)),
+        }
+    }
+
+    /// An internal failure whose message is the cause's own text.
+    pub fn internal_cause(cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        ServiceError::Internal {
+            message: cause.to_string(),
+            source: Some(std::sync::Arc::new(cause)),
+        }
+    }
+
     /// Stable machine-readable code, used in JSON bodies and metrics.
     pub fn code(&self) -> &'static str {
         match self {
             ServiceError::InvalidArgument(_) => "invalid_argument",
             ServiceError::ResourceExhausted(_) => "resource_exhausted",
             ServiceError::NotFound(_) => "not_found",
-            ServiceError::Unavailable(_) => "unavailable",
+            ServiceError::Unavailable { .. } => "unavailable",
             ServiceError::Unauthenticated(_) => "unauthenticated",
-            ServiceError::FailedPrecondition(_) => "failed_precondition",
-            ServiceError::Internal(_) => "internal",
+            ServiceError::FailedPrecondition { .. } => "failed_precondition",
+            ServiceError::Internal { .. } => "internal",
         }
+    }
+}
+
+/// Two errors are equal when a client could not tell them apart: same
+/// code, same message (the source is for logs and is not compared).
+impl PartialEq for ServiceError {
+    fn eq(&self, other: &Self) -> bool {
+        self.code() == other.code() && self.to_string() == other.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn a_wrapped_cause_is_the_source_and_the_text_is_unchanged() {
+        let cause = std::io::Error::new(std::io::ErrorKind::StorageFull, "no space left");
+        let e = ServiceError::internal_from("event log append failed", cause);
+        assert_eq!(
+            e.to_string(),
+            "internal error: event log append failed: no space left"
+        );
+        let source = e.source().expect("the io error is kept");
+        let io = source
+            .downcast_ref::<std::io::Error>()
+            .expect("as the io error it was");
+        assert_eq!(io.kind(), std::io::ErrorKind::StorageFull);
+        assert_eq!(e.code(), "internal");
+        // a plain message has no source, and equality ignores the source
+        let plain = ServiceError::internal("event log append failed: no space left");
+        assert!(plain.source().is_none());
+        assert_eq!(plain, e);
+        assert_ne!(ServiceError::unavailable("x"), ServiceError::internal("x"));
+        let p = ServiceError::failed_precondition_from("cannot load bundle /b", cause_of("bad"));
+        assert_eq!(p.to_string(), "cannot load bundle /b: bad");
+        assert!(p.source().is_some());
+    }
+
+    fn cause_of(text: &str) -> std::io::Error {
+        std::io::Error::other(text.to_string())
     }
 }
