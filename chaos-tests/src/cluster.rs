@@ -12,9 +12,9 @@
 //! Must not touch: the fault schedule or the history (`faults.rs` decides
 //! what to do to a node, `history.rs` records it).
 
+use funnel::cluster::ClusterView;
 use funnel::proto::data::shard_data_client::ShardDataClient;
 use funnel::proto::data::ShardSearchRequest;
-use funnel::cluster::ClusterView;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -64,7 +64,7 @@ impl Funnel for FunnelService {
                 .collect(),
             model_version: out.model_version,
             coverage: out.coverage,
-            degraded: out.degraded,
+            degraded: out.degraded.iter().map(ToString::to_string).collect(),
             timings: out
                 .timings
                 .into_iter()

@@ -6,11 +6,16 @@
 //! (there is no coordinator actor: it held no state, and the hop to it cost
 //! two thread wakeups per request).
 //!
-//! Owns: the request flow and its deadline accounting (`recommend`). Must
-//! not touch: how features, recall paths, merge or scoring work (it calls
-//! the plain functions in `features`, `recall`, `ranking`) or which copy
-//! of a shard to ask (`routing`).
+//! Owns: the request flow and its deadline accounting (`recommend`), the
+//! fallback to rank fusion when scoring fails, and which shortfalls it
+//! reports (`service::types::Degraded`). Must not touch: how features,
+//! recall paths, merge or scoring work (it calls the plain functions in
+//! `features`, `recall`, and `ranking::PoolScoring` for the cascade on the
+//! worker pool) or which copy of a shard to ask (`routing`).
 
 mod recommend;
 
 pub use recommend::{recommend, RecommendEnv, Serving};
+
+#[cfg(test)]
+mod tests;

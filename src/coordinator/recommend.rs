@@ -1,24 +1,25 @@
 //! One recommend request, end to end, under its deadline: user state,
-//! recall fan-out, merge, ranking on the worker pool, rerank. Every stage
-//! gets a share of the budget (time a stage leaves unused passes to the
-//! next); a stage that runs out returns what it has and says so in
-//! `degraded`, and a late shard is reported, never awaited.
+//! recall fan-out, merge, ranking (`ranking::PoolScoring`), rerank, each a
+//! stage function here. Every stage gets a share of the budget (time a
+//! stage leaves unused passes to the next); a stage that runs out returns
+//! what it has and says so in `degraded` (`service::types::Degraded`), and
+//! a late shard is reported, never awaited.
 
 use crate::catalog::{Catalog, ItemFacts};
 use crate::config::StageBudget;
-use crate::features::{Device, ItemInput, RecallPath, RequestContext, UserFeatures, UserState};
+use crate::features::{
+    Device, ItemInput, RecallPath, RequestContext, UserFeatures, UserState, N_FEATURES,
+};
 use crate::ids::KeyMap;
 use crate::ids::{item_key, shard_of, user_key};
 use crate::model::ServingModel;
 use crate::ranking::rerank::{rerank, RerankConfig};
-use crate::ranking::score::{
-    cascade_phases, feature_rows, finish_cascade, gather_rows, second_phase_rows, Cascade,
-    ItemSource, Ranker,
-};
-use crate::ranking::worker::{score_batch, RankWorker, ScoreBatch, ScoreWork};
+use crate::ranking::score::{feature_rows, Cascade, ItemSource, Ranker};
+use crate::ranking::worker::RankWorker;
+use crate::ranking::PoolScoring;
 use crate::recall::{local_paths, merge, Candidate, PathResult, RecallConfig};
-use crate::routing::{CallBatch, CallContext, SearchSpec, ShardClient};
-use crate::service::types::{Recommendation, RecommendedItem, ServiceError, StageTiming};
+use crate::routing::{CallBatch, CallContext, SearchSpec, ShardCallError, ShardClient};
+use crate::service::types::{Degraded, Recommendation, RecommendedItem, ServiceError, StageTiming};
 use crate::service::validate::ValidRecommend;
 use crate::shard::{per_shard_k, KeyedVectors, VectorTable};
 use crate::telemetry::metrics::metrics;
@@ -26,7 +27,6 @@ use crate::userstate::UserReader;
 use actix::Addr;
 use futures::future::join_all;
 use std::collections::HashMap;
-use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -119,27 +119,15 @@ pub async fn recommend(
     let serving = env.serving.clone();
     let model = &serving.model;
     let catalog = &serving.catalog;
-    let mut degraded: Vec<String> = Vec::new();
+    let mut degraded: Vec<Degraded> = Vec::new();
 
-    // --- user: realtime state and a vector
-    let partition = shard_of(user_key(&req.user_id), env.users.len() as u32) as usize;
-    let state: Arc<UserState> = env.users[partition].get(&req.user_id).unwrap_or_default();
-    let mut user_vec: Option<Vec<f32>> = model.user_vector(&req.user_id).map(|v| v.to_vec());
-    let mut vectors = VectorTable::default();
-    if user_vec.is_none() && !state.recent.is_empty() {
-        // a user the model never saw: fold a vector in from what they did
-        let keys: Vec<u64> = state.recent.iter().map(|r| r.item).collect();
-        let (got, _, _) = fetch_vectors(&serving.shards, &keys, clock.until(user_end)).await;
-        got.into_iter().for_each(|v| vectors.absorb(v));
-        user_vec = fold_in(model, &state, &vectors);
-        if user_vec.is_none() {
-            degraded.push("ann: no vector for this user yet".into());
-        }
-    }
+    let UserStage {
+        state,
+        vector,
+        vectors,
+    } = user_stage(&env, &req, clock.until(user_end), &mut degraded).await;
     clock.lap("user");
 
-    // --- recall: local paths first (cheap), then the ANN fan-out, which
-    // also brings back the vectors of every local candidate
     let now = req.timestamp.unwrap_or_else(now_unix);
     let ctx = RequestContext {
         now,
@@ -152,99 +140,39 @@ pub async fn recommend(
         .unwrap_or_default();
     let uf = UserFeatures::prepare(
         &state,
-        user_vec.as_deref(),
+        vector.as_deref(),
         &last_cats,
         &ctx,
         &model.cf,
         &model.params.state,
     );
-    let mut exclude: Vec<u64> = state.seen().to_vec();
-    exclude.extend(req.exclude.iter().map(|id| item_key(id)));
-    exclude.sort_unstable();
-    exclude.dedup();
-    let wanted: Option<Vec<u16>> = (!req.categories.is_empty()).then(|| {
-        req.categories
-            .iter()
-            .filter_map(|c| catalog.category_index(c))
-            .collect()
-    });
-    let fresh = catalog.fresh_list();
-    let mut paths = {
-        // one read lock for every key the local paths check
-        let live = catalog.live_view();
-        let allow = |key: u64| -> bool {
-            // every key the local paths offer comes from the catalogue's lists
-            exclude.binary_search(&key).is_err() && live.allows_listed(key, wanted.as_deref())
-        };
-        local_paths(&uf, &model.lists, Some(fresh.as_ref()), &env.recall, &allow)
+    let recall = RecallInput {
+        uf: &uf,
+        state: &state,
+        query: vector.as_deref(),
+        vectors,
     };
-    let mut coverage = 1.0;
-    if let Some(q) = &user_vec {
-        let fetch: Vec<u64> = paths
-            .iter()
-            .flat_map(|p| p.items.iter().map(|x| x.0))
-            .filter(|&k| !vectors.contains(k))
-            .collect();
-        let n_shards = serving.shards.len().max(1);
-        let per_shard_k = per_shard_k(env.recall.ann_k, n_shards);
-        let spec = SearchSpec {
-            query: Arc::from(q.as_slice()),
-            k: per_shard_k,
-            exclude: Arc::new(exclude.clone()),
-            categories: wanted.clone().map(Arc::new),
-            fetch: Arc::from(fetch.as_slice()),
-        };
-        let (hits, got, answered) = ann_fan_out(
-            &serving.shards,
-            spec,
-            clock.until(recall_end),
-            &request_id,
-            &mut degraded,
-        )
-        .await;
-        coverage = answered as f64 / n_shards as f64;
-        got.into_iter().for_each(|v| vectors.absorb(v));
-        let mut hits = hits;
-        hits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        hits.truncate(env.recall.ann_k);
-        paths.insert(
-            0,
-            PathResult {
-                path: RecallPath::Ann,
-                items: hits,
-            },
-        );
-    } else if !serving.shards.is_empty() {
-        // no query vector: the candidates still need vectors for features
-        let keys: Vec<u64> = paths
-            .iter()
-            .flat_map(|p| p.items.iter().map(|x| x.0))
-            .collect();
-        let (got, answered, n) =
-            fetch_vectors(&serving.shards, &keys, clock.until(recall_end)).await;
-        coverage = answered as f64 / n.max(1) as f64;
-        got.into_iter().for_each(|v| vectors.absorb(v));
-    }
-    for p in &paths {
-        metrics()
-            .path_candidates
-            .with_label_values(&[p.path.as_str()])
-            .observe(p.items.len() as f64);
-    }
-    let candidates = merge(&paths, &env.recall.merge);
+    let recalled = recall_stage(
+        &env,
+        &req,
+        &request_id,
+        recall,
+        clock.until(recall_end),
+        &mut degraded,
+    )
+    .await;
     clock.lap("recall");
 
     // --- rank: features here, scoring on the worker pool
     let items = CandidateItems {
-        facts: catalog.facts_of(candidates.iter().map(|c| c.key)),
-        vectors,
+        facts: catalog.facts_of(recalled.candidates.iter().map(|c| c.key)),
+        vectors: recalled.vectors,
     };
-    let (rows, kept) = feature_rows(&uf, &candidates, &items);
-    let scores = score(
+    let (rows, kept) = feature_rows(&uf, &recalled.candidates, &items);
+    let scores = rank_stage(
         &env,
         &model.ranker,
         rows,
-        kept.len(),
         clock.until(rank_end),
         &mut degraded,
     )
@@ -252,7 +180,7 @@ pub async fn recommend(
     clock.lap("rank");
 
     // --- rerank: diversity and exploration, seeded per request
-    let kept_cands: Vec<&Candidate> = kept.iter().map(|&i| &candidates[i]).collect();
+    let kept_cands: Vec<&Candidate> = kept.iter().map(|&i| &recalled.candidates[i]).collect();
     let sim = |a: usize, b: usize| similarity(&items, kept_cands[a].key, kept_cands[b].key);
     let seed = req.seed.unwrap_or_else(|| user_key(&request_id));
     let ranked = rerank(&scores, req.k, &env.rerank, &sim, seed);
@@ -274,19 +202,171 @@ pub async fn recommend(
         stage: "total".into(),
         micros: total.as_micros().min(u32::MAX as u128) as u32,
     });
-    metrics().coverage.observe(coverage);
+    metrics().coverage.observe(recalled.coverage);
     for d in &degraded {
-        let reason = d.split(':').next().unwrap_or("other");
-        metrics().degraded.with_label_values(&[reason]).inc();
+        metrics().degraded.with_label_values(&[d.label()]).inc();
     }
     Ok(Recommendation {
         items: out,
         model_version: model.version.clone(),
-        coverage,
+        coverage: recalled.coverage,
         degraded,
         timings: clock.timings,
         request_id,
     })
+}
+
+/// What the user stage found: realtime state, and a vector (the model's,
+/// or folded in from the state) with the vectors it was folded from.
+struct UserStage {
+    state: Arc<UserState>,
+    vector: Option<Vec<f32>>,
+    vectors: VectorTable,
+}
+
+/// The user's realtime state and a vector to query the shards with.
+async fn user_stage(
+    env: &RecommendEnv,
+    req: &ValidRecommend,
+    until: Instant,
+    degraded: &mut Vec<Degraded>,
+) -> UserStage {
+    let serving = &env.serving;
+    let partition = shard_of(user_key(&req.user_id), env.users.len() as u32) as usize;
+    let state: Arc<UserState> = env
+        .users
+        .get(partition)
+        .and_then(|users| users.get(&req.user_id))
+        .unwrap_or_default();
+    let mut vector = serving.model.user_vector(&req.user_id).map(|v| v.to_vec());
+    let mut vectors = VectorTable::default();
+    if vector.is_none() && !state.recent.is_empty() {
+        // a user the model never saw: fold a vector in from what they did
+        let keys: Vec<u64> = state.recent.iter().map(|r| r.item).collect();
+        let (got, _, _) = fetch_vectors(&serving.shards, &keys, until).await;
+        got.into_iter().for_each(|v| vectors.absorb(v));
+        vector = fold_in(&serving.model, &state, &vectors);
+        if vector.is_none() {
+            degraded.push(Degraded::NoUserVector);
+        }
+    }
+    UserStage {
+        state,
+        vector,
+        vectors,
+    }
+}
+
+/// What recall found: merged candidates, the vectors known for them, and
+/// the share of shards that answered.
+struct Recalled {
+    candidates: Vec<Candidate>,
+    vectors: VectorTable,
+    coverage: f64,
+}
+
+/// What recall starts from: the user's features and state, the query
+/// vector, and the vectors the user stage already fetched.
+struct RecallInput<'a> {
+    uf: &'a UserFeatures<'a>,
+    state: &'a UserState,
+    query: Option<&'a [f32]>,
+    vectors: VectorTable,
+}
+
+/// Local paths first (cheap), then the ANN fan-out, which also brings back
+/// the vectors of every local candidate; then the merge with quotas.
+async fn recall_stage(
+    env: &RecommendEnv,
+    req: &ValidRecommend,
+    request_id: &str,
+    input: RecallInput<'_>,
+    until: Instant,
+    degraded: &mut Vec<Degraded>,
+) -> Recalled {
+    let serving = &env.serving;
+    let catalog = &serving.catalog;
+    let RecallInput {
+        uf,
+        state,
+        query,
+        mut vectors,
+    } = input;
+    let mut exclude: Vec<u64> = state.seen().to_vec();
+    exclude.extend(req.exclude.iter().map(|id| item_key(id)));
+    exclude.sort_unstable();
+    exclude.dedup();
+    let wanted: Option<Vec<u16>> = (!req.categories.is_empty()).then(|| {
+        req.categories
+            .iter()
+            .filter_map(|c| catalog.category_index(c))
+            .collect()
+    });
+    let fresh = catalog.fresh_list();
+    let mut paths = {
+        // one read lock for every key the local paths check
+        let live = catalog.live_view();
+        let allow = |key: u64| -> bool {
+            // every key the local paths offer comes from the catalogue's lists
+            exclude.binary_search(&key).is_err() && live.allows_listed(key, wanted.as_deref())
+        };
+        local_paths(
+            uf,
+            &serving.model.lists,
+            Some(fresh.as_ref()),
+            &env.recall,
+            &allow,
+        )
+    };
+    let mut coverage = 1.0;
+    if let Some(q) = query {
+        let fetch: Vec<u64> = paths
+            .iter()
+            .flat_map(|p| p.items.iter().map(|x| x.0))
+            .filter(|&k| !vectors.contains(k))
+            .collect();
+        let n_shards = serving.shards.len().max(1);
+        let spec = SearchSpec {
+            query: Arc::from(q),
+            k: per_shard_k(env.recall.ann_k, n_shards),
+            exclude: Arc::new(exclude),
+            categories: wanted.map(Arc::new),
+            fetch: Arc::from(fetch.as_slice()),
+        };
+        let (mut hits, got, answered) =
+            ann_fan_out(&serving.shards, spec, until, request_id, degraded).await;
+        coverage = answered as f64 / n_shards as f64;
+        got.into_iter().for_each(|v| vectors.absorb(v));
+        hits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        hits.truncate(env.recall.ann_k);
+        paths.insert(
+            0,
+            PathResult {
+                path: RecallPath::Ann,
+                items: hits,
+            },
+        );
+    } else if !serving.shards.is_empty() {
+        // no query vector: the candidates still need vectors for features
+        let keys: Vec<u64> = paths
+            .iter()
+            .flat_map(|p| p.items.iter().map(|x| x.0))
+            .collect();
+        let (got, answered, n) = fetch_vectors(&serving.shards, &keys, until).await;
+        coverage = answered as f64 / n.max(1) as f64;
+        got.into_iter().for_each(|v| vectors.absorb(v));
+    }
+    for p in &paths {
+        metrics()
+            .path_candidates
+            .with_label_values(&[p.path.as_str()])
+            .observe(p.items.len() as f64);
+    }
+    Recalled {
+        candidates: merge(&paths, &env.recall.merge),
+        vectors,
+        coverage,
+    }
 }
 
 /// ALS fold-in from the user's recent items that have vectors.
@@ -360,7 +440,7 @@ async fn ann_fan_out(
     spec: SearchSpec,
     until: Instant,
     request_id: &str,
-    degraded: &mut Vec<String>,
+    degraded: &mut Vec<Degraded>,
 ) -> (Vec<(u64, f32)>, Vec<KeyedVectors>, usize) {
     let batch = CallBatch::new();
     let ctx = CallContext {
@@ -400,123 +480,51 @@ async fn ann_fan_out(
                 hits.extend(res.hits);
                 vectors.push(res.vectors);
             }
-            Ok(Err(e)) => degraded.push(format!("shard {shard}: {e}")),
-            Err(_) => degraded.push(format!("shard {shard}: deadline")),
+            Ok(Err(e)) => degraded.push(shard_failed(shard, e)),
+            Err(_) => degraded.push(Degraded::ShardDeadline { shard }),
         }
     }
     (hits, vectors, answered)
 }
 
-/// Scores rows: one batch on this thread, more on the worker pool in
-/// batches; past the deadline, falls back to rank fusion computed here
-/// (cheap) and says so.
-async fn score(
+/// The reason a shard call failed, without the shard prefix routing's
+/// error text carries (the reason says which shard).
+fn shard_failed(shard: u32, e: ShardCallError) -> Degraded {
+    match e {
+        ShardCallError::Failed { reason, .. } => Degraded::ShardFailed { shard, reason },
+    }
+}
+
+/// Scores the rows (`ranking::PoolScoring`: this thread for one batch, the
+/// worker pool for more); when scoring fails or misses the deadline, falls
+/// back to rank fusion computed here (cheap) and says so.
+async fn rank_stage(
     env: &RecommendEnv,
     ranker: &Arc<Ranker>,
     rows: Vec<f32>,
-    n_rows: usize,
     until: Instant,
-    degraded: &mut Vec<String>,
+    degraded: &mut Vec<Degraded>,
 ) -> Vec<f32> {
     // the fallback order is computed before the rows leave for a worker
     // (five rank features per row: cheaper than keeping a copy of the rows)
-    let mut fallback = vec![0f32; n_rows];
+    let mut fallback = vec![0f32; rows.len() / N_FEATURES];
     if Ranker::RankFusion
         .score_rows(&rows, &mut fallback, Cascade::OFF)
         .is_err()
     {
         fallback.fill(0.0);
     }
-    let start = vec![ranker.initial_score(); n_rows];
-    let phases = cascade_phases(env.cascade, ranker.n_trees(), n_rows);
-    let scored = match phases {
-        None => add_trees(env, ranker, &rows, start, 0..usize::MAX, until).await,
-        // one batch: both phases here (`Ranker::score_rows`), on this thread
-        Some(_) if n_rows <= env.batch_rows => score_batch(ScoreBatch {
-            ranker: ranker.clone(),
-            rows,
-            work: ScoreWork::Cascade(env.cascade),
-        })
-        .map_err(|e| format!("rank: {e}")),
-        Some((first, rest)) => {
-            // the same steps as `Ranker::score_rows`, over the worker pool
-            match add_trees(env, ranker, &rows, start, first, until).await {
-                Ok(mut scores) => {
-                    let kept = second_phase_rows(&scores, env.cascade.keep);
-                    let start = kept.iter().map(|&i| scores[i]).collect();
-                    let kept_rows = gather_rows(&rows, &kept);
-                    add_trees(env, ranker, &kept_rows, start, rest, until)
-                        .await
-                        .map(|second| {
-                            finish_cascade(&mut scores, &kept, &second);
-                            scores
-                        })
-                }
-                Err(e) => Err(e),
-            }
-        }
+    let pool = PoolScoring {
+        workers: &env.rank,
+        batch_rows: env.batch_rows,
+        cascade: env.cascade,
     };
-    match scored {
+    match pool.score(ranker, rows, until).await {
         Ok(scores) => scores,
-        Err(reason) => {
-            degraded.push(format!("{reason}; ordered by recall rank fusion"));
+        Err(e) => {
+            degraded.push(Degraded::RankFallback(e));
             fallback
         }
-    }
-}
-
-/// One scoring pass (`trees` added to `start`) split into batches across
-/// the RankWorker pool; no batch is awaited past `until`.
-async fn add_trees(
-    env: &RecommendEnv,
-    ranker: &Arc<Ranker>,
-    rows: &[f32],
-    start: Vec<f32>,
-    trees: Range<usize>,
-    until: Instant,
-) -> Result<Vec<f32>, String> {
-    let width = crate::features::N_FEATURES;
-    let batch = env.batch_rows.max(1);
-    if rows.len() <= batch * width {
-        // one batch: scored on this thread, no trip to a worker
-        return score_batch(ScoreBatch {
-            ranker: ranker.clone(),
-            rows: rows.to_vec(),
-            work: ScoreWork::Trees { start, trees },
-        })
-        .map_err(|e| format!("rank: {e}"));
-    }
-    let calls = rows
-        .chunks(batch * width)
-        .zip(start.chunks(batch))
-        .map(|(chunk, start)| {
-            let msg = ScoreBatch {
-                ranker: ranker.clone(),
-                rows: chunk.to_vec(),
-                work: ScoreWork::Trees {
-                    start: start.to_vec(),
-                    trees: trees.clone(),
-                },
-            };
-            let rank = env.rank.clone();
-            async move { tokio::time::timeout_at(until.into(), rank.send(msg)).await }
-        });
-    let mut scores = Vec::with_capacity(start.len());
-    for r in join_all(calls).await {
-        scores.extend(worker_result(r)?);
-    }
-    Ok(scores)
-}
-
-/// What one worker call came to: its scores, or the reason it gave none.
-fn worker_result<E: std::fmt::Display>(
-    r: Result<Result<Result<Vec<f32>, String>, E>, tokio::time::error::Elapsed>,
-) -> Result<Vec<f32>, String> {
-    match r {
-        Ok(Ok(Ok(s))) => Ok(s),
-        Ok(Ok(Err(e))) => Err(format!("rank: {e}")),
-        Ok(Err(e)) => Err(format!("rank: workers unavailable ({e})")),
-        Err(_) => Err("rank: deadline".to_string()),
     }
 }
 

@@ -4,6 +4,7 @@
 //! goes to items from just below the top, drawn with a per-request seed so
 //! the same request always gets the same answer.
 
+use super::error::RerankConfigError;
 use crate::rng::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -29,18 +30,12 @@ impl Default for RerankConfig {
 }
 
 impl RerankConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), RerankConfigError> {
         if !(0.0..1.0).contains(&self.diversity) {
-            return Err(format!(
-                "diversity must be in [0, 1), got {}",
-                self.diversity
-            ));
+            return Err(RerankConfigError::Diversity(self.diversity));
         }
         if !(0.0..1.0).contains(&self.exploration) {
-            return Err(format!(
-                "exploration must be in [0, 1), got {}",
-                self.exploration
-            ));
+            return Err(RerankConfigError::Exploration(self.exploration));
         }
         Ok(())
     }
@@ -215,5 +210,13 @@ mod tests {
         }
         .validate()
         .is_err());
+        let bad = RerankConfig {
+            diversity: 1.5,
+            ..cfg
+        };
+        assert_eq!(
+            bad.validate().unwrap_err().to_string(),
+            "diversity must be in [0, 1), got 1.5"
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! the bundle's ranker (or, for a bundle without one, a rank-fusion of the
 //! recall paths computed from the same rows).
 
+use super::error::RankError;
 use super::gbdt::GbdtModel;
 use crate::features::{ItemInput, UserFeatures, N_FEATURES};
 use crate::recall::Candidate;
@@ -152,18 +153,15 @@ impl Ranker {
         rows: &[f32],
         trees: Range<usize>,
         out: &mut [f32],
-    ) -> Result<(), String> {
+    ) -> Result<(), RankError> {
         if rows.len() != out.len() * N_FEATURES {
-            return Err(format!(
-                "{} feature values for {} rows of {N_FEATURES}",
-                rows.len(),
-                out.len()
-            ));
+            return Err(RankError::RowShape {
+                values: rows.len(),
+                rows: out.len(),
+            });
         }
         match self {
-            Ranker::Gbdt(m) => m
-                .add_trees(rows, N_FEATURES, trees, out)
-                .map_err(|e| e.to_string()),
+            Ranker::Gbdt(m) => Ok(m.add_trees(rows, N_FEATURES, trees, out)?),
             Ranker::RankFusion if trees.contains(&0) => {
                 for (row, o) in rows.chunks_exact(N_FEATURES).zip(out.iter_mut()) {
                     *o += row[FIRST_RANK_FEATURE..FIRST_RANK_FEATURE + 5]
@@ -179,15 +177,15 @@ impl Ranker {
     }
 
     /// Scores row-major feature rows (`N_FEATURES` each) into `out`, in two
-    /// phases when `cascade` applies. The coordinator runs the same steps
-    /// on its worker pool; this is the one-thread form the trainer and the
-    /// offline evaluation use.
+    /// phases when `cascade` applies. `pool::score_within` runs the same
+    /// steps split across the rank worker pool; this is the one-thread form
+    /// the trainer, the offline evaluation and one batch on a worker use.
     pub fn score_rows(
         &self,
         rows: &[f32],
         out: &mut [f32],
         cascade: Cascade,
-    ) -> Result<(), String> {
+    ) -> Result<(), RankError> {
         out.fill(self.initial_score());
         let Some((first, rest)) = cascade_phases(cascade, self.n_trees(), out.len()) else {
             return self.add_trees(rows, 0..usize::MAX, out);
@@ -221,6 +219,36 @@ pub fn feature_rows(
     (rows, kept)
 }
 
+/// A ranker over the real feature width, trained on `n` random rows whose
+/// label follows two of the features, and those rows (for tests of
+/// scoring, which need a model with real trees).
+#[cfg(test)]
+pub(crate) fn trained_test_ranker(seed: u64, n: usize, trees: usize) -> (Ranker, Vec<f32>) {
+    use crate::ranking::gbdt::{train, Dataset, GbdtParams};
+    let mut rng = crate::rng::Rng::new(seed);
+    let rows: Vec<f32> = (0..n * N_FEATURES).map(|_| rng.f32()).collect();
+    let labels: Vec<f32> = rows
+        .chunks(N_FEATURES)
+        .map(|r| (r[3] + 0.5 * r[7] > 0.8) as u8 as f32)
+        .collect();
+    let groups = vec![40u32; n / 40];
+    let data = Dataset {
+        features: &rows[..groups.len() * 40 * N_FEATURES],
+        n_features: N_FEATURES,
+        labels: &labels[..groups.len() * 40],
+        groups: &groups,
+        feature_names: &[],
+    };
+    let params = GbdtParams {
+        trees,
+        early_stopping_rounds: 0,
+        threads: 1,
+        ..GbdtParams::default()
+    };
+    let model = train(&data, None, &params, &mut |_| {}).expect("training on valid rows");
+    (Ranker::Gbdt(model), rows)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,9 +267,13 @@ mod tests {
             .unwrap();
         assert!(out[1] > out[0]);
         assert!((out[0] - 1.0 / 60.0).abs() < 1e-7);
-        assert!(Ranker::RankFusion
-            .score_rows(&rows[1..], &mut out, Cascade::OFF)
-            .is_err());
+        assert_eq!(
+            Ranker::RankFusion.score_rows(&rows[1..], &mut out, Cascade::OFF),
+            Err(RankError::RowShape {
+                values: 2 * N_FEATURES - 1,
+                rows: 2
+            })
+        );
     }
 
     #[test]
@@ -256,32 +288,7 @@ mod tests {
 
     #[test]
     fn cascade_gives_kept_rows_their_full_score_and_ranks_the_rest_below() {
-        use crate::ranking::gbdt::{train, Dataset, GbdtParams};
-        use crate::rng::Rng;
-        // a ranker over the real feature width, trained on rows whose label
-        // follows two of the features
-        let mut rng = Rng::new(5);
-        let n = 400;
-        let rows: Vec<f32> = (0..n * N_FEATURES).map(|_| rng.f32()).collect();
-        let labels: Vec<f32> = rows
-            .chunks(N_FEATURES)
-            .map(|r| (r[3] + 0.5 * r[7] > 0.8) as u8 as f32)
-            .collect();
-        let groups = vec![40u32; n / 40];
-        let data = Dataset {
-            features: &rows,
-            n_features: N_FEATURES,
-            labels: &labels,
-            groups: &groups,
-            feature_names: &[],
-        };
-        let params = GbdtParams {
-            trees: 30,
-            early_stopping_rounds: 0,
-            threads: 1,
-            ..GbdtParams::default()
-        };
-        let ranker = Ranker::Gbdt(train(&data, None, &params, &mut |_| {}).unwrap());
+        let (ranker, rows) = trained_test_ranker(5, 400, 30);
         assert_eq!(ranker.n_trees(), 30);
 
         let request = &rows[..50 * N_FEATURES];

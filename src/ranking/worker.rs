@@ -1,10 +1,11 @@
 //! `RankWorker`: sync-arbiter threads that score batches of feature rows
-//! in parallel when a request has more rows than one batch. A request whose
-//! rows fit one batch (the common case) is scored on its own thread with
-//! `score_batch`: the trip to a worker and back cost two thread wakeups,
+//! in parallel when a request has more rows than one batch (`pool` splits
+//! the rows and sends them). A request whose rows fit one batch (the common
+//! case) is scored on its own thread with `score_batch`: the trip to a worker and back cost two thread wakeups,
 //! more than the ~150 µs of scoring it moved, and on a node held to a
 //! fraction of a core every wakeup is paid from the same quota.
 
+use super::error::RankError;
 use super::score::{Cascade, Ranker};
 use crate::telemetry::cpu::thread_cpu_micros;
 use actix::{Actor, Addr, Handler, Message, SyncArbiter, SyncContext};
@@ -43,11 +44,11 @@ pub enum ScoreWork {
 }
 
 impl Message for ScoreBatch {
-    type Result = Result<Vec<f32>, String>;
+    type Result = Result<Vec<f32>, RankError>;
 }
 
 impl Handler<ScoreBatch> for RankWorker {
-    type Result = Result<Vec<f32>, String>;
+    type Result = Result<Vec<f32>, RankError>;
 
     fn handle(&mut self, msg: ScoreBatch, _: &mut SyncContext<Self>) -> Self::Result {
         score_batch(msg)
@@ -55,7 +56,7 @@ impl Handler<ScoreBatch> for RankWorker {
 }
 
 /// Scores one batch on the calling thread (what a worker does with it).
-pub fn score_batch(msg: ScoreBatch) -> Result<Vec<f32>, String> {
+pub fn score_batch(msg: ScoreBatch) -> Result<Vec<f32>, RankError> {
     let t0 = thread_cpu_micros();
     let (r, out) = match msg.work {
         ScoreWork::Trees { start, trees } => {

@@ -4,6 +4,7 @@
 //! The JSON API serialises these types directly (field names match
 //! proto/funnel.proto).
 
+use crate::ranking::RankError;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -44,14 +45,73 @@ pub struct StageTiming {
     pub micros: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// An answer. Serialised as the JSON API's body (`degraded` as the
+/// reasons' texts).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Recommendation {
     pub items: Vec<RecommendedItem>,
     pub model_version: String,
     pub coverage: f64,
-    pub degraded: Vec<String>,
+    pub degraded: Vec<Degraded>,
     pub timings: Vec<StageTiming>,
     pub request_id: String,
+}
+
+/// Why an answer is less than it could be; the request was still
+/// answered. `label` names the kind for the `funnel_degraded_total{reason}`
+/// metric (a fixed set, so the metric's series stay bounded); `Display`
+/// is the text clients get in `degraded`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Degraded {
+    /// The model has no vector for the user and none could be folded in
+    /// from their recent items: no ANN recall.
+    NoUserVector,
+    /// A shard answered with an error (`routing::ShardCallError`'s reason);
+    /// its items are missing.
+    ShardFailed { shard: u32, reason: String },
+    /// A shard did not answer within the recall stage; its items are missing.
+    ShardDeadline { shard: u32 },
+    /// Scoring gave no scores; the candidates are in recall rank-fusion order.
+    RankFallback(RankError),
+}
+
+impl Degraded {
+    /// Every value `label` returns.
+    pub const LABELS: [&'static str; 5] = [
+        "no_user_vector",
+        "shard_failed",
+        "shard_deadline",
+        "rank_deadline",
+        "rank_failed",
+    ];
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            Degraded::NoUserVector => "no_user_vector",
+            Degraded::ShardFailed { .. } => "shard_failed",
+            Degraded::ShardDeadline { .. } => "shard_deadline",
+            Degraded::RankFallback(RankError::Deadline) => "rank_deadline",
+            Degraded::RankFallback(_) => "rank_failed",
+        }
+    }
+}
+
+impl std::fmt::Display for Degraded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Degraded::NoUserVector => f.write_str("ann: no vector for this user yet"),
+            Degraded::ShardFailed { shard, reason } => write!(f, "shard {shard}: {reason}"),
+            Degraded::ShardDeadline { shard } => write!(f, "shard {shard}: deadline"),
+            Degraded::RankFallback(e) => write!(f, "rank: {e}; ordered by recall rank fusion"),
+        }
+    }
+}
+
+/// On the wire a reason is its text (JSON and gRPC carry strings).
+impl Serialize for Degraded {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -269,6 +329,41 @@ impl PartialEq for ServiceError {
 mod tests {
     use super::*;
     use std::error::Error as _;
+
+    #[test]
+    fn degraded_reasons_read_as_before_and_label_from_a_fixed_set() {
+        let cases = [
+            (Degraded::NoUserVector, "ann: no vector for this user yet"),
+            (
+                Degraded::ShardFailed {
+                    shard: 0,
+                    reason: "every replica failed: refused".into(),
+                },
+                "shard 0: every replica failed: refused",
+            ),
+            (Degraded::ShardDeadline { shard: 3 }, "shard 3: deadline"),
+            (
+                Degraded::RankFallback(RankError::Deadline),
+                "rank: deadline; ordered by recall rank fusion",
+            ),
+            (
+                Degraded::RankFallback(RankError::WorkersUnavailable(actix::MailboxError::Closed)),
+                "rank: workers unavailable (Mailbox has closed); ordered by recall rank fusion",
+            ),
+        ];
+        let mut labels = Vec::new();
+        for (reason, text) in &cases {
+            assert_eq!(reason.to_string(), *text);
+            assert_eq!(
+                serde_json::to_value(reason).unwrap(),
+                serde_json::json!(text)
+            );
+            assert!(Degraded::LABELS.contains(&reason.label()), "{reason}");
+            labels.push(reason.label());
+        }
+        labels.dedup();
+        assert_eq!(labels, Degraded::LABELS);
+    }
 
     #[test]
     fn a_wrapped_cause_is_the_source_and_the_text_is_unchanged() {

@@ -6,11 +6,11 @@
 //! processes (`process`) or the public HTTP API (`http`).
 
 use crate::KitError;
-use funnel::proto::control::control_client::ControlClient;
-use funnel::proto::data::shard_data_client::ShardDataClient;
-use funnel::proto::control::{StatusRequest, StatusResponse};
-use funnel::proto::data::ShardDigestRequest;
 use funnel::cluster::{ClusterView, ReplicaState};
+use funnel::proto::control::control_client::ControlClient;
+use funnel::proto::control::{StatusRequest, StatusResponse};
+use funnel::proto::data::shard_data_client::ShardDataClient;
+use funnel::proto::data::ShardDigestRequest;
 use funnel::tls::NodeTls;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

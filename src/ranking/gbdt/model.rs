@@ -71,19 +71,21 @@ impl Tree {
         }
     }
 
-    fn validate(&self, tree: usize, n_features: usize) -> Result<(), String> {
+    fn validate(&self, tree: usize, n_features: usize) -> Result<(), GbdtError> {
+        let corrupt =
+            |reason: String| -> Result<(), GbdtError> { Err(GbdtError::CorruptModel { reason }) };
         if self.leaf_values.is_empty() {
-            return Err(format!("tree {tree} has no leaves"));
+            return corrupt(format!("tree {tree} has no leaves"));
         }
         if self.leaf_values.len() != self.nodes.len() + 1 {
-            return Err(format!(
+            return corrupt(format!(
                 "tree {tree} has {} nodes but {} leaves (a binary tree has nodes + 1)",
                 self.nodes.len(),
                 self.leaf_values.len()
             ));
         }
         if let Some(i) = self.leaf_values.iter().position(|v| !v.is_finite()) {
-            return Err(format!(
+            return corrupt(format!(
                 "tree {tree} leaf {i} has non-finite value {}",
                 self.leaf_values[i]
             ));
@@ -95,39 +97,39 @@ impl Tree {
         }
         for (at, node) in self.nodes.iter().enumerate() {
             if node.feature as usize >= n_features {
-                return Err(format!(
+                return corrupt(format!(
                     "tree {tree} node {at} splits on feature {} but the model has {n_features}",
                     node.feature
                 ));
             }
             if node.threshold.is_nan() {
-                return Err(format!("tree {tree} node {at} has a NaN threshold"));
+                return corrupt(format!("tree {tree} node {at} has a NaN threshold"));
             }
             if !node.gain.is_finite() {
-                return Err(format!("tree {tree} node {at} has non-finite gain"));
+                return corrupt(format!("tree {tree} node {at} has non-finite gain"));
             }
             for child in [node.left, node.right] {
                 if child < 0 {
                     let leaf = !child as usize;
                     if leaf >= self.leaf_values.len() {
-                        return Err(format!(
+                        return corrupt(format!(
                             "tree {tree} node {at} points to leaf {leaf} of {}",
                             self.leaf_values.len()
                         ));
                     }
                     if std::mem::replace(&mut referenced_leaves[leaf], true) {
-                        return Err(format!("tree {tree} leaf {leaf} has two parents"));
+                        return corrupt(format!("tree {tree} leaf {leaf} has two parents"));
                     }
                 } else {
                     let child = child as usize;
                     if child <= at || child >= self.nodes.len() {
-                        return Err(format!(
+                        return corrupt(format!(
                             "tree {tree} node {at} points to node {child}; children must come after their parent and within {} nodes",
                             self.nodes.len()
                         ));
                     }
                     if std::mem::replace(&mut referenced_nodes[child], true) {
-                        return Err(format!("tree {tree} node {child} has two parents"));
+                        return corrupt(format!("tree {tree} node {child} has two parents"));
                     }
                 }
             }
@@ -385,7 +387,7 @@ impl GbdtModel {
         }
         let mut total_nodes = 0usize;
         for (i, tree) in self.trees.iter().enumerate() {
-            tree.validate(i, self.n_features()).map_err(corrupt)?;
+            tree.validate(i, self.n_features())?;
             total_nodes += tree.nodes.len() + tree.leaf_values.len();
         }
         if total_nodes >= u32::MAX as usize {
