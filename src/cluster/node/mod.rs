@@ -38,12 +38,12 @@ use crate::cluster::error::{from_status, ClusterError};
 use crate::cluster::fault::FaultInjector;
 use crate::cluster::log_store::{LogStore, LOG_FILE};
 use crate::cluster::network::{Channels, NetworkFactory};
-use crate::proto::control as proto;
 use crate::cluster::service::{ControlService, RaftService};
 use crate::cluster::state::{Command, CommandResult, NodeInfo};
 use crate::cluster::state_machine::{StateHandle, StateMachineStore};
 use crate::cluster::types::{NodeId, Raft, RaftMetrics};
 use crate::cluster::vote_fence::VoteFence;
+use crate::proto::control as proto;
 use crate::tls::NodeTls;
 
 /// Shutdown machinery shared by `RaftNode::shutdown` and the external

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use crate::cluster::error::{from_status, ClusterError};
 use crate::cluster::network::{decode_payload, encode_payload};
-use crate::proto::control as proto;
-use crate::proto::control::PayloadFormat;
 use crate::cluster::state::{Command, CommandResult};
 use crate::cluster::types::NodeId;
+use crate::proto::control as proto;
+use crate::proto::control::PayloadFormat;
 use crate::tls::{internal_endpoint, NodeTls};
 
 /// Proposes `command` through the node at `address` (any member: it

@@ -14,12 +14,12 @@ use tokio::time::Instant;
 use super::settings::RaftSettings;
 use crate::cluster::error::{from_status, ClusterError};
 use crate::cluster::network::{decode_payload, encode_payload, Channels};
-use crate::proto::control as proto;
-use crate::proto::control::PayloadFormat;
 use crate::cluster::state::{Command, CommandResult, NodeInfo, StateSummary};
 use crate::cluster::state_machine::StateHandle;
 use crate::cluster::types::{NodeId, Raft, RaftMetrics};
 use crate::cluster::vote_fence::VoteFence;
+use crate::proto::control as proto;
+use crate::proto::control::PayloadFormat;
 
 /// How many times a write follows a changing leader before giving up.
 const WRITE_ATTEMPTS: usize = 3;
