@@ -194,7 +194,10 @@ impl NodeCore {
                     break;
                 }
             }
-            let leader = self.raft.current_leader().await;
+            let leader = match self.raft.current_leader().await {
+                Some(leader) => Some(leader),
+                None => self.leader_by(deadline).await,
+            };
             let outcome = match leader {
                 None => return Err(ClusterError::NoLeader),
                 Some(leader) if leader == self.id => self.propose_as_leader(command.clone()).await,
@@ -213,6 +216,22 @@ impl NodeCore {
             }
         }
         Err(last_err)
+    }
+
+    /// Waits for an election in progress to produce a leader, for at most
+    /// two election timeouts (or until `deadline`): a write that arrives
+    /// while this node has voted but not yet heard from the winner would
+    /// otherwise fail at once, although a leader is a few hundred ms away.
+    async fn leader_by(&self, deadline: Instant) -> Option<NodeId> {
+        let bound = Instant::now()
+            + Duration::from_millis(2 * self.settings.election_timeout_max_ms.max(1));
+        let mut rx = self.raft.metrics();
+        let known = rx.wait_for(|m| m.current_leader.is_some());
+        let leader = match tokio::time::timeout_at(deadline.min(bound), known).await {
+            Ok(Ok(m)) => m.current_leader,
+            _ => None,
+        };
+        leader
     }
 
     pub(super) async fn wait_applied(
