@@ -85,14 +85,7 @@ impl Funnel for FunnelService {
             .into_inner()
             .events
             .into_iter()
-            .map(|e| EventIn {
-                user_id: e.user_id,
-                item_id: e.item_id,
-                kind: e.kind,
-                weight: e.weight,
-                timestamp: e.timestamp,
-                device: e.device,
-            })
+            .map(EventIn::from)
             .collect();
         let out = self.node.ingest_events(events).await;
         observe("events", out.is_ok());

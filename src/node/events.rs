@@ -209,14 +209,7 @@ impl EventPipeline {
                 }
                 new
             })
-            .map(|e| EventIn {
-                user_id: e.user_id,
-                item_id: e.item_id,
-                kind: e.kind,
-                weight: e.weight,
-                timestamp: e.timestamp,
-                device: e.device,
-            })
+            .map(EventIn::from)
             .collect();
         if fresh.is_empty() {
             return Ok(0);

@@ -127,6 +127,34 @@ pub struct EventIn {
     pub device: String,
 }
 
+/// An event as a client sent it over gRPC.
+impl From<crate::proto::public::Event> for EventIn {
+    fn from(e: crate::proto::public::Event) -> EventIn {
+        EventIn {
+            user_id: e.user_id,
+            item_id: e.item_id,
+            kind: e.kind,
+            weight: e.weight,
+            timestamp: e.timestamp,
+            device: e.device,
+        }
+    }
+}
+
+/// An event a peer forwarded (its origin sequence is the caller's to check).
+impl From<crate::proto::data::ForwardedEvent> for EventIn {
+    fn from(e: crate::proto::data::ForwardedEvent) -> EventIn {
+        EventIn {
+            user_id: e.user_id,
+            item_id: e.item_id,
+            kind: e.kind,
+            weight: e.weight,
+            timestamp: e.timestamp,
+            device: e.device,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ItemIn {
