@@ -14,6 +14,7 @@ pub mod bundle;
 pub mod catalog;
 pub mod cluster;
 pub mod config;
+pub mod control;
 pub mod coordinator;
 pub mod dataset;
 pub mod demo;

@@ -9,7 +9,7 @@
 //! URL scheme of internal addresses (`http` plain, `https` with TLS), and
 //! the probe that tells a plaintext caller a port wants TLS. Must not
 //! touch: which services are served or called (`node`, `network`,
-//! `node::cluster_link`, `admin`), channel caching, or the client-facing
+//! `control::link`, `admin`), channel caching, or the client-facing
 //! APIs (`api.http`, `api.grpc`), which stay plaintext behind the load
 //! balancer.
 //!

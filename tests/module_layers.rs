@@ -39,6 +39,8 @@ const LAYERS: &[&[&str]] = &[
     // serving, top down: api -> node -> coordinator -> routing -> shard
     &["routing"],
     &["coordinator"],
+    // the control plane's drivers, acting on the node through a trait
+    &["control"],
     &["node"],
     &["api"],
     &["demo"],

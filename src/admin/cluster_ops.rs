@@ -6,7 +6,7 @@
 //! plans with the same pure planners the state machine re-checks
 //! (`cluster::placement`, `cluster::moves`), and proposes one command
 //! through that node, which forwards it to the Raft leader. The leader then
-//! carries the queued transfers out (`node::moves`). A plan made from a
+//! carries the queued transfers out (`control::moves`). A plan made from a
 //! view that went stale is refused by the state with what to do.
 //!
 //! Owns: turning an operator's request into a command, and the report of

@@ -208,18 +208,21 @@ impl ShardData for ShardDataService {
         let origin_node = self.node.config().node.id;
         let origin_log = self.node.event_log_id();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(async move {
-            for chunk in events.chunks(crate::node::catchup::FETCH_BATCH) {
-                let batch = ForwardEventsRequest {
-                    origin_node,
-                    origin_log,
-                    events: chunk.iter().map(crate::node::catchup::to_wire).collect(),
-                };
-                if tx.send(Ok(batch)).await.is_err() {
-                    return;
+        tokio::spawn(
+            async move {
+                for chunk in events.chunks(crate::node::catchup::FETCH_BATCH) {
+                    let batch = ForwardEventsRequest {
+                        origin_node,
+                        origin_log,
+                        events: chunk.iter().map(crate::node::catchup::to_wire).collect(),
+                    };
+                    if tx.send(Ok(batch)).await.is_err() {
+                        return;
+                    }
                 }
             }
-        });
+            .in_current_span(),
+        );
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 

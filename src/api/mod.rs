@@ -13,5 +13,4 @@ pub mod fault_service;
 pub mod grpc;
 pub mod http;
 pub mod internal;
-pub mod node_span;
 pub mod server;

@@ -3,10 +3,10 @@
 //! `on_ready`, and on `shutdown` stops accepting, drains, and flushes the
 //! event log. All of it runs under the node's root span (`node_span`).
 
-use super::node_span::{node_span, InNodeSpan};
 use super::{grpc, http};
 use crate::config::NodeConfig;
 use crate::node::Node;
+use crate::telemetry::node_span::{node_span, InNodeSpan};
 use actix_web::dev::Service as _;
 use actix_web::{App, HttpServer};
 use std::future::Future;
@@ -74,13 +74,8 @@ where
                     span.clone(),
                 ))
         };
-        let link = crate::node::cluster_link::start_cluster(
-            node.clone(),
-            &config,
-            cluster_stopping,
-            services,
-        )
-        .await?;
+        let link =
+            crate::node::start_cluster(node.clone(), &config, cluster_stopping, services).await?;
         tracing::info!(node_id = config.node.id, internal = %link.raft.internal_addr(), "joined the cluster");
     }
     let max = config.api.max_message_bytes;
@@ -118,7 +113,7 @@ where
         .serve_with_incoming_shutdown(crate::cluster::node::nodelay_incoming(listener), async {
             let _ = grpc_stopped.await;
         });
-    let grpc_task = tokio::spawn(grpc_server);
+    let grpc_task = tokio::spawn(tracing::Instrument::in_current_span(grpc_server));
 
     tracing::info!(http = %http_addr, grpc = %grpc_addr, node_id = config.node.id, "funnel node serving");
     on_ready(Ready {

@@ -15,7 +15,7 @@
 //! catching up keeps the fence: it is stored in the Raft log file.
 //!
 //! Brand-new members are blank too; they join as learners and are brought
-//! up to date before they are promoted (`node::moves`), and the bootstrap
+//! up to date before they are promoted (`control::moves`), and the bootstrap
 //! node lifts its own fence by initialising the group (`RaftNode::initialize`),
 //! so forming a cluster never needs a blank node's vote.
 //!

@@ -18,7 +18,7 @@ use crate::ranking::score::{feature_rows, Cascade, ItemSource, Ranker};
 use crate::ranking::worker::RankWorker;
 use crate::ranking::PoolScoring;
 use crate::recall::{local_paths, merge, Candidate, PathResult, RecallConfig};
-use crate::routing::{CallBatch, CallContext, SearchSpec, ShardCallError, ShardClient};
+use crate::routing::{CallBatch, CallContext, SearchSpec, ShardClient};
 use crate::service::types::{Degraded, Recommendation, RecommendedItem, ServiceError, StageTiming};
 use crate::service::validate::ValidRecommend;
 use crate::shard::{per_shard_k, KeyedVectors, VectorTable};
@@ -125,7 +125,14 @@ pub async fn recommend(
         state,
         vector,
         vectors,
-    } = user_stage(&env, &req, clock.until(user_end), &mut degraded).await;
+    } = user_stage(
+        &env,
+        &req,
+        &request_id,
+        clock.until(user_end),
+        &mut degraded,
+    )
+    .await;
     clock.lap("user");
 
     let now = req.timestamp.unwrap_or_else(now_unix);
@@ -228,6 +235,7 @@ struct UserStage {
 async fn user_stage(
     env: &RecommendEnv,
     req: &ValidRecommend,
+    request_id: &str,
     until: Instant,
     degraded: &mut Vec<Degraded>,
 ) -> UserStage {
@@ -243,7 +251,7 @@ async fn user_stage(
     if vector.is_none() && !state.recent.is_empty() {
         // a user the model never saw: fold a vector in from what they did
         let keys: Vec<u64> = state.recent.iter().map(|r| r.item).collect();
-        let (got, _, _) = fetch_vectors(&serving.shards, &keys, until).await;
+        let (got, _, _) = fetch_vectors(&serving.shards, &keys, until, request_id).await;
         got.into_iter().for_each(|v| vectors.absorb(v));
         vector = fold_in(&serving.model, &state, &vectors);
         if vector.is_none() {
@@ -352,7 +360,7 @@ async fn recall_stage(
             .iter()
             .flat_map(|p| p.items.iter().map(|x| x.0))
             .collect();
-        let (got, answered, n) = fetch_vectors(&serving.shards, &keys, until).await;
+        let (got, answered, n) = fetch_vectors(&serving.shards, &keys, until, request_id).await;
         coverage = answered as f64 / n.max(1) as f64;
         got.into_iter().for_each(|v| vectors.absorb(v));
     }
@@ -386,10 +394,11 @@ fn fold_in(model: &ServingModel, state: &UserState, vectors: &VectorTable) -> Op
 
 /// Vectors of `keys` from the shards that hold them; (vectors, shards that
 /// answered, shards asked).
-async fn fetch_vectors(
+pub(super) async fn fetch_vectors(
     shards: &[Arc<dyn ShardClient>],
     keys: &[u64],
     until: Instant,
+    request_id: &str,
 ) -> (Vec<KeyedVectors>, usize, usize) {
     let n = shards.len() as u32;
     if n == 0 || keys.is_empty() {
@@ -400,10 +409,20 @@ async fn fetch_vectors(
         by_shard.entry(shard_of(k, n)).or_default().push(k);
     }
     let asked = by_shard.len();
+    // each shard's fetch goes out on its own (no batch, no plan), but
+    // carries the request's deadline and id like its searches do
+    let ctx = CallContext {
+        deadline: Some(until),
+        batch: None,
+        plan: None,
+        request_id: Some(Arc::from(request_id)),
+    };
     let calls = by_shard.into_iter().map(|(s, ks)| {
         let client = shards[s as usize].clone();
+        let ctx = ctx.clone();
         async move {
-            tokio::time::timeout_at(until.into(), client.vectors(Arc::from(ks.as_slice()))).await
+            let keys = Arc::from(ks.as_slice());
+            tokio::time::timeout_at(until.into(), client.vectors(keys, ctx)).await
         }
     });
     let mut out = Vec::new();
@@ -480,19 +499,11 @@ async fn ann_fan_out(
                 hits.extend(res.hits);
                 vectors.push(res.vectors);
             }
-            Ok(Err(e)) => degraded.push(shard_failed(shard, e)),
+            Ok(Err(e)) => degraded.push(Degraded::ShardFailed(e)),
             Err(_) => degraded.push(Degraded::ShardDeadline { shard }),
         }
     }
     (hits, vectors, answered)
-}
-
-/// The reason a shard call failed, without the shard prefix routing's
-/// error text carries (the reason says which shard).
-fn shard_failed(shard: u32, e: ShardCallError) -> Degraded {
-    match e {
-        ShardCallError::Failed { reason, .. } => Degraded::ShardFailed { shard, reason },
-    }
 }
 
 /// Scores the rows (`ranking::PoolScoring`: this thread for one batch, the

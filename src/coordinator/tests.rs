@@ -19,7 +19,9 @@ use crate::ranking::score::{trained_test_ranker, Cascade, Ranker};
 use crate::ranking::worker::start_rank_workers;
 use crate::ranking::RankError;
 use crate::recall::RecallConfig;
-use crate::routing::{CallContext, SearchSpec, ShardCallError, ShardClient, VectorsResult};
+use crate::routing::{
+    CallContext, CopyFailure, SearchSpec, ShardCallError, ShardClient, VectorsResult,
+};
 use crate::service::types::{Degraded, Recommendation};
 use crate::service::validate::ValidRecommend;
 use crate::shard::{KeyedVectors, SearchResult};
@@ -99,24 +101,34 @@ enum Answer {
     Never,
 }
 
+/// What a vectors fetch carried: (request id, deadline).
+type Fetch = (Option<Arc<str>>, Option<Instant>);
+
 /// One shard of `n`, holding the items `shard_of` puts on it.
 struct FakeShard {
     shard: u32,
     items: Vec<(u64, Vec<f32>)>,
     answer: Answer,
+    /// The request id and deadline of every vectors fetch it was asked.
+    fetches: Arc<std::sync::Mutex<Vec<Fetch>>>,
 }
 
 impl FakeShard {
     fn client(model: &ServingModel, shard: u32, n: u32, answer: Answer) -> Arc<dyn ShardClient> {
+        Arc::new(Self::new(model, shard, n, answer))
+    }
+
+    fn new(model: &ServingModel, shard: u32, n: u32, answer: Answer) -> FakeShard {
         let items = (0..ITEMS)
             .map(|i| (model.items.keys[i], item_vector(i)))
             .filter(|(k, _)| shard_of(*k, n) == shard)
             .collect();
-        Arc::new(FakeShard {
+        FakeShard {
             shard,
             items,
             answer,
-        })
+            fetches: Default::default(),
+        }
     }
 
     fn vectors_of(&self, keys: impl Fn(u64) -> bool) -> KeyedVectors {
@@ -130,9 +142,10 @@ impl FakeShard {
     fn answer<T: Send + 'static>(&self, ok: T) -> BoxFuture<'static, Result<T, ShardCallError>> {
         match self.answer {
             Answer::Hits => futures::future::ready(Ok(ok)).boxed(),
-            Answer::Fails(reason) => futures::future::ready(Err(ShardCallError::Failed {
+            Answer::Fails(reason) => futures::future::ready(Err(ShardCallError::Copy {
                 shard: self.shard,
-                reason: reason.to_string(),
+                node: Some(2),
+                failure: CopyFailure::Local(reason.to_string()),
             }))
             .boxed(),
             Answer::Never => futures::future::pending().boxed(),
@@ -168,7 +181,10 @@ impl ShardClient for FakeShard {
         })
     }
 
-    fn vectors(&self, keys: Arc<[u64]>) -> BoxFuture<'static, VectorsResult> {
+    fn vectors(&self, keys: Arc<[u64]>, ctx: CallContext) -> BoxFuture<'static, VectorsResult> {
+        if let Ok(mut f) = self.fetches.lock() {
+            f.push((ctx.request_id.clone(), ctx.deadline));
+        }
         self.answer(self.vectors_of(|k| keys.contains(&k)))
     }
 }
@@ -278,22 +294,23 @@ fn hits_from_every_shard_are_merged_with_full_coverage() {
 fn a_failing_shard_is_reported_once_and_the_rest_still_answer() {
     let answers = [
         Answer::Hits,
-        Answer::Fails("every replica failed: connection refused"),
+        Answer::Fails("connection refused"),
         Answer::Hits,
     ];
     let (r, _) = Ask::shards(&answers).run();
     assert!((r.coverage - 2.0 / 3.0).abs() < 1e-9, "{}", r.coverage);
     assert_eq!(
         r.degraded,
-        vec![Degraded::ShardFailed {
+        vec![Degraded::ShardFailed(ShardCallError::Copy {
             shard: 1,
-            reason: "every replica failed: connection refused".into()
-        }]
+            node: Some(2),
+            failure: CopyFailure::Local("connection refused".into())
+        })]
     );
     assert_eq!(r.degraded[0].label(), "shard_failed");
     assert_eq!(
         r.degraded[0].to_string(),
-        "shard 1: every replica failed: connection refused"
+        "shard 1: node 2: connection refused"
     );
     assert!(!r.items.is_empty());
     assert_eq!(ann_shards(&r, 3), vec![0, 2]);
@@ -379,4 +396,30 @@ fn a_cascade_scored_on_the_pool_gives_the_answer_one_batch_gives() {
     assert!(pooled.degraded.is_empty(), "{:?}", pooled.degraded);
     assert_eq!(pooled.items.len(), ITEMS);
     assert_eq!(pooled.items, one.items);
+}
+
+#[test]
+fn a_vectors_fetch_carries_the_request_id_and_deadline_to_every_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path(), None);
+    let fakes: Vec<Arc<FakeShard>> = (0..3)
+        .map(|s| Arc::new(FakeShard::new(&model, s, 3, Answer::Hits)))
+        .collect();
+    let shards: Vec<Arc<dyn ShardClient>> = fakes
+        .iter()
+        .map(|f| f.clone() as Arc<dyn ShardClient>)
+        .collect();
+    let keys: Vec<u64> = model.items.keys.to_vec();
+    let until = Instant::now() + Duration::from_secs(5);
+    let (got, answered, asked) = actix::System::new().block_on(super::recommend::fetch_vectors(
+        &shards, &keys, until, "req-9",
+    ));
+    assert_eq!((answered, asked), (3, 3));
+    assert_eq!(got.iter().map(|v| v.len()).sum::<usize>(), ITEMS);
+    for f in &fakes {
+        let seen = f.fetches.lock().unwrap().clone();
+        assert_eq!(seen.len(), 1, "shard {}", f.shard);
+        assert_eq!(seen[0].0.as_deref(), Some("req-9"));
+        assert_eq!(seen[0].1, Some(until));
+    }
 }

@@ -14,12 +14,12 @@
 //! (shared with the serving side, `api::bundle_files`) and the fetch
 //! client. Must not touch: loading or serving a version (`rollout`).
 
-use super::cluster_link::{ChannelError, ClusterLink};
 use crate::bundle::fsio::{fsync_dir, verify_streaming};
 use crate::bundle::manifest::{self, shard_dir, MANIFEST_FILE};
 use crate::bundle::{Bundle, BundleError, FileEntry, Manifest, OpenCheck};
 use crate::cluster::ModelRef;
 use crate::config::{FetchBundles, NodeConfig};
+use crate::control::{ChannelError, ClusterLink};
 use crate::proto::data::bundle_files_client::BundleFilesClient;
 use crate::proto::data::FetchBundleFileRequest;
 use crate::service::types::ServiceError;

@@ -10,9 +10,9 @@
 //! (`cluster::state`), or which version is served (`model_host`; the
 //! caller passes the `Serving` to apply to).
 
-use super::cluster_link::ClusterLink;
 use super::model_host::ModelHost;
 use crate::cluster::ItemRecord;
+use crate::control::ClusterLink;
 use crate::coordinator::Serving;
 use crate::ids::{item_key, shard_of};
 use crate::service::types::ServiceError;

@@ -31,9 +31,9 @@
 //! Must not touch: how events are validated, logged or applied (`Node`), or
 //! the event log format (`eventlog`).
 
-use super::cluster_link::{ChannelError, ClusterLink};
 use super::Node;
 use crate::cluster::NodeStatus;
+use crate::control::{ChannelError, ClusterLink};
 use crate::eventlog::{EventLogError, EventLogReader, LogEvent};
 use crate::proto::data::shard_data_client::ShardDataClient;
 use crate::proto::data::{FetchEventsRequest, ForwardedEvent};

@@ -15,11 +15,11 @@
 //! (`catchup`).
 
 use super::catchup;
-use super::cluster_link::ClusterLink;
 use super::event_sink::{start_event_sink, Append, EventSink, Flush, NextSeq, SinkError, SyncDue};
 use super::model_host::ServingMark;
 use super::now_unix;
 use crate::config::{ApiConfig, NodeConfig};
+use crate::control::ClusterLink;
 use crate::coordinator::Serving;
 use crate::eventlog::{EventLogError, LogEvent};
 use crate::features::event_strength;
@@ -170,8 +170,7 @@ impl EventPipeline {
     /// Sends events this node accepted to every other node, waiting at
     /// most `FORWARD_WAIT` for them.
     pub(super) async fn forward(&self, link: &ClusterLink, log: &[LogEvent]) {
-        link.forward_events(log, self.event_log_id, FORWARD_WAIT)
-            .await;
+        forward_events(link, log, self.event_log_id, FORWARD_WAIT).await;
     }
 
     /// Events node `origin` accepted and forwarded (see
@@ -427,4 +426,65 @@ impl EventPipeline {
 /// The next seq an event log will assign (0 if its sink is gone).
 async fn next_seq(sink: &Addr<EventSink>) -> u64 {
     sink.send(NextSeq).await.unwrap_or(0)
+}
+
+/// Sends events this node accepted to every other live member, in
+/// parallel, waiting at most `wait`. A member that misses them is
+/// logged and counted; the events stay durable in this node's log.
+/// `node_log_id` identifies this node's event log (`catchup::log_id`).
+async fn forward_events(
+    link: &ClusterLink,
+    events: &[crate::eventlog::LogEvent],
+    node_log_id: u64,
+    wait: std::time::Duration,
+) {
+    use crate::cluster::NodeStatus;
+    use crate::proto::data::shard_data_client::ShardDataClient;
+    use crate::proto::data::ForwardEventsRequest;
+    if events.is_empty() {
+        return;
+    }
+    let peers: Vec<(u64, String)> = {
+        let st = link.raft.state();
+        let st = st.read();
+        st.nodes
+            .values()
+            .filter(|n| n.id != link.id() && n.status != NodeStatus::Removed)
+            .map(|n| (n.id, n.internal.clone()))
+            .collect()
+    };
+    let body = ForwardEventsRequest {
+        origin_node: link.id(),
+        origin_log: node_log_id,
+        events: events.iter().map(super::catchup::to_wire).collect(),
+    };
+    let sends = peers.into_iter().filter_map(|(id, addr)| {
+        let ch = link.channel(id, &addr).ok()?;
+        let mut client = ShardDataClient::new(ch)
+            .max_decoding_message_size(link.max_message_bytes())
+            .max_encoding_message_size(link.max_message_bytes());
+        let mut req = tonic::Request::new(body.clone());
+        req.set_timeout(wait);
+        Some(async move { (id, client.forward_events(req).await) })
+    });
+    let results = match tokio::time::timeout(wait, futures::future::join_all(sends)).await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::warn!("forwarding events to peers timed out");
+            crate::telemetry::metrics::metrics()
+                .errors
+                .with_label_values(&["forward_events"])
+                .inc();
+            return;
+        }
+    };
+    for (id, r) in results {
+        if let Err(s) = r {
+            tracing::warn!(node = id, error = %s.message(), "a peer did not take forwarded events");
+            crate::telemetry::metrics::metrics()
+                .errors
+                .with_label_values(&["forward_events"])
+                .inc();
+        }
+    }
 }

@@ -12,9 +12,9 @@
 //! (`model_host`; `rebuild_shard_clients` only replaces the clients of the
 //! served version).
 
-use super::cluster_link::ClusterLink;
 use super::model_host::ModelHost;
 use crate::catalog::Catalog;
+use crate::control::ClusterLink;
 use crate::coordinator::Serving;
 use crate::model::ServingModel;
 use crate::routing::{

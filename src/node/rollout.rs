@@ -22,11 +22,11 @@
 //! themselves (`model_host`).
 
 use super::bundle_fetch;
-use super::cluster_link::{service_error, ClusterLink, StepError};
 pub use super::model_host::{Prepared, Standby, Versions};
 use super::Node;
 use crate::cluster::{Command, ModelRef};
 use crate::config::NodeConfig;
+use crate::control::{service_error, ClusterLink, StepError};
 use crate::service::types::ServiceError;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

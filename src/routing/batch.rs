@@ -17,6 +17,7 @@ use crate::proto::data::shard_data_client::ShardDataClient;
 use crate::proto::data::{
     shard_search_outcome, ShardSearchBatch, ShardSearchRequest, ShardSearchResponse,
 };
+use crate::service::CopyFailure;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -26,9 +27,8 @@ use tokio::sync::oneshot;
 /// more); a coordinator sends at most one per shard a node holds.
 pub const MAX_BATCH_SEARCHES: usize = 256;
 
-/// The answer to one queued search: the response, or why it failed
-/// ("code: message").
-pub type SearchAnswer = Result<ShardSearchResponse, String>;
+/// The answer to one queued search: the response, or why it failed.
+pub type SearchAnswer = Result<ShardSearchResponse, CopyFailure>;
 
 /// What became of a search offered to a batch.
 pub enum Enqueued {
@@ -148,11 +148,6 @@ impl CallBatch {
     }
 }
 
-/// A failed search as text: the status code's name and its message.
-pub fn status_text(s: &tonic::Status) -> String {
-    format!("{:?}: {}", s.code(), s.message())
-}
-
 /// How one node's chunk of searches is sent.
 struct Call {
     client: ShardDataClient<PeerChannel>,
@@ -173,13 +168,12 @@ async fn send_chunk(call: Call, mut calls: Vec<Queued>) {
         if let (Some(addr), true) = (&own, super::remote::is_transport_failure(s.code())) {
             super::remote::forget_thread_channel(addr);
         }
-        status_text(s)
+        CopyFailure::status(s)
     };
-    const PASSED: &str = "deadline passed before sending";
     if calls.len() == 1 {
         let Some(call) = calls.pop() else { return };
         let answer = match outgoing(call.request, deadline, request_id) {
-            None => Err(PASSED.to_string()),
+            None => Err(CopyFailure::DeadlineBeforeSend),
             Some(req) => client
                 .search(req)
                 .await
@@ -198,16 +192,16 @@ async fn send_chunk(call: Call, mut calls: Vec<Queued>) {
         deadline,
         request_id,
     ) {
-        None => vec![Err(PASSED.to_string()); n],
+        None => vec![Err(CopyFailure::DeadlineBeforeSend); n],
         Some(req) => match client.search_batch(req).await {
             Err(s) => vec![Err(failed(&s)); n],
             Ok(r) => {
                 let outcomes = r.into_inner().outcomes;
                 if outcomes.len() != n {
-                    let e = format!(
+                    let e = CopyFailure::Malformed(format!(
                         "malformed batch answer: {} outcomes for {n} searches",
                         outcomes.len()
-                    );
+                    ));
                     vec![Err(e); n]
                 } else {
                     outcomes.into_iter().map(outcome_answer).collect()
@@ -223,11 +217,13 @@ async fn send_chunk(call: Call, mut calls: Vec<Queued>) {
 fn outcome_answer(o: crate::proto::data::ShardSearchOutcome) -> SearchAnswer {
     match o.result {
         Some(shard_search_outcome::Result::Ok(r)) => Ok(r),
-        Some(shard_search_outcome::Result::Failed(f)) => Err(status_text(&tonic::Status::new(
-            tonic::Code::from(f.code),
-            f.message,
-        ))),
-        None => Err("malformed batch answer: an outcome with no result".into()),
+        Some(shard_search_outcome::Result::Failed(f)) => Err(CopyFailure::Status {
+            code: tonic::Code::from(f.code),
+            message: f.message,
+        }),
+        None => Err(CopyFailure::Malformed(
+            "malformed batch answer: an outcome with no result".into(),
+        )),
     }
 }
 
@@ -253,12 +249,18 @@ mod tests {
             })),
         };
         let e = outcome_answer(failed).unwrap_err();
-        assert!(e.contains("shard 3 is not served here"), "{e}");
-        assert!(
-            e.to_lowercase().contains("precondition"),
-            "the code is named: {e}"
+        assert_eq!(
+            e,
+            CopyFailure::Status {
+                code: tonic::Code::FailedPrecondition,
+                message: "shard 3 is not served here".into()
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "FailedPrecondition: shard 3 is not served here"
         );
         let e = outcome_answer(ShardSearchOutcome { result: None }).unwrap_err();
-        assert!(e.contains("malformed"), "{e}");
+        assert!(matches!(e, CopyFailure::Malformed(_)), "{e}");
     }
 }

@@ -115,21 +115,11 @@ mod tests {
             _: CallContext,
         ) -> BoxFuture<'static, Result<SearchResult, ShardCallError>> {
             let shard = self.0;
-            Box::pin(async move {
-                Err(ShardCallError::Failed {
-                    shard,
-                    reason: "stub".into(),
-                })
-            })
+            Box::pin(async move { Err(ShardCallError::NoLiveReplica { shard }) })
         }
-        fn vectors(&self, _: Arc<[u64]>) -> BoxFuture<'static, VectorsResult> {
+        fn vectors(&self, _: Arc<[u64]>, _: CallContext) -> BoxFuture<'static, VectorsResult> {
             let shard = self.0;
-            Box::pin(async move {
-                Err(ShardCallError::Failed {
-                    shard,
-                    reason: "stub".into(),
-                })
-            })
+            Box::pin(async move { Err(ShardCallError::NoLiveReplica { shard }) })
         }
     }
 

@@ -43,11 +43,7 @@ pub struct CallContext {
     pub request_id: Option<Arc<str>>,
 }
 
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum ShardCallError {
-    #[error("shard {shard}: {reason}")]
-    Failed { shard: u32, reason: String },
-}
+pub use crate::service::{CopyFailure, ShardCallError};
 
 /// One shard, wherever it lives.
 pub trait ShardClient: Send + Sync {
@@ -57,7 +53,9 @@ pub trait ShardClient: Send + Sync {
         spec: SearchSpec,
         ctx: CallContext,
     ) -> BoxFuture<'static, Result<SearchResult, ShardCallError>>;
-    fn vectors(&self, keys: Arc<[u64]>) -> BoxFuture<'static, VectorsResult>;
+    /// The vectors of `keys` this shard holds; `ctx` as for `search`
+    /// (only its deadline and request id apply).
+    fn vectors(&self, keys: Arc<[u64]>, ctx: CallContext) -> BoxFuture<'static, VectorsResult>;
     /// The copies behind this client, for planning a request's copies
     /// (empty: one copy, nothing to choose).
     fn copies(&self) -> Vec<super::CopyInfo> {

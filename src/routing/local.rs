@@ -1,7 +1,9 @@
 //! A shard copy held by this process: the search runs on the node's own
 //! `ShardHandle` with the filter rebuilt from the node's catalogue.
 
-use super::client::{CallContext, SearchSpec, ShardCallError, ShardClient, VectorsResult};
+use super::client::{
+    CallContext, CopyFailure, SearchSpec, ShardCallError, ShardClient, VectorsResult,
+};
 use crate::catalog::Catalog;
 use crate::shard::{Search, SearchFilter, SearchResult, ShardHandle};
 use futures::future::BoxFuture;
@@ -49,26 +51,25 @@ impl ShardClient for LocalShard {
         let handle = self.handle.clone();
         let shard = self.shard;
         Box::pin(async move {
-            handle
-                .search(msg)
-                .await
-                .map_err(|e| ShardCallError::Failed {
-                    shard,
-                    reason: e.to_string(),
-                })
+            handle.search(msg).await.map_err(|e| ShardCallError::Copy {
+                shard,
+                node: None,
+                failure: CopyFailure::Local(e.to_string()),
+            })
         })
     }
 
-    fn vectors(&self, keys: Arc<[u64]>) -> BoxFuture<'static, VectorsResult> {
+    fn vectors(&self, keys: Arc<[u64]>, _: CallContext) -> BoxFuture<'static, VectorsResult> {
         let handle = self.handle.clone();
         let shard = self.shard;
         Box::pin(async move {
             handle
                 .vectors(keys)
                 .await
-                .map_err(|e| ShardCallError::Failed {
+                .map_err(|e| ShardCallError::Copy {
                     shard,
-                    reason: e.to_string(),
+                    node: None,
+                    failure: CopyFailure::Local(e.to_string()),
                 })
         })
     }

@@ -24,7 +24,9 @@ pub mod set;
 
 pub use batch::CallBatch;
 pub use build::{fitting_map, replica_sets, RoutingError};
-pub use client::{CallContext, SearchSpec, ShardCallError, ShardClient, VectorsResult};
+pub use client::{
+    CallContext, CopyFailure, SearchSpec, ShardCallError, ShardClient, VectorsResult,
+};
 pub use health::{HealthBook, HedgeBudget, LatencyTracker, NodeHealth};
 pub use local::{search_filter, LocalShard};
 pub use plan::{plan_copies, CopyInfo, CopyPlan};

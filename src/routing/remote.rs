@@ -6,14 +6,16 @@
 //! all searches for one node together. Either way the request id goes with
 //! it as metadata (`metadata`).
 
-use super::batch::{status_text, Enqueued};
-use super::client::{CallContext, SearchSpec, ShardCallError, ShardClient, VectorsResult};
+use super::batch::Enqueued;
+use super::client::{
+    CallContext, CopyFailure, SearchSpec, ShardCallError, ShardClient, VectorsResult,
+};
 use super::metadata::outgoing;
 use crate::cluster::PeerChannel;
 use crate::proto::data::shard_data_client::ShardDataClient;
 use crate::proto::data::ShardSearchRequest;
 use crate::shard::{KeyedVectors, SearchResult};
-use crate::tls::{internal_endpoint, NodeTls};
+use crate::tls::{internal_endpoint, NodeTls, TlsError};
 use futures::future::BoxFuture;
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,10 +89,8 @@ pub fn is_transport_failure(code: tonic::Code) -> bool {
 /// A lazily connected channel to a peer's internal address (over mTLS
 /// with `tls`): creating it never blocks, and a dead peer fails the first
 /// call fast (connection refused) instead of stalling node start-up.
-pub fn peer_channel(addr: &str, tls: Option<&NodeTls>) -> Result<Channel, String> {
-    let ep = internal_endpoint(addr, tls, Duration::from_millis(300))
-        .map_err(|e| format!("peer {e}"))?
-        .tcp_nodelay(true);
+pub fn peer_channel(addr: &str, tls: Option<&NodeTls>) -> Result<Channel, TlsError> {
+    let ep = internal_endpoint(addr, tls, Duration::from_millis(300))?.tcp_nodelay(true);
     Ok(ep.connect_lazy())
 }
 
@@ -177,18 +177,19 @@ impl RemoteShard {
         };
         // the call's own CPU (building, decoding the answer) counts as rpc
         Box::pin(crate::telemetry::cpu::CpuTimed::new("rpc", async move {
-            let fail = |reason: String| ShardCallError::Failed {
+            let fail = |failure: CopyFailure| ShardCallError::Copy {
                 shard,
-                reason: format!("node {node}: {reason}"),
+                node: Some(node),
+                failure,
             };
             let r = match queued {
                 Enqueued::Queued(rx) => rx
                     .await
-                    .map_err(|_| fail("the batch carrying this search was dropped".into()))?
+                    .map_err(|_| fail(CopyFailure::BatchDropped))?
                     .map_err(fail)?,
                 Enqueued::SendNow(body) => {
                     let Some(req) = outgoing(body, deadline, request_id.as_deref()) else {
-                        return Err(fail("deadline passed before sending".into()));
+                        return Err(fail(CopyFailure::DeadlineBeforeSend));
                     };
                     client
                         .search(req)
@@ -197,7 +198,7 @@ impl RemoteShard {
                             if let (Some(addr), true) = (&own, is_transport_failure(s.code())) {
                                 forget_thread_channel(addr);
                             }
-                            fail(status_text(&s))
+                            fail(CopyFailure::status(&s))
                         })?
                         .into_inner()
                 }
@@ -205,22 +206,22 @@ impl RemoteShard {
             // an answer from another model version would mix two models'
             // vector spaces in one request
             if !r.model_version.is_empty() && r.model_version != *want_version {
-                return Err(fail(format!(
-                    "answered from model {}, not {want_version}",
-                    r.model_version
-                )));
+                return Err(fail(CopyFailure::OtherModel {
+                    answered: r.model_version,
+                    wanted: want_version.to_string(),
+                }));
             }
             if r.keys.len() != r.scores.len() {
-                return Err(fail(
+                return Err(fail(CopyFailure::Malformed(
                     "malformed answer: keys and scores differ in length".into(),
-                ));
+                )));
             }
             let hits = r.keys.into_iter().zip(r.scores).collect();
             let vectors = KeyedVectors::from_flat(r.dimension as usize, r.vector_keys, r.vectors)
                 .map_err(|e| {
-                fail(format!(
+                fail(CopyFailure::Malformed(format!(
                     "malformed answer: vectors do not match their keys ({e})"
-                ))
+                )))
             })?;
             Ok(SearchResult {
                 shard,
@@ -245,7 +246,7 @@ impl ShardClient for RemoteShard {
         self.call(spec, ctx)
     }
 
-    fn vectors(&self, keys: Arc<[u64]>) -> BoxFuture<'static, VectorsResult> {
+    fn vectors(&self, keys: Arc<[u64]>, ctx: CallContext) -> BoxFuture<'static, VectorsResult> {
         let spec = SearchSpec {
             query: Arc::from(Vec::new()),
             k: 0,
@@ -253,7 +254,13 @@ impl ShardClient for RemoteShard {
             categories: None,
             fetch: keys,
         };
-        let f = self.call(spec, CallContext::default());
+        // a fetch rides the search RPC on its own: never in a batch
+        let ctx = CallContext {
+            batch: None,
+            plan: None,
+            ..ctx
+        };
+        let f = self.call(spec, ctx);
         Box::pin(async move { f.await.map(|r| r.vectors) })
     }
 }

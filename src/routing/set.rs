@@ -82,10 +82,7 @@ impl ReplicaSet {
             }
         };
         let Some(first) = next.next() else {
-            return Err(ShardCallError::Failed {
-                shard: self.shard,
-                reason: "no live replica".into(),
-            });
+            return Err(ShardCallError::NoLiveReplica { shard: self.shard });
         };
         // (node, sent at) of every call still in flight; logged with the
         // request id if the caller's deadline drops this call unanswered
@@ -136,7 +133,7 @@ impl ReplicaSet {
                                 error = %e,
                                 "shard copy failed; failing over"
                             );
-                            errors.push(e.to_string());
+                            errors.push(e);
                             // fail over at once
                             if let Some(i) = next.next() {
                                 inflight.push(start(i));
@@ -168,12 +165,11 @@ impl ReplicaSet {
                 break;
             }
         }
-        Err(ShardCallError::Failed {
-            shard: self.shard,
-            reason: if errors.is_empty() {
-                "no live replica".into()
-            } else {
-                format!("every replica failed: {}", errors.join("; "))
+        Err(match errors.is_empty() {
+            true => ShardCallError::NoLiveReplica { shard: self.shard },
+            false => ShardCallError::EveryCopyFailed {
+                shard: self.shard,
+                errors,
             },
         })
     }
@@ -260,7 +256,7 @@ impl ShardClient for ReplicaSet {
             .collect()
     }
 
-    fn vectors(&self, keys: Arc<[u64]>) -> BoxFuture<'static, VectorsResult> {
+    fn vectors(&self, keys: Arc<[u64]>, ctx: CallContext) -> BoxFuture<'static, VectorsResult> {
         let this = self.clone();
         Box::pin(async move {
             let order: Vec<(u64, bool)> = this.replicas.iter().map(|r| (r.node, r.local)).collect();
@@ -268,7 +264,7 @@ impl ShardClient for ReplicaSet {
             for i in try_order(&order, &this.book, Instant::now()) {
                 let r = &this.replicas[i];
                 let t0 = Instant::now();
-                match r.client.vectors(keys.clone()).await {
+                match r.client.vectors(keys.clone(), ctx.clone()).await {
                     Ok(v) => {
                         this.book.update(r.node, |h| h.record_success(t0.elapsed()));
                         return Ok(v);
@@ -280,10 +276,7 @@ impl ShardClient for ReplicaSet {
                     }
                 }
             }
-            Err(last.unwrap_or(ShardCallError::Failed {
-                shard: this.shard,
-                reason: "no live replica".into(),
-            }))
+            Err(last.unwrap_or(ShardCallError::NoLiveReplica { shard: this.shard }))
         })
     }
 }
@@ -291,6 +284,7 @@ impl ShardClient for ReplicaSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::routing::client::CopyFailure;
 
     /// A copy that answers after `delay`, or fails.
     struct Fake {
@@ -315,9 +309,10 @@ mod tests {
             Box::pin(async move {
                 tokio::time::sleep(delay).await;
                 if fail {
-                    Err(ShardCallError::Failed {
+                    Err(ShardCallError::Copy {
                         shard,
-                        reason: "down".into(),
+                        node: Some(tag),
+                        failure: CopyFailure::Local("down".into()),
                     })
                 } else {
                     Ok(SearchResult {
@@ -329,7 +324,7 @@ mod tests {
                 }
             })
         }
-        fn vectors(&self, _keys: Arc<[u64]>) -> BoxFuture<'static, VectorsResult> {
+        fn vectors(&self, _keys: Arc<[u64]>, _: CallContext) -> BoxFuture<'static, VectorsResult> {
             Box::pin(async { Ok(Default::default()) })
         }
     }
@@ -467,9 +462,17 @@ mod tests {
         let e = set
             .search(spec(), CallContext::default())
             .await
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("every replica failed"), "{e}");
+            .unwrap_err();
+        match &e {
+            ShardCallError::EveryCopyFailed { shard: 0, errors } => assert_eq!(errors.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        let text = e.to_string();
+        assert!(
+            text.starts_with("shard 0: every replica failed: "),
+            "{text}"
+        );
+        assert_eq!(text.matches("shard 0").count(), 1, "{text}");
         let empty = ReplicaSet::new(3, vec![], HealthBook::default());
         assert!(empty
             .search(spec(), CallContext::default())

@@ -66,9 +66,9 @@ pub enum Degraded {
     /// The model has no vector for the user and none could be folded in
     /// from their recent items: no ANN recall.
     NoUserVector,
-    /// A shard answered with an error (`routing::ShardCallError`'s reason);
-    /// its items are missing.
-    ShardFailed { shard: u32, reason: String },
+    /// A shard call failed (every copy asked, or none live); its items are
+    /// missing. The text is the error's.
+    ShardFailed(crate::service::ShardCallError),
     /// A shard did not answer within the recall stage; its items are missing.
     ShardDeadline { shard: u32 },
     /// Scoring gave no scores; the candidates are in recall rank-fusion order.
@@ -88,7 +88,7 @@ impl Degraded {
     pub fn label(&self) -> &'static str {
         match self {
             Degraded::NoUserVector => "no_user_vector",
-            Degraded::ShardFailed { .. } => "shard_failed",
+            Degraded::ShardFailed(_) => "shard_failed",
             Degraded::ShardDeadline { .. } => "shard_deadline",
             Degraded::RankFallback(RankError::Deadline) => "rank_deadline",
             Degraded::RankFallback(_) => "rank_failed",
@@ -100,7 +100,7 @@ impl std::fmt::Display for Degraded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Degraded::NoUserVector => f.write_str("ann: no vector for this user yet"),
-            Degraded::ShardFailed { shard, reason } => write!(f, "shard {shard}: {reason}"),
+            Degraded::ShardFailed(e) => write!(f, "{e}"),
             Degraded::ShardDeadline { shard } => write!(f, "shard {shard}: deadline"),
             Degraded::RankFallback(e) => write!(f, "rank: {e}; ordered by recall rank fusion"),
         }
@@ -363,11 +363,8 @@ mod tests {
         let cases = [
             (Degraded::NoUserVector, "ann: no vector for this user yet"),
             (
-                Degraded::ShardFailed {
-                    shard: 0,
-                    reason: "every replica failed: refused".into(),
-                },
-                "shard 0: every replica failed: refused",
+                Degraded::ShardFailed(crate::service::ShardCallError::NoLiveReplica { shard: 0 }),
+                "shard 0: no live replica",
             ),
             (Degraded::ShardDeadline { shard: 3 }, "shard 3: deadline"),
             (

@@ -1,6 +1,7 @@
 //! Observability: tracing setup, Prometheus metrics, CPU-time accounting,
-//! the optional OTLP span export, and the logging of control-loop steps
-//! that keep failing (`failure_log`).
+//! the optional OTLP span export, the node's root span and the service
+//! wrapper that puts every call under it (`node_span`), and the logging of
+//! control-loop steps that keep failing (`failure_log`).
 //!
 //! Owns: the process-wide metrics registry and the tracing subscriber (the
 //! stderr log, plus the export layer of `otlp` when it is configured).
@@ -9,6 +10,7 @@
 pub mod cpu;
 pub mod failure_log;
 pub mod metrics;
+pub mod node_span;
 pub mod otlp;
 
 pub use otlp::{OtlpError, OtlpExport, TelemetryConfig};

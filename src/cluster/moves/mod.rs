@@ -8,7 +8,7 @@
 //!
 //! 1. `AddReplica(to, Loading)`: the target loads the shard (not queried yet);
 //! 2. the target catches up with the catalogue and marks itself `Active`
-//!    (`node::cluster_link`), coordinators start querying it;
+//!    (`control::link`), coordinators start querying it;
 //! 3. `SetReplicaState(from, Draining)`: coordinators stop sending new
 //!    queries to the old copy, which still answers the ones in flight;
 //! 4. after a grace period, `DropReplica(from)`: the old node unloads it.

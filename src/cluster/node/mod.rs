@@ -23,10 +23,12 @@ pub use settings::RaftSettings;
 pub use shared::ClusterStatus;
 pub(crate) use shared::NodeCore;
 
+use crate::telemetry::node_span::InNodeSpan;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tracing::Instrument;
 
 use openraft::error::{ClientWriteError, Fatal, InitializeError, RaftError};
 use openraft::ChangeMembers;
@@ -213,7 +215,13 @@ impl RaftNode {
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max);
         let (stop_server, mut stop_rx) = watch::channel(false);
-        let routes = extra(tonic::service::Routes::new(raft_service).add_service(control_service));
+        // the caller's span (a node's root span): tonic runs each
+        // connection on a task of its own, which would not inherit it
+        let span = tracing::Span::current();
+        let routes = extra(
+            tonic::service::Routes::new(InNodeSpan::new(raft_service, span.clone()))
+                .add_service(InNodeSpan::new(control_service, span)),
+        );
         let server = server.add_routes(routes).serve_with_incoming_shutdown(
             nodelay_incoming(listener),
             async move {
@@ -221,11 +229,14 @@ impl RaftNode {
             },
         );
         let node_id = settings.node_id;
-        let server = tokio::spawn(async move {
-            if let Err(e) = server.await {
-                tracing::error!(node = node_id, error = %e, "cluster gRPC server failed");
+        let server = tokio::spawn(
+            async move {
+                if let Err(e) = server.await {
+                    tracing::error!(node = node_id, error = %e, "cluster gRPC server failed");
+                }
             }
-        });
+            .in_current_span(),
+        );
 
         let lifecycle = Arc::new(Lifecycle {
             raft,
@@ -236,13 +247,16 @@ impl RaftNode {
             done: tokio::sync::Mutex::new(false),
         });
         let watcher = lifecycle.clone();
-        tokio::spawn(async move {
-            // A dropped sender means nobody can ask for shutdown any more;
-            // the node then runs until `RaftNode::shutdown`.
-            if shutdown.wait_for(|stop| *stop).await.is_ok() {
-                watcher.shutdown().await;
+        tokio::spawn(
+            async move {
+                // A dropped sender means nobody can ask for shutdown any
+                // more; the node then runs until `RaftNode::shutdown`.
+                if shutdown.wait_for(|stop| *stop).await.is_ok() {
+                    watcher.shutdown().await;
+                }
             }
-        });
+            .in_current_span(),
+        );
 
         tracing::info!(node = node_id, addr = %advertised, "raft node started");
         Ok(RaftNode {
@@ -309,7 +323,7 @@ impl RaftNode {
     /// call it at start-up. When it does initialise, this node's vote fence
     /// is lifted: the caller declares that no cluster of these members
     /// exists yet, so there is nothing this node could have lost. Never
-    /// call it for a node that lost its data directory (`node::formation`
+    /// call it for a node that lost its data directory (`control::formation`
     /// checks the other members first).
     pub async fn initialize(
         &self,

@@ -2,9 +2,10 @@
 //! tokio tasks and actix arbiters do not inherit the span that spawned
 //! them, and a server handles each connection on a task of its own, so
 //! every server and long-running task of a node is put under the span
-//! explicitly: `server::run` runs inside it, the gRPC services are wrapped
-//! in `InNodeSpan`, the HTTP app instruments each request, and the cluster's
-//! background loops are spawned in it. Every log line and span of the node
+//! explicitly: `api::server::run` runs inside it, every gRPC service (the
+//! public one, the internal data and ops services, and `cluster`'s Raft and
+//! Control services) is wrapped in `InNodeSpan`, the HTTP app instruments
+//! each request, and the background loops are spawned in it. Every log line and span of the node
 //! then carries node_id, which tells nodes apart in one log stream.
 //!
 //! Owns: the span and the service wrapper. Must not touch: what the

@@ -3,7 +3,7 @@
 //! with the registered members (new nodes join as learners, learners are
 //! promoted up to 3 or 5 voters once they caught up, drained nodes leave).
 //! This is also how a new cluster grows past its bootstrap node
-//! (`node::formation`). A joining node's
+//! (`control::formation`). A joining node's
 //! request to be registered lives here too.
 //!
 //! Everything is driven from the replicated state, so a new leader resumes
@@ -12,10 +12,10 @@
 //! period again).
 //!
 //! Owns: `MoveDriver`, `drive`, `join_cluster`. Must not touch: the rules of
-//! transfers (`cluster::moves`), shard loading (`cluster_link::reconcile`
+//! transfers (`cluster::moves`), shard loading (`control::reconcile`
 //! loads and activates a node's own replicas), request handling.
 
-use super::cluster_link::ClusterLink;
+use super::link::ClusterLink;
 use crate::cluster::moves::{
     caught_up, next_steps, next_voters, plan_dead_replacement, DEFAULT_DRAIN_GRACE_MS,
     SETTING_DRAIN_GRACE_MS, SETTING_MAX_CONCURRENT, SETTING_REPLACE_DEAD_AFTER,

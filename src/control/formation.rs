@@ -5,8 +5,8 @@
 //! cluster (such nodes refuse, `cluster::vote_fence`). The other configured
 //! members then join as learners and become voters once the leader has
 //! seen them catch up — the leader's control loop does that from the
-//! replicated state (`cluster_link::reconcile` registers them,
-//! `node::moves` adds learners and promotes), exactly as for
+//! replicated state (`control::reconcile` registers them,
+//! `control::moves` adds learners and promotes), exactly as for
 //! `funnel admin add-node`.
 //!
 //! A group of one also elects itself at once, so a bootstrap node that
@@ -22,10 +22,10 @@
 //! replicated to it by an existing leader) or shuts down.
 //!
 //! Owns: the decision (`decide`) and the background task (`run`). Must not
-//! touch: membership changes after formation (`node::moves`), the vote
+//! touch: membership changes after formation (`control::moves`), the vote
 //! fence (`cluster::vote_fence`).
 
-use super::cluster_link::ClusterLink;
+use super::link::ClusterLink;
 use crate::cluster::{ClusterStatus, NodeId, NodeInfo};
 use std::collections::BTreeMap;
 use std::sync::Arc;

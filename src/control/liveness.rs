@@ -14,10 +14,10 @@
 //! configured wait.
 //!
 //! Owns: `Liveness` (the probe task's table) and `watch`. Must not touch:
-//! what is done about a dead member (`node::moves` plans that with
+//! what is done about a dead member (`control::moves` plans that with
 //! `cluster::moves::plan_dead_replacement`).
 
-use super::cluster_link::ClusterLink;
+use super::link::ClusterLink;
 use crate::cluster::NodeStatus;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
