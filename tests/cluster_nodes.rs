@@ -509,15 +509,30 @@ async fn a_partitioned_old_leader_cannot_commit_or_serve_linearizable_reads() {
     cluster.faults.isolate([old]);
     let majority: Vec<NodeId> = all.iter().copied().filter(|&id| id != old).collect();
 
-    // The old leader still believes it leads, but nothing commits there.
+    // The old leader still believes it leads, but nothing commits there;
+    // the write is answered within the write timeout (twice the longest
+    // election timeout here, 2.4 s), not the 5 s request budget, and says
+    // its outcome is unknown (the entry sits in the old leader's log).
+    let t0 = Instant::now();
     match cluster
         .node(old)
         .write(Command::UpsertItems(vec![item("lost", 0.9)]))
         .await
     {
-        Err(e) => assert!(e.is_retryable(), "unexpected error kind {e:?}"),
+        Err(e @ ClusterError::Timeout { .. }) => {
+            assert!(e.is_retryable());
+            let text = e.to_string();
+            assert!(text.contains("no quorum acknowledged"), "{text}");
+            assert!(text.contains("the outcome is unknown"), "{text}");
+        }
+        Err(e) => panic!("unexpected error kind {e:?}"),
         Ok(r) => panic!("the minority side committed a write: {r:?}"),
     }
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_millis(4_500),
+        "a write to a cut-off leader took {took:?}"
+    );
     match cluster.node(old).status(true).await {
         Err(
             ClusterError::NoQuorum(_)

@@ -125,7 +125,7 @@ impl proto::control_server::Control for ControlService {
         tracing::debug!(origin = body.origin_node, "forwarded write");
         let (result, log_index) = self
             .core
-            .propose_as_leader(command)
+            .propose_as_leader(command, self.core.write_deadline())
             .await
             .map_err(|e| to_status(&e))?;
         let result = encode_payload(&result).map_err(|e| to_status(&e))?;

@@ -292,6 +292,12 @@ pub struct ClusterConfig {
     pub election_timeout_max_ms: u64,
     /// Raft log entries between snapshots.
     pub snapshot_every: u64,
+    /// How long a write (item upserts and deletes, publish, membership)
+    /// through this node may take before it is answered with 503: when
+    /// this node cannot reach the leader, or leads without a quorum, the
+    /// client hears so instead of waiting. 0 = twice
+    /// `election_timeout_max_ms`, at least 1000 ms (`write_timeout`).
+    pub write_timeout_ms: u64,
     /// Shard copies this node sends or receives at once.
     pub max_concurrent_transfers: usize,
     /// Seconds a member may stay unreachable from the Raft leader before
@@ -321,6 +327,7 @@ impl Default for ClusterConfig {
             election_timeout_min_ms: 300,
             election_timeout_max_ms: 600,
             snapshot_every: 5000,
+            write_timeout_ms: 0,
             max_concurrent_transfers: 2,
             replace_dead_after: 30,
             fetch_bundles: FetchBundles::IfMissing,
@@ -331,6 +338,17 @@ impl Default for ClusterConfig {
 }
 
 impl ClusterConfig {
+    /// `write_timeout_ms`, resolved: the configured value, or twice the
+    /// longest election timeout (one election can finish inside it) and
+    /// at least a second.
+    pub fn write_timeout(&self) -> std::time::Duration {
+        let ms = match self.write_timeout_ms {
+            0 => self.election_timeout_max_ms.saturating_mul(2).max(1000),
+            ms => ms,
+        };
+        std::time::Duration::from_millis(ms)
+    }
+
     /// The TLS files, when mTLS is configured (validation ensures all three
     /// are set or none).
     pub fn tls(&self) -> Option<&TlsFiles> {

@@ -73,6 +73,7 @@ impl ClusterLink {
         settings.max_message_bytes = config.api.max_message_bytes.max(64 << 20);
         // Raft and admin calls answer within a few election rounds or not at all
         settings.request_timeout_ms = 5_000;
+        settings.write_timeout_ms = cc.write_timeout().as_millis() as u64;
         settings.admin_token = config.api.admin_token.clone();
         // validated with the config; loaded again here to hold the identity
         settings.tls = cc

@@ -1,4 +1,6 @@
-//! Which members the Raft leader can reach, and since when it cannot.
+//! Which members the Raft leader can reach, and since when it cannot; and,
+//! on every node, the probes that bring a peer the data plane counts as
+//! down back into use.
 //!
 //! openraft 0.9's leader metrics show how far each follower's log matches,
 //! which stands still on an idle cluster whether the follower is alive or
@@ -19,7 +21,7 @@
 
 use super::link::ClusterLink;
 use crate::cluster::NodeStatus;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -83,30 +85,53 @@ impl Liveness {
     }
 }
 
-/// Probes every other member while this node leads, until shutdown.
+/// Probes, every `PROBE_EVERY` until shutdown: every other member while
+/// this node leads (the table above), and on every node the peers its
+/// data plane counts as down (`routing::NodeHealth::is_down`): a peer that
+/// answers is asked for shard searches again.
 pub async fn watch(link: Arc<ClusterLink>, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(PROBE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // down peers already logged
+    let mut logged_down: BTreeSet<u64> = BTreeSet::new();
     loop {
         tokio::select! {
             _ = shutdown.wait_for(|s| *s) => return,
             _ = tick.tick() => {}
         }
-        if !link.is_leader() {
+        let leading = link.is_leader();
+        if !leading {
             link.liveness.stop_leading();
-            continue;
         }
+        let down: BTreeSet<u64> = link.book.down_nodes(Instant::now()).into_iter().collect();
+        crate::telemetry::metrics::metrics()
+            .peers_down
+            .set(down.len() as i64);
+        for id in down.difference(&logged_down) {
+            tracing::warn!(
+                peer = id,
+                "peer stopped answering shard searches; its copies are skipped until it answers a probe"
+            );
+        }
+        logged_down.retain(|id| down.contains(id));
+        logged_down.extend(down.iter().copied());
         let members: Vec<(u64, String)> = {
             let st = link.raft.state();
             let st = st.read();
             st.nodes
                 .values()
                 .filter(|n| n.id != link.id() && n.status != NodeStatus::Removed)
+                .filter(|n| leading || down.contains(&n.id))
                 .map(|n| (n.id, n.internal.clone()))
                 .collect()
         };
-        let ids: Vec<u64> = members.iter().map(|(id, _)| *id).collect();
-        link.liveness.start_leading(&ids);
+        if leading {
+            let ids: Vec<u64> = members.iter().map(|(id, _)| *id).collect();
+            link.liveness.start_leading(&ids);
+        }
+        if members.is_empty() {
+            continue;
+        }
         let probes = members.into_iter().map(|(id, addr)| {
             let link = link.clone();
             async move {
@@ -117,8 +142,19 @@ pub async fn watch(link: Arc<ClusterLink>, mut shutdown: watch::Receiver<bool>) 
             }
         });
         for (id, at, ok) in futures::future::join_all(probes).await {
-            if ok {
+            if !ok {
+                continue;
+            }
+            if leading {
                 link.liveness.seen(id, at);
+            }
+            if down.contains(&id) {
+                link.book.update(id, |h| h.answered_probe());
+                logged_down.remove(&id);
+                tracing::info!(
+                    peer = id,
+                    "peer answers again; its shard copies are asked again"
+                );
             }
         }
     }

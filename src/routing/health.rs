@@ -58,6 +58,13 @@ impl LatencyTracker {
     }
 }
 
+/// A node is down for the data plane after this many failed calls in a
+/// row (errors, or calls a deadline cut off unanswered) ...
+pub const DOWN_AFTER_FAILURES: u32 = 3;
+/// ... spread over at least this long: a burst of timeouts in one moment
+/// of overload is not a node that stopped answering.
+pub const DOWN_AFTER: Duration = Duration::from_millis(250);
+
 /// What a coordinator knows about one peer node.
 #[derive(Debug, Clone, Default)]
 pub struct NodeHealth {
@@ -65,6 +72,8 @@ pub struct NodeHealth {
     pub consecutive_failures: u32,
     /// After a failure the node is tried last until this time.
     pub suspect_until: Option<Instant>,
+    /// When the current run of failures began.
+    pub failing_since: Option<Instant>,
 }
 
 impl NodeHealth {
@@ -72,17 +81,36 @@ impl NodeHealth {
         self.suspect_until.is_some_and(|t| now < t)
     }
 
+    /// Down: its copies are not asked at all (a black-holed node never
+    /// fails a call, it only lets every call wait out its deadline) until
+    /// a background probe hears from it again (`answered_probe`).
+    pub fn is_down(&self, now: Instant) -> bool {
+        self.consecutive_failures >= DOWN_AFTER_FAILURES
+            && self
+                .failing_since
+                .is_some_and(|t| now.saturating_duration_since(t) >= DOWN_AFTER)
+    }
+
     pub fn record_success(&mut self, took: Duration) {
         self.latency.observe(took);
+        self.answered_probe();
+    }
+
+    /// The node answered a probe: it is neither down nor suspect (its
+    /// latency record is kept).
+    pub fn answered_probe(&mut self) {
         self.consecutive_failures = 0;
         self.suspect_until = None;
+        self.failing_since = None;
     }
 
     /// A failed call: the node is suspect for a back-off that doubles with
     /// each failure in a row (100 ms up to 5 s), so a dead node costs one
-    /// fast failure per back-off, not one per request.
+    /// fast failure per back-off, not one per request; enough of them in a
+    /// row make it down (`is_down`).
     pub fn record_failure(&mut self, now: Instant) {
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        self.failing_since.get_or_insert(now);
         let shift = self.consecutive_failures.saturating_sub(1).min(6);
         let backoff = Duration::from_millis((100u64 << shift).min(5000));
         self.suspect_until = Some(now + backoff);
@@ -171,6 +199,22 @@ impl HealthBook {
         }
     }
 
+    /// The nodes down at `now` (`NodeHealth::is_down`), in id order.
+    pub fn down_nodes(&self, now: Instant) -> Vec<u64> {
+        let mut v: Vec<u64> = self
+            .nodes
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, h)| h.is_down(now))
+                    .map(|(k, _)| *k)
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort_unstable();
+        v
+    }
+
     pub fn snapshot(&self) -> Vec<(u64, NodeHealth)> {
         let mut v: Vec<(u64, NodeHealth)> = self
             .nodes
@@ -184,15 +228,19 @@ impl HealthBook {
 
 /// The order to try replicas in: healthy before suspect, then the local
 /// copy (no network), then the fastest by mean latency; nodes never
-/// measured count as fast so they get measured. Returns indices into
+/// measured count as fast so they get measured. Copies on a node that is
+/// down are left out (a local copy never is). Returns indices into
 /// `replicas` (node id, is local).
 pub fn try_order(replicas: &[(u64, bool)], book: &HealthBook, now: Instant) -> Vec<usize> {
     let mut keyed: Vec<(bool, bool, Duration, u64, usize)> = replicas
         .iter()
         .enumerate()
-        .map(|(i, &(node, local))| {
+        .filter_map(|(i, &(node, local))| {
             let h = book.get(node);
-            (h.is_suspect(now), !local, h.latency.mean(), node, i)
+            if !local && h.is_down(now) {
+                return None;
+            }
+            Some((h.is_suspect(now), !local, h.latency.mean(), node, i))
         })
         .collect();
     keyed.sort_by_key(|k| (k.0, k.1, k.2, k.3));
@@ -267,5 +315,51 @@ mod tests {
         // the local node failed: it goes last
         book.update(1, |h| h.record_failure(now));
         assert_eq!(try_order(&reps, &book, now), vec![1, 0, 2]);
+    }
+
+    #[test]
+    fn failures_in_a_row_over_a_while_make_a_node_down_until_it_answers() {
+        let t0 = Instant::now();
+        let mut h = NodeHealth::default();
+        for i in 0..DOWN_AFTER_FAILURES {
+            h.record_failure(t0 + Duration::from_millis(10 * i as u64));
+        }
+        // enough failures, but all within a moment: not down yet
+        assert!(!h.is_down(t0 + Duration::from_millis(100)));
+        assert!(h.is_down(t0 + DOWN_AFTER));
+        // a success in between restarts the count
+        let mut flaky = NodeHealth::default();
+        flaky.record_failure(t0);
+        flaky.record_failure(t0 + Duration::from_millis(100));
+        flaky.record_success(Duration::from_millis(1));
+        flaky.record_failure(t0 + Duration::from_millis(300));
+        assert!(!flaky.is_down(t0 + Duration::from_secs(5)));
+        // a probe's answer brings a down node back, latency kept
+        h.latency.observe(Duration::from_millis(2));
+        h.answered_probe();
+        assert!(!h.is_down(t0 + Duration::from_secs(5)));
+        assert!(!h.is_suspect(t0 + Duration::from_secs(5)));
+        assert_eq!(h.latency.samples(), 1);
+    }
+
+    #[test]
+    fn copies_on_a_down_node_are_left_out_but_never_the_local_one() {
+        let book = HealthBook::default();
+        let t0 = Instant::now();
+        for node in [1, 2] {
+            for _ in 0..DOWN_AFTER_FAILURES {
+                book.update(node, |h| h.record_failure(t0));
+            }
+        }
+        let later = t0 + DOWN_AFTER;
+        assert_eq!(book.down_nodes(later), vec![1, 2]);
+        // 1 is this node (local), 2 and 3 remote; 2 is down
+        let reps = [(1, true), (2, false), (3, false)];
+        assert_eq!(try_order(&reps, &book, later), vec![2, 0]);
+        // every remote copy down and no local one: nothing to ask
+        assert!(try_order(&[(2, false)], &book, later).is_empty());
+        book.update(2, |h| h.answered_probe());
+        assert_eq!(book.down_nodes(later), vec![1]);
+        assert_eq!(try_order(&[(2, false)], &book, later), vec![0]);
     }
 }

@@ -90,11 +90,10 @@ impl ReplicaSet {
             shard: self.shard,
             request_id: ctx.request_id.clone(),
             calls: Vec::with_capacity(2),
+            book: self.book.clone(),
         };
         inflight.push(start(first));
-        pending
-            .calls
-            .push((self.replicas[first].node, Instant::now()));
+        pending.sent(&self.replicas[first]);
         self.book.first_request();
         let hedge = tokio::time::sleep(self.hedge_after(self.replicas[first].node));
         tokio::pin!(hedge);
@@ -104,9 +103,7 @@ impl ReplicaSet {
             tokio::select! {
                 done = inflight.next() => {
                     let Some((node, took, res)) = done else { break };
-                    if let Some(i) = pending.calls.iter().position(|p| p.0 == node) {
-                        pending.calls.swap_remove(i);
-                    }
+                    pending.answered(node);
                     let outcome = if res.is_ok() { "ok" } else { "error" };
                     crate::telemetry::metrics::metrics()
                         .replica_calls
@@ -119,7 +116,7 @@ impl ReplicaSet {
                             // took so far: a stalled node (SIGSTOP, a full queue)
                             // never completes a call, and without this it would
                             // stay first choice and need a hedge every time
-                            for (slow, since) in pending.calls.drain(..) {
+                            for (slow, since, _) in pending.calls.drain(..) {
                                 self.book.update(slow, |h| h.latency.observe(since.elapsed()));
                             }
                             return Ok(r);
@@ -137,7 +134,7 @@ impl ReplicaSet {
                             // fail over at once
                             if let Some(i) = next.next() {
                                 inflight.push(start(i));
-                                pending.calls.push((self.replicas[i].node, Instant::now()));
+                                pending.sent(&self.replicas[i]);
                             }
                         }
                     }
@@ -157,7 +154,7 @@ impl ReplicaSet {
                             "shard copy slow; hedging to another copy"
                         );
                         inflight.push(start(i));
-                        pending.calls.push((self.replicas[i].node, Instant::now()));
+                        pending.sent(&self.replicas[i]);
                     }
                 }
             }
@@ -175,26 +172,50 @@ impl ReplicaSet {
     }
 }
 
+/// A call a deadline cut off counts as a failure of its node only after
+/// this long: a client's tiny deadline says nothing about the node.
+const CUT_OFF_COUNTS_AFTER: Duration = Duration::from_millis(20);
+
 /// The calls of one shard search still in flight. Dropped with calls left,
 /// the search was cut off by its caller (the coordinator's recall deadline):
 /// the slow copies are logged with the request id, so a slow node can be
-/// tied to the requests it slowed down.
+/// tied to the requests it slowed down, and each remote one that waited
+/// long enough counts as a failure of its node: a black-holed peer never
+/// answers with an error, so this is how a node learns it stopped
+/// answering (`NodeHealth::is_down`).
 struct Unanswered {
     shard: u32,
     request_id: Option<Arc<str>>,
-    /// (node, sent at)
-    calls: Vec<(u64, Instant)>,
+    /// (node, sent at, local copy)
+    calls: Vec<(u64, Instant, bool)>,
+    book: HealthBook,
 }
 
 impl Unanswered {
     fn request_id(&self) -> &str {
         self.request_id.as_deref().unwrap_or("-")
     }
+
+    fn sent(&mut self, to: &ReplicaTarget) {
+        self.calls.push((to.node, Instant::now(), to.local));
+    }
+
+    fn answered(&mut self, node: u64) {
+        if let Some(i) = self.calls.iter().position(|p| p.0 == node) {
+            self.calls.swap_remove(i);
+        }
+    }
 }
 
 impl Drop for Unanswered {
     fn drop(&mut self) {
-        if let Some(&(node, since)) = self.calls.iter().min_by_key(|c| c.1) {
+        let now = Instant::now();
+        for &(node, since, local) in &self.calls {
+            if !local && now.saturating_duration_since(since) >= CUT_OFF_COUNTS_AFTER {
+                self.book.update(node, |h| h.record_failure(now));
+            }
+        }
+        if let Some(&(node, since, _)) = self.calls.iter().min_by_key(|c| c.1) {
             let nodes: Vec<u64> = self.calls.iter().map(|c| c.0).collect();
             tracing::warn!(
                 request_id = self.request_id(),
@@ -251,7 +272,9 @@ impl ShardClient for ReplicaSet {
             .map(|(r, h)| CopyInfo {
                 node: r.node,
                 local: r.local,
-                healthy: !h.is_suspect(now) && !far_slower(h.latency.mean(), fastest),
+                healthy: !h.is_suspect(now)
+                    && !(h.is_down(now) && !r.local)
+                    && !far_slower(h.latency.mean(), fastest),
             })
             .collect()
     }
@@ -420,6 +443,52 @@ mod tests {
         let calls =
             |c: &Arc<std::sync::atomic::AtomicUsize>| c.load(std::sync::atomic::Ordering::SeqCst);
         assert_eq!((calls(&stalled_calls), calls(&other_calls)), (1, 2));
+    }
+
+    #[tokio::test]
+    async fn copies_on_a_black_holed_node_are_skipped_once_it_is_down() {
+        let book = HealthBook::default();
+        // both copies on nodes that never answer (packets vanish)
+        let (a, a_calls) = target(2, false, 60_000, false);
+        let (b, b_calls) = target(3, false, 60_000, false);
+        let set = ReplicaSet::new(0, vec![a, b], book.clone());
+        let cut_off = |set: &ReplicaSet| {
+            let call = set.search(spec(), CallContext::default());
+            async move {
+                tokio::time::timeout(Duration::from_millis(40), call)
+                    .await
+                    .is_err()
+            }
+        };
+        let t0 = Instant::now();
+        // each request waits out its deadline, and each cut-off call
+        // counts against its node, until the run is long enough
+        while book.down_nodes(Instant::now()) != vec![2, 3] {
+            assert!(cut_off(&set).await, "a black-holed copy answered");
+            assert!(t0.elapsed() < Duration::from_secs(3), "never marked down");
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        let asked =
+            |c: &Arc<std::sync::atomic::AtomicUsize>| c.load(std::sync::atomic::Ordering::SeqCst);
+        let before = (asked(&a_calls), asked(&b_calls));
+        // now the shard fails at once, without asking either copy
+        let t1 = Instant::now();
+        let e = set
+            .search(spec(), CallContext::default())
+            .await
+            .unwrap_err();
+        assert!(
+            t1.elapsed() < Duration::from_millis(20),
+            "{:?}",
+            t1.elapsed()
+        );
+        assert_eq!(e, ShardCallError::NoLiveReplica { shard: 0 });
+        assert_eq!((asked(&a_calls), asked(&b_calls)), before);
+        assert!(set.copies().iter().all(|c| !c.healthy));
+        // a probe hears from node 3 again: it is asked once more
+        book.update(3, |h| h.answered_probe());
+        assert!(cut_off(&set).await);
+        assert_eq!(asked(&b_calls), before.1 + 1);
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub struct Metrics {
     /// 1 while this node refuses Raft votes because its storage started
     /// empty and no leader has brought it up to date (`cluster::vote_fence`).
     pub raft_vote_fenced: prometheus::IntGauge,
+    /// Peers this node's data plane counts as down (`routing::NodeHealth`):
+    /// their shard copies are skipped until they answer a probe.
+    pub peers_down: prometheus::IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -158,8 +161,17 @@ fn build() -> Metrics {
     registry
         .register(Box::new(raft_vote_fenced.clone()))
         .expect("metric registered once");
+    let peers_down = prometheus::IntGauge::new(
+        "funnel_peers_down",
+        "Peers whose shard copies this node skips: they stopped answering, until they answer a probe",
+    )
+    .expect("metric definition is valid");
+    registry
+        .register(Box::new(peers_down.clone()))
+        .expect("metric registered once");
     Metrics {
         raft_vote_fenced,
+        peers_down,
         hedged_requests,
         hedges_refused,
         shard_searches_served,

@@ -351,14 +351,21 @@ impl RaftNode {
         blocking: bool,
     ) -> Result<(), ClusterError> {
         let call = self.core.raft.add_learner(id, info, blocking);
-        self.membership_call("adding a learner", call).await
+        // waiting for a learner to catch up may take a snapshot's transfer
+        let budget = match blocking {
+            true => self.core.settings.request_timeout(),
+            false => self.core.settings.write_timeout(),
+        };
+        self.membership_call("adding a learner", budget, call).await
     }
 
     /// Makes `voters` the voter set (joint consensus). Voters that leave
     /// stay as learners. Must run on the leader.
     pub async fn change_membership(&self, voters: BTreeSet<NodeId>) -> Result<(), ClusterError> {
         let call = self.core.raft.change_membership(voters, true);
-        self.membership_call("changing membership", call).await
+        let budget = self.core.settings.write_timeout();
+        self.membership_call("changing membership", budget, call)
+            .await
     }
 
     /// Removes learners from the membership entirely. A node that is still
@@ -369,10 +376,16 @@ impl RaftNode {
             .core
             .raft
             .change_membership(ChangeMembers::RemoveNodes(ids), false);
-        self.membership_call("removing nodes", call).await
+        let budget = self.core.settings.write_timeout();
+        self.membership_call("removing nodes", budget, call).await
     }
 
-    async fn membership_call<F>(&self, what: &str, call: F) -> Result<(), ClusterError>
+    async fn membership_call<F>(
+        &self,
+        what: &str,
+        budget: Duration,
+        call: F,
+    ) -> Result<(), ClusterError>
     where
         F: std::future::Future<
             Output = Result<
@@ -381,7 +394,6 @@ impl RaftNode {
             >,
         >,
     {
-        let budget = self.core.settings.request_timeout();
         match tokio::time::timeout(budget, call).await {
             Err(_) => Err(ClusterError::Timeout {
                 what: what.to_string(),

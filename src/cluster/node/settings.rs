@@ -31,8 +31,13 @@ pub struct RaftSettings {
     /// a quarter of this; one command may use at most half.
     pub max_message_bytes: usize,
     pub connect_timeout_ms: u64,
-    /// Budget of `write`, `status(true)` and membership calls.
+    /// Budget of `status(true)` and other calls that are not writes.
     pub request_timeout_ms: u64,
+    /// Budget of a write (proposed here or forwarded to the leader) and of
+    /// a membership change; 0 = twice `election_timeout_max_ms`, at least
+    /// 1000 ms. A node cut off from the leader, or a leader without a
+    /// quorum, answers within it instead of hanging.
+    pub write_timeout_ms: u64,
     /// Transport faults for tests; inactive unless rules are set.
     pub faults: FaultInjector,
     /// `api.admin_token`: when set, forwarded writes of admin commands
@@ -66,6 +71,7 @@ impl RaftSettings {
             max_message_bytes: 64 << 20,
             connect_timeout_ms: 1000,
             request_timeout_ms: 10_000,
+            write_timeout_ms: 0,
             faults: FaultInjector::default(),
             admin_token: String::new(),
             tls: None,
@@ -118,5 +124,12 @@ impl RaftSettings {
 
     pub(super) fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub(super) fn write_timeout(&self) -> Duration {
+        Duration::from_millis(match self.write_timeout_ms {
+            0 => self.election_timeout_max_ms.saturating_mul(2).max(1000),
+            ms => ms,
+        })
     }
 }

@@ -66,6 +66,11 @@ impl NodeCore {
         &self.settings.admin_token
     }
 
+    /// When a write arriving now must be answered by.
+    pub(crate) fn write_deadline(&self) -> Instant {
+        Instant::now() + self.settings.write_timeout()
+    }
+
     pub(crate) fn state_handle(&self) -> &StateHandle {
         &self.state
     }
@@ -123,16 +128,24 @@ impl NodeCore {
 
     /// Proposes `command` on this node, which must be the leader. Returns
     /// the apply result and the log index.
+    /// Answers by `deadline` at the latest: a leader cut off from its
+    /// quorum has appended the entry but cannot commit it, and says so
+    /// (the outcome is unknown: a new leader may or may not keep it).
     pub(crate) async fn propose_as_leader(
         &self,
         command: Command,
+        deadline: Instant,
     ) -> Result<(CommandResult, u64), ClusterError> {
         self.check_size(&command)?;
-        let budget = self.settings.request_timeout();
-        match tokio::time::timeout(budget, self.raft.client_write(command)).await {
+        let started = Instant::now();
+        match tokio::time::timeout_at(deadline, self.raft.client_write(command)).await {
             Err(_) => Err(ClusterError::Timeout {
-                what: "committing the command".to_string(),
-                after_ms: budget.as_millis() as u64,
+                what: format!(
+                    "committing the command (node {} leads term {} but no quorum acknowledged the entry)",
+                    self.id,
+                    self.metrics().current_term
+                ),
+                after_ms: started.elapsed().as_millis() as u64,
             }),
             Ok(Ok(resp)) => Ok((resp.data, resp.log_id.index)),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
@@ -166,7 +179,7 @@ impl NodeCore {
             Err(_) => {
                 return Err(ClusterError::Timeout {
                     what: format!("forwarding the command to leader {leader} at {address}"),
-                    after_ms: self.settings.request_timeout_ms,
+                    after_ms: self.settings.write_timeout().as_millis() as u64,
                 })
             }
             Ok(Err(status)) => return Err(from_status(&status, address)),
@@ -184,7 +197,7 @@ impl NodeCore {
         command: Command,
     ) -> Result<(CommandResult, u64), ClusterError> {
         self.check_size(&command)?;
-        let deadline = Instant::now() + self.settings.request_timeout();
+        let deadline = Instant::now() + self.settings.write_timeout();
         let mut last_err = ClusterError::NoLeader;
         for attempt in 0..WRITE_ATTEMPTS {
             if attempt > 0 {
@@ -200,7 +213,9 @@ impl NodeCore {
             };
             let outcome = match leader {
                 None => return Err(ClusterError::NoLeader),
-                Some(leader) if leader == self.id => self.propose_as_leader(command.clone()).await,
+                Some(leader) if leader == self.id => {
+                    self.propose_as_leader(command.clone(), deadline).await
+                }
                 Some(leader) => match self.address_of(leader) {
                     None => Err(ClusterError::NoLeader),
                     Some(address) => self.forward(leader, &address, &command, deadline).await,
@@ -249,7 +264,7 @@ impl NodeCore {
             Ok(Err(_)) => Err(ClusterError::ShuttingDown),
             Err(_) => Err(ClusterError::Timeout {
                 what: format!("applying committed entry {index} on node {}", self.id),
-                after_ms: self.settings.request_timeout_ms,
+                after_ms: self.settings.write_timeout().as_millis() as u64,
             }),
         }
     }
