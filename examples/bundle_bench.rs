@@ -61,7 +61,7 @@ fn main() -> anyhow::Result<()> {
     };
     let mut rng = Rng::new(1);
     let data: Vec<f32> = (0..n * dim).map(|_| rng.normal() as f32).collect();
-    let vectors = Matrix::from_vec(n, dim, data).map_err(anyhow::Error::msg)?;
+    let vectors = Matrix::from_vec(n, dim, data)?;
     let items = ItemTable::from_ids((0..n).map(|i| format!("item-{i}")).collect());
     let tmp = std::env::temp_dir().join(format!("funnel-bundle-bench-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;

@@ -28,16 +28,24 @@ pub fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
 
+/// `attach` was given a token that cannot travel in a header value.
+#[derive(Debug, thiserror::Error)]
+#[error("the admin token contains characters a header cannot carry")]
+pub struct TokenNotHeaderValue {
+    #[source]
+    pub source: tonic::metadata::errors::InvalidMetadataValue,
+}
+
 /// Adds the token to an outgoing gRPC request; nothing when `token` is
 /// empty. A token that is not a valid header value is an error the caller
 /// reports (it cannot have come from a working config).
-pub fn attach<T>(request: &mut tonic::Request<T>, token: &str) -> Result<(), String> {
+pub fn attach<T>(request: &mut tonic::Request<T>, token: &str) -> Result<(), TokenNotHeaderValue> {
     if token.is_empty() {
         return Ok(());
     }
     let value = bearer(token)
         .parse()
-        .map_err(|_| "the admin token contains characters a header cannot carry".to_string())?;
+        .map_err(|source| TokenNotHeaderValue { source })?;
     request.metadata_mut().insert(HEADER, value);
     Ok(())
 }
@@ -72,6 +80,12 @@ mod tests {
         attach(&mut r, "tok").unwrap();
         assert_eq!(presented(&r), Some("Bearer tok"));
         assert!(bearer_ok(presented(&r), "tok"));
-        assert!(attach(&mut r, "bad\ntoken").is_err());
+        let err = attach(&mut r, "bad\ntoken").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the admin token contains characters a header cannot carry"
+        );
+        assert!(std::error::Error::source(&err).is_some());
+        assert_eq!(presented(&r), Some("Bearer tok"), "left as it was");
     }
 }

@@ -108,8 +108,7 @@ pub fn run_demo(args: &DemoArgs) -> Result<()> {
             progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
             metrics: serde_json::Value::Null,
         },
-    )
-    .map_err(anyhow::Error::msg)?;
+    )?;
     println!(
         "    model {} trained in {:.1}s",
         summary.model_version, summary.seconds

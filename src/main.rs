@@ -431,7 +431,7 @@ fn run(cli: Cli) -> Result<()> {
                 progress: interactive && !json,
                 metrics: serde_json::Value::Null,
             };
-            let s = train(&ds, &opts).map_err(anyhow::Error::msg)?;
+            let s = train(&ds, &opts)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
             } else {

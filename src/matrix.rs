@@ -6,6 +6,17 @@
 
 use serde::{Deserialize, Serialize};
 
+/// `Matrix::from_vec` was given a number of values other than
+/// rows x cols.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("matrix {rows}x{cols} needs {} values, got {len}", rows.saturating_mul(*cols))]
+pub struct ShapeError {
+    pub rows: usize,
+    pub cols: usize,
+    /// How many values were given.
+    pub len: usize,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Matrix {
     rows: usize,
@@ -23,13 +34,13 @@ impl Matrix {
     }
 
     /// Wraps `data` (row-major). Errors when the length does not match.
-    pub fn from_vec(rows: usize, cols: usize, data: Vec<f32>) -> Result<Self, String> {
-        if data.len() != rows * cols {
-            return Err(format!(
-                "matrix {rows}x{cols} needs {} values, got {}",
-                rows * cols,
-                data.len()
-            ));
+    pub fn from_vec(rows: usize, cols: usize, data: Vec<f32>) -> Result<Self, ShapeError> {
+        if rows.checked_mul(cols) != Some(data.len()) {
+            return Err(ShapeError {
+                rows,
+                cols,
+                len: data.len(),
+            });
         }
         Ok(Matrix { rows, cols, data })
     }
@@ -91,6 +102,22 @@ mod tests {
         m.push_row(&[7., 8., 9.]);
         assert_eq!(m.rows(), 3);
         assert_eq!(m.as_slice()[2], 9.0);
-        assert!(Matrix::from_vec(2, 2, vec![0.0; 3]).is_err());
+    }
+
+    #[test]
+    fn wrong_length_is_a_shape_error() {
+        let err = Matrix::from_vec(2, 2, vec![0.0; 3]).unwrap_err();
+        assert_eq!(
+            err,
+            ShapeError {
+                rows: 2,
+                cols: 2,
+                len: 3
+            }
+        );
+        assert_eq!(err.to_string(), "matrix 2x2 needs 4 values, got 3");
+        // a shape whose size overflows is refused, not a panic
+        let err = Matrix::from_vec(usize::MAX, 2, Vec::new()).unwrap_err();
+        assert_eq!((err.rows, err.cols, err.len), (usize::MAX, 2, 0));
     }
 }

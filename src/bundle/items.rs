@@ -262,7 +262,7 @@ pub fn decode_matrix(file: &Path, bytes: &[u8], rows: usize, cols: usize) -> Res
             ),
         ));
     }
-    Matrix::from_vec(rows, cols, data).map_err(|e| BundleError::decode(file, e))
+    Matrix::from_vec(rows, cols, data).map_err(|e| BundleError::decode(file, e.to_string()))
 }
 
 #[cfg(test)]

@@ -147,5 +147,5 @@ fn item_vectors(b: &Bundle, keys: &[u64], dim: usize) -> Result<Matrix> {
             keys[row]
         )));
     }
-    Matrix::from_vec(keys.len(), dim, flat).map_err(BundleError::InvalidInput)
+    Matrix::from_vec(keys.len(), dim, flat).map_err(|e| BundleError::InvalidInput(e.to_string()))
 }

@@ -11,6 +11,23 @@ pub mod split;
 use crate::ids::IdMap;
 use serde::{Deserialize, Serialize};
 
+/// `EventKind::parse` was given a name that is not a kind.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown event kind {given:?}; expected one of view, click, like, purchase, rate")]
+pub struct UnknownEventKind {
+    /// The text as given (not trimmed or lower-cased).
+    pub given: String,
+}
+
+/// A category or occupation vocabulary already holds `u16::MAX` names and
+/// a new one came.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("more than {} distinct {what}", u16::MAX)]
+pub struct VocabularyFull {
+    /// Which vocabulary: "categories" or "occupations".
+    pub what: &'static str,
+}
+
 /// What a user did with an item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -44,15 +61,13 @@ impl EventKind {
     }
 
     /// Parses a kind name (case-insensitive). The error names the accepted kinds.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, UnknownEventKind> {
         let l = s.trim().to_ascii_lowercase();
         EventKind::ALL
             .into_iter()
             .find(|k| k.as_str() == l)
-            .ok_or_else(|| {
-                format!(
-                    "unknown event kind {s:?}; expected one of view, click, like, purchase, rate"
-                )
+            .ok_or_else(|| UnknownEventKind {
+                given: s.to_owned(),
             })
     }
 
@@ -195,21 +210,25 @@ impl Dataset {
 
     /// The category vocabulary index of `name`, adding it if new. Errors past
     /// 65,535 categories, which no supported input needs.
-    pub fn intern_category(&mut self, name: &str) -> Result<u16, String> {
+    pub fn intern_category(&mut self, name: &str) -> Result<u16, VocabularyFull> {
         intern_vocab(&mut self.categories, name, "categories")
     }
 
-    pub fn intern_occupation(&mut self, name: &str) -> Result<u16, String> {
+    pub fn intern_occupation(&mut self, name: &str) -> Result<u16, VocabularyFull> {
         intern_vocab(&mut self.occupations, name, "occupations")
     }
 }
 
-fn intern_vocab(vocab: &mut Vec<String>, name: &str, what: &str) -> Result<u16, String> {
+fn intern_vocab(
+    vocab: &mut Vec<String>,
+    name: &str,
+    what: &'static str,
+) -> Result<u16, VocabularyFull> {
     if let Some(i) = vocab.iter().position(|c| c == name) {
         return Ok(i as u16);
     }
     if vocab.len() >= u16::MAX as usize {
-        return Err(format!("more than {} distinct {what}", u16::MAX));
+        return Err(VocabularyFull { what });
     }
     vocab.push(name.to_owned());
     Ok((vocab.len() - 1) as u16)
@@ -259,8 +278,41 @@ mod tests {
     #[test]
     fn event_kind_parse_names_choices() {
         assert_eq!(EventKind::parse("Click"), Ok(EventKind::Click));
-        assert!(EventKind::parse("hover")
-            .unwrap_err()
-            .contains("view, click"));
+        assert_eq!(EventKind::parse(" VIEW "), Ok(EventKind::View));
+        let err = EventKind::parse("Hover").unwrap_err();
+        assert_eq!(
+            err,
+            UnknownEventKind {
+                given: "Hover".into()
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "unknown event kind \"Hover\"; expected one of view, click, like, purchase, rate"
+        );
+    }
+
+    #[test]
+    fn full_vocabularies_refuse_a_new_name() {
+        let mut d = Dataset {
+            categories: (0..u16::MAX).map(|i| format!("c{i}")).collect(),
+            occupations: vec!["o".into(); u16::MAX as usize],
+            ..Default::default()
+        };
+        // known names still resolve
+        assert_eq!(d.intern_category("c7"), Ok(7));
+        assert_eq!(d.intern_occupation("o"), Ok(0));
+        let err = d.intern_category("new").unwrap_err();
+        assert_eq!(err, VocabularyFull { what: "categories" });
+        assert_eq!(err.to_string(), "more than 65535 distinct categories");
+        let err = d.intern_occupation("new").unwrap_err();
+        assert_eq!(
+            err,
+            VocabularyFull {
+                what: "occupations"
+            }
+        );
+        assert_eq!(err.to_string(), "more than 65535 distinct occupations");
+        assert_eq!(d.categories.len(), u16::MAX as usize, "nothing added");
     }
 }

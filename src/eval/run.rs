@@ -17,6 +17,7 @@ use crate::training::pipeline::{
     fit_models, holdout_requests, train_ranker, FitInput, FittedModels, Holdout, PipelineParams,
     RankerReport,
 };
+use crate::training::TrainError;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
@@ -31,9 +32,9 @@ pub enum EvalError {
     #[error(transparent)]
     Split(#[from] SplitError),
     /// Fitting a model or the ranker, or writing the exported bundle,
-    /// failed; the text is training's own.
-    #[error("{0}")]
-    Training(String),
+    /// failed.
+    #[error(transparent)]
+    Training(#[from] TrainError),
     /// The export directory or its request file could not be written.
     #[error("{action} {}: {source}", path.display())]
     Io {
@@ -44,13 +45,6 @@ pub enum EvalError {
     },
     #[error(transparent)]
     Json(#[from] serde_json::Error),
-}
-
-/// Training reports its failures as text.
-impl From<String> for EvalError {
-    fn from(message: String) -> Self {
-        EvalError::Training(message)
-    }
 }
 
 /// How much of the hyper-parameter space to search on validation.

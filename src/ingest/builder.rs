@@ -109,7 +109,11 @@ impl Builder {
     pub(crate) fn category_indices(&mut self, names: &[String]) -> Result<Vec<u16>, RowFault> {
         names
             .iter()
-            .map(|n| self.ds.intern_category(n).map_err(RowFault::Other))
+            .map(|n| {
+                self.ds
+                    .intern_category(n)
+                    .map_err(|e| RowFault::Other(e.to_string()))
+            })
             .collect()
     }
 
@@ -122,6 +126,8 @@ impl Builder {
     }
 
     pub(crate) fn occupation(&mut self, name: &str) -> Result<u16, RowFault> {
-        self.ds.intern_occupation(name).map_err(RowFault::Other)
+        self.ds
+            .intern_occupation(name)
+            .map_err(|e| RowFault::Other(e.to_string()))
     }
 }

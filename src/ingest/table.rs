@@ -384,12 +384,10 @@ impl InteractionColumns {
         };
         let named_kind = match self.kind {
             Some(c) => match cell_text(row.cell(c), self.name(c))? {
-                Some(k) => Some(
-                    EventKind::parse(&k).map_err(|message| RowFault::UnknownKind {
-                        column: self.name(c).to_string(),
-                        message,
-                    })?,
-                ),
+                Some(k) => Some(EventKind::parse(&k).map_err(|e| RowFault::UnknownKind {
+                    column: self.name(c).to_string(),
+                    message: e.to_string(),
+                })?),
                 None => None,
             },
             None => None,

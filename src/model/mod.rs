@@ -108,7 +108,8 @@ impl ServingModel {
         let cf_lists = bundle
             .section::<Csr>(sections::ITEMCF)?
             .unwrap_or_else(|| Csr::from_rows(n, vec![Vec::new(); n]));
-        let cf = CfIndex::new(items.keys.clone(), cf_lists).map_err(inconsistent)?;
+        let cf =
+            CfIndex::new(items.keys.clone(), cf_lists).map_err(|e| inconsistent(e.to_string()))?;
         let key = |v: &[u32]| -> Result<Vec<u64>, ModelError> {
             v.iter()
                 .map(|&i| {

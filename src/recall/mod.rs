@@ -14,7 +14,7 @@ mod local;
 mod merge;
 mod paths;
 
-pub use cf_index::CfIndex;
+pub use cf_index::{CfIndex, CfShapeError};
 pub use local::{local_paths, KeyLists, RecallConfig};
 pub use merge::{merge, Candidate, MergeConfig, PathQuota, PathResult};
 pub use paths::{from_list, rules, top_by_score};

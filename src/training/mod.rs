@@ -7,10 +7,13 @@
 
 pub mod als;
 pub mod bpr;
+pub mod error;
 pub mod itemcf;
 pub mod pipeline;
 pub mod popularity;
 pub mod trainer;
+
+pub use error::TrainError;
 
 /// Generated data with known structure, shared by the trainers' tests.
 #[cfg(test)]

@@ -14,6 +14,7 @@ use crate::features::{Demographics, FeatureSchema};
 use crate::ids::item_key;
 use crate::progress::Progress;
 use crate::ranking::score::Ranker;
+use crate::training::TrainError;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -61,14 +62,14 @@ pub struct TrainSummary {
     pub seconds: f64,
 }
 
-pub fn train(ds: &Dataset, opts: &TrainOptions) -> Result<TrainSummary, String> {
+pub fn train(ds: &Dataset, opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
     let t0 = std::time::Instant::now();
     let progress = Progress::new(opts.progress);
     if ds.interactions.is_empty() {
-        return Err("the dataset has no interactions; nothing to train on".into());
+        return Err(TrainError::EmptyDataset);
     }
     if opts.shards == 0 {
-        return Err("--shards must be at least 1".into());
+        return Err(TrainError::NoShards);
     }
     let src = BundleSource {
         item_ids: ds.items.ids().to_vec(),
@@ -81,7 +82,7 @@ pub fn train(ds: &Dataset, opts: &TrainOptions) -> Result<TrainSummary, String> 
         fingerprint: ds.fingerprint.clone(),
     };
     // refuse 64-bit key collisions before hours of training
-    src.item_table().validate().map_err(|e| e.to_string())?;
+    src.item_table().validate().map_err(TrainError::Items)?;
     let keys: Vec<u64> = ds.items.ids().iter().map(|id| item_key(id)).collect();
     let demographics: Vec<Demographics> = ds.user_meta.iter().map(Demographics::from).collect();
     let input = FitInput {
@@ -147,8 +148,8 @@ pub fn write_bundle(
     ranker: &Ranker,
     ranker_report: &RankerReport,
     opts: &TrainOptions,
-) -> Result<crate::bundle::Manifest, String> {
-    let err = |e: crate::bundle::BundleError| e.to_string();
+) -> Result<crate::bundle::Manifest, TrainError> {
+    let err = TrainError::WriteBundle;
     let p = &opts.params;
     let mut items = src.item_table();
     items.popularity = models.item_stats.iter().map(|s| s.count).collect();
@@ -224,4 +225,125 @@ pub fn write_bundle(
         params: serde_json::to_value(p).unwrap_or_default(),
     })
     .map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundle::BundleError;
+    use crate::dataset::{EventKind, Interaction, ItemMeta, UserMeta};
+    use crate::gen::{generate, GenParams};
+    use crate::ids::IdMap;
+
+    fn options(out: PathBuf) -> TrainOptions {
+        let mut params = PipelineParams::default();
+        params.als.factors = 8;
+        params.als.iterations = 2;
+        params.gbdt.trees = 5;
+        TrainOptions {
+            out,
+            force: false,
+            shards: 1,
+            params,
+            index: IndexParams::default(),
+            index_threads: 1,
+            model_version: Some("test".into()),
+            progress: false,
+            metrics: serde_json::Value::Null,
+        }
+    }
+
+    fn one_interaction(item_id: &str) -> Dataset {
+        Dataset {
+            users: IdMap::from_ids(["u"]),
+            items: IdMap::from_ids([item_id]),
+            interactions: vec![Interaction {
+                user: 0,
+                item: 0,
+                ts: 1,
+                kind: EventKind::View,
+                value: 1.0,
+            }],
+            item_meta: vec![ItemMeta::default()],
+            user_meta: vec![UserMeta::default()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn refusals_before_training_are_typed() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = options(dir.path().join("bundle"));
+
+        let err = train(&Dataset::default(), &opts).err().unwrap();
+        assert!(matches!(err, TrainError::EmptyDataset), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "the dataset has no interactions; nothing to train on"
+        );
+
+        let no_shards = TrainOptions {
+            shards: 0,
+            ..opts.clone()
+        };
+        let err = train(&one_interaction("a"), &no_shards).err().unwrap();
+        assert!(matches!(err, TrainError::NoShards), "{err:?}");
+        assert_eq!(err.to_string(), "--shards must be at least 1");
+
+        // an item id with a control character: refused by the item table
+        let err = train(&one_interaction("a\u{1}b"), &opts).err().unwrap();
+        let TrainError::Items(inner) = &err else {
+            panic!("expected the item table's error, got {err:?}");
+        };
+        assert_eq!(err.to_string(), inner.to_string());
+        assert!(!opts.out.exists(), "nothing written");
+    }
+
+    #[test]
+    fn a_bundle_write_failure_wraps_the_bundle_error() {
+        let ds = generate(&GenParams {
+            users: 60,
+            items: 40,
+            interactions: 800,
+            ..GenParams::default()
+        })
+        .unwrap();
+        let keys: Vec<u64> = ds.items.ids().iter().map(|id| item_key(id)).collect();
+        let categories: Vec<Vec<u16>> = ds.item_meta.iter().map(|m| m.categories.clone()).collect();
+        let created: Vec<Option<i64>> = ds.item_meta.iter().map(|m| m.created_at).collect();
+        let demographics: Vec<Demographics> = ds.user_meta.iter().map(Demographics::from).collect();
+        let input = FitInput {
+            n_users: ds.users.len(),
+            interactions: &ds.interactions,
+            item_keys: &keys,
+            item_categories: &categories,
+            item_created: &created,
+            demographics: &demographics,
+            n_categories: ds.categories.len(),
+            include_cold_items: true,
+        };
+        // the output directory exists and --force was not given
+        let dir = tempfile::tempdir().unwrap();
+        let opts = options(dir.path().to_path_buf());
+        let models = fit_models(&input, &opts.params, &Progress::hidden()).unwrap();
+        let src = BundleSource {
+            item_ids: ds.items.ids().to_vec(),
+            titles: vec![None; ds.items.len()],
+            categories,
+            created_at: created,
+            category_names: ds.categories.clone(),
+            user_ids: ds.users.ids().to_vec(),
+            occupation_names: ds.occupations.clone(),
+            fingerprint: "0123456789abcdef".into(),
+        };
+        let report = RankerReport::default();
+        let err = write_bundle(&src, &models, &Ranker::RankFusion, &report, &opts)
+            .err()
+            .unwrap();
+        let TrainError::WriteBundle(inner @ BundleError::Exists { dir: d }) = &err else {
+            panic!("expected the bundle writer's error, got {err:?}");
+        };
+        assert_eq!(d, dir.path());
+        assert_eq!(err.to_string(), inner.to_string());
+    }
 }

@@ -42,7 +42,8 @@ pub async fn propose_via(
         origin_node: origin,
     });
     request.set_timeout(timeout);
-    crate::auth::attach(&mut request, token).map_err(ClusterError::Unauthenticated)?;
+    crate::auth::attach(&mut request, token)
+        .map_err(|e| ClusterError::Unauthenticated(e.to_string()))?;
     let reply = match tokio::time::timeout(timeout, client.propose(request)).await {
         Err(_) => {
             return Err(ClusterError::Timeout {

@@ -174,7 +174,7 @@ impl NodeCore {
         });
         request.set_timeout(deadline.saturating_duration_since(Instant::now()));
         crate::auth::attach(&mut request, &self.settings.admin_token)
-            .map_err(ClusterError::Config)?;
+            .map_err(|e| ClusterError::Config(e.to_string()))?;
         let reply = match tokio::time::timeout_at(deadline, client.forward_write(request)).await {
             Err(_) => {
                 return Err(ClusterError::Timeout {

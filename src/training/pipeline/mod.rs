@@ -31,6 +31,7 @@ use crate::sparse::Csr;
 use crate::training::als::{self, AlsModel, AlsParams};
 use crate::training::itemcf::{self, ItemCfParams};
 use crate::training::popularity::{build_lists, replay_item_stats, ItemFacts, ItemLists};
+use crate::training::TrainError;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -167,11 +168,11 @@ pub struct FittedModels {
 /// shard indexes (default HNSW parameters) on every core. (A threaded
 /// build is equally good but not the same graph twice, so the ranker's
 /// candidates on such catalogues can differ slightly between runs.)
-fn trainer_ann_index(keys: &[u64], vectors: &Matrix) -> Result<ShardIndex, String> {
+fn trainer_ann_index(keys: &[u64], vectors: &Matrix) -> Result<ShardIndex, TrainError> {
     let params = IndexParams::default();
     let threads = crate::bundle::threads_per_shard(0, 1);
     let loaded = LoadedShard::build(0, keys.to_vec(), vectors.clone(), &params, threads)
-        .map_err(|e| format!("building the trainer's ANN index: {e}"))?;
+        .map_err(TrainError::AnnIndex)?;
     Ok(ShardIndex::from_loaded(
         loaded,
         params.expansion_search as usize,
@@ -218,11 +219,11 @@ pub fn fit_models(
     inp: &FitInput,
     p: &PipelineParams,
     progress: &Progress,
-) -> Result<FittedModels, String> {
+) -> Result<FittedModels, TrainError> {
     let n_items = inp.n_items();
     let xs = inp.interactions;
     if xs.is_empty() {
-        return Err("no interactions to fit on".into());
+        return Err(TrainError::NoInteractions);
     }
     let as_of = xs.iter().map(|x| x.ts).max().unwrap_or(0);
 
@@ -279,7 +280,7 @@ pub fn fit_models(
         .collect();
     let matrix = Csr::from_triples(inp.n_users, n_items, &triples);
     let step = progress.step("als", p.als.iterations as u64);
-    let mut als = als::fit(&matrix, &p.als, &mut |_| step.inc(1)).map_err(|e| e.to_string())?;
+    let mut als = als::fit(&matrix, &p.als, &mut |_| step.inc(1))?;
     step.done();
     // Y^T Y of the fitted factors, before cold rows are filled in: what a
     // serving node folds users in with, so fold-in solves the system ALS did.

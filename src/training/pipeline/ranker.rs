@@ -11,6 +11,7 @@ use crate::progress::Progress;
 use crate::ranking::gbdt;
 use crate::ranking::score::{feature_rows, Ranker};
 use crate::recall::RecallConfig;
+use crate::training::TrainError;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -140,7 +141,7 @@ pub fn train_ranker(
     requests: &[LabelledRequest],
     p: &PipelineParams,
     progress: &Progress,
-) -> Result<(Ranker, RankerReport), String> {
+) -> Result<(Ranker, RankerReport), TrainError> {
     let t0 = std::time::Instant::now();
     let step = progress.step("ranker rows", 1);
     let (mut train_req, mut valid_req) = (Vec::new(), Vec::new());
@@ -157,11 +158,7 @@ pub fn train_ranker(
     step.inc(1);
     step.done();
     if train.groups.is_empty() {
-        return Err(
-            "no training request had a target among its recalled candidates; \
-                    the data is too small or too sparse to train a ranker"
-                .into(),
-        );
+        return Err(TrainError::NoRankerGroups);
     }
     let names: Vec<String> = FEATURE_NAMES.iter().map(|s| s.to_string()).collect();
     let tr = gbdt::Dataset {
@@ -190,8 +187,7 @@ pub fn train_ranker(
                 last_valid = v;
             }
         },
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     step.done();
     let report = RankerReport {
         requests_total: requests.len(),
@@ -224,7 +220,7 @@ impl Holdout {
         p: &PipelineParams,
         min_events: usize,
         progress: &Progress,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, TrainError> {
         let mut per_user: Vec<Vec<Interaction>> = vec![Vec::new(); input.n_users];
         for x in input.interactions {
             per_user[x.user as usize].push(*x);
@@ -263,7 +259,7 @@ impl Holdout {
         input: &FitInput,
         p: &PipelineParams,
         progress: &Progress,
-    ) -> Result<(Ranker, RankerReport), String> {
+    ) -> Result<(Ranker, RankerReport), TrainError> {
         train_ranker(
             &self.models,
             &input.with_interactions(&self.fit),
@@ -280,6 +276,6 @@ pub fn ranker_from_holdout(
     p: &PipelineParams,
     min_events: usize,
     progress: &Progress,
-) -> Result<(Ranker, RankerReport), String> {
+) -> Result<(Ranker, RankerReport), TrainError> {
     Holdout::new(input, p, min_events, progress)?.train(input, p, progress)
 }

@@ -255,3 +255,39 @@ fn ranker_learns_and_recommendations_exclude_seen_items() {
         assert_eq!(dedup.len(), 10);
     }
 }
+
+#[test]
+fn fitting_errors_are_typed_and_keep_their_text() {
+    let ds = small();
+    let o = owned(&ds);
+    let p = quick_params();
+    let hidden = Progress::hidden();
+
+    let err = fit_models(&input(&ds, &o, &[]), &p, &hidden).err().unwrap();
+    assert!(matches!(err, TrainError::NoInteractions), "{err:?}");
+    assert_eq!(err.to_string(), "no interactions to fit on");
+
+    let mut no_factors = p.clone();
+    no_factors.als.factors = 0;
+    let err = fit_models(&input(&ds, &o, &ds.interactions), &no_factors, &hidden)
+        .err()
+        .unwrap();
+    match &err {
+        TrainError::Als(inner @ als::AlsError::InvalidParam { name, .. }) => {
+            assert_eq!(*name, "factors");
+            assert_eq!(err.to_string(), inner.to_string());
+        }
+        other => panic!("expected the ALS error, got {other:?}"),
+    }
+
+    // no request at all: no query group for the ranker
+    let inp = input(&ds, &o, &ds.interactions);
+    let models = fit_models(&inp, &p, &hidden).unwrap();
+    let err = train_ranker(&models, &inp, &[], &p, &hidden).err().unwrap();
+    assert!(matches!(err, TrainError::NoRankerGroups), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "no training request had a target among its recalled candidates; \
+         the data is too small or too sparse to train a ranker"
+    );
+}
