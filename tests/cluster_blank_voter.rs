@@ -34,6 +34,7 @@ fn write_configs(dir: &Path, bundle: &Path) -> Vec<Member> {
     let nodes: Vec<NodePorts> = (1..=3u16)
         .map(|id| NodePorts {
             id: id.into(),
+            host: std::net::Ipv4Addr::LOCALHOST,
             http: BASE + id,
             grpc: BASE + 10 + id,
             internal: BASE + 20 + id,
@@ -187,7 +188,7 @@ fn a_wiped_voter_does_not_elect_a_leader_without_acknowledged_writes() {
         set_faults(&rt, &m(id).internal, FaultRules::default());
     }
 
-    // many election timeouts (300-600 ms): no leader without the item
+    // many election timeouts (250-500 ms): no leader without the item
     let watch_until = Instant::now() + Duration::from_secs(12);
     let mut elections_seen = 0;
     while Instant::now() < watch_until {

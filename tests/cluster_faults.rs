@@ -277,6 +277,7 @@ fn the_fault_service_is_refused_unless_enabled() {
     let tmp = tempfile::tempdir().unwrap();
     let me = NodePorts {
         id: 1,
+        host: std::net::Ipv4Addr::LOCALHOST,
         http: 21081,
         grpc: 21082,
         internal: 21083,

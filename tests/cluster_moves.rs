@@ -54,6 +54,7 @@ fn write_configs(dir: &Path, bundle: &Path) -> Vec<Member> {
         let (http, grpc, internal) = ports(id);
         NodePorts {
             id,
+            host: std::net::Ipv4Addr::LOCALHOST,
             http,
             grpc,
             internal,

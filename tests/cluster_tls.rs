@@ -44,6 +44,7 @@ const BASE: u16 = 22100;
 fn ports(id: u64) -> NodePorts {
     NodePorts {
         id,
+        host: std::net::Ipv4Addr::LOCALHOST,
         http: BASE + id as u16,
         grpc: BASE + 10 + id as u16,
         internal: BASE + 20 + id as u16,

@@ -110,7 +110,7 @@ pub fn all() -> Vec<Scenario> {
         },
         Scenario {
             name: "leader-pause",
-            about: "SIGSTOP the leader for 1.5-3 s (past the 300-600 ms election timeout), SIGCONT; repeat",
+            about: "SIGSTOP the leader for 1.5-3 s (past the 250-500 ms election timeout), SIGCONT; repeat",
             shape: default_shape,
             body: |run| loop {
                 let (leader, _) = run.faults.leader()?;

@@ -272,8 +272,8 @@ impl ShardClient for ReplicaSet {
             .map(|(r, h)| CopyInfo {
                 node: r.node,
                 local: r.local,
-                healthy: !h.is_suspect(now)
-                    && !(h.is_down(now) && !r.local)
+                healthy: (r.local || !h.is_down(now))
+                    && !h.is_suspect(now)
                     && !far_slower(h.latency.mean(), fastest),
             })
             .collect()

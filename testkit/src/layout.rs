@@ -1,16 +1,22 @@
-//! Test clusters on 127.0.0.1: each node's ports, the `members = [...]`
-//! list, and the node config files (fast elections, fixed ports).
+//! Test clusters on 127.0.0.1 (or, in network namespaces, each node on an
+//! address of its own: `netns`): each node's address and ports, the
+//! `members = [...]` list, and the node config files (fast elections,
+//! fixed ports).
 //!
 //! Owns: ports and config text. Must not touch: processes (`process`).
 
 use crate::error::io;
 use crate::KitError;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-/// Ports of one node of a test cluster on 127.0.0.1.
+/// Address and ports of one node of a test cluster.
 #[derive(Debug, Clone, Copy)]
 pub struct NodePorts {
     pub id: u64,
+    /// The address every port binds (127.0.0.1 unless the node runs in a
+    /// network namespace of its own).
+    pub host: Ipv4Addr,
     pub http: u16,
     pub grpc: u16,
     pub internal: u16,
@@ -32,6 +38,7 @@ impl NodePorts {
         (1..=n)
             .map(|id| NodePorts {
                 id,
+                host: Ipv4Addr::LOCALHOST,
                 http: base + id as u16,
                 grpc: base + 10 + id as u16,
                 internal: base + 20 + id as u16,
@@ -47,6 +54,7 @@ impl NodePorts {
                 let first = base + 3 * (id as u16 - 1);
                 NodePorts {
                     id,
+                    host: Ipv4Addr::LOCALHOST,
                     http: first,
                     grpc: first + 1,
                     internal: first + 2,
@@ -59,11 +67,19 @@ impl NodePorts {
         [self.http, self.grpc, self.internal]
     }
 
+    /// `HOST:PORT` of one of its ports.
+    pub fn addr(&self, port: u16) -> String {
+        format!("{}:{port}", self.host)
+    }
+
     /// Its entry in a `members = [...]` list.
     pub fn member_line(&self) -> String {
         format!(
-            "  {{ id = {}, internal = \"127.0.0.1:{}\", http = \"127.0.0.1:{}\", grpc = \"127.0.0.1:{}\" }},",
-            self.id, self.internal, self.http, self.grpc
+            "  {{ id = {}, internal = \"{}\", http = \"{}\", grpc = \"{}\" }},",
+            self.id,
+            self.addr(self.internal),
+            self.addr(self.http),
+            self.addr(self.grpc)
         )
     }
 }
@@ -88,7 +104,7 @@ pub fn taken_port(nodes: &[NodePorts]) -> Option<(u64, u16, std::io::Error)> {
 }
 
 /// The config of one node of a test cluster: fast elections (heartbeat
-/// 100 ms, election timeout 300–600 ms); node 1 bootstraps.
+/// 100 ms, election timeout 250–500 ms, the defaults); node 1 bootstraps.
 #[derive(Debug, Clone, Copy)]
 pub struct NodeConfig<'a> {
     pub ports: &'a NodePorts,
@@ -113,18 +129,18 @@ data_dir = "{data}"
 bundle = "{bundle}"
 
 [api]
-http = "127.0.0.1:{h}"
-grpc = "127.0.0.1:{g}"
+http = "{h}"
+grpc = "{g}"
 {api_extra}
 
 [cluster]
-internal = "127.0.0.1:{r}"
+internal = "{r}"
 bootstrap = {boot}
 shards = {shards}
 replication = {replication}
 heartbeat_ms = 100
-election_timeout_min_ms = 300
-election_timeout_max_ms = 600
+election_timeout_min_ms = 250
+election_timeout_max_ms = 500
 {cluster_extra}
 "#,
             id = p.id,
@@ -132,9 +148,9 @@ election_timeout_max_ms = 600
             bundle = self
                 .bundle
                 .map_or(String::new(), |b| b.display().to_string()),
-            h = p.http,
-            g = p.grpc,
-            r = p.internal,
+            h = p.addr(p.http),
+            g = p.addr(p.grpc),
+            r = p.addr(p.internal),
             boot = p.id == 1,
             shards = self.shards,
             replication = self.replication,
@@ -174,9 +190,9 @@ impl Member {
             id: ports.id,
             config,
             data_dir,
-            http: local(ports.http),
-            grpc: local(ports.grpc),
-            internal: local(ports.internal),
+            http: ports.addr(ports.http),
+            grpc: ports.addr(ports.grpc),
+            internal: ports.addr(ports.internal),
         }
     }
 }

@@ -11,7 +11,9 @@
 //! - [`http`]: a blocking JSON client and the public API requests tests
 //!   make (recommend, item upsert, `/metrics`);
 //! - [`observe`]: Raft status and voters, the cluster view and placement,
-//!   shard digests and convergence, and the polling loop of the waits.
+//!   shard digests and convergence, and the polling loop of the waits;
+//! - [`netns`]: nodes in network namespaces of their own on a bridge, and
+//!   partitions as kernel packet filters (root only).
 //!
 //! Every call that can fail returns [`KitError`]: the chaos harness passes
 //! it on, tests `.expect(..)` it.
@@ -20,6 +22,7 @@ pub mod bundle;
 pub mod error;
 pub mod http;
 pub mod layout;
+pub mod netns;
 pub mod observe;
 pub mod process;
 

@@ -67,6 +67,17 @@ impl ServeCommand {
         }
     }
 
+    /// `ip netns exec NS BIN serve`: the node runs in network namespace
+    /// `ns` (`netns::NetLab`); `ip` execs it, so the child is the node.
+    pub fn in_netns(ns: &str, bin: &Path) -> ServeCommand {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns]).arg(bin);
+        ServeCommand {
+            cmd,
+            args: Vec::new(),
+        }
+    }
+
     pub fn args<I, S>(mut self, args: I) -> ServeCommand
     where
         I: IntoIterator<Item = S>,

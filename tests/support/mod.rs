@@ -114,7 +114,7 @@ pub fn shard_digests(
 }
 
 /// Writes `dir/node{id}.toml` for a test cluster node (fast elections:
-/// heartbeat 100 ms, election timeout 300–600 ms, R = 2; node 1
+/// heartbeat 100 ms, election timeout 250–500 ms, R = 2; node 1
 /// bootstraps) and returns (config, data_dir). `api_extra` and
 /// `cluster_extra` are extra TOML lines for those sections (e.g. a token,
 /// `members = [...]`, `join = ...`).
