@@ -483,6 +483,27 @@ pub fn cluster_report(addr: &str, tls: Option<&NodeTls>) -> Result<Option<Cluste
     })
 }
 
+/// The status line that flags an uneven placement (None: balanced).
+/// `auto` is the `cluster.auto_rebalance` setting, when one is set.
+fn skew_line(
+    map: &crate::cluster::ShardMap,
+    nodes: &std::collections::BTreeMap<u64, crate::cluster::NodeInfo>,
+    auto: Option<&str>,
+) -> Option<String> {
+    let sk = crate::cluster::skew(map, nodes).filter(|s| !s.balanced())?;
+    let stranded = match sk.stranded {
+        0 => String::new(),
+        n => format!(", {n} sit on nodes that are not active"),
+    };
+    Some(format!(
+        "placement SKEWED: active nodes hold {} to {} replicas{stranded}; \
+         `funnel admin rebalance` evens it out (auto_rebalance: {})",
+        sk.fewest,
+        sk.most,
+        auto.unwrap_or("the leader's cluster.auto_rebalance")
+    ))
+}
+
 /// The operator's table of a cluster.
 pub fn render_cluster(r: &ClusterReport) -> String {
     use std::fmt::Write;
@@ -542,6 +563,13 @@ pub fn render_cluster(r: &ClusterReport) -> String {
         }
         Some(sm) => {
             let _ = writeln!(out, "\nshards: {} x {} replicas", sm.shards, sm.replication);
+            let auto = v
+                .settings
+                .get(crate::cluster::moves::SETTING_AUTO_REBALANCE)
+                .map(String::as_str);
+            if let Some(line) = skew_line(sm, &v.nodes, auto) {
+                let _ = writeln!(out, "{line}");
+            }
             for (s, reps) in sm.replicas.iter().enumerate() {
                 let list: Vec<String> = reps
                     .iter()
@@ -571,4 +599,46 @@ pub fn render_cluster(r: &ClusterReport) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::{initial_placement, NodeInfo, Replica, ReplicaState, ShardMap};
+    use std::collections::BTreeMap;
+
+    fn map(placement: Vec<Vec<u64>>) -> ShardMap {
+        ShardMap {
+            shards: placement.len() as u32,
+            replication: 2,
+            replicas: placement
+                .into_iter()
+                .map(|ns| {
+                    ns.into_iter()
+                        .map(|node| Replica {
+                            node,
+                            state: ReplicaState::Active,
+                        })
+                        .collect()
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn status_flags_a_skewed_placement_and_only_that() {
+        let nodes: BTreeMap<u64, NodeInfo> = (1..=3)
+            .map(|id| (id, NodeInfo::new(id, format!("h{id}:1"), "", "")))
+            .collect();
+        let even = map(initial_placement(12, 2, &[1, 2, 3]).unwrap());
+        assert_eq!(skew_line(&even, &nodes, None), None);
+        // node 1 came back from a long cut: its copies went to 2 and 3
+        let uneven = map((0..12).map(|_| vec![2, 3]).collect());
+        let line = skew_line(&uneven, &nodes, Some("false")).expect("flagged");
+        assert_eq!(
+            line,
+            "placement SKEWED: active nodes hold 0 to 12 replicas; \
+             `funnel admin rebalance` evens it out (auto_rebalance: false)"
+        );
+    }
 }

@@ -399,7 +399,15 @@ pub fn internal_endpoint(
     };
     let endpoint = Endpoint::from_shared(format!("{scheme}://{bare}"))
         .map_err(|e| bad(format!("not a HOST:PORT address: {e}")))?
-        .connect_timeout(connect_timeout);
+        .connect_timeout(connect_timeout)
+        // a peer cut off at the network level never resets the connection:
+        // without pings an established HTTP/2 connection stays "up" while
+        // every request on it waits, and after the heal TCP's backed-off
+        // retransmissions keep it stalled for seconds more. Pings find it
+        // dead within a few seconds, and the next request reconnects.
+        .http2_keep_alive_interval(KEEPALIVE_EVERY)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
     match tls {
         None => Ok(endpoint),
         Some(tls) => endpoint
@@ -407,6 +415,11 @@ pub fn internal_endpoint(
             .map_err(|e| bad(format!("cannot set up TLS: {}", error_chain(&e)))),
     }
 }
+
+/// How often an internal connection is pinged (HTTP/2 PING), and how long
+/// an unanswered ping may stay so before the connection is dropped.
+const KEEPALIVE_EVERY: Duration = Duration::from_secs(1);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Whether the server at `addr` speaks TLS: sends a TLS ClientHello and
 /// looks at the first byte of the answer. A TLS server answers with a

@@ -10,8 +10,12 @@
 //! stop waiting for the peers it cannot reach (after a first moment they
 //! report the unreachable shards as "no live replica", not as deadlines),
 //! and the other two nodes answer with full coverage and take writes.
-//! After the heal the node rejoins: it follows the new leader, takes
-//! writes again and answers with full coverage.
+//! The cut outlasts `replace_dead_after` (3 s here), so the new leader
+//! re-places the cut-off node's copies. After the heal the node rejoins: it
+//! follows the new leader, takes writes again, the leader balances the
+//! placement by itself (`cluster.auto_rebalance`: every node holds
+//! S x R / N copies +-1 again) and no recommend to any node fails
+//! meanwhile.
 //!
 //! Needs root, `ip` and `nft` (CI installs them and sets
 //! FUNNEL_REQUIRE_NETNS=1, so there it runs or fails; elsewhere it says
@@ -99,6 +103,8 @@ struct Cut {
     write_answer: Duration,
     p99_before: Duration,
     p99_during: Duration,
+    /// From the heal until every node holds S x R / N copies +-1.
+    balanced: Duration,
 }
 
 /// Cuts the leader off, checks everything the module doc lists, heals, and
@@ -219,7 +225,46 @@ fn one_cut(rt: &tokio::runtime::Runtime, lab: &NetLab, members: &[Member], round
     let (status, body, _) = upsert(&http, others[0], &format!("majority-{round}"));
     assert_eq!(status, 200, "a write to the connected side: {body}");
 
+    // a cut longer than replace_dead_after (3 s here): the new leader
+    // re-places the cut-off node's copies on the connected side
+    eventually(
+        "the new leader re-places the cut-off node's copies",
+        Duration::from_secs(30),
+        || {
+            testkit::observe::view(rt, &others[0].internal, Duration::from_secs(2)).is_some_and(
+                |v| {
+                    testkit::observe::settled(&v)
+                        && v.shard_map
+                            .as_ref()
+                            .is_some_and(|m| m.shards_on(leader).is_empty())
+                },
+            )
+        },
+    );
+
+    // recommends to every node from the heal until the placement is
+    // balanced again: none may fail
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        let targets: Vec<Member> = members.to_vec();
+        std::thread::spawn(move || {
+            let http = Http::default();
+            let (mut sent, mut failed) = (0usize, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let m = &targets[sent % targets.len()];
+                let (status, body, _) = recommend(&http, m, &format!("u{:06}", sent % 300));
+                if status != 200 {
+                    failed.push(format!("node {}: {status} {body}", m.id));
+                }
+                sent += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (sent, failed)
+        })
+    };
     lab.heal(leader).expect("the cut is removed");
+    let t_heal = Instant::now();
     eventually(
         "the healed node follows the new leader",
         Duration::from_secs(30),
@@ -233,14 +278,57 @@ fn one_cut(rt: &tokio::runtime::Runtime, lab: &NetLab, members: &[Member], round
         Duration::from_secs(30),
         || upsert(&http, cut, &format!("healed-{round}")).0 == 200,
     );
+    // the leader balances the placement by itself (cluster.auto_rebalance)
+    let per_node = (SHARDS * 2) as usize / members.len();
+    let mut balanced = None;
+    let mut last = String::new();
+    let even = testkit::observe::eventually(Duration::from_secs(90), || {
+        let Some(v) = testkit::observe::view(rt, &others[0].internal, Duration::from_secs(2))
+        else {
+            return false;
+        };
+        let held: Vec<(u64, usize)> = members
+            .iter()
+            .map(|n| {
+                (
+                    n.id,
+                    v.shard_map.as_ref().map_or(0, |m| m.shards_on(n.id).len()),
+                )
+            })
+            .collect();
+        last = format!(
+            "copies per node {held:?}, settled {}, {} transfers queued",
+            testkit::observe::settled(&v),
+            v.transfers.len()
+        );
+        let even =
+            testkit::observe::settled(&v) && held.iter().all(|(_, n)| n.abs_diff(per_node) <= 1);
+        if even {
+            balanced = Some(t_heal.elapsed());
+        }
+        even
+    });
+    assert!(
+        even,
+        "every node holds S x R / N = {per_node} copies +-1 again, without an operator; last seen: {last}"
+    );
     eventually(
         "the healed node answers with full coverage again",
         Duration::from_secs(30),
         || recommend(&http, cut, "u000002").1["coverage"].as_f64() == Some(1.0),
     );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (sent, failed) = load.join().expect("the load thread ends");
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} recommends failed after the heal: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
     Cut {
         election,
         write_answer,
+        balanced: balanced.unwrap_or_default(),
         p99_before: p99(before),
         p99_during: p99(during),
     }
@@ -271,7 +359,7 @@ fn a_black_holed_leader_fails_fast_and_the_rest_elect_and_serve() {
         Some(Path::new(&bundle)),
         SHARDS,
         "",
-        &members_list(&nodes),
+        &format!("{}\nreplace_dead_after = 3", members_list(&nodes)),
     );
     let _procs: Vec<NodeProc> = members.iter().map(|m| start_node(&lab, m)).collect();
     let rt = support::rt();
@@ -295,8 +383,9 @@ fn a_black_holed_leader_fails_fast_and_the_rest_elect_and_serve() {
         let c = one_cut(&rt, &lab, &members, round);
         println!(
             "cut {round}: new leader after {:?}; write to the cut-off node answered in {:?}; \
-             recommends to it p99 {:?} before, {:?} during (after the first 1.5 s)",
-            c.election, c.write_answer, c.p99_before, c.p99_during
+             recommends to it p99 {:?} before, {:?} during (after the first 1.5 s); \
+             placement balanced {:?} after the heal",
+            c.election, c.write_answer, c.p99_before, c.p99_during, c.balanced
         );
         elections.push(c.election);
     }

@@ -163,7 +163,13 @@ fn leader(rt: &tokio::runtime::Runtime, members: &[&Member]) -> Option<u64> {
 fn dead_node_shards_are_re_replicated() {
     let tmp = tempfile::tempdir().unwrap();
     let bundle = small_bundle(&tmp.path().join("bundle"), 31, SHARDS);
-    let members = write_configs(tmp.path(), &bundle, 17400, "replace_dead_after = 3");
+    // the operator rebalances here: the leader must not on its own
+    let members = write_configs(
+        tmp.path(),
+        &bundle,
+        17400,
+        "replace_dead_after = 3\nauto_rebalance = false",
+    );
     let http = Http::default();
     let rt = rt();
     let mut procs = start_cluster(&members, &rt, &http);

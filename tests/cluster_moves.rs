@@ -65,11 +65,13 @@ fn write_configs(dir: &Path, bundle: &Path) -> Vec<Member> {
     (1..=5)
         .map(|id| {
             let me = node(id);
+            // the operator rebalances here (`funnel admin rebalance`): the
+            // leader must not balance on its own first
             let cluster_extra = match id {
                 1..=3 => members_list(&founders),
                 5 => format!("join = \"127.0.0.1:{join_port}\""),
                 _ => String::new(),
-            };
+            } + "\nauto_rebalance = false";
             let (config, data_dir) =
                 write_node_config(dir, &me, Some(bundle), SHARDS, "", &cluster_extra);
             Member {

@@ -13,7 +13,8 @@
 //! what was done. Must not touch: the rules (the state machine decides).
 
 use crate::cluster::moves::{
-    plan_replication, SETTING_DRAIN_GRACE_MS, SETTING_MAX_CONCURRENT, SETTING_REPLACE_DEAD_AFTER,
+    plan_replication, SETTING_AUTO_REBALANCE, SETTING_DRAIN_GRACE_MS, SETTING_MAX_CONCURRENT,
+    SETTING_REPLACE_DEAD_AFTER,
 };
 use crate::cluster::{
     plan_drain, plan_rebalance, propose_via, ClusterError, ClusterView, Command, NodeInfo,
@@ -259,6 +260,9 @@ async fn run_async(
                 && !value.parse::<u64>().is_ok_and(|n| n > 0)
             {
                 bail!("{key} takes a whole number above 0 (or \"\" to restore the default), not {value:?}");
+            }
+            if key == SETTING_AUTO_REBALANCE && !matches!(value.as_str(), "" | "true" | "false") {
+                bail!("{key} takes true or false (or \"\" to restore the default), not {value:?}");
             }
             if key == SETTING_REPLACE_DEAD_AFTER
                 && !value.is_empty()

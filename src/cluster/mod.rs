@@ -34,7 +34,9 @@ pub use log_store::LogStore;
 pub use moves::{Phase, Transfer};
 pub use node::{propose_via, ClusterStatus, RaftNode, RaftSettings};
 pub use peer_channel::PeerChannel;
-pub use placement::{initial_placement, plan_drain, plan_rebalance, Move, PlacementError};
+pub use placement::{
+    initial_placement, plan_drain, plan_rebalance, skew, Move, PlacementError, Skew,
+};
 pub use state::{
     CatalogChange, ClusterState, ClusterView, Command, CommandResult, ItemRecord, ModelRef,
     NodeInfo, NodeStatus, Replica, ReplicaState, ShardMap, StateSummary,

@@ -116,6 +116,41 @@ fn apply_move(held: &mut BTreeMap<NodeId, BTreeSet<u32>>, m: Move) {
     held.entry(m.to).or_default().insert(m.shard);
 }
 
+/// How unevenly the Active nodes hold replicas: the fewest and the most
+/// any of them holds, and how many replicas sit on nodes that are not
+/// Active. `None` when there is no Active node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Skew {
+    pub fewest: usize,
+    pub most: usize,
+    pub stranded: usize,
+}
+
+impl Skew {
+    /// Balanced: the Active nodes differ by at most one replica and none
+    /// sits elsewhere (what `plan_rebalance` leads to).
+    pub fn balanced(&self) -> bool {
+        self.most <= self.fewest + 1 && self.stranded == 0
+    }
+}
+
+/// The placement's `Skew` over the Active nodes.
+pub fn skew(map: &ShardMap, nodes: &BTreeMap<NodeId, NodeInfo>) -> Option<Skew> {
+    let active = active_nodes(nodes);
+    let held = holdings(map, &active);
+    let counts: Vec<usize> = active.iter().map(|n| held[n].len()).collect();
+    let stranded = held
+        .iter()
+        .filter(|(n, _)| !active.contains(n))
+        .map(|(_, s)| s.len())
+        .sum();
+    Some(Skew {
+        fewest: *counts.iter().min()?,
+        most: *counts.iter().max()?,
+        stranded,
+    })
+}
+
 /// Plans at most `max_moves` moves that balance replica counts over the
 /// Active nodes. Replicas on nodes that are not Active (draining, removed,
 /// unknown) move first, each to the least-loaded eligible node. Then, while
@@ -490,5 +525,31 @@ mod tests {
         let moves = plan_drain(&map, &nodes, 1).unwrap();
         assert_eq!(moves.len(), 4);
         assert!(moves.iter().all(|m| m.to == 4));
+    }
+
+    #[test]
+    fn skew_says_when_a_map_is_out_of_balance() {
+        let nodes = node_map(&[1, 2, 3], &[]);
+        let even = map_from(initial_placement(12, 2, &[1, 2, 3]).unwrap(), 2);
+        let s = skew(&even, &nodes).unwrap();
+        assert_eq!((s.fewest, s.most, s.stranded), (8, 8, 0));
+        assert!(s.balanced());
+        // node 1 lost four copies to node 3 (a long cut, re-placed)
+        let mut uneven = even.clone();
+        let mut moved = 0;
+        for reps in uneven.replicas.iter_mut() {
+            let has3 = reps.iter().any(|r| r.node == 3);
+            if let Some(r) = reps.iter_mut().find(|r| r.node == 1) {
+                if moved < 4 && !has3 {
+                    r.node = 3;
+                    moved += 1;
+                }
+            }
+        }
+        assert_eq!(moved, 4);
+        let s = skew(&uneven, &nodes).unwrap();
+        assert_eq!((s.fewest, s.most), (4, 12));
+        assert!(!s.balanced());
+        assert_eq!(plan_rebalance(&uneven, &nodes, usize::MAX).len(), 4);
     }
 }

@@ -304,6 +304,13 @@ pub struct ClusterConfig {
     /// the leader re-places its shard copies on live nodes; 0 = never. The
     /// cluster setting `cluster.replace_dead_after` overrides it.
     pub replace_dead_after: u64,
+    /// The leader balances a skewed placement by itself (as `funnel admin
+    /// rebalance` does, at most `max_concurrent_transfers` at once) once
+    /// every member answers, every copy is Active and nothing is queued,
+    /// for 10 s: after a member that was cut off or down for longer than
+    /// `replace_dead_after` returns, or after a node joins. The cluster
+    /// setting `cluster.auto_rebalance` overrides it.
+    pub auto_rebalance: bool,
     /// Where a node gets the files of a staged model bundle (see
     /// `FetchBundles`).
     pub fetch_bundles: FetchBundles,
@@ -330,6 +337,7 @@ impl Default for ClusterConfig {
             write_timeout_ms: 0,
             max_concurrent_transfers: 2,
             replace_dead_after: 30,
+            auto_rebalance: true,
             fetch_bundles: FetchBundles::IfMissing,
             tls: TlsFiles::default(),
             fault_injection: false,

@@ -18,7 +18,8 @@
 use super::link::ClusterLink;
 use crate::cluster::moves::{
     caught_up, next_steps, next_voters, plan_dead_replacement, DEFAULT_DRAIN_GRACE_MS,
-    SETTING_DRAIN_GRACE_MS, SETTING_MAX_CONCURRENT, SETTING_REPLACE_DEAD_AFTER,
+    SETTING_AUTO_REBALANCE, SETTING_DRAIN_GRACE_MS, SETTING_MAX_CONCURRENT,
+    SETTING_REPLACE_DEAD_AFTER,
 };
 use crate::cluster::{
     propose_via, ClusterError, Command, NodeInfo, NodeStatus, ReplicaState, Transfer,
@@ -36,7 +37,18 @@ pub struct MoveDriver {
     draining_since: HashMap<(u32, u64), Instant>,
     /// Members last found dead (logged when the set changes).
     dead: BTreeSet<u64>,
+    /// Since when this leader has seen a settled, whole cluster whose
+    /// placement is skewed (`auto_rebalance`).
+    skewed_since: Option<Instant>,
 }
+
+/// How long a settled, whole cluster must stay skewed before the leader
+/// balances it by itself: a member that just came back, a transfer that
+/// just finished or a node that just joined first settle.
+const AUTO_REBALANCE_AFTER: Duration = Duration::from_secs(10);
+/// A member unanswered for longer than this is not counted as reachable
+/// (the leader probes every member every half second).
+const REACHABLE_WITHIN: Duration = Duration::from_secs(2);
 
 /// One round on the leader (nothing elsewhere): membership first, then the
 /// transfer queue.
@@ -52,7 +64,73 @@ pub async fn drive(
     let membership = align_membership(link).await;
     let transfers = advance_transfers(link, cc, driver).await;
     let dead = replace_dead(link, cc, driver).await;
-    membership.and(transfers).and(dead)
+    let balance = auto_rebalance(link, cc, driver).await;
+    membership.and(transfers).and(dead).and(balance)
+}
+
+/// Balances a skewed placement (`cluster::plan_rebalance`, queued as
+/// transfers the driver then runs a few at a time) once the cluster has
+/// been settled and whole for `AUTO_REBALANCE_AFTER`: every member
+/// reachable, every copy Active, nothing queued. A member that is away is
+/// `replace_dead`'s; moving copies onto it could never finish.
+async fn auto_rebalance(
+    link: &ClusterLink,
+    cc: &ClusterConfig,
+    driver: &mut MoveDriver,
+) -> Result<(), ClusterError> {
+    let on: bool = setting(link, SETTING_AUTO_REBALANCE).unwrap_or(cc.auto_rebalance);
+    let plan = {
+        let st = link.raft.state();
+        let st = st.read();
+        let whole = st
+            .nodes
+            .values()
+            .filter(|n| n.id != link.id() && n.status != NodeStatus::Removed)
+            .all(|n| {
+                link.liveness
+                    .unreachable_for(n.id)
+                    .is_some_and(|d| d < REACHABLE_WITHIN)
+            });
+        match &st.shard_map {
+            Some(map) if on && whole && st.transfers.is_empty() && all_active(map) => {
+                crate::cluster::plan_rebalance(map, &st.nodes, usize::MAX)
+            }
+            _ => Vec::new(),
+        }
+    };
+    if plan.is_empty() {
+        driver.skewed_since = None;
+        return Ok(());
+    }
+    let since = *driver.skewed_since.get_or_insert_with(Instant::now);
+    if since.elapsed() < AUTO_REBALANCE_AFTER {
+        return Ok(());
+    }
+    driver.skewed_since = None;
+    let transfers: Vec<Transfer> = plan.into_iter().map(Transfer::from).collect();
+    match link
+        .raft
+        .write_as_leader(Command::QueueTransfers(transfers.clone()))
+        .await
+    {
+        Ok(_) => tracing::info!(
+            moves = transfers.len(),
+            "placement skewed on a settled cluster; queued moves to balance it (cluster.auto_rebalance)"
+        ),
+        // the state moved on since it was read; the next round re-plans
+        Err(ClusterError::Rejected(reason)) => {
+            tracing::debug!(%reason, "balancing moves refused; planning again later")
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(())
+}
+
+fn all_active(map: &crate::cluster::ShardMap) -> bool {
+    map.replicas
+        .iter()
+        .flatten()
+        .all(|r| r.state == ReplicaState::Active)
 }
 
 /// Re-places the shard copies of members the leader has not reached for
@@ -98,7 +176,7 @@ async fn replace_dead(
     }
     if !plan.cancel.is_empty() {
         link.raft
-            .write(Command::CancelTransfers(plan.cancel.clone()))
+            .write_as_leader(Command::CancelTransfers(plan.cancel.clone()))
             .await?;
         tracing::warn!(transfers = ?plan.cancel, "cancelled transfers onto unreachable members");
         // plan again from the state without them
@@ -110,7 +188,7 @@ async fn replace_dead(
             node: *node,
             state: ReplicaState::Draining,
         };
-        match link.raft.write(cmd).await {
+        match link.raft.write_as_leader(cmd).await {
             Ok(_) => {}
             // the map moved on since it was read; the next round re-plans
             Err(ClusterError::Rejected(reason)) => {
@@ -122,7 +200,7 @@ async fn replace_dead(
     if !plan.transfers.is_empty() {
         match link
             .raft
-            .write(Command::QueueTransfers(plan.transfers.clone()))
+            .write_as_leader(Command::QueueTransfers(plan.transfers.clone()))
             .await
         {
             Ok(_) => tracing::warn!(
@@ -205,7 +283,7 @@ async fn align_membership(link: &ClusterLink) -> Result<(), ClusterError> {
             return Ok(());
         }
         link.raft
-            .write(Command::SetNodeStatus {
+            .write_as_leader(Command::SetNodeStatus {
                 id,
                 status: NodeStatus::Removed,
             })
@@ -265,7 +343,7 @@ async fn advance_transfers(
     });
     for step in steps {
         let what = format!("{step:?}");
-        match link.raft.write(step.clone()).await {
+        match link.raft.write_as_leader(step.clone()).await {
             Ok(_) => tracing::info!(step = %what, "transfer step"),
             Err(ClusterError::Rejected(reason)) => {
                 tracing::warn!(step = %what, %reason, "transfer step refused");
@@ -277,7 +355,9 @@ async fn advance_transfers(
                         .copied()
                         .collect();
                     if !stuck.is_empty() {
-                        link.raft.write(Command::CancelTransfers(stuck)).await?;
+                        link.raft
+                            .write_as_leader(Command::CancelTransfers(stuck))
+                            .await?;
                         tracing::warn!(shard_id = shard, node_id = node, "transfer cancelled");
                     }
                 }

@@ -160,14 +160,16 @@ async fn reconcile<N: LocalNode>(
     };
     if link.is_leader() {
         for info in missing.iter() {
-            link.raft.write(Command::RegisterNode(info.clone())).await?;
+            link.raft
+                .write_as_leader(Command::RegisterNode(info.clone()))
+                .await?;
         }
         if !has_map && missing.is_empty() {
             let mut ids: Vec<u64> = cc.members.iter().map(|m| m.id).collect();
             ids.sort_unstable();
             let placement = initial_placement(cc.shards, cc.replication, &ids)?;
             link.raft
-                .write(Command::InitShards {
+                .write_as_leader(Command::InitShards {
                     shards: cc.shards,
                     replication: cc.replication,
                     placement,

@@ -40,6 +40,7 @@ pub use queue::{
     MAX_TRANSFERS_PER_COMMAND, SETTING_DRAIN_GRACE_MS, SETTING_MAX_CONCURRENT,
 };
 pub use replication::{
-    plan_dead_replacement, plan_replication, DeadPlan, SETTING_REPLACE_DEAD_AFTER,
+    plan_dead_replacement, plan_replication, DeadPlan, SETTING_AUTO_REBALANCE,
+    SETTING_REPLACE_DEAD_AFTER,
 };
 pub use voters::{caught_up, desired_voters, next_voters, voter_target};

@@ -78,6 +78,11 @@ pub fn plan_replication(
 /// leader's `cluster.replace_dead_after`).
 pub const SETTING_REPLACE_DEAD_AFTER: &str = "cluster.replace_dead_after";
 
+/// Setting: "true" or "false", whether the leader balances a skewed
+/// placement by itself once the cluster is settled and whole (default: the
+/// leader's `cluster.auto_rebalance`).
+pub const SETTING_AUTO_REBALANCE: &str = "cluster.auto_rebalance";
+
 /// What the leader does about members it has not reached for longer than
 /// `cluster.replace_dead_after` (see `plan_dead_replacement`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

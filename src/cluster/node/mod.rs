@@ -422,6 +422,23 @@ impl RaftNode {
         }
     }
 
+    /// Proposes `command` only while this node leads, never forwarding it:
+    /// for the leader's own decisions (transfer steps, re-placements,
+    /// membership), made from its view of the cluster. A leader cut off
+    /// from its quorum decides from a stale view; forwarded to the new
+    /// leader once it heals, such a decision would be applied there. Here
+    /// it fails instead (`NotLeader`, or a timeout while the entry cannot
+    /// commit) and the new leader decides again from its own view.
+    pub async fn write_as_leader(&self, command: Command) -> Result<CommandResult, ClusterError> {
+        let deadline = self.core.write_deadline();
+        let (result, index) = self.core.propose_as_leader(command, deadline).await?;
+        self.core.wait_applied(index, deadline).await?;
+        match result {
+            CommandResult::Rejected(reason) => Err(ClusterError::Rejected(reason)),
+            other => Ok(other),
+        }
+    }
+
     /// Like `write`, also returning the log index of the command.
     pub async fn write_indexed(
         &self,
