@@ -9,7 +9,9 @@
 //! its write timeout instead of hanging; recommends to the cut-off node
 //! stop waiting for the peers it cannot reach (after a first moment they
 //! report the unreachable shards as "no live replica", not as deadlines),
-//! and the other two nodes answer with full coverage and take writes.
+//! and the other two nodes answer with full coverage and take writes. A
+//! follower cut off the same way answers a write with 503 naming the leader
+//! it cannot reach.
 //! The cut outlasts `replace_dead_after` (3 s here), so the new leader
 //! re-places the cut-off node's copies. After the heal the node rejoins: it
 //! follows the new leader, takes writes again, the leader balances the
@@ -394,5 +396,35 @@ fn a_black_holed_leader_fails_fast_and_the_rest_elect_and_serve() {
         "{rounds} cuts: new leader median {:?}, worst {:?}",
         elections[elections.len() / 2],
         elections[elections.len() - 1]
+    );
+
+    // a follower cut off: it still knows the leader, and a write sent to it
+    // is answered with 503 naming that leader instead of waiting on a
+    // forward that never arrives
+    let leader = leader_seen_by(&rt, &members[0].internal).expect("a leader");
+    let follower = members.iter().find(|m| m.id != leader).expect("a follower");
+    let rest: Vec<u64> = members
+        .iter()
+        .map(|m| m.id)
+        .filter(|&id| id != follower.id)
+        .collect();
+    lab.cut_off(follower.id, &rest).expect("the cut is set");
+    let (status, body, took) = upsert(&http, follower, "follower-cut");
+    lab.heal(follower.id).expect("the cut is removed");
+    assert_eq!(status, 503, "a write to a cut-off follower: {body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!("leader {leader}")) && message.contains("outcome is unknown"),
+        "the 503 names the leader it could not reach and that the outcome is unknown: {body}"
+    );
+    assert!(
+        took < Duration::from_millis(3_000),
+        "answered after {took:?}"
+    );
+    println!("a write to a cut-off follower answered 503 in {took:?}: {message}");
+    eventually(
+        "the follower takes writes again after the heal",
+        Duration::from_secs(30),
+        || upsert(&http, follower, "follower-healed").0 == 200,
     );
 }

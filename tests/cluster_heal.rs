@@ -293,8 +293,15 @@ fn dead_node_shards_are_re_replicated() {
 fn leader_killed_in_the_middle_of_a_move() {
     let tmp = tempfile::tempdir().unwrap();
     let bundle = small_bundle(&tmp.path().join("bundle"), 37, SHARDS);
-    // no automatic re-replication here: this is about the transfer queue
-    let members = write_configs(tmp.path(), &bundle, 17450, "replace_dead_after = 0");
+    // no automatic re-replication or balancing here: this is about the
+    // transfer queue (the moves below skew the placement on purpose, and
+    // auto_rebalance would move copies back once they finished)
+    let members = write_configs(
+        tmp.path(),
+        &bundle,
+        17450,
+        "replace_dead_after = 0\nauto_rebalance = false",
+    );
     let http = Http::default();
     let rt = rt();
     let mut procs = start_cluster(&members, &rt, &http);

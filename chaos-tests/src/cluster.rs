@@ -164,8 +164,10 @@ impl Cluster {
         let api_extra = format!("admin_token = \"{ADMIN_TOKEN}\"");
         let mut nodes = Vec::new();
         for me in &ports {
+            // the scenarios place shards by hand (moves, add-node, drain):
+            // the leader must not rebalance behind their back
             let cluster_extra = format!(
-                "snapshot_every = {}\n{}{}",
+                "snapshot_every = {}\nauto_rebalance = false\n{}{}",
                 spec.snapshot_every,
                 if spec.fault_injection {
                     "fault_injection = true\n"

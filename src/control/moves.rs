@@ -347,8 +347,20 @@ async fn advance_transfers(
             Ok(_) => tracing::info!(step = %what, "transfer step"),
             Err(ClusterError::Rejected(reason)) => {
                 tracing::warn!(step = %what, %reason, "transfer step refused");
-                // a target that can no longer take the copy: give the transfer up
+                // a target that can no longer take the copy: give the transfer
+                // up; unless the copy is there already (an earlier attempt of
+                // this step committed after its caller stopped waiting)
                 if let Command::AddReplica { shard, node, .. } = step {
+                    let placed = {
+                        let st = link.raft.state();
+                        let st = st.read();
+                        st.shard_map
+                            .as_ref()
+                            .is_some_and(|m| m.replica(shard, node).is_some())
+                    };
+                    if placed {
+                        continue;
+                    }
                     let stuck: Vec<Transfer> = queue
                         .iter()
                         .filter(|t| t.shard == shard && t.to == Some(node))

@@ -429,8 +429,12 @@ impl RaftNode {
     /// leader once it heals, such a decision would be applied there. Here
     /// it fails instead (`NotLeader`, or a timeout while the entry cannot
     /// commit) and the new leader decides again from its own view.
+    ///
+    /// Its budget is the request timeout, not the (client-facing) write
+    /// timeout: the control loop has no client waiting, and a step given up
+    /// while it still commits is one the next round finds done.
     pub async fn write_as_leader(&self, command: Command) -> Result<CommandResult, ClusterError> {
-        let deadline = self.core.write_deadline();
+        let deadline = tokio::time::Instant::now() + self.core.settings.request_timeout();
         let (result, index) = self.core.propose_as_leader(command, deadline).await?;
         self.core.wait_applied(index, deadline).await?;
         match result {

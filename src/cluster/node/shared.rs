@@ -175,12 +175,22 @@ impl NodeCore {
         request.set_timeout(deadline.saturating_duration_since(Instant::now()));
         crate::auth::attach(&mut request, &self.settings.admin_token)
             .map_err(|e| ClusterError::Config(e.to_string()))?;
+        let timed_out = || ClusterError::Timeout {
+            what: format!("forwarding the command to leader {leader} at {address}"),
+            after_ms: self.settings.write_timeout().as_millis() as u64,
+        };
         let reply = match tokio::time::timeout_at(deadline, client.forward_write(request)).await {
-            Err(_) => {
-                return Err(ClusterError::Timeout {
-                    what: format!("forwarding the command to leader {leader} at {address}"),
-                    after_ms: self.settings.write_timeout().as_millis() as u64,
-                })
+            Err(_) => return Err(timed_out()),
+            // the request's own grpc-timeout ran out (tonic says Cancelled):
+            // the leader may have taken the write, so it is a timeout with
+            // an unknown outcome, not a transport failure
+            Ok(Err(status))
+                if matches!(
+                    status.code(),
+                    tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+                ) && Instant::now() + Duration::from_millis(50) >= deadline =>
+            {
+                return Err(timed_out())
             }
             Ok(Err(status)) => return Err(from_status(&status, address)),
             Ok(Ok(reply)) => reply.into_inner(),
