@@ -26,8 +26,6 @@
 
 mod support;
 
-use funnel::proto::control::control_client::ControlClient;
-use funnel::proto::control::StatusRequest;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -40,25 +38,9 @@ const SHARDS: u32 = 12;
 /// The leader as the node at `internal` sees it (None: no leader, or no
 /// answer within half a second).
 fn leader_seen_by(rt: &tokio::runtime::Runtime, internal: &str) -> Option<u64> {
-    rt.block_on(async {
-        let ask = async {
-            let mut c = ControlClient::connect(format!("http://{internal}"))
-                .await
-                .ok()?;
-            let s = c
-                .status(StatusRequest {
-                    linearizable: false,
-                })
-                .await
-                .ok()?
-                .into_inner();
-            s.leader_id
-        };
-        tokio::time::timeout(Duration::from_millis(500), ask)
-            .await
-            .ok()
-            .flatten()
-    })
+    let status =
+        testkit::observe::status_at(format!("http://{internal}"), Duration::from_millis(500));
+    rt.block_on(status)?.leader_id
 }
 
 /// One recommend with the default deadline (50 ms): (status, answer,

@@ -41,9 +41,10 @@ pub enum ChannelError {
 }
 
 /// Starts a member's background tasks: formation on the bootstrap node,
-/// joining through `cluster.join`, the leader's liveness probes and the
-/// reconciler. Every task stops when `shutdown` turns true. Call it on the
-/// actix system (the reconciler starts shard actors).
+/// joining through `cluster.join`, the liveness probes (every member while
+/// leading, down peers always) and the reconciler. Every task stops when
+/// `shutdown` turns true. Call it on the actix system (the reconciler
+/// starts shard actors).
 pub fn spawn_drivers<N: LocalNode>(
     node: N,
     link: Arc<ClusterLink>,
