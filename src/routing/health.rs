@@ -168,9 +168,32 @@ impl Default for HedgeBudget {
 pub struct HealthBook {
     nodes: Arc<Mutex<HashMap<u64, NodeHealth>>>,
     hedges: Arc<Mutex<HedgeBudget>>,
+    /// When a failed or cut-off call to each node was last logged at warn.
+    warned: Arc<Mutex<HashMap<u64, Instant>>>,
 }
 
+/// A node's failed or cut-off calls are logged at warn at most this often
+/// (the rest at debug): a peer that stops answering fails every shard of
+/// every request, thousands of lines a second on a busy node, and the
+/// first line says all of it.
+pub const WARN_EVERY: Duration = Duration::from_secs(1);
+
 impl HealthBook {
+    /// Whether a failed call to `node` at `now` should be logged at warn
+    /// (the first in `WARN_EVERY`); marks it logged if so.
+    pub fn warn_due(&self, node: u64, now: Instant) -> bool {
+        let Ok(mut w) = self.warned.lock() else {
+            return true;
+        };
+        match w.get(&node) {
+            Some(last) if now.saturating_duration_since(*last) < WARN_EVERY => false,
+            _ => {
+                w.insert(node, now);
+                true
+            }
+        }
+    }
+
     /// A first request to some copy went out: it earns part of a hedge.
     pub fn first_request(&self) {
         if let Ok(mut b) = self.hedges.lock() {
@@ -361,5 +384,19 @@ mod tests {
         book.update(2, |h| h.answered_probe());
         assert_eq!(book.down_nodes(later), vec![1]);
         assert_eq!(try_order(&[(2, false)], &book, later), vec![0]);
+    }
+
+    #[test]
+    fn a_node_failures_are_warned_about_once_a_second() {
+        let book = HealthBook::default();
+        let t0 = Instant::now();
+        assert!(book.warn_due(2, t0));
+        assert!(!book.warn_due(2, t0 + Duration::from_millis(10)));
+        assert!(!book.warn_due(2, t0 + Duration::from_millis(999)));
+        // another node has its own clock
+        assert!(book.warn_due(3, t0 + Duration::from_millis(10)));
+        assert!(book.warn_due(2, t0 + WARN_EVERY));
+        // clones share the record (one book per node, many replica sets)
+        assert!(!book.clone().warn_due(2, t0 + WARN_EVERY));
     }
 }

@@ -12,6 +12,18 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// `tracing::warn!` when `$due`, else `tracing::debug!`, same fields
+/// (`HealthBook::warn_due` decides).
+macro_rules! warn_or_debug {
+    ($due:expr, $($rest:tt)*) => {
+        if $due {
+            tracing::warn!($($rest)*)
+        } else {
+            tracing::debug!($($rest)*)
+        }
+    };
+}
+
 /// One copy of the shard: where it lives and how to call it.
 #[derive(Clone)]
 pub struct ReplicaTarget {
@@ -122,8 +134,10 @@ impl ReplicaSet {
                             return Ok(r);
                         }
                         Err(e) => {
-                            self.book.update(node, |h| h.record_failure(Instant::now()));
-                            tracing::warn!(
+                            let now = Instant::now();
+                            self.book.update(node, |h| h.record_failure(now));
+                            warn_or_debug!(
+                                self.book.warn_due(node, now),
                                 request_id = pending.request_id(),
                                 shard_id = self.shard,
                                 node,
@@ -217,7 +231,8 @@ impl Drop for Unanswered {
         }
         if let Some(&(node, since, _)) = self.calls.iter().min_by_key(|c| c.1) {
             let nodes: Vec<u64> = self.calls.iter().map(|c| c.0).collect();
-            tracing::warn!(
+            warn_or_debug!(
+                self.book.warn_due(node, now),
                 request_id = self.request_id(),
                 shard_id = self.shard,
                 node,
