@@ -35,6 +35,10 @@ pub struct Faults {
     pub seed: u64,
     /// Time from a restart (or resume) to the node serving with coverage 1.
     pub coverage_times: Vec<Duration>,
+    /// (node, exit status) of every member whose process ended without the
+    /// harness stopping it (an abort, an OOM kill, an unplanned exit),
+    /// found when healing.
+    pub unexpected_exits: Vec<(u64, String)>,
 }
 
 impl Faults {
@@ -63,6 +67,7 @@ impl Faults {
             network: Vec::new(),
             seed: 1,
             coverage_times: Vec::new(),
+            unexpected_exits: Vec::new(),
         })
     }
 
@@ -506,6 +511,11 @@ impl Faults {
         }
         let members: Vec<u64> = self.members.iter().copied().collect();
         for &id in &members {
+            // a member the harness left running that is gone: it died on its
+            // own (a planned crash, a failpoint's, is reaped where it is set)
+            if let Some(status) = self.cluster.exited(id) {
+                self.unexpected_exits.push((id, status.to_string()));
+            }
             if self.cluster.node(id).paused() {
                 self.cluster.resume(id)?;
             } else if !self.cluster.node(id).running() {

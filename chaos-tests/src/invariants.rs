@@ -44,6 +44,12 @@ pub struct FinalObservations {
     /// After the heal: a fresh upsert, then reading it back from every copy
     /// and a recommend on every node. `Err` says which step failed.
     pub fresh_write_and_read: Result<(), String>,
+    /// The heal itself (restart, resume, clear the network faults, wait
+    /// for every node to serve): `Err` says what did not come back.
+    pub heal: Result<(), String>,
+    /// (node, exit status) of members that exited without the harness
+    /// stopping them.
+    pub unexpected_exits: Vec<(u64, String)>,
 }
 
 impl Default for FinalObservations {
@@ -55,6 +61,8 @@ impl Default for FinalObservations {
             replication: 0,
             logs: Vec::new(),
             fresh_write_and_read: Err("not attempted".into()),
+            heal: Err("not attempted".into()),
+            unexpected_exits: Vec::new(),
         }
     }
 }
@@ -194,6 +202,27 @@ pub fn no_panics(f: &FinalObservations) -> Vec<Violation> {
         .collect()
 }
 
+/// The cluster came back whole when the faults ended.
+pub fn healed(f: &FinalObservations) -> Vec<Violation> {
+    match &f.heal {
+        Ok(()) => Vec::new(),
+        Err(e) => vec![violation("the cluster heals after the faults", e.clone())],
+    }
+}
+
+/// No node's process ended unless the harness ended it.
+pub fn no_node_exited_by_itself(f: &FinalObservations) -> Vec<Violation> {
+    f.unexpected_exits
+        .iter()
+        .map(|(node, status)| {
+            violation(
+                "no node exits by itself",
+                format!("node {node} exited on its own ({status}); see its log"),
+            )
+        })
+        .collect()
+}
+
 /// After the heal a fresh write and a read both succeed.
 pub fn fresh_write_and_read_after_heal(f: &FinalObservations) -> Vec<Violation> {
     match &f.fresh_write_and_read {
@@ -210,6 +239,8 @@ pub fn check_all(h: &History, f: &FinalObservations, slack: Duration) -> Vec<Vio
     out.extend(recommends_answered_by_deadline(h, slack));
     out.extend(no_panics(f));
     out.extend(fresh_write_and_read_after_heal(f));
+    out.extend(healed(f));
+    out.extend(no_node_exited_by_itself(f));
     out
 }
 
@@ -262,8 +293,30 @@ mod tests {
             ]
             .into(),
             fresh_write_and_read: Ok(()),
+            heal: Ok(()),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_failed_heal_and_a_node_that_died_on_its_own_are_violations() {
+        let h = History::default();
+        assert!(check_all(&h, &healthy_final(), ms(100)).is_empty());
+        let f = FinalObservations {
+            heal: Err("node 2 did not serve again within 120 s".into()),
+            unexpected_exits: vec![(3, "signal: 6 (SIGABRT)".into())],
+            ..healthy_final()
+        };
+        let v = check_all(&h, &f, ms(100));
+        let names: Vec<&str> = v.iter().map(|v| v.invariant).collect();
+        assert_eq!(
+            names,
+            [
+                "the cluster heals after the faults",
+                "no node exits by itself"
+            ]
+        );
+        assert!(v[1].detail.contains("node 3") && v[1].detail.contains("SIGABRT"));
     }
 
     #[test]

@@ -460,10 +460,13 @@ pub fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report, HarnessErro
     }
     let heal = run.faults.heal();
     let mut coverage_times = std::mem::take(&mut run.faults.coverage_times);
-    match heal {
-        Ok(d) => coverage_times.push(d),
-        Err(e) => run.notes.push(format!("heal failed: {e}")),
-    }
+    let healed = match heal {
+        Ok(d) => {
+            coverage_times.push(d);
+            Ok(())
+        }
+        Err(e) => Err(e.to_string()),
+    };
     let converge_t0 = Instant::now();
     let converged = wait_converged(&run.faults, secs(60));
     run.notes.push(match converged {
@@ -479,7 +482,9 @@ pub fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report, HarnessErro
     poller.stop();
 
     let history = rec.snapshot();
-    let finals = observe(&run.faults, &history.acknowledged_items(), opts.seed);
+    let mut finals = observe(&run.faults, &history.acknowledged_items(), opts.seed);
+    finals.heal = healed;
+    finals.unexpected_exits = run.faults.unexpected_exits.clone();
     let mut violations = check_all(&history, &finals, DEADLINE_SLACK);
     if let Err(e) = body {
         violations.push(crate::invariants::Violation {
