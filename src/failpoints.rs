@@ -11,6 +11,11 @@
 //! (before the snapshot file is made durable), `eventlog-append` (event
 //! log append, after the write, before the fsync).
 //!
+//! I/O points (`io_failpoint!`) fail instead of crashing: their `return`
+//! action makes the operation return EIO, as a failing disk does:
+//! `eventlog-write-eio` (the event log's write), `eventlog-fsync-eio` (its
+//! fsync).
+//!
 //! `FUNNEL_FAILPOINTS` uses the `fail` crate's syntax,
 //! `name=actions;name2=actions` (e.g. `raft-apply=3*off->return`). The
 //! `return` action is a simulated crash: one line on stderr, then
@@ -39,6 +44,8 @@ pub const NAMES: &[&str] = &[
     "raft-snapshot-build",
     "raft-snapshot-install",
     "eventlog-append",
+    "eventlog-write-eio",
+    "eventlog-fsync-eio",
 ];
 
 static ARMED: AtomicBool = AtomicBool::new(false);
@@ -126,6 +133,16 @@ pub fn eval(name: &'static str) {
     }
 }
 
+/// Evaluates I/O failpoint `name`: a `return` action is an EIO error.
+#[cfg(feature = "failpoints")]
+#[doc(hidden)]
+pub fn eval_io(name: &'static str) -> std::io::Result<()> {
+    match fail::eval(name, |_| ()) {
+        Some(()) => Err(std::io::Error::from_raw_os_error(libc::EIO)),
+        None => Ok(()),
+    }
+}
+
 /// The simulated crash: no destructors, no buffered output flushed.
 #[cfg(feature = "failpoints")]
 fn crash(name: &str) -> ! {
@@ -150,6 +167,23 @@ macro_rules! failpoint {
             }
         }
     };
+}
+
+/// An I/O failpoint: `Ok(())`, or (armed with `return`) an EIO error the
+/// caller handles as it would a failing disk's.
+#[macro_export]
+macro_rules! io_failpoint {
+    ($name:literal) => {{
+        #[cfg(feature = "failpoints")]
+        let r: std::io::Result<()> = if $crate::failpoints::armed() {
+            $crate::failpoints::eval_io($name)
+        } else {
+            Ok(())
+        };
+        #[cfg(not(feature = "failpoints"))]
+        let r: std::io::Result<()> = Ok(());
+        r
+    }};
 }
 
 #[cfg(test)]

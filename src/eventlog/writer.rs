@@ -170,7 +170,9 @@ impl EventLogWriter {
                     .active
                     .as_ref()
                     .expect("unsynced data implies an active segment");
-                a.file.sync_data().map_err(io_err(&a.path))
+                crate::io_failpoint!("eventlog-fsync-eio")
+                    .and_then(|()| a.file.sync_data())
+                    .map_err(io_err(&a.path))
             })?;
             self.unsynced = false;
         }
@@ -217,7 +219,9 @@ impl EventLogWriter {
             .active
             .as_mut()
             .expect("append_batch rolls before writing, so a segment is active");
-        if let Err(e) = a.file.write_all(&self.encode_buf) {
+        let written = crate::io_failpoint!("eventlog-write-eio")
+            .and_then(|()| a.file.write_all(&self.encode_buf));
+        if let Err(e) = written {
             // Best effort: remove the partial batch now rather than leave it
             // for recovery; the writer is poisoned either way.
             let _ = a.file.set_len(a.len);

@@ -292,7 +292,7 @@ impl EventPipeline {
             .send(Append(log.clone()))
             .await
             .map_err(|e| ServiceError::unavailable_from("event log unavailable", e))?
-            .map_err(|e| ServiceError::internal_from("event log append failed", e))?;
+            .map_err(append_error)?;
         // the writer numbered its copy the same way: consecutive from first
         for (i, e) in log.iter_mut().enumerate() {
             e.seq = first + i as u64;
@@ -486,5 +486,22 @@ async fn forward_events(
                 .with_label_values(&["forward_events"])
                 .inc();
         }
+    }
+}
+
+/// What a client hears when the event log refused an append. A log that
+/// failed a write or fsync refuses every later append (after a failed
+/// fsync the kernel may have dropped the data, so a retry could report
+/// success for lost events) until the node restarts and recovers its tail:
+/// that is 503, and the message says what to do.
+fn append_error(e: SinkError) -> ServiceError {
+    match e {
+        SinkError::Log(EventLogError::Poisoned { .. }) => ServiceError::unavailable_from(
+            "this node's event log failed a write or fsync earlier (see its log) and takes no \
+             events until the node restarts, which recovers the log; send events to another \
+             node meanwhile",
+            e,
+        ),
+        other => ServiceError::internal_from("event log append failed", other),
     }
 }
