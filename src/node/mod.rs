@@ -554,6 +554,8 @@ impl Node {
             standby,
             user_states,
         } = p;
+        // peers keep finding this version here until it is served
+        let _switching = model_host::SwitchingTo::new(host, &standby);
         // catalogue changes applied since `prepare` ride along: carry again
         let catalog = host.carry_catalog(&standby.model, &standby.actors).await;
         // seed user state for users the node does not track yet

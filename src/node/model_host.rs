@@ -56,6 +56,11 @@ pub struct Versions {
     pub(super) failed: Option<(String, Instant)>,
     /// The version served before the last switch, and when it was retired.
     pub(super) retired: Option<(Arc<Standby>, Instant)>,
+    /// The prepared version while a switch to it is under way: taken out
+    /// of `prepared`, not served yet. Peers' searches for it are answered
+    /// from it meanwhile (`standby`): a peer that switched first must not
+    /// find this node holding neither version for that moment.
+    pub(super) switching: Option<Arc<Standby>>,
     /// The last version this node staged as source, and its directory:
     /// known here before the peers that fetch it have applied the stage.
     pub(super) published: Option<(String, PathBuf)>,
@@ -127,6 +132,9 @@ impl ModelHost {
         let v = self.versions();
         if let Some(p) = v.prepared.as_ref().filter(|p| p.standby.version == version) {
             return Some(p.standby.clone());
+        }
+        if let Some(s) = v.switching.as_ref().filter(|s| s.version == version) {
+            return Some(s.clone());
         }
         v.retired
             .as_ref()
@@ -469,5 +477,22 @@ impl ServingMark {
             std::fs::File::open(dir)?.sync_all()?;
         }
         Ok(())
+    }
+}
+
+/// Marks `standby` as being switched to for as long as it lives (see
+/// `Versions::switching`).
+pub(super) struct SwitchingTo<'a>(&'a ModelHost);
+
+impl<'a> SwitchingTo<'a> {
+    pub(super) fn new(host: &'a ModelHost, standby: &Arc<Standby>) -> Self {
+        host.versions().switching = Some(standby.clone());
+        SwitchingTo(host)
+    }
+}
+
+impl Drop for SwitchingTo<'_> {
+    fn drop(&mut self) {
+        self.0.versions().switching = None;
     }
 }
