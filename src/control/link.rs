@@ -166,6 +166,18 @@ impl ClusterLink {
         }
     }
 
+    /// Every other member that has not been removed: (id, internal
+    /// address), from the applied state.
+    pub fn peers(&self) -> Vec<(u64, String)> {
+        let st = self.raft.state();
+        let st = st.read();
+        st.nodes
+            .values()
+            .filter(|n| n.id != self.id() && n.status != crate::cluster::NodeStatus::Removed)
+            .map(|n| (n.id, n.internal.clone()))
+            .collect()
+    }
+
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().current_leader == Some(self.raft.id())
     }

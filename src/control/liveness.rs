@@ -20,7 +20,6 @@
 //! `cluster::moves::plan_dead_replacement`).
 
 use super::link::ClusterLink;
-use crate::cluster::NodeStatus;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -115,16 +114,11 @@ pub async fn watch(link: Arc<ClusterLink>, mut shutdown: watch::Receiver<bool>) 
         }
         logged_down.retain(|id| down.contains(id));
         logged_down.extend(down.iter().copied());
-        let members: Vec<(u64, String)> = {
-            let st = link.raft.state();
-            let st = st.read();
-            st.nodes
-                .values()
-                .filter(|n| n.id != link.id() && n.status != NodeStatus::Removed)
-                .filter(|n| leading || down.contains(&n.id))
-                .map(|n| (n.id, n.internal.clone()))
-                .collect()
-        };
+        let members: Vec<(u64, String)> = link
+            .peers()
+            .into_iter()
+            .filter(|(id, _)| leading || down.contains(id))
+            .collect();
         if leading {
             let ids: Vec<u64> = members.iter().map(|(id, _)| *id).collect();
             link.liveness.start_leading(&ids);

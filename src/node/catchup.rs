@@ -32,7 +32,6 @@
 //! the event log format (`eventlog`).
 
 use super::Node;
-use crate::cluster::NodeStatus;
 use crate::control::{ChannelError, ClusterLink};
 use crate::eventlog::{EventLogError, EventLogReader, LogEvent};
 use crate::proto::data::shard_data_client::ShardDataClient;
@@ -331,15 +330,7 @@ pub async fn run(node: Node, link: Arc<ClusterLink>, mut shutdown: watch::Receiv
         if node.model_version().is_none() {
             continue;
         }
-        let peers: BTreeMap<u64, String> = {
-            let st = link.raft.state();
-            let st = st.read();
-            st.nodes
-                .values()
-                .filter(|n| n.id != link.id() && n.status != NodeStatus::Removed)
-                .map(|n| (n.id, n.internal.clone()))
-                .collect()
-        };
+        let peers: BTreeMap<u64, String> = link.peers().into_iter().collect();
         if peers.is_empty() {
             continue;
         }

@@ -438,21 +438,12 @@ async fn forward_events(
     node_log_id: u64,
     wait: std::time::Duration,
 ) {
-    use crate::cluster::NodeStatus;
     use crate::proto::data::shard_data_client::ShardDataClient;
     use crate::proto::data::ForwardEventsRequest;
     if events.is_empty() {
         return;
     }
-    let peers: Vec<(u64, String)> = {
-        let st = link.raft.state();
-        let st = st.read();
-        st.nodes
-            .values()
-            .filter(|n| n.id != link.id() && n.status != NodeStatus::Removed)
-            .map(|n| (n.id, n.internal.clone()))
-            .collect()
-    };
+    let peers = link.peers();
     let body = ForwardEventsRequest {
         origin_node: link.id(),
         origin_log: node_log_id,
