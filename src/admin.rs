@@ -13,6 +13,7 @@
 pub mod cluster_ops;
 pub mod faults;
 
+use crate::cluster::{MapKind, ReplicaState};
 use crate::http_client::{build_client, send_json};
 use crate::tls::{error_chain, internal_endpoint, speaks_tls, NodeTls};
 use anyhow::{anyhow, bail, Context, Result};
@@ -530,8 +531,8 @@ pub fn render_cluster(r: &ClusterReport) -> String {
     );
     let _ = writeln!(
         out,
-        "\n{:<5} {:<10} {:<6} {:<9} {:<22} {:<22} {:<22} {:<8} replicas",
-        "node", "role", "term", "applylag", "internal", "http", "grpc", "status"
+        "\n{:<5} {:<10} {:<6} {:<9} {:<22} {:<22} {:<22} {:<8} {:<8} partitions",
+        "node", "role", "term", "applylag", "internal", "http", "grpc", "status", "replicas"
     );
     for (id, info) in &v.nodes {
         let m = r.members.iter().find(|m| m.id == *id);
@@ -543,9 +544,13 @@ pub fn render_cluster(r: &ClusterReport) -> String {
             .and_then(|m| m.apply_lag)
             .map_or("-".into(), |t| t.to_string());
         let reps = v.shard_map.as_ref().map_or(0, |sm| sm.shards_on(*id).len());
+        let parts = v
+            .partition_map
+            .as_ref()
+            .map_or(0, |pm| pm.shards_on(*id).len());
         let _ = writeln!(
             out,
-            "{:<5} {:<10} {:<6} {:<9} {:<22} {:<22} {:<22} {:<8} {reps}",
+            "{:<5} {:<10} {:<6} {:<9} {:<22} {:<22} {:<22} {:<8} {reps:<8} {parts}",
             id, role, term, lag, info.internal, info.http, info.grpc, info.status
         );
     }
@@ -579,7 +584,8 @@ pub fn render_cluster(r: &ClusterReport) -> String {
             }
         }
     }
-    if v.transfers.is_empty() {
+    partitions_section(&mut out, v);
+    if v.transfers.is_empty() && v.partition_transfers.is_empty() {
         let _ = writeln!(out, "\nno shard transfers queued");
     } else {
         let limit = v
@@ -597,8 +603,51 @@ pub fn render_cluster(r: &ClusterReport) -> String {
         for (t, phase) in &v.transfers {
             let _ = writeln!(out, "  {:<40} {phase}", t.to_string());
         }
+        for (t, phase) in &v.partition_transfers {
+            let _ = writeln!(out, "  {:<40} {phase}", t.describe(MapKind::UserPartitions));
+        }
     }
     out
+}
+
+/// The user partition map: counts per node, a skew warning, and only the
+/// partitions with a copy that is not Active (64 lines of "Active" would
+/// bury them).
+fn partitions_section(out: &mut String, v: &crate::cluster::ClusterView) {
+    use std::fmt::Write;
+    let Some(pm) = &v.partition_map else {
+        let _ = writeln!(out, "\nno user partition map yet");
+        return;
+    };
+    let per_node: Vec<String> = pm
+        .replica_counts()
+        .iter()
+        .map(|(n, c)| format!("node {n}: {c}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "\nuser partitions: {} x {} copies ({})",
+        pm.shards,
+        pm.replication,
+        per_node.join(", ")
+    );
+    let auto = v
+        .settings
+        .get(crate::cluster::moves::SETTING_AUTO_REBALANCE)
+        .map(String::as_str);
+    if let Some(line) = skew_line(pm, &v.nodes, auto) {
+        let _ = writeln!(out, "{line}");
+    }
+    for (p, reps) in pm.replicas.iter().enumerate() {
+        if reps.iter().all(|r| r.state == ReplicaState::Active) {
+            continue;
+        }
+        let list: Vec<String> = reps
+            .iter()
+            .map(|r| format!("{}:{}", r.node, r.state))
+            .collect();
+        let _ = writeln!(out, "  user partition {p:<4} {}", list.join("  "));
+    }
 }
 
 #[cfg(test)]

@@ -82,6 +82,14 @@ pub fn shard_of(key: u64, shards: u32) -> u32 {
     (key % shards.max(1) as u64) as u32
 }
 
+/// The user partition of a user: `user_key` modulo `partitions`. Every
+/// node and every funnel version must compute the same value (a user's
+/// state and events live on the copies of this partition), so the hash and
+/// this function are pinned by `user_partition_is_stable_across_versions`.
+pub fn user_partition(user_id: &str, partitions: u32) -> u32 {
+    shard_of(user_key(user_id), partitions)
+}
+
 /// Order of external ids used for dense indices: numeric when both ids are
 /// integers (so MovieLens item "2" comes before "10", as the evaluation
 /// protocol requires), otherwise byte order; integers sort before text.
@@ -170,6 +178,31 @@ impl IdMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_partition_is_stable_across_versions() {
+        // Pinned values: changing the hash, its domain or the modulo would
+        // put every user of a running cluster on the wrong copies. If this
+        // fails, the change needs a migration, not a new expected value.
+        let got: Vec<(u64, u32, u32)> = ["alice", "u1", "user-123456", "42", "ü"]
+            .iter()
+            .map(|id| (user_key(id), user_partition(id, 64), user_partition(id, 7)))
+            .collect();
+        assert_eq!(got, PINNED);
+        // within range, and one partition is everyone's
+        for id in ["a", "b", "c"] {
+            assert!(user_partition(id, 64) < 64);
+            assert_eq!(user_partition(id, 1), 0);
+        }
+    }
+
+    const PINNED: [(u64, u32, u32); 5] = [
+        (5158785319991124561, 17, 5),
+        (11892181519708342827, 43, 2),
+        (5048078511313014297, 25, 1),
+        (6849236595375268234, 10, 0),
+        (1044828008751642362, 58, 2),
+    ];
 
     #[test]
     fn canonical_order_is_numeric_for_integers() {

@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use funnel::cluster::MapKind;
 use funnel::dataset::split::Variant;
 use funnel::eval::run::{EvalOptions, Search};
 use funnel::gen::GenParams;
@@ -185,10 +186,18 @@ enum AdminCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Move one replica of a shard to another node (load, activate, drain, drop).
+    /// Move one replica of a shard (or, with --user-partition, one copy of
+    /// a user partition) to another node (load, activate, drain, drop).
     MoveShard {
+        #[arg(
+            long,
+            required_unless_present = "user_partition",
+            conflicts_with = "user_partition"
+        )]
+        shard: Option<u32>,
+        /// The user partition to move instead of a shard.
         #[arg(long)]
-        shard: u32,
+        user_partition: Option<u32>,
         #[arg(long)]
         from: u64,
         #[arg(long)]
@@ -207,18 +216,24 @@ enum AdminCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Add or drop copies until every shard has R replicas on distinct nodes.
+    /// Add or drop copies until every shard (or, with --user-partitions,
+    /// every user partition) has R copies on distinct nodes.
     SetReplication {
         replication: u32,
+        /// Set the user partitions' copies instead of the shards'.
+        #[arg(long)]
+        user_partitions: bool,
         #[arg(long)]
         dry_run: bool,
         #[arg(long)]
         json: bool,
     },
-    /// Stop queued shard transfers (all, or one shard's).
+    /// Stop queued transfers (all, one shard's, or one user partition's).
     CancelMoves {
-        #[arg(long)]
+        #[arg(long, conflicts_with = "user_partition")]
         shard: Option<u32>,
+        #[arg(long)]
+        user_partition: Option<u32>,
         #[arg(long)]
         json: bool,
     },
@@ -710,10 +725,26 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 AdminCommand::MoveShard {
                     shard,
+                    user_partition,
                     from,
                     to,
                     json,
-                } => (ClusterOp::MoveShard { shard, from, to }, json),
+                } => {
+                    let (kind, shard) = match (shard, user_partition) {
+                        (_, Some(p)) => (MapKind::UserPartitions, p),
+                        (Some(s), None) => (MapKind::Shards, s),
+                        (None, None) => anyhow::bail!("give --shard N or --user-partition N"),
+                    };
+                    (
+                        ClusterOp::MoveShard {
+                            kind,
+                            shard,
+                            from,
+                            to,
+                        },
+                        json,
+                    )
+                }
                 AdminCommand::Rebalance {
                     dry_run,
                     max_concurrent,
@@ -727,17 +758,32 @@ fn run(cli: Cli) -> Result<()> {
                 ),
                 AdminCommand::SetReplication {
                     replication,
+                    user_partitions,
                     dry_run,
                     json,
                 } => (
                     ClusterOp::SetReplication {
+                        kind: if user_partitions {
+                            MapKind::UserPartitions
+                        } else {
+                            MapKind::Shards
+                        },
                         replication,
                         dry_run,
                     },
                     json,
                 ),
-                AdminCommand::CancelMoves { shard, json } => {
-                    (ClusterOp::CancelMoves { shard }, json)
+                AdminCommand::CancelMoves {
+                    shard,
+                    user_partition,
+                    json,
+                } => {
+                    let only = match (shard, user_partition) {
+                        (_, Some(p)) => Some((MapKind::UserPartitions, p)),
+                        (Some(s), None) => Some((MapKind::Shards, s)),
+                        (None, None) => None,
+                    };
+                    (ClusterOp::CancelMoves { only }, json)
                 }
                 AdminCommand::SetSetting { key, value } => {
                     (ClusterOp::SetSetting { key, value }, false)

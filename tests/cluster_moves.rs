@@ -122,6 +122,18 @@ fn settled(v: &ClusterView) -> bool {
         })
 }
 
+/// Every user partition copy Active, none queued, each partition on as many
+/// nodes as its map says.
+fn partitions_settled(v: &ClusterView) -> bool {
+    v.partition_transfers.is_empty()
+        && v.partition_map.as_ref().is_some_and(|m| {
+            m.replicas.iter().all(|rs| {
+                rs.len() == m.replication as usize
+                    && rs.iter().all(|r| r.state == ReplicaState::Active)
+            })
+        })
+}
+
 /// Every copy of every shard has the same digest, and holds the bundle's
 /// items of that shard plus every acknowledged upsert that hashes there.
 fn assert_converged(
@@ -333,8 +345,12 @@ fn shards_move_rebalance_and_drain_under_load() {
 
     let load = ClusterLoad::start(front.clone(), "moved-item", DIM, acked.clone());
     std::thread::sleep(Duration::from_millis(500));
-    let out = admin(entry, &["rebalance", "--max-concurrent", "2"]);
-    assert!(out.contains("queued 3 moves"), "{out}");
+    let out = admin(entry, &["rebalance", "--max-concurrent", "2", "--json"]);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["transfers"].as_array().map(|t| t.len()), Some(3), "{r}");
+    // the user partitions (64 x 2 on nodes 1-3) spread onto node 4 too
+    let partition_moves = r["partition_transfers"].as_array().map_or(0, |t| t.len());
+    assert!(partition_moves >= 30, "{r}");
     let status = admin(entry, &["status"]);
     assert!(
         status.contains("shard transfers") || status.contains("no shard transfers queued"),
@@ -353,6 +369,18 @@ fn shards_move_rebalance_and_drain_under_load() {
         )),
         "the rebalance never finished with 3 replicas per node: {:?}",
         view(&rt, entry).map(|v| (v.shard_map, v.transfers))
+    );
+    assert!(
+        eventually(Duration::from_secs(120), || view(&rt, entry).is_some_and(
+            |v| partitions_settled(&v)
+                && v.partition_map
+                    .unwrap()
+                    .replica_counts()
+                    .values()
+                    .all(|&c| c == 32)
+        )),
+        "the user partitions never spread to 32 copies per node: {:?}",
+        view(&rt, entry).map(|v| (v.partition_map, v.partition_transfers))
     );
     std::thread::sleep(Duration::from_millis(500));
     let refused = load.finish("rebalance");
@@ -377,11 +405,13 @@ fn shards_move_rebalance_and_drain_under_load() {
                     && v.nodes
                         .get(&4)
                         .is_some_and(|n| n.status == NodeStatus::Removed)
+                    && partitions_settled(&v)
                     && v.shard_map.unwrap().shards_on(4).is_empty()
+                    && v.partition_map.unwrap().shards_on(4).is_empty()
             }
         )),
         "node 4 was never drained and removed: {:?}",
-        view(&rt, entry).map(|v| (v.nodes, v.shard_map, v.transfers))
+        view(&rt, entry).map(|v| (v.nodes, v.shard_map, v.transfers, v.partition_transfers))
     );
     let s = admin(entry, &["status", "--json"]);
     let sv: serde_json::Value = serde_json::from_str(&s).unwrap();

@@ -1,6 +1,8 @@
 //! `funnel admin` commands that change a cluster: add-node, remove-node
 //! --drain, move-shard, rebalance, set-replication, cancel-moves,
-//! set-setting.
+//! set-setting. Placement commands act on the shard map and on the user
+//! partition map alike (`MapKind`): rebalance and drain plan both, the
+//! others take `--user-partition(s)` to act on partitions.
 //!
 //! Each reads the cluster view from the node at `--addr` (any member),
 //! plans with the same pure planners the state machine re-checks
@@ -17,8 +19,8 @@ use crate::cluster::moves::{
     SETTING_REPLACE_DEAD_AFTER,
 };
 use crate::cluster::{
-    plan_drain, plan_rebalance, propose_via, ClusterError, ClusterView, Command, NodeInfo,
-    NodeStatus, ShardMap, Transfer,
+    plan_drain, plan_rebalance, propose_via, ClusterError, ClusterView, Command, MapKind, MapOp,
+    NodeInfo, NodeStatus, ShardMap, Transfer,
 };
 use crate::tls::NodeTls;
 use anyhow::{anyhow, bail, Result};
@@ -34,7 +36,9 @@ pub enum ClusterOp {
         id: u64,
         drain: bool,
     },
+    /// Move one copy of a shard (or of a user partition).
     MoveShard {
+        kind: MapKind,
         shard: u32,
         from: u64,
         to: u64,
@@ -44,11 +48,13 @@ pub enum ClusterOp {
         max_concurrent: Option<usize>,
     },
     SetReplication {
+        kind: MapKind,
         replication: u32,
         dry_run: bool,
     },
+    /// Cancel queued transfers: all of both maps, or one unit's.
     CancelMoves {
-        shard: Option<u32>,
+        only: Option<(MapKind, u32)>,
     },
     SetSetting {
         key: String,
@@ -65,7 +71,10 @@ pub struct OpReport {
     /// Raft log index of the proposed command.
     pub log_index: Option<u64>,
     pub transfers: Vec<Transfer>,
-    /// Replicas per node before and after the transfers.
+    /// Transfers of user partition copies.
+    pub partition_transfers: Vec<Transfer>,
+    /// Replicas per node before and after the transfers (of the map the
+    /// command acted on; the shard map for rebalance and drain).
     pub replicas_before: BTreeMap<u64, usize>,
     pub replicas_after: BTreeMap<u64, usize>,
     pub message: String,
@@ -90,11 +99,13 @@ async fn run_async(
         anyhow!("{addr} does not answer the cluster protocol; give a node's internal address (cluster.internal)")
     })?;
     let map = view.shard_map.clone();
+    let partitions = view.partition_map.clone();
     let mut report = OpReport {
         action: String::new(),
         applied: false,
         log_index: None,
         transfers: Vec::new(),
+        partition_transfers: Vec::new(),
         replicas_before: map
             .as_ref()
             .map(ShardMap::replica_counts)
@@ -131,11 +142,16 @@ async fn run_async(
                 bail!("node {id} was already removed");
             }
             let map = need_map(&map)?;
-            let held = map.shards_on(id);
-            if !held.is_empty() && !drain {
-                bail!(
-                    "node {id} holds replicas of shards {held:?}; run `funnel admin remove-node --drain {id}` to move them off first"
-                );
+            for (kind, m) in [
+                (MapKind::Shards, Some(map)),
+                (MapKind::UserPartitions, partitions.as_ref()),
+            ] {
+                let held = m.map(|m| m.shards_on(id)).unwrap_or_default();
+                if !held.is_empty() && !drain {
+                    bail!(
+                        "node {id} holds copies of {kind}s {held:?}; run `funnel admin remove-node --drain {id}` to move them off first"
+                    );
+                }
             }
             no_pending(&view)?;
             let mut nodes = view.nodes.clone();
@@ -144,26 +160,50 @@ async fn run_async(
             }
             let plan = plan_drain(map, &nodes, id).map_err(|e| anyhow!("{e}"))?;
             report.transfers = plan.into_iter().map(Transfer::from).collect();
+            if let Some(pm) = &partitions {
+                let plan = plan_drain(pm, &nodes, id).map_err(|e| anyhow!("{e}"))?;
+                report.partition_transfers = plan.into_iter().map(Transfer::from).collect();
+            }
             report.message = format!(
-                "node {id} is Draining: {} replicas move off it; once it holds none the leader \
-                 removes it from Raft and marks it Removed (then stop its process)",
-                report.transfers.len()
+                "node {id} is Draining: {} shard replicas and {} user partition copies move off \
+                 it; once it holds none the leader removes it from Raft and marks it Removed \
+                 (then stop its process)",
+                report.transfers.len(),
+                report.partition_transfers.len()
             );
+            // the partitions' moves go first: the drain is what the
+            // command's log index reports, and a refused drain leaves the
+            // partitions' moves harmlessly balancing
+            if !report.partition_transfers.is_empty() {
+                let queue = MapOp::QueueTransfers(report.partition_transfers.clone());
+                propose(addr, token, tls, &Command::Partitions(queue)).await?;
+            }
             Command::DrainNode {
                 id,
                 transfers: report.transfers.clone(),
             }
         }
-        ClusterOp::MoveShard { shard, from, to } => {
-            report.action = format!("move shard {shard} from node {from} to node {to}");
-            need_map(&map)?;
-            report.transfers = vec![Transfer {
+        ClusterOp::MoveShard {
+            kind,
+            shard,
+            from,
+            to,
+        } => {
+            report.action = format!("move {kind} {shard} from node {from} to node {to}");
+            let t = vec![Transfer {
                 shard,
                 from: Some(from),
                 to: Some(to),
             }];
             report.message = "queued; watch it with `funnel admin status`".to_string();
-            Command::QueueTransfers(report.transfers.clone())
+            match kind {
+                MapKind::Shards => {
+                    need_map(&map)?;
+                    report.transfers = t.clone();
+                }
+                MapKind::UserPartitions => report.partition_transfers = t.clone(),
+            }
+            Command::for_map(kind, MapOp::QueueTransfers(t))
         }
         ClusterOp::Rebalance {
             dry_run,
@@ -175,15 +215,17 @@ async fn run_async(
             let plan = plan_rebalance(map, &view.nodes, usize::MAX);
             report.transfers = plan.into_iter().map(Transfer::from).collect();
             report.replicas_after = counts_after(map, &report.transfers);
-            if report.transfers.is_empty() {
+            if let Some(pm) = &partitions {
+                let plan = plan_rebalance(pm, &view.nodes, usize::MAX);
+                report.partition_transfers = plan.into_iter().map(Transfer::from).collect();
+            }
+            let moves = report.transfers.len() + report.partition_transfers.len();
+            if moves == 0 {
                 report.message = "replicas are balanced; nothing to move".to_string();
                 return Ok(report);
             }
             if dry_run {
-                report.message = format!(
-                    "dry run: {} moves would balance the replicas",
-                    report.transfers.len()
-                );
+                report.message = format!("dry run: {moves} moves would balance the replicas");
                 return Ok(report);
             }
             if let Some(n) = max_concurrent {
@@ -202,54 +244,85 @@ async fn run_async(
                 .await?;
             }
             report.message = format!(
-                "queued {} moves; the leader runs them a few at a time (`funnel admin status`)",
-                report.transfers.len()
+                "queued {moves} moves; the leader runs them a few at a time (`funnel admin status`)"
             );
-            Command::QueueTransfers(report.transfers.clone())
+            if report.transfers.is_empty() {
+                Command::Partitions(MapOp::QueueTransfers(report.partition_transfers.clone()))
+            } else {
+                if !report.partition_transfers.is_empty() {
+                    let queue = MapOp::QueueTransfers(report.partition_transfers.clone());
+                    propose(addr, token, tls, &Command::Partitions(queue)).await?;
+                }
+                Command::QueueTransfers(report.transfers.clone())
+            }
         }
         ClusterOp::SetReplication {
+            kind,
             replication,
             dry_run,
         } => {
-            report.action = format!("set replication to {replication}");
-            let map = need_map(&map)?;
+            report.action = format!("set {kind} replication to {replication}");
+            let map = match kind {
+                MapKind::Shards => need_map(&map)?,
+                MapKind::UserPartitions => need_partitions(&partitions)?,
+            };
             no_pending(&view)?;
-            report.transfers =
+            report.replicas_before = map.replica_counts();
+            let transfers =
                 plan_replication(map, &view.nodes, replication).map_err(|e| anyhow!("{e}"))?;
-            report.replicas_after = counts_after(map, &report.transfers);
+            report.replicas_after = counts_after(map, &transfers);
+            match kind {
+                MapKind::Shards => report.transfers = transfers.clone(),
+                MapKind::UserPartitions => report.partition_transfers = transfers.clone(),
+            }
             if dry_run {
                 report.message = format!(
                     "dry run: {} copies would be added or dropped",
-                    report.transfers.len()
+                    transfers.len()
                 );
                 return Ok(report);
             }
             report.message = format!(
-                "replication {} -> {replication}: {} copies queued to be added or dropped",
+                "{kind} replication {} -> {replication}: {} copies queued to be added or dropped",
                 map.replication,
-                report.transfers.len()
+                transfers.len()
             );
-            Command::SetReplication {
-                replication,
-                transfers: report.transfers.clone(),
-            }
+            Command::for_map(
+                kind,
+                MapOp::SetReplication {
+                    replication,
+                    transfers,
+                },
+            )
         }
-        ClusterOp::CancelMoves { shard } => {
+        ClusterOp::CancelMoves { only } => {
             report.action = "cancel queued transfers".to_string();
-            report.transfers = view
-                .transfers
-                .iter()
-                .map(|(t, _)| *t)
-                .filter(|t| shard.is_none_or(|s| t.shard == s))
-                .collect();
-            if report.transfers.is_empty() {
+            let pick =
+                |kind: MapKind, queue: &[(Transfer, crate::cluster::Phase)]| -> Vec<Transfer> {
+                    queue
+                        .iter()
+                        .map(|(t, _)| *t)
+                        .filter(|t| only.is_none_or(|(k, s)| k == kind && t.shard == s))
+                        .collect()
+                };
+            report.transfers = pick(MapKind::Shards, &view.transfers);
+            report.partition_transfers = pick(MapKind::UserPartitions, &view.partition_transfers);
+            if report.transfers.is_empty() && report.partition_transfers.is_empty() {
                 report.message = "no matching transfers are queued".to_string();
                 return Ok(report);
             }
             report.message = "cancelled; replicas stay where they are now (a copy that was \
                               loading finishes and serves)"
                 .to_string();
-            Command::CancelTransfers(report.transfers.clone())
+            if report.transfers.is_empty() {
+                Command::Partitions(MapOp::CancelTransfers(report.partition_transfers.clone()))
+            } else {
+                if !report.partition_transfers.is_empty() {
+                    let cancel = MapOp::CancelTransfers(report.partition_transfers.clone());
+                    propose(addr, token, tls, &Command::Partitions(cancel)).await?;
+                }
+                Command::CancelTransfers(report.transfers.clone())
+            }
         }
         ClusterOp::SetSetting { key, value } => {
             report.action = format!("set {key} = {value:?}");
@@ -293,14 +366,20 @@ fn need_map(map: &Option<ShardMap>) -> Result<&ShardMap> {
         .ok_or_else(|| anyhow!("the cluster has no shard map yet; wait until it is created"))
 }
 
-/// Planned commands are computed from the current map; with transfers
-/// still queued that map is about to change.
+fn need_partitions(map: &Option<ShardMap>) -> Result<&ShardMap> {
+    map.as_ref().ok_or_else(|| {
+        anyhow!("the cluster has no user partition map yet; the leader creates it once every configured member has registered")
+    })
+}
+
+/// Planned commands are computed from the current maps; with transfers
+/// still queued a map is about to change.
 fn no_pending(view: &ClusterView) -> Result<()> {
-    if !view.transfers.is_empty() {
+    let queued = view.transfers.len() + view.partition_transfers.len();
+    if queued > 0 {
         bail!(
-            "{} shard transfers are still queued; wait until `funnel admin status` shows none \
-             (or `funnel admin cancel-moves`), then run this again",
-            view.transfers.len()
+            "{queued} transfers are still queued; wait until `funnel admin status` shows none \
+             (or `funnel admin cancel-moves`), then run this again"
         );
     }
     Ok(())
@@ -317,7 +396,11 @@ pub fn render(r: &OpReport) -> String {
     for t in &r.transfers {
         let _ = writeln!(out, "  {t}");
     }
-    if !r.replicas_after.is_empty() && !r.transfers.is_empty() {
+    for t in &r.partition_transfers {
+        let _ = writeln!(out, "  {}", t.describe(MapKind::UserPartitions));
+    }
+    let moved = !r.transfers.is_empty() || !r.partition_transfers.is_empty();
+    if !r.replicas_after.is_empty() && moved {
         let _ = writeln!(out, "replicas per node (before -> after):");
         let nodes: std::collections::BTreeSet<u64> = r
             .replicas_before

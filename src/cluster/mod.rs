@@ -38,8 +38,8 @@ pub use placement::{
     initial_placement, plan_drain, plan_rebalance, skew, Move, PlacementError, Skew,
 };
 pub use state::{
-    CatalogChange, ClusterState, ClusterView, Command, CommandResult, ItemRecord, ModelRef,
-    NodeInfo, NodeStatus, Replica, ReplicaState, ShardMap, StateSummary,
+    CatalogChange, ClusterState, ClusterView, Command, CommandResult, ItemRecord, MapKind, MapOp,
+    ModelRef, NodeInfo, NodeStatus, Replica, ReplicaState, ShardMap, StateSummary,
 };
 pub use state_machine::{StateHandle, StateMachineStore};
 pub use types::{NodeId, TypeConfig};

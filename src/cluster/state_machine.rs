@@ -156,10 +156,17 @@ pub fn encode_state(state: &ClusterState) -> Result<Vec<u8>, postcard::Error> {
 }
 
 /// Decodes snapshot data written by `encode_state`, checking marker and crc.
+/// A state written before the user partition map existed decodes as one
+/// without it (the leader then creates the map).
 pub fn decode_state(data: &[u8]) -> Result<ClusterState, SnapshotDecodeError> {
-    Ok(postcard::from_bytes(unframe(
-        DATA_MAGIC, "FNLSTAT1", data,
-    )?)?)
+    let body = unframe(DATA_MAGIC, "FNLSTAT1", data)?;
+    match postcard::from_bytes::<ClusterState>(body) {
+        Ok(state) => Ok(state),
+        Err(e) => match postcard::take_from_bytes::<crate::cluster::state::LegacyState>(body) {
+            Ok((legacy, [])) => Ok(legacy.into()),
+            _ => Err(e.into()),
+        },
+    }
 }
 
 fn frame(magic: &[u8; 8], body: &[u8]) -> Result<Vec<u8>, postcard::Error> {

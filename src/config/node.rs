@@ -287,6 +287,13 @@ pub struct ClusterConfig {
     pub shards: u32,
     /// Copies of each shard (R).
     pub replication: u32,
+    /// User partitions (P), fixed when the cluster is created: a user's
+    /// realtime state lives in partition `ids::user_partition(user, P)`.
+    pub user_partitions: u32,
+    /// Copies of each user partition, capped at the number of members
+    /// when the map is created (`funnel admin set-replication
+    /// --user-partitions` changes it later).
+    pub user_replication: u32,
     pub heartbeat_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
@@ -330,6 +337,8 @@ impl Default for ClusterConfig {
             members: Vec::new(),
             shards: 12,
             replication: 2,
+            user_partitions: 64,
+            user_replication: 2,
             heartbeat_ms: 100,
             election_timeout_min_ms: 250,
             election_timeout_max_ms: 500,

@@ -286,6 +286,15 @@ fn check_cluster(node_id: u64, c: &ClusterConfig, out: &mut Vec<String>) {
         ));
     }
 
+    let max = crate::cluster::state::MAX_SHARDS;
+    if c.user_partitions < 1 || c.user_partitions > max {
+        out.push(format!(
+            "cluster.user_partitions = {}: must be between 1 and {max} (64 suits most clusters)",
+            c.user_partitions
+        ));
+    }
+    at_least(out, "cluster.user_replication", c.user_replication, 1, "");
+
     at_least(out, "cluster.heartbeat_ms", c.heartbeat_ms, 1, "");
     let two_beats = c.heartbeat_ms.saturating_mul(2);
     if c.election_timeout_min_ms <= two_beats {

@@ -1,5 +1,5 @@
-//! The leader's side of cluster changes: it carries queued shard transfers
-//! forward one Raft command at a time and keeps Raft membership in line
+//! The leader's side of cluster changes: it carries queued transfers of
+//! shard and user partition copies forward one Raft command at a time and keeps Raft membership in line
 //! with the registered members (new nodes join as learners, learners are
 //! promoted up to 3 or 5 voters once they caught up, drained nodes leave).
 //! This is also how a new cluster grows past its bootstrap node
@@ -22,7 +22,8 @@ use crate::cluster::moves::{
     SETTING_REPLACE_DEAD_AFTER,
 };
 use crate::cluster::{
-    propose_via, ClusterError, Command, NodeInfo, NodeStatus, ReplicaState, Transfer,
+    propose_via, ClusterError, Command, MapKind, MapOp, NodeInfo, NodeStatus, ReplicaState,
+    Transfer,
 };
 use crate::config::ClusterConfig;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -33,13 +34,13 @@ use tokio::sync::watch;
 /// The driver's memory between rounds.
 #[derive(Default)]
 pub struct MoveDriver {
-    /// When this node, as leader, first saw each (shard, node) Draining.
-    draining_since: HashMap<(u32, u64), Instant>,
+    /// When this node, as leader, first saw each (map, unit, node) Draining.
+    draining_since: HashMap<(MapKind, u32, u64), Instant>,
     /// Members last found dead (logged when the set changes).
     dead: BTreeSet<u64>,
     /// Since when this leader has seen a settled, whole cluster whose
-    /// placement is skewed (`auto_rebalance`).
-    skewed_since: Option<Instant>,
+    /// placement is skewed (`auto_rebalance`), per map.
+    skewed_since: HashMap<MapKind, Instant>,
 }
 
 /// How long a settled, whole cluster must stay skewed before the leader
@@ -62,10 +63,14 @@ pub async fn drive(
         return Ok(());
     }
     let membership = align_membership(link).await;
-    let transfers = advance_transfers(link, cc, driver).await;
-    let dead = replace_dead(link, cc, driver).await;
-    let balance = auto_rebalance(link, cc, driver).await;
-    membership.and(transfers).and(dead).and(balance)
+    let mut result = membership;
+    for kind in MapKind::ALL {
+        let transfers = advance_transfers(link, cc, driver, kind).await;
+        let dead = replace_dead(link, cc, driver, kind).await;
+        let balance = auto_rebalance(link, cc, driver, kind).await;
+        result = result.and(transfers).and(dead).and(balance);
+    }
+    result
 }
 
 /// Balances a skewed placement (`cluster::plan_rebalance`, queued as
@@ -77,6 +82,7 @@ async fn auto_rebalance(
     link: &ClusterLink,
     cc: &ClusterConfig,
     driver: &mut MoveDriver,
+    kind: MapKind,
 ) -> Result<(), ClusterError> {
     let on: bool = setting(link, SETTING_AUTO_REBALANCE).unwrap_or(cc.auto_rebalance);
     let plan = {
@@ -91,30 +97,34 @@ async fn auto_rebalance(
                     .unreachable_for(n.id)
                     .is_some_and(|d| d < REACHABLE_WITHIN)
             });
-        match &st.shard_map {
-            Some(map) if on && whole && st.transfers.is_empty() && all_active(map) => {
+        match st.map(kind) {
+            Some(map) if on && whole && st.queue(kind).is_empty() && all_active(map) => {
                 crate::cluster::plan_rebalance(map, &st.nodes, usize::MAX)
             }
             _ => Vec::new(),
         }
     };
     if plan.is_empty() {
-        driver.skewed_since = None;
+        driver.skewed_since.remove(&kind);
         return Ok(());
     }
-    let since = *driver.skewed_since.get_or_insert_with(Instant::now);
+    let since = *driver.skewed_since.entry(kind).or_insert_with(Instant::now);
     if since.elapsed() < AUTO_REBALANCE_AFTER {
         return Ok(());
     }
-    driver.skewed_since = None;
+    driver.skewed_since.remove(&kind);
     let transfers: Vec<Transfer> = plan.into_iter().map(Transfer::from).collect();
     match link
         .raft
-        .write_as_leader(Command::QueueTransfers(transfers.clone()))
+        .write_as_leader(Command::for_map(
+            kind,
+            MapOp::QueueTransfers(transfers.clone()),
+        ))
         .await
     {
         Ok(_) => tracing::info!(
             moves = transfers.len(),
+            map = %kind,
             "placement skewed on a settled cluster; queued moves to balance it (cluster.auto_rebalance)"
         ),
         // the state moved on since it was read; the next round re-plans
@@ -142,6 +152,7 @@ async fn replace_dead(
     link: &ClusterLink,
     cc: &ClusterConfig,
     driver: &mut MoveDriver,
+    kind: MapKind,
 ) -> Result<(), ClusterError> {
     let after: u64 = setting(link, SETTING_REPLACE_DEAD_AFTER).unwrap_or(cc.replace_dead_after);
     if after == 0 {
@@ -151,7 +162,11 @@ async fn replace_dead(
     let (map, nodes, queue) = {
         let st = link.raft.state();
         let st = st.read();
-        (st.shard_map.clone(), st.nodes.clone(), st.transfers.clone())
+        (
+            st.map(kind).cloned(),
+            st.nodes.clone(),
+            st.queue(kind).to_vec(),
+        )
     };
     let Some(map) = map else { return Ok(()) };
     let dead: BTreeSet<u64> = nodes
@@ -164,9 +179,10 @@ async fn replace_dead(
         })
         .map(|n| n.id)
         .collect();
-    if dead != driver.dead {
+    // both maps see the same members; the set is logged once
+    if kind == MapKind::Shards && dead != driver.dead {
         if !dead.is_empty() {
-            tracing::warn!(nodes = ?dead, after_s = after.as_secs(), "members unreachable for too long; re-placing their shard copies");
+            tracing::warn!(nodes = ?dead, after_s = after.as_secs(), "members unreachable for too long; re-placing their shard and user partition copies");
         }
         driver.dead = dead.clone();
     }
@@ -176,23 +192,29 @@ async fn replace_dead(
     }
     if !plan.cancel.is_empty() {
         link.raft
-            .write_as_leader(Command::CancelTransfers(plan.cancel.clone()))
+            .write_as_leader(Command::for_map(
+                kind,
+                MapOp::CancelTransfers(plan.cancel.clone()),
+            ))
             .await?;
-        tracing::warn!(transfers = ?plan.cancel, "cancelled transfers onto unreachable members");
+        tracing::warn!(map = %kind, transfers = ?plan.cancel, "cancelled transfers onto unreachable members");
         // plan again from the state without them
         return Ok(());
     }
     for (shard, node) in &plan.drain {
-        let cmd = Command::SetReplicaState {
-            shard: *shard,
-            node: *node,
-            state: ReplicaState::Draining,
-        };
+        let cmd = Command::for_map(
+            kind,
+            MapOp::SetReplicaState {
+                shard: *shard,
+                node: *node,
+                state: ReplicaState::Draining,
+            },
+        );
         match link.raft.write_as_leader(cmd).await {
             Ok(_) => {}
             // the map moved on since it was read; the next round re-plans
             Err(ClusterError::Rejected(reason)) => {
-                tracing::debug!(shard_id = shard, node_id = node, %reason, "draining a dead copy refused")
+                tracing::debug!(map = %kind, shard_id = shard, node_id = node, %reason, "draining a dead copy refused")
             }
             Err(e) => return Err(e),
         }
@@ -200,12 +222,16 @@ async fn replace_dead(
     if !plan.transfers.is_empty() {
         match link
             .raft
-            .write_as_leader(Command::QueueTransfers(plan.transfers.clone()))
+            .write_as_leader(Command::for_map(
+                kind,
+                MapOp::QueueTransfers(plan.transfers.clone()),
+            ))
             .await
         {
             Ok(_) => tracing::warn!(
+                map = %kind,
                 transfers = plan.transfers.len(),
-                "queued re-replication of unreachable members' shards"
+                "queued re-replication of unreachable members' copies"
             ),
             Err(ClusterError::Rejected(reason)) => {
                 tracing::debug!(%reason, "re-replication refused; planning again next round")
@@ -243,13 +269,13 @@ async fn align_membership(link: &ClusterLink) -> Result<(), ClusterError> {
             .values()
             .filter(|n| n.status == NodeStatus::Draining)
             .filter(|n| {
-                st.shard_map
-                    .as_ref()
-                    .is_none_or(|m| m.shards_on(n.id).is_empty())
-                    && !st
-                        .transfers
-                        .iter()
-                        .any(|t| t.from == Some(n.id) || t.to == Some(n.id))
+                MapKind::ALL.into_iter().all(|kind| {
+                    st.map(kind).is_none_or(|m| m.shards_on(n.id).is_empty())
+                        && !st
+                            .queue(kind)
+                            .iter()
+                            .any(|t| t.from == Some(n.id) || t.to == Some(n.id))
+                })
             })
             .map(|n| n.id)
             .collect();
@@ -303,26 +329,29 @@ async fn advance_transfers(
     link: &ClusterLink,
     cc: &ClusterConfig,
     driver: &mut MoveDriver,
+    kind: MapKind,
 ) -> Result<(), ClusterError> {
     let (map, queue) = {
         let st = link.raft.state();
         let st = st.read();
-        (st.shard_map.clone(), st.transfers.clone())
+        (st.map(kind).cloned(), st.queue(kind).to_vec())
     };
     let Some(map) = map else { return Ok(()) };
     // start the grace clock of every Draining copy; forget the rest
     let now = Instant::now();
-    let draining: BTreeSet<(u32, u64)> = map
+    let draining: BTreeSet<(MapKind, u32, u64)> = map
         .replicas
         .iter()
         .enumerate()
         .flat_map(|(s, rs)| {
             rs.iter()
                 .filter(|r| r.state == ReplicaState::Draining)
-                .map(move |r| (s as u32, r.node))
+                .map(move |r| (kind, s as u32, r.node))
         })
         .collect();
-    driver.draining_since.retain(|k, _| draining.contains(k));
+    driver
+        .draining_since
+        .retain(|k, _| k.0 != kind || draining.contains(k));
     for k in &draining {
         driver.draining_since.entry(*k).or_insert(now);
     }
@@ -335,10 +364,10 @@ async fn advance_transfers(
     let grace = Duration::from_millis(
         setting(link, SETTING_DRAIN_GRACE_MS).unwrap_or(DEFAULT_DRAIN_GRACE_MS),
     );
-    let steps = next_steps(&map, &queue, max, |s, n| {
+    let steps = next_steps(kind, &map, &queue, max, |s, n| {
         driver
             .draining_since
-            .get(&(s, n))
+            .get(&(kind, s, n))
             .is_some_and(|t| now.duration_since(*t) >= grace)
     });
     for step in steps {
@@ -350,12 +379,18 @@ async fn advance_transfers(
                 // a target that can no longer take the copy: give the transfer
                 // up; unless the copy is there already (an earlier attempt of
                 // this step committed after its caller stopped waiting)
-                if let Command::AddReplica { shard, node, .. } = step {
+                let added = match step {
+                    Command::AddReplica { shard, node, .. }
+                    | Command::Partitions(MapOp::AddReplica { shard, node, .. }) => {
+                        Some((shard, node))
+                    }
+                    _ => None,
+                };
+                if let Some((shard, node)) = added {
                     let placed = {
                         let st = link.raft.state();
                         let st = st.read();
-                        st.shard_map
-                            .as_ref()
+                        st.map(kind)
                             .is_some_and(|m| m.replica(shard, node).is_some())
                     };
                     if placed {
@@ -368,9 +403,9 @@ async fn advance_transfers(
                         .collect();
                     if !stuck.is_empty() {
                         link.raft
-                            .write_as_leader(Command::CancelTransfers(stuck))
+                            .write_as_leader(Command::for_map(kind, MapOp::CancelTransfers(stuck)))
                             .await?;
-                        tracing::warn!(shard_id = shard, node_id = node, "transfer cancelled");
+                        tracing::warn!(map = %kind, shard_id = shard, node_id = node, "transfer cancelled");
                     }
                 }
             }

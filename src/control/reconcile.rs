@@ -1,7 +1,7 @@
 //! The reconciler: turns the applied cluster state into local action on
 //! every applied index (and every half second, to retry what failed). The
 //! leader registers configured members that are missing and creates the
-//! shard map; every node steps the rollout, loads (or rebuilds) its own
+//! shard map and the user partition map; every node steps the rollout, loads (or rebuilds) its own
 //! shards when the map or the model moved, applies committed catalogue
 //! changes and marks the replicas it loaded Active; the leader also carries
 //! transfers and membership forward (`control::moves`).
@@ -15,9 +15,10 @@
 
 use super::link::ClusterLink;
 use crate::cluster::{
-    initial_placement, ClusterError, ClusterState, Command, NodeInfo, PlacementError, ReplicaState,
+    initial_placement, ClusterError, ClusterState, Command, MapOp, NodeInfo, PlacementError,
+    ReplicaState,
 };
-use crate::config::NodeConfig;
+use crate::config::{ClusterConfig, NodeConfig};
 use crate::service::types::ServiceError;
 use crate::telemetry::failure_log::StepFailures;
 use std::path::{Path, PathBuf};
@@ -147,7 +148,7 @@ async fn reconcile<N: LocalNode>(
     rollout_log: &mut StepFailures,
 ) -> Result<(), StepError> {
     let cc = config.cluster.as_ref().ok_or(StepError::NoClusterConfig)?;
-    let (sig, has_map, missing) = {
+    let (sig, has_map, has_partitions, missing) = {
         let st = link.raft.state();
         let st = st.read();
         let missing: Vec<NodeInfo> = cc
@@ -156,7 +157,12 @@ async fn reconcile<N: LocalNode>(
             .filter(|m| !st.nodes.contains_key(&m.id))
             .map(|m| NodeInfo::new(m.id, &m.internal, &m.http, &m.grpc))
             .collect();
-        (replica_signature(&st), st.shard_map.is_some(), missing)
+        (
+            replica_signature(&st),
+            st.shard_map.is_some(),
+            st.partition_map.is_some(),
+            missing,
+        )
     };
     if link.is_leader() {
         for info in missing.iter() {
@@ -181,7 +187,11 @@ async fn reconcile<N: LocalNode>(
                 "shard map created"
             );
         }
+        if !has_partitions && missing.is_empty() {
+            create_partition_map(link, cc).await?;
+        }
     }
+    activate_partition_copies(link).await?;
     if !has_map {
         return Ok(());
     }
@@ -248,6 +258,70 @@ async fn reconcile<N: LocalNode>(
             })
             .await?;
         tracing::info!(shard, "shard replica loaded and active");
+    }
+    Ok(())
+}
+
+/// The leader creates the user partition map once every configured member
+/// is registered (a cluster created before the map existed gets it the
+/// same way): `cluster.user_partitions` partitions on
+/// min(`cluster.user_replication`, Active members) nodes each.
+async fn create_partition_map(link: &ClusterLink, cc: &ClusterConfig) -> Result<(), StepError> {
+    let ids: Vec<u64> = {
+        let st = link.raft.state();
+        let st = st.read();
+        st.active_node_ids()
+    };
+    let replication = cc.user_replication.min(ids.len() as u32).max(1);
+    let placement = initial_placement(cc.user_partitions, replication, &ids)?;
+    link.raft
+        .write_as_leader(Command::Partitions(MapOp::Init {
+            count: cc.user_partitions,
+            replication,
+            placement,
+        }))
+        .await?;
+    tracing::info!(
+        partitions = cc.user_partitions,
+        replication,
+        "user partition map created"
+    );
+    Ok(())
+}
+
+/// Marks this node's Loading user partition copies Active. Every node
+/// still holds every user's state (events reach every member), so a new
+/// copy has nothing to load yet; the map places the partitions, moves and
+/// drains them, and says which copies requests and events will go to.
+async fn activate_partition_copies(link: &ClusterLink) -> Result<(), StepError> {
+    let loading: Vec<u32> = {
+        let st = link.raft.state();
+        let st = st.read();
+        let Some(map) = &st.partition_map else {
+            return Ok(());
+        };
+        map.shards_on(link.id())
+            .into_iter()
+            .filter(|&p| {
+                map.replica(p, link.id())
+                    .is_some_and(|r| r.state == ReplicaState::Loading)
+            })
+            .collect()
+    };
+    for partition in loading {
+        let cmd = Command::Partitions(MapOp::SetReplicaState {
+            shard: partition,
+            node: link.id(),
+            state: ReplicaState::Active,
+        });
+        match link.raft.write(cmd).await {
+            Ok(_) => tracing::info!(partition, "user partition copy active"),
+            // the map moved on (the copy was dropped meanwhile)
+            Err(ClusterError::Rejected(reason)) => {
+                tracing::debug!(partition, %reason, "activating a user partition copy refused")
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(())
 }

@@ -13,6 +13,11 @@
 //!    queries to the old copy, which still answers the ones in flight;
 //! 4. after a grace period, `DropReplica(from)`: the old node unloads it.
 //!
+//! User partition copies move the same way, through their own queue
+//! (`ClusterState::partition_transfers`) and `Command::Partitions`; the
+//! functions here take the map (and, for the commands they build, its
+//! `MapKind`) and serve both.
+//!
 //! The phase of a transfer is derived from the shard map, never stored, so
 //! a new leader picks up where the old one stopped. A transfer leaves the
 //! queue when the map shows it done (see `ClusterState::retire_transfers`).

@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::placement::Move;
 use crate::cluster::state::{
-    ClusterState, Command, NodeStatus, Replica, ReplicaState, ShardMap, MAX_REPLICATION, MAX_SHARDS,
+    ClusterState, Command, MapKind, MapOp, NodeStatus, Replica, ReplicaState, ShardMap,
+    MAX_REPLICATION, MAX_SHARDS,
 };
 use crate::cluster::types::NodeId;
 
@@ -35,7 +36,9 @@ pub const SETTING_DRAIN_GRACE_MS: &str = "transfers.drain_grace_ms";
 pub const DEFAULT_DRAIN_GRACE_MS: u64 = 2000;
 
 /// One queued change to a shard's replicas: a move (`from` and `to`), an
-/// added copy (`to` only) or a dropped copy (`from` only).
+/// added copy (`to` only) or a dropped copy (`from` only). The same type
+/// queues user partition copies (`ClusterState::partition_transfers`,
+/// where `shard` is the partition): which queue it sits in says which.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Transfer {
     pub shard: u32,
@@ -75,14 +78,24 @@ impl From<Move> for Transfer {
     }
 }
 
+impl Transfer {
+    /// The transfer in words, naming its unit as `kind` does ("user
+    /// partition 3 node 1 -> node 2").
+    pub fn describe(&self, kind: MapKind) -> String {
+        let s = self.shard;
+        match (self.from, self.to) {
+            (Some(a), Some(b)) => format!("{kind} {s} node {a} -> node {b}"),
+            (None, Some(b)) => format!("{kind} {s} add a copy on node {b}"),
+            (Some(a), None) => format!("{kind} {s} drop the copy on node {a}"),
+            (None, None) => format!("{kind} {s} (no-op)"),
+        }
+    }
+}
+
+/// A shard transfer in words (`describe` for other kinds).
 impl fmt::Display for Transfer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.from, self.to) {
-            (Some(a), Some(b)) => write!(f, "shard {} node {a} -> node {b}", self.shard),
-            (None, Some(b)) => write!(f, "shard {} add a copy on node {b}", self.shard),
-            (Some(a), None) => write!(f, "shard {} drop the copy on node {a}", self.shard),
-            (None, None) => write!(f, "shard {} (no-op)", self.shard),
-        }
+        f.write_str(&self.describe(MapKind::Shards))
     }
 }
 
@@ -170,61 +183,65 @@ fn busy_pairs(queue: &[Transfer]) -> BTreeSet<(u32, NodeId)> {
 impl ClusterState {
     /// Checks that `new` can join the transfer queue; on success returns the
     /// projected map with the queue and `new` done.
-    pub(in crate::cluster) fn check_transfers(&self, new: &[Transfer]) -> Result<ShardMap, String> {
+    pub(in crate::cluster) fn check_transfers(
+        &self,
+        kind: MapKind,
+        new: &[Transfer],
+    ) -> Result<ShardMap, String> {
         let map = self
-            .shard_map
-            .as_ref()
-            .ok_or_else(|| "the shard map does not exist yet; nothing to move".to_string())?;
+            .map(kind)
+            .ok_or_else(|| format!("{} does not exist yet; nothing to move", kind.map_name()))?;
         if new.len() > MAX_TRANSFERS_PER_COMMAND {
             return Err(format!(
                 "{} transfers in one command; the limit is {MAX_TRANSFERS_PER_COMMAND}",
                 new.len()
             ));
         }
-        let mut busy = busy_pairs(&self.transfers);
-        let mut proj = projected(map, &self.transfers);
+        let queue = self.queue(kind);
+        let mut busy = busy_pairs(queue);
+        let mut proj = projected(map, queue);
         for t in new {
             let s = t.shard;
             if s >= map.shards {
                 return Err(format!(
-                    "shard {s} does not exist (shards 0..{})",
+                    "{kind} {s} does not exist ({kind}s 0..{})",
                     map.shards
                 ));
             }
             if t.from.is_none() && t.to.is_none() {
                 return Err(format!(
-                    "transfer of shard {s} names neither a source nor a target"
+                    "transfer of {kind} {s} names neither a source nor a target"
                 ));
             }
             if t.from.is_some() && t.from == t.to {
                 return Err(format!(
-                    "shard {s}: source and target are both node {}; pick another target",
+                    "{kind} {s}: source and target are both node {}; pick another target",
                     t.to.unwrap_or_default()
                 ));
             }
             for n in t.nodes() {
                 if !busy.insert((s, n)) {
                     return Err(format!(
-                        "shard {s} on node {n} already has a pending transfer; wait for it \
+                        "{kind} {s} on node {n} already has a pending transfer; wait for it \
                          (funnel admin status) or cancel it (funnel admin cancel-moves)"
                     ));
                 }
             }
             if let Some(from) = t.from {
                 if proj.replica(s, from).is_none() {
-                    return Err(format!("node {from} holds no replica of shard {s}"));
+                    return Err(format!("node {from} holds no replica of {kind} {s}"));
                 }
             }
             if let Some(to) = t.to {
                 self.check_can_host(to)?;
                 if proj.replica(s, to).is_some() {
                     return Err(format!(
-                        "node {to} already holds a replica of shard {s}; replicas of a shard live on distinct nodes"
+                        "node {to} already holds a replica of {kind} {s}; replicas of a {kind} live on distinct nodes"
                     ));
                 }
             } else if proj.replicas_of(s).map_or(0, |r| r.len()) <= 1 {
                 return Err(format!(
-                    "dropping node {}'s copy would leave shard {s} without replicas",
+                    "dropping node {}'s copy would leave {kind} {s} without replicas",
                     t.from.unwrap_or_default()
                 ));
             }
@@ -237,6 +254,7 @@ impl ClusterState {
     /// transfers must bring every shard to exactly that many copies.
     pub(in crate::cluster) fn check_set_replication(
         &self,
+        kind: MapKind,
         replication: u32,
         transfers: &[Transfer],
     ) -> Result<(), String> {
@@ -251,11 +269,11 @@ impl ClusterState {
                 "replication {replication} needs that many Active nodes but there are {active}; add nodes first"
             ));
         }
-        let proj = self.check_transfers(transfers)?;
+        let proj = self.check_transfers(kind, transfers)?;
         for (s, rs) in proj.replicas.iter().enumerate() {
             if rs.len() != replication as usize {
                 return Err(format!(
-                    "after these transfers shard {s} would have {} copies, not {replication}; plan again from the current state",
+                    "after these transfers {kind} {s} would have {} copies, not {replication}; plan again from the current state",
                     rs.len()
                 ));
             }
@@ -264,7 +282,8 @@ impl ClusterState {
     }
 
     /// `DrainNode`: the node must be live and the transfers must take every
-    /// replica off it.
+    /// shard replica off it (its user partition copies leave through their
+    /// own queue, `Command::Partitions`).
     pub(in crate::cluster) fn check_drain_node(
         &self,
         id: NodeId,
@@ -280,7 +299,7 @@ impl ClusterState {
                 "a transfer moves a replica onto node {id}, which is being drained"
             ));
         }
-        let proj = self.check_transfers(transfers)?;
+        let proj = self.check_transfers(MapKind::Shards, transfers)?;
         let left = proj.shards_on(id);
         if !left.is_empty() {
             return Err(format!(
@@ -293,33 +312,57 @@ impl ClusterState {
     /// `CancelTransfers`: each must be queued.
     pub(in crate::cluster) fn check_cancel_transfers(
         &self,
+        kind: MapKind,
         cancel: &[Transfer],
     ) -> Result<(), String> {
         if cancel.is_empty() {
             return Err("no transfers given".to_string());
         }
         for t in cancel {
-            if !self.transfers.contains(t) {
-                return Err(format!("{t} is not queued"));
+            if !self.queue(kind).contains(t) {
+                return Err(format!("{} is not queued", t.describe(kind)));
             }
         }
         Ok(())
     }
 
-    /// Drops finished transfers from the queue. Runs after every change of
-    /// the shard map, so the queue holds exactly the unfinished ones.
+    /// The transfer queue of the map of `kind`.
+    pub fn queue(&self, kind: MapKind) -> &[Transfer] {
+        match kind {
+            MapKind::Shards => &self.transfers,
+            MapKind::UserPartitions => &self.partition_transfers,
+        }
+    }
+
+    pub(in crate::cluster) fn queue_mut(&mut self, kind: MapKind) -> &mut Vec<Transfer> {
+        match kind {
+            MapKind::Shards => &mut self.transfers,
+            MapKind::UserPartitions => &mut self.partition_transfers,
+        }
+    }
+
+    /// Drops finished transfers from the queues. Runs after every change of
+    /// a map, so each queue holds exactly the unfinished ones.
     pub(in crate::cluster) fn retire_transfers(&mut self) {
         if let Some(map) = &self.shard_map {
             self.transfers.retain(|t| phase(map, t) != Phase::Done);
         }
+        if let Some(map) = &self.partition_map {
+            self.partition_transfers
+                .retain(|t| phase(map, t) != Phase::Done);
+        }
     }
 
-    /// Every queued transfer with its phase, in queue order.
-    pub fn transfer_phases(&self) -> Vec<(Transfer, Phase)> {
-        let Some(map) = &self.shard_map else {
+    /// Every queued transfer of the map of `kind` with its phase, in queue
+    /// order.
+    pub fn transfer_phases(&self, kind: MapKind) -> Vec<(Transfer, Phase)> {
+        let Some(map) = self.map(kind) else {
             return Vec::new();
         };
-        self.transfers.iter().map(|t| (*t, phase(map, t))).collect()
+        self.queue(kind)
+            .iter()
+            .map(|t| (*t, phase(map, t)))
+            .collect()
     }
 }
 
@@ -329,6 +372,7 @@ impl ClusterState {
 /// cancelled. Each command is re-validated when applied, so proposing a
 /// step twice (e.g. after a leader change) is harmless.
 pub fn next_steps(
+    kind: MapKind,
     map: &ShardMap,
     queue: &[Transfer],
     max_in_flight: usize,
@@ -344,7 +388,7 @@ pub fn next_steps(
             Phase::Queued if in_flight < max_in_flight => match (t.to, t.from) {
                 (Some(to), _) => {
                     in_flight += 1;
-                    steps.push(Command::AddReplica {
+                    steps.push(MapOp::AddReplica {
                         shard,
                         node: to,
                         state: ReplicaState::Loading,
@@ -360,7 +404,7 @@ pub fn next_steps(
                         .any(|r| r.node != from && r.state == ReplicaState::Active);
                     if others {
                         in_flight += 1;
-                        steps.push(Command::SetReplicaState {
+                        steps.push(MapOp::SetReplicaState {
                             shard,
                             node: from,
                             state: ReplicaState::Draining,
@@ -374,9 +418,9 @@ pub fn next_steps(
                 match map.replica(shard, from).map(|r| r.state) {
                     // a copy still loading serves nothing: drop it outright
                     Some(ReplicaState::Loading) => {
-                        steps.push(Command::DropReplica { shard, node: from })
+                        steps.push(MapOp::DropReplica { shard, node: from })
                     }
-                    Some(_) => steps.push(Command::SetReplicaState {
+                    Some(_) => steps.push(MapOp::SetReplicaState {
                         shard,
                         node: from,
                         state: ReplicaState::Draining,
@@ -387,7 +431,7 @@ pub fn next_steps(
             Phase::Draining => {
                 if let Some(from) = t.from {
                     if drained(shard, from) {
-                        steps.push(Command::DropReplica { shard, node: from });
+                        steps.push(MapOp::DropReplica { shard, node: from });
                     }
                 }
             }
@@ -396,7 +440,10 @@ pub fn next_steps(
         }
     }
     if !stuck.is_empty() {
-        steps.push(Command::CancelTransfers(stuck));
+        steps.push(MapOp::CancelTransfers(stuck));
     }
     steps
+        .into_iter()
+        .map(|op| Command::for_map(kind, op))
+        .collect()
 }

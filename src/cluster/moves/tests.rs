@@ -1,6 +1,7 @@
 //! Unit tests of the transfer queue, its driver, the replication and
 //! dead-node planners and the voter rule.
 
+use crate::cluster::MapKind;
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::*;
@@ -78,12 +79,18 @@ fn drive(st: &mut ClusterState, max_in_flight: usize) -> usize {
         );
         let map = st.shard_map.clone().unwrap();
         let in_flight = st
-            .transfer_phases()
+            .transfer_phases(MapKind::Shards)
             .iter()
             .filter(|(_, p)| p.in_flight())
             .count();
         assert!(in_flight <= max_in_flight, "{in_flight} in flight");
-        let steps = next_steps(&map, &st.transfers, max_in_flight, |_, _| true);
+        let steps = next_steps(
+            MapKind::Shards,
+            &map,
+            &st.transfers,
+            max_in_flight,
+            |_, _| true,
+        );
         for cmd in steps {
             ok(st, 100 + rounds as u64, cmd);
         }
@@ -140,7 +147,9 @@ fn a_move_goes_through_loading_active_draining_dropped() {
     }
     assert_eq!(phase(&map_of(&st), &t), Phase::Queued);
 
-    let steps = next_steps(&map_of(&st), &st.transfers, 1, |_, _| false);
+    let steps = next_steps(MapKind::Shards, &map_of(&st), &st.transfers, 1, |_, _| {
+        false
+    });
     assert_eq!(
         steps,
         vec![Command::AddReplica {
@@ -152,7 +161,7 @@ fn a_move_goes_through_loading_active_draining_dropped() {
     ok(&mut st, 11, steps[0].clone());
     assert_eq!(phase(&map_of(&st), &t), Phase::Loading);
     assert!(
-        next_steps(&map_of(&st), &st.transfers, 1, |_, _| true).is_empty(),
+        next_steps(MapKind::Shards, &map_of(&st), &st.transfers, 1, |_, _| true).is_empty(),
         "nothing to do while the target loads"
     );
 
@@ -166,7 +175,9 @@ fn a_move_goes_through_loading_active_draining_dropped() {
         },
     );
     assert_eq!(phase(&map_of(&st), &t), Phase::Switching);
-    let steps = next_steps(&map_of(&st), &st.transfers, 1, |_, _| false);
+    let steps = next_steps(MapKind::Shards, &map_of(&st), &st.transfers, 1, |_, _| {
+        false
+    });
     assert_eq!(
         steps,
         vec![Command::SetReplicaState {
@@ -178,10 +189,15 @@ fn a_move_goes_through_loading_active_draining_dropped() {
     ok(&mut st, 13, steps[0].clone());
     assert_eq!(phase(&map_of(&st), &t), Phase::Draining);
     assert!(
-        next_steps(&map_of(&st), &st.transfers, 1, |_, _| false).is_empty(),
+        next_steps(MapKind::Shards, &map_of(&st), &st.transfers, 1, |_, _| {
+            false
+        })
+        .is_empty(),
         "the drop waits for the grace period"
     );
-    let steps = next_steps(&map_of(&st), &st.transfers, 1, |s, n| (s, n) == (0, 1));
+    let steps = next_steps(MapKind::Shards, &map_of(&st), &st.transfers, 1, |s, n| {
+        (s, n) == (0, 1)
+    });
     assert_eq!(steps, vec![Command::DropReplica { shard: 0, node: 1 }]);
     ok(&mut st, 14, steps[0].clone());
     assert!(
@@ -423,7 +439,7 @@ fn stuck_transfers_are_cancelled() {
     );
     let map = st.shard_map.clone().unwrap();
     assert_eq!(phase(&map, &t), Phase::Stuck);
-    let steps = next_steps(&map, &st.transfers, 2, |_, _| true);
+    let steps = next_steps(MapKind::Shards, &map, &st.transfers, 2, |_, _| true);
     assert_eq!(steps, vec![Command::CancelTransfers(vec![t])]);
 }
 

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use super::checks::{check_delete, check_setting};
 use super::{
-    ClusterState, ItemRecord, ModelRef, NodeInfo, NodeStatus, Replica, ReplicaState, ShardMap,
+    ClusterState, ItemRecord, MapKind, ModelRef, NodeInfo, NodeStatus, Replica, ReplicaState,
+    ShardMap,
 };
 use crate::cluster::moves::Transfer;
 use crate::cluster::types::NodeId;
@@ -81,6 +82,46 @@ pub enum Command {
     },
     /// Stop driving queued transfers; replicas stay as they are.
     CancelTransfers(Vec<Transfer>),
+    /// A change to the user partition map or its transfer queue. The shard
+    /// commands above keep their own variants (and log encoding); both go
+    /// through the same rules (`MapOp`).
+    Partitions(MapOp),
+}
+
+/// A change to one placement map (`MapKind`) or its transfer queue. The
+/// shard map's changes travel as the shard variants of `Command`
+/// (`Command::for_map`), the user partition map's as `Command::Partitions`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum MapOp {
+    /// Create the map: `count` units fixed for the cluster's life, each
+    /// placed on `replication` nodes (the proposer computes `placement`,
+    /// `placement::initial_placement`, so applying stays a pure check).
+    /// Shard copies start Loading; user partition copies start Active.
+    Init {
+        count: u32,
+        replication: u32,
+        placement: Vec<Vec<NodeId>>,
+    },
+    AddReplica {
+        shard: u32,
+        node: NodeId,
+        state: ReplicaState,
+    },
+    SetReplicaState {
+        shard: u32,
+        node: NodeId,
+        state: ReplicaState,
+    },
+    DropReplica {
+        shard: u32,
+        node: NodeId,
+    },
+    QueueTransfers(Vec<Transfer>),
+    SetReplication {
+        replication: u32,
+        transfers: Vec<Transfer>,
+    },
+    CancelTransfers(Vec<Transfer>),
 }
 
 impl Command {
@@ -103,7 +144,85 @@ impl Command {
             Command::DrainNode { .. } => "DrainNode",
             Command::SetReplication { .. } => "SetReplication",
             Command::CancelTransfers(_) => "CancelTransfers",
+            Command::Partitions(op) => match op {
+                MapOp::Init { .. } => "Partitions(Init)",
+                MapOp::AddReplica { .. } => "Partitions(AddReplica)",
+                MapOp::SetReplicaState { .. } => "Partitions(SetReplicaState)",
+                MapOp::DropReplica { .. } => "Partitions(DropReplica)",
+                MapOp::QueueTransfers(_) => "Partitions(QueueTransfers)",
+                MapOp::SetReplication { .. } => "Partitions(SetReplication)",
+                MapOp::CancelTransfers(_) => "Partitions(CancelTransfers)",
+            },
         }
+    }
+
+    /// The command carrying `op` for the map of `kind`: a shard variant for
+    /// the shard map (its log encoding predates user partitions),
+    /// `Partitions` for the user partition map.
+    pub fn for_map(kind: MapKind, op: MapOp) -> Command {
+        match kind {
+            MapKind::UserPartitions => Command::Partitions(op),
+            MapKind::Shards => match op {
+                MapOp::Init {
+                    count,
+                    replication,
+                    placement,
+                } => Command::InitShards {
+                    shards: count,
+                    replication,
+                    placement,
+                },
+                MapOp::AddReplica { shard, node, state } => {
+                    Command::AddReplica { shard, node, state }
+                }
+                MapOp::SetReplicaState { shard, node, state } => {
+                    Command::SetReplicaState { shard, node, state }
+                }
+                MapOp::DropReplica { shard, node } => Command::DropReplica { shard, node },
+                MapOp::QueueTransfers(t) => Command::QueueTransfers(t),
+                MapOp::SetReplication {
+                    replication,
+                    transfers,
+                } => Command::SetReplication {
+                    replication,
+                    transfers,
+                },
+                MapOp::CancelTransfers(t) => Command::CancelTransfers(t),
+            },
+        }
+    }
+
+    /// The inverse of `for_map`: the map change this command is, or the
+    /// command itself when it is not one.
+    fn into_map_op(self) -> Result<(MapKind, MapOp), Command> {
+        let op = match self {
+            Command::Partitions(op) => return Ok((MapKind::UserPartitions, op)),
+            Command::InitShards {
+                shards,
+                replication,
+                placement,
+            } => MapOp::Init {
+                count: shards,
+                replication,
+                placement,
+            },
+            Command::AddReplica { shard, node, state } => MapOp::AddReplica { shard, node, state },
+            Command::SetReplicaState { shard, node, state } => {
+                MapOp::SetReplicaState { shard, node, state }
+            }
+            Command::DropReplica { shard, node } => MapOp::DropReplica { shard, node },
+            Command::QueueTransfers(t) => MapOp::QueueTransfers(t),
+            Command::SetReplication {
+                replication,
+                transfers,
+            } => MapOp::SetReplication {
+                replication,
+                transfers,
+            },
+            Command::CancelTransfers(t) => MapOp::CancelTransfers(t),
+            other => return Err(other),
+        };
+        Ok((MapKind::Shards, op))
     }
 
     /// Commands that change the model, the members or the shard layout:
@@ -132,41 +251,113 @@ impl ClusterState {
     /// Applies one committed command written at log `index`. A rejected
     /// command leaves the state exactly as it was.
     pub fn apply_command(&mut self, index: u64, command: Command) -> CommandResult {
+        let name = command.kind();
+        let command = match command.into_map_op() {
+            Ok((kind, op)) => {
+                if let Err(reason) = self.check_map_op(kind, &op) {
+                    return CommandResult::Rejected(format!("{name} rejected: {reason}"));
+                }
+                self.mutate_map(kind, op);
+                self.retire_transfers();
+                return CommandResult::Ok;
+            }
+            Err(command) => command,
+        };
         let verdict = match &command {
             Command::RegisterNode(info) => self.check_register(info),
             Command::SetNodeStatus { id, status } => self.check_node_status(*id, *status),
-            Command::InitShards {
-                shards,
-                replication,
-                placement,
-            } => self.check_init_shards(*shards, *replication, placement),
-            Command::AddReplica { shard, node, state } => {
-                self.check_add_replica(*shard, *node, *state)
-            }
-            Command::SetReplicaState { shard, node, state } => {
-                self.check_replica_state(*shard, *node, *state)
-            }
-            Command::DropReplica { shard, node } => self.check_drop_replica(*shard, *node),
             Command::StageModel(model) => self.check_stage(model),
             Command::ReportLoaded { node, version } => self.check_report_loaded(*node, version),
             Command::ActivateModel { version, force } => self.check_activate(version, *force),
             Command::UpsertItems(items) => self.check_upsert(items),
             Command::DeleteItems(ids) => check_delete(ids),
             Command::SetSetting { key, value } => check_setting(key, value),
-            Command::QueueTransfers(t) => self.check_transfers(t).map(|_| ()),
             Command::DrainNode { id, transfers } => self.check_drain_node(*id, transfers),
-            Command::SetReplication {
-                replication,
-                transfers,
-            } => self.check_set_replication(*replication, transfers),
-            Command::CancelTransfers(t) => self.check_cancel_transfers(t),
+            // map changes were handled above
+            _ => Ok(()),
         };
         if let Err(reason) = verdict {
-            return CommandResult::Rejected(format!("{} rejected: {reason}", command.kind()));
+            return CommandResult::Rejected(format!("{name} rejected: {reason}"));
         }
         let result = self.mutate(index, command);
         self.retire_transfers();
         result
+    }
+
+    fn check_map_op(&self, kind: MapKind, op: &MapOp) -> Result<(), String> {
+        match op {
+            MapOp::Init {
+                count,
+                replication,
+                placement,
+            } => self.check_init_map(kind, *count, *replication, placement),
+            MapOp::AddReplica { shard, node, state } => {
+                self.check_add_replica(kind, *shard, *node, *state)
+            }
+            MapOp::SetReplicaState { shard, node, state } => {
+                self.check_replica_state(kind, *shard, *node, *state)
+            }
+            MapOp::DropReplica { shard, node } => self.check_drop_replica(kind, *shard, *node),
+            MapOp::QueueTransfers(t) => self.check_transfers(kind, t).map(|_| ()),
+            MapOp::SetReplication {
+                replication,
+                transfers,
+            } => self.check_set_replication(kind, *replication, transfers),
+            MapOp::CancelTransfers(t) => self.check_cancel_transfers(kind, t),
+        }
+    }
+
+    /// Applies a map change that passed its check.
+    fn mutate_map(&mut self, kind: MapKind, op: MapOp) {
+        match op {
+            MapOp::Init {
+                count,
+                replication,
+                placement,
+            } => {
+                // a shard copy loads its index first; a new user partition
+                // has nothing to load (the cluster's users were on every
+                // node until now, or there are none yet)
+                let state = match kind {
+                    MapKind::Shards => ReplicaState::Loading,
+                    MapKind::UserPartitions => ReplicaState::Active,
+                };
+                let map = new_map(count, replication, placement, state);
+                match kind {
+                    MapKind::Shards => self.shard_map = Some(map),
+                    MapKind::UserPartitions => self.partition_map = Some(map),
+                }
+            }
+            MapOp::AddReplica { shard, node, state } => {
+                if let Some(rs) = self.replicas_mut(kind, shard) {
+                    rs.push(Replica { node, state });
+                }
+            }
+            MapOp::SetReplicaState { shard, node, state } => {
+                if let Some(r) = self
+                    .replicas_mut(kind, shard)
+                    .and_then(|rs| rs.iter_mut().find(|r| r.node == node))
+                {
+                    r.state = state;
+                }
+            }
+            MapOp::DropReplica { shard, node } => {
+                if let Some(rs) = self.replicas_mut(kind, shard) {
+                    rs.retain(|r| r.node != node);
+                }
+            }
+            MapOp::QueueTransfers(transfers) => self.queue_mut(kind).extend(transfers),
+            MapOp::SetReplication {
+                replication,
+                transfers,
+            } => {
+                if let Some(map) = self.map_mut(kind) {
+                    map.replication = replication;
+                }
+                self.queue_mut(kind).extend(transfers);
+            }
+            MapOp::CancelTransfers(cancel) => self.queue_mut(kind).retain(|t| !cancel.contains(t)),
+        }
     }
 
     /// Applies a command that passed its check.
@@ -182,47 +373,6 @@ impl ClusterState {
                 }
                 if status == NodeStatus::Removed {
                     self.models.loaded.remove(&id);
-                }
-            }
-            Command::InitShards {
-                shards,
-                replication,
-                placement,
-            } => {
-                let replicas = placement
-                    .into_iter()
-                    .map(|nodes| {
-                        nodes
-                            .into_iter()
-                            .map(|node| Replica {
-                                node,
-                                state: ReplicaState::Loading,
-                            })
-                            .collect()
-                    })
-                    .collect();
-                self.shard_map = Some(ShardMap {
-                    shards,
-                    replication,
-                    replicas,
-                });
-            }
-            Command::AddReplica { shard, node, state } => {
-                if let Some(rs) = self.replicas_mut(shard) {
-                    rs.push(Replica { node, state });
-                }
-            }
-            Command::SetReplicaState { shard, node, state } => {
-                if let Some(r) = self
-                    .replicas_mut(shard)
-                    .and_then(|rs| rs.iter_mut().find(|r| r.node == node))
-                {
-                    r.state = state;
-                }
-            }
-            Command::DropReplica { shard, node } => {
-                if let Some(rs) = self.replicas_mut(shard) {
-                    rs.retain(|r| r.node != node);
                 }
             }
             Command::StageModel(model) => self.models.staged = Some(model),
@@ -260,24 +410,45 @@ impl ClusterState {
                     self.settings.insert(key, value);
                 }
             }
-            Command::QueueTransfers(transfers) => self.transfers.extend(transfers),
             Command::DrainNode { id, transfers } => {
                 if let Some(node) = self.nodes.get_mut(&id) {
                     node.status = NodeStatus::Draining;
                 }
                 self.transfers.extend(transfers);
             }
-            Command::SetReplication {
-                replication,
-                transfers,
-            } => {
-                if let Some(map) = self.shard_map.as_mut() {
-                    map.replication = replication;
-                }
-                self.transfers.extend(transfers);
-            }
-            Command::CancelTransfers(cancel) => self.transfers.retain(|t| !cancel.contains(t)),
+            // map changes never reach here (`apply_command`)
+            Command::InitShards { .. }
+            | Command::AddReplica { .. }
+            | Command::SetReplicaState { .. }
+            | Command::DropReplica { .. }
+            | Command::QueueTransfers(_)
+            | Command::SetReplication { .. }
+            | Command::CancelTransfers(_)
+            | Command::Partitions(_) => {}
         }
         CommandResult::Ok
+    }
+}
+
+/// A new map with every copy in `state` on the placed nodes.
+fn new_map(
+    shards: u32,
+    replication: u32,
+    placement: Vec<Vec<NodeId>>,
+    state: ReplicaState,
+) -> ShardMap {
+    let replicas = placement
+        .into_iter()
+        .map(|nodes| {
+            nodes
+                .into_iter()
+                .map(|node| Replica { node, state })
+                .collect()
+        })
+        .collect();
+    ShardMap {
+        shards,
+        replication,
+        replicas,
     }
 }

@@ -143,22 +143,25 @@ impl ClusterState {
             return Err(format!("node {id} was removed; removal is final"));
         }
         if status == NodeStatus::Removed && current != NodeStatus::Removed {
-            if let Some(map) = &self.shard_map {
-                let held = map.shards_on(id);
+            for kind in super::MapKind::ALL {
+                let held = self.map(kind).map(|m| m.shards_on(id)).unwrap_or_default();
                 if !held.is_empty() {
                     return Err(format!(
-                        "node {id} still holds replicas of shards {held:?}; drain it (plan_drain) and drop them first"
+                        "node {id} still holds replicas of {kind}s {held:?}; drain it (plan_drain) and drop them first"
                     ));
                 }
             }
-            if let Some(t) = self
-                .transfers
-                .iter()
-                .find(|t| t.from == Some(id) || t.to == Some(id))
-            {
-                return Err(format!(
-                    "node {id} is part of the queued transfer ({t}); wait for it or cancel it first"
-                ));
+            for kind in super::MapKind::ALL {
+                if let Some(t) = self
+                    .queue(kind)
+                    .iter()
+                    .find(|t| t.from == Some(id) || t.to == Some(id))
+                {
+                    return Err(format!(
+                        "node {id} is part of the queued transfer ({}); wait for it or cancel it first",
+                        t.describe(kind)
+                    ));
+                }
             }
             if let Some(staged) = &self.models.staged {
                 if staged.source_node == id {

@@ -1,9 +1,9 @@
 //! The replicated control state of a funnel cluster and the rules for
 //! changing it.
 //!
-//! Owns: `ClusterState` (members, shard map, model versions, the realtime
-//! item catalog overlay, settings, the queue of shard transfers, whose
-//! rules live in `moves`), the `Command`s that change it, and
+//! Owns: `ClusterState` (members, shard map, user partition map, model
+//! versions, the realtime item catalog overlay, settings, the queues of
+//! shard and partition transfers, whose rules live in `moves`), the `Command`s that change it, and
 //! `ClusterState::apply_command`, which validates every command against the
 //! current state and either applies it whole or rejects it with the state
 //! unchanged. Must not touch: Raft, storage, the network, clocks or
@@ -24,8 +24,8 @@
 //!   settings);
 //! - `members`: `NodeInfo`, `NodeStatus`, the member rules and Raft
 //!   membership entries;
-//! - `shard_map`: `Replica`, `ReplicaState`, `ShardMap` and the replica
-//!   rules;
+//! - `shard_map`: `MapKind`, `Replica`, `ReplicaState`, `ShardMap` and the
+//!   replica rules, for both maps (item shards and user partitions);
 //! - `models`: `ModelRef`, `ModelVersions` and the rollout rules;
 //! - `catalog`: the realtime item overlay (`ItemRecord`, `Catalog`,
 //!   `CatalogChange`), its upsert rules and per-shard digests.
@@ -37,6 +37,8 @@ mod checks;
 mod command;
 mod members;
 mod models;
+#[cfg(test)]
+mod partition_tests;
 mod shard_map;
 #[cfg(test)]
 mod tests;
@@ -49,10 +51,10 @@ use super::moves::Transfer;
 use super::types::{LogId, NodeId, StoredMembership};
 
 pub use catalog::{Catalog, CatalogChange, ItemRecord};
-pub use command::{Command, CommandResult};
+pub use command::{Command, CommandResult, MapOp};
 pub use members::{NodeInfo, NodeStatus};
 pub use models::{ModelRef, ModelVersions};
-pub use shard_map::{Replica, ReplicaState, ShardMap};
+pub use shard_map::{MapKind, Replica, ReplicaState, ShardMap};
 
 /// Most shards a cluster may be created with (the shard count is fixed for
 /// the cluster's life, and every node keeps per-shard state).
@@ -88,6 +90,43 @@ pub struct ClusterState {
     pub settings: BTreeMap<String, String>,
     /// Queued shard transfers, oldest first (see `moves`).
     pub transfers: Vec<Transfer>,
+    /// Which nodes hold which user partition (`MapKind::UserPartitions`).
+    /// Added after the fields above: the snapshot format keeps their order,
+    /// and a snapshot written before them decodes through `LegacyState`.
+    pub partition_map: Option<ShardMap>,
+    /// Queued user partition transfers, oldest first.
+    pub partition_transfers: Vec<Transfer>,
+}
+
+/// The state as snapshots written before user partitions encoded it
+/// (`state_machine` falls back to it).
+#[derive(Deserialize)]
+pub(in crate::cluster) struct LegacyState {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    nodes: BTreeMap<NodeId, NodeInfo>,
+    shard_map: Option<ShardMap>,
+    models: ModelVersions,
+    catalog: Catalog,
+    settings: BTreeMap<String, String>,
+    transfers: Vec<Transfer>,
+}
+
+impl From<LegacyState> for ClusterState {
+    fn from(l: LegacyState) -> Self {
+        ClusterState {
+            last_applied: l.last_applied,
+            membership: l.membership,
+            nodes: l.nodes,
+            shard_map: l.shard_map,
+            models: l.models,
+            catalog: l.catalog,
+            settings: l.settings,
+            transfers: l.transfers,
+            partition_map: None,
+            partition_transfers: Vec::new(),
+        }
+    }
 }
 
 /// What an operator sees of the state: everything but the item catalogue.
@@ -100,6 +139,9 @@ pub struct ClusterView {
     pub summary: StateSummary,
     /// Queued shard transfers with their phase.
     pub transfers: Vec<(Transfer, super::moves::Phase)>,
+    pub partition_map: Option<ShardMap>,
+    /// Queued user partition transfers with their phase.
+    pub partition_transfers: Vec<(Transfer, super::moves::Phase)>,
 }
 
 impl ClusterState {
@@ -110,7 +152,9 @@ impl ClusterState {
             models: self.models.clone(),
             settings: self.settings.clone(),
             summary: self.summary(),
-            transfers: self.transfer_phases(),
+            transfers: self.transfer_phases(MapKind::Shards),
+            partition_map: self.partition_map.clone(),
+            partition_transfers: self.transfer_phases(MapKind::UserPartitions),
         }
     }
 }
@@ -129,6 +173,8 @@ pub struct StateSummary {
     pub catalog_deleted: u64,
     pub catalog_last_index: Option<u64>,
     pub settings: u32,
+    pub user_partitions: u32,
+    pub user_replication: u32,
 }
 
 impl ClusterState {
@@ -159,6 +205,8 @@ impl ClusterState {
             catalog_deleted: self.catalog.deleted_len() as u64,
             catalog_last_index: self.catalog.last_index(),
             settings: self.settings.len() as u32,
+            user_partitions: self.partition_map.as_ref().map_or(0, |m| m.shards),
+            user_replication: self.partition_map.as_ref().map_or(0, |m| m.replication),
         }
     }
 }

@@ -1,7 +1,9 @@
-//! The shard map: `Replica`, `ReplicaState`, `ShardMap` (which nodes hold
-//! which shard, in which state) and the replica rules of `ClusterState`:
-//! creating the map, adding, re-stating and dropping replicas so that a
-//! shard never loses its last Active copy.
+//! The placement maps: `MapKind`, `Replica`, `ReplicaState`, `ShardMap`
+//! (which nodes hold which unit, in which state) and the replica rules of
+//! `ClusterState`: creating a map, adding, re-stating and dropping replicas
+//! so that a unit never loses its last Active copy. Two maps use these
+//! rules: the item shards' and the user partitions' (`MapKind`); a user
+//! partition is placed, moved and drained exactly like a shard.
 //!
 //! Must not touch: Raft, storage, the network, clocks or randomness (see
 //! the `state` module: a pure, deterministic function of the log, with
@@ -36,14 +38,64 @@ impl fmt::Display for ReplicaState {
     }
 }
 
+/// What a map places: item shards (the catalogue's vectors, split by item
+/// key) or user partitions (realtime user state, split by user key,
+/// `ids::user_partition`).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub enum MapKind {
+    #[default]
+    Shards,
+    UserPartitions,
+}
+
+impl MapKind {
+    /// Both kinds, in the order status pages list them.
+    pub const ALL: [MapKind; 2] = [MapKind::Shards, MapKind::UserPartitions];
+
+    /// The noun for one unit, for messages ("shard 3", "user partition 3").
+    pub fn unit(self) -> &'static str {
+        match self {
+            MapKind::Shards => "shard",
+            MapKind::UserPartitions => "user partition",
+        }
+    }
+
+    /// The name of the map, for messages.
+    pub fn map_name(self) -> &'static str {
+        match self {
+            MapKind::Shards => "the shard map",
+            MapKind::UserPartitions => "the user partition map",
+        }
+    }
+
+    /// The command that creates the map.
+    fn init_command(self) -> &'static str {
+        match self {
+            MapKind::Shards => "InitShards",
+            MapKind::UserPartitions => "Partitions(Init)",
+        }
+    }
+}
+
+impl fmt::Display for MapKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.unit())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Replica {
     pub node: NodeId,
     pub state: ReplicaState,
 }
 
-/// Which nodes hold which shard. `replication` is the target replica count;
-/// during a move a shard briefly has one more.
+/// Which nodes hold which unit: item shards, or user partitions in
+/// `ClusterState::partition_map` (the fields keep the shard names for
+/// both). `replication` is the target replica count; during a move a unit
+/// briefly has one more. Part of the snapshot format: fields keep their
+/// order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardMap {
     pub shards: u32,
@@ -96,20 +148,23 @@ impl ShardMap {
 }
 
 impl ClusterState {
-    pub(super) fn check_init_shards(
+    pub(super) fn check_init_map(
         &self,
+        kind: MapKind,
         shards: u32,
         replication: u32,
         placement: &[Vec<NodeId>],
     ) -> Verdict {
-        if let Some(map) = &self.shard_map {
+        if let Some(map) = self.map(kind) {
             return Err(format!(
-                "the shard map already exists ({} shards x {} replicas); the shard count is fixed at creation",
-                map.shards, map.replication
+                "{} already exists ({} {kind}s x {} replicas); the {kind} count is fixed at creation",
+                kind.map_name(),
+                map.shards,
+                map.replication
             ));
         }
         if shards == 0 || shards > MAX_SHARDS {
-            return Err(format!("shard count {shards} is outside 1..={MAX_SHARDS}"));
+            return Err(format!("{kind} count {shards} is outside 1..={MAX_SHARDS}"));
         }
         if replication == 0 || replication > MAX_REPLICATION {
             return Err(format!(
@@ -125,14 +180,14 @@ impl ClusterState {
         }
         if placement.len() != shards as usize {
             return Err(format!(
-                "placement lists {} shards but shards = {shards}",
+                "placement lists {} {kind}s but there are {shards}",
                 placement.len()
             ));
         }
         for (shard, nodes) in placement.iter().enumerate() {
             if nodes.len() != replication as usize {
                 return Err(format!(
-                    "shard {shard} is placed on {} nodes but replication = {replication}",
+                    "{kind} {shard} is placed on {} nodes but replication = {replication}",
                     nodes.len()
                 ));
             }
@@ -140,7 +195,7 @@ impl ClusterState {
             for &node in nodes {
                 if !seen.insert(node) {
                     return Err(format!(
-                        "shard {shard} lists node {node} twice; replicas need distinct nodes"
+                        "{kind} {shard} lists node {node} twice; replicas need distinct nodes"
                     ));
                 }
                 self.check_can_host(node)?;
@@ -149,14 +204,33 @@ impl ClusterState {
         Ok(())
     }
 
-    fn shard_map_for(&self, shard: u32) -> Result<&ShardMap, String> {
-        let map = self
-            .shard_map
-            .as_ref()
-            .ok_or_else(|| "the shard map does not exist yet; run InitShards first".to_string())?;
+    /// The map of `kind`, if it was created.
+    pub fn map(&self, kind: MapKind) -> Option<&ShardMap> {
+        match kind {
+            MapKind::Shards => self.shard_map.as_ref(),
+            MapKind::UserPartitions => self.partition_map.as_ref(),
+        }
+    }
+
+    pub(in crate::cluster) fn map_mut(&mut self, kind: MapKind) -> Option<&mut ShardMap> {
+        match kind {
+            MapKind::Shards => self.shard_map.as_mut(),
+            MapKind::UserPartitions => self.partition_map.as_mut(),
+        }
+    }
+
+    /// The map of `kind`, checked to hold `shard`.
+    fn map_for(&self, kind: MapKind, shard: u32) -> Result<&ShardMap, String> {
+        let map = self.map(kind).ok_or_else(|| {
+            format!(
+                "{} does not exist yet; run {} first",
+                kind.map_name(),
+                kind.init_command()
+            )
+        })?;
         if shard >= map.shards {
             return Err(format!(
-                "shard {shard} does not exist (shards 0..{})",
+                "{kind} {shard} does not exist ({kind}s 0..{})",
                 map.shards
             ));
         }
@@ -165,17 +239,18 @@ impl ClusterState {
 
     pub(super) fn check_add_replica(
         &self,
+        kind: MapKind,
         shard: u32,
         node: NodeId,
         state: ReplicaState,
     ) -> Verdict {
-        let map = self.shard_map_for(shard)?;
+        let map = self.map_for(kind, shard)?;
         if state == ReplicaState::Draining {
             return Err("a new replica starts Loading (or Active), never Draining".to_string());
         }
         if map.replica(shard, node).is_some() {
             return Err(format!(
-                "node {node} already holds a replica of shard {shard}"
+                "node {node} already holds a replica of {kind} {shard}"
             ));
         }
         self.check_can_host(node)
@@ -183,23 +258,24 @@ impl ClusterState {
 
     pub(super) fn check_replica_state(
         &self,
+        kind: MapKind,
         shard: u32,
         node: NodeId,
         state: ReplicaState,
     ) -> Verdict {
-        let map = self.shard_map_for(shard)?;
+        let map = self.map_for(kind, shard)?;
         let replica = map
             .replica(shard, node)
-            .ok_or_else(|| format!("node {node} holds no replica of shard {shard}"))?;
+            .ok_or_else(|| format!("node {node} holds no replica of {kind} {shard}"))?;
         match (replica.state, state) {
             (from, to) if from == to => Ok(()),
             (_, ReplicaState::Loading) => Err(format!(
-                "the replica of shard {shard} on node {node} is {}; a replica never goes back to Loading \
+                "the replica of {kind} {shard} on node {node} is {}; a replica never goes back to Loading \
                  (drop it and add it again)",
                 replica.state
             )),
             (ReplicaState::Loading, ReplicaState::Draining) => Err(format!(
-                "the replica of shard {shard} on node {node} is still Loading and serves nothing; drop it instead"
+                "the replica of {kind} {shard} on node {node} is still Loading and serves nothing; drop it instead"
             )),
             (_, ReplicaState::Active) => match self.node_status(node) {
                 Some(NodeStatus::Active) => Ok(()),
@@ -211,7 +287,7 @@ impl ClusterState {
             (ReplicaState::Active, ReplicaState::Draining) => {
                 if map.active_replicas(shard) <= 1 {
                     Err(format!(
-                        "shard {shard} would have no Active replica; add and activate another replica first"
+                        "{kind} {shard} would have no Active replica; add and activate another replica first"
                     ))
                 } else {
                     Ok(())
@@ -222,11 +298,11 @@ impl ClusterState {
         }
     }
 
-    pub(super) fn check_drop_replica(&self, shard: u32, node: NodeId) -> Verdict {
-        let map = self.shard_map_for(shard)?;
+    pub(super) fn check_drop_replica(&self, kind: MapKind, shard: u32, node: NodeId) -> Verdict {
+        let map = self.map_for(kind, shard)?;
         let replica = map
             .replica(shard, node)
-            .ok_or_else(|| format!("node {node} holds no replica of shard {shard}"))?;
+            .ok_or_else(|| format!("node {node} holds no replica of {kind} {shard}"))?;
         if replica.state == ReplicaState::Loading {
             return Ok(());
         }
@@ -238,13 +314,13 @@ impl ClusterState {
             .count();
         if other_active == 0 {
             return Err(format!(
-                "shard {shard} would have no Active replica left; add and activate another replica first"
+                "{kind} {shard} would have no Active replica left; add and activate another replica first"
             ));
         }
         Ok(())
     }
 
-    pub(super) fn replicas_mut(&mut self, shard: u32) -> Option<&mut Vec<Replica>> {
-        self.shard_map.as_mut()?.replicas.get_mut(shard as usize)
+    pub(super) fn replicas_mut(&mut self, kind: MapKind, shard: u32) -> Option<&mut Vec<Replica>> {
+        self.map_mut(kind)?.replicas.get_mut(shard as usize)
     }
 }

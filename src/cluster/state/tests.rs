@@ -220,7 +220,7 @@ fn init_shards_rules() {
     rejected(
         &mut s,
         init(2, 1, vec![vec![1]]),
-        "placement lists 1 shards but shards = 2",
+        "placement lists 1 shards but there are 2",
     );
     rejected(
         &mut s,
