@@ -14,6 +14,7 @@ use crate::proto::data::{
     shard_search_outcome, FetchEventsRequest, ForwardEventsRequest, ForwardEventsResponse,
     SearchFailure, ShardDigestRequest, ShardDigestResponse, ShardSearchBatch,
     ShardSearchBatchResponse, ShardSearchOutcome, ShardSearchRequest, ShardSearchResponse,
+    UserStateRequest, UserStateResponse,
 };
 use crate::routing::batch::MAX_BATCH_SEARCHES;
 use crate::routing::metadata::request_id_of;
@@ -224,6 +225,33 @@ impl ShardData for ShardDataService {
             .in_current_span(),
         );
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn get_user_state(
+        &self,
+        request: Request<UserStateRequest>,
+    ) -> Result<Response<UserStateResponse>, Status> {
+        let r = request.into_inner();
+        let state = self
+            .node
+            .user_state_for_peer(&r.user_id, r.partition)
+            .map_err(|e| grpc_status(&e))?;
+        let node_id = self.node.config().node.id;
+        let response = match state {
+            None => UserStateResponse {
+                found: false,
+                state: Vec::new(),
+                node_id,
+            },
+            Some(s) => UserStateResponse {
+                found: true,
+                state: crate::routing::user_state::encode(&s).map_err(|e| {
+                    grpc_status(&ServiceError::internal_from("encoding a user state", e))
+                })?,
+                node_id,
+            },
+        };
+        Ok(Response::new(response))
     }
 
     async fn digest(

@@ -67,6 +67,8 @@ pub trait LocalNode: Clone + 'static {
     fn rebuild_shard_clients(&self) -> Result<(), ServiceError>;
     /// Applies the committed catalogue changes not applied yet.
     async fn apply_cluster_catalog(&self) -> Result<(), ServiceError>;
+    /// Points user-state reads at the copies the partition map places.
+    fn follow_partition_map(&self);
 }
 
 /// Why one control-loop step (reconcile, rollout) did not finish; the
@@ -192,6 +194,7 @@ async fn reconcile<N: LocalNode>(
         }
     }
     activate_partition_copies(link).await?;
+    node.follow_partition_map();
     if !has_map {
         return Ok(());
     }

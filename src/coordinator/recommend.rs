@@ -18,12 +18,11 @@ use crate::ranking::score::{feature_rows, Cascade, ItemSource, Ranker};
 use crate::ranking::worker::RankWorker;
 use crate::ranking::PoolScoring;
 use crate::recall::{local_paths, merge, Candidate, PathResult, RecallConfig};
-use crate::routing::{CallBatch, CallContext, SearchSpec, ShardClient};
+use crate::routing::{CallBatch, CallContext, SearchSpec, ShardClient, UserStates};
 use crate::service::types::{Degraded, Recommendation, RecommendedItem, ServiceError, StageTiming};
 use crate::service::validate::ValidRecommend;
 use crate::shard::{per_shard_k, KeyedVectors, VectorTable};
 use crate::telemetry::metrics::metrics;
-use crate::userstate::UserReader;
 use actix::Addr;
 use futures::future::join_all;
 use std::collections::HashMap;
@@ -42,8 +41,9 @@ pub struct Serving {
 #[derive(Clone)]
 pub struct RecommendEnv {
     pub serving: Arc<Serving>,
-    /// One reader per user partition.
-    pub users: Arc<Vec<UserReader>>,
+    /// Where the user's realtime state is read (this node's partition
+    /// copy, or another node's).
+    pub users: Arc<UserStates>,
     pub rank: Addr<RankWorker>,
     pub recall: RecallConfig,
     pub rerank: RerankConfig,
@@ -240,12 +240,14 @@ async fn user_stage(
     degraded: &mut Vec<Degraded>,
 ) -> UserStage {
     let serving = &env.serving;
-    let partition = shard_of(user_key(&req.user_id), env.users.len() as u32) as usize;
-    let state: Arc<UserState> = env
-        .users
-        .get(partition)
-        .and_then(|users| users.get(&req.user_id))
-        .unwrap_or_default();
+    let state: Arc<UserState> = match env.users.get(&req.user_id, until, request_id).await {
+        Ok(state) => state.unwrap_or_default(),
+        Err(e) => {
+            // this node's own copy of the user, if any, beats none
+            degraded.push(Degraded::UserStateUnavailable(e.to_string()));
+            env.users.local(&req.user_id).unwrap_or_default()
+        }
+    };
     let mut vector = serving.model.user_vector(&req.user_id).map(|v| v.to_vec());
     let mut vectors = VectorTable::default();
     if vector.is_none() && !state.recent.is_empty() {

@@ -245,7 +245,9 @@ impl Ask {
             let (_actor, reader) = UserStateActor::new(0, StateParams::default());
             let env = RecommendEnv {
                 serving,
-                users: Arc::new(vec![reader]),
+                users: Arc::new(crate::routing::UserStates::local_only(Arc::new(vec![
+                    reader,
+                ]))),
                 rank: start_rank_workers(2),
                 recall: RecallConfig::default(),
                 rerank: RerankConfig::default(),

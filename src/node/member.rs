@@ -104,4 +104,8 @@ impl LocalNode for Node {
     async fn apply_cluster_catalog(&self) -> Result<(), ServiceError> {
         Node::apply_cluster_catalog(self).await
     }
+
+    fn follow_partition_map(&self) {
+        Node::follow_partition_map(self)
+    }
 }

@@ -37,6 +37,7 @@ pub use member::{start_cluster, JoinError};
 mod model_host;
 mod peer;
 pub mod rollout;
+mod user_routes;
 
 use crate::cluster::{Command, ItemRecord};
 use crate::config::NodeConfig;
@@ -76,8 +77,9 @@ struct Inner {
     cluster: OnceLock<Arc<ClusterLink>>,
     /// One actor per user partition: the only writer of its states.
     users: Arc<Vec<Addr<UserStateActor>>>,
-    /// The same partitions, read by requests without a message.
-    user_readers: Arc<Vec<UserReader>>,
+    /// Where requests read user states: these partitions' readers, or a
+    /// copy of the user's partition on another node.
+    user_routing: user_routes::UserRouting,
     rank: Addr<RankWorker>,
     requests: AtomicU64,
     /// The event logs, ingest, forwarding and replay.
@@ -85,6 +87,9 @@ struct Inner {
     /// The served version, the versions beside it and the swap.
     host: ModelHost,
 }
+
+/// How long `GetUser` waits for a copy of the user's partition elsewhere.
+const USER_READ_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How long a catalogue write waits for this node to apply it after the
 /// cluster committed it.
@@ -128,7 +133,7 @@ impl Node {
                 events: EventPipeline::new(logs, users.clone(), &config),
                 host: ModelHost::new(search_pool, config.shards, &config.node.data_dir),
                 users,
-                user_readers: Arc::new(user_readers),
+                user_routing: user_routes::UserRouting::new(Arc::new(user_readers)),
                 rank,
                 requests: AtomicU64::new(0),
                 config,
@@ -222,7 +227,7 @@ impl Node {
         let c = &self.inner.config;
         let env = RecommendEnv {
             serving,
-            users: self.inner.user_readers.clone(),
+            users: self.inner.user_routing.current(),
             rank: self.inner.rank.clone(),
             recall: c.recall.clone(),
             rerank: c.rerank,
@@ -368,8 +373,12 @@ impl Node {
         crate::ids::validate_id(&user_id)
             .map_err(|e| ServiceError::InvalidArgument(format!("user_id: {e}")))?;
         let serving = self.current()?;
-        let p = shard_of(user_key(&user_id), self.inner.users.len() as u32) as usize;
-        let state = self.inner.user_readers[p].get(&user_id);
+        let states = self.inner.user_routing.current();
+        let deadline = std::time::Instant::now() + USER_READ_WAIT;
+        let state = states
+            .get(&user_id, deadline, &self.request_id())
+            .await
+            .map_err(|e| ServiceError::unavailable(format!("{e}; ask again shortly")))?;
         let has_vector = serving.model.user_vector(&user_id).is_some();
         let Some(state) = state else {
             return Ok(UserView {
@@ -469,6 +478,25 @@ impl Node {
                 .map(|m| m.shards_on(link.id()))
                 .unwrap_or_default(),
         )
+    }
+
+    /// Points user-state reads at the copies the user partition map
+    /// places (a no-op when the placement did not move).
+    pub fn follow_partition_map(&self) {
+        if let Some(link) = self.inner.cluster.get() {
+            self.inner.user_routing.follow_map(link);
+        }
+    }
+
+    /// A peer's `GetUserState`: the user's state from this node's copy of
+    /// `partition` (refused when this node holds none).
+    pub fn user_state_for_peer(
+        &self,
+        user_id: &str,
+        partition: u32,
+    ) -> Result<Option<Arc<crate::features::UserState>>, ServiceError> {
+        let states = self.inner.user_routing.current();
+        user_routes::answer(self.inner.cluster.get(), &states, user_id, partition)
     }
 
     /// Rebuilds the shard clients of the current version after the shard

@@ -8,7 +8,8 @@
 //! one request's searches gathered per node into one RPC (`batch`), what a
 //! call carries besides its body (`metadata`: deadline, request id), and
 //! building one replica set per shard from the cluster's shard map
-//! (`build`). Must not touch: which node holds which shard (the cluster's
+//! (`build`), and where a request reads its user's realtime state
+//! (`user_state`: this node's partition copy or another's). Must not touch: which node holds which shard (the cluster's
 //! Raft state decides), how a shard searches (`shard`) or what a request
 //! does with the answers (`coordinator`).
 
@@ -21,6 +22,7 @@ pub mod metadata;
 pub mod plan;
 pub mod remote;
 pub mod set;
+pub mod user_state;
 
 pub use batch::CallBatch;
 pub use build::{fitting_map, replica_sets, RoutingError};
@@ -32,3 +34,4 @@ pub use local::{search_filter, LocalShard};
 pub use plan::{plan_copies, CopyInfo, CopyPlan};
 pub use remote::RemoteShard;
 pub use set::{ReplicaSet, ReplicaTarget};
+pub use user_state::{RemoteCopy, UserReadError, UserRoutes, UserStates};

@@ -357,6 +357,13 @@ mod tests {
         ) -> Result<Response<Self::FetchEventsStream>, Status> {
             Err(Status::unimplemented("not in this test"))
         }
+
+        async fn get_user_state(
+            &self,
+            _: Request<crate::proto::data::UserStateRequest>,
+        ) -> Result<Response<crate::proto::data::UserStateResponse>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
     }
 
     fn spec() -> SearchSpec {

@@ -73,16 +73,20 @@ pub enum Degraded {
     ShardDeadline { shard: u32 },
     /// Scoring gave no scores; the candidates are in recall rank-fusion order.
     RankFallback(RankError),
+    /// No copy of the user's partition answered in time; the request used
+    /// this node's own state of the user, which may lack recent events.
+    UserStateUnavailable(String),
 }
 
 impl Degraded {
     /// Every value `label` returns.
-    pub const LABELS: [&'static str; 5] = [
+    pub const LABELS: [&'static str; 6] = [
         "no_user_vector",
         "shard_failed",
         "shard_deadline",
         "rank_deadline",
         "rank_failed",
+        "user_state_unavailable",
     ];
 
     pub fn label(&self) -> &'static str {
@@ -92,6 +96,7 @@ impl Degraded {
             Degraded::ShardDeadline { .. } => "shard_deadline",
             Degraded::RankFallback(RankError::Deadline) => "rank_deadline",
             Degraded::RankFallback(_) => "rank_failed",
+            Degraded::UserStateUnavailable(_) => "user_state_unavailable",
         }
     }
 }
@@ -103,6 +108,10 @@ impl std::fmt::Display for Degraded {
             Degraded::ShardFailed(e) => write!(f, "{e}"),
             Degraded::ShardDeadline { shard } => write!(f, "shard {shard}: deadline"),
             Degraded::RankFallback(e) => write!(f, "rank: {e}; ordered by recall rank fusion"),
+            Degraded::UserStateUnavailable(e) => write!(
+                f,
+                "user state: {e}; used this node's own state of the user, which may miss recent events"
+            ),
         }
     }
 }
@@ -374,6 +383,11 @@ mod tests {
             (
                 Degraded::RankFallback(RankError::WorkersUnavailable(actix::MailboxError::Closed)),
                 "rank: workers unavailable (Mailbox has closed); ordered by recall rank fusion",
+            ),
+            (
+                Degraded::UserStateUnavailable("user partition 3 has no Active copy".into()),
+                "user state: user partition 3 has no Active copy; used this node's own state of \
+                 the user, which may miss recent events",
             ),
         ];
         let mut labels = Vec::new();

@@ -40,6 +40,10 @@ pub struct Metrics {
     /// Peers this node's data plane counts as down (`routing::NodeHealth`):
     /// their shard copies are skipped until they answer a probe.
     pub peers_down: prometheus::IntGauge,
+    /// Where requests read their user's realtime state: this node's copy
+    /// of the partition (`local`), a copy on another node (`remote`), or
+    /// nowhere in time (`failed`: the request used what this node has).
+    pub user_state_reads: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -169,7 +173,13 @@ fn build() -> Metrics {
     registry
         .register(Box::new(peers_down.clone()))
         .expect("metric registered once");
+    let user_state_reads = c(
+        "funnel_user_state_reads_total",
+        "Where requests read their user's realtime state: local partition copy, remote copy, or failed",
+        &["source"],
+    );
     Metrics {
+        user_state_reads,
         raft_vote_fenced,
         peers_down,
         hedged_requests,
