@@ -729,22 +729,7 @@ fn run(cli: Cli) -> Result<()> {
                     from,
                     to,
                     json,
-                } => {
-                    let (kind, shard) = match (shard, user_partition) {
-                        (_, Some(p)) => (MapKind::UserPartitions, p),
-                        (Some(s), None) => (MapKind::Shards, s),
-                        (None, None) => anyhow::bail!("give --shard N or --user-partition N"),
-                    };
-                    (
-                        ClusterOp::MoveShard {
-                            kind,
-                            shard,
-                            from,
-                            to,
-                        },
-                        json,
-                    )
-                }
+                } => (ClusterOp::move_copy(shard, user_partition, from, to)?, json),
                 AdminCommand::Rebalance {
                     dry_run,
                     max_concurrent,
@@ -763,11 +748,7 @@ fn run(cli: Cli) -> Result<()> {
                     json,
                 } => (
                     ClusterOp::SetReplication {
-                        kind: if user_partitions {
-                            MapKind::UserPartitions
-                        } else {
-                            MapKind::Shards
-                        },
+                        kind: MapKind::of_flag(user_partitions),
                         replication,
                         dry_run,
                     },
@@ -777,14 +758,7 @@ fn run(cli: Cli) -> Result<()> {
                     shard,
                     user_partition,
                     json,
-                } => {
-                    let only = match (shard, user_partition) {
-                        (_, Some(p)) => Some((MapKind::UserPartitions, p)),
-                        (Some(s), None) => Some((MapKind::Shards, s)),
-                        (None, None) => None,
-                    };
-                    (ClusterOp::CancelMoves { only }, json)
-                }
+                } => (ClusterOp::cancel(shard, user_partition), json),
                 AdminCommand::SetSetting { key, value } => {
                     (ClusterOp::SetSetting { key, value }, false)
                 }

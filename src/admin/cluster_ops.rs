@@ -62,6 +62,38 @@ pub enum ClusterOp {
     },
 }
 
+impl ClusterOp {
+    /// `move-shard --shard S` or `--user-partition P` (the CLI refuses both).
+    pub fn move_copy(
+        shard: Option<u32>,
+        user_partition: Option<u32>,
+        from: u64,
+        to: u64,
+    ) -> Result<ClusterOp> {
+        let (kind, shard) = match (shard, user_partition) {
+            (_, Some(p)) => (MapKind::UserPartitions, p),
+            (Some(s), None) => (MapKind::Shards, s),
+            (None, None) => bail!("give --shard N or --user-partition N"),
+        };
+        Ok(ClusterOp::MoveShard {
+            kind,
+            shard,
+            from,
+            to,
+        })
+    }
+
+    /// `cancel-moves`, of everything or of one shard or user partition.
+    pub fn cancel(shard: Option<u32>, user_partition: Option<u32>) -> ClusterOp {
+        let only = match (shard, user_partition) {
+            (_, Some(p)) => Some((MapKind::UserPartitions, p)),
+            (Some(s), None) => Some((MapKind::Shards, s)),
+            (None, None) => None,
+        };
+        ClusterOp::CancelMoves { only }
+    }
+}
+
 /// What a command did (or, with `--dry-run`, would do).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct OpReport {

@@ -54,6 +54,15 @@ impl MapKind {
     /// Both kinds, in the order status pages list them.
     pub const ALL: [MapKind; 2] = [MapKind::Shards, MapKind::UserPartitions];
 
+    /// `UserPartitions` when a command's `--user-partition(s)` flag is set.
+    pub fn of_flag(user_partitions: bool) -> MapKind {
+        if user_partitions {
+            MapKind::UserPartitions
+        } else {
+            MapKind::Shards
+        }
+    }
+
     /// The noun for one unit, for messages ("shard 3", "user partition 3").
     pub fn unit(self) -> &'static str {
         match self {
