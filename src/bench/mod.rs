@@ -240,6 +240,7 @@ fn server_cpu(
         per_request: None,
         per_target: Vec::new(),
         unavailable: Some(reason),
+        remote_user_reads: None,
     };
     let mut windows = Vec::with_capacity(plan.targets.len());
     for ((b, a), completed) in before.iter().zip(after).zip(answered) {
@@ -273,6 +274,7 @@ fn server_cpu(
                 .collect(),
             per_request: Some(c),
             unavailable: None,
+            remote_user_reads: server_stats::remote_user_read_share(&windows),
         },
         Err(e) => unavailable(e.to_string()),
     }

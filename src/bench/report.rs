@@ -155,6 +155,9 @@ pub struct ServerCpu {
     pub per_target: Vec<CpuPerRequest>,
     /// Set when `per_request` is absent.
     pub unavailable: Option<String>,
+    /// Share of the requests' user-state reads another node's partition
+    /// copy served (a cluster whose user partitions are placed).
+    pub remote_user_reads: Option<f64>,
 }
 
 /// Everything one `funnel bench` run measured.

@@ -115,6 +115,10 @@ pub struct CpuCounters {
     pub ranking_seconds: Option<f64>,
     pub rpc_seconds: Option<f64>,
     pub requests: Option<f64>,
+    /// User-state reads served by another node's partition copy, and all
+    /// user-state reads (`funnel_user_state_reads_total`).
+    pub user_reads_remote: Option<f64>,
+    pub user_reads: Option<f64>,
 }
 
 fn sum_matching(samples: &[MetricSample], pred: impl Fn(&MetricSample) -> bool) -> Option<f64> {
@@ -140,7 +144,23 @@ pub fn cpu_counters(samples: &[MetricSample]) -> CpuCounters {
         ranking_seconds: sum_matching(samples, stage("ranking")),
         rpc_seconds: sum_matching(samples, stage("rpc")),
         requests: sum_matching(samples, |s| s.name == "funnel_requests_total"),
+        user_reads_remote: sum_matching(samples, |s| {
+            s.name == "funnel_user_state_reads_total" && s.label("source") == Some("remote")
+        }),
+        user_reads: sum_matching(samples, |s| s.name == "funnel_user_state_reads_total"),
     }
+}
+
+/// The share of user-state reads over the windows that another node's
+/// copy served (None when no target exports the counters or none read).
+pub fn remote_user_read_share(windows: &[TargetWindow]) -> Option<f64> {
+    let delta = |b: Option<f64>, a: Option<f64>| Some(a? - b?);
+    let (mut remote, mut all) = (0.0, 0.0);
+    for w in windows {
+        remote += delta(w.before.user_reads_remote, w.after.user_reads_remote).unwrap_or(0.0);
+        all += delta(w.before.user_reads, w.after.user_reads).unwrap_or(0.0);
+    }
+    (all > 0.0).then_some(remote / all)
 }
 
 /// Server CPU per completed request over the measured window, in
@@ -319,6 +339,8 @@ this line is garbage
                 ranking_seconds: Some(4.0),
                 rpc_seconds: None,
                 requests: Some(100.0),
+                user_reads_remote: None,
+                user_reads: None,
             }
         );
         assert_eq!(
@@ -334,7 +356,35 @@ this line is garbage
             ranking_seconds: Some(ranking),
             rpc_seconds: None,
             requests: Some(requests),
+            user_reads_remote: None,
+            user_reads: None,
         }
+    }
+
+    #[test]
+    fn the_remote_share_is_summed_deltas_over_summed_reads() {
+        let at = |remote: f64, all: f64| CpuCounters {
+            user_reads_remote: Some(remote),
+            user_reads: Some(all),
+            ..CpuCounters::default()
+        };
+        let windows = [
+            TargetWindow {
+                before: at(10.0, 100.0),
+                after: at(40.0, 200.0),
+                completed: 100,
+            },
+            TargetWindow {
+                before: at(0.0, 0.0),
+                after: at(10.0, 100.0),
+                completed: 100,
+            },
+        ];
+        assert_eq!(remote_user_read_share(&windows), Some(40.0 / 200.0));
+        let text = "funnel_user_state_reads_total{source=\"remote\"} 3\nfunnel_user_state_reads_total{source=\"local\"} 5\n";
+        let c = cpu_counters(&parse_exposition(text));
+        assert_eq!((c.user_reads_remote, c.user_reads), (Some(3.0), Some(8.0)));
+        assert_eq!(remote_user_read_share(&[]), None);
     }
 
     #[test]

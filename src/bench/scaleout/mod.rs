@@ -55,6 +55,11 @@ pub struct ScaleoutArgs {
     /// Copies of each shard in a cluster (at most the node count).
     #[arg(long, default_value_t = 2)]
     pub replication: u32,
+    /// Copies of each user partition, one cluster per value for every size
+    /// above 1 (e.g. `3,2,1` on 3 nodes: every user local, then 1/3, then
+    /// 2/3 of them read from another node); empty: the config's default.
+    #[arg(long, value_delimiter = ',')]
+    pub user_replication: Vec<u32>,
     /// Seconds measured per run.
     #[arg(long, default_value_t = 20.0)]
     pub duration: f64,
@@ -115,6 +120,8 @@ pub struct Run {
     /// CPU per request over all nodes.
     pub cpu_per_request: Option<CpuPerRequest>,
     pub nodes: Vec<NodeRun>,
+    /// Share of user-state reads another node's copy served.
+    pub remote_user_reads: Option<f64>,
     /// Cores the load generator used while it ran.
     pub generator_cores: f64,
     /// Set when the generator, not the cluster, may have set the limit.
@@ -126,6 +133,8 @@ pub struct Run {
 pub struct SizeResult {
     pub nodes: u16,
     pub replication: u32,
+    /// Copies of each user partition (None: one node, or the default).
+    pub user_replication: Option<u32>,
     pub capacity_qps: Option<f64>,
     /// capacity / the first size's capacity.
     pub vs_first: Option<f64>,
@@ -169,8 +178,8 @@ fn check(args: &ScaleoutArgs) -> Result<()> {
     if args.qps.iter().any(|&q| !positive(q)) || !positive(args.start_qps) {
         bail!("rates (--qps, --start-qps) must be positive");
     }
-    if args.replication == 0 {
-        bail!("--replication must be at least 1");
+    if args.replication == 0 || args.user_replication.contains(&0) {
+        bail!("--replication and --user-replication must be at least 1");
     }
     Ok(())
 }
@@ -201,8 +210,24 @@ pub fn run_scaleout(args: &ScaleoutArgs) -> Result<ScaleoutReport> {
         sizes: Vec::new(),
     };
     let mut first_capacity: Option<f64> = None;
-    for &n in &args.nodes {
-        let dir = args.dir.join(format!("nodes-{n}"));
+    let variants: Vec<Option<u32>> = if args.user_replication.is_empty() {
+        vec![None]
+    } else {
+        args.user_replication.iter().map(|&u| Some(u)).collect()
+    };
+    let runs_of: Vec<(u16, Option<u32>)> = args
+        .nodes
+        .iter()
+        .flat_map(|&n| {
+            let vs = if n > 1 { variants.clone() } else { vec![None] };
+            vs.into_iter().map(move |u| (n, u))
+        })
+        .collect();
+    for (n, user_replication) in runs_of {
+        let dir = args.dir.join(format!(
+            "nodes-{n}{}",
+            user_replication.map_or(String::new(), |u| format!("-ur{u}"))
+        ));
         if dir.exists() {
             std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
         }
@@ -213,7 +238,13 @@ pub fn run_scaleout(args: &ScaleoutArgs) -> Result<ScaleoutReport> {
         if let Some(g) = &groups {
             report.controller = Some(format!("{:?}", g.controller()));
         }
-        let configs = node_configs(n, args.base_port, &dir, &bundle, shards, args.replication);
+        let mut configs =
+            node_configs(n, args.base_port, &dir, &bundle, shards, args.replication);
+        if let Some(u) = user_replication {
+            for c in configs.iter_mut().filter_map(|c| c.cluster.as_mut()) {
+                c.user_replication = u;
+            }
+        }
         let replication = configs[0].cluster.as_ref().map_or(1, |c| c.replication);
         eprintln!(
             "scaleout: starting {n} node(s){} in {}",
@@ -258,6 +289,7 @@ pub fn run_scaleout(args: &ScaleoutArgs) -> Result<ScaleoutReport> {
         report.sizes.push(SizeResult {
             nodes: n,
             replication,
+            user_replication,
             capacity_qps: capacity,
             vs_first: match (capacity, first_capacity) {
                 (Some(c), Some(f)) if f > 0.0 => Some(c / f),
@@ -358,6 +390,7 @@ fn one_run(args: &ScaleoutArgs, cluster: &mut LocalCluster, n: u16, qps: f64) ->
         coverage_mean: r.recommend.coverage_mean,
         cpu_per_request: r.server_cpu.per_request.clone(),
         nodes,
+        remote_user_reads: r.server_cpu.remote_user_reads,
         generator_cores,
         generator_limit,
     };
@@ -422,8 +455,18 @@ impl ScaleoutReport {
         );
         let _ = writeln!(
             out,
-            "{:>5} {:>3} {:>10} {:>8}   {:>9} {:>9} {:>9} {:>9} {:>9}",
-            "nodes", "R", "capacity", "vs first", "CPU/req", "ann", "ranking", "rpc", "other"
+            "{:>5} {:>3} {:>3} {:>10} {:>8} {:>7}   {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "nodes",
+            "R",
+            "UR",
+            "capacity",
+            "vs first",
+            "remote",
+            "CPU/req",
+            "ann",
+            "ranking",
+            "rpc",
+            "other"
         );
         for s in &self.sizes {
             let at = s
@@ -433,12 +476,15 @@ impl ScaleoutReport {
             let f = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.0} us"));
             let _ = writeln!(
                 out,
-                "{:>5} {:>3} {:>10} {:>8}   {:>9} {:>9} {:>9} {:>9} {:>9}",
+                "{:>5} {:>3} {:>3} {:>10} {:>8} {:>7}   {:>9} {:>9} {:>9} {:>9} {:>9}",
                 s.nodes,
                 s.replication,
+                s.user_replication.map_or("-".into(), |u| u.to_string()),
                 s.capacity_qps
                     .map_or("none".into(), |c| format!("{c:.1}/s")),
                 s.vs_first.map_or("-".into(), |v| format!("{v:.2}x")),
+                at.and_then(|r| r.remote_user_reads)
+                    .map_or("-".into(), |x| format!("{:.0}%", x * 100.0)),
                 f(cpu.map(|c| c.total_us)),
                 f(cpu.and_then(|c| c.ann_us)),
                 f(cpu.and_then(|c| c.ranking_us)),
@@ -447,7 +493,13 @@ impl ScaleoutReport {
             );
         }
         for s in &self.sizes {
-            let _ = writeln!(out, "\n{} node(s), runs:", s.nodes);
+            let _ = writeln!(
+                out,
+                "\n{} node(s){}, runs:",
+                s.nodes,
+                s.user_replication
+                    .map_or(String::new(), |u| format!(", {u} cop(ies) per user partition"))
+            );
             for r in &s.runs {
                 let _ = writeln!(
                     out,
@@ -503,6 +555,7 @@ mod tests {
             p99_ms: 25.0,
             min_coverage: 0.0,
             replication: 2,
+            user_replication: vec![],
             duration: 20.0,
             warmup: 5.0,
             start_qps: 50.0,
@@ -543,6 +596,11 @@ mod tests {
         .is_err());
         assert!(check(&ScaleoutArgs {
             min_coverage: 1.5,
+            ..args()
+        })
+        .is_err());
+        assert!(check(&ScaleoutArgs {
+            user_replication: vec![2, 0],
             ..args()
         })
         .is_err());
