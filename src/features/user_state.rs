@@ -87,6 +87,15 @@ pub struct UserState {
 }
 
 impl UserState {
+    /// Bytes this state holds: the struct and what its collections
+    /// allocated (for the user store's memory gauge).
+    pub fn footprint(&self) -> usize {
+        std::mem::size_of::<UserState>()
+            + self.recent.capacity() * std::mem::size_of::<RecentEvent>()
+            + (self.seen.capacity() + self.seen_order.capacity()) * std::mem::size_of::<u64>()
+            + self.taste.capacity() * std::mem::size_of::<(u16, f32)>()
+    }
+
     pub fn new(demographics: Demographics) -> Self {
         UserState {
             demographics,

@@ -44,6 +44,10 @@ pub struct Metrics {
     /// of the partition (`local`), a copy on another node (`remote`), or
     /// nowhere in time (`failed`: the request used what this node has).
     pub user_state_reads: IntCounterVec,
+    /// Users whose realtime state this node holds, and the bytes those
+    /// states hold (`UserState::footprint`, ids and map slots included).
+    pub user_states: prometheus::IntGauge,
+    pub user_state_bytes: prometheus::IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -178,7 +182,24 @@ fn build() -> Metrics {
         "Where requests read their user's realtime state: local partition copy, remote copy, or failed",
         &["source"],
     );
+    let gauge = |name: &str, help: &str| {
+        let g = prometheus::IntGauge::new(name, help).expect("metric definition is valid");
+        registry
+            .register(Box::new(g.clone()))
+            .expect("metric registered once");
+        g
+    };
+    let user_states = gauge(
+        "funnel_user_states",
+        "Users whose realtime state this node holds",
+    );
+    let user_state_bytes = gauge(
+        "funnel_user_state_bytes",
+        "Bytes the realtime user states on this node hold (an estimate from what they allocated)",
+    );
     Metrics {
+        user_states,
+        user_state_bytes,
         user_state_reads,
         raft_vote_fenced,
         peers_down,

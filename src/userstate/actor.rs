@@ -2,6 +2,7 @@
 
 use super::store::{AppliedEvent, UserStore};
 use crate::features::{StateParams, UserState};
+use crate::telemetry::metrics::metrics;
 use actix::{Actor, Context, Handler, Message};
 use std::sync::{Arc, PoisonError, RwLock, RwLockWriteGuard};
 
@@ -78,11 +79,21 @@ impl Handler<ApplyEvents> for UserStateActor {
             tracing::trace_span!("apply_events", partition = self.partition, n = msg.0.len())
                 .entered();
         let mut store = self.write();
+        let before = (store.len(), store.bytes());
         for e in &msg.0 {
             store.apply(e, &self.params);
         }
+        report_growth(before, &store);
         msg.0.len()
     }
+}
+
+/// Moves the node's user gauges by what one partition's store grew.
+fn report_growth(before: (usize, usize), store: &UserStore) {
+    let m = metrics();
+    m.user_states.add(store.len() as i64 - before.0 as i64);
+    m.user_state_bytes
+        .add(store.bytes() as i64 - before.1 as i64);
 }
 
 /// States from a freshly loaded bundle, for users not tracked yet.
@@ -96,6 +107,10 @@ impl Handler<SeedUsers> for UserStateActor {
     type Result = usize;
 
     fn handle(&mut self, msg: SeedUsers, _: &mut Context<Self>) -> usize {
-        self.write().seed(msg.0)
+        let mut store = self.write();
+        let before = (store.len(), store.bytes());
+        let added = store.seed(msg.0);
+        report_growth(before, &store);
+        added
     }
 }

@@ -20,6 +20,13 @@ pub struct AppliedEvent {
 pub struct UserStore {
     /// Copy-on-write: a request holds an `Arc` while events keep applying.
     users: HashMap<String, Arc<UserState>>,
+    /// What the states and their ids hold, in bytes (`footprint`).
+    bytes: usize,
+}
+
+/// Bytes one entry holds: the state, its id and the map's slot.
+fn entry_bytes(id: &str, s: &UserState) -> usize {
+    s.footprint() + id.len() + std::mem::size_of::<(String, Arc<UserState>)>()
 }
 
 impl UserStore {
@@ -28,8 +35,18 @@ impl UserStore {
     }
 
     pub fn apply(&mut self, e: &AppliedEvent, params: &StateParams) {
-        let state = self.users.entry(e.user_id.clone()).or_default();
+        use std::collections::hash_map::Entry;
+        // a new entry adds all of it; an old one what it grew by
+        let (state, before) = match self.users.entry(e.user_id.clone()) {
+            Entry::Occupied(o) => {
+                let before = entry_bytes(&e.user_id, o.get());
+                (o.into_mut(), before)
+            }
+            Entry::Vacant(v) => (v.insert(Arc::default()), 0),
+        };
         Arc::make_mut(state).apply(e.item_key, &e.categories, e.ts, e.kind, e.weight, params);
+        let after = entry_bytes(&e.user_id, state);
+        self.bytes = (self.bytes + after).saturating_sub(before);
     }
 
     /// Adds states for users this partition does not know yet; users it
@@ -39,6 +56,7 @@ impl UserStore {
         let mut added = 0;
         for (id, s) in states {
             if let std::collections::hash_map::Entry::Vacant(v) = self.users.entry(id) {
+                self.bytes += entry_bytes(v.key(), &s);
                 v.insert(Arc::new(s));
                 added += 1;
             }
@@ -48,6 +66,11 @@ impl UserStore {
 
     pub fn len(&self) -> usize {
         self.users.len()
+    }
+
+    /// Bytes the states hold (an estimate from what they allocated).
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     pub fn is_empty(&self) -> bool {
@@ -86,5 +109,11 @@ mod tests {
         );
         assert_eq!(s.get("u").unwrap().events, 2);
         assert_eq!(s.len(), 2);
+        // the estimate is what the entries hold now
+        let want: usize = ["u", "v"]
+            .iter()
+            .map(|id| entry_bytes(id, &s.get(id).unwrap()))
+            .sum();
+        assert_eq!(s.bytes(), want);
     }
 }

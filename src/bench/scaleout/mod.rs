@@ -238,8 +238,7 @@ pub fn run_scaleout(args: &ScaleoutArgs) -> Result<ScaleoutReport> {
         if let Some(g) = &groups {
             report.controller = Some(format!("{:?}", g.controller()));
         }
-        let mut configs =
-            node_configs(n, args.base_port, &dir, &bundle, shards, args.replication);
+        let mut configs = node_configs(n, args.base_port, &dir, &bundle, shards, args.replication);
         if let Some(u) = user_replication {
             for c in configs.iter_mut().filter_map(|c| c.cluster.as_mut()) {
                 c.user_replication = u;
@@ -497,8 +496,9 @@ impl ScaleoutReport {
                 out,
                 "\n{} node(s){}, runs:",
                 s.nodes,
-                s.user_replication
-                    .map_or(String::new(), |u| format!(", {u} cop(ies) per user partition"))
+                s.user_replication.map_or(String::new(), |u| format!(
+                    ", {u} cop(ies) per user partition"
+                ))
             );
             for r in &s.runs {
                 let _ = writeln!(
