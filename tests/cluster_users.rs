@@ -143,7 +143,10 @@ fn requests_read_a_user_from_the_node_holding_its_partition() {
     // the node says how many users it holds and what they take
     let held = metric_value(&http, &members[0].http, "funnel_user_states");
     let bytes = metric_value(&http, &members[0].http, "funnel_user_state_bytes");
-    assert!(held >= 1.0 && bytes > held * 100.0, "{held} users, {bytes} bytes");
+    assert!(
+        held >= 1.0 && bytes > held * 100.0,
+        "{held} users, {bytes} bytes"
+    );
 
     // the only copy is gone: node 1 still answers in time, and says why
     // the user's state may be stale

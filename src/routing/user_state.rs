@@ -14,7 +14,7 @@
 use super::metadata::outgoing;
 use crate::cluster::PeerChannel;
 use crate::features::UserState;
-use crate::ids::{shard_of, user_key, user_partition};
+use crate::ids::{shard_of, user_key};
 use crate::proto::data::shard_data_client::ShardDataClient;
 use crate::proto::data::UserStateRequest;
 use crate::telemetry::metrics::metrics;
@@ -78,20 +78,26 @@ impl UserStates {
 
     /// This node's own state of the user (None: never seen here).
     pub fn local(&self, user_id: &str) -> Option<Arc<UserState>> {
-        let part = shard_of(user_key(user_id), self.local.len().max(1) as u32) as usize;
+        self.local_by_key(user_id, user_key(user_id))
+    }
+
+    fn local_by_key(&self, user_id: &str, key: u64) -> Option<Arc<UserState>> {
+        let part = shard_of(key, self.local.len().max(1) as u32) as usize;
         self.local.get(part)?.get(user_id)
     }
 
     /// Whether this node holds the user's partition (always, standalone).
     pub fn holds(&self, user_id: &str) -> bool {
-        self.remote_copies(user_id).is_none()
+        self.remote_copies(user_key(user_id)).is_none()
     }
 
-    fn remote_copies(&self, user_id: &str) -> Option<(u32, &[RemoteCopy])> {
+    /// The user's partition and its copies elsewhere, by the user's key
+    /// (`ids::user_partition` is `shard_of` of the same key).
+    fn remote_copies(&self, key: u64) -> Option<(u32, &[RemoteCopy])> {
         if self.routes.is_empty() {
             return None;
         }
-        let p = user_partition(user_id, self.routes.len() as u32);
+        let p = shard_of(key, self.routes.len() as u32);
         let copies = self.routes.get(p as usize)?.as_deref()?;
         Some((p, copies))
     }
@@ -104,12 +110,15 @@ impl UserStates {
         deadline: Instant,
         request_id: &str,
     ) -> Result<Option<Arc<UserState>>, UserReadError> {
-        let Some((partition, copies)) = self.remote_copies(user_id) else {
+        // one hash of the id serves both the cluster's partition and the
+        // local store's
+        let key = user_key(user_id);
+        let Some((partition, copies)) = self.remote_copies(key) else {
             metrics()
                 .user_state_reads
                 .with_label_values(&["local"])
                 .inc();
-            return Ok(self.local(user_id));
+            return Ok(self.local_by_key(user_id, key));
         };
         let r = read_remote(partition, copies, user_id, deadline, request_id).await;
         let source = if r.is_ok() { "remote" } else { "failed" };
@@ -207,6 +216,7 @@ pub fn encode(state: &UserState) -> Result<Vec<u8>, postcard::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::user_partition;
     use crate::proto::data::UserStateResponse;
 
     #[test]
