@@ -653,25 +653,11 @@ fn partitions_section(out: &mut String, v: &crate::cluster::ClusterView) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::{initial_placement, NodeInfo, Replica, ReplicaState, ShardMap};
+    use crate::cluster::{initial_placement, NodeInfo, ReplicaState, ShardMap};
     use std::collections::BTreeMap;
 
     fn map(placement: Vec<Vec<u64>>) -> ShardMap {
-        ShardMap {
-            shards: placement.len() as u32,
-            replication: 2,
-            replicas: placement
-                .into_iter()
-                .map(|ns| {
-                    ns.into_iter()
-                        .map(|node| Replica {
-                            node,
-                            state: ReplicaState::Active,
-                        })
-                        .collect()
-                })
-                .collect(),
-        }
+        ShardMap::from_placement(placement, 2, ReplicaState::Active)
     }
 
     #[test]

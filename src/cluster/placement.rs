@@ -243,7 +243,7 @@ pub fn plan_drain(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::state::{Replica, ReplicaState};
+    use crate::cluster::state::ReplicaState;
     use crate::rng::Rng;
 
     fn node_map(active: &[NodeId], draining: &[NodeId]) -> BTreeMap<NodeId, NodeInfo> {
@@ -260,21 +260,7 @@ mod tests {
     }
 
     fn map_from(placement: Vec<Vec<NodeId>>, replication: u32) -> ShardMap {
-        ShardMap {
-            shards: placement.len() as u32,
-            replication,
-            replicas: placement
-                .into_iter()
-                .map(|ns| {
-                    ns.into_iter()
-                        .map(|node| Replica {
-                            node,
-                            state: ReplicaState::Active,
-                        })
-                        .collect()
-                })
-                .collect(),
-        }
+        ShardMap::from_placement(placement, replication, ReplicaState::Active)
     }
 
     /// Applies moves, asserting each is legal: `from` holds the shard and

@@ -311,7 +311,7 @@ impl ClusterState {
     fn mutate_map(&mut self, kind: MapKind, op: MapOp) {
         match op {
             MapOp::Init {
-                count,
+                count: _,
                 replication,
                 placement,
             } => {
@@ -322,7 +322,8 @@ impl ClusterState {
                     MapKind::Shards => ReplicaState::Loading,
                     MapKind::UserPartitions => ReplicaState::Active,
                 };
-                let map = new_map(count, replication, placement, state);
+                // the check made sure `count` is the placement's length
+                let map = ShardMap::from_placement(placement, replication, state);
                 match kind {
                     MapKind::Shards => self.shard_map = Some(map),
                     MapKind::UserPartitions => self.partition_map = Some(map),
@@ -427,28 +428,5 @@ impl ClusterState {
             | Command::Partitions(_) => {}
         }
         CommandResult::Ok
-    }
-}
-
-/// A new map with every copy in `state` on the placed nodes.
-fn new_map(
-    shards: u32,
-    replication: u32,
-    placement: Vec<Vec<NodeId>>,
-    state: ReplicaState,
-) -> ShardMap {
-    let replicas = placement
-        .into_iter()
-        .map(|nodes| {
-            nodes
-                .into_iter()
-                .map(|node| Replica { node, state })
-                .collect()
-        })
-        .collect();
-    ShardMap {
-        shards,
-        replication,
-        replicas,
     }
 }

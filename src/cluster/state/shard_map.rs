@@ -114,6 +114,28 @@ pub struct ShardMap {
 }
 
 impl ShardMap {
+    /// A map with one entry per element of `placement` (the nodes of that
+    /// unit's copies), every copy in `state`.
+    pub fn from_placement(
+        placement: Vec<Vec<NodeId>>,
+        replication: u32,
+        state: ReplicaState,
+    ) -> ShardMap {
+        ShardMap {
+            shards: placement.len() as u32,
+            replication,
+            replicas: placement
+                .into_iter()
+                .map(|nodes| {
+                    nodes
+                        .into_iter()
+                        .map(|node| Replica { node, state })
+                        .collect()
+                })
+                .collect(),
+        }
+    }
+
     /// The replicas of `shard`, or `None` for an unknown shard.
     pub fn replicas_of(&self, shard: u32) -> Option<&[Replica]> {
         self.replicas.get(shard as usize).map(|v| v.as_slice())
