@@ -86,11 +86,6 @@ impl UserStates {
         self.local.get(part)?.get(user_id)
     }
 
-    /// Whether this node holds the user's partition (always, standalone).
-    pub fn holds(&self, user_id: &str) -> bool {
-        self.remote_copies(user_key(user_id)).is_none()
-    }
-
     /// The user's partition and its copies elsewhere, by the user's key
     /// (`ids::user_partition` is `shard_of` of the same key).
     fn remote_copies(&self, key: u64) -> Option<(u32, &[RemoteCopy])> {
@@ -243,24 +238,29 @@ mod tests {
         assert!(decode(bad).unwrap_err().contains("does not decode"));
     }
 
+    /// Whether `states` reads the user locally.
+    fn holds(states: &UserStates, user_id: &str) -> bool {
+        states.remote_copies(user_key(user_id)).is_none()
+    }
+
     #[test]
     fn a_standalone_node_and_a_held_partition_read_locally() {
         let (_, reader) =
             crate::userstate::UserStateActor::new(0, crate::features::StateParams::default());
         let local = Arc::new(vec![reader]);
         let standalone = UserStates::local_only(local.clone());
-        assert!(standalone.holds("anyone"));
+        assert!(holds(&standalone, "anyone"));
         // four partitions, all held here but the user's own
         let p = user_partition("u1", 4) as usize;
         let mut routes: UserRoutes = vec![None; 4];
         routes[p] = Some(Vec::new());
         let routed = UserStates::routed(local, routes);
-        assert!(!routed.holds("u1"));
+        assert!(!holds(&routed, "u1"));
         let other = (0..100)
             .map(|i| format!("v{i}"))
             .find(|u| user_partition(u, 4) as usize != p)
             .unwrap();
-        assert!(routed.holds(&other));
+        assert!(holds(&routed, &other));
     }
 
     #[tokio::test]
