@@ -278,15 +278,8 @@ async fn run_async(
             report.message = format!(
                 "queued {moves} moves; the leader runs them a few at a time (`funnel admin status`)"
             );
-            if report.transfers.is_empty() {
-                Command::Partitions(MapOp::QueueTransfers(report.partition_transfers.clone()))
-            } else {
-                if !report.partition_transfers.is_empty() {
-                    let queue = MapOp::QueueTransfers(report.partition_transfers.clone());
-                    propose(addr, token, tls, &Command::Partitions(queue)).await?;
-                }
-                Command::QueueTransfers(report.transfers.clone())
-            }
+            let both = (&report.transfers[..], &report.partition_transfers[..]);
+            both_maps(addr, token, tls, both, MapOp::QueueTransfers).await?
         }
         ClusterOp::SetReplication {
             kind,
@@ -346,15 +339,8 @@ async fn run_async(
             report.message = "cancelled; replicas stay where they are now (a copy that was \
                               loading finishes and serves)"
                 .to_string();
-            if report.transfers.is_empty() {
-                Command::Partitions(MapOp::CancelTransfers(report.partition_transfers.clone()))
-            } else {
-                if !report.partition_transfers.is_empty() {
-                    let cancel = MapOp::CancelTransfers(report.partition_transfers.clone());
-                    propose(addr, token, tls, &Command::Partitions(cancel)).await?;
-                }
-                Command::CancelTransfers(report.transfers.clone())
-            }
+            let both = (&report.transfers[..], &report.partition_transfers[..]);
+            both_maps(addr, token, tls, both, MapOp::CancelTransfers).await?
         }
         ClusterOp::SetSetting { key, value } => {
             report.action = format!("set {key} = {value:?}");
@@ -391,6 +377,32 @@ async fn propose(addr: &str, token: &str, tls: Option<&NodeTls>, command: &Comma
         Err(ClusterError::Rejected(reason)) => bail!("the cluster refused: {reason}"),
         Err(e) => bail!("{e}"),
     }
+}
+
+/// The command that applies `op` to the shard and the partition transfers
+/// of `both`: when both are non-empty the partitions' command is proposed
+/// here first and the shards' returned (its log index is the report's).
+async fn both_maps(
+    addr: &str,
+    token: &str,
+    tls: Option<&NodeTls>,
+    both: (&[Transfer], &[Transfer]),
+    op: fn(Vec<Transfer>) -> MapOp,
+) -> Result<Command> {
+    let (shards, partitions) = both;
+    if shards.is_empty() {
+        return Ok(Command::Partitions(op(partitions.to_vec())));
+    }
+    if !partitions.is_empty() {
+        propose(
+            addr,
+            token,
+            tls,
+            &Command::Partitions(op(partitions.to_vec())),
+        )
+        .await?;
+    }
+    Ok(Command::for_map(MapKind::Shards, op(shards.to_vec())))
 }
 
 fn need_map(map: &Option<ShardMap>) -> Result<&ShardMap> {

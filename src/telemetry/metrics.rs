@@ -161,27 +161,6 @@ fn build() -> Metrics {
         "Bundle file bytes copied from peers: fetched over the network or resumed from an interrupted fetch",
         &["source"],
     );
-    let raft_vote_fenced = prometheus::IntGauge::new(
-        "funnel_raft_vote_fenced",
-        "1 while this node refuses Raft votes: its storage started empty and no leader has brought it up to date",
-    )
-    .expect("metric definition is valid");
-    registry
-        .register(Box::new(raft_vote_fenced.clone()))
-        .expect("metric registered once");
-    let peers_down = prometheus::IntGauge::new(
-        "funnel_peers_down",
-        "Peers whose shard copies this node skips: they stopped answering, until they answer a probe",
-    )
-    .expect("metric definition is valid");
-    registry
-        .register(Box::new(peers_down.clone()))
-        .expect("metric registered once");
-    let user_state_reads = c(
-        "funnel_user_state_reads_total",
-        "Where requests read their user's realtime state: local partition copy, remote copy, or failed",
-        &["source"],
-    );
     let gauge = |name: &str, help: &str| {
         let g = prometheus::IntGauge::new(name, help).expect("metric definition is valid");
         registry
@@ -189,6 +168,19 @@ fn build() -> Metrics {
             .expect("metric registered once");
         g
     };
+    let raft_vote_fenced = gauge(
+        "funnel_raft_vote_fenced",
+        "1 while this node refuses Raft votes: its storage started empty and no leader has brought it up to date",
+    );
+    let peers_down = gauge(
+        "funnel_peers_down",
+        "Peers whose shard copies this node skips: they stopped answering, until they answer a probe",
+    );
+    let user_state_reads = c(
+        "funnel_user_state_reads_total",
+        "Where requests read their user's realtime state: local partition copy, remote copy, or failed",
+        &["source"],
+    );
     let user_states = gauge(
         "funnel_user_states",
         "Users whose realtime state this node holds",
