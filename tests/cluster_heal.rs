@@ -430,7 +430,14 @@ fn leader_killed_in_the_middle_of_a_move() {
 fn a_restarted_member_catches_up_on_events_it_missed() {
     let tmp = tempfile::tempdir().unwrap();
     let bundle = small_bundle(&tmp.path().join("bundle"), 41, SHARDS);
-    let members = write_configs(tmp.path(), &bundle, 17480, "replace_dead_after = 0");
+    // every node holds every user partition, so node 3's own copy of the
+    // user (not another node's) is what its restart must bring back
+    let members = write_configs(
+        tmp.path(),
+        &bundle,
+        17480,
+        "replace_dead_after = 0\nuser_replication = 3",
+    );
     let http = Http::default();
     let rt = rt();
     let mut procs = start_cluster(&members, &rt, &http);

@@ -9,6 +9,13 @@
 //! - With node 2 killed, node 1 still answers that user's recommends within
 //!   the deadline, saying the user state was unavailable.
 //!
+//! - Each node keeps the states of the users of its own partitions only
+//!   (its `funnel_user_states` gauge counts exactly the bundle's users
+//!   there), and a partition moved to another node arrives whole: the
+//!   user's event count on the new copy is the old one plus every event
+//!   acknowledged during the move, none lost and none counted twice, and
+//!   the old node lets the partition's users go.
+//!
 //! Ports 23000-23099 only (fixed, so they do not collide with other test
 //! files).
 
@@ -169,5 +176,189 @@ fn requests_read_a_user_from_the_node_holding_its_partition() {
     );
     for p in procs.iter_mut().flatten() {
         p.kill9();
+    }
+}
+
+fn admin(addr: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_funnel"))
+        .args(["admin", "--addr", addr])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "funnel admin {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// The number of events `GET /v1/users/ID` on `node_http` reports.
+fn user_events(http: &Http, node_http: &str, user: &str) -> Option<u64> {
+    let (s, v) = http.get(&format!("http://{node_http}/v1/users/{user}"));
+    (s == 200).then(|| v["events"].as_u64()).flatten()
+}
+
+#[test]
+fn each_node_keeps_its_own_partitions_and_a_moved_partition_arrives_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = small_bundle(&tmp.path().join("bundle"), 29, SHARDS);
+    let bundle_users = funnel::bundle::Bundle::open(
+        &bundle,
+        &funnel::bundle::OpenCheck {
+            feature_schema_hash: None,
+        },
+    )
+    .and_then(|b| b.users())
+    .expect("the bundle's user table")
+    .0
+    .ids;
+    let nodes = NodePorts::layout(3, 23050);
+    let extra = format!(
+        "{}\nuser_partitions = {PARTITIONS}\nuser_replication = 1\nreplace_dead_after = 0",
+        members_list(&nodes)
+    );
+    let members = write_members(tmp.path(), &nodes, Some(&bundle), SHARDS, "", &extra);
+    let _procs: Vec<NodeProc> = members
+        .iter()
+        .map(|m| NodeProc::start_config(&m.config, &m.data_dir))
+        .collect();
+    let rt = rt();
+    let http = Http::default();
+    let mut map = None;
+    assert!(
+        eventually(Duration::from_secs(90), || {
+            map = view(&rt, &members[0].internal).and_then(|v| v.partition_map);
+            map.as_ref().is_some_and(|m| {
+                m.replicas
+                    .iter()
+                    .all(|rs| rs.len() == 1 && rs[0].state == ReplicaState::Active)
+            })
+        }),
+        "the user partition map never placed one Active copy per partition: {map:?}"
+    );
+    let map = map.unwrap();
+    for m in &members {
+        assert!(
+            eventually(Duration::from_secs(60), || recommend(
+                &http, &m.http, "u000001"
+            )
+            .is_ok_and(|v| v["coverage"].as_f64() == Some(1.0))),
+            "node {} never served",
+            m.id
+        );
+    }
+    // each node holds exactly the bundle's users of its own partitions
+    let users_on = |map: &funnel::cluster::ShardMap, node: u64| {
+        bundle_users
+            .iter()
+            .filter(|u| map.replica(user_partition(u, PARTITIONS), node).is_some())
+            .count() as f64
+    };
+    for m in &members {
+        let want = users_on(&map, m.id);
+        assert!(want > 0.0 && want < bundle_users.len() as f64);
+        let mut held = 0.0;
+        assert!(
+            eventually(Duration::from_secs(20), || {
+                held = metric_value(&http, &m.http, "funnel_user_states");
+                held == want
+            }),
+            "node {} holds {held} user states, its partitions have {want} of the bundle's {} users",
+            m.id,
+            bundle_users.len()
+        );
+    }
+
+    // a user on node 2 moves to node 3 while node 1 takes events for it
+    let user = bundle_users
+        .iter()
+        .find(|u| map.replica(user_partition(u, PARTITIONS), 2).is_some())
+        .expect("some user lives on node 2")
+        .clone();
+    let partition = user_partition(&user, PARTITIONS);
+    let before = user_events(&http, &members[0].http, &user).expect("node 1 reads the user");
+    let items = support::item_ids(&recommend(&http, &members[0].http, &user).expect("recommends"));
+    assert!(items.len() >= 3, "{items:?}");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = {
+        let (stop, user, node, items) = (
+            stop.clone(),
+            user.clone(),
+            members[0].http.clone(),
+            items.clone(),
+        );
+        std::thread::spawn(move || {
+            let http = Http::default();
+            let mut acked = 0u64;
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (s, _) = http.post(
+                    &format!("http://{node}/v1/events"),
+                    json!({"events": [{"user_id": user, "item_id": items[i % items.len()], "kind": "view"}]}),
+                );
+                if s == 200 {
+                    acked += 1;
+                }
+                i += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            acked
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let p = partition.to_string();
+    admin(
+        &members[0].internal,
+        &[
+            "move-shard",
+            "--user-partition",
+            &p,
+            "--from",
+            "2",
+            "--to",
+            "3",
+        ],
+    );
+    let mut moved = None;
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            moved = view(&rt, &members[0].internal).and_then(|v| v.partition_map);
+            moved.as_ref().is_some_and(|m| {
+                let copies = &m.replicas[partition as usize];
+                copies.len() == 1 && copies[0].node == 3 && copies[0].state == ReplicaState::Active
+            })
+        }),
+        "user partition {partition} never moved to node 3: {moved:?}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked = sender.join().expect("the sender thread");
+    assert!(
+        acked > 5,
+        "only {acked} events were acknowledged during the move"
+    );
+    // node 3 reads its own new copy: every acknowledged event, once
+    let mut seen = None;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            seen = user_events(&http, &members[2].http, &user);
+            seen == Some(before + acked)
+        }),
+        "node 3's copy counts {seen:?} events for {user}, expected {before} + {acked} acknowledged"
+    );
+    // and node 2 let the partition's users go
+    let moved = moved.unwrap();
+    for m in &members[1..] {
+        let want = users_on(&moved, m.id);
+        let mut held = 0.0;
+        assert!(
+            eventually(Duration::from_secs(20), || {
+                held = metric_value(&http, &m.http, "funnel_user_states");
+                held == want
+            }),
+            "node {} holds {held} user states after the move, its partitions have {want}",
+            m.id
+        );
     }
 }

@@ -67,8 +67,12 @@ pub trait LocalNode: Clone + 'static {
     fn rebuild_shard_clients(&self) -> Result<(), ServiceError>;
     /// Applies the committed catalogue changes not applied yet.
     async fn apply_cluster_catalog(&self) -> Result<(), ServiceError>;
-    /// Points user-state reads at the copies the partition map places.
-    fn follow_partition_map(&self);
+    /// Follows the user partition map: reads routed to the copies it
+    /// places, partitions no longer placed here dropped, new ones loaded.
+    async fn follow_partition_map(&self) -> Result<(), ServiceError>;
+    /// The user partitions whose state is complete here (None: no model
+    /// served or no map known yet).
+    fn loaded_partitions(&self) -> Option<Vec<u32>>;
 }
 
 /// Why one control-loop step (reconcile, rollout) did not finish; the
@@ -193,8 +197,12 @@ async fn reconcile<N: LocalNode>(
             create_partition_map(link, cc).await?;
         }
     }
-    activate_partition_copies(link).await?;
-    node.follow_partition_map();
+    // a partition that fails to load stays Loading in the map (reads go to
+    // its other copies); it must not hold up the rollout or the shards
+    if let Err(e) = node.follow_partition_map().await {
+        tracing::warn!(error = %e, "following the user partition map failed; trying again next round");
+    }
+    activate_partition_copies(link, node.loaded_partitions()).await?;
     if !has_map {
         return Ok(());
     }
@@ -292,11 +300,17 @@ async fn create_partition_map(link: &ClusterLink, cc: &ClusterConfig) -> Result<
     Ok(())
 }
 
-/// Marks this node's Loading user partition copies Active. Every node
-/// still holds every user's state (events reach every member), so a new
-/// copy has nothing to load yet; the map places the partitions, moves and
-/// drains them, and says which copies requests and events will go to.
-async fn activate_partition_copies(link: &ClusterLink) -> Result<(), StepError> {
+/// Marks this node's Loading user partition copies Active once their
+/// state is complete here (`loaded`: seeded from the bundle and replayed
+/// from the event logs, which still hold every event on every member), so
+/// requests start reading them.
+async fn activate_partition_copies(
+    link: &ClusterLink,
+    loaded: Option<Vec<u32>>,
+) -> Result<(), StepError> {
+    let Some(loaded) = loaded else {
+        return Ok(());
+    };
     let loading: Vec<u32> = {
         let st = link.raft.state();
         let st = st.read();
@@ -306,8 +320,10 @@ async fn activate_partition_copies(link: &ClusterLink) -> Result<(), StepError> 
         map.shards_on(link.id())
             .into_iter()
             .filter(|&p| {
-                map.replica(p, link.id())
-                    .is_some_and(|r| r.state == ReplicaState::Loading)
+                loaded.contains(&p)
+                    && map
+                        .replica(p, link.id())
+                        .is_some_and(|r| r.state == ReplicaState::Loading)
             })
             .collect()
     };

@@ -208,6 +208,34 @@ impl ServingModel {
         })
     }
 
+    /// The bundle's user states of the users `keep` selects (a user
+    /// partition this node starts holding after the version was loaded).
+    pub fn load_user_states(
+        &self,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<Vec<(String, UserState)>, ModelError> {
+        let bundle = Bundle::open_unverified(&self.dir)?;
+        let states: Vec<UserState> = bundle.section(sections::USER_STATES)?.unwrap_or_default();
+        if !states.is_empty() && states.len() != self.users.len() {
+            return Err(ModelError::Inconsistent {
+                dir: self.dir.clone(),
+                reason: format!(
+                    "{} user states for {} users",
+                    states.len(),
+                    self.users.len()
+                ),
+            });
+        }
+        Ok(self
+            .users
+            .ids
+            .iter()
+            .zip(states)
+            .filter(|(id, _)| keep(id))
+            .map(|(id, s)| (id.clone(), s))
+            .collect())
+    }
+
     /// A vector for an item known only by its categories: the mean of
     /// their centroids (None when no category has one).
     pub fn fold_item(&self, categories: &[u16]) -> Option<Vec<f32>> {

@@ -5,10 +5,15 @@
 //! event takes: validated, logged, then applied to the user-state
 //! partitions and the served catalogue's item counters. Also forwarding
 //! accepted events to the peers, serving this node's own log to a peer that
-//! catches up, replaying both logs after a restart, and flushing them.
+//! catches up, replaying both logs after a restart, and flushing them; and
+//! following the user partitions this node holds (`held_users`): events of
+//! partitions held elsewhere change only item counters here, a partition
+//! placed here is loaded from the bundle and the logs, one taken away is
+//! dropped.
 //!
 //! Owns: the event sinks, `Origins`, the event log's identity, and the
-//! writing side of the user partitions for applied events.
+//! writing side of the user partitions (applied events, seeds, loads and
+//! drops).
 //! Must not touch: which model version is served (it asks its caller's
 //! `current` at each point it needs the catalogue, and never keeps one),
 //! the serving mark's file (`model_host`), or the catch-up schedule
@@ -16,6 +21,7 @@
 
 use super::catchup;
 use super::event_sink::{start_event_sink, Append, EventSink, Flush, NextSeq, SinkError, SyncDue};
+use super::held_users::{Admit, HeldPartitions, LogPositions, LogSource};
 use super::model_host::ServingMark;
 use super::now_unix;
 use crate::config::{ApiConfig, NodeConfig};
@@ -27,7 +33,7 @@ use crate::ids::{item_key, shard_of, user_key};
 use crate::service::types::*;
 use crate::service::validate;
 use crate::telemetry::metrics::metrics;
-use crate::userstate::{AppliedEvent, ApplyEvents, UserStateActor};
+use crate::userstate::{AppliedEvent, ApplyEvents, DropPartitions, SeedUsers, UserStateActor};
 use actix::Addr;
 use futures::future::join_all;
 use std::path::{Path, PathBuf};
@@ -104,6 +110,8 @@ pub(super) struct EventPipeline {
     event_log_id: u64,
     /// One actor per user partition: the only writer of its states.
     users: Arc<Vec<Addr<UserStateActor>>>,
+    /// Which of the cluster's user partitions this node applies events to.
+    held: Arc<HeldPartitions>,
     /// This node's id.
     me: u64,
     /// The limits events are validated against.
@@ -116,9 +124,11 @@ impl EventPipeline {
     pub(super) fn new(
         logs: EventLogs,
         users: Arc<Vec<Addr<UserStateActor>>>,
+        held: Arc<HeldPartitions>,
         config: &NodeConfig,
     ) -> EventPipeline {
         EventPipeline {
+            held,
             events: logs.events,
             peer_events: logs.peer_events,
             origins: Arc::new(logs.origins),
@@ -164,7 +174,8 @@ impl EventPipeline {
         events: Vec<EventIn>,
         current: Current<'_>,
     ) -> Result<Vec<LogEvent>, ServiceError> {
-        self.ingest(events, &self.events, current).await
+        self.ingest(events, &self.events, LogSource::Own, current)
+            .await
     }
 
     /// Sends events this node accepted to every other node, waiting at
@@ -213,8 +224,11 @@ impl EventPipeline {
         if fresh.is_empty() {
             return Ok(0);
         }
-        let sink = self.peer_events.as_ref().unwrap_or(&self.events);
-        match self.ingest(fresh, sink, current).await {
+        let (sink, source) = match &self.peer_events {
+            Some(p) => (p, LogSource::Peers),
+            None => (&self.events, LogSource::Own),
+        };
+        match self.ingest(fresh, sink, source, current).await {
             Ok(log) => {
                 // the claims are made durable before the sender hears back:
                 // a restart replays the peers' log and must not also fetch
@@ -271,6 +285,7 @@ impl EventPipeline {
         &self,
         events: Vec<EventIn>,
         sink: &Addr<EventSink>,
+        source: LogSource,
         current: Current<'_>,
     ) -> Result<Vec<LogEvent>, ServiceError> {
         let valid = validate::events(events, &self.api, now_unix())?;
@@ -300,7 +315,7 @@ impl EventPipeline {
         for e in &log {
             metrics().events.with_label_values(&[e.kind.as_str()]).inc();
         }
-        self.apply_logged(&log, current).await?;
+        self.apply_logged(&log, source, current).await?;
         Ok(log)
     }
 
@@ -313,10 +328,12 @@ impl EventPipeline {
         mark: &ServingMark,
         current: Current<'_>,
     ) -> Result<usize, ServiceError> {
-        let mut n = self.replay_log("events", mark.log_seq, current).await?;
+        let mut n = self
+            .replay_log(LogSource::Own, mark.log_seq, current)
+            .await?;
         if self.peer_events.is_some() {
             n += self
-                .replay_log("events-peers", mark.peer_log_seq, current)
+                .replay_log(LogSource::Peers, mark.peer_log_seq, current)
                 .await?;
         }
         tracing::info!(
@@ -328,62 +345,77 @@ impl EventPipeline {
         Ok(n)
     }
 
-    /// Applies the events of `<data_dir>/<log>` with seq >= `from`.
+    /// Applies the events of `source`'s log with seq >= `from`.
     async fn replay_log(
         &self,
-        log: &str,
+        source: LogSource,
         from: u64,
         current: Current<'_>,
     ) -> Result<usize, ServiceError> {
-        let dir = self.data_dir.join(log);
-        if !dir.exists() {
-            return Ok(0);
-        }
-        let events =
-            tokio::task::spawn_blocking(move || -> Result<Vec<LogEvent>, EventLogError> {
-                let mut out = Vec::new();
-                for e in crate::eventlog::EventLogReader::open(&dir)? {
-                    let e = e?;
-                    if e.seq >= from {
-                        out.push(e);
-                    }
-                }
-                Ok(out)
-            })
-            .await
-            .map_err(ServiceError::internal_cause)?
-            .map_err(|e| ServiceError::internal_from(format!("reading the event log {log}"), e))?;
+        let events = self.read_log(source, from, u64::MAX, |_| true).await?;
         let n = events.len();
         for chunk in events.chunks(1000) {
-            self.apply_logged(chunk, current).await?;
+            self.apply_logged(chunk, source, current).await?;
         }
         Ok(n)
     }
 
-    /// Applies events that are already durable to user state and counters.
+    /// The events of `source`'s log with `from <= seq < to` whose user
+    /// `keep` selects.
+    async fn read_log(
+        &self,
+        source: LogSource,
+        from: u64,
+        to: u64,
+        keep: impl Fn(&str) -> bool + Send + 'static,
+    ) -> Result<Vec<LogEvent>, ServiceError> {
+        let log = log_dir_name(source);
+        let dir = self.data_dir.join(log);
+        if !dir.exists() {
+            return Ok(Vec::new());
+        }
+        tokio::task::spawn_blocking(move || -> Result<Vec<LogEvent>, EventLogError> {
+            let mut out = Vec::new();
+            for e in crate::eventlog::EventLogReader::open_after(&dir, from.saturating_sub(1))? {
+                let e = e?;
+                if e.seq >= to {
+                    break;
+                }
+                if e.seq >= from && keep(&e.user_id) {
+                    out.push(e);
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(ServiceError::internal_cause)?
+        .map_err(|e| ServiceError::internal_from(format!("reading the event log {log}"), e))
+    }
+
+    /// Applies events that are already durable to item counters and to the
+    /// user states this node keeps (see `HeldPartitions::admit`).
     async fn apply_logged(
         &self,
         events: &[LogEvent],
+        source: LogSource,
         current: Current<'_>,
     ) -> Result<(), ServiceError> {
         let serving = current()?;
-        let parts = self.users.len() as u32;
-        let mut by_part: Vec<Vec<AppliedEvent>> = vec![Vec::new(); parts as usize];
         for e in events {
-            let key = item_key(&e.item_id);
-            serving
-                .catalog
-                .record_event(key, e.ts, event_strength(e.kind, e.weight));
-            by_part[shard_of(user_key(&e.user_id), parts) as usize].push(AppliedEvent {
-                user_id: e.user_id.clone(),
-                item_key: key,
-                categories: serving.catalog.categories_of(key),
-                ts: e.ts,
-                kind: e.kind,
-                weight: e.weight,
-            });
+            serving.catalog.record_event(
+                item_key(&e.item_id),
+                e.ts,
+                event_strength(e.kind, e.weight),
+            );
         }
-        let sends = by_part
+        let admitted = self.held.admit(source, events);
+        let mine = events
+            .iter()
+            .zip(admitted)
+            .filter(|(_, a)| *a == Admit::Apply)
+            .map(|(e, _)| e);
+        let sends = self
+            .by_user_partition(mine, &serving)
             .into_iter()
             .enumerate()
             .filter(|(_, v)| !v.is_empty())
@@ -397,6 +429,195 @@ impl EventPipeline {
             })?;
         }
         Ok(())
+    }
+
+    /// `events` ready to apply, grouped by this node's user state actor.
+    fn by_user_partition<'a>(
+        &self,
+        events: impl Iterator<Item = &'a LogEvent>,
+        serving: &Serving,
+    ) -> Vec<Vec<AppliedEvent>> {
+        let parts = self.users.len() as u32;
+        let mut by_part: Vec<Vec<AppliedEvent>> = vec![Vec::new(); parts as usize];
+        for e in events {
+            let key = item_key(&e.item_id);
+            by_part[shard_of(user_key(&e.user_id), parts) as usize].push(AppliedEvent {
+                user_id: e.user_id.clone(),
+                item_key: key,
+                categories: serving.catalog.categories_of(key),
+                ts: e.ts,
+                kind: e.kind,
+                weight: e.weight,
+            });
+        }
+        by_part
+    }
+
+    /// Brings the held user partitions to `want` (out of `count`): drops
+    /// the states of partitions no longer held and loads the new ones
+    /// (module doc of `held_users`) from the served version's bundle and
+    /// serving `mark`. The caller holds the model swap lock, so no version
+    /// switch runs meanwhile. Answers the partitions that were loaded.
+    pub(super) async fn follow_partitions(
+        &self,
+        count: u32,
+        want: &std::collections::BTreeSet<u32>,
+        serving: Option<(Arc<Serving>, Option<ServingMark>)>,
+    ) -> Result<Vec<u32>, ServiceError> {
+        let change = self.held.change_to(count, want, serving.is_some());
+        self.drop_users(count, &change.dropped).await;
+        let (Some((serving, mark)), false) = (serving, change.loading.is_empty()) else {
+            return Ok(Vec::new());
+        };
+        match self.load_partitions(count, &change, &serving, mark).await {
+            Ok(live) => Ok(live),
+            Err(e) => {
+                // not held after all: the next round tries again from
+                // scratch (dropping what this attempt seeded)
+                let kept: std::collections::BTreeSet<u32> = want
+                    .difference(&change.loading.iter().copied().collect())
+                    .copied()
+                    .collect();
+                self.drop_users(count, &self.held.change_to(count, &kept, true).dropped)
+                    .await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Drops the states of the users in `partitions` (out of `count`).
+    async fn drop_users(&self, count: u32, partitions: &[u32]) {
+        if partitions.is_empty() {
+            return;
+        }
+        let dropped = Arc::new(partitions.iter().copied().collect());
+        let sends = self.users.iter().map(|u| {
+            u.send(DropPartitions {
+                count,
+                partitions: Arc::clone(&dropped),
+            })
+        });
+        let n: usize = join_all(sends).await.into_iter().flatten().sum();
+        release_free_memory();
+        tracing::info!(
+            ?partitions,
+            users = n,
+            "user partitions no longer held here: states dropped"
+        );
+    }
+
+    /// Loads the partitions `change` started loading: the bundle's states,
+    /// the logged events since `mark` up to the logs' positions now, then
+    /// what waited in their buffers.
+    async fn load_partitions(
+        &self,
+        count: u32,
+        change: &super::held_users::HeldChange,
+        serving: &Arc<Serving>,
+        mark: Option<ServingMark>,
+    ) -> Result<Vec<u32>, ServiceError> {
+        // read after the partitions started buffering: every event below
+        // these positions is in the logs, every one from them on in a buffer
+        let (own, peers) = self.next_seqs().await;
+        let upto = LogPositions { own, peers };
+        let mark = mark
+            .filter(|m| m.model_version == serving.model.version)
+            .ok_or_else(|| {
+                ServiceError::internal(format!(
+                    "no serving mark for version {}: cannot tell which logged events its bundle lacks",
+                    serving.model.version
+                ))
+            })?;
+        let loading: Arc<std::collections::BTreeSet<u32>> =
+            Arc::new(change.loading.iter().copied().collect());
+        let keep = move |set: Arc<std::collections::BTreeSet<u32>>| {
+            move |user: &str| set.contains(&crate::ids::user_partition(user, count))
+        };
+        let model = serving.model.clone();
+        let select = keep(loading.clone());
+        let states = tokio::task::spawn_blocking(move || model.load_user_states(select))
+            .await
+            .map_err(ServiceError::internal_cause)?
+            .map_err(|e| ServiceError::internal_from("reading the bundle's user states", e))?;
+        let seeded = self.seed(states).await;
+        let mut replayed = 0;
+        for (source, from, to) in [
+            (LogSource::Own, mark.log_seq, upto.own),
+            (LogSource::Peers, mark.peer_log_seq, upto.peers),
+        ] {
+            let events = self
+                .read_log(source, from, to, keep(loading.clone()))
+                .await?;
+            replayed += events.len();
+            for chunk in events.chunks(1000) {
+                self.apply_to_users(chunk.iter(), serving).await?;
+            }
+        }
+        let live = self
+            .held
+            .finish_loading(&change.loading, change.generation, upto, |buffered| {
+                // sent while the lock is held: queued before any later event
+                for (p, v) in self
+                    .by_user_partition(buffered.iter(), serving)
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(_, v)| !v.is_empty())
+                {
+                    self.users[p].do_send(ApplyEvents(v));
+                }
+            });
+        tracing::info!(partitions = ?live, seeded, replayed, "user partitions loaded here");
+        Ok(live)
+    }
+
+    /// Seeds user states (users already tracked keep theirs).
+    pub(super) async fn seed(&self, states: Vec<(String, crate::features::UserState)>) -> usize {
+        let parts = self.users.len() as u32;
+        let mut seeds: Vec<Vec<(String, crate::features::UserState)>> =
+            vec![Vec::new(); parts as usize];
+        for (id, s) in states {
+            if self.held.keeps(&id) {
+                seeds[shard_of(user_key(&id), parts) as usize].push((id, s));
+            }
+        }
+        let sends = seeds
+            .into_iter()
+            .enumerate()
+            .filter(|(_, s)| !s.is_empty())
+            .map(|(p, s)| self.users[p].send(SeedUsers(s)));
+        let n = join_all(sends).await.into_iter().flatten().sum();
+        // the states of users held elsewhere were decoded and dropped
+        release_free_memory();
+        n
+    }
+
+    /// Whether the held user partitions are `want` out of `count` already.
+    pub(super) fn holds(&self, count: u32, want: &std::collections::BTreeSet<u32>) -> bool {
+        self.held.is(count, want)
+    }
+
+    /// Applies events to user states only (their item counts were taken
+    /// when they first arrived).
+    async fn apply_to_users<'a>(
+        &self,
+        events: impl Iterator<Item = &'a LogEvent>,
+        serving: &Serving,
+    ) -> Result<(), ServiceError> {
+        let sends = self
+            .by_user_partition(events, serving)
+            .into_iter()
+            .enumerate()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(p, v)| self.users[p].send(ApplyEvents(v)));
+        for r in join_all(sends).await {
+            r.map_err(|e| ServiceError::internal_from("a user partition is unavailable", e))?;
+        }
+        Ok(())
+    }
+
+    /// The user partitions whose state is complete here (None: all).
+    pub(super) fn live_partitions(&self) -> Option<Vec<u32>> {
+        self.held.live()
     }
 
     /// The next seq this node's own log and (in a cluster) the
@@ -420,6 +641,26 @@ impl EventPipeline {
             tracing::warn!(error = %e, "cannot record which forwarded events were applied");
         }
         self.events.send(Flush).await?
+    }
+}
+
+/// The directory (under `node.data_dir`) of `source`'s log.
+fn log_dir_name(source: LogSource) -> &'static str {
+    match source {
+        LogSource::Own => "events",
+        LogSource::Peers => "events-peers",
+    }
+}
+
+/// Gives the allocator's free pages back to the system after many user
+/// states were dropped, so the process's RSS follows the store's own
+/// figure (glibc keeps freed small blocks otherwise).
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and trims glibc's own arenas; it takes
+    // no pointer from us and is safe to call at any time.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

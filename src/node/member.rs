@@ -105,7 +105,11 @@ impl LocalNode for Node {
         Node::apply_cluster_catalog(self).await
     }
 
-    fn follow_partition_map(&self) {
-        Node::follow_partition_map(self)
+    async fn follow_partition_map(&self) -> Result<(), ServiceError> {
+        Node::follow_partition_map(self).await
+    }
+
+    fn loaded_partitions(&self) -> Option<Vec<u32>> {
+        Node::loaded_partitions(self)
     }
 }

@@ -4,7 +4,9 @@
 //! the edge and delegating to the parts:
 //!
 //! - `events` (`EventPipeline`): the event logs, dedup of forwarded events,
-//!   ingest, forwarding to peers, replay after a restart, flush;
+//!   ingest, forwarding to peers, replay after a restart, flush, and the
+//!   user state actors it writes (seeding, loading and dropping the user
+//!   partitions this node holds, `held_users`);
 //! - `model_host` (`ModelHost`): the served version and the versions beside
 //!   it, loading bundles and shards, the swap, the serving mark;
 //! - `catalog_apply`: item upserts and deletes into shards and catalogue,
@@ -15,8 +17,8 @@
 //!   publish.
 //!
 //! `Node` itself holds the config, the cluster link (set once), the user
-//! partitions (their actors, to seed a new version's users, and their
-//! readers, for requests), the rank workers and the request counter. The
+//! state routes (the local partitions' readers, or a copy elsewhere, for
+//! requests), the rank workers and the request counter. The
 //! flows that span parts stay here: a model swap (`publish`, `switch_to`,
 //! `rehost_shards`) holds `ModelHost`'s swap lock, builds the shard clients
 //! (`peer`), installs the version (`ModelHost`) and, on the first load
@@ -32,6 +34,7 @@ pub mod catchup;
 mod event_sink;
 pub use event_sink::SinkError;
 mod events;
+mod held_users;
 mod member;
 pub use member::{start_cluster, JoinError};
 mod model_host;
@@ -45,14 +48,14 @@ use crate::control::service_error;
 use crate::control::ClusterLink;
 use crate::coordinator::{RecommendEnv, Serving};
 use crate::eventlog::LogEvent;
-use crate::ids::{item_key, shard_of, user_key};
+use crate::ids::item_key;
 use crate::ranking::worker::{start_rank_workers, RankWorker};
 use crate::routing::SearchSpec;
 use crate::service::types::*;
 use crate::service::validate;
 use crate::shard::SearchPool;
 use crate::telemetry::metrics::metrics;
-use crate::userstate::{SeedUsers, UserReader, UserStateActor};
+use crate::userstate::{UserReader, UserStateActor};
 use actix::{Actor, Addr, Arbiter};
 use events::{EventLogs, EventPipeline};
 use model_host::{ModelHost, Prepared, ServingMark, Standby};
@@ -75,8 +78,6 @@ struct Inner {
     config: NodeConfig,
     /// Set once when the node runs in a cluster.
     cluster: OnceLock<Arc<ClusterLink>>,
-    /// One actor per user partition: the only writer of its states.
-    users: Arc<Vec<Addr<UserStateActor>>>,
     /// Where requests read user states: these partitions' readers, or a
     /// copy of the user's partition on another node.
     user_routing: user_routes::UserRouting,
@@ -130,9 +131,8 @@ impl Node {
         let node = Node {
             inner: Arc::new(Inner {
                 cluster: OnceLock::new(),
-                events: EventPipeline::new(logs, users.clone(), &config),
+                events: EventPipeline::new(logs, users, Arc::default(), &config),
                 host: ModelHost::new(search_pool, config.shards, &config.node.data_dir),
-                users,
                 user_routing: user_routes::UserRouting::new(Arc::new(user_readers)),
                 rank,
                 requests: AtomicU64::new(0),
@@ -480,12 +480,44 @@ impl Node {
         )
     }
 
-    /// Points user-state reads at the copies the user partition map
-    /// places (a no-op when the placement did not move).
-    pub fn follow_partition_map(&self) {
-        if let Some(link) = self.inner.cluster.get() {
-            self.inner.user_routing.follow_map(link);
+    /// Follows the user partition map: points user-state reads at the
+    /// copies it places, drops the states of partitions no longer held
+    /// here and loads the ones newly placed here (`held_users`). Cheap when
+    /// nothing moved.
+    pub async fn follow_partition_map(&self) -> Result<(), ServiceError> {
+        let Some(link) = self.inner.cluster.get() else {
+            return Ok(());
+        };
+        self.inner.user_routing.follow_map(link);
+        let want = {
+            let st = link.raft.state();
+            let st = st.read();
+            st.partition_map
+                .as_ref()
+                .map(|m| (m.shards, m.shards_on(link.id()).into_iter().collect()))
+        };
+        let Some((count, want)) = want else {
+            return Ok(());
+        };
+        if self.inner.events.holds(count, &want) {
+            return Ok(());
         }
+        // no version switch while partitions load: it would seed and
+        // replay under a different serving mark
+        let _one_at_a_time = self.inner.host.one_at_a_time().await;
+        let serving = self.serving().map(|s| (s, self.inner.host.read_mark()));
+        self.inner
+            .events
+            .follow_partitions(count, &want, serving)
+            .await
+            .map(|_| ())
+    }
+
+    /// The user partitions whose state is complete here, once a model is
+    /// served (None before, or when no partition map is known).
+    pub fn loaded_partitions(&self) -> Option<Vec<u32>> {
+        self.serving()?;
+        self.inner.events.live_partitions()
     }
 
     /// A peer's `GetUserState`: the user's state from this node's copy of
@@ -495,6 +527,8 @@ impl Node {
         user_id: &str,
         partition: u32,
     ) -> Result<Option<Arc<crate::features::UserState>>, ServiceError> {
+        // a node that serves no model has not seeded nor replayed its copy
+        self.current()?;
         let states = self.inner.user_routing.current();
         user_routes::answer(self.inner.cluster.get(), &states, user_id, partition)
     }
@@ -586,16 +620,9 @@ impl Node {
         let _switching = model_host::SwitchingTo::new(host, &standby);
         // catalogue changes applied since `prepare` ride along: carry again
         let catalog = host.carry_catalog(&standby.model, &standby.actors).await;
-        // seed user state for users the node does not track yet
-        let parts = self.inner.users.len() as u32;
-        let mut seeds: Vec<Vec<(String, crate::features::UserState)>> =
-            vec![Vec::new(); parts as usize];
-        for (id, s) in user_states {
-            seeds[shard_of(user_key(&id), parts) as usize].push((id, s));
-        }
-        for (p, s) in seeds.into_iter().enumerate() {
-            let _ = self.inner.users[p].send(SeedUsers(s)).await;
-        }
+        // seed user state for users the node does not track yet, in the
+        // user partitions it holds
+        self.inner.events.seed(user_states).await;
         let shards =
             peer::shard_clients(self.cluster(), &standby.model, &catalog, &standby.actors)?;
         let version = standby.version.clone();

@@ -114,3 +114,29 @@ impl Handler<SeedUsers> for UserStateActor {
         added
     }
 }
+
+/// Drops the states of the users in user partitions this node no longer
+/// holds (`partitions` out of `count`); answers how many went.
+pub struct DropPartitions {
+    pub count: u32,
+    pub partitions: Arc<std::collections::BTreeSet<u32>>,
+}
+
+impl Message for DropPartitions {
+    type Result = usize;
+}
+
+impl Handler<DropPartitions> for UserStateActor {
+    type Result = usize;
+
+    fn handle(&mut self, msg: DropPartitions, _: &mut Context<Self>) -> usize {
+        let mut store = self.write();
+        let before = (store.len(), store.bytes());
+        let dropped = store.retain(|id| {
+            !msg.partitions
+                .contains(&crate::ids::user_partition(id, msg.count))
+        });
+        report_growth(before, &store);
+        dropped
+    }
+}

@@ -10,5 +10,5 @@
 mod actor;
 mod store;
 
-pub use actor::{ApplyEvents, SeedUsers, UserReader, UserStateActor};
+pub use actor::{ApplyEvents, DropPartitions, SeedUsers, UserReader, UserStateActor};
 pub use store::{AppliedEvent, UserStore};

@@ -64,6 +64,22 @@ impl UserStore {
         added
     }
 
+    /// Drops the states of the users `keep` refuses (a user partition this
+    /// node no longer holds); answers how many went.
+    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) -> usize {
+        let before = self.users.len();
+        let mut freed = 0;
+        self.users.retain(|id, s| {
+            let k = keep(id);
+            if !k {
+                freed += entry_bytes(id, s);
+            }
+            k
+        });
+        self.bytes = self.bytes.saturating_sub(freed);
+        before - self.users.len()
+    }
+
     pub fn len(&self) -> usize {
         self.users.len()
     }
@@ -115,5 +131,10 @@ mod tests {
             .map(|id| entry_bytes(id, &s.get(id).unwrap()))
             .sum();
         assert_eq!(s.bytes(), want);
+        // dropping a user gives back exactly what it held
+        let v_bytes = entry_bytes("v", &s.get("v").unwrap());
+        assert_eq!(s.retain(|id| id != "v"), 1);
+        assert!(s.get("v").is_none());
+        assert_eq!(s.bytes(), want - v_bytes);
     }
 }

@@ -16,6 +16,7 @@
 pub mod capacity;
 pub mod cgroup;
 pub mod cluster;
+pub mod memory;
 
 use self::capacity::{judge, CapacitySearch, RunFigures, SearchPlan, Verdict};
 use self::cgroup::{CpuGroups, CpuShare, Throttling};
@@ -138,6 +139,8 @@ pub struct SizeResult {
     pub capacity_qps: Option<f64>,
     /// capacity / the first size's capacity.
     pub vs_first: Option<f64>,
+    /// What each node held once it served, before any load.
+    pub memory: Vec<memory::NodeMemory>,
     pub runs: Vec<Run>,
 }
 
@@ -254,6 +257,7 @@ pub fn run_scaleout(args: &ScaleoutArgs) -> Result<ScaleoutReport> {
             dir.display()
         );
         let mut cluster = LocalCluster::start(&exe, configs, groups, &dir, &bundle)?;
+        let memory = memory::settled_memory(&cluster, std::time::Duration::from_secs(120));
         let mut runs = Vec::new();
         let capacity = if args.qps.is_empty() {
             let start = first_capacity
@@ -294,6 +298,7 @@ pub fn run_scaleout(args: &ScaleoutArgs) -> Result<ScaleoutReport> {
                 (Some(c), Some(f)) if f > 0.0 => Some(c / f),
                 _ => None,
             },
+            memory,
             runs,
         });
     }
@@ -490,6 +495,26 @@ impl ScaleoutReport {
                 f(cpu.and_then(|c| c.rpc_us)),
                 f(cpu.and_then(|c| c.other_us)),
             );
+        }
+        for s in &self.sizes {
+            let _ = writeln!(
+                out,
+                "\n{} node(s){}, memory before load:",
+                s.nodes,
+                s.user_replication
+                    .map_or(String::new(), |u| format!(", user replication {u}"))
+            );
+            let mib = |b: f64| format!("{:.1} MiB", b / (1024.0 * 1024.0));
+            for m in &s.memory {
+                let _ = writeln!(
+                    out,
+                    "  node {}: {} user states, {} by the store's estimate, RSS {}",
+                    m.node,
+                    m.user_states.map_or("?".into(), |u| format!("{u:.0}")),
+                    m.user_state_bytes.map_or("?".into(), mib),
+                    m.rss_bytes.map_or("?".into(), |b| mib(b as f64)),
+                );
+            }
         }
         for s in &self.sizes {
             let _ = writeln!(
