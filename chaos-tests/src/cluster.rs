@@ -485,6 +485,17 @@ impl Cluster {
             .call_within(&url, Some(body.to_string()), None, timeout)
     }
 
+    /// GET node `id`'s HTTP `path` within `timeout`.
+    pub fn get(
+        &self,
+        id: u64,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<(u16, serde_json::Value), HarnessError> {
+        let url = format!("http://{}{path}", self.node(id).http);
+        self.http.call_within(&url, None, None, timeout)
+    }
+
     /// True when node `id` answers a recommend with 200 and coverage 1
     /// (within 3 s).
     pub fn full_coverage(&self, id: u64) -> bool {

@@ -8,6 +8,7 @@
 //! only read).
 
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -60,6 +61,8 @@ pub struct OpRecord {
     pub degraded: Vec<String>,
     /// Upsert: the item id written (each upsert writes a fresh id once).
     pub item: Option<String>,
+    /// Event: the user it was for.
+    pub user: Option<String>,
 }
 
 impl OpRecord {
@@ -124,6 +127,23 @@ impl History {
     /// True when some fault window covers `t`.
     pub fn in_fault(&self, t: Duration) -> bool {
         self.faults.iter().any(|f| f.covers(t))
+    }
+
+    /// Per user: (events acknowledged, events sent). An event that was
+    /// not acknowledged may still have been applied, so a copy of the
+    /// user's state must count between the two above its start.
+    pub fn events_by_user(&self) -> BTreeMap<String, (u64, u64)> {
+        let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for o in self.ops.iter().filter(|o| o.kind == OpKind::Event) {
+            if let Some(u) = &o.user {
+                let e = out.entry(u.clone()).or_default();
+                e.1 += 1;
+                if o.outcome.is_ok() {
+                    e.0 += 1;
+                }
+            }
+        }
+        out
     }
 
     /// Ids of every acknowledged upsert.

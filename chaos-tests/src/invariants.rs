@@ -50,6 +50,16 @@ pub struct FinalObservations {
     /// (node, exit status) of members that exited without the harness
     /// stopping them.
     pub unexpected_exits: Vec<(u64, String)>,
+    /// User id -> what each copy of the user's partition counts.
+    pub user_events: BTreeMap<String, UserEventsSeen>,
+}
+
+/// One user's event count before the run (the bundle's) and on each copy
+/// of its user partition after the heal (None: that copy did not answer).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct UserEventsSeen {
+    pub base: u64,
+    pub copies: Vec<(u64, Option<u64>)>,
 }
 
 impl Default for FinalObservations {
@@ -63,8 +73,53 @@ impl Default for FinalObservations {
             fresh_write_and_read: Err("not attempted".into()),
             heal: Err("not attempted".into()),
             unexpected_exits: Vec::new(),
+            user_events: BTreeMap::new(),
         }
     }
+}
+
+/// No acknowledged event is lost and none is counted twice: after the heal
+/// every copy of a user's partition counts at least the bundle's events
+/// plus the acknowledged ones, and at most plus every one sent (an event
+/// whose answer was lost may still have been applied).
+pub fn no_acknowledged_event_lost(h: &History, f: &FinalObservations) -> Vec<Violation> {
+    const NAME: &str = "no acknowledged event lost or counted twice";
+    let mut out = Vec::new();
+    for (user, (acked, sent)) in h.events_by_user() {
+        let Some(seen) = f.user_events.get(&user) else {
+            if acked > 0 {
+                out.push(violation(
+                    NAME,
+                    format!("user {user}: {acked} events acknowledged but no copy was read"),
+                ));
+            }
+            continue;
+        };
+        if seen.copies.is_empty() && acked > 0 {
+            out.push(violation(
+                NAME,
+                format!("user {user}: {acked} events acknowledged but its partition has no copy"),
+            ));
+        }
+        let (lo, hi) = (seen.base + acked, seen.base + sent);
+        for (node, count) in &seen.copies {
+            match count {
+                Some(c) if (lo..=hi).contains(c) => {}
+                Some(c) => out.push(violation(
+                    NAME,
+                    format!(
+                        "user {user} on node {node}: {c} events, expected {lo}..={hi} ({} before the run, {acked} acknowledged of {sent} sent)",
+                        seen.base
+                    ),
+                )),
+                None => out.push(violation(
+                    NAME,
+                    format!("user {user}: node {node} holds a copy but did not answer"),
+                )),
+            }
+        }
+    }
+    out
 }
 
 /// No acknowledged upsert is lost: every copy of its shard holds it.
@@ -234,6 +289,7 @@ pub fn fresh_write_and_read_after_heal(f: &FinalObservations) -> Vec<Violation> 
 /// Every invariant, in a fixed order.
 pub fn check_all(h: &History, f: &FinalObservations, slack: Duration) -> Vec<Violation> {
     let mut out = no_acknowledged_write_lost(h, f);
+    out.extend(no_acknowledged_event_lost(h, f));
     out.extend(replica_digests_equal(f));
     out.extend(at_most_one_leader_per_term(h));
     out.extend(recommends_answered_by_deadline(h, slack));
@@ -264,6 +320,7 @@ mod tests {
             coverage: (kind == OpKind::Recommend).then_some(1.0),
             degraded: Vec::new(),
             item: None,
+            user: None,
         }
     }
 
@@ -317,6 +374,52 @@ mod tests {
             ]
         );
         assert!(v[1].detail.contains("node 3") && v[1].detail.contains("SIGABRT"));
+    }
+
+    fn event(user: &str, outcome: Outcome) -> OpRecord {
+        let mut o = op(OpKind::Event, 1, 0, 10, outcome);
+        o.user = Some(user.into());
+        o
+    }
+
+    #[test]
+    fn a_lost_or_doubled_event_on_any_copy_is_caught() {
+        let h = History {
+            ops: vec![
+                event("a", Outcome::Ok(200)),
+                event("a", Outcome::Ok(200)),
+                event("a", Outcome::Timeout),
+                event("b", Outcome::Ok(200)),
+                event("c", Outcome::Ok(200)),
+            ],
+            ..Default::default()
+        };
+        let seen = |base, copies: &[(u64, Option<u64>)]| UserEventsSeen {
+            base,
+            copies: copies.to_vec(),
+        };
+        // a: 10 before, 2 acknowledged of 3 sent: 12 and 13 both hold
+        let mut f = healthy_final();
+        f.user_events = [
+            ("a".to_string(), seen(10, &[(1, Some(12)), (2, Some(13))])),
+            ("b".to_string(), seen(0, &[(2, Some(1)), (3, Some(1))])),
+            ("c".to_string(), seen(5, &[(1, Some(6))])),
+        ]
+        .into();
+        assert!(no_acknowledged_event_lost(&h, &f).is_empty());
+        // lost on one copy, doubled on another, a copy silent, a user unread
+        f.user_events = [
+            ("a".to_string(), seen(10, &[(1, Some(11)), (2, Some(14))])),
+            ("b".to_string(), seen(0, &[(2, None)])),
+        ]
+        .into();
+        let v = no_acknowledged_event_lost(&h, &f);
+        let details: Vec<&str> = v.iter().map(|v| v.detail.as_str()).collect();
+        assert_eq!(v.len(), 4, "{details:#?}");
+        assert!(details[0].contains("node 1: 11 events, expected 12..=13"));
+        assert!(details[1].contains("node 2: 14 events"));
+        assert!(details[2].contains("user b: node 2"));
+        assert!(details[3].contains("user c"));
     }
 
     #[test]

@@ -170,6 +170,7 @@ async fn ticker(
             continue;
         }
         let (node, http) = nodes[(pick % nodes.len() as u64) as usize].clone();
+        let event_user = (ctx.kind == OpKind::Event).then(|| format!("u{user:06}"));
         let (path, body, item_id, timeout, deadline) = match ctx.kind {
             OpKind::Recommend => (
                 "/v1/recommend",
@@ -231,6 +232,7 @@ async fn ticker(
                 coverage: None,
                 degraded: Vec::new(),
                 item: item_id,
+                user: event_user,
             };
             op.outcome = match result {
                 Ok((status, bytes)) if status.is_success() => {

@@ -150,6 +150,33 @@ pub fn all() -> Vec<Scenario> {
             },
         },
         Scenario {
+            name: "partition-copy-kill",
+            about: "SIGKILL a non-leader node (a copy of a third of the user partitions, R=2) under \
+                    40 events/s for 2-4 s, restart; repeat. Every acknowledged event must be in \
+                    its user's state on every copy after the heal, none counted twice",
+            shape: |_, l| l.events_per_s = 40.0,
+            body: |run| loop {
+                let (leader, _) = run.faults.leader()?;
+                let followers: Vec<u64> = run
+                    .faults
+                    .cluster
+                    .live()
+                    .into_iter()
+                    .filter(|n| *n != leader)
+                    .collect();
+                let victim = run
+                    .pick(&followers)
+                    .ok_or_else(|| HarnessError::Other("no follower to kill".into()))?;
+                run.faults.kill(victim);
+                run.pause_for(secs(2), secs(4));
+                run.faults.restart(victim)?;
+                if run.left() < secs(6) {
+                    return Ok(());
+                }
+                run.pause_for(secs(1), secs(2));
+            },
+        },
+        Scenario {
             name: "snapshot-catchup",
             about: "SIGKILL a follower while upserts advance the log far past the snapshot \
                     threshold (snapshot_every = 50), then restart it: it must catch up from a snapshot",
@@ -414,7 +441,8 @@ pub fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report, HarnessErro
     let mut load_spec = LoadSpec::default();
     (scenario.shape)(&mut spec, &mut load_spec);
     let rec = Recorder::new();
-    let started = small_bundle(&tmp.path().join("bundle"), opts.seed, spec.shards)
+    let bundle = tmp.path().join("bundle");
+    let started = small_bundle(&bundle, opts.seed, spec.shards)
         .and_then(|bundle| Cluster::new(spec.clone(), tmp.path(), &bundle))
         .and_then(|cluster| Faults::start(cluster, rec.clone()));
     let mut faults = match started {
@@ -482,7 +510,7 @@ pub fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report, HarnessErro
     poller.stop();
 
     let history = rec.snapshot();
-    let mut finals = observe(&run.faults, &history.acknowledged_items(), opts.seed);
+    let mut finals = observe(&run.faults, &history, &bundle, opts.seed);
     finals.heal = healed;
     finals.unexpected_exits = run.faults.unexpected_exits.clone();
     let mut violations = check_all(&history, &finals, DEADLINE_SLACK);
@@ -533,7 +561,13 @@ fn wait_converged(f: &Faults, timeout: Duration) -> bool {
 }
 
 /// Everything the invariants need from the healed cluster.
-fn observe(f: &Faults, acked: &[&str], seed: u64) -> FinalObservations {
+fn observe(
+    f: &Faults,
+    history: &crate::history::History,
+    bundle: &std::path::Path,
+    seed: u64,
+) -> FinalObservations {
+    let acked = &history.acknowledged_items();
     let shards = f.cluster.spec.shards;
     let mut out = FinalObservations {
         shards,
@@ -552,6 +586,7 @@ fn observe(f: &Faults, acked: &[&str], seed: u64) -> FinalObservations {
         .map_or(0, |m| m.replication as usize);
     out.digests = f.cluster.digests(&view);
     out.items = presence(f, &view, acked, secs(30));
+    out.user_events = user_events(f, history, bundle, secs(30));
     out.fresh_write_and_read = fresh_write_and_read(f, seed);
     // read last, so a panic during the checks above is seen too
     out.logs = f.cluster.logs();
@@ -593,6 +628,79 @@ fn presence(
         let complete = out.values().all(|c| c.iter().all(|x| x.1));
         if complete || t0.elapsed() > timeout {
             return out;
+        }
+        std::thread::sleep(ms(500));
+    }
+}
+
+/// For each user events were sent for: the bundle's count and what every
+/// copy of the user's partition counts, read from that copy's node (which
+/// reads its own copy). Waits for every copy to be Active and polls until
+/// every count is within what the history allows, or `timeout` passes (a
+/// copy may still be catching up).
+fn user_events(
+    f: &Faults,
+    history: &crate::history::History,
+    bundle: &std::path::Path,
+    timeout: Duration,
+) -> BTreeMap<String, crate::invariants::UserEventsSeen> {
+    use crate::invariants::UserEventsSeen;
+    let sent = history.events_by_user();
+    if sent.is_empty() {
+        return BTreeMap::new();
+    }
+    let base: BTreeMap<String, u64> = match funnel::model::ServingModel::load(bundle) {
+        Ok(l) => l
+            .user_states
+            .into_iter()
+            .map(|(id, s)| (id, s.events as u64))
+            .collect(),
+        Err(_) => BTreeMap::new(),
+    };
+    let t0 = Instant::now();
+    loop {
+        let map = f.cluster.any_view().and_then(|v| v.partition_map);
+        let settled = map.as_ref().is_some_and(|m| {
+            m.replicas.iter().all(|rs| {
+                rs.iter()
+                    .all(|r| r.state == funnel::cluster::ReplicaState::Active)
+            })
+        });
+        let seen: BTreeMap<String, UserEventsSeen> = sent
+            .keys()
+            .map(|user| {
+                let copies = map.as_ref().map_or(Vec::new(), |m| {
+                    let p = funnel::ids::user_partition(user, m.shards);
+                    m.replicas.get(p as usize).map_or(Vec::new(), |rs| {
+                        rs.iter()
+                            .map(|r| {
+                                let count = f
+                                    .cluster
+                                    .get(r.node, &format!("/v1/users/{user}"), secs(3))
+                                    .ok()
+                                    .filter(|(s, _)| *s == 200)
+                                    .and_then(|(_, v)| v["events"].as_u64());
+                                (r.node, count)
+                            })
+                            .collect()
+                    })
+                });
+                let seen = UserEventsSeen {
+                    base: base.get(user).copied().unwrap_or(0),
+                    copies,
+                };
+                (user.clone(), seen)
+            })
+            .collect();
+        let within = seen.iter().all(|(user, s)| {
+            let (acked, all) = sent[user];
+            !s.copies.is_empty()
+                && s.copies
+                    .iter()
+                    .all(|(_, c)| c.is_some_and(|c| (s.base + acked..=s.base + all).contains(&c)))
+        });
+        if (settled && within) || t0.elapsed() > timeout {
+            return seen;
         }
         std::thread::sleep(ms(500));
     }

@@ -1,11 +1,12 @@
 //! The CI-sized chaos set: short runs of the scenarios that together cover
 //! a killed leader, a paused leader, a killed replica under fan-out, a
 //! partition with the leader on either side, a slow and lossy link, a
-//! crash at every failpoint and shard moves under upserts, one after another (a 2-core machine runs one
+//! crash at every failpoint, shard moves under upserts and a killed copy of
+//! user partitions under events, one after another (a 2-core machine runs one
 //! 3-node cluster at a time well; parallel clusters would measure the
 //! machine, not funnel). Each run must break no invariant.
 //!
-//! Seed: CHAOS_SEED (default 7). Ports 20000-20199.
+//! Seed: CHAOS_SEED (default 7). Ports 20000-20199 (20 per run).
 
 use chaos_tests::scenario::{all, run, RunOptions};
 use std::time::Duration;
@@ -15,6 +16,7 @@ const CI_SET: &[(&str, u64)] = &[
     ("leader-kill", 20),
     ("leader-pause", 15),
     ("replica-kill", 15),
+    ("partition-copy-kill", 12),
     ("partition-leader-minority", 15),
     ("slow-lossy-link", 12),
     ("failpoint-crash", 10),

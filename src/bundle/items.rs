@@ -202,6 +202,70 @@ pub fn from_postcard<T: DeserializeOwned>(file: &Path, bytes: &[u8]) -> Result<T
     Ok(value)
 }
 
+/// Decodes a postcard sequence of `T` keeping only the elements whose
+/// index `keep` selects; answers the sequence's length and the kept
+/// (index, element) pairs. Each dropped element is freed before the next
+/// is decoded, so a node keeping a share of a million user states never
+/// holds all of them (holding them all, then dropping most, left the freed
+/// memory fragmented between the kept states and the RSS high).
+pub fn seq_from_postcard_filtered<T: DeserializeOwned>(
+    file: &Path,
+    bytes: &[u8],
+    keep: &mut dyn FnMut(usize) -> bool,
+) -> Result<(usize, Vec<(usize, T)>)> {
+    use serde::de::{DeserializeSeed, SeqAccess, Visitor};
+    struct Kept<'k, T> {
+        keep: &'k mut dyn FnMut(usize) -> bool,
+        _t: std::marker::PhantomData<T>,
+    }
+    impl<'de, T: DeserializeOwned> DeserializeSeed<'de> for Kept<'_, T> {
+        type Value = (usize, Vec<(usize, T)>);
+        fn deserialize<D: serde::Deserializer<'de>>(
+            self,
+            d: D,
+        ) -> std::result::Result<Self::Value, D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+    impl<'de, T: DeserializeOwned> Visitor<'de> for Kept<'_, T> {
+        type Value = (usize, Vec<(usize, T)>);
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a sequence")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> std::result::Result<Self::Value, A::Error> {
+            let mut kept = Vec::new();
+            let mut n = 0;
+            while let Some(v) = seq.next_element::<T>()? {
+                if (self.keep)(n) {
+                    kept.push((n, v));
+                }
+                n += 1;
+            }
+            Ok((n, kept))
+        }
+    }
+    let mut de = postcard::Deserializer::from_bytes(bytes);
+    let value = Kept {
+        keep,
+        _t: std::marker::PhantomData,
+    }
+    .deserialize(&mut de)
+    .map_err(|e| BundleError::decode(file, format!("postcard: {e}")))?;
+    let rest = de
+        .finalize()
+        .map_err(|e| BundleError::decode(file, format!("postcard: {e}")))?;
+    if !rest.is_empty() {
+        return Err(BundleError::decode(
+            file,
+            format!("{} unexpected trailing bytes after the value", rest.len()),
+        ));
+    }
+    Ok(value)
+}
+
 pub fn encode_u64s(values: &[u64]) -> Vec<u8> {
     let mut out = Vec::with_capacity(values.len() * 8);
     for v in values {
@@ -349,5 +413,27 @@ mod tests {
         assert!(from_postcard::<ItemTable>(Path::new("i"), &bytes).is_err());
         bytes.truncate(bytes.len() - 5);
         assert!(from_postcard::<ItemTable>(Path::new("i"), &bytes).is_err());
+    }
+
+    #[test]
+    fn a_filtered_sequence_keeps_the_chosen_elements_and_checks_the_bytes() {
+        let v: Vec<String> = (0..7).map(|i| format!("s{i}")).collect();
+        let mut bytes = to_postcard(&v).unwrap();
+        let (n, kept) =
+            seq_from_postcard_filtered::<String>(Path::new("s"), &bytes, &mut |i| i % 3 == 0)
+                .unwrap();
+        assert_eq!(n, 7);
+        assert_eq!(
+            kept,
+            vec![(0, "s0".to_string()), (3, "s3".into()), (6, "s6".into())]
+        );
+        bytes.push(0);
+        let e = seq_from_postcard_filtered::<String>(Path::new("s"), &bytes, &mut |_| true)
+            .unwrap_err();
+        assert!(e.to_string().contains("trailing"), "{e}");
+        bytes.truncate(bytes.len() - 3);
+        assert!(
+            seq_from_postcard_filtered::<String>(Path::new("s"), &bytes, &mut |_| true).is_err()
+        );
     }
 }

@@ -389,6 +389,23 @@ impl Bundle {
         from_postcard(&self.dir.join(&rel), &bytes).map(Some)
     }
 
+    /// Decodes section `name`, a sequence, keeping the elements whose index
+    /// `keep` selects (`seq_from_postcard_filtered`): the sequence's length
+    /// and the kept (index, element) pairs; `None` without the section.
+    pub fn section_filtered<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        keep: &mut dyn FnMut(usize) -> bool,
+    ) -> Result<Option<(usize, Vec<(usize, T)>)>> {
+        validate_section_name(name)?;
+        let rel = section_file(name);
+        if self.manifest.file(&rel).is_none() {
+            return Ok(None);
+        }
+        let bytes = self.read(&rel)?;
+        super::items::seq_from_postcard_filtered(&self.dir.join(&rel), &bytes, keep).map(Some)
+    }
+
     /// Verifies (size + blake3) and loads shard `shard`: keys, vectors and
     /// the prebuilt index, cross-checked against each other.
     pub fn load_shard(&self, shard: u32) -> Result<LoadedShard> {

@@ -63,6 +63,15 @@ pub struct Loaded {
 impl ServingModel {
     /// Opens and verifies the bundle and decodes everything but the shards.
     pub fn load(dir: &Path) -> Result<Loaded, ModelError> {
+        Self::load_keeping(dir, &|_| true)
+    }
+
+    /// `load`, with the user states of only the users `keep_user` selects
+    /// (a cluster node keeps its own user partitions).
+    pub fn load_keeping(
+        dir: &Path,
+        keep_user: &dyn Fn(&str) -> bool,
+    ) -> Result<Loaded, ModelError> {
         let schema = FeatureSchema::current();
         let bundle = Bundle::open(
             dir,
@@ -169,21 +178,13 @@ impl ServingModel {
                 "a category centroid has the wrong dimension".into(),
             ));
         }
-        let states: Vec<UserState> = bundle.section(sections::USER_STATES)?.unwrap_or_default();
-        if !states.is_empty() && states.len() != users.len() {
-            return Err(inconsistent(format!(
-                "{} user states for {} users",
-                states.len(),
-                users.len()
-            )));
-        }
+        let user_states = kept_user_states(&bundle, dir, &users.ids, keep_user)?;
         let user_rows = users
             .ids
             .iter()
             .enumerate()
             .map(|(i, id)| (id.clone(), i as u32))
             .collect();
-        let user_states = users.ids.iter().cloned().zip(states).collect();
         Ok(Loaded {
             model: ServingModel {
                 version: manifest.model_version.clone(),
@@ -215,25 +216,7 @@ impl ServingModel {
         keep: impl Fn(&str) -> bool,
     ) -> Result<Vec<(String, UserState)>, ModelError> {
         let bundle = Bundle::open_unverified(&self.dir)?;
-        let states: Vec<UserState> = bundle.section(sections::USER_STATES)?.unwrap_or_default();
-        if !states.is_empty() && states.len() != self.users.len() {
-            return Err(ModelError::Inconsistent {
-                dir: self.dir.clone(),
-                reason: format!(
-                    "{} user states for {} users",
-                    states.len(),
-                    self.users.len()
-                ),
-            });
-        }
-        Ok(self
-            .users
-            .ids
-            .iter()
-            .zip(states)
-            .filter(|(id, _)| keep(id))
-            .map(|(id, s)| (id.clone(), s))
-            .collect())
+        kept_user_states(&bundle, &self.dir, &self.users.ids, &keep)
     }
 
     /// A vector for an item known only by its categories: the mean of
@@ -291,4 +274,28 @@ fn fallback_lists(items: &ItemTable) -> KeyLists {
         fresh,
         by_category,
     }
+}
+
+/// The bundle's user states of the users `keep` selects (of `ids`, the
+/// bundle's user table), decoded without ever holding the others.
+fn kept_user_states(
+    bundle: &Bundle,
+    dir: &Path,
+    ids: &[String],
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<Vec<(String, UserState)>, ModelError> {
+    let Some((n, kept)) = bundle
+        .section_filtered::<UserState>(sections::USER_STATES, &mut |i| {
+            ids.get(i).is_some_and(|id| keep(id))
+        })?
+    else {
+        return Ok(Vec::new());
+    };
+    if n != ids.len() {
+        return Err(ModelError::Inconsistent {
+            dir: dir.to_path_buf(),
+            reason: format!("{n} user states for {} users", ids.len()),
+        });
+    }
+    Ok(kept.into_iter().map(|(i, s)| (ids[i].clone(), s)).collect())
 }

@@ -591,6 +591,13 @@ impl EventPipeline {
         n
     }
 
+    /// Selects the users whose states this node keeps now (for decoding a
+    /// bundle's states; `seed` checks again when they arrive).
+    pub(super) fn user_filter(&self) -> super::model_host::UserFilter {
+        let held = self.held.clone();
+        Arc::new(move |user| held.keeps(user))
+    }
+
     /// Whether the held user partitions are `want` out of `count` already.
     pub(super) fn holds(&self, count: u32, want: &std::collections::BTreeSet<u32>) -> bool {
         self.held.is(count, want)

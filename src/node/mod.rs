@@ -605,7 +605,8 @@ impl Node {
     /// carried over. Nothing is served from it until `switch_to`.
     async fn prepare(&self, dir: PathBuf) -> Result<Prepared, ServiceError> {
         let hosted = self.hosted_shards();
-        self.inner.host.prepare(dir, hosted).await
+        let keep_user = self.inner.events.user_filter();
+        self.inner.host.prepare(dir, hosted, keep_user).await
     }
 
     /// Serves `p` from now on; the version served before is retired (kept

@@ -157,10 +157,12 @@ impl ModelHost {
         &self,
         dir: PathBuf,
         hosted: Option<Vec<u32>>,
+        keep_user: UserFilter,
     ) -> Result<Prepared, ServiceError> {
         let pool = self.search_pool.clone();
         let search = self.search;
-        let (model, user_states, indexes) = load_version(dir.clone(), search, hosted).await?;
+        let (model, user_states, indexes) =
+            load_version(dir.clone(), search, hosted, keep_user).await?;
         let model = Arc::new(model);
         let actors: BTreeMap<u32, ShardHandle> = indexes
             .into_iter()
@@ -361,12 +363,16 @@ type LoadedVersion = (
 );
 
 /// Reads and verifies a bundle and every shard off the async threads.
+/// Which users' states a load keeps (the user partitions this node holds).
+pub(super) type UserFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 async fn load_version(
     dir: PathBuf,
     search: ShardsConfig,
     hosted: Option<Vec<u32>>,
+    keep_user: UserFilter,
 ) -> Result<LoadedVersion, ServiceError> {
-    tokio::task::spawn_blocking(move || load_version_blocking(&dir, search, hosted))
+    tokio::task::spawn_blocking(move || load_version_blocking(&dir, search, hosted, &*keep_user))
         .await
         .map_err(|e| ServiceError::internal_from("model loading task failed", e))?
 }
@@ -375,11 +381,12 @@ fn load_version_blocking(
     dir: &Path,
     search: ShardsConfig,
     hosted: Option<Vec<u32>>,
+    keep_user: &dyn Fn(&str) -> bool,
 ) -> Result<LoadedVersion, ServiceError> {
     let precondition = |e: String| {
         ServiceError::failed_precondition(format!("cannot load bundle {}: {e}", dir.display()))
     };
-    let loaded = ServingModel::load(dir).map_err(|e| cannot_load(dir, e))?;
+    let loaded = ServingModel::load_keeping(dir, keep_user).map_err(|e| cannot_load(dir, e))?;
     let bundle = crate::bundle::Bundle::open(dir, &crate::bundle::OpenCheck::default())
         .map_err(|e| cannot_load(dir, e))?;
     let mut indexes = Vec::new();
