@@ -202,6 +202,10 @@ pub fn from_postcard<T: DeserializeOwned>(file: &Path, bytes: &[u8]) -> Result<T
     Ok(value)
 }
 
+/// A filtered sequence: its full length and the kept (index, element)
+/// pairs.
+pub type KeptElements<T> = (usize, Vec<(usize, T)>);
+
 /// Decodes a postcard sequence of `T` keeping only the elements whose
 /// index `keep` selects; answers the sequence's length and the kept
 /// (index, element) pairs. Each dropped element is freed before the next
@@ -212,7 +216,7 @@ pub fn seq_from_postcard_filtered<T: DeserializeOwned>(
     file: &Path,
     bytes: &[u8],
     keep: &mut dyn FnMut(usize) -> bool,
-) -> Result<(usize, Vec<(usize, T)>)> {
+) -> Result<KeptElements<T>> {
     use serde::de::{DeserializeSeed, SeqAccess, Visitor};
     struct Kept<'k, T> {
         keep: &'k mut dyn FnMut(usize) -> bool,

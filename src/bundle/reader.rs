@@ -396,7 +396,7 @@ impl Bundle {
         &self,
         name: &str,
         keep: &mut dyn FnMut(usize) -> bool,
-    ) -> Result<Option<(usize, Vec<(usize, T)>)>> {
+    ) -> Result<Option<super::items::KeptElements<T>>> {
         validate_section_name(name)?;
         let rel = section_file(name);
         if self.manifest.file(&rel).is_none() {
