@@ -322,37 +322,51 @@ impl EventPipeline {
     /// After a restart, applies what the event logs hold since `mark` was
     /// taken to user state and item counters: this node's own log from
     /// `log_seq` and, in a cluster, the log of events forwarded by peers
-    /// from `peer_log_seq` (the bundle holds neither).
+    /// from `peer_log_seq` (the bundle holds neither), up to `upto`, the
+    /// logs' positions read before the version was installed. Events logged
+    /// from then on were applied as they arrived (a node that serves no
+    /// version refuses events before logging them); replaying them too
+    /// counted each twice.
     pub(super) async fn replay_logs(
         &self,
         mark: &ServingMark,
+        upto: LogPositions,
         current: Current<'_>,
     ) -> Result<usize, ServiceError> {
         let mut n = self
-            .replay_log(LogSource::Own, mark.log_seq, current)
+            .replay_log(LogSource::Own, mark.log_seq, upto.own, current)
             .await?;
         if self.peer_events.is_some() {
             n += self
-                .replay_log(LogSource::Peers, mark.peer_log_seq, current)
+                .replay_log(LogSource::Peers, mark.peer_log_seq, upto.peers, current)
                 .await?;
         }
         tracing::info!(
             events = n,
             from_seq = mark.log_seq,
             from_peer_seq = mark.peer_log_seq,
+            to_seq = upto.own,
+            to_peer_seq = upto.peers,
             "replayed the event logs into user state"
         );
         Ok(n)
     }
 
-    /// Applies the events of `source`'s log with seq >= `from`.
+    /// The logs' positions now (the next seq each will assign).
+    pub(super) async fn positions(&self) -> LogPositions {
+        let (own, peers) = self.next_seqs().await;
+        LogPositions { own, peers }
+    }
+
+    /// Applies the events of `source`'s log with `from <= seq < to`.
     async fn replay_log(
         &self,
         source: LogSource,
         from: u64,
+        to: u64,
         current: Current<'_>,
     ) -> Result<usize, ServiceError> {
-        let events = self.read_log(source, from, u64::MAX, |_| true).await?;
+        let events = self.read_log(source, from, to, |_| true).await?;
         let n = events.len();
         for chunk in events.chunks(1000) {
             self.apply_logged(chunk, source, current).await?;
@@ -518,8 +532,7 @@ impl EventPipeline {
     ) -> Result<Vec<u32>, ServiceError> {
         // read after the partitions started buffering: every event below
         // these positions is in the logs, every one from them on in a buffer
-        let (own, peers) = self.next_seqs().await;
-        let upto = LogPositions { own, peers };
+        let upto = self.positions().await;
         let mark = mark
             .filter(|m| m.model_version == serving.model.version)
             .ok_or_else(|| {

@@ -256,16 +256,25 @@ impl Node {
     /// cluster the events also go to every other node (each holds every
     /// user partition), waiting briefly so a request that lands on another
     /// node behind the load balancer sees them too.
+    ///
+    /// Runs on a task of its own: once an event is logged it is applied and
+    /// forwarded even if the client hangs up meanwhile (a dropped request
+    /// future would leave it logged but unapplied until a restart).
     pub async fn ingest_events(&self, events: Vec<EventIn>) -> Result<u32, ServiceError> {
-        let log = self
-            .inner
-            .events
-            .ingest_client(events, &|| self.current())
-            .await?;
-        if let Some(link) = self.cluster() {
-            self.inner.events.forward(link, &log).await;
-        }
-        Ok(log.len() as u32)
+        let node = self.clone();
+        let task = tokio::spawn(async move {
+            let log = node
+                .inner
+                .events
+                .ingest_client(events, &|| node.current())
+                .await?;
+            if let Some(link) = node.cluster() {
+                node.inner.events.forward(link, &log).await;
+            }
+            Ok(log.len() as u32)
+        });
+        task.await
+            .map_err(|e| ServiceError::internal_from("the event ingest task failed", e))?
     }
 
     /// Events node `origin` accepted and forwarded (or that this node
@@ -278,12 +287,22 @@ impl Node {
         origin_log: u64,
         events: Vec<crate::proto::data::ForwardedEvent>,
     ) -> Result<u32, ServiceError> {
-        self.inner
-            .events
-            .ingest_forwarded(self.cluster(), origin, origin_log, events, &|| {
-                self.current()
-            })
-            .await
+        // on a task of its own: the sender gives up after its timeout and
+        // drops the request, and a dropped future between claiming the
+        // events' (origin, seq) and applying them lost them for good (the
+        // claims made catch-up skip them; found by the chaos event-count
+        // check with a paused node)
+        let node = self.clone();
+        let task = tokio::spawn(async move {
+            node.inner
+                .events
+                .ingest_forwarded(node.cluster(), origin, origin_log, events, &|| {
+                    node.current()
+                })
+                .await
+        });
+        task.await
+            .map_err(|e| ServiceError::internal_from("the forwarded-event task failed", e))?
     }
 
     /// Identity of this node's own event log, sent with its events.
@@ -633,6 +652,9 @@ impl Node {
             catalog: catalog.clone(),
             shards,
         });
+        // read before installing: from here on events are applied as they
+        // arrive, so a replay after a restart stops here
+        let upto = self.inner.events.positions().await;
         let first_load = host.install(serving, &standby)?;
         // remember from which log positions this version's state is live;
         // the first load after a restart of the version that was live
@@ -646,18 +668,18 @@ impl Node {
             Some(m) => {
                 self.inner
                     .events
-                    .replay_logs(&m, &|| self.current())
+                    .replay_logs(&m, upto, &|| self.current())
                     .await?;
                 m
             }
-            None => {
-                let (log_seq, peer_log_seq) = self.inner.events.next_seqs().await;
-                ServingMark {
-                    model_version: version.clone(),
-                    log_seq,
-                    peer_log_seq,
-                }
-            }
+            // from the positions before the install: an event logged
+            // between them and now was applied live and must be replayed
+            // after a restart too
+            None => ServingMark {
+                model_version: version.clone(),
+                log_seq: upto.own,
+                peer_log_seq: upto.peers,
+            },
         };
         host.write_mark(&mark);
         tracing::info!(node_id = self.inner.config.node.id, version = %version, dir = %dir.display(), "model version active");
