@@ -28,8 +28,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::{
-    copies, eventually, members_list, recommend, rt, small_bundle, write_members, ClusterLoad,
-    Copies, Http, Member, NodePorts, NodeProc,
+    admin, copies, eventually, members_list, recommend, rt, small_bundle, write_members,
+    ClusterLoad, Copies, Http, Member, NodePorts, NodeProc,
 };
 
 const SHARDS: u32 = 6;
@@ -40,20 +40,6 @@ fn write_configs(dir: &Path, bundle: &Path, base: u16, cluster_extra: &str) -> V
     let nodes = NodePorts::layout(3, base);
     let extra = format!("{}\n{cluster_extra}", members_list(&nodes));
     write_members(dir, &nodes, Some(bundle), SHARDS, "", &extra)
-}
-
-fn admin(addr: &str, args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_funnel"))
-        .args(["admin", "--addr", addr])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "funnel admin {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
 }
 
 fn status_view(

@@ -26,8 +26,8 @@ use funnel::ids::user_partition;
 use serde_json::json;
 use std::time::{Duration, Instant};
 use support::{
-    eventually, members_list, metric_value, recommend, rt, small_bundle, write_members, Http,
-    NodePorts, NodeProc,
+    admin, eventually, members_list, metric_value, recommend, rt, small_bundle,
+    wait_partitions_active, write_members, Http, NodePorts, NodeProc,
 };
 
 const SHARDS: u32 = 4;
@@ -56,19 +56,7 @@ fn requests_read_a_user_from_the_node_holding_its_partition() {
         .collect();
     let rt = rt();
     let http = Http::default();
-    let mut map = None;
-    assert!(
-        eventually(Duration::from_secs(90), || {
-            map = view(&rt, &members[0].internal).and_then(|v| v.partition_map);
-            map.as_ref().is_some_and(|m| {
-                m.replicas
-                    .iter()
-                    .all(|rs| rs.len() == 1 && rs[0].state == ReplicaState::Active)
-            })
-        }),
-        "the user partition map never placed one Active copy per partition: {map:?}"
-    );
-    let map = map.unwrap();
+    let map = wait_partitions_active(&rt, &members[0].internal, 1, Duration::from_secs(90));
     assert_eq!(map.shards, PARTITIONS);
     for m in &members {
         assert!(
@@ -179,20 +167,6 @@ fn requests_read_a_user_from_the_node_holding_its_partition() {
     }
 }
 
-fn admin(addr: &str, args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_funnel"))
-        .args(["admin", "--addr", addr])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "funnel admin {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
 /// The number of events `GET /v1/users/ID` on `node_http` reports.
 fn user_events(http: &Http, node_http: &str, user: &str) -> Option<u64> {
     let (s, v) = http.get(&format!("http://{node_http}/v1/users/{user}"));
@@ -225,19 +199,7 @@ fn each_node_keeps_its_own_partitions_and_a_moved_partition_arrives_whole() {
         .collect();
     let rt = rt();
     let http = Http::default();
-    let mut map = None;
-    assert!(
-        eventually(Duration::from_secs(90), || {
-            map = view(&rt, &members[0].internal).and_then(|v| v.partition_map);
-            map.as_ref().is_some_and(|m| {
-                m.replicas
-                    .iter()
-                    .all(|rs| rs.len() == 1 && rs[0].state == ReplicaState::Active)
-            })
-        }),
-        "the user partition map never placed one Active copy per partition: {map:?}"
-    );
-    let map = map.unwrap();
+    let map = wait_partitions_active(&rt, &members[0].internal, 1, Duration::from_secs(90));
     for m in &members {
         assert!(
             eventually(Duration::from_secs(60), || recommend(

@@ -79,6 +79,31 @@ fn ms(v: u64) -> Duration {
     Duration::from_millis(v)
 }
 
+/// SIGKILL a random non-leader node for `down` (a range), restart it, rest
+/// 1-2 s; repeat until the time is up.
+fn kill_followers(run: &mut Run, down: (Duration, Duration)) -> Result<(), HarnessError> {
+    loop {
+        let (leader, _) = run.faults.leader()?;
+        let followers: Vec<u64> = run
+            .faults
+            .cluster
+            .live()
+            .into_iter()
+            .filter(|n| *n != leader)
+            .collect();
+        let victim = run
+            .pick(&followers)
+            .ok_or_else(|| HarnessError::Other("no follower to kill".into()))?;
+        run.faults.kill(victim);
+        run.pause_for(down.0, down.1);
+        run.faults.restart(victim)?;
+        if run.left() < secs(6) {
+            return Ok(());
+        }
+        run.pause_for(secs(1), secs(2));
+    }
+}
+
 /// The crash failpoints funnel defines (feature `failpoints`).
 pub const FAILPOINTS: &[&str] = &[
     "raft-log-append",
@@ -128,26 +153,7 @@ pub fn all() -> Vec<Scenario> {
             name: "replica-kill",
             about: "SIGKILL a non-leader node (a replica the coordinators fan out to) for 2-5 s, restart; repeat",
             shape: default_shape,
-            body: |run| loop {
-                let (leader, _) = run.faults.leader()?;
-                let followers: Vec<u64> = run
-                    .faults
-                    .cluster
-                    .live()
-                    .into_iter()
-                    .filter(|n| *n != leader)
-                    .collect();
-                let victim = run
-                    .pick(&followers)
-                    .ok_or_else(|| HarnessError::Other("no follower to kill".into()))?;
-                run.faults.kill(victim);
-                run.pause_for(secs(2), secs(5));
-                run.faults.restart(victim)?;
-                if run.left() < secs(6) {
-                    return Ok(());
-                }
-                run.pause_for(secs(1), secs(2));
-            },
+            body: |run| kill_followers(run, (secs(2), secs(5))),
         },
         Scenario {
             name: "partition-copy-kill",
@@ -155,26 +161,7 @@ pub fn all() -> Vec<Scenario> {
                     40 events/s for 2-4 s, restart; repeat. Every acknowledged event must be in \
                     its user's state on every copy after the heal, none counted twice",
             shape: |_, l| l.events_per_s = 40.0,
-            body: |run| loop {
-                let (leader, _) = run.faults.leader()?;
-                let followers: Vec<u64> = run
-                    .faults
-                    .cluster
-                    .live()
-                    .into_iter()
-                    .filter(|n| *n != leader)
-                    .collect();
-                let victim = run
-                    .pick(&followers)
-                    .ok_or_else(|| HarnessError::Other("no follower to kill".into()))?;
-                run.faults.kill(victim);
-                run.pause_for(secs(2), secs(4));
-                run.faults.restart(victim)?;
-                if run.left() < secs(6) {
-                    return Ok(());
-                }
-                run.pause_for(secs(1), secs(2));
-            },
+            body: |run| kill_followers(run, (secs(2), secs(4))),
         },
         Scenario {
             name: "snapshot-catchup",

@@ -193,13 +193,20 @@ pub fn to_postcard<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
 pub fn from_postcard<T: DeserializeOwned>(file: &Path, bytes: &[u8]) -> Result<T> {
     let (value, rest) = postcard::take_from_bytes::<T>(bytes)
         .map_err(|e| BundleError::decode(file, format!("postcard: {e}")))?;
-    if !rest.is_empty() {
-        return Err(BundleError::decode(
-            file,
-            format!("{} unexpected trailing bytes after the value", rest.len()),
-        ));
-    }
+    nothing_after(file, rest)?;
     Ok(value)
+}
+
+/// Refuses bytes left over after a decoded value (a file that holds more
+/// than it should is damaged or of another kind).
+fn nothing_after(file: &Path, rest: &[u8]) -> Result<()> {
+    if rest.is_empty() {
+        return Ok(());
+    }
+    Err(BundleError::decode(
+        file,
+        format!("{} unexpected trailing bytes after the value", rest.len()),
+    ))
 }
 
 /// A filtered sequence: its full length and the kept (index, element)
@@ -261,12 +268,7 @@ pub fn seq_from_postcard_filtered<T: DeserializeOwned>(
     let rest = de
         .finalize()
         .map_err(|e| BundleError::decode(file, format!("postcard: {e}")))?;
-    if !rest.is_empty() {
-        return Err(BundleError::decode(
-            file,
-            format!("{} unexpected trailing bytes after the value", rest.len()),
-        ));
-    }
+    nothing_after(file, rest)?;
     Ok(value)
 }
 

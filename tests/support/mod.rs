@@ -318,3 +318,51 @@ impl ClusterLoad {
         failed
     }
 }
+
+/// `funnel admin --addr ADDR ARGS...`: its stdout; panics with its stderr
+/// on failure.
+pub fn admin(addr: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(funnel_bin())
+        .args(["admin", "--addr", addr])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running funnel admin {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "funnel admin {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Waits (at most `limit`) until the user partition map seen by the node
+/// at `internal` has exactly `copies` Active copies of every partition,
+/// and answers it; panics with the last map seen otherwise.
+pub fn wait_partitions_active(
+    rt: &tokio::runtime::Runtime,
+    internal: &str,
+    copies: usize,
+    limit: Duration,
+) -> funnel::cluster::ShardMap {
+    let mut map = None;
+    let placed = eventually(limit, || {
+        map = rt
+            .block_on(funnel::admin::fetch_view(internal))
+            .ok()
+            .flatten()
+            .and_then(|(_, v)| v.partition_map);
+        map.as_ref().is_some_and(|m| {
+            m.replicas.iter().all(|rs| {
+                rs.len() == copies
+                    && rs
+                        .iter()
+                        .all(|r| r.state == funnel::cluster::ReplicaState::Active)
+            })
+        })
+    });
+    assert!(
+        placed,
+        "the user partition map never placed {copies} Active copies per partition: {map:?}"
+    );
+    map.expect("a map was seen")
+}
