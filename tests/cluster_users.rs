@@ -26,7 +26,7 @@ use funnel::ids::user_partition;
 use serde_json::json;
 use std::time::{Duration, Instant};
 use support::{
-    admin, eventually, members_list, metric_value, recommend, rt, small_bundle,
+    admin, eventually, full_coverage, members_list, metric_value, recommend, rt, small_bundle,
     wait_partitions_active, write_members, Http, NodePorts, NodeProc,
 };
 
@@ -60,11 +60,8 @@ fn requests_read_a_user_from_the_node_holding_its_partition() {
     assert_eq!(map.shards, PARTITIONS);
     for m in &members {
         assert!(
-            eventually(Duration::from_secs(60), || recommend(
-                &http, &m.http, "u000001"
-            )
-            .is_ok_and(|v| v["coverage"].as_f64() == Some(1.0))),
-            "node {} never served",
+            eventually(Duration::from_secs(60), || full_coverage(&http, &m.http)),
+            "node {} never served with full coverage",
             m.id
         );
     }
@@ -202,11 +199,8 @@ fn each_node_keeps_its_own_partitions_and_a_moved_partition_arrives_whole() {
     let map = wait_partitions_active(&rt, &members[0].internal, 1, Duration::from_secs(90));
     for m in &members {
         assert!(
-            eventually(Duration::from_secs(60), || recommend(
-                &http, &m.http, "u000001"
-            )
-            .is_ok_and(|v| v["coverage"].as_f64() == Some(1.0))),
-            "node {} never served",
+            eventually(Duration::from_secs(60), || full_coverage(&http, &m.http)),
+            "node {} never served with full coverage",
             m.id
         );
     }

@@ -55,6 +55,19 @@ impl Run {
     }
 
     /// A seeded pick from `v`.
+    /// A seeded choice among the live nodes other than `leader`.
+    pub fn pick_follower(&mut self, leader: u64) -> Result<u64, HarnessError> {
+        let followers: Vec<u64> = self
+            .faults
+            .cluster
+            .live()
+            .into_iter()
+            .filter(|n| *n != leader)
+            .collect();
+        self.pick(&followers)
+            .ok_or_else(|| HarnessError::Other(format!("no live follower besides leader {leader}")))
+    }
+
     pub fn pick<T: Copy>(&mut self, v: &[T]) -> Option<T> {
         (!v.is_empty()).then(|| v[self.rng.usize_below(v.len())])
     }
@@ -84,16 +97,7 @@ fn ms(v: u64) -> Duration {
 fn kill_followers(run: &mut Run, down: (Duration, Duration)) -> Result<(), HarnessError> {
     loop {
         let (leader, _) = run.faults.leader()?;
-        let followers: Vec<u64> = run
-            .faults
-            .cluster
-            .live()
-            .into_iter()
-            .filter(|n| *n != leader)
-            .collect();
-        let victim = run
-            .pick(&followers)
-            .ok_or_else(|| HarnessError::Other("no follower to kill".into()))?;
+        let victim = run.pick_follower(leader)?;
         run.faults.kill(victim);
         run.pause_for(down.0, down.1);
         run.faults.restart(victim)?;
@@ -179,16 +183,7 @@ pub fn all() -> Vec<Scenario> {
                     .status(leader, secs(1))
                     .and_then(|s| s.last_log_index)
                     .unwrap_or(0);
-                let followers: Vec<u64> = run
-                    .faults
-                    .cluster
-                    .live()
-                    .into_iter()
-                    .filter(|n| *n != leader)
-                    .collect();
-                let victim = run
-                    .pick(&followers)
-                    .ok_or_else(|| HarnessError::Other("no follower to kill".into()))?;
+                let victim = run.pick_follower(leader)?;
                 run.faults.kill(victim);
                 // most of the phase down, so the log moves on by hundreds
                 let down = run.left().saturating_sub(secs(3)).max(secs(8));
@@ -221,16 +216,7 @@ pub fn all() -> Vec<Scenario> {
             body: |run| loop {
                 for name in FAILPOINTS {
                     let (leader, _) = run.faults.leader()?;
-                    let followers: Vec<u64> = run
-                        .faults
-                        .cluster
-                        .live()
-                        .into_iter()
-                        .filter(|n| *n != leader)
-                        .collect();
-                    let victim = run
-                        .pick(&followers)
-                        .ok_or_else(|| HarnessError::Other("no follower".into()))?;
+                    let victim = run.pick_follower(leader)?;
                     if *name == "raft-snapshot-install" {
                         // down long enough for the leader to compact past it,
                         // so it can only catch up from a snapshot
@@ -262,16 +248,7 @@ pub fn all() -> Vec<Scenario> {
                 run.faults.leader()?;
                 run.pause_for(secs(1), secs(2));
                 let (leader, _) = run.faults.leader()?;
-                let followers: Vec<u64> = run
-                    .faults
-                    .cluster
-                    .live()
-                    .into_iter()
-                    .filter(|n| *n != leader)
-                    .collect();
-                let f = run
-                    .pick(&followers)
-                    .ok_or_else(|| HarnessError::Other("no follower".into()))?;
+                let f = run.pick_follower(leader)?;
                 run.faults.partition(&[f])?;
                 run.pause_for(secs(3), secs(6));
                 run.faults.heal_network()?;
@@ -288,16 +265,7 @@ pub fn all() -> Vec<Scenario> {
             shape: |c, _| c.fault_injection = true,
             body: |run| {
                 let (leader, _) = run.faults.leader()?;
-                let followers: Vec<u64> = run
-                    .faults
-                    .cluster
-                    .live()
-                    .into_iter()
-                    .filter(|n| *n != leader)
-                    .collect();
-                let f = run
-                    .pick(&followers)
-                    .ok_or_else(|| HarnessError::Other("no follower".into()))?;
+                let f = run.pick_follower(leader)?;
                 // FaultRules delay = fixed + uniform [0, jitter]: 25 + [0, 100] = 75 +/- 50 ms
                 run.faults.slow_link(leader, f, 25, 100, 0.5)?;
                 let d = run.left().saturating_sub(secs(2));
