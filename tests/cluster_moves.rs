@@ -25,8 +25,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::{
-    copies, eventually, members_list, recommend, rt, small_bundle, write_node_config, ClusterLoad,
-    Copies, Http, NodePorts, NodeProc,
+    assert_items_converged, copies, eventually, members_list, recommend, rt, small_bundle,
+    write_node_config, ClusterLoad, Http, NodePorts, NodeProc,
 };
 
 const SHARDS: u32 = 6;
@@ -132,40 +132,6 @@ fn partitions_settled(v: &ClusterView) -> bool {
                     && rs.iter().all(|r| r.state == ReplicaState::Active)
             })
         })
-}
-
-/// Every copy of every shard has the same digest, and holds the bundle's
-/// items of that shard plus every acknowledged upsert that hashes there.
-fn assert_converged(
-    rt: &tokio::runtime::Runtime,
-    internal: &str,
-    base: &BTreeMap<u32, u64>,
-    acked: &[String],
-) {
-    let mut expected = base.clone();
-    let unique: std::collections::BTreeSet<&String> = acked.iter().collect();
-    for id in unique {
-        *expected.entry(shard_of(item_key(id), SHARDS)).or_default() += 1;
-    }
-    let mut last = Copies::new();
-    let ok = eventually(Duration::from_secs(30), || {
-        let Some(v) = view(rt, internal) else {
-            return false;
-        };
-        last = copies(rt, &v);
-        let want_copies = v.shard_map.as_ref().map_or(0, |m| m.replication as usize);
-        last.len() == SHARDS as usize
-            && last.iter().all(|(s, cs)| {
-                cs.len() == want_copies
-                    && cs
-                        .iter()
-                        .all(|(_, items, d)| *d == cs[0].2 && Some(items) == expected.get(s))
-            })
-    });
-    assert!(
-        ok,
-        "shard copies did not converge to the expected items {expected:?}: {last:?}"
-    );
 }
 
 #[test]
@@ -286,7 +252,7 @@ fn shards_move_rebalance_and_drain_under_load() {
         refused.is_empty(),
         "upserts refused during the move: {refused:?}"
     );
-    assert_converged(&rt, entry, &base, &acked.lock().unwrap());
+    assert_items_converged(&rt, entry, &base, &acked.lock().unwrap(), &[], None);
 
     // --- a 4th node joins with add-node; rebalance gives it replicas ------
     let m4 = &members[3];
@@ -388,7 +354,7 @@ fn shards_move_rebalance_and_drain_under_load() {
         refused.is_empty(),
         "upserts refused during the rebalance: {refused:?}"
     );
-    assert_converged(&rt, entry, &base, &acked.lock().unwrap());
+    assert_items_converged(&rt, entry, &base, &acked.lock().unwrap(), &[], None);
     let out = admin(entry, &["rebalance", "--dry-run"]);
     assert!(out.contains("balanced; nothing to move"), "{out}");
 
@@ -427,7 +393,7 @@ fn shards_move_rebalance_and_drain_under_load() {
         refused.is_empty(),
         "upserts refused during the drain: {refused:?}"
     );
-    assert_converged(&rt, entry, &base, &acked.lock().unwrap());
+    assert_items_converged(&rt, entry, &base, &acked.lock().unwrap(), &[], None);
 
     // --- a node whose config names a member to join through -------------
     let m5 = &members[4];
@@ -480,7 +446,7 @@ fn shards_move_rebalance_and_drain_under_load() {
         refused.is_empty(),
         "upserts refused during the drain: {refused:?}"
     );
-    assert_converged(&rt, entry, &base, &acked.lock().unwrap());
+    assert_items_converged(&rt, entry, &base, &acked.lock().unwrap(), &[], None);
 
     // --- set-replication: every shard on all three remaining nodes --------
     let out = admin_raw(entry, &["set-replication", "4"]);
@@ -511,6 +477,6 @@ fn shards_move_rebalance_and_drain_under_load() {
         refused.is_empty(),
         "upserts refused while adding copies: {refused:?}"
     );
-    assert_converged(&rt, entry, &base, &acked.lock().unwrap());
+    assert_items_converged(&rt, entry, &base, &acked.lock().unwrap(), &[], None);
     drop(procs);
 }

@@ -183,6 +183,62 @@ pub fn copies_with(
     testkit::observe::copies_with(rt, v, tls, None)
 }
 
+/// Waits (30 s) until every copy the shard map seen from `internal` places
+/// (`want_copies` per shard, or the map's replication) answers with the
+/// same digest and holds `base`'s items of its shard plus every
+/// acknowledged upsert hashing there. An upsert in `unsure` was refused
+/// with an outcome the cluster could not know (its leader died after
+/// taking it), so it may or may not be there.
+pub fn assert_items_converged(
+    rt: &tokio::runtime::Runtime,
+    internal: &str,
+    base: &std::collections::BTreeMap<u32, u64>,
+    acked: &[String],
+    unsure: &[String],
+    want_copies: Option<usize>,
+) {
+    use funnel::ids::{item_key, shard_of};
+    use std::collections::{BTreeMap, BTreeSet};
+    let shards = base.len() as u32;
+    let acked: BTreeSet<&String> = acked.iter().collect();
+    let mut least = base.clone();
+    for id in &acked {
+        *least.entry(shard_of(item_key(id), shards)).or_default() += 1;
+    }
+    let mut maybe: BTreeMap<u32, u64> = BTreeMap::new();
+    for id in unsure.iter().collect::<BTreeSet<_>>() {
+        if !acked.contains(id) {
+            *maybe.entry(shard_of(item_key(id), shards)).or_default() += 1;
+        }
+    }
+    let mut last = Copies::new();
+    let ok = eventually(Duration::from_secs(30), || {
+        let Some((_, v)) = rt
+            .block_on(funnel::admin::fetch_view(internal))
+            .ok()
+            .flatten()
+        else {
+            return false;
+        };
+        last = copies(rt, &v);
+        let want = want_copies
+            .unwrap_or_else(|| v.shard_map.as_ref().map_or(0, |m| m.replication as usize));
+        last.len() == shards as usize
+            && last.iter().all(|(s, cs)| {
+                let low = least.get(s).copied().unwrap_or(0);
+                let high = low + maybe.get(s).copied().unwrap_or(0);
+                cs.len() == want
+                    && cs
+                        .iter()
+                        .all(|(_, items, d)| *d == cs[0].2 && (low..=high).contains(items))
+            })
+    });
+    assert!(
+        ok,
+        "shard copies did not converge to the expected items {least:?} (plus up to {maybe:?} refused with an unknown outcome): {last:?}"
+    );
+}
+
 /// Upserts one item (16-dimensional vector, no categories) through a
 /// node's HTTP API: Ok once acknowledged, else the status and body.
 pub fn upsert_item(http: &Http, node_http: &str, id: &str) -> Result<(), String> {
@@ -229,8 +285,18 @@ pub struct ClusterLoad {
     upserts: std::thread::JoinHandle<UpsertOutcomes>,
 }
 
-/// Acknowledged upsert ids, and refusals with when they were answered.
-type UpsertOutcomes = (Vec<String>, Vec<(Instant, String)>);
+/// An upsert the cluster did not acknowledge.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// When the refusal came back.
+    pub at: Instant,
+    pub item_id: String,
+    /// Target node, status and body (or the client error).
+    pub message: String,
+}
+
+/// Acknowledged upsert ids, and the refusals.
+type UpsertOutcomes = (Vec<String>, Vec<Refusal>);
 
 impl ClusterLoad {
     pub fn start(
@@ -279,8 +345,16 @@ impl ClusterLoad {
                         acked.lock().unwrap().push(id.clone());
                         ok.push(id);
                     }
-                    Ok((s, v)) => failed.push((Instant::now(), format!("{target} {id}: {s} {v}"))),
-                    Err(e) => failed.push((Instant::now(), format!("{target} {id}: {e}"))),
+                    Ok((s, v)) => failed.push(Refusal {
+                        at: Instant::now(),
+                        message: format!("{target} {id}: {s} {v}"),
+                        item_id: id,
+                    }),
+                    Err(e) => failed.push(Refusal {
+                        at: Instant::now(),
+                        message: format!("{target} {id}: {e}"),
+                        item_id: id,
+                    }),
                 }
                 n += 1;
                 std::thread::sleep(Duration::from_millis(40));
@@ -295,9 +369,8 @@ impl ClusterLoad {
     }
 
     /// Stops the load; asserts it ran, no recommend failed or was degraded
-    /// and some upsert was acknowledged. Answers the refused upserts with
-    /// when each refusal came.
-    pub fn finish(self, phase: &str) -> Vec<(Instant, String)> {
+    /// and some upsert was acknowledged. Answers the refused upserts.
+    pub fn finish(self, phase: &str) -> Vec<Refusal> {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         let (n, failures) = self.recommends.join().unwrap();
         let (ok, failed) = self.upserts.join().unwrap();
@@ -305,7 +378,11 @@ impl ClusterLoad {
             "{phase}: {n} recommends, {} upserts acknowledged, {} refused {:?}",
             ok.len(),
             failed.len(),
-            failed.iter().take(2).map(|(_, m)| m).collect::<Vec<_>>()
+            failed
+                .iter()
+                .take(2)
+                .map(|r| &r.message)
+                .collect::<Vec<_>>()
         );
         assert!(n > 50, "{phase}: the load ran ({n} requests)");
         assert!(

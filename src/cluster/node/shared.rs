@@ -209,7 +209,8 @@ impl NodeCore {
         self.check_size(&command)?;
         let deadline = Instant::now() + self.settings.write_timeout();
         let mut last_err = ClusterError::NoLeader;
-        for attempt in 0..WRITE_ATTEMPTS {
+        let mut attempt = 0;
+        loop {
             if attempt > 0 {
                 // Give a changing leadership a heartbeat to settle.
                 tokio::time::sleep(Duration::from_millis(self.settings.heartbeat_ms)).await;
@@ -217,6 +218,7 @@ impl NodeCore {
                     break;
                 }
             }
+            attempt += 1;
             let leader = match self.raft.current_leader().await {
                 Some(leader) => Some(leader),
                 None => self.leader_by(deadline).await,
@@ -236,7 +238,22 @@ impl NodeCore {
                     self.wait_applied(index, deadline).await?;
                     return Ok((result, index));
                 }
-                Err(e @ (ClusterError::NotLeader { .. } | ClusterError::NoLeader)) => last_err = e,
+                Err(e @ (ClusterError::NotLeader { .. } | ClusterError::NoLeader))
+                    if attempt < WRITE_ATTEMPTS =>
+                {
+                    last_err = e
+                }
+                // The leader stopped answering (killed, cut off) before or
+                // after it took the command. An idempotent command goes to
+                // whoever leads next, until the deadline: the caller gets
+                // an answer instead of an unknown outcome, and applying it
+                // twice is applying it once. The followers elect a new
+                // leader within an election timeout, so this loop is
+                // bounded by the deadline, not by WRITE_ATTEMPTS.
+                Err(e @ ClusterError::Transport { .. }) if command.is_idempotent() => {
+                    tracing::debug!(error = %e, "leader unreachable mid-write; sending the idempotent command again");
+                    last_err = e
+                }
                 Err(e) => return Err(e),
             }
         }

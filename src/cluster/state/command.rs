@@ -231,6 +231,19 @@ impl Command {
     pub fn needs_admin(&self) -> bool {
         !matches!(self, Command::UpsertItems(_) | Command::DeleteItems(_))
     }
+
+    /// Commands whose second application leaves the state and the answer
+    /// as the first did (an upsert or delete by id, a setting's value): a
+    /// write whose leader went away mid-request may send them again, since
+    /// whether the first attempt committed cannot be known. Every other
+    /// command may be rejected the second time ("replica exists"), which
+    /// would report a failure for a change that was made.
+    pub fn is_idempotent(&self) -> bool {
+        matches!(
+            self,
+            Command::UpsertItems(_) | Command::DeleteItems(_) | Command::SetSetting { .. }
+        )
+    }
 }
 
 /// What applying a command did.

@@ -701,3 +701,57 @@ fn membership_registers_unknown_members() {
     );
     assert_eq!(s.membership.log_id(), &Some(log_id));
 }
+
+/// What `Command::is_idempotent` promises, the write path's retry after a
+/// lost leader relies on: a second application leaves the catalogue, the
+/// settings and the answer as the first did. A command left out of it is
+/// refused the second time, so a retry would report a change that was made
+/// as a failure.
+#[test]
+fn idempotent_commands_applied_twice_equal_applied_once() {
+    let shards = 3;
+    let twice = [
+        Command::UpsertItems(vec![item("x", vec![1.0, 0.5]), item("y", vec![2.0, 0.5])]),
+        Command::DeleteItems(vec!["x".into(), "never-there".into()]),
+        Command::SetSetting {
+            key: "transfers.max_concurrent".into(),
+            value: "2".into(),
+        },
+    ];
+    for cmd in twice {
+        assert!(cmd.is_idempotent(), "{cmd:?}");
+        let mut once = with_shards();
+        let first = ok(&mut once, 100, cmd.clone());
+        let mut again = once.clone();
+        let second = ok(&mut again, 101, cmd.clone());
+        assert_eq!(
+            std::mem::discriminant(&first),
+            std::mem::discriminant(&second),
+            "{cmd:?}"
+        );
+        if let (
+            CommandResult::Items { applied: a, .. },
+            CommandResult::Items { applied: b, .. },
+        ) = (&first, &second)
+        {
+            assert_eq!(a, b, "{cmd:?}");
+        }
+        for shard in 0..shards {
+            assert_eq!(
+                once.digest_shard(shard, shards),
+                again.digest_shard(shard, shards),
+                "{cmd:?} shard {shard}"
+            );
+        }
+        assert_eq!(once.settings, again.settings, "{cmd:?}");
+    }
+    let mut s = with_shards();
+    let add = Command::AddReplica {
+        shard: 0,
+        node: 3,
+        state: ReplicaState::Loading,
+    };
+    assert!(!add.is_idempotent());
+    ok(&mut s, 100, add.clone());
+    rejected(&mut s, add, "");
+}
