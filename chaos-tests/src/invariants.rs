@@ -78,11 +78,6 @@ impl Default for FinalObservations {
     }
 }
 
-/// Not yet part of `check_all`: the scenario runner reports what this finds
-/// in each run's notes (issue 15: until events carry per-partition seqs
-/// with durable claims, a restarted node can count one event twice and a
-/// node that missed a forward may catch it up only at the next sweep).
-///
 /// No acknowledged event is lost and none is counted twice: after the heal
 /// every copy of a user's partition counts at least the bundle's events
 /// plus the acknowledged ones, and at most plus every one sent (an event
@@ -294,6 +289,7 @@ pub fn fresh_write_and_read_after_heal(f: &FinalObservations) -> Vec<Violation> 
 /// Every invariant, in a fixed order.
 pub fn check_all(h: &History, f: &FinalObservations, slack: Duration) -> Vec<Violation> {
     let mut out = no_acknowledged_write_lost(h, f);
+    out.extend(no_acknowledged_event_lost(h, f));
     out.extend(replica_digests_equal(f));
     out.extend(at_most_one_leader_per_term(h));
     out.extend(recommends_answered_by_deadline(h, slack));

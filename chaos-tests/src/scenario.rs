@@ -469,26 +469,11 @@ pub fn run(scenario: &Scenario, opts: &RunOptions) -> Result<Report, HarnessErro
     finals.heal = healed;
     finals.unexpected_exits = run.faults.unexpected_exits.clone();
     let mut violations = check_all(&history, &finals, DEADLINE_SLACK);
-    // reported, not yet enforced (see `no_acknowledged_event_lost`)
-    let events = crate::invariants::no_acknowledged_event_lost(&history, &finals);
     let copies: usize = finals.user_events.values().map(|u| u.copies.len()).sum();
-    run.notes.push(if events.is_empty() {
-        format!(
-            "event counts: every acknowledged event counted once on every copy ({} users, {copies} copies read)",
-            finals.user_events.len()
-        )
-    } else {
-        format!(
-            "event counts off on {} of {copies} copies (reported, not yet an invariant): {}",
-            events.len(),
-            events
-                .iter()
-                .take(5)
-                .map(|v| v.detail.as_str())
-                .collect::<Vec<_>>()
-                .join("; ")
-        )
-    });
+    run.notes.push(format!(
+        "event counts read from {copies} copies of {} users",
+        finals.user_events.len()
+    ));
     if let Err(e) = body {
         violations.push(crate::invariants::Violation {
             invariant: "the fault schedule ran",
@@ -561,7 +546,9 @@ fn observe(
         .map_or(0, |m| m.replication as usize);
     out.digests = f.cluster.digests(&view);
     out.items = presence(f, &view, acked, secs(30));
-    out.user_events = user_events(f, history, bundle, secs(30));
+    // a copy that missed the tail of a burst learns of it at the next
+    // catch-up sweep (every 30 s), so wait a little longer than one
+    out.user_events = user_events(f, history, bundle, secs(40));
     out.fresh_write_and_read = fresh_write_and_read(f, seed);
     // read last, so a panic during the checks above is seen too
     out.logs = f.cluster.logs();

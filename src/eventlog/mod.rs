@@ -26,7 +26,12 @@
 //! ```text
 //! seq u64 | ts i64 (Unix seconds) | kind u8 (EventKind as u8) | weight f32
 //! | user id: u16 len + UTF-8 | item id: u16 len + UTF-8 | device: u16 len + UTF-8 (may be empty)
+//! [ | 0x01 | origin node u64 | origin log id u64 | origin seq u64 ]
 //! ```
+//!
+//! The bracketed origin block is present only on an event another node
+//! accepted and forwarded (`LogEvent::origin`); records written before it
+//! existed end at the device and read back without an origin.
 //!
 //! Seqs start at 1 and increase by exactly one per record across the whole
 //! log; the reader checks this, so a missing segment file is reported rather
@@ -83,6 +88,20 @@ pub struct LogEvent {
     pub weight: f32,
     /// Client device or surface; empty when unknown.
     pub device: String,
+    /// Where a forwarded event came from: the node a client sent it to and
+    /// its place in that node's own log. Kept so a restart can tell which
+    /// forwarded events this log already holds (none for an event accepted
+    /// here).
+    pub origin: Option<EventOrigin>,
+}
+
+/// The origin of a forwarded event: the node that accepted it from a
+/// client, the identity of that node's event log and the event's seq in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EventOrigin {
+    pub node: u64,
+    pub log: u64,
+    pub seq: u64,
 }
 
 impl LogEvent {
@@ -102,6 +121,7 @@ impl LogEvent {
             kind,
             weight,
             device: String::new(),
+            origin: None,
         }
     }
 }

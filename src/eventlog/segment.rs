@@ -2,7 +2,7 @@
 //! shared by the writer's recovery and the reader. Layout is in the parent
 //! module doc. Knows nothing about fsync or write policy.
 
-use super::{EventLogError, LogEvent};
+use super::{EventLogError, EventOrigin, LogEvent};
 use crate::dataset::EventKind;
 use crate::ids::validate_id;
 use std::fs;
@@ -17,7 +17,13 @@ pub const MAX_FIELD_LEN: usize = u16::MAX as usize;
 pub(crate) const RECORD_HEADER_LEN: u64 = 8;
 /// seq + ts + kind + weight + three u16 length prefixes.
 pub(crate) const MIN_PAYLOAD_LEN: u32 = 8 + 8 + 1 + 4 + 2 * 3;
-pub(crate) const MAX_PAYLOAD_LEN: u32 = MIN_PAYLOAD_LEN + 3 * MAX_FIELD_LEN as u32;
+pub(crate) const MAX_PAYLOAD_LEN: u32 =
+    MIN_PAYLOAD_LEN + 3 * MAX_FIELD_LEN as u32 + ORIGIN_BLOCK_LEN as u32;
+/// The optional origin block after the device: a tag byte, then the
+/// origin node, its log's identity and the event's seq there.
+const ORIGIN_BLOCK_LEN: usize = 1 + 8 * 3;
+/// Tag of the origin block (the only block defined after the device).
+const ORIGIN_TAG: u8 = 1;
 
 const NAME_PREFIX: &str = "events-";
 const NAME_SUFFIX: &str = ".log";
@@ -118,6 +124,12 @@ pub(crate) fn encode_record(e: &LogEvent, out: &mut Vec<u8>) {
         out.extend_from_slice(&len.to_le_bytes());
         out.extend_from_slice(s.as_bytes());
     }
+    if let Some(o) = &e.origin {
+        out.push(ORIGIN_TAG);
+        for v in [o.node, o.log, o.seq] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
     let payload_start = start + RECORD_HEADER_LEN as usize;
     let payload_len = u32::try_from(out.len() - payload_start)
         .expect("three u16-bounded strings plus fixed fields fit in u32");
@@ -138,6 +150,8 @@ pub(crate) enum DecodeError {
     NotUtf8(&'static str),
     #[error("{0} unexpected bytes after the last field")]
     TrailingBytes(usize),
+    #[error("unknown block tag {0} after the device (written by a newer funnel?)")]
+    UnknownBlock(u8),
 }
 
 /// Decodes a payload whose CRC already matched.
@@ -151,9 +165,21 @@ pub(crate) fn decode_payload(p: &[u8]) -> Result<LogEvent, DecodeError> {
     let user_id = cur.string("user id")?;
     let item_id = cur.string("item id")?;
     let device = cur.string("device")?;
-    if cur.pos != p.len() {
-        return Err(DecodeError::TrailingBytes(p.len() - cur.pos));
-    }
+    let origin = match p.len() - cur.pos {
+        0 => None,
+        rest if rest == ORIGIN_BLOCK_LEN => {
+            let [tag] = cur.array::<1>()?;
+            if tag != ORIGIN_TAG {
+                return Err(DecodeError::UnknownBlock(tag));
+            }
+            Some(EventOrigin {
+                node: u64::from_le_bytes(cur.array()?),
+                log: u64::from_le_bytes(cur.array()?),
+                seq: u64::from_le_bytes(cur.array()?),
+            })
+        }
+        rest => return Err(DecodeError::TrailingBytes(rest)),
+    };
     Ok(LogEvent {
         seq,
         ts,
@@ -162,6 +188,7 @@ pub(crate) fn decode_payload(p: &[u8]) -> Result<LogEvent, DecodeError> {
         kind,
         weight,
         device,
+        origin,
     })
 }
 

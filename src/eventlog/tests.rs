@@ -17,6 +17,14 @@ fn event(i: u64) -> LogEvent {
     if i % 2 == 1 {
         e.device = "ios".into();
     }
+    // every third event came from another node: the optional origin block
+    if i % 3 == 2 {
+        e.origin = Some(EventOrigin {
+            node: i % 7 + 1,
+            log: u64::MAX - i,
+            seq: i * 10,
+        });
+    }
     e
 }
 
@@ -519,4 +527,32 @@ fn a_payload_that_is_not_an_event_gives_the_decode_case() {
         decode_payload(&bad_kind),
         Err(DecodeError::UnknownKind(200))
     );
+    // a forwarded event: the origin block after the device
+    let forwarded = event(8);
+    assert!(forwarded.origin.is_some());
+    let mut record = Vec::new();
+    segment::encode_record(&forwarded, &mut record);
+    let payload = &record[segment::RECORD_HEADER_LEN as usize..];
+    assert_eq!(decode_payload(payload).unwrap(), forwarded);
+    // the same event written without it (as before the block existed)
+    let mut plain_record = Vec::new();
+    segment::encode_record(
+        &LogEvent {
+            origin: None,
+            ..forwarded.clone()
+        },
+        &mut plain_record,
+    );
+    assert_eq!(plain_record.len() + 25, record.len());
+    let plain = decode_payload(&plain_record[segment::RECORD_HEADER_LEN as usize..]).unwrap();
+    assert_eq!(plain.origin, None);
+    assert_eq!(plain.seq, forwarded.seq);
+    assert_eq!(
+        decode_payload(&payload[..payload.len() - 1]),
+        Err(DecodeError::TrailingBytes(24))
+    );
+    let mut unknown = payload.to_vec();
+    let tag_at = unknown.len() - 25;
+    unknown[tag_at] = 2;
+    assert_eq!(decode_payload(&unknown), Err(DecodeError::UnknownBlock(2)));
 }

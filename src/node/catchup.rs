@@ -6,7 +6,7 @@
 //! apply it. A member that is down when that happens would miss it. So each
 //! forwarded event carries its seq in the origin's log, each node records
 //! per origin which seqs it has applied (`Origins`, persisted in
-//! `<data_dir>/event_origins.json`), and a node asks a peer
+//! `<data_dir>/event_origins.json` and recovered from the peers log), and a node asks a peer
 //! (`ShardData.FetchEvents`) for the events in that peer's own log after the
 //! highest seq it applied without a gap:
 //!
@@ -24,6 +24,11 @@
 //! Applying goes through the same path as a forwarded event
 //! (`Node::ingest_forwarded_events`), which claims (origin, seq) first:
 //! an event arriving both by forwarding and by catch-up is applied once.
+//! The peers log keeps each forwarded event's origin, and the file records
+//! only what that log durably holds, read back after a crash from the log
+//! itself (`Origins::recover`): a crash after the append but before the
+//! file was written neither fetches the event again (counted twice) nor, for
+//! a claim whose append never finished, skips it (lost on this copy).
 //! All of it runs in a background task, off the request path.
 //!
 //! Owns: `Origins` (the applied-seq table and its file), `run` (the
@@ -100,9 +105,34 @@ impl Applied {
     }
 }
 
+/// What `<data_dir>/event_origins.json` holds: the forwarded events this
+/// node's peers log holds, per origin, and which seqs of the peers log that
+/// accounts for (so a start reads only the part of the log after it).
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct OriginFile {
     origins: BTreeMap<u64, Applied>,
+    /// Seqs of the peers log whose origins `origins` holds (absent in a
+    /// file written before it existed: the whole log is read once).
+    #[serde(default)]
+    peer_log: Applied,
+}
+
+impl OriginFile {
+    /// Records that the peers log holds `e` (at `e.seq`), forwarded from
+    /// `e.origin`. A new log identity of the origin counts it afresh.
+    fn record(&mut self, e: &LogEvent) {
+        self.peer_log.claim(e.seq);
+        if let Some(o) = e.origin {
+            let applied = self.origins.entry(o.node).or_default();
+            if o.log != 0 && applied.log != o.log {
+                *applied = Applied {
+                    log: o.log,
+                    ..Applied::default()
+                };
+            }
+            applied.claim(o.seq);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -110,36 +140,87 @@ struct Table {
     origins: BTreeMap<u64, Applied>,
     /// When each origin's current gap was first seen.
     gap_since: HashMap<u64, Instant>,
-    dirty: bool,
 }
 
 /// Per origin node, the seqs of its event log this node applied.
+///
+/// Two tables: `table`, the claims (an event being applied is claimed
+/// first, so one arriving twice at once is applied once), and `logged`,
+/// what the peers log durably holds, which is all the file keeps. A claim
+/// whose append never finished is not in the file, so a crash cannot turn
+/// it into an event skipped for good; an append whose claim was not yet
+/// written is found again by `recover`, which reads the peers log after
+/// the part the file accounts for, so a restart does not fetch it twice.
 pub struct Origins {
     path: PathBuf,
     table: Mutex<Table>,
+    logged: Mutex<Logged>,
+}
+
+#[derive(Default)]
+struct Logged {
+    file: OriginFile,
+    dirty: bool,
 }
 
 impl Origins {
     /// Loads `path` (absent: nothing applied yet). An unreadable file is
-    /// reported and treated as absent: a catch-up then re-applies what the
-    /// peers still have, which can count an event twice but loses none.
+    /// reported and treated as absent: `recover` then reads the whole peers
+    /// log, and a catch-up re-applies what the peers still have of what the
+    /// log no longer holds, which can count an event twice but loses none.
     pub fn load(path: PathBuf) -> Origins {
-        let origins = match std::fs::read_to_string(&path) {
+        let file = match std::fs::read_to_string(&path) {
             Ok(text) => match serde_json::from_str::<OriginFile>(&text) {
-                Ok(f) => f.origins,
+                Ok(f) => f,
                 Err(e) => {
                     tracing::warn!(file = %path.display(), error = %e, "ignoring an unreadable event origin table");
-                    BTreeMap::new()
+                    OriginFile::default()
                 }
             },
-            Err(_) => BTreeMap::new(),
+            Err(_) => OriginFile::default(),
         };
         Origins {
             path,
             table: Mutex::new(Table {
-                origins,
+                origins: file.origins.clone(),
                 ..Table::default()
             }),
+            logged: Mutex::new(Logged { file, dirty: false }),
+        }
+    }
+
+    /// Reads the peers log (`dir`) after the part the file accounts for and
+    /// records (and claims) the origins of the forwarded events there: the
+    /// ones appended since the last flush. Answers how many it found. Call
+    /// it once, after `load` and before any event is ingested.
+    pub fn recover(&self, dir: &Path) -> Result<usize, EventLogError> {
+        if !dir.exists() {
+            return Ok(0);
+        }
+        let after = self.logged.lock().map_or(0, |l| l.file.peer_log.through);
+        let mut found = 0;
+        for e in EventLogReader::open_after(dir, after)? {
+            let e = e?;
+            if e.seq <= after {
+                continue;
+            }
+            if let Some(o) = e.origin {
+                self.claim(o.node, o.log, o.seq);
+                found += 1;
+            }
+            self.record_logged(std::slice::from_ref(&e));
+        }
+        Ok(found)
+    }
+
+    /// Records that the peers log now holds `events` (numbered there, with
+    /// their origins): what `flush` writes.
+    pub fn record_logged(&self, events: &[LogEvent]) {
+        if let Ok(mut l) = self.logged.lock() {
+            for e in events {
+                l.file.record(e);
+            }
+            l.dirty = true;
         }
     }
 
@@ -161,11 +242,9 @@ impl Origins {
                 *applied = Applied::default();
             }
             applied.log = log;
-            t.dirty = true;
         }
         let claimed = t.origins.entry(origin).or_default().claim(seq);
         if claimed {
-            t.dirty = true;
             let gap = t.origins.get(&origin).is_some_and(Applied::has_gap);
             if gap {
                 t.gap_since.entry(origin).or_insert_with(Instant::now);
@@ -183,7 +262,6 @@ impl Origins {
                 for &s in seqs.iter().rev() {
                     a.release(s);
                 }
-                t.dirty = true;
             }
         }
     }
@@ -209,20 +287,18 @@ impl Origins {
             .collect()
     }
 
-    /// Writes the table when it changed: temp file, fsync, rename.
+    /// Writes what the peers log holds (`record_logged`) when it changed:
+    /// temp file, fsync, rename.
     pub fn flush(&self) -> std::io::Result<()> {
         let text = {
-            let Ok(mut t) = self.table.lock() else {
+            let Ok(mut l) = self.logged.lock() else {
                 return Ok(());
             };
-            if !t.dirty {
+            if !l.dirty {
                 return Ok(());
             }
-            t.dirty = false;
-            serde_json::to_string(&OriginFile {
-                origins: t.origins.clone(),
-            })
-            .map_err(std::io::Error::other)?
+            l.dirty = false;
+            serde_json::to_string(&l.file).map_err(std::io::Error::other)?
         };
         write_atomic(&self.path, text.as_bytes())
     }
@@ -462,12 +538,23 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("event_origins.json");
         let o = Origins::load(path.clone());
-        assert!(o.claim(1, 9, 1) && o.claim(1, 9, 2) && o.claim(2, 0, 7));
+        assert!(o.claim(1, 9, 1) && o.claim(1, 9, 2) && o.claim(2, 0, 7) && o.claim(1, 9, 3));
+        // three reached the peers log; 1/3 was claimed but its append never
+        // finished, so the file must not say it was applied
+        o.record_logged(&[
+            forwarded(1, 1, 9, 1),
+            forwarded(2, 1, 9, 2),
+            forwarded(3, 2, 0, 7),
+        ]);
         o.flush().unwrap();
         let o = Origins::load(path.clone());
         assert_eq!(o.through(1), 2);
         assert_eq!(o.through(2), 0);
         assert!(!o.claim(1, 9, 2) && !o.claim(2, 0, 7));
+        assert!(
+            o.claim(1, 9, 3),
+            "a claim whose append never finished comes again"
+        );
         // origin 1 lost its log: its new seq 1 is a new event
         assert!(o.claim(1, 10, 1));
         assert_eq!(o.through(1), 1);
@@ -479,6 +566,65 @@ mod tests {
         std::fs::write(&path, "{not json").unwrap();
         let o = Origins::load(path);
         assert_eq!(o.through(1), 0);
+    }
+
+    /// The event at `seq` of a peers log, forwarded by `node` from its log
+    /// `log` where it had `origin_seq`.
+    fn forwarded(seq: u64, node: u64, log: u64, origin_seq: u64) -> LogEvent {
+        let mut e = LogEvent::new(1, "u", "i", crate::dataset::EventKind::Click, 1.0);
+        e.seq = seq;
+        e.origin = Some(crate::eventlog::EventOrigin {
+            node,
+            log,
+            seq: origin_seq,
+        });
+        e
+    }
+
+    /// The crash the chaos failpoint makes: forwarded events appended to
+    /// the peers log, the process gone before the table was written. A
+    /// restart must know it holds them (else a catch-up fetches them again
+    /// and they count twice).
+    #[test]
+    fn a_restart_finds_the_forwarded_events_logged_after_the_last_flush() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("event_origins.json");
+        let dir = tmp.path().join("events-peers");
+        let (mut w, _) = crate::eventlog::EventLogWriter::open(&dir, Default::default()).unwrap();
+        let mut first = vec![forwarded(0, 1, 9, 1), forwarded(0, 1, 9, 2)];
+        w.append_batch(&mut first).unwrap();
+        let o = Origins::load(path.clone());
+        assert!(o.claim(1, 9, 1) && o.claim(1, 9, 2));
+        o.record_logged(&first);
+        o.flush().unwrap();
+        // appended after the flush: origin 1's seq 3, origin 2's seq 5, and
+        // an event of a sender that did not number it
+        let mut unflushed = vec![forwarded(0, 1, 9, 3), forwarded(0, 2, 4, 5)];
+        let mut plain = vec![LogEvent::new(
+            1,
+            "u",
+            "i",
+            crate::dataset::EventKind::View,
+            1.0,
+        )];
+        w.append_batch(&mut unflushed).unwrap();
+        w.append_batch(&mut plain).unwrap();
+        w.close().unwrap();
+        drop(o);
+
+        let o = Origins::load(path.clone());
+        assert!(o.claim(1, 9, 3), "the file alone does not know seq 3");
+        let o = Origins::load(path.clone());
+        assert_eq!(o.recover(&dir).unwrap(), 2);
+        assert_eq!(o.through(1), 3);
+        assert!(!o.claim(1, 9, 3) && !o.claim(2, 4, 5));
+        assert!(o.claim(1, 9, 4), "the next event is new");
+        // recovered, flushed and reopened: nothing is read twice
+        o.flush().unwrap();
+        let o = Origins::load(path);
+        assert_eq!(o.recover(&dir).unwrap(), 0);
+        assert_eq!(o.through(1), 3);
+        assert!(!o.claim(2, 4, 5));
     }
 
     #[test]

@@ -27,7 +27,7 @@ use super::now_unix;
 use crate::config::{ApiConfig, NodeConfig};
 use crate::control::ClusterLink;
 use crate::coordinator::Serving;
-use crate::eventlog::{EventLogError, LogEvent};
+use crate::eventlog::{EventLogError, EventOrigin, LogEvent};
 use crate::features::event_strength;
 use crate::ids::{item_key, shard_of, user_key};
 use crate::service::types::*;
@@ -81,6 +81,19 @@ impl EventLogs {
             None
         };
         let origins = catchup::Origins::load(data_dir.join("event_origins.json"));
+        let peers_dir = data_dir.join("events-peers");
+        let found = origins.recover(&peers_dir).map_err(|e| {
+            anyhow::anyhow!(
+                "reading the forwarded-event log in {} for the events it holds: {e}",
+                peers_dir.display()
+            )
+        })?;
+        if found > 0 {
+            tracing::info!(
+                events = found,
+                "forwarded events logged after the origin table was last written"
+            );
+        }
         // only a cluster node's events travel to peers
         let event_log_id = if config.is_cluster() {
             catchup::log_id(data_dir).map_err(|e| {
@@ -174,7 +187,7 @@ impl EventPipeline {
         events: Vec<EventIn>,
         current: Current<'_>,
     ) -> Result<Vec<LogEvent>, ServiceError> {
-        self.ingest(events, &self.events, LogSource::Own, current)
+        self.ingest(events, Vec::new(), &self.events, LogSource::Own, current)
             .await
     }
 
@@ -209,6 +222,7 @@ impl EventPipeline {
             }
         }
         let mut claimed = Vec::new();
+        let mut from = Vec::new();
         let fresh: Vec<EventIn> = events
             .into_iter()
             .filter(|e| {
@@ -216,6 +230,13 @@ impl EventPipeline {
                 let new = e.origin_seq == 0 || self.origins.claim(origin, origin_log, e.origin_seq);
                 if new && e.origin_seq > 0 {
                     claimed.push(e.origin_seq);
+                }
+                if new {
+                    from.push((e.origin_seq > 0).then_some(EventOrigin {
+                        node: origin,
+                        log: origin_log,
+                        seq: e.origin_seq,
+                    }));
                 }
                 new
             })
@@ -228,22 +249,11 @@ impl EventPipeline {
             Some(p) => (p, LogSource::Peers),
             None => (&self.events, LogSource::Own),
         };
-        match self.ingest(fresh, sink, source, current).await {
-            Ok(log) => {
-                // the claims are made durable before the sender hears back:
-                // a restart replays the peers' log and must not also fetch
-                // these again (only a crash between the two writes can
-                // still count this batch twice)
-                let origins = self.origins.clone();
-                match tokio::task::spawn_blocking(move || origins.flush()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "cannot record which forwarded events were applied")
-                    }
-                    Err(e) => tracing::warn!(error = %e, "recording forwarded events stopped"),
-                }
-                Ok(log.len() as u32)
-            }
+        // the peers log keeps each event's origin, which is what a restart
+        // reads back (`Origins::recover`), so the sender hears back as soon
+        // as the append is durable, without a second fsync for the table
+        match self.ingest(fresh, from, sink, source, current).await {
+            Ok(log) => Ok(log.len() as u32),
             // events this node refuses now it will refuse on every retry:
             // they stay claimed, so a catch-up moves past them
             Err(e @ (ServiceError::InvalidArgument(_) | ServiceError::ResourceExhausted(_))) => {
@@ -281,9 +291,12 @@ impl EventPipeline {
             .map_err(|e| ServiceError::internal_from("reading the event log", e))
     }
 
+    /// Validates, logs in `sink` and applies `events`; `origins` is empty
+    /// (events accepted here) or names each forwarded event's origin.
     async fn ingest(
         &self,
         events: Vec<EventIn>,
+        origins: Vec<Option<EventOrigin>>,
         sink: &Addr<EventSink>,
         source: LogSource,
         current: Current<'_>,
@@ -293,7 +306,8 @@ impl EventPipeline {
         current()?;
         let mut log: Vec<LogEvent> = valid
             .iter()
-            .map(|e| LogEvent {
+            .enumerate()
+            .map(|(i, e)| LogEvent {
                 seq: 0,
                 ts: e.timestamp,
                 user_id: e.user_id.clone(),
@@ -301,6 +315,7 @@ impl EventPipeline {
                 kind: e.kind,
                 weight: e.weight,
                 device: e.device.clone(),
+                origin: origins.get(i).copied().flatten(),
             })
             .collect();
         let (first, _) = sink
@@ -311,6 +326,9 @@ impl EventPipeline {
         // the writer numbered its copy the same way: consecutive from first
         for (i, e) in log.iter_mut().enumerate() {
             e.seq = first + i as u64;
+        }
+        if source == LogSource::Peers {
+            self.origins.record_logged(&log);
         }
         for e in &log {
             metrics().events.with_label_values(&[e.kind.as_str()]).inc();

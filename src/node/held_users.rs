@@ -263,6 +263,7 @@ mod tests {
             kind: EventKind::Click,
             weight: 0.0,
             device: String::new(),
+            origin: None,
         }
     }
 

@@ -729,10 +729,8 @@ fn idempotent_commands_applied_twice_equal_applied_once() {
             std::mem::discriminant(&second),
             "{cmd:?}"
         );
-        if let (
-            CommandResult::Items { applied: a, .. },
-            CommandResult::Items { applied: b, .. },
-        ) = (&first, &second)
+        if let (CommandResult::Items { applied: a, .. }, CommandResult::Items { applied: b, .. }) =
+            (&first, &second)
         {
             assert_eq!(a, b, "{cmd:?}");
         }
