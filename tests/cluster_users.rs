@@ -16,6 +16,11 @@
 //!   acknowledged during the move, none lost and none counted twice, and
 //!   the old node lets the partition's users go.
 //!
+//! - With `events.ack = all`, an event acknowledged through a node without
+//!   a copy of its user is counted on every copy by then; a frozen copy
+//!   gets events refused, naming it, until it is counted down, then
+//!   catches up; a copy whose process is gone is not waited for.
+//!
 //! Ports 23000-23099 only (fixed, so they do not collide with other test
 //! files).
 
@@ -317,4 +322,133 @@ fn each_node_keeps_its_own_partitions_and_a_moved_partition_arrives_whole() {
             m.id
         );
     }
+}
+
+/// `events.ack = all` (the default): an event acknowledged by a node that
+/// holds no copy of its user is already counted on every copy when the
+/// answer arrives. A copy that is frozen (SIGSTOP: its port accepts and
+/// never answers) gets the events refused as not confirmed, naming it,
+/// until the data plane counts it down; from then on they are acknowledged
+/// without it, and it catches up once it runs again. A copy whose process
+/// is gone is not waited for at all.
+#[test]
+fn an_acknowledged_event_is_on_every_live_copy_and_a_frozen_copy_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = small_bundle(&tmp.path().join("bundle"), 31, SHARDS);
+    let nodes = NodePorts::packed(3, 23080);
+    let extra = format!(
+        "{}\nuser_partitions = {PARTITIONS}\nuser_replication = 2\nreplace_dead_after = 0",
+        members_list(&nodes)
+    );
+    let members = write_members(tmp.path(), &nodes, Some(&bundle), SHARDS, "", &extra);
+    let mut procs: Vec<NodeProc> = members
+        .iter()
+        .map(|m| NodeProc::start_config(&m.config, &m.data_dir))
+        .collect();
+    let rt = rt();
+    let http = Http::default();
+    let map = wait_partitions_active(&rt, &members[0].internal, 2, Duration::from_secs(90));
+    for m in &members {
+        assert!(
+            eventually(Duration::from_secs(60), || full_coverage(&http, &m.http)),
+            "node {} never served with full coverage",
+            m.id
+        );
+    }
+    // a user whose copies are on nodes 2 and 3, not on node 1
+    let user = (1..500)
+        .map(|i| format!("u{i:06}"))
+        .find(|u| map.replica(user_partition(u, PARTITIONS), 1).is_none())
+        .expect("some user is not on node 1");
+    let items = support::item_ids(&recommend(&http, &members[0].http, &user).expect("recommends"));
+    assert!(!items.is_empty());
+    let send = |http: &Http, i: usize| {
+        http.post(
+            &format!("http://{}/v1/events", members[0].http),
+            json!({"events": [{"user_id": user, "item_id": items[i % items.len()], "kind": "view"}]}),
+        )
+    };
+    let base = user_events(&http, &members[1].http, &user).expect("node 2 reads its copy");
+    assert_eq!(user_events(&http, &members[2].http, &user), Some(base));
+    for i in 0..5u64 {
+        let (s, v) = send(&http, i as usize);
+        assert_eq!(s, 200, "{v}");
+        // no waiting: the acknowledgement came after both copies had it
+        for m in &members[1..] {
+            assert_eq!(
+                user_events(&http, &m.http, &user),
+                Some(base + i + 1),
+                "node {}'s copy right after event {i} was acknowledged",
+                m.id
+            );
+        }
+    }
+
+    // node 3 freezes: refused (naming it) until it is counted down
+    procs[2].process.pause().expect("SIGSTOP node 3");
+    let frozen_at = Instant::now();
+    let (mut refused, mut sent, mut acked_after) = (Vec::new(), 5u64, None);
+    while frozen_at.elapsed() < Duration::from_secs(20) {
+        let (s, v) = send(&http, sent as usize);
+        sent += 1;
+        if s == 200 {
+            acked_after = Some(frozen_at.elapsed());
+            break;
+        }
+        assert_eq!(s, 503, "{v}");
+        refused.push(
+            v["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+    let acked_after = acked_after.expect("events were never acknowledged with node 3 frozen");
+    println!(
+        "node 3 frozen: {} events refused, the first acknowledged after {acked_after:?}",
+        refused.len()
+    );
+    assert!(
+        !refused.is_empty(),
+        "an event was acknowledged without the frozen live copy"
+    );
+    assert!(
+        refused
+            .iter()
+            .all(|m| m.contains("[3]") && m.contains("events.ack = all")),
+        "{refused:?}"
+    );
+    // node 2 has every event sent, refused ones too (durable on node 1
+    // and forwarded; only the promise of every copy was broken)
+    assert_eq!(
+        user_events(&http, &members[1].http, &user),
+        Some(base + sent)
+    );
+
+    // node 3 runs again and catches up on everything it missed
+    procs[2].process.resume().expect("SIGCONT node 3");
+    let mut seen = None;
+    assert!(
+        eventually(Duration::from_secs(45), || {
+            seen = user_events(&http, &members[2].http, &user);
+            seen == Some(base + sent)
+        }),
+        "node 3 counts {seen:?} events after it resumed, expected {}",
+        base + sent
+    );
+
+    // node 3's process is gone: not waited for
+    procs[2].kill9();
+    let t0 = Instant::now();
+    let (s, v) = send(&http, sent as usize);
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        t0.elapsed() < Duration::from_millis(900),
+        "an event waited {:?} for a copy whose process is gone",
+        t0.elapsed()
+    );
+    assert_eq!(
+        user_events(&http, &members[1].http, &user),
+        Some(base + sent + 1)
+    );
 }

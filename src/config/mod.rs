@@ -32,9 +32,9 @@ pub mod span;
 pub mod validate;
 
 pub use node::{
-    ApiConfig, ClusterConfig, ClusterMember, EventsConfig, FetchBundles, NodeConfig, NodeSection,
-    RankingConfig, ShardSearchEngine, ShardsConfig, StageBudget, StageDeadlines, TelemetryConfig,
-    TlsFiles,
+    ApiConfig, ClusterConfig, ClusterMember, EventAck, EventsConfig, FetchBundles, NodeConfig,
+    NodeSection, RankingConfig, ShardSearchEngine, ShardsConfig, StageBudget, StageDeadlines,
+    TelemetryConfig, TlsFiles,
 };
 pub use span::TextPos;
 

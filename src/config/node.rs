@@ -209,6 +209,34 @@ pub struct EventsConfig {
     pub segment_bytes: u64,
     /// User-state partitions on a single node.
     pub user_partitions: usize,
+    /// What acknowledging accepted events waits for in a cluster: `all`
+    /// (durable on every live copy of their user partitions) or `one`
+    /// (on at least one copy).
+    pub ack: EventAck,
+    /// How long an acknowledgement waits for the copies `ack` names before
+    /// the events are refused as not confirmed.
+    pub ack_timeout_ms: u64,
+}
+
+/// `events.ack`: which copies of a user partition must hold an event
+/// (logged and fsynced per `events.fsync`) before it is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventAck {
+    /// At least one copy.
+    One,
+    /// Every copy that is not down, and at least one.
+    #[default]
+    All,
+}
+
+impl EventAck {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventAck::One => "one",
+            EventAck::All => "all",
+        }
+    }
 }
 
 impl Default for EventsConfig {
@@ -218,6 +246,8 @@ impl Default for EventsConfig {
             fsync: log.fsync,
             segment_bytes: log.segment_bytes,
             user_partitions: 8,
+            ack: EventAck::All,
+            ack_timeout_ms: 1000,
         }
     }
 }
@@ -442,8 +472,19 @@ mod tests {
             fsync: FsyncPolicy::Never,
             segment_bytes: 1 << 20,
             user_partitions: 3,
+            ..EventsConfig::default()
         };
         let o = e.log_options();
         assert_eq!((o.fsync, o.segment_bytes), (FsyncPolicy::Never, 1 << 20));
+    }
+
+    #[test]
+    fn event_ack_reads_one_or_all_and_refuses_anything_else() {
+        let read = |text: &str| toml::from_str::<EventsConfig>(text);
+        assert_eq!(read("").unwrap().ack, EventAck::All);
+        assert_eq!(read("ack = \"one\"").unwrap().ack, EventAck::One);
+        assert_eq!(read("ack = \"all\"").unwrap().ack, EventAck::All);
+        let err = read("ack = \"two\"").unwrap_err().to_string();
+        assert!(err.contains("`one`") && err.contains("`all`"), "{err}");
     }
 }

@@ -199,6 +199,12 @@ fn check_workers(cfg: &NodeConfig, out: &mut Vec<String>) {
         1,
         "",
     );
+    if !(10..=60_000).contains(&cfg.events.ack_timeout_ms) {
+        out.push(format!(
+            "events.ack_timeout_ms = {}: must be between 10 and 60000 (the default is 1000)",
+            cfg.events.ack_timeout_ms
+        ));
+    }
     at_least(
         out,
         "shards.search_threads",

@@ -24,7 +24,7 @@ use super::event_sink::{start_event_sink, Append, EventSink, Flush, NextSeq, Sin
 use super::held_users::{Admit, HeldPartitions, LogPositions, LogSource};
 use super::model_host::ServingMark;
 use super::now_unix;
-use crate::config::{ApiConfig, NodeConfig};
+use crate::config::{ApiConfig, EventAck, NodeConfig};
 use crate::control::ClusterLink;
 use crate::coordinator::Serving;
 use crate::eventlog::{EventLogError, EventOrigin, LogEvent};
@@ -36,12 +36,9 @@ use crate::telemetry::metrics::metrics;
 use crate::userstate::{AppliedEvent, ApplyEvents, DropPartitions, SeedUsers, UserStateActor};
 use actix::Addr;
 use futures::future::join_all;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-/// How long an event ingest waits for the other nodes to take the events
-/// before answering anyway (they are durable here already).
-const FORWARD_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The version being served, or why there is none: the node's `current`,
 /// asked anew at every point the pipeline needs a catalogue.
@@ -129,6 +126,9 @@ pub(super) struct EventPipeline {
     me: u64,
     /// The limits events are validated against.
     api: ApiConfig,
+    /// `events.ack` and `events.ack_timeout_ms`.
+    ack: EventAck,
+    ack_timeout_ms: u64,
     /// `node.data_dir`, where the logs live.
     data_dir: PathBuf,
 }
@@ -149,6 +149,8 @@ impl EventPipeline {
             users,
             me: config.node.id,
             api: config.api.clone(),
+            ack: config.events.ack,
+            ack_timeout_ms: config.events.ack_timeout_ms,
             data_dir: config.node.data_dir.clone(),
         }
     }
@@ -191,10 +193,22 @@ impl EventPipeline {
             .await
     }
 
-    /// Sends events this node accepted to every other node, waiting at
-    /// most `FORWARD_WAIT` for them.
-    pub(super) async fn forward(&self, link: &ClusterLink, log: &[LogEvent]) {
-        forward_events(link, log, self.event_log_id, FORWARD_WAIT).await;
+    /// Sends events this node accepted to every other node and answers
+    /// once the copies `events.ack` names hold them (`event_ack`), or why
+    /// they do not.
+    pub(super) async fn forward(
+        &self,
+        link: &Arc<ClusterLink>,
+        log: &[LogEvent],
+    ) -> Result<(), ServiceError> {
+        super::event_forward::forward_events(
+            link,
+            log,
+            self.event_log_id,
+            self.ack,
+            std::time::Duration::from_millis(self.ack_timeout_ms),
+        )
+        .await
     }
 
     /// Events node `origin` accepted and forwarded (see
@@ -705,58 +719,6 @@ fn release_free_memory() {
 /// The next seq an event log will assign (0 if its sink is gone).
 async fn next_seq(sink: &Addr<EventSink>) -> u64 {
     sink.send(NextSeq).await.unwrap_or(0)
-}
-
-/// Sends events this node accepted to every other live member, in
-/// parallel, waiting at most `wait`. A member that misses them is
-/// logged and counted; the events stay durable in this node's log.
-/// `node_log_id` identifies this node's event log (`catchup::log_id`).
-async fn forward_events(
-    link: &ClusterLink,
-    events: &[crate::eventlog::LogEvent],
-    node_log_id: u64,
-    wait: std::time::Duration,
-) {
-    use crate::proto::data::shard_data_client::ShardDataClient;
-    use crate::proto::data::ForwardEventsRequest;
-    if events.is_empty() {
-        return;
-    }
-    let peers = link.peers();
-    let body = ForwardEventsRequest {
-        origin_node: link.id(),
-        origin_log: node_log_id,
-        events: events.iter().map(super::catchup::to_wire).collect(),
-    };
-    let sends = peers.into_iter().filter_map(|(id, addr)| {
-        let ch = link.channel(id, &addr).ok()?;
-        let mut client = ShardDataClient::new(ch)
-            .max_decoding_message_size(link.max_message_bytes())
-            .max_encoding_message_size(link.max_message_bytes());
-        let mut req = tonic::Request::new(body.clone());
-        req.set_timeout(wait);
-        Some(async move { (id, client.forward_events(req).await) })
-    });
-    let results = match tokio::time::timeout(wait, futures::future::join_all(sends)).await {
-        Ok(r) => r,
-        Err(_) => {
-            tracing::warn!("forwarding events to peers timed out");
-            crate::telemetry::metrics::metrics()
-                .errors
-                .with_label_values(&["forward_events"])
-                .inc();
-            return;
-        }
-    };
-    for (id, r) in results {
-        if let Err(s) = r {
-            tracing::warn!(node = id, error = %s.message(), "a peer did not take forwarded events");
-            crate::telemetry::metrics::metrics()
-                .errors
-                .with_label_values(&["forward_events"])
-                .inc();
-        }
-    }
 }
 
 /// What a client hears when the event log refused an append. A log that

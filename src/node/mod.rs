@@ -31,6 +31,8 @@
 pub mod bundle_fetch;
 mod catalog_apply;
 pub mod catchup;
+mod event_ack;
+mod event_forward;
 mod event_sink;
 pub use event_sink::SinkError;
 mod events;
@@ -269,7 +271,7 @@ impl Node {
                 .ingest_client(events, &|| node.current())
                 .await?;
             if let Some(link) = node.cluster() {
-                node.inner.events.forward(link, &log).await;
+                node.inner.events.forward(link, &log).await?;
             }
             Ok(log.len() as u32)
         });
