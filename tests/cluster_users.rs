@@ -31,8 +31,8 @@ use funnel::ids::user_partition;
 use serde_json::json;
 use std::time::{Duration, Instant};
 use support::{
-    admin, eventually, full_coverage, members_list, metric_value, recommend, rt, small_bundle,
-    wait_partitions_active, write_members, Http, NodePorts, NodeProc,
+    admin, eventually, metric_value, recommend, rt, small_bundle, start_partitioned, Http,
+    NodePorts, NodeProc,
 };
 
 const SHARDS: u32 = 4;
@@ -49,27 +49,19 @@ fn view(rt: &tokio::runtime::Runtime, internal: &str) -> Option<ClusterView> {
 fn requests_read_a_user_from_the_node_holding_its_partition() {
     let tmp = tempfile::tempdir().unwrap();
     let bundle = small_bundle(&tmp.path().join("bundle"), 23, SHARDS);
-    let nodes = NodePorts::layout(3, 23000);
-    let extra = format!(
-        "{}\nuser_partitions = {PARTITIONS}\nuser_replication = 1\nreplace_dead_after = 0",
-        members_list(&nodes)
-    );
-    let members = write_members(tmp.path(), &nodes, Some(&bundle), SHARDS, "", &extra);
-    let mut procs: Vec<Option<NodeProc>> = members
-        .iter()
-        .map(|m| Some(NodeProc::start_config(&m.config, &m.data_dir)))
-        .collect();
     let rt = rt();
     let http = Http::default();
-    let map = wait_partitions_active(&rt, &members[0].internal, 1, Duration::from_secs(90));
-    assert_eq!(map.shards, PARTITIONS);
-    for m in &members {
-        assert!(
-            eventually(Duration::from_secs(60), || full_coverage(&http, &m.http)),
-            "node {} never served with full coverage",
-            m.id
-        );
-    }
+    let (members, procs, map) = start_partitioned(
+        tmp.path(),
+        &NodePorts::layout(3, 23000),
+        &bundle,
+        SHARDS,
+        (PARTITIONS, 1),
+        "replace_dead_after = 0",
+        &rt,
+        Duration::from_secs(90),
+    );
+    let mut procs: Vec<Option<NodeProc>> = procs.into_iter().map(Some).collect();
     // a user of the bundle whose partition only node 2 holds
     let user = (1..500)
         .map(|i| format!("u{i:06}"))
@@ -189,26 +181,18 @@ fn each_node_keeps_its_own_partitions_and_a_moved_partition_arrives_whole() {
     .expect("the bundle's user table")
     .0
     .ids;
-    let nodes = NodePorts::layout(3, 23050);
-    let extra = format!(
-        "{}\nuser_partitions = {PARTITIONS}\nuser_replication = 1\nreplace_dead_after = 0",
-        members_list(&nodes)
-    );
-    let members = write_members(tmp.path(), &nodes, Some(&bundle), SHARDS, "", &extra);
-    let _procs: Vec<NodeProc> = members
-        .iter()
-        .map(|m| NodeProc::start_config(&m.config, &m.data_dir))
-        .collect();
     let rt = rt();
     let http = Http::default();
-    let map = wait_partitions_active(&rt, &members[0].internal, 1, Duration::from_secs(90));
-    for m in &members {
-        assert!(
-            eventually(Duration::from_secs(60), || full_coverage(&http, &m.http)),
-            "node {} never served with full coverage",
-            m.id
-        );
-    }
+    let (members, _procs, map) = start_partitioned(
+        tmp.path(),
+        &NodePorts::layout(3, 23050),
+        &bundle,
+        SHARDS,
+        (PARTITIONS, 1),
+        "replace_dead_after = 0",
+        &rt,
+        Duration::from_secs(90),
+    );
     // each node holds exactly the bundle's users of its own partitions
     let users_on = |map: &funnel::cluster::ShardMap, node: u64| {
         bundle_users
@@ -335,26 +319,18 @@ fn each_node_keeps_its_own_partitions_and_a_moved_partition_arrives_whole() {
 fn an_acknowledged_event_is_on_every_live_copy_and_a_frozen_copy_is_named() {
     let tmp = tempfile::tempdir().unwrap();
     let bundle = small_bundle(&tmp.path().join("bundle"), 31, SHARDS);
-    let nodes = NodePorts::packed(3, 23080);
-    let extra = format!(
-        "{}\nuser_partitions = {PARTITIONS}\nuser_replication = 2\nreplace_dead_after = 0",
-        members_list(&nodes)
-    );
-    let members = write_members(tmp.path(), &nodes, Some(&bundle), SHARDS, "", &extra);
-    let mut procs: Vec<NodeProc> = members
-        .iter()
-        .map(|m| NodeProc::start_config(&m.config, &m.data_dir))
-        .collect();
     let rt = rt();
     let http = Http::default();
-    let map = wait_partitions_active(&rt, &members[0].internal, 2, Duration::from_secs(90));
-    for m in &members {
-        assert!(
-            eventually(Duration::from_secs(60), || full_coverage(&http, &m.http)),
-            "node {} never served with full coverage",
-            m.id
-        );
-    }
+    let (members, mut procs, map) = start_partitioned(
+        tmp.path(),
+        &NodePorts::packed(3, 23080),
+        &bundle,
+        SHARDS,
+        (PARTITIONS, 2),
+        "replace_dead_after = 0",
+        &rt,
+        Duration::from_secs(90),
+    );
     // a user whose copies are on nodes 2 and 3, not on node 1
     let user = (1..500)
         .map(|i| format!("u{i:06}"))

@@ -142,29 +142,17 @@ fn ml100k_metrics_through_a_three_node_cluster_with_partitioned_users_match_offl
         },
     )
     .unwrap();
-    let nodes = NodePorts::layout(3, 24000);
-    let extra = format!(
-        "{}\nuser_partitions = 16\nuser_replication = 1",
-        members_list(&nodes)
-    );
-    let members = write_members(tmp.path(), &nodes, Some(&bundle), SHARDS, "", &extra);
-    let _procs: Vec<NodeProc> = members
-        .iter()
-        .map(|m| NodeProc::start_config(&m.config, &m.data_dir))
-        .collect();
     let rt = rt();
     let http = Http::default();
-    wait_partitions_active(
+    let (members, _procs, _) = start_partitioned(
+        tmp.path(),
+        &NodePorts::layout(3, 24000),
+        &bundle,
+        SHARDS,
+        (16, 1),
+        "",
         &rt,
-        &members[0].internal,
-        1,
         std::time::Duration::from_secs(120),
-    );
-    assert!(
-        eventually(std::time::Duration::from_secs(120), || members
-            .iter()
-            .all(|m| full_coverage(&http, &m.http))),
-        "the cluster never served with full coverage"
     );
     let remote = |http: &Http| -> f64 {
         members

@@ -145,6 +145,17 @@ mod tests {
         v.iter().copied().collect()
     }
 
+    /// `verdict` with the confirmed, failed and down nodes as slices.
+    fn decide(
+        mode: EventAck,
+        plan: &AckPlan,
+        me: u64,
+        [ok, bad, down]: [&[u64]; 3],
+        late: bool,
+    ) -> Verdict {
+        verdict(mode, plan, me, &set(ok), &set(bad), &set(down), late)
+    }
+
     /// 4 partitions, partition p on nodes {p % 3 + 1, (p + 1) % 3 + 1}.
     fn map() -> ShardMap {
         ShardMap {
@@ -194,15 +205,7 @@ mod tests {
         let u = user_in(0); // copies on 1 and 2
         let plan = AckPlan::new(Some(&map()), &[1, 2, 3], [u.as_str()]);
         let v = |me, ok: &[u64], bad: &[u64], down: &[u64], late| {
-            verdict(
-                EventAck::All,
-                &plan,
-                me,
-                &set(ok),
-                &set(bad),
-                &set(down),
-                late,
-            )
+            decide(EventAck::All, &plan, me, [ok, bad, down], late)
         };
         // on copy 1: waits for 2, acks once 2 confirms
         assert_eq!(v(1, &[], &[], &[], false), Verdict::Wait);
@@ -234,15 +237,7 @@ mod tests {
         let (a, b) = (user_in(0), user_in(1)); // {1, 2} and {2, 3}
         let plan = AckPlan::new(Some(&map()), &[1, 2, 3], [a.as_str(), b.as_str()]);
         let v = |me, ok: &[u64], bad: &[u64], down: &[u64], late| {
-            verdict(
-                EventAck::One,
-                &plan,
-                me,
-                &set(ok),
-                &set(bad),
-                &set(down),
-                late,
-            )
+            decide(EventAck::One, &plan, me, [ok, bad, down], late)
         };
         // node 2 holds both partitions: its own append is enough
         assert_eq!(v(2, &[], &[], &[], false), Verdict::Ack);

@@ -412,6 +412,45 @@ pub fn admin(addr: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
+/// A cluster of `nodes` with users partitioned: writes their configs (the
+/// bundle, `shards` shards, `partitions` user partitions of `copies` copies
+/// each, then `cluster_extra` lines), starts every node, and waits (within
+/// `limit`) until every partition has its Active copies and every node
+/// serves with full coverage. Answers the members, their processes (in
+/// member order) and the partition map.
+#[allow(clippy::too_many_arguments)]
+pub fn start_partitioned(
+    dir: &Path,
+    nodes: &[NodePorts],
+    bundle: &Path,
+    shards: u32,
+    (partitions, copies): (u32, usize),
+    cluster_extra: &str,
+    rt: &tokio::runtime::Runtime,
+    limit: Duration,
+) -> (Vec<Member>, Vec<NodeProc>, funnel::cluster::ShardMap) {
+    let extra = format!(
+        "{}\nuser_partitions = {partitions}\nuser_replication = {copies}\n{cluster_extra}",
+        members_list(nodes)
+    );
+    let members = write_members(dir, nodes, Some(bundle), shards, "", &extra);
+    let procs: Vec<NodeProc> = members
+        .iter()
+        .map(|m| NodeProc::start_config(&m.config, &m.data_dir))
+        .collect();
+    let map = wait_partitions_active(rt, &members[0].internal, copies, limit);
+    assert_eq!(map.shards, partitions);
+    let http = Http::default();
+    for m in &members {
+        assert!(
+            eventually(limit, || full_coverage(&http, &m.http)),
+            "node {} never served with full coverage",
+            m.id
+        );
+    }
+    (members, procs, map)
+}
+
 /// Waits (at most `limit`) until the user partition map seen by the node
 /// at `internal` has exactly `copies` Active copies of every partition,
 /// and answers it; panics with the last map seen otherwise.
