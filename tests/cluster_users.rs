@@ -51,16 +51,8 @@ fn requests_read_a_user_from_the_node_holding_its_partition() {
     let bundle = small_bundle(&tmp.path().join("bundle"), 23, SHARDS);
     let rt = rt();
     let http = Http::default();
-    let (members, procs, map) = start_partitioned(
-        tmp.path(),
-        &NodePorts::layout(3, 23000),
-        &bundle,
-        SHARDS,
-        (PARTITIONS, 1),
-        "replace_dead_after = 0",
-        &rt,
-        Duration::from_secs(90),
-    );
+    let (members, procs, map) =
+        start_users(tmp.path(), &bundle, &NodePorts::layout(3, 23000), 1, &rt);
     let mut procs: Vec<Option<NodeProc>> = procs.into_iter().map(Some).collect();
     // a user of the bundle whose partition only node 2 holds
     let user = (1..500)
@@ -161,6 +153,32 @@ fn requests_read_a_user_from_the_node_holding_its_partition() {
     }
 }
 
+/// Three nodes on `nodes` serving `bundle` (`SHARDS` shards), users in
+/// `PARTITIONS` partitions of `copies` copies, no re-replication of a dead
+/// node's copies: `support::start_partitioned`.
+fn start_users(
+    dir: &std::path::Path,
+    bundle: &std::path::Path,
+    nodes: &[NodePorts],
+    copies: usize,
+    rt: &tokio::runtime::Runtime,
+) -> (
+    Vec<support::Member>,
+    Vec<NodeProc>,
+    funnel::cluster::ShardMap,
+) {
+    start_partitioned(
+        dir,
+        nodes,
+        bundle,
+        SHARDS,
+        (PARTITIONS, copies),
+        "replace_dead_after = 0",
+        rt,
+        Duration::from_secs(90),
+    )
+}
+
 /// The number of events `GET /v1/users/ID` on `node_http` reports.
 fn user_events(http: &Http, node_http: &str, user: &str) -> Option<u64> {
     let (s, v) = http.get(&format!("http://{node_http}/v1/users/{user}"));
@@ -183,16 +201,8 @@ fn each_node_keeps_its_own_partitions_and_a_moved_partition_arrives_whole() {
     .ids;
     let rt = rt();
     let http = Http::default();
-    let (members, _procs, map) = start_partitioned(
-        tmp.path(),
-        &NodePorts::layout(3, 23050),
-        &bundle,
-        SHARDS,
-        (PARTITIONS, 1),
-        "replace_dead_after = 0",
-        &rt,
-        Duration::from_secs(90),
-    );
+    let (members, _procs, map) =
+        start_users(tmp.path(), &bundle, &NodePorts::layout(3, 23050), 1, &rt);
     // each node holds exactly the bundle's users of its own partitions
     let users_on = |map: &funnel::cluster::ShardMap, node: u64| {
         bundle_users
@@ -321,16 +331,8 @@ fn an_acknowledged_event_is_on_every_live_copy_and_a_frozen_copy_is_named() {
     let bundle = small_bundle(&tmp.path().join("bundle"), 31, SHARDS);
     let rt = rt();
     let http = Http::default();
-    let (members, mut procs, map) = start_partitioned(
-        tmp.path(),
-        &NodePorts::packed(3, 23080),
-        &bundle,
-        SHARDS,
-        (PARTITIONS, 2),
-        "replace_dead_after = 0",
-        &rt,
-        Duration::from_secs(90),
-    );
+    let (members, mut procs, map) =
+        start_users(tmp.path(), &bundle, &NodePorts::packed(3, 23080), 2, &rt);
     // a user whose copies are on nodes 2 and 3, not on node 1
     let user = (1..500)
         .map(|i| format!("u{i:06}"))
