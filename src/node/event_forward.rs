@@ -120,8 +120,9 @@ pub(super) async fn forward_events(
             Verdict::Refuse(why) => {
                 return Err(ServiceError::unavailable(format!(
                     "the events are logged on node {me} but not confirmed as events.ack = {} \
-                     asks: {why} (waited up to {} ms). They reach that copy when it catches up \
-                     from this node's log, so sending them again may count them twice",
+                     asks: {why} (waited up to {} ms). Copies that missed them catch up from \
+                     this node's log once they answer, so sending them again may count them \
+                     twice; events.ack = \"one\" acknowledges on the first copy that has them",
                     mode.as_str(),
                     timeout.as_millis()
                 )))
