@@ -128,6 +128,23 @@ impl Funnel for FunnelService {
         }))
     }
 
+    async fn get_item(
+        &self,
+        req: Request<public::GetItemRequest>,
+    ) -> Result<Response<public::GetItemResponse>, Status> {
+        let out = self.node.get_item(req.into_inner().item_id);
+        observe("get_item", out.is_ok());
+        let i = out.map_err(|e| grpc_status(&e))?;
+        Ok(Response::new(public::GetItemResponse {
+            item_id: i.item_id,
+            known: i.known,
+            categories: i.categories,
+            created_at: i.created_at,
+            interactions: i.interactions,
+            trending: i.trending,
+        }))
+    }
+
     async fn get_user(
         &self,
         req: Request<public::GetUserRequest>,

@@ -56,6 +56,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, node: Node, max_bytes: usize) {
         .route("/v1/items", web::delete().to(delete))
         .route("/v1/items/delete", web::post().to(delete))
         .route("/v1/users/{id}", web::get().to(get_user))
+        .route("/v1/items/{id}", web::get().to(get_item))
         .route("/v1/admin/publish", web::post().to(publish))
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
@@ -144,6 +145,15 @@ async fn get_user(
     Ok(HttpResponse::Ok().json(r?))
 }
 
+async fn get_item(
+    node: web::Data<Node>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ServiceError> {
+    let r = node.get_item(id.into_inner());
+    observe("get_item", r.is_ok());
+    Ok(HttpResponse::Ok().json(r?))
+}
+
 async fn publish(
     node: web::Data<Node>,
     req: HttpRequest,
@@ -194,7 +204,7 @@ async fn metrics() -> HttpResponse {
 
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ServiceError> {
     Err(ServiceError::NotFound(format!(
-        "no route {} {}; see /v1/recommend, /v1/events, /v1/items, /v1/users/ID, /metrics, /healthz, /readyz",
+        "no route {} {}; see /v1/recommend, /v1/events, /v1/items, /v1/items/ID, /v1/users/ID, /metrics, /healthz, /readyz",
         req.method(),
         req.path()
     )))

@@ -12,9 +12,9 @@ use crate::node::Node;
 use crate::proto::data::shard_data_server::{ShardData, ShardDataServer};
 use crate::proto::data::{
     shard_search_outcome, FetchEventsRequest, ForwardEventsRequest, ForwardEventsResponse,
-    SearchFailure, ShardDigestRequest, ShardDigestResponse, ShardSearchBatch,
-    ShardSearchBatchResponse, ShardSearchOutcome, ShardSearchRequest, ShardSearchResponse,
-    UserStateRequest, UserStateResponse,
+    ItemCountsRequest, ItemCountsResponse, SearchFailure, ShardDigestRequest, ShardDigestResponse,
+    ShardSearchBatch, ShardSearchBatchResponse, ShardSearchOutcome, ShardSearchRequest,
+    ShardSearchResponse, UserStateRequest, UserStateResponse,
 };
 use crate::routing::batch::MAX_BATCH_SEARCHES;
 use crate::routing::metadata::request_id_of;
@@ -225,6 +225,18 @@ impl ShardData for ShardDataService {
             .in_current_span(),
         );
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn fetch_item_counts(
+        &self,
+        request: Request<ItemCountsRequest>,
+    ) -> Result<Response<ItemCountsResponse>, Status> {
+        let answer = self
+            .node
+            .item_counts_for_peer(request.into_inner())
+            .await
+            .map_err(|e| grpc_status(&e))?;
+        Ok(Response::new(answer))
     }
 
     async fn get_user_state(

@@ -131,7 +131,8 @@ impl Catalog {
     }
 
     /// A catalogue for a new model version that keeps this one's overlay
-    /// and live counters for items the new model does not reset.
+    /// (upserted and deleted items, the fresh list); its counters start
+    /// from the new model's.
     pub fn carry_over(&self, model: Arc<ServingModel>) -> Catalog {
         let next = Catalog::new(model);
         if let (Ok(old), Ok(mut new)) = (self.overlay.read(), next.overlay.write()) {
@@ -348,6 +349,21 @@ impl Catalog {
     pub fn record_event(&self, key: u64, ts: i64, strength: f32) {
         if let Ok(mut s) = self.stats.write() {
             s.entry(key).or_default().apply(ts, strength);
+        }
+    }
+
+    /// The live counters of `key`, live item or not.
+    pub fn stats_of(&self, key: u64) -> Option<ItemStats> {
+        self.stats.read().ok()?.get(&key).copied()
+    }
+
+    /// Adds counters of events counted elsewhere (another node's accepted
+    /// events, aggregated per item: `ItemStats::merge`), under one lock.
+    pub fn merge_counts(&self, counts: &[(u64, ItemStats)]) {
+        if let Ok(mut s) = self.stats.write() {
+            for (key, c) in counts {
+                s.entry(*key).or_default().merge(c);
+            }
         }
     }
 

@@ -30,6 +30,28 @@ impl ItemStats {
         }
     }
 
+    /// Adds the counters `other` holds, kept from a disjoint set of events
+    /// (another node's): counts add, and both trending scores are brought
+    /// to the later of their two times. Merging per-node counters gives
+    /// what applying all their events in one place gives (up to float
+    /// rounding), which is how every node counts the events other nodes
+    /// accepted (`node::item_counts`).
+    pub fn merge(&mut self, other: &ItemStats) {
+        if other.count == 0.0 && other.trending == 0.0 {
+            return;
+        }
+        self.count += other.count;
+        if other.trending_ts >= self.trending_ts {
+            self.trending = self.trending
+                * decay(other.trending_ts - self.trending_ts, TRENDING_HALF_LIFE_S)
+                + other.trending;
+            self.trending_ts = other.trending_ts;
+        } else {
+            self.trending +=
+                other.trending * decay(self.trending_ts - other.trending_ts, TRENDING_HALF_LIFE_S);
+        }
+    }
+
     /// Trending score as seen at `now`. Asking about a time before the last
     /// update returns the last value: counters never run backwards.
     pub fn trending_at(&self, now: i64) -> f32 {
@@ -58,5 +80,41 @@ mod tests {
         assert!((a.trending_at(3 * h) - b.trending_at(3 * h)).abs() < 1e-6);
         assert_eq!(a.count, 2.0);
         assert_eq!(ItemStats::default().trending_at(5), 0.0);
+    }
+
+    #[test]
+    fn merging_split_counters_equals_applying_every_event_in_one_place() {
+        let h = TRENDING_HALF_LIFE_S as i64;
+        let events: Vec<(i64, f32)> = (0..40)
+            .map(|i| ((i * 7919) % 11 * h / 3, 1.0 + (i % 4) as f32))
+            .collect();
+        let mut whole = ItemStats::default();
+        for &(ts, s) in &events {
+            whole.apply(ts, s);
+        }
+        // three nodes each count every third event, then merge in two orders
+        let parts: Vec<ItemStats> = (0..3)
+            .map(|n| {
+                let mut p = ItemStats::default();
+                for &(ts, s) in events.iter().skip(n).step_by(3) {
+                    p.apply(ts, s);
+                }
+                p
+            })
+            .collect();
+        for order in [[0, 1, 2], [2, 0, 1]] {
+            let mut merged = ItemStats::default();
+            for i in order {
+                merged.merge(&parts[i]);
+            }
+            assert_eq!(merged.count, whole.count);
+            assert_eq!(merged.trending_ts, whole.trending_ts);
+            let (a, b) = (merged.trending_at(4 * h), whole.trending_at(4 * h));
+            assert!((a - b).abs() < 1e-4 * b, "{a} vs {b}");
+        }
+        // merging nothing changes nothing
+        let mut same = whole;
+        same.merge(&ItemStats::default());
+        assert_eq!(same, whole);
     }
 }

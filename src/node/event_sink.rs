@@ -34,13 +34,13 @@ impl Actor for EventSink {
 pub fn start_event_sink(
     dir: &Path,
     opts: EventLogOptions,
-) -> Result<(Addr<EventSink>, String), EventLogError> {
+) -> Result<(Addr<EventSink>, crate::eventlog::RecoveryReport), EventLogError> {
     let (writer, report) = EventLogWriter::open(dir, opts)?;
     let writer = Arc::new(Mutex::new(writer));
     let addr = SyncArbiter::start(1, move || EventSink {
         writer: writer.clone(),
     });
-    Ok((addr, format!("{report:?}")))
+    Ok((addr, report))
 }
 
 /// Appends a batch durably (per the fsync policy); answers (first, last) seq.

@@ -3,11 +3,13 @@
 //! of events peers forwarded, `<data_dir>/events-peers/`), which forwarded
 //! events were applied already (`catchup::Origins`), and the one path every
 //! event takes: validated, logged, then applied to the user-state
-//! partitions and the served catalogue's item counters. Also forwarding
+//! partitions and, for events this node accepted, the served catalogue's
+//! item counters (peers pull those as counts: `item_counts`, which reads
+//! the effects `ingest` records in `RecentEvents`). Also forwarding
 //! accepted events to the peers, serving this node's own log to a peer that
 //! catches up, replaying both logs after a restart, and flushing them; and
 //! following the user partitions this node holds (`held_users`): events of
-//! partitions held elsewhere change only item counters here, a partition
+//! partitions held elsewhere change nothing here but the logs, a partition
 //! placed here is loaded from the bundle and the logs, one taken away is
 //! dropped.
 //!
@@ -51,6 +53,7 @@ pub(super) struct EventLogs {
     peer_events: Option<Addr<EventSink>>,
     origins: catchup::Origins,
     event_log_id: u64,
+    recent: super::item_counts::RecentEvents,
 }
 
 impl EventLogs {
@@ -67,12 +70,13 @@ impl EventLogs {
                     )
                 },
             )?;
-        tracing::info!(%recovery, "event log open");
+        tracing::info!(?recovery, "event log open");
+        let recent = super::item_counts::RecentEvents::new(recovery.next_seq);
         let peer_events = if config.is_cluster() {
             let dir = data_dir.join("events-peers");
             let (sink, recovery) = start_event_sink(&dir, config.events.log_options())
                 .map_err(|e| anyhow::anyhow!("opening the event log in {}: {e}", dir.display()))?;
-            tracing::info!(%recovery, "forwarded-event log open");
+            tracing::info!(?recovery, "forwarded-event log open");
             Some(sink)
         } else {
             None
@@ -104,6 +108,7 @@ impl EventLogs {
             peer_events,
             origins,
             event_log_id,
+            recent,
         })
     }
 }
@@ -118,6 +123,9 @@ pub(super) struct EventPipeline {
     origins: Arc<catchup::Origins>,
     /// Identity of this node's own event log (`catchup::log_id`).
     event_log_id: u64,
+    /// The item-counter effects of the events logged since the start, for
+    /// peers' pulls (`item_counts`).
+    recent: super::item_counts::RecentEvents,
     /// One actor per user partition: the only writer of its states.
     users: Arc<Vec<Addr<UserStateActor>>>,
     /// Which of the cluster's user partitions this node applies events to.
@@ -146,6 +154,7 @@ impl EventPipeline {
             peer_events: logs.peer_events,
             origins: Arc::new(logs.origins),
             event_log_id: logs.event_log_id,
+            recent: logs.recent,
             users,
             me: config.node.id,
             api: config.api.clone(),
@@ -291,6 +300,11 @@ impl EventPipeline {
         &self.origins
     }
 
+    /// The counter effects of the events logged since the start.
+    pub(super) fn recent(&self) -> &super::item_counts::RecentEvents {
+        &self.recent
+    }
+
     /// Events this node accepted from clients with seq > `after` (at most
     /// `max`), for a peer catching up (`ShardData.FetchEvents`).
     pub(super) async fn client_events_after(
@@ -341,8 +355,11 @@ impl EventPipeline {
         for (i, e) in log.iter_mut().enumerate() {
             e.seq = first + i as u64;
         }
-        if source == LogSource::Peers {
-            self.origins.record_logged(&log);
+        match source {
+            LogSource::Peers => self.origins.record_logged(&log),
+            // in a cluster, peers pull these events' item counts
+            LogSource::Own if self.peer_events.is_some() => self.recent.record(first, &log),
+            LogSource::Own => {}
         }
         for e in &log {
             metrics().events.with_label_values(&[e.kind.as_str()]).inc();
@@ -438,8 +455,10 @@ impl EventPipeline {
         .map_err(|e| ServiceError::internal_from(format!("reading the event log {log}"), e))
     }
 
-    /// Applies events that are already durable to item counters and to the
-    /// user states this node keeps (see `HeldPartitions::admit`).
+    /// Applies events that are already durable to the user states this
+    /// node keeps (see `HeldPartitions::admit`) and, for events this node
+    /// accepted, to item counters (those of events other nodes accepted
+    /// are pulled from them as counts: `item_counts`).
     async fn apply_logged(
         &self,
         events: &[LogEvent],
@@ -447,7 +466,12 @@ impl EventPipeline {
         current: Current<'_>,
     ) -> Result<(), ServiceError> {
         let serving = current()?;
-        for e in events {
+        let own = if source == LogSource::Own {
+            events
+        } else {
+            &[]
+        };
+        for e in own {
             serving.catalog.record_event(
                 item_key(&e.item_id),
                 e.ts,

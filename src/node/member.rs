@@ -27,8 +27,8 @@ pub enum JoinError {
 }
 
 /// Starts Raft for `node` (with `internal_services` on the same port),
-/// attaches the link to the node and starts the control drivers and the
-/// event catch-up. Returns the link. Call it on the actix system.
+/// attaches the link to the node and starts the control drivers, the
+/// event catch-up and the item-count pulls. Returns the link. Call it on the actix system.
 pub async fn start_cluster(
     node: Node,
     config: &NodeConfig,
@@ -45,6 +45,8 @@ pub async fn start_cluster(
     {
         let (n, l, s) = (node.clone(), link.clone(), shutdown.clone());
         actix::spawn(async move { super::catchup::run(n, l, s).await }.in_current_span());
+        let (n, l, s) = (node.clone(), link.clone(), shutdown.clone());
+        actix::spawn(async move { super::item_counts::run(n, l, s).await }.in_current_span());
     }
     crate::control::spawn_drivers(node, link.clone(), config, shutdown);
     Ok(link)

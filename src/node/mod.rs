@@ -37,6 +37,7 @@ mod event_sink;
 pub use event_sink::SinkError;
 mod events;
 mod held_users;
+pub mod item_counts;
 mod member;
 pub use member::{start_cluster, JoinError};
 mod model_host;
@@ -440,6 +441,36 @@ impl Node {
             recent,
             tastes,
             has_vector,
+        })
+    }
+
+    pub fn get_item(&self, item_id: String) -> Result<ItemView, ServiceError> {
+        crate::ids::validate_id(&item_id)
+            .map_err(|e| ServiceError::InvalidArgument(format!("item_id: {e}")))?;
+        let serving = self.current()?;
+        let cat = &serving.catalog;
+        let key = item_key(&item_id);
+        let facts = cat.facts(key);
+        let stats = facts
+            .as_ref()
+            .map(|f| f.stats)
+            .or_else(|| cat.stats_of(key))
+            .unwrap_or_default();
+        Ok(ItemView {
+            item_id,
+            known: facts.is_some(),
+            categories: facts
+                .as_ref()
+                .map(|f| {
+                    f.categories
+                        .iter()
+                        .map(|&c| cat.category_name(c).unwrap_or_else(|| c.to_string()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            created_at: facts.as_ref().and_then(|f| f.created_at).unwrap_or(0),
+            interactions: stats.count,
+            trending: stats.trending_at(now_unix()),
         })
     }
 

@@ -364,6 +364,13 @@ mod tests {
         ) -> Result<Response<crate::proto::data::UserStateResponse>, Status> {
             Err(Status::unimplemented("not in this test"))
         }
+
+        async fn fetch_item_counts(
+            &self,
+            _: Request<crate::proto::data::ItemCountsRequest>,
+        ) -> Result<Response<crate::proto::data::ItemCountsResponse>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
     }
 
     fn spec() -> SearchSpec {

@@ -199,6 +199,26 @@ pub struct UserView {
     pub has_vector: bool,
 }
 
+/// An item as the node serves it (`GET /v1/items/ID`): whether it is in
+/// the catalogue, and its live counters, which count every event the
+/// cluster accepted for it (other nodes' events after about a quarter of
+/// a second: `node::item_counts`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ItemView {
+    pub item_id: String,
+    /// False when the catalogue does not hold the item (never known, or
+    /// deleted); the counters still show events recorded for the id.
+    pub known: bool,
+    pub categories: Vec<String>,
+    /// Unix seconds (0: unknown).
+    pub created_at: i64,
+    /// Sum of the strengths of every event counted for the item (the
+    /// trained model's count plus live events).
+    pub interactions: f32,
+    /// The decayed trending score, as of now.
+    pub trending: f32,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HealthView {
     /// "serving", "loading" or "degraded".

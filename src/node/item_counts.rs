@@ -1,0 +1,539 @@
+//! Item counters (popularity, trending) across a cluster: every node counts
+//! every event the cluster accepted, without every event travelling to
+//! every node.
+//!
+//! A node counts the events its clients send it as it logs them. The events
+//! other nodes accepted it pulls from them: every `PULL_EVERY` it asks each
+//! peer (`ShardData.FetchItemCounts`) for the events that peer logged after
+//! the last seq it counted from it, aggregated per item (`ItemStats`, which
+//! merge exactly: counts add, decayed scores meet at the later time). So the
+//! cost of counting is one small message per pair of nodes per tick, however
+//! many events flowed, and a user's events need to reach only the copies of
+//! the user's partition. A count lags the event by about one tick on the
+//! other nodes (the user's own state does not: it travels with the event).
+//!
+//! Where counting starts: for model version V, origin O's events from O's
+//! serving mark for V on (the first seq of O's log that V's bundle did not
+//! see, the same place O starts counting its own events after a restart).
+//! So every node counts the same events for V, a restarted node rebuilds its
+//! counts by pulling from the marks again (its positions live in memory
+//! only), and a new version starts afresh. A peer that lost its log starts a
+//! new one with a new identity, and is counted afresh from its new mark.
+//!
+//! The peer answers from `RecentEvents`, the counter effects of the events
+//! it logged since it started, kept in memory; a position before that is
+//! read from its log on disk.
+//!
+//! Owns: `RecentEvents` (the serving side), `CountFollower` (positions per
+//! origin) and `run` (the pulling task). Must not touch: how events are
+//! validated, logged or applied to user state (`events`), or the catalogue's
+//! other data.
+
+use super::Node;
+use crate::control::ClusterLink;
+use crate::eventlog::LogEvent;
+use crate::features::{event_strength, ItemStats};
+use crate::ids::item_key;
+use crate::proto::data::shard_data_client::ShardDataClient;
+use crate::proto::data::{ItemCount, ItemCountsRequest, ItemCountsResponse};
+use crate::service::types::ServiceError;
+use crate::telemetry::failure_log::StepFailures;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How often a node asks each peer for the counts of its new events.
+const PULL_EVERY: Duration = Duration::from_millis(250);
+/// Most events one answer aggregates; the caller asks again at once.
+pub const MAX_COUNT_EVENTS: usize = 50_000;
+/// Events kept in memory for peers' pulls (about 24 bytes each); older
+/// positions are read from the log.
+const RECENT_CAP: usize = 200_000;
+/// A hole (an append whose events never arrived here) holds at most this
+/// many later events back before the oldest are let go to the disk path.
+const RECENT_HARD_CAP: usize = 4 * RECENT_CAP;
+
+/// One logged event's effect on its item's counters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Counted {
+    key: u64,
+    ts: i64,
+    strength: f32,
+}
+
+impl Counted {
+    fn of(e: &LogEvent) -> Counted {
+        Counted {
+            key: item_key(&e.item_id),
+            ts: e.ts,
+            strength: event_strength(e.kind, e.weight),
+        }
+    }
+}
+
+/// Aggregated counters of a run of one log's events.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Counts {
+    /// The last seq they cover (the position asked after, when none).
+    pub through: u64,
+    pub counts: Vec<(u64, ItemStats)>,
+    /// More events follow `through` already.
+    pub more: bool,
+}
+
+/// Per item, the counters of `events` alone.
+fn aggregate<'a>(events: impl Iterator<Item = &'a Counted>) -> Vec<(u64, ItemStats)> {
+    let mut by_item: HashMap<u64, ItemStats> = HashMap::new();
+    for c in events {
+        by_item.entry(c.key).or_default().apply(c.ts, c.strength);
+    }
+    let mut out: Vec<(u64, ItemStats)> = by_item.into_iter().collect();
+    out.sort_unstable_by_key(|(k, _)| *k);
+    out
+}
+
+/// The counter effects of the events this node logged since it started
+/// (own log only), by seq, for peers' pulls.
+pub(super) struct RecentEvents {
+    inner: Mutex<Recent>,
+}
+
+struct Recent {
+    /// Seq of `slots[0]`.
+    first: u64,
+    /// `None`: a seq whose append has not reported back yet (appends
+    /// finish out of order when several run at once).
+    slots: VecDeque<Option<Counted>>,
+    /// How many slots from the front are filled: the answerable prefix.
+    filled: usize,
+}
+
+impl RecentEvents {
+    /// Starts empty at `next_seq`, the seq the log gives its next event:
+    /// everything before is on disk already.
+    pub(super) fn new(next_seq: u64) -> RecentEvents {
+        RecentEvents {
+            inner: Mutex::new(Recent {
+                first: next_seq.max(1),
+                slots: VecDeque::new(),
+                filled: 0,
+            }),
+        }
+    }
+
+    /// Records `events`, appended to the log with consecutive seqs from
+    /// `first_seq`.
+    pub(super) fn record(&self, first_seq: u64, events: &[LogEvent]) {
+        let Ok(mut r) = self.inner.lock() else {
+            return;
+        };
+        for (i, e) in events.iter().enumerate() {
+            let seq = first_seq + i as u64;
+            let Some(at) = seq.checked_sub(r.first) else {
+                continue; // below what memory answers for: on disk
+            };
+            let at = at as usize;
+            if r.slots.len() <= at {
+                r.slots.resize(at + 1, None);
+            }
+            r.slots[at] = Some(Counted::of(e));
+        }
+        while r.filled < r.slots.len() && r.slots[r.filled].is_some() {
+            r.filled += 1;
+        }
+        while r.filled > RECENT_CAP || r.slots.len() > RECENT_HARD_CAP {
+            r.slots.pop_front();
+            r.first += 1;
+            r.filled = r.filled.saturating_sub(1);
+            while r.filled < r.slots.len() && r.slots[r.filled].is_some() {
+                r.filled += 1;
+            }
+        }
+    }
+
+    /// The first seq memory answers for: positions before it are read
+    /// from the log.
+    pub(super) fn first(&self) -> u64 {
+        self.inner.lock().map(|r| r.first).unwrap_or(u64::MAX)
+    }
+
+    /// Counts of at most `max` events after `after`, or None when they
+    /// start before what memory holds.
+    pub(super) fn counts_after(&self, after: u64, max: usize) -> Option<Counts> {
+        let r = self.inner.lock().ok()?;
+        let start = after.checked_add(1)?.checked_sub(r.first)? as usize;
+        if start >= r.filled {
+            return Some(Counts {
+                through: after,
+                counts: Vec::new(),
+                more: false,
+            });
+        }
+        let end = r.filled.min(start.saturating_add(max.max(1)));
+        Some(Counts {
+            through: r.first + end as u64 - 1,
+            counts: aggregate(r.slots.range(start..end).flatten()),
+            more: end < r.filled,
+        })
+    }
+}
+
+/// Counts of events read from the log after `after`, stopping before
+/// `memory_from` (where `RecentEvents` takes over).
+pub(super) fn counts_from_log(events: &[LogEvent], after: u64, memory_from: u64) -> Counts {
+    let below: Vec<Counted> = events
+        .iter()
+        .filter(|e| e.seq > after && e.seq < memory_from)
+        .map(Counted::of)
+        .collect();
+    let through = events
+        .iter()
+        .map(|e| e.seq)
+        .filter(|s| *s > after && *s < memory_from)
+        .max()
+        .unwrap_or(after);
+    Counts {
+        through,
+        counts: aggregate(below.iter()),
+        // progress: ask again at once (the log or memory may hold more)
+        more: through > after,
+    }
+}
+
+/// Where this node is in each peer's log, for the version it counts.
+#[derive(Default)]
+pub(super) struct CountFollower {
+    state: Mutex<Following>,
+}
+
+#[derive(Default)]
+struct Following {
+    version: String,
+    /// Per origin node: its log identity and the last seq counted.
+    at: BTreeMap<u64, (u64, u64)>,
+}
+
+impl CountFollower {
+    /// What to ask `origin` for, counting for `version`.
+    pub(super) fn request(&self, origin: u64, version: &str) -> ItemCountsRequest {
+        let at = self
+            .state
+            .lock()
+            .ok()
+            .filter(|s| s.version == version)
+            .and_then(|s| s.at.get(&origin).copied());
+        ItemCountsRequest {
+            model_version: version.to_string(),
+            origin_log: at.map_or(0, |(log, _)| log),
+            after_seq: at.map_or(0, |(_, seq)| seq),
+            from_mark: at.is_none(),
+            max_events: MAX_COUNT_EVENTS as u32,
+        }
+    }
+
+    /// Hands `answer` (to `asked`, sent to `origin`) to `merge`, which adds
+    /// it to the catalogue of `version`, and moves past it; false (nothing
+    /// merged) when the position moved since `asked` was made.
+    pub(super) fn apply(
+        &self,
+        origin: u64,
+        asked: &ItemCountsRequest,
+        answer: &ItemCountsResponse,
+        version: &str,
+        merge: impl FnOnce(&[(u64, ItemStats)]),
+    ) -> bool {
+        let Ok(mut s) = self.state.lock() else {
+            return false;
+        };
+        if asked.model_version != version {
+            return false; // another version is served now: its own start
+        }
+        if s.version != version {
+            *s = Following {
+                version: version.to_string(),
+                at: BTreeMap::new(),
+            };
+        }
+        let now = s.at.get(&origin).copied();
+        let current = match now {
+            None => asked.from_mark,
+            Some(at) => !asked.from_mark && at == (asked.origin_log, asked.after_seq),
+        };
+        if !current {
+            return false;
+        }
+        let counts: Vec<(u64, ItemStats)> = answer
+            .counts
+            .iter()
+            .map(|c| {
+                (
+                    c.item_key,
+                    ItemStats {
+                        count: c.count,
+                        trending: c.trending,
+                        trending_ts: c.trending_ts,
+                    },
+                )
+            })
+            .collect();
+        merge(&counts);
+        s.at.insert(origin, (answer.origin_log, answer.through_seq));
+        true
+    }
+}
+
+/// The wire form of `counts`, from log `origin_log`.
+pub(super) fn to_wire(origin_log: u64, counts: Counts) -> ItemCountsResponse {
+    ItemCountsResponse {
+        origin_log,
+        through_seq: counts.through,
+        more: counts.more,
+        counts: counts
+            .counts
+            .into_iter()
+            .map(|(item_key, s)| ItemCount {
+                item_key,
+                count: s.count,
+                trending: s.trending,
+                trending_ts: s.trending_ts,
+            })
+            .collect(),
+    }
+}
+
+impl Node {
+    /// A peer's `FetchItemCounts`: the counts of the events this node's
+    /// clients sent it after the peer's position (or from this node's mark
+    /// for the peer's version).
+    pub async fn item_counts_for_peer(
+        &self,
+        req: ItemCountsRequest,
+    ) -> Result<ItemCountsResponse, ServiceError> {
+        let my_log = self.event_log_id();
+        let after = if req.from_mark || req.origin_log != my_log {
+            let mark = self
+                .inner
+                .host
+                .read_mark()
+                .filter(|m| m.model_version == req.model_version)
+                .ok_or_else(|| {
+                    ServiceError::failed_precondition(format!(
+                        "node {} does not serve model version {} (it serves {}), so it cannot tell where that version's item counts start in its event log; ask again once it does",
+                        self.inner.config.node.id,
+                        req.model_version,
+                        self.model_version().unwrap_or_else(|| "none".into())
+                    ))
+                })?;
+            mark.log_seq.saturating_sub(1)
+        } else {
+            req.after_seq
+        };
+        let max = match req.max_events as usize {
+            0 => MAX_COUNT_EVENTS,
+            n => n.min(MAX_COUNT_EVENTS),
+        };
+        let recent = self.inner.events.recent();
+        if let Some(c) = recent.counts_after(after, max) {
+            return Ok(to_wire(my_log, c));
+        }
+        let memory_from = recent.first();
+        let wanted = (memory_from - 1 - after).min(max as u64) as usize;
+        let events = self.client_events_after(after, wanted).await?;
+        Ok(to_wire(
+            my_log,
+            counts_from_log(&events, after, memory_from),
+        ))
+    }
+}
+
+/// Asks `peer` for its new events' counts until it has no more (or a few
+/// rounds passed); answers how many rounds added counts.
+async fn pull_from(
+    node: &Node,
+    follower: &CountFollower,
+    link: &ClusterLink,
+    peer: u64,
+    addr: &str,
+) -> Result<usize, String> {
+    let mut added = 0;
+    for _ in 0..8 {
+        let Some(serving) = node.serving() else {
+            return Ok(added);
+        };
+        let version = serving.model.version.clone();
+        let asked = follower.request(peer, &version);
+        let ch = link.channel(peer, addr).map_err(|e| e.to_string())?;
+        let mut client = ShardDataClient::new(ch)
+            .max_decoding_message_size(link.max_message_bytes())
+            .max_encoding_message_size(link.max_message_bytes());
+        let mut req = tonic::Request::new(asked.clone());
+        req.set_timeout(Duration::from_secs(5));
+        let answer = client
+            .fetch_item_counts(req)
+            .await
+            .map_err(|s| format!("FetchItemCounts from node {peer}: {}", s.message()))?
+            .into_inner();
+        if follower.apply(peer, &asked, &answer, &version, |c| {
+            serving.catalog.merge_counts(c)
+        }) && !answer.counts.is_empty()
+        {
+            added += 1;
+        }
+        if !answer.more {
+            break;
+        }
+    }
+    Ok(added)
+}
+
+/// The pulling task: see the module doc.
+pub async fn run(node: Node, link: Arc<ClusterLink>, mut shutdown: watch::Receiver<bool>) {
+    let follower = CountFollower::default();
+    let mut tick = tokio::time::interval(PULL_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failures: BTreeMap<u64, StepFailures> = BTreeMap::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => return,
+            _ = tick.tick() => {}
+        }
+        if node.serving().is_none() {
+            continue;
+        }
+        let peers = link.peers();
+        let pulls = peers
+            .iter()
+            .map(|(peer, addr)| pull_from(&node, &follower, &link, *peer, addr));
+        let results = futures::future::join_all(pulls).await;
+        for ((peer, _), r) in peers.iter().zip(results) {
+            let log = failures
+                .entry(*peer)
+                .or_insert_with(|| StepFailures::new("item count pull"));
+            match r {
+                Ok(_) => {
+                    log.succeeded();
+                }
+                Err(e) => {
+                    log.failed(&e);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataset::EventKind;
+
+    fn event(seq: u64, item: &str, ts: i64) -> LogEvent {
+        LogEvent {
+            seq,
+            ts,
+            user_id: "u".into(),
+            item_id: item.into(),
+            kind: EventKind::Click,
+            weight: 1.0,
+            device: String::new(),
+            origin: None,
+        }
+    }
+
+    fn total(c: &Counts) -> f32 {
+        c.counts.iter().map(|(_, s)| s.count).sum()
+    }
+
+    #[test]
+    fn answers_only_the_filled_prefix_when_appends_finish_out_of_order() {
+        let recent = RecentEvents::new(10);
+        let strength = event_strength(EventKind::Click, 1.0);
+        // seqs 12..=13 report back before 10..=11
+        recent.record(12, &[event(12, "a", 5), event(13, "b", 6)]);
+        let c = recent.counts_after(9, 100).expect("in memory");
+        assert_eq!((c.through, c.counts.len(), c.more), (9, 0, false));
+        recent.record(10, &[event(10, "a", 3), event(11, "a", 4)]);
+        let c = recent.counts_after(9, 100).expect("in memory");
+        assert_eq!(c.through, 13);
+        assert_eq!(total(&c), 4.0 * strength);
+        let a = c
+            .counts
+            .iter()
+            .find(|(k, _)| *k == item_key("a"))
+            .unwrap()
+            .1;
+        assert_eq!((a.count, a.trending_ts), (3.0 * strength, 5));
+        // a limit cuts the answer and says more follow
+        let c = recent.counts_after(9, 3).expect("in memory");
+        assert_eq!((c.through, c.more), (12, true));
+        let c = recent.counts_after(12, 3).expect("in memory");
+        assert_eq!((c.through, c.more, total(&c)), (13, false, strength));
+        // before memory: the log's part
+        assert!(recent.counts_after(8, 100).is_none());
+        assert_eq!(recent.first(), 10);
+    }
+
+    #[test]
+    fn the_log_part_stops_where_memory_starts() {
+        let log: Vec<LogEvent> = (1..=6).map(|s| event(s, "x", s as i64)).collect();
+        let c = counts_from_log(&log, 2, 5);
+        assert_eq!((c.through, c.more), (4, true));
+        assert_eq!(c.counts.len(), 1);
+        assert_eq!(
+            c.counts[0].1.count,
+            2.0 * event_strength(EventKind::Click, 1.0)
+        );
+        // nothing after the position: no progress, nothing more now
+        let c = counts_from_log(&[], 2, 5);
+        assert_eq!((c.through, c.more, c.counts.len()), (2, false, 0));
+    }
+
+    #[test]
+    fn memory_lets_go_of_the_oldest_events() {
+        let recent = RecentEvents::new(1);
+        let batch: Vec<LogEvent> = (0..1000).map(|i| event(i + 1, "y", 1)).collect();
+        for b in 0..(RECENT_CAP / 1000 + 3) as u64 {
+            recent.record(1 + b * 1000, &batch);
+        }
+        assert_eq!(recent.first(), 3001);
+        assert!(recent.counts_after(3000, 10).is_some());
+        assert!(recent.counts_after(2999, 10).is_none());
+    }
+
+    #[test]
+    fn a_follower_counts_each_answer_once_and_restarts_with_a_new_version() {
+        let follower = CountFollower::default();
+        let mut added: Vec<f32> = Vec::new();
+        let mut merge = |c: &[(u64, ItemStats)]| added.push(c.iter().map(|(_, s)| s.count).sum());
+        let first = follower.request(2, "v1");
+        assert!(first.from_mark);
+        let answer = ItemCountsResponse {
+            origin_log: 77,
+            through_seq: 40,
+            more: false,
+            counts: vec![ItemCount {
+                item_key: 9,
+                count: 2.0,
+                trending: 2.0,
+                trending_ts: 100,
+            }],
+        };
+        assert!(follower.apply(2, &first, &answer, "v1", &mut merge));
+        // the same answer again (a stale duplicate) adds nothing
+        assert!(!follower.apply(2, &first, &answer, "v1", &mut merge));
+        let next = follower.request(2, "v1");
+        assert_eq!(
+            (next.from_mark, next.origin_log, next.after_seq),
+            (false, 77, 40)
+        );
+        // an answer for the old version is not added to the new catalogue
+        assert!(!follower.apply(2, &next, &answer, "v2", &mut merge));
+        // the new version starts from the origin's mark
+        let fresh = follower.request(2, "v2");
+        assert!(fresh.from_mark);
+        assert!(follower.apply(2, &fresh, &answer, "v2", &mut merge));
+        // another origin's position is its own
+        assert!(follower.request(3, "v2").from_mark);
+        assert_eq!(added, vec![2.0, 2.0]);
+    }
+}
