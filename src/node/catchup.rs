@@ -1,20 +1,25 @@
-//! Catch-up of events a member missed while it was down or cut off.
+//! Catch-up: how every event reaches every member's log.
 //!
-//! Every node holds every user partition: an event is logged by the node a
-//! client sent it to (its *origin*) in `<data_dir>/events/`, then forwarded
-//! to the other members, which log it in `<data_dir>/events-peers/` and
-//! apply it. A member that is down when that happens would miss it. So each
-//! forwarded event carries its seq in the origin's log, each node records
-//! per origin which seqs it has applied (`Origins`, persisted in
-//! `<data_dir>/event_origins.json` and recovered from the peers log), and a node asks a peer
-//! (`ShardData.FetchEvents`) for the events in that peer's own log after the
-//! highest seq it applied without a gap:
+//! An event is logged by the node a client sent it to (its *origin*) in
+//! `<data_dir>/events/` and forwarded at once only to the copies of its
+//! user's partition (`event_forward`), which the acknowledgement waits
+//! for. Every member, copy or not, also pulls from every peer
+//! (`ShardData.FetchEvents`, every `PULL_EVERY`) the events in that peer's
+//! own log after the highest seq it applied without a gap, and logs them in
+//! `<data_dir>/events-peers/`. So every node's logs come to hold every
+//! event (what a restart replays and what a partition placed here is
+//! loaded from, `events`), a copy that was down or cut off when a forward
+//! came gets it on the next pull, and the cost of reaching the nodes
+//! without a copy is one batched pull per peer and tick, not one call per
+//! client request. The origin answers a pull only with events whose
+//! forwards are over (`EventPipeline::client_events_after`), so a pull
+//! never claims an event on a copy while the forward that the
+//! acknowledgement waits for is still on its way (that forward would hear
+//! "applied already" before the copy's append was durable).
 //!
-//! - when it starts (and has a model to apply events to),
-//! - when a gap in an origin's seqs stays open for a couple of seconds (the
-//!   origin forwarded seq 60 but 51..59 never came: the node was cut off),
-//! - and every 30 s for every peer, in case it missed the tail of a burst
-//!   and no new event revealed the gap.
+//! Each forwarded event carries its seq in the origin's log, and each node
+//! records per origin which seqs it has applied (`Origins`, persisted in
+//! `<data_dir>/event_origins.json` and recovered from the peers log).
 //!
 //! Seqs are only meaningful within one log: each node's log has a random
 //! identity (`<data_dir>/event_log_id`, sent with its events), and a
@@ -44,7 +49,7 @@ use crate::proto::data::{FetchEventsRequest, ForwardedEvent};
 use crate::service::types::ServiceError;
 use crate::telemetry::failure_log::StepFailures;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -54,11 +59,10 @@ use tokio::sync::watch;
 pub const MAX_FETCH_EVENTS: u32 = 10_000;
 /// Events per streamed message.
 pub const FETCH_BATCH: usize = 256;
-/// A gap in an origin's seqs this old triggers a catch-up from it (younger
-/// gaps are usually forwards arriving out of order).
-const GAP_WAIT: Duration = Duration::from_secs(2);
-/// Every peer is asked this often even without a gap.
-const SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// How often every peer is asked for the events it accepted since.
+const PULL_EVERY: Duration = Duration::from_millis(500);
+/// How often the origin table is written.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// Seqs remembered above the contiguous prefix of one origin; beyond this
 /// the oldest are forgotten (a catch-up fills the gap anyway, and an event
 /// applied twice only counts twice, it corrupts nothing).
@@ -100,6 +104,7 @@ impl Applied {
         }
     }
 
+    #[cfg(test)]
     fn has_gap(&self) -> bool {
         !self.above.is_empty()
     }
@@ -138,8 +143,6 @@ impl OriginFile {
 #[derive(Default)]
 struct Table {
     origins: BTreeMap<u64, Applied>,
-    /// When each origin's current gap was first seen.
-    gap_since: HashMap<u64, Instant>,
 }
 
 /// Per origin node, the seqs of its event log this node applied.
@@ -243,16 +246,7 @@ impl Origins {
             }
             applied.log = log;
         }
-        let claimed = t.origins.entry(origin).or_default().claim(seq);
-        if claimed {
-            let gap = t.origins.get(&origin).is_some_and(Applied::has_gap);
-            if gap {
-                t.gap_since.entry(origin).or_insert_with(Instant::now);
-            } else {
-                t.gap_since.remove(&origin);
-            }
-        }
-        claimed
+        t.origins.entry(origin).or_default().claim(seq)
     }
 
     /// Undoes claims whose events could not be applied.
@@ -273,18 +267,6 @@ impl Origins {
             .ok()
             .and_then(|t| t.origins.get(&origin).map(|a| a.through))
             .unwrap_or(0)
-    }
-
-    /// Origins whose gap has stayed open for `GAP_WAIT`.
-    fn old_gaps(&self) -> Vec<u64> {
-        let Ok(t) = self.table.lock() else {
-            return Vec::new();
-        };
-        t.gap_since
-            .iter()
-            .filter(|(_, since)| since.elapsed() >= GAP_WAIT)
-            .map(|(o, _)| *o)
-            .collect()
     }
 
     /// Writes what the peers log holds (`record_logged`) when it changed:
@@ -380,14 +362,12 @@ pub fn to_wire(e: &LogEvent) -> ForwardedEvent {
     }
 }
 
-/// The catch-up task: see the module doc. Also flushes the origin table
+/// The catch-up task: see the module doc. Also writes the origin table
 /// once a second.
 pub async fn run(node: Node, link: Arc<ClusterLink>, mut shutdown: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(PULL_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // peers still to ask since start (or since the last sweep)
-    let mut pending: Option<BTreeSet<u64>> = None;
-    let mut last_sweep = Instant::now();
+    let mut flushed = Instant::now();
     // per peer: a peer down for a moment is routine, one that stays
     // unreachable is logged at warn (`failure_log`)
     let mut failures: BTreeMap<u64, StepFailures> = BTreeMap::new();
@@ -399,42 +379,30 @@ pub async fn run(node: Node, link: Arc<ClusterLink>, mut shutdown: watch::Receiv
             }
             _ = tick.tick() => {}
         }
-        if let Err(e) = node.origins().flush() {
-            tracing::warn!(error = %e, "cannot record which forwarded events were applied");
+        if flushed.elapsed() >= FLUSH_EVERY {
+            flushed = Instant::now();
+            if let Err(e) = node.origins().flush() {
+                tracing::warn!(error = %e, "cannot record which forwarded events were applied");
+            }
         }
         // applying needs a model; until then there is nothing to catch up on
         if node.model_version().is_none() {
             continue;
         }
-        let peers: BTreeMap<u64, String> = link.peers().into_iter().collect();
-        if peers.is_empty() {
-            continue;
-        }
-        if last_sweep.elapsed() >= SWEEP_EVERY {
-            pending = None;
-            last_sweep = Instant::now();
-        }
-        let todo = pending.get_or_insert_with(|| peers.keys().copied().collect());
-        todo.extend(node.origins().old_gaps());
-        let ask: Vec<u64> = todo.iter().copied().collect();
-        for peer in ask {
-            let Some(addr) = peers.get(&peer) else {
-                todo.remove(&peer);
-                continue;
-            };
+        let peers = link.peers();
+        let pulls = peers
+            .iter()
+            .map(|(peer, addr)| catch_up_from(&node, &link, *peer, addr));
+        let results = futures::future::join_all(pulls).await;
+        for ((peer, _), r) in peers.iter().zip(results) {
             let log = failures
-                .entry(peer)
+                .entry(*peer)
                 .or_insert_with(|| StepFailures::new("event catch-up"));
-            match catch_up_from(&node, &link, peer, addr).await {
+            match r {
                 Ok(n) => {
                     log.succeeded();
-                    todo.remove(&peer);
                     if n > 0 {
-                        tracing::info!(
-                            origin = peer,
-                            events = n,
-                            "caught up on events a peer accepted while this node missed them"
-                        );
+                        tracing::debug!(origin = peer, events = n, "events caught up from a peer");
                     }
                 }
                 Err(e) => {
@@ -482,7 +450,7 @@ async fn catch_up_from(
             after_seq: after,
             max_events: MAX_FETCH_EVENTS,
         });
-        req.set_timeout(Duration::from_secs(30));
+        req.set_timeout(Duration::from_secs(10));
         let mut stream = client
             .fetch_events(req)
             .await

@@ -68,6 +68,34 @@ impl AckPlan {
     }
 }
 
+/// Which other nodes are sent which events (by index in `users`, one
+/// user per event): each goes to the nodes holding a copy of its user's
+/// partition per `map` (Loading copies too, so a copy being filled misses
+/// nothing new), other than `me`; without a map, every member holds every
+/// user. The other nodes get the events later, by catch-up (`catchup`).
+pub fn recipients<'a>(
+    map: Option<&ShardMap>,
+    members: &[u64],
+    me: u64,
+    users: impl IntoIterator<Item = &'a str>,
+) -> BTreeMap<u64, Vec<usize>> {
+    let mut out: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+    for (i, user) in users.into_iter().enumerate() {
+        let nodes: Vec<u64> = match map {
+            Some(m) if m.shards > 0 => m
+                .replicas
+                .get(crate::ids::user_partition(user, m.shards) as usize)
+                .map(|rs| rs.iter().map(|r| r.node).collect())
+                .unwrap_or_default(),
+            _ => members.to_vec(),
+        };
+        for n in nodes.into_iter().filter(|&n| n != me) {
+            out.entry(n).or_default().push(i);
+        }
+    }
+    out
+}
+
 /// Whether a batch can be acknowledged yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -181,6 +209,26 @@ mod tests {
             .map(|i| format!("u{i}"))
             .find(|u| crate::ids::user_partition(u, 4) == p)
             .unwrap()
+    }
+
+    #[test]
+    fn each_event_goes_to_the_other_copies_of_its_partition_only() {
+        // partition 0 on {1, 2}, 1 on {2, 3}, 2 on {3, 1}
+        let users = [user_in(0), user_in(1), user_in(2), user_in(0)];
+        let by_node = recipients(
+            Some(&map()),
+            &[1, 2, 3],
+            1,
+            users.iter().map(String::as_str),
+        );
+        let want: BTreeMap<u64, Vec<usize>> = [(2, vec![0, 1, 3]), (3, vec![1, 2])].into();
+        assert_eq!(by_node, want);
+        // a batch of node 1's own partition 0 goes to 2 alone
+        let only = recipients(Some(&map()), &[1, 2, 3], 1, [users[0].as_str()]);
+        assert_eq!(only, [(2, vec![0])].into());
+        // no map: everyone else gets everything
+        let all = recipients(None, &[1, 2, 3], 2, users.iter().map(String::as_str));
+        assert_eq!(all, [(1, vec![0, 1, 2, 3]), (3, vec![0, 1, 2, 3])].into());
     }
 
     #[test]

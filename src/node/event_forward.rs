@@ -1,5 +1,7 @@
-//! Forwarding events this node accepted to the other members and waiting
-//! for the acknowledgement `events.ack` asks for (`event_ack` decides from
+//! Forwarding events this node accepted to the other copies of their user
+//! partitions (`event_ack::recipients`; the other members get them by
+//! catch-up, `catchup`) and waiting for the acknowledgement `events.ack`
+//! asks for (`event_ack` decides from
 //! the answers; this file makes the calls and feeds the health book).
 //!
 //! Owns: `forward_events` and how one forward's outcome is classified.
@@ -17,7 +19,14 @@ use std::sync::Arc;
 /// may take (it is durable here already, and catch-up covers a miss).
 const FORWARD_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// Sends events this node accepted to every other member, in parallel,
+/// How long a forward of a batch can run when the acknowledgement waits
+/// at most `timeout`.
+pub(super) fn longest_forward(timeout: std::time::Duration) -> std::time::Duration {
+    timeout.max(FORWARD_WAIT)
+}
+
+/// Sends events this node accepted to the other copies of their users'
+/// partitions, in parallel,
 /// and answers once `plan` says they may be acknowledged under `mode`
 /// (`event_ack::verdict`), waiting at most `timeout`; the forwards still
 /// running finish in the background (each bounded by the larger of
@@ -42,26 +51,34 @@ pub(super) async fn forward_events(
     }
     let me = link.id();
     let peers = link.peers();
-    let plan = {
+    let (plan, recipients) = {
         let st = link.raft.state();
         let st = st.read();
         let mut members: Vec<u64> = peers.iter().map(|(id, _)| *id).collect();
         members.push(me);
-        AckPlan::new(
-            st.partition_map.as_ref(),
-            &members,
-            events.iter().map(|e| e.user_id.as_str()),
+        let users = || events.iter().map(|e| e.user_id.as_str());
+        let map = st.partition_map.as_ref();
+        (
+            AckPlan::new(map, &members, users()),
+            event_ack::recipients(map, &members, me, users()),
         )
     };
-    let body = Arc::new(ForwardEventsRequest {
-        origin_node: me,
-        origin_log: node_log_id,
-        events: events.iter().map(super::catchup::to_wire).collect(),
-    });
     let (tx, mut answers) = tokio::sync::mpsc::unbounded_channel();
-    let per_call = timeout.max(FORWARD_WAIT);
+    let per_call = longest_forward(timeout);
     for (id, addr) in peers {
-        let (link, body, tx) = (link.clone(), body.clone(), tx.clone());
+        // a node without a copy of these users gets them by catch-up
+        let Some(which) = recipients.get(&id) else {
+            continue;
+        };
+        let body = ForwardEventsRequest {
+            origin_node: me,
+            origin_log: node_log_id,
+            events: which
+                .iter()
+                .map(|&i| super::catchup::to_wire(&events[i]))
+                .collect(),
+        };
+        let (link, tx) = (link.clone(), tx.clone());
         tokio::spawn(async move {
             let outcome = match link.channel(id, &addr) {
                 Err(e) => Forwarded::Unreachable(e.to_string()),
@@ -69,7 +86,7 @@ pub(super) async fn forward_events(
                     let mut client = ShardDataClient::new(ch)
                         .max_decoding_message_size(link.max_message_bytes())
                         .max_encoding_message_size(link.max_message_bytes());
-                    let mut req = tonic::Request::new((*body).clone());
+                    let mut req = tonic::Request::new(body);
                     req.set_timeout(per_call);
                     match tokio::time::timeout(per_call, client.forward_events(req)).await {
                         Ok(Ok(_)) => Forwarded::Taken,

@@ -53,7 +53,7 @@ pub(super) struct EventLogs {
     peer_events: Option<Addr<EventSink>>,
     origins: catchup::Origins,
     event_log_id: u64,
-    recent: super::item_counts::RecentEvents,
+    recent: super::recent_events::RecentEvents,
 }
 
 impl EventLogs {
@@ -71,7 +71,7 @@ impl EventLogs {
                 },
             )?;
         tracing::info!(?recovery, "event log open");
-        let recent = super::item_counts::RecentEvents::new(recovery.next_seq);
+        let recent = super::recent_events::RecentEvents::new(recovery.next_seq);
         let peer_events = if config.is_cluster() {
             let dir = data_dir.join("events-peers");
             let (sink, recovery) = start_event_sink(&dir, config.events.log_options())
@@ -125,7 +125,7 @@ pub(super) struct EventPipeline {
     event_log_id: u64,
     /// The item-counter effects of the events logged since the start, for
     /// peers' pulls (`item_counts`).
-    recent: super::item_counts::RecentEvents,
+    recent: super::recent_events::RecentEvents,
     /// One actor per user partition: the only writer of its states.
     users: Arc<Vec<Addr<UserStateActor>>>,
     /// Which of the cluster's user partitions this node applies events to.
@@ -301,17 +301,29 @@ impl EventPipeline {
     }
 
     /// The counter effects of the events logged since the start.
-    pub(super) fn recent(&self) -> &super::item_counts::RecentEvents {
+    pub(super) fn recent(&self) -> &super::recent_events::RecentEvents {
         &self.recent
     }
 
     /// Events this node accepted from clients with seq > `after` (at most
-    /// `max`), for a peer catching up (`ShardData.FetchEvents`).
+    /// `max`), for a peer catching up (`ShardData.FetchEvents`): from
+    /// memory once the forwards of them are over (a pull must not claim an
+    /// event on a copy before the forward the acknowledgement waits for
+    /// does: that forward would hear "had it" before the copy's append was
+    /// durable), older ones from the log.
     pub(super) async fn client_events_after(
         &self,
         after: u64,
         max: usize,
     ) -> Result<Vec<LogEvent>, ServiceError> {
+        let settle = super::event_forward::longest_forward(std::time::Duration::from_millis(
+            self.ack_timeout_ms,
+        )) + std::time::Duration::from_secs(1);
+        if let Some(events) = self.recent.events_after(after, max, settle) {
+            return Ok(events);
+        }
+        // the log's part below what memory holds (stays in seq order)
+        let max = (self.recent.first().saturating_sub(after + 1) as usize).min(max);
         let dir = self.data_dir.join("events");
         tokio::task::spawn_blocking(move || catchup::read_client_events(&dir, after, max))
             .await

@@ -20,11 +20,11 @@
 //! only), and a new version starts afresh. A peer that lost its log starts a
 //! new one with a new identity, and is counted afresh from its new mark.
 //!
-//! The peer answers from `RecentEvents`, the counter effects of the events
-//! it logged since it started, kept in memory; a position before that is
-//! read from its log on disk.
+//! The peer answers from `RecentEvents`, the events it logged since it
+//! started, kept in memory; a position before that is read from its log on
+//! disk.
 //!
-//! Owns: `RecentEvents` (the serving side), `CountFollower` (positions per
+//! Owns: the aggregation (`Counts`), `CountFollower` (positions per
 //! origin) and `run` (the pulling task). Must not touch: how events are
 //! validated, logged or applied to user state (`events`), or the catalogue's
 //! other data.
@@ -38,7 +38,7 @@ use crate::proto::data::shard_data_client::ShardDataClient;
 use crate::proto::data::{ItemCount, ItemCountsRequest, ItemCountsResponse};
 use crate::service::types::ServiceError;
 use crate::telemetry::failure_log::StepFailures;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -47,23 +47,17 @@ use tokio::sync::watch;
 const PULL_EVERY: Duration = Duration::from_millis(250);
 /// Most events one answer aggregates; the caller asks again at once.
 pub const MAX_COUNT_EVENTS: usize = 50_000;
-/// Events kept in memory for peers' pulls (about 24 bytes each); older
-/// positions are read from the log.
-const RECENT_CAP: usize = 200_000;
-/// A hole (an append whose events never arrived here) holds at most this
-/// many later events back before the oldest are let go to the disk path.
-const RECENT_HARD_CAP: usize = 4 * RECENT_CAP;
 
 /// One logged event's effect on its item's counters.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct Counted {
+pub(super) struct Counted {
     key: u64,
     ts: i64,
     strength: f32,
 }
 
 impl Counted {
-    fn of(e: &LogEvent) -> Counted {
+    pub(super) fn of(e: &LogEvent) -> Counted {
         Counted {
             key: item_key(&e.item_id),
             ts: e.ts,
@@ -83,7 +77,7 @@ pub(super) struct Counts {
 }
 
 /// Per item, the counters of `events` alone.
-fn aggregate<'a>(events: impl Iterator<Item = &'a Counted>) -> Vec<(u64, ItemStats)> {
+pub(super) fn aggregate<'a>(events: impl Iterator<Item = &'a Counted>) -> Vec<(u64, ItemStats)> {
     let mut by_item: HashMap<u64, ItemStats> = HashMap::new();
     for c in events {
         by_item.entry(c.key).or_default().apply(c.ts, c.strength);
@@ -91,92 +85,6 @@ fn aggregate<'a>(events: impl Iterator<Item = &'a Counted>) -> Vec<(u64, ItemSta
     let mut out: Vec<(u64, ItemStats)> = by_item.into_iter().collect();
     out.sort_unstable_by_key(|(k, _)| *k);
     out
-}
-
-/// The counter effects of the events this node logged since it started
-/// (own log only), by seq, for peers' pulls.
-pub(super) struct RecentEvents {
-    inner: Mutex<Recent>,
-}
-
-struct Recent {
-    /// Seq of `slots[0]`.
-    first: u64,
-    /// `None`: a seq whose append has not reported back yet (appends
-    /// finish out of order when several run at once).
-    slots: VecDeque<Option<Counted>>,
-    /// How many slots from the front are filled: the answerable prefix.
-    filled: usize,
-}
-
-impl RecentEvents {
-    /// Starts empty at `next_seq`, the seq the log gives its next event:
-    /// everything before is on disk already.
-    pub(super) fn new(next_seq: u64) -> RecentEvents {
-        RecentEvents {
-            inner: Mutex::new(Recent {
-                first: next_seq.max(1),
-                slots: VecDeque::new(),
-                filled: 0,
-            }),
-        }
-    }
-
-    /// Records `events`, appended to the log with consecutive seqs from
-    /// `first_seq`.
-    pub(super) fn record(&self, first_seq: u64, events: &[LogEvent]) {
-        let Ok(mut r) = self.inner.lock() else {
-            return;
-        };
-        for (i, e) in events.iter().enumerate() {
-            let seq = first_seq + i as u64;
-            let Some(at) = seq.checked_sub(r.first) else {
-                continue; // below what memory answers for: on disk
-            };
-            let at = at as usize;
-            if r.slots.len() <= at {
-                r.slots.resize(at + 1, None);
-            }
-            r.slots[at] = Some(Counted::of(e));
-        }
-        while r.filled < r.slots.len() && r.slots[r.filled].is_some() {
-            r.filled += 1;
-        }
-        while r.filled > RECENT_CAP || r.slots.len() > RECENT_HARD_CAP {
-            r.slots.pop_front();
-            r.first += 1;
-            r.filled = r.filled.saturating_sub(1);
-            while r.filled < r.slots.len() && r.slots[r.filled].is_some() {
-                r.filled += 1;
-            }
-        }
-    }
-
-    /// The first seq memory answers for: positions before it are read
-    /// from the log.
-    pub(super) fn first(&self) -> u64 {
-        self.inner.lock().map(|r| r.first).unwrap_or(u64::MAX)
-    }
-
-    /// Counts of at most `max` events after `after`, or None when they
-    /// start before what memory holds.
-    pub(super) fn counts_after(&self, after: u64, max: usize) -> Option<Counts> {
-        let r = self.inner.lock().ok()?;
-        let start = after.checked_add(1)?.checked_sub(r.first)? as usize;
-        if start >= r.filled {
-            return Some(Counts {
-                through: after,
-                counts: Vec::new(),
-                more: false,
-            });
-        }
-        let end = r.filled.min(start.saturating_add(max.max(1)));
-        Some(Counts {
-            through: r.first + end as u64 - 1,
-            counts: aggregate(r.slots.range(start..end).flatten()),
-            more: end < r.filled,
-        })
-    }
 }
 
 /// Counts of events read from the log after `after`, stopping before
@@ -440,39 +348,6 @@ mod tests {
         }
     }
 
-    fn total(c: &Counts) -> f32 {
-        c.counts.iter().map(|(_, s)| s.count).sum()
-    }
-
-    #[test]
-    fn answers_only_the_filled_prefix_when_appends_finish_out_of_order() {
-        let recent = RecentEvents::new(10);
-        let strength = event_strength(EventKind::Click, 1.0);
-        // seqs 12..=13 report back before 10..=11
-        recent.record(12, &[event(12, "a", 5), event(13, "b", 6)]);
-        let c = recent.counts_after(9, 100).expect("in memory");
-        assert_eq!((c.through, c.counts.len(), c.more), (9, 0, false));
-        recent.record(10, &[event(10, "a", 3), event(11, "a", 4)]);
-        let c = recent.counts_after(9, 100).expect("in memory");
-        assert_eq!(c.through, 13);
-        assert_eq!(total(&c), 4.0 * strength);
-        let a = c
-            .counts
-            .iter()
-            .find(|(k, _)| *k == item_key("a"))
-            .unwrap()
-            .1;
-        assert_eq!((a.count, a.trending_ts), (3.0 * strength, 5));
-        // a limit cuts the answer and says more follow
-        let c = recent.counts_after(9, 3).expect("in memory");
-        assert_eq!((c.through, c.more), (12, true));
-        let c = recent.counts_after(12, 3).expect("in memory");
-        assert_eq!((c.through, c.more, total(&c)), (13, false, strength));
-        // before memory: the log's part
-        assert!(recent.counts_after(8, 100).is_none());
-        assert_eq!(recent.first(), 10);
-    }
-
     #[test]
     fn the_log_part_stops_where_memory_starts() {
         let log: Vec<LogEvent> = (1..=6).map(|s| event(s, "x", s as i64)).collect();
@@ -486,18 +361,6 @@ mod tests {
         // nothing after the position: no progress, nothing more now
         let c = counts_from_log(&[], 2, 5);
         assert_eq!((c.through, c.more, c.counts.len()), (2, false, 0));
-    }
-
-    #[test]
-    fn memory_lets_go_of_the_oldest_events() {
-        let recent = RecentEvents::new(1);
-        let batch: Vec<LogEvent> = (0..1000).map(|i| event(i + 1, "y", 1)).collect();
-        for b in 0..(RECENT_CAP / 1000 + 3) as u64 {
-            recent.record(1 + b * 1000, &batch);
-        }
-        assert_eq!(recent.first(), 3001);
-        assert!(recent.counts_after(3000, 10).is_some());
-        assert!(recent.counts_after(2999, 10).is_none());
     }
 
     #[test]

@@ -42,6 +42,7 @@ mod member;
 pub use member::{start_cluster, JoinError};
 mod model_host;
 mod peer;
+mod recent_events;
 pub mod rollout;
 mod user_routes;
 
