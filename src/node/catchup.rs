@@ -186,7 +186,6 @@ impl Origins {
             path,
             table: Mutex::new(Table {
                 origins: file.origins.clone(),
-                ..Table::default()
             }),
             logged: Mutex::new(Logged { file, dirty: false }),
         }
