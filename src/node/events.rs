@@ -323,7 +323,7 @@ impl EventPipeline {
             return Ok(events);
         }
         // the log's part below what memory holds (stays in seq order)
-        let max = (self.recent.first().saturating_sub(after + 1) as usize).min(max);
+        let max = (self.recent.first().saturating_sub(after.saturating_add(1)) as usize).min(max);
         let dir = self.data_dir.join("events");
         tokio::task::spawn_blocking(move || catchup::read_client_events(&dir, after, max))
             .await

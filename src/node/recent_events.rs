@@ -218,6 +218,21 @@ mod tests {
     }
 
     #[test]
+    fn the_log_part_stops_where_memory_starts() {
+        let log: Vec<LogEvent> = (1..=6).map(|s| event(s, "x", s as i64)).collect();
+        let c = super::super::item_counts::counts_from_log(&log, 2, 5);
+        assert_eq!((c.through, c.more), (4, true));
+        assert_eq!(c.counts.len(), 1);
+        assert_eq!(
+            c.counts[0].1.count,
+            2.0 * event_strength(EventKind::Click, 1.0)
+        );
+        // nothing after the position: no progress, nothing more now
+        let c = super::super::item_counts::counts_from_log(&[], 2, 5);
+        assert_eq!((c.through, c.more, c.counts.len()), (2, false, 0));
+    }
+
+    #[test]
     fn events_are_answered_in_seq_order_once_settled() {
         let recent = RecentEvents::new(5);
         let now = Duration::ZERO;
@@ -234,5 +249,8 @@ mod tests {
         assert_eq!(seqs(recent.events_after(5, 1, now)), Some(vec![6]));
         assert_eq!(seqs(recent.events_after(7, 10, now)), Some(vec![]));
         assert_eq!(recent.events_after(3, 10, now), None);
+        // a position from the network at the end of the range
+        assert_eq!(recent.events_after(u64::MAX, 10, now), None);
+        assert!(recent.counts_after(u64::MAX, 10).is_none());
     }
 }
