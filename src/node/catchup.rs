@@ -388,28 +388,49 @@ pub async fn run(node: Node, link: Arc<ClusterLink>, mut shutdown: watch::Receiv
         if node.model_version().is_none() {
             continue;
         }
-        let peers = link.peers();
-        let pulls = peers
-            .iter()
-            .map(|(peer, addr)| catch_up_from(&node, &link, *peer, addr));
-        let results = futures::future::join_all(pulls).await;
-        for ((peer, _), r) in peers.iter().zip(results) {
-            let log = failures
-                .entry(*peer)
-                .or_insert_with(|| StepFailures::new("event catch-up"));
-            match r {
-                Ok(n) => {
-                    log.succeeded();
-                    if n > 0 {
-                        tracing::debug!(origin = peer, events = n, "events caught up from a peer");
-                    }
-                }
-                Err(e) => {
-                    log.failed(&format!("from node {peer}: {e}"));
-                }
+        let pulled = pull_every_peer(&link, &mut failures, "event catch-up", |peer, addr| {
+            catch_up_from(&node, &link, peer, addr)
+        })
+        .await;
+        for (peer, n) in pulled.into_iter().filter(|(_, n)| *n > 0) {
+            tracing::debug!(origin = peer, events = n, "events caught up from a peer");
+        }
+    }
+}
+
+/// Runs `pull` against every peer at once and records each outcome in
+/// `failures` under `step` (a peer down for a moment is routine, one that
+/// stays unreachable is logged at warn: `failure_log`); answers what the
+/// pulls that succeeded returned.
+pub(super) async fn pull_every_peer<T, E, F>(
+    link: &ClusterLink,
+    failures: &mut BTreeMap<u64, StepFailures>,
+    step: &'static str,
+    pull: impl Fn(u64, String) -> F,
+) -> Vec<(u64, T)>
+where
+    E: std::fmt::Display,
+    F: std::future::Future<Output = Result<T, E>>,
+{
+    let peers = link.peers();
+    let pulls = peers.iter().map(|(peer, addr)| pull(*peer, addr.clone()));
+    let results = futures::future::join_all(pulls).await;
+    let mut done = Vec::new();
+    for ((peer, _), r) in peers.iter().zip(results) {
+        let log = failures
+            .entry(*peer)
+            .or_insert_with(|| StepFailures::new(step));
+        match r {
+            Ok(t) => {
+                log.succeeded();
+                done.push((*peer, t));
+            }
+            Err(e) => {
+                log.failed(&format!("from node {peer}: {e}"));
             }
         }
     }
+    done
 }
 
 /// Why catching up from one peer stopped; the next round tries again.
@@ -435,13 +456,13 @@ async fn catch_up_from(
     node: &Node,
     link: &ClusterLink,
     peer: u64,
-    addr: &str,
+    addr: String,
 ) -> Result<usize, CatchUpError> {
     let max_batch = node.config().api.max_batch.max(1);
     let mut applied = 0usize;
     loop {
         let after = node.origins().through(peer);
-        let ch = link.channel(peer, addr)?;
+        let ch = link.channel(peer, &addr)?;
         let mut client = ShardDataClient::new(ch)
             .max_decoding_message_size(link.max_message_bytes())
             .max_encoding_message_size(link.max_message_bytes());

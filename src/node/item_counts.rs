@@ -259,22 +259,21 @@ impl Node {
 }
 
 /// Asks `peer` for its new events' counts until it has no more (or a few
-/// rounds passed); answers how many rounds added counts.
+/// rounds passed).
 async fn pull_from(
     node: &Node,
     follower: &CountFollower,
     link: &ClusterLink,
     peer: u64,
-    addr: &str,
-) -> Result<usize, String> {
-    let mut added = 0;
+    addr: String,
+) -> Result<(), String> {
     for _ in 0..8 {
         let Some(serving) = node.serving() else {
-            return Ok(added);
+            return Ok(());
         };
         let version = serving.model.version.clone();
         let asked = follower.request(peer, &version);
-        let ch = link.channel(peer, addr).map_err(|e| e.to_string())?;
+        let ch = link.channel(peer, &addr).map_err(|e| e.to_string())?;
         let mut client = ShardDataClient::new(ch)
             .max_decoding_message_size(link.max_message_bytes())
             .max_encoding_message_size(link.max_message_bytes());
@@ -283,19 +282,16 @@ async fn pull_from(
         let answer = client
             .fetch_item_counts(req)
             .await
-            .map_err(|s| format!("FetchItemCounts from node {peer}: {}", s.message()))?
+            .map_err(|s| format!("FetchItemCounts: {}", s.message()))?
             .into_inner();
-        if follower.apply(peer, &asked, &answer, &version, |c| {
+        follower.apply(peer, &asked, &answer, &version, |c| {
             serving.catalog.merge_counts(c)
-        }) && !answer.counts.is_empty()
-        {
-            added += 1;
-        }
+        });
         if !answer.more {
             break;
         }
     }
-    Ok(added)
+    Ok(())
 }
 
 /// The pulling task: see the module doc.
@@ -312,24 +308,10 @@ pub async fn run(node: Node, link: Arc<ClusterLink>, mut shutdown: watch::Receiv
         if node.serving().is_none() {
             continue;
         }
-        let peers = link.peers();
-        let pulls = peers
-            .iter()
-            .map(|(peer, addr)| pull_from(&node, &follower, &link, *peer, addr));
-        let results = futures::future::join_all(pulls).await;
-        for ((peer, _), r) in peers.iter().zip(results) {
-            let log = failures
-                .entry(*peer)
-                .or_insert_with(|| StepFailures::new("item count pull"));
-            match r {
-                Ok(_) => {
-                    log.succeeded();
-                }
-                Err(e) => {
-                    log.failed(&e);
-                }
-            }
-        }
+        super::catchup::pull_every_peer(&link, &mut failures, "item count pull", |peer, addr| {
+            pull_from(&node, &follower, &link, peer, addr)
+        })
+        .await;
     }
 }
 
