@@ -235,6 +235,18 @@ fn each_node_keeps_its_own_partitions_and_a_moved_partition_arrives_whole() {
     let before = user_events(&http, &members[0].http, &user).expect("node 1 reads the user");
     let items = support::item_ids(&recommend(&http, &members[0].http, &user).expect("recommends"));
     assert!(items.len() >= 3, "{items:?}");
+    // events well before the move: node 3 holds no copy then, so its pulls
+    // read past them, and only the load's fetch from the origin (node 1)
+    // brings them (a pull answers only events older than 2 s)
+    let early = 4u64;
+    for i in 0..early as usize {
+        let (s, body) = http.post(
+            &format!("http://{}/v1/events", members[0].http),
+            json!({"events": [{"user_id": user, "item_id": items[i % items.len()], "kind": "view"}]}),
+        );
+        assert_eq!(s, 200, "{body}");
+    }
+    std::thread::sleep(Duration::from_secs(4));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sender = {
         let (stop, user, node, items) = (
@@ -298,9 +310,9 @@ fn each_node_keeps_its_own_partitions_and_a_moved_partition_arrives_whole() {
     assert!(
         eventually(Duration::from_secs(10), || {
             seen = user_events(&http, &members[2].http, &user);
-            seen == Some(before + acked)
+            seen == Some(before + early + acked)
         }),
-        "node 3's copy counts {seen:?} events for {user}, expected {before} + {acked} acknowledged"
+        "node 3's copy counts {seen:?} events for {user}, expected {before} + {early} + {acked} acknowledged"
     );
     // and node 2 let the partition's users go
     let moved = moved.unwrap();

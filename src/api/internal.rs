@@ -12,9 +12,10 @@ use crate::node::Node;
 use crate::proto::data::shard_data_server::{ShardData, ShardDataServer};
 use crate::proto::data::{
     shard_search_outcome, FetchEventsRequest, ForwardEventsRequest, ForwardEventsResponse,
-    ItemCountsRequest, ItemCountsResponse, SearchFailure, ShardDigestRequest, ShardDigestResponse,
-    ShardSearchBatch, ShardSearchBatchResponse, ShardSearchOutcome, ShardSearchRequest,
-    ShardSearchResponse, UserStateRequest, UserStateResponse,
+    ItemCountsRequest, ItemCountsResponse, PartitionEventsRequest, SearchFailure,
+    ShardDigestRequest, ShardDigestResponse, ShardSearchBatch, ShardSearchBatchResponse,
+    ShardSearchOutcome, ShardSearchRequest, ShardSearchResponse, UserStateRequest,
+    UserStateResponse,
 };
 use crate::routing::batch::MAX_BATCH_SEARCHES;
 use crate::routing::metadata::request_id_of;
@@ -39,6 +40,25 @@ pub fn shard_data_service(
     ShardDataServer::new(ShardDataService { node })
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes)
+}
+
+/// Streams `batches` back to the caller from a task of their own (the
+/// answer is built already; the caller reads at its pace).
+fn stream_batches(
+    batches: Vec<ForwardEventsRequest>,
+) -> ReceiverStream<Result<ForwardEventsRequest, Status>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(
+        async move {
+            for batch in batches {
+                if tx.send(Ok(batch)).await.is_err() {
+                    return;
+                }
+            }
+        }
+        .in_current_span(),
+    );
+    ReceiverStream::new(rx)
 }
 
 fn bad(msg: String) -> Status {
@@ -201,30 +221,57 @@ impl ShardData for ShardDataService {
             0 => crate::node::catchup::MAX_FETCH_EVENTS,
             n => n.min(crate::node::catchup::MAX_FETCH_EVENTS),
         } as usize;
-        let events = self
+        let keep = if r.filtered {
+            let set = crate::node::PartitionSet::new(r.partition_count, &r.partitions)
+                .map_err(|m| Status::invalid_argument(format!("FetchEvents: {m}")))?;
+            Some(set)
+        } else {
+            None
+        };
+        let scanned = self
             .node
-            .client_events_after(r.after_seq, max)
+            .client_events_after(r.after_seq, max, crate::node::catchup::MAX_FETCH_SCAN, keep)
             .await
             .map_err(|e| grpc_status(&e))?;
         let origin_node = self.node.config().node.id;
         let origin_log = self.node.event_log_id();
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(
-            async move {
-                for chunk in events.chunks(crate::node::catchup::FETCH_BATCH) {
-                    let batch = ForwardEventsRequest {
-                        origin_node,
-                        origin_log,
-                        events: chunk.iter().map(crate::node::catchup::to_wire).collect(),
-                    };
-                    if tx.send(Ok(batch)).await.is_err() {
-                        return;
-                    }
-                }
-            }
-            .in_current_span(),
-        );
-        Ok(Response::new(ReceiverStream::new(rx)))
+        // every batch says how far the log was read; the caller moves its
+        // position there only once the whole answer arrived, and an answer
+        // without events still carries it
+        let through_seq = scanned.through;
+        let mut batches: Vec<ForwardEventsRequest> = scanned
+            .events
+            .chunks(crate::node::catchup::FETCH_BATCH)
+            .map(|chunk| ForwardEventsRequest {
+                origin_node,
+                origin_log,
+                events: chunk.iter().map(crate::node::catchup::to_wire).collect(),
+                through_seq,
+            })
+            .collect();
+        if batches.is_empty() {
+            batches.push(ForwardEventsRequest {
+                origin_node,
+                origin_log,
+                events: Vec::new(),
+                through_seq,
+            });
+        }
+        Ok(Response::new(stream_batches(batches)))
+    }
+
+    type FetchPartitionEventsStream = ReceiverStream<Result<ForwardEventsRequest, Status>>;
+
+    async fn fetch_partition_events(
+        &self,
+        request: Request<PartitionEventsRequest>,
+    ) -> Result<Response<Self::FetchPartitionEventsStream>, Status> {
+        let batches = self
+            .node
+            .partition_events_for_peer(request.into_inner())
+            .await
+            .map_err(|e| grpc_status(&e))?;
+        Ok(Response::new(stream_batches(batches)))
     }
 
     async fn fetch_item_counts(

@@ -1,21 +1,23 @@
-//! Catch-up: how every event reaches every member's log.
+//! Catch-up: how the events of a user partition reach every copy's log.
 //!
 //! An event is logged by the node a client sent it to (its *origin*) in
 //! `<data_dir>/events/` and forwarded at once only to the copies of its
 //! user's partition (`event_forward`), which the acknowledgement waits
-//! for. Every member, copy or not, also pulls from every peer
-//! (`ShardData.FetchEvents`, every `PULL_EVERY`) the events in that peer's
-//! own log after the highest seq it applied without a gap, and logs them in
-//! `<data_dir>/events-peers/`. So every node's logs come to hold every
-//! event (what a restart replays and what a partition placed here is
-//! loaded from, `events`), a copy that was down or cut off when a forward
-//! came gets it on the next pull, and the cost of reaching the nodes
-//! without a copy is one batched pull per peer and tick, not one call per
-//! client request. The origin answers a pull only with events whose
-//! forwards are over (`EventPipeline::client_events_after`), so a pull
-//! never claims an event on a copy while the forward that the
-//! acknowledgement waits for is still on its way (that forward would hear
-//! "applied already" before the copy's append was durable).
+//! for. Every member also pulls from every peer (`ShardData.FetchEvents`,
+//! every `PULL_EVERY`) the events of its own partitions (Live or loading)
+//! in that peer's own log after its position there, and logs them in
+//! `<data_dir>/events-peers/`; the answer says how far the peer read its
+//! log, and the position moves past the other partitions' events
+//! (`Origins::skip_through`). So a copy that was down or cut off when a
+//! forward came gets the event on the next pull, and a node never logs
+//! the events of partitions it does not hold (a partition placed on it is
+//! loaded from the origins: `events::partitions`). The origin answers a
+//! pull only with events whose forwards are over
+//! (`EventPipeline::client_events_after`), so a pull never claims an event
+//! on a copy while the forward that the acknowledgement waits for is
+//! still on its way (that forward would hear "applied already" before the
+//! copy's append was durable), and a position never moves past an event
+//! whose forward may still fail.
 //!
 //! Each forwarded event carries its seq in the origin's log, and each node
 //! records per origin which seqs it has applied (`Origins`, persisted in
@@ -36,11 +38,16 @@
 //! a claim whose append never finished, skips it (lost on this copy).
 //! All of it runs in a background task, off the request path.
 //!
+//! The file also records which held partitions this node's logs hold
+//! whole (`Origins::complete`): a restart replays those from the logs and
+//! loads the others again.
+//!
 //! Owns: `Origins` (the applied-seq table and its file), `run` (the
 //! catch-up task) and `read_client_events` (the server side's log read).
 //! Must not touch: how events are validated, logged or applied (`Node`), or
 //! the event log format (`eventlog`).
 
+use super::held_users::PartitionSet;
 use super::Node;
 use crate::control::{ChannelError, ClusterLink};
 use crate::eventlog::{EventLogError, EventLogReader, LogEvent};
@@ -57,6 +64,9 @@ use tokio::sync::watch;
 
 /// Most events one `FetchEvents` answer carries; the caller asks again.
 pub const MAX_FETCH_EVENTS: u32 = 10_000;
+/// Most events of the log one filtered `FetchEvents` answer reads (the
+/// ones of other partitions are read and skipped).
+pub const MAX_FETCH_SCAN: usize = 100_000;
 /// Events per streamed message.
 pub const FETCH_BATCH: usize = 256;
 /// How often every peer is asked for the events it accepted since.
@@ -94,6 +104,19 @@ impl Applied {
         true
     }
 
+    /// Marks every seq up to `seq` handled: a filtered pull read the
+    /// origin's log that far, and what it skipped belongs to partitions
+    /// held elsewhere.
+    fn skip_to(&mut self, seq: u64) {
+        if seq > self.through {
+            self.through = seq;
+            self.above = self.above.split_off(&(seq + 1));
+        }
+        while self.above.remove(&(self.through + 1)) {
+            self.through += 1;
+        }
+    }
+
     /// Undoes `claim(seq)` (applying failed).
     fn release(&mut self, seq: u64) {
         if seq > self.through {
@@ -120,6 +143,15 @@ struct OriginFile {
     /// file written before it existed: the whole log is read once).
     #[serde(default)]
     peer_log: Applied,
+    /// See `Origins::complete` (absent: every partition).
+    #[serde(default)]
+    complete: Option<Complete>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Complete {
+    count: u32,
+    partitions: BTreeSet<u32>,
 }
 
 impl OriginFile {
@@ -128,16 +160,27 @@ impl OriginFile {
     fn record(&mut self, e: &LogEvent) {
         self.peer_log.claim(e.seq);
         if let Some(o) = e.origin {
-            let applied = self.origins.entry(o.node).or_default();
-            if o.log != 0 && applied.log != o.log {
-                *applied = Applied {
-                    log: o.log,
-                    ..Applied::default()
-                };
-            }
-            applied.claim(o.seq);
+            entry_for(&mut self.origins, o.node, o.log).claim(o.seq);
         }
     }
+}
+
+/// `origin`'s entry in `table` for its log `log`: a new identity (the
+/// origin lost its log and started another) starts the entry afresh; an
+/// entry whose log was unknown adopts it; 0 (not known) keeps the entry.
+fn entry_for(table: &mut BTreeMap<u64, Applied>, origin: u64, log: u64) -> &mut Applied {
+    let applied = table.entry(origin).or_default();
+    if log != 0 && applied.log != log {
+        if applied.log != 0 {
+            tracing::warn!(
+                origin,
+                "the origin's event log is new; counting its events afresh"
+            );
+            *applied = Applied::default();
+        }
+        applied.log = log;
+    }
+    applied
 }
 
 #[derive(Default)]
@@ -158,6 +201,7 @@ pub struct Origins {
     path: PathBuf,
     table: Mutex<Table>,
     logged: Mutex<Logged>,
+    writing: Mutex<()>,
 }
 
 #[derive(Default)]
@@ -188,6 +232,7 @@ impl Origins {
                 origins: file.origins.clone(),
             }),
             logged: Mutex::new(Logged { file, dirty: false }),
+            writing: Mutex::new(()),
         }
     }
 
@@ -233,19 +278,47 @@ impl Origins {
         let Ok(mut guard) = self.table.lock() else {
             return true;
         };
-        let t = &mut *guard;
-        let applied = t.origins.entry(origin).or_default();
-        if log != 0 && applied.log != log {
-            if applied.log != 0 {
-                tracing::warn!(
-                    origin,
-                    "the origin's event log is new; counting its events afresh"
-                );
-                *applied = Applied::default();
-            }
-            applied.log = log;
+        entry_for(&mut guard.origins, origin, log).claim(seq)
+    }
+
+    /// Records that a filtered pull read `origin`'s log `log` up to
+    /// `through` and that everything of this node's partitions up to there
+    /// is durable in the peers log (the caller appended it first); the
+    /// rest belonged to partitions held elsewhere.
+    pub fn skip_through(&self, origin: u64, log: u64, through: u64) {
+        if let Ok(mut t) = self.table.lock() {
+            entry_for(&mut t.origins, origin, log).skip_to(through);
         }
-        t.origins.entry(origin).or_default().claim(seq)
+        if let Ok(mut l) = self.logged.lock() {
+            entry_for(&mut l.file.origins, origin, log).skip_to(through);
+            l.dirty = true;
+        }
+    }
+
+    /// The user partitions whose events since they were placed here this
+    /// node's logs hold whole (`count` partitions in all); None: every one
+    /// (the node never skipped an event of any).
+    pub fn complete(&self, count: u32) -> Option<BTreeSet<u32>> {
+        let l = self.logged.lock().ok()?;
+        l.file.complete.as_ref().map(|c| {
+            if c.count == count {
+                c.partitions.clone()
+            } else {
+                BTreeSet::new()
+            }
+        })
+    }
+
+    /// Records which partitions are complete (`complete`) and writes the
+    /// file at once: a pull skips a partition's events only once the file
+    /// no longer calls it complete, so a restart cannot replay it from
+    /// logs that lack them.
+    pub fn set_complete(&self, count: u32, partitions: BTreeSet<u32>) -> std::io::Result<()> {
+        if let Ok(mut l) = self.logged.lock() {
+            l.file.complete = Some(Complete { count, partitions });
+            l.dirty = true;
+        }
+        self.flush()
     }
 
     /// Undoes claims whose events could not be applied.
@@ -271,6 +344,12 @@ impl Origins {
     /// Writes what the peers log holds (`record_logged`) when it changed:
     /// temp file, fsync, rename.
     pub fn flush(&self) -> std::io::Result<()> {
+        // one writer at a time: two flushes could otherwise land in the
+        // wrong order (an older table last) or share the temp file
+        let _one = self
+            .writing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let text = {
             let Ok(mut l) = self.logged.lock() else {
                 return Ok(());
@@ -281,7 +360,13 @@ impl Origins {
             l.dirty = false;
             serde_json::to_string(&l.file).map_err(std::io::Error::other)?
         };
-        write_atomic(&self.path, text.as_bytes())
+        let written = write_atomic(&self.path, text.as_bytes());
+        if written.is_err() {
+            if let Ok(mut l) = self.logged.lock() {
+                l.dirty = true;
+            }
+        }
+        written
     }
 }
 
@@ -298,25 +383,46 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// What a read of this node's own log for a peer's pull found: the events
+/// it asked for, and how far the log was read for them (`after` when
+/// nothing was read).
+#[derive(Debug, Default, PartialEq)]
+pub struct Scanned {
+    pub events: Vec<LogEvent>,
+    pub through: u64,
+}
+
 /// The events of this node's own log (`dir`, events accepted from clients)
-/// with seq > `after`, at most `max`, in seq order. Blocking: call it off
+/// with seq > `after` whose user `keep` selects (None: all), at most `max`
+/// of them and at most `scan` read, in seq order. Blocking: call it off
 /// the async threads.
 pub fn read_client_events(
     dir: &Path,
     after: u64,
     max: usize,
-) -> Result<Vec<LogEvent>, EventLogError> {
-    let mut out = Vec::new();
-    if !dir.exists() {
+    scan: usize,
+    keep: Option<&PartitionSet>,
+) -> Result<Scanned, EventLogError> {
+    let mut out = Scanned {
+        events: Vec::new(),
+        through: after,
+    };
+    if !dir.exists() || scan == 0 {
         return Ok(out);
     }
+    let mut read = 0usize;
     for e in EventLogReader::open_after(dir, after)? {
         let e = e?;
-        if e.seq > after {
-            out.push(e);
-            if out.len() >= max {
-                break;
-            }
+        if e.seq <= after {
+            continue;
+        }
+        out.through = e.seq;
+        read += 1;
+        if keep.is_none_or(|k| k.keeps(&e.user_id)) {
+            out.events.push(e);
+        }
+        if out.events.len() >= max || read >= scan {
+            break;
         }
     }
     Ok(out)
@@ -450,8 +556,10 @@ pub enum CatchUpError {
     Apply(#[from] ServiceError),
 }
 
-/// Fetches and applies every event `peer` accepted after what this node
-/// applied from it; answers how many were new here.
+/// Fetches and applies every event of this node's partitions that `peer`
+/// accepted after what this node applied from it, and moves this node's
+/// position in the peer's log past the other partitions' events; answers
+/// how many were new here.
 async fn catch_up_from(
     node: &Node,
     link: &ClusterLink,
@@ -460,15 +568,26 @@ async fn catch_up_from(
 ) -> Result<usize, CatchUpError> {
     let max_batch = node.config().api.max_batch.max(1);
     let mut applied = 0usize;
+    // a partition load waits until no pull that may have skipped its
+    // events is still running (`events::partitions`)
+    let _gate = node.inner.events.pull_gate().await;
     loop {
         let after = node.origins().through(peer);
+        let set = node.inner.events.pull_set();
         let ch = link.channel(peer, &addr)?;
         let mut client = ShardDataClient::new(ch)
             .max_decoding_message_size(link.max_message_bytes())
             .max_encoding_message_size(link.max_message_bytes());
+        let (filtered, partition_count, partitions) = match set {
+            Some((count, parts)) => (true, count, parts),
+            None => (false, 0, Vec::new()),
+        };
         let mut req = tonic::Request::new(FetchEventsRequest {
             after_seq: after,
             max_events: MAX_FETCH_EVENTS,
+            filtered,
+            partition_count,
+            partitions,
         });
         req.set_timeout(Duration::from_secs(10));
         let mut stream = client
@@ -477,6 +596,7 @@ async fn catch_up_from(
             .map_err(|status| CatchUpError::Fetch { peer, status })?
             .into_inner();
         let mut received = 0usize;
+        let mut through = (0u64, 0u64);
         while let Some(batch) = stream
             .message()
             .await
@@ -488,8 +608,16 @@ async fn catch_up_from(
                     .ingest_forwarded_events(peer, batch.origin_log, chunk.to_vec())
                     .await? as usize;
             }
+            through = through.max((batch.through_seq, batch.origin_log));
         }
-        if received < MAX_FETCH_EVENTS as usize {
+        // everything of this node's partitions up to there is applied
+        // (and durable): the rest is held elsewhere
+        let (through, log) = through;
+        if through > after {
+            node.origins().skip_through(peer, log, through);
+        }
+        let scanned_all = through.saturating_sub(after) < MAX_FETCH_SCAN as u64;
+        if received < MAX_FETCH_EVENTS as usize && scanned_all {
             return Ok(applied);
         }
     }
@@ -556,6 +684,37 @@ mod tests {
         assert_eq!(o.through(1), 0);
     }
 
+    #[test]
+    fn a_filtered_pull_moves_the_position_past_other_partitions_and_the_complete_set_persists() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("event_origins.json");
+        let o = Origins::load(path.clone());
+        assert_eq!(
+            o.complete(8),
+            None,
+            "a new node's logs hold every partition"
+        );
+        // a forward above the position, then a pull that read to 10
+        assert!(o.claim(1, 9, 12));
+        o.skip_through(1, 9, 10);
+        assert_eq!(o.through(1), 10);
+        assert!(!o.claim(1, 9, 7), "read past by the pull");
+        assert!(o.claim(1, 9, 11));
+        // 11 and 12 are contiguous with the position now
+        assert_eq!(o.through(1), 12);
+        // a position never moves back
+        o.skip_through(1, 9, 3);
+        assert_eq!(o.through(1), 12);
+        // another log identity of the origin starts afresh
+        o.skip_through(1, 10, 2);
+        assert_eq!(o.through(1), 2);
+        o.set_complete(8, [1, 4].into()).unwrap();
+        let o = Origins::load(path);
+        assert_eq!(o.complete(8), Some([1, 4].into()));
+        assert_eq!(o.complete(16), Some(BTreeSet::new()), "another count: none");
+        assert_eq!(o.through(1), 2, "the skipped position was written too");
+    }
+
     /// The event at `seq` of a peers log, forwarded by `node` from its log
     /// `log` where it had `origin_seq`.
     fn forwarded(seq: u64, node: u64, log: u64, origin_seq: u64) -> LogEvent {
@@ -619,13 +778,16 @@ mod tests {
     fn client_events_are_read_after_a_position() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("events");
-        assert!(read_client_events(&dir, 0, 10).unwrap().is_empty());
+        assert_eq!(
+            read_client_events(&dir, 0, 10, 10, None).unwrap(),
+            Scanned::default()
+        );
         let (mut w, _) = crate::eventlog::EventLogWriter::open(&dir, Default::default()).unwrap();
         let mut batch: Vec<LogEvent> = (0..5)
             .map(|i| {
                 LogEvent::new(
                     1_700_000_000 + i,
-                    "u1",
+                    format!("u{}", i % 3),
                     format!("i{i}"),
                     crate::dataset::EventKind::Click,
                     1.0,
@@ -635,8 +797,9 @@ mod tests {
         w.append_batch(&mut batch).unwrap();
         w.close().unwrap();
         let seqs = |after, max| -> Vec<u64> {
-            read_client_events(&dir, after, max)
+            read_client_events(&dir, after, max, usize::MAX, None)
                 .unwrap()
+                .events
                 .iter()
                 .map(|e| e.seq)
                 .collect()
@@ -645,5 +808,17 @@ mod tests {
         assert_eq!(seqs(3, 10), vec![4, 5]);
         assert_eq!(seqs(1, 2), vec![2, 3]);
         assert!(seqs(5, 10).is_empty());
+        // filtered: the other partitions' events are read past, and the
+        // answer says how far; a scan limit stops early
+        let keep = PartitionSet::new(2, &[crate::ids::user_partition("u2", 2)]).unwrap();
+        let got = read_client_events(&dir, 0, 10, 100, Some(&keep)).unwrap();
+        assert_eq!(got.through, 5);
+        let wanted = (0..5)
+            .filter(|i| keep.keeps(&format!("u{}", i % 3)))
+            .count();
+        assert_eq!(got.events.len(), wanted);
+        assert!(wanted > 0 && got.events.iter().all(|e| keep.keeps(&e.user_id)));
+        let got = read_client_events(&dir, 0, 10, 3, Some(&keep)).unwrap();
+        assert_eq!(got.through, 3);
     }
 }

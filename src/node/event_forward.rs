@@ -77,6 +77,7 @@ pub(super) async fn forward_events(
                 .iter()
                 .map(|&i| super::catchup::to_wire(&events[i]))
                 .collect(),
+            through_seq: 0,
         };
         let (link, tx) = (link.clone(), tx.clone());
         tokio::spawn(async move {

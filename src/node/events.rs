@@ -22,8 +22,11 @@
 //! (`catchup`).
 
 use super::catchup;
+mod partitions;
 use super::event_sink::{start_event_sink, Append, EventSink, Flush, NextSeq, SinkError, SyncDue};
-use super::held_users::{Admit, HeldPartitions, LogPositions, LogSource};
+use super::held_users::{
+    Admit, Claim, EventId, HeldPartitions, LogPositions, LogSource, PartitionSet,
+};
 use super::model_host::ServingMark;
 use super::now_unix;
 use crate::config::{ApiConfig, EventAck, NodeConfig};
@@ -38,6 +41,7 @@ use crate::telemetry::metrics::metrics;
 use crate::userstate::{AppliedEvent, ApplyEvents, DropPartitions, SeedUsers, UserStateActor};
 use actix::Addr;
 use futures::future::join_all;
+pub(super) use partitions::PartitionLoad;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -139,6 +143,11 @@ pub(super) struct EventPipeline {
     ack_timeout_ms: u64,
     /// `node.data_dir`, where the logs live.
     data_dir: PathBuf,
+    /// Held for reading by every pull (`catchup`) while it runs; a
+    /// partition load takes it for writing once, so that no pull which
+    /// began before the partition joined the pull set (and skipped its
+    /// events) is still running when the load reads the origins' logs.
+    pull_gate: tokio::sync::RwLock<()>,
 }
 
 impl EventPipeline {
@@ -161,7 +170,18 @@ impl EventPipeline {
             ack: config.events.ack,
             ack_timeout_ms: config.events.ack_timeout_ms,
             data_dir: config.node.data_dir.clone(),
+            pull_gate: tokio::sync::RwLock::new(()),
         }
+    }
+
+    /// See the field: a pull holds this while it runs.
+    pub(super) async fn pull_gate(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.pull_gate.read().await
+    }
+
+    /// The partitions a pull asks peers for (None: all).
+    pub(super) fn pull_set(&self) -> Option<(u32, Vec<u32>)> {
+        self.held.pull_set()
     }
 
     /// Runs the interval fsync policy's clock (`interval`: the policy is
@@ -230,8 +250,6 @@ impl EventPipeline {
         events: Vec<crate::proto::data::ForwardedEvent>,
         current: Current<'_>,
     ) -> Result<u32, ServiceError> {
-        // refuse before claiming: a claimed event must get applied
-        current()?;
         if let Some(link) = cluster {
             let known = {
                 let st = link.raft.state();
@@ -244,13 +262,35 @@ impl EventPipeline {
                 )));
             }
         }
+        self.ingest_from_peer(origin, origin_log, events, current)
+            .await
+    }
+
+    /// Logs and applies the events `origin` accepted (forwarded, pulled or
+    /// fetched for a load) that this node holds the partition of and did
+    /// not take yet; answers how many that was.
+    pub(super) async fn ingest_from_peer(
+        &self,
+        origin: u64,
+        origin_log: u64,
+        events: Vec<crate::proto::data::ForwardedEvent>,
+        current: Current<'_>,
+    ) -> Result<u32, ServiceError> {
+        // refuse before claiming: a claimed event must get applied
+        current()?;
+        let claims = self.held.claim_forwarded(
+            origin,
+            origin_log,
+            events.iter().map(|e| (e.user_id.as_str(), e.origin_seq)),
+            |seq| self.origins.claim(origin, origin_log, seq),
+        );
         let mut claimed = Vec::new();
         let mut from = Vec::new();
         let fresh: Vec<EventIn> = events
             .into_iter()
-            .filter(|e| {
-                // seq 0: a sender that does not number its events
-                let new = e.origin_seq == 0 || self.origins.claim(origin, origin_log, e.origin_seq);
+            .zip(claims)
+            .filter(|(e, claim)| {
+                let new = *claim == Claim::New;
                 if new && e.origin_seq > 0 {
                     claimed.push(e.origin_seq);
                 }
@@ -263,7 +303,7 @@ impl EventPipeline {
                 }
                 new
             })
-            .map(EventIn::from)
+            .map(|(e, _)| EventIn::from(e))
             .collect();
         if fresh.is_empty() {
             return Ok(0);
@@ -285,6 +325,8 @@ impl EventPipeline {
             }
             Err(e) => {
                 self.origins.release(origin, &claimed);
+                let ids: Vec<EventId> = claimed.iter().map(|&s| (origin, origin_log, s)).collect();
+                self.held.release_loading(&ids);
                 Err(e)
             }
         }
@@ -305,8 +347,9 @@ impl EventPipeline {
         &self.recent
     }
 
-    /// Events this node accepted from clients with seq > `after` (at most
-    /// `max`), for a peer catching up (`ShardData.FetchEvents`): from
+    /// Events this node accepted from clients with seq > `after` whose user
+    /// `keep` selects (None: all; at most `max` of them, at most `scan`
+    /// read), for a peer catching up (`ShardData.FetchEvents`): from
     /// memory once the forwards of them are over (a pull must not claim an
     /// event on a copy before the forward the acknowledgement waits for
     /// does: that forward would hear "had it" before the copy's append was
@@ -315,20 +358,27 @@ impl EventPipeline {
         &self,
         after: u64,
         max: usize,
-    ) -> Result<Vec<LogEvent>, ServiceError> {
+        scan: usize,
+        keep: Option<PartitionSet>,
+    ) -> Result<catchup::Scanned, ServiceError> {
         let settle = super::event_forward::longest_forward(std::time::Duration::from_millis(
             self.ack_timeout_ms,
         )) + std::time::Duration::from_secs(1);
-        if let Some(events) = self.recent.events_after(after, max, settle) {
-            return Ok(events);
+        if let Some(found) = self
+            .recent
+            .events_after(after, max, scan, settle, keep.as_ref())
+        {
+            return Ok(found);
         }
         // the log's part below what memory holds (stays in seq order)
-        let max = (self.recent.first().saturating_sub(after.saturating_add(1)) as usize).min(max);
+        let scan = (self.recent.first().saturating_sub(after.saturating_add(1)) as usize).min(scan);
         let dir = self.data_dir.join("events");
-        tokio::task::spawn_blocking(move || catchup::read_client_events(&dir, after, max))
-            .await
-            .map_err(ServiceError::internal_cause)?
-            .map_err(|e| ServiceError::internal_from("reading the event log", e))
+        tokio::task::spawn_blocking(move || {
+            catchup::read_client_events(&dir, after, max, scan, keep.as_ref())
+        })
+        .await
+        .map_err(ServiceError::internal_cause)?
+        .map_err(|e| ServiceError::internal_from("reading the event log", e))
     }
 
     /// Validates, logs in `sink` and applies `events`; `origins` is empty
@@ -376,7 +426,7 @@ impl EventPipeline {
         for e in &log {
             metrics().events.with_label_values(&[e.kind.as_str()]).inc();
         }
-        self.apply_logged(&log, source, current).await?;
+        self.apply_logged(&log, source, false, current).await?;
         Ok(log)
     }
 
@@ -427,10 +477,14 @@ impl EventPipeline {
         to: u64,
         current: Current<'_>,
     ) -> Result<usize, ServiceError> {
-        let events = self.read_log(source, from, to, |_| true).await?;
+        let mut events = self.read_log(source, from, to, |_| true).await?;
+        // the peers log can hold an event twice (a partition loaded again
+        // fetches its events anew): each counts once
+        let mut seen = std::collections::HashSet::new();
+        events.retain(|e| e.origin.is_none_or(|o| seen.insert((o.node, o.log, o.seq))));
         let n = events.len();
         for chunk in events.chunks(1000) {
-            self.apply_logged(chunk, source, current).await?;
+            self.apply_logged(chunk, source, true, current).await?;
         }
         Ok(n)
     }
@@ -471,10 +525,13 @@ impl EventPipeline {
     /// node keeps (see `HeldPartitions::admit`) and, for events this node
     /// accepted, to item counters (those of events other nodes accepted
     /// are pulled from them as counts: `item_counts`).
+    /// A `replay` (after a restart) applies to Live partitions only: a
+    /// partition still loading gets its events from its load.
     async fn apply_logged(
         &self,
         events: &[LogEvent],
         source: LogSource,
+        replay: bool,
         current: Current<'_>,
     ) -> Result<(), ServiceError> {
         let serving = current()?;
@@ -490,7 +547,11 @@ impl EventPipeline {
                 event_strength(e.kind, e.weight),
             );
         }
-        let admitted = self.held.admit(source, events);
+        let admitted = if replay {
+            self.held.admit_replay(events)
+        } else {
+            self.held.admit(source, events)
+        };
         let mine = events
             .iter()
             .zip(admitted)
@@ -535,122 +596,6 @@ impl EventPipeline {
         by_part
     }
 
-    /// Brings the held user partitions to `want` (out of `count`): drops
-    /// the states of partitions no longer held and loads the new ones
-    /// (module doc of `held_users`) from the served version's bundle and
-    /// serving `mark`. The caller holds the model swap lock, so no version
-    /// switch runs meanwhile. Answers the partitions that were loaded.
-    pub(super) async fn follow_partitions(
-        &self,
-        count: u32,
-        want: &std::collections::BTreeSet<u32>,
-        serving: Option<(Arc<Serving>, Option<ServingMark>)>,
-    ) -> Result<Vec<u32>, ServiceError> {
-        let change = self.held.change_to(count, want, serving.is_some());
-        self.drop_users(count, &change.dropped).await;
-        let (Some((serving, mark)), false) = (serving, change.loading.is_empty()) else {
-            return Ok(Vec::new());
-        };
-        match self.load_partitions(count, &change, &serving, mark).await {
-            Ok(live) => Ok(live),
-            Err(e) => {
-                // not held after all: the next round tries again from
-                // scratch (dropping what this attempt seeded)
-                let kept: std::collections::BTreeSet<u32> = want
-                    .difference(&change.loading.iter().copied().collect())
-                    .copied()
-                    .collect();
-                self.drop_users(count, &self.held.change_to(count, &kept, true).dropped)
-                    .await;
-                Err(e)
-            }
-        }
-    }
-
-    /// Drops the states of the users in `partitions` (out of `count`).
-    async fn drop_users(&self, count: u32, partitions: &[u32]) {
-        if partitions.is_empty() {
-            return;
-        }
-        let dropped = Arc::new(partitions.iter().copied().collect());
-        let sends = self.users.iter().map(|u| {
-            u.send(DropPartitions {
-                count,
-                partitions: Arc::clone(&dropped),
-            })
-        });
-        let n: usize = join_all(sends).await.into_iter().flatten().sum();
-        release_free_memory();
-        tracing::info!(
-            ?partitions,
-            users = n,
-            "user partitions no longer held here: states dropped"
-        );
-    }
-
-    /// Loads the partitions `change` started loading: the bundle's states,
-    /// the logged events since `mark` up to the logs' positions now, then
-    /// what waited in their buffers.
-    async fn load_partitions(
-        &self,
-        count: u32,
-        change: &super::held_users::HeldChange,
-        serving: &Arc<Serving>,
-        mark: Option<ServingMark>,
-    ) -> Result<Vec<u32>, ServiceError> {
-        // read after the partitions started buffering: every event below
-        // these positions is in the logs, every one from them on in a buffer
-        let upto = self.positions().await;
-        let mark = mark
-            .filter(|m| m.model_version == serving.model.version)
-            .ok_or_else(|| {
-                ServiceError::internal(format!(
-                    "no serving mark for version {}: cannot tell which logged events its bundle lacks",
-                    serving.model.version
-                ))
-            })?;
-        let loading: Arc<std::collections::BTreeSet<u32>> =
-            Arc::new(change.loading.iter().copied().collect());
-        let keep = move |set: Arc<std::collections::BTreeSet<u32>>| {
-            move |user: &str| set.contains(&crate::ids::user_partition(user, count))
-        };
-        let model = serving.model.clone();
-        let select = keep(loading.clone());
-        let states = tokio::task::spawn_blocking(move || model.load_user_states(select))
-            .await
-            .map_err(ServiceError::internal_cause)?
-            .map_err(|e| ServiceError::internal_from("reading the bundle's user states", e))?;
-        let seeded = self.seed(states).await;
-        let mut replayed = 0;
-        for (source, from, to) in [
-            (LogSource::Own, mark.log_seq, upto.own),
-            (LogSource::Peers, mark.peer_log_seq, upto.peers),
-        ] {
-            let events = self
-                .read_log(source, from, to, keep(loading.clone()))
-                .await?;
-            replayed += events.len();
-            for chunk in events.chunks(1000) {
-                self.apply_to_users(chunk.iter(), serving).await?;
-            }
-        }
-        let live = self
-            .held
-            .finish_loading(&change.loading, change.generation, upto, |buffered| {
-                // sent while the lock is held: queued before any later event
-                for (p, v) in self
-                    .by_user_partition(buffered.iter(), serving)
-                    .into_iter()
-                    .enumerate()
-                    .filter(|(_, v)| !v.is_empty())
-                {
-                    self.users[p].do_send(ApplyEvents(v));
-                }
-            });
-        tracing::info!(partitions = ?live, seeded, replayed, "user partitions loaded here");
-        Ok(live)
-    }
-
     /// Seeds user states (users already tracked keep theirs).
     pub(super) async fn seed(&self, states: Vec<(String, crate::features::UserState)>) -> usize {
         let parts = self.users.len() as u32;
@@ -682,25 +627,6 @@ impl EventPipeline {
     /// Whether the held user partitions are `want` out of `count` already.
     pub(super) fn holds(&self, count: u32, want: &std::collections::BTreeSet<u32>) -> bool {
         self.held.is(count, want)
-    }
-
-    /// Applies events to user states only (their item counts were taken
-    /// when they first arrived).
-    async fn apply_to_users<'a>(
-        &self,
-        events: impl Iterator<Item = &'a LogEvent>,
-        serving: &Serving,
-    ) -> Result<(), ServiceError> {
-        let sends = self
-            .by_user_partition(events, serving)
-            .into_iter()
-            .enumerate()
-            .filter(|(_, v)| !v.is_empty())
-            .map(|(p, v)| self.users[p].send(ApplyEvents(v)));
-        for r in join_all(sends).await {
-            r.map_err(|e| ServiceError::internal_from("a user partition is unavailable", e))?;
-        }
-        Ok(())
     }
 
     /// The user partitions whose state is complete here (None: all).

@@ -250,7 +250,10 @@ impl Node {
         let wanted = memory_from
             .saturating_sub(after.saturating_add(1))
             .min(max as u64) as usize;
-        let events = self.client_events_after(after, wanted).await?;
+        let events = self
+            .client_events_after(after, wanted, wanted, None)
+            .await?
+            .events;
         Ok(to_wire(
             my_log,
             counts_from_log(&events, after, memory_from),

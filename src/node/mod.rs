@@ -37,10 +37,12 @@ mod event_sink;
 pub use event_sink::SinkError;
 mod events;
 mod held_users;
+pub use held_users::PartitionSet;
 pub mod item_counts;
 mod member;
 pub use member::{start_cluster, JoinError};
 mod model_host;
+mod partition_fetch;
 mod peer;
 mod recent_events;
 pub mod rollout;
@@ -51,7 +53,6 @@ use crate::config::NodeConfig;
 use crate::control::service_error;
 use crate::control::ClusterLink;
 use crate::coordinator::{RecommendEnv, Serving};
-use crate::eventlog::LogEvent;
 use crate::ids::item_key;
 use crate::ranking::worker::{start_rank_workers, RankWorker};
 use crate::routing::SearchSpec;
@@ -319,14 +320,20 @@ impl Node {
         self.inner.events.origins()
     }
 
-    /// Events this node accepted from clients with seq > `after` (at most
-    /// `max`), for a peer catching up (`ShardData.FetchEvents`).
+    /// Events this node accepted from clients with seq > `after` whose
+    /// user `keep` selects (None: all), at most `max` of them and `scan`
+    /// read, for a peer catching up (`ShardData.FetchEvents`).
     pub async fn client_events_after(
         &self,
         after: u64,
         max: usize,
-    ) -> Result<Vec<LogEvent>, ServiceError> {
-        self.inner.events.client_events_after(after, max).await
+        scan: usize,
+        keep: Option<PartitionSet>,
+    ) -> Result<catchup::Scanned, ServiceError> {
+        self.inner
+            .events
+            .client_events_after(after, max, scan, keep)
+            .await
     }
 
     pub async fn upsert_items(&self, items: Vec<ItemIn>) -> Result<u32, ServiceError> {
@@ -558,12 +565,29 @@ impl Node {
         // no version switch while partitions load: it would seed and
         // replay under a different serving mark
         let _one_at_a_time = self.inner.host.one_at_a_time().await;
-        let serving = self.serving().map(|s| (s, self.inner.host.read_mark()));
-        self.inner
-            .events
-            .follow_partitions(count, &want, serving)
-            .await
-            .map(|_| ())
+        let serving = self.serving();
+        let events = &self.inner.events;
+        let begun = events
+            .begin_partitions(
+                count,
+                &want,
+                serving.clone().map(|s| (s, self.inner.host.read_mark())),
+            )
+            .await?;
+        let (Some(load), Some(serving)) = (begun, serving) else {
+            return Ok(());
+        };
+        let version = serving.model.version.clone();
+        match self.fetch_partition_events(link, &load, &version).await {
+            Ok(fetched) => {
+                tracing::info!(partitions = ?load.partitions, fetched, "fetched the other origins' events of loading user partitions");
+                events.finish_partitions(load, &serving).await.map(|_| ())
+            }
+            Err(e) => {
+                events.abandon(load).await;
+                Err(e)
+            }
+        }
     }
 
     /// The user partitions whose state is complete here, once a model is

@@ -11,6 +11,8 @@
 //! Owns: `RecentEvents`. Must not touch: the log itself (`events` records
 //! here what it appended) or what pullers do with the answers.
 
+use super::catchup::Scanned;
+use super::held_users::PartitionSet;
 use super::item_counts::{aggregate, Counted, Counts};
 use crate::eventlog::LogEvent;
 use std::collections::VecDeque;
@@ -131,24 +133,44 @@ impl RecentEvents {
         })
     }
 
-    /// At most `max` events after `after` whose append reported back at
-    /// least `min_age` ago (in seq order, stopping at the first younger
-    /// one), or None when they start before what memory holds.
+    /// The events after `after` whose append reported back at least
+    /// `min_age` ago (in seq order, stopping at the first younger one) and
+    /// whose user `keep` selects (None: all): at most `max` of them, at
+    /// most `scan` read. None when they start before what memory holds.
     pub(super) fn events_after(
         &self,
         after: u64,
         max: usize,
+        scan: usize,
         min_age: Duration,
-    ) -> Option<Vec<LogEvent>> {
+        keep: Option<&PartitionSet>,
+    ) -> Option<Scanned> {
         let r = self.inner.lock().ok()?;
-        let range = r.range_after(after, max)?;
-        Some(
-            r.slots
-                .range(range)
-                .map_while(|x| x.as_ref().filter(|x| x.at.elapsed() >= min_age))
-                .map(|x| x.event.clone())
-                .collect(),
-        )
+        let range = r.range_after(after, scan)?;
+        let first = r.first;
+        let mut out = Scanned {
+            events: Vec::new(),
+            through: after,
+        };
+        let settled = r
+            .slots
+            .range(range.clone())
+            .zip(range)
+            .map_while(|(x, slot)| {
+                x.as_ref()
+                    .filter(|x| x.at.elapsed() >= min_age)
+                    .map(|x| (x, slot))
+            });
+        for (x, slot) in settled {
+            out.through = first + slot as u64;
+            if keep.is_none_or(|k| k.keeps(&x.event.user_id)) {
+                out.events.push(x.event.clone());
+                if out.events.len() >= max {
+                    break;
+                }
+            }
+        }
+        Some(out)
     }
 }
 
@@ -238,19 +260,44 @@ mod tests {
         let now = Duration::ZERO;
         let hour = Duration::from_secs(3600);
         recent.record(7, &[event(7, "b", 1)]);
-        // 5..=6 not back yet: nothing to answer
-        assert_eq!(recent.events_after(4, 10, now), Some(vec![]));
+        // 5..=6 not back yet: nothing to answer, no progress
+        let all = |after, max, min_age| recent.events_after(after, max, usize::MAX, min_age, None);
+        assert_eq!(
+            all(4, 10, now),
+            Some(Scanned {
+                events: vec![],
+                through: 4
+            })
+        );
         recent.record(5, &[event(5, "a", 1), event(6, "a", 1)]);
-        let seqs =
-            |v: Option<Vec<LogEvent>>| v.map(|v| v.iter().map(|e| e.seq).collect::<Vec<_>>());
+        let seqs = |v: Option<Scanned>| {
+            v.map(|v| {
+                (
+                    v.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+                    v.through,
+                )
+            })
+        };
         // not an hour old yet
-        assert_eq!(seqs(recent.events_after(4, 10, hour)), Some(vec![]));
-        assert_eq!(seqs(recent.events_after(4, 10, now)), Some(vec![5, 6, 7]));
-        assert_eq!(seqs(recent.events_after(5, 1, now)), Some(vec![6]));
-        assert_eq!(seqs(recent.events_after(7, 10, now)), Some(vec![]));
-        assert_eq!(recent.events_after(3, 10, now), None);
+        assert_eq!(seqs(all(4, 10, hour)), Some((vec![], 4)));
+        assert_eq!(seqs(all(4, 10, now)), Some((vec![5, 6, 7], 7)));
+        assert_eq!(seqs(all(5, 1, now)), Some((vec![6], 6)));
+        assert_eq!(seqs(all(7, 10, now)), Some((vec![], 7)));
+        assert_eq!(all(3, 10, now), None);
         // a position from the network at the end of the range
-        assert_eq!(recent.events_after(u64::MAX, 10, now), None);
+        assert_eq!(all(u64::MAX, 10, now), None);
+        // filtered: only the wanted partitions' users, but the position
+        // moves past the others; a scan limit stops early
+        let mut other = event(8, "c", 1);
+        other.user_id = (0..)
+            .map(|i| format!("v{i}"))
+            .find(|u| crate::ids::user_partition(u, 4) != crate::ids::user_partition("u", 4))
+            .unwrap();
+        recent.record(8, &[other, event(9, "d", 1)]);
+        let keep = PartitionSet::new(4, &[crate::ids::user_partition("u", 4)]).unwrap();
+        let filtered = |after, scan| seqs(recent.events_after(after, 10, scan, now, Some(&keep)));
+        assert_eq!(filtered(6, 100), Some((vec![7, 9], 9)));
+        assert_eq!(filtered(7, 1), Some((vec![], 8)));
         assert!(recent.counts_after(u64::MAX, 10).is_none());
     }
 }

@@ -358,6 +358,17 @@ mod tests {
             Err(Status::unimplemented("not in this test"))
         }
 
+        type FetchPartitionEventsStream = tokio_stream::wrappers::ReceiverStream<
+            Result<crate::proto::data::ForwardEventsRequest, Status>,
+        >;
+
+        async fn fetch_partition_events(
+            &self,
+            _: Request<crate::proto::data::PartitionEventsRequest>,
+        ) -> Result<Response<Self::FetchPartitionEventsStream>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+
         async fn get_user_state(
             &self,
             _: Request<crate::proto::data::UserStateRequest>,
