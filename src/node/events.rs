@@ -24,9 +24,7 @@
 use super::catchup;
 mod partitions;
 use super::event_sink::{start_event_sink, Append, EventSink, Flush, NextSeq, SinkError, SyncDue};
-use super::held_users::{
-    Admit, Claim, EventId, HeldPartitions, LogPositions, LogSource, PartitionSet,
-};
+use super::held_users::{Admit, Claim, HeldPartitions, LogPositions, LogSource, PartitionSet};
 use super::model_host::ServingMark;
 use super::now_unix;
 use crate::config::{ApiConfig, EventAck, NodeConfig};
@@ -284,15 +282,24 @@ impl EventPipeline {
             events.iter().map(|e| (e.user_id.as_str(), e.origin_seq)),
             |seq| self.origins.claim(origin, origin_log, seq),
         );
+        // what to undo if applying fails: per-origin claims, and those of
+        // loading partitions
         let mut claimed = Vec::new();
+        let mut claimed_loading = Vec::new();
         let mut from = Vec::new();
         let fresh: Vec<EventIn> = events
             .into_iter()
             .zip(claims)
             .filter(|(e, claim)| {
-                let new = *claim == Claim::New;
-                if new && e.origin_seq > 0 {
-                    claimed.push(e.origin_seq);
+                let new = matches!(claim, Claim::New | Claim::NewLoading);
+                if e.origin_seq > 0 {
+                    match claim {
+                        Claim::New => claimed.push(e.origin_seq),
+                        Claim::NewLoading => {
+                            claimed_loading.push((origin, origin_log, e.origin_seq))
+                        }
+                        _ => {}
+                    }
                 }
                 if new {
                     from.push((e.origin_seq > 0).then_some(EventOrigin {
@@ -320,13 +327,12 @@ impl EventPipeline {
             // events this node refuses now it will refuse on every retry:
             // they stay claimed, so a catch-up moves past them
             Err(e @ (ServiceError::InvalidArgument(_) | ServiceError::ResourceExhausted(_))) => {
-                tracing::warn!(origin, events = claimed.len(), error = %e, "forwarded events refused; skipping them");
+                tracing::warn!(origin, events = claimed.len() + claimed_loading.len(), error = %e, "forwarded events refused; skipping them");
                 Err(e)
             }
             Err(e) => {
                 self.origins.release(origin, &claimed);
-                let ids: Vec<EventId> = claimed.iter().map(|&s| (origin, origin_log, s)).collect();
-                self.held.release_loading(&ids);
+                self.held.release_loading(&claimed_loading);
                 Err(e)
             }
         }

@@ -103,8 +103,12 @@ pub(super) enum Admit {
 /// What happens to one event a peer sent (`claim_forwarded`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Claim {
-    /// Not seen before: log and apply it.
+    /// Not seen before: log and apply it (claimed in the per-origin
+    /// record).
     New,
+    /// Not seen before by a loading partition: log and buffer it (claimed
+    /// in the partition's own record).
+    NewLoading,
     /// Taken already (by a forward, a pull or a load).
     Had,
     /// Its partition is not held here: neither logged nor applied.
@@ -244,7 +248,13 @@ impl HeldPartitions {
                 match (loading, seq) {
                     (_, 0) => Claim::New,
                     (None, seq) => verdict(live_claim(seq)),
-                    (Some(claims), seq) => verdict(claims.insert((origin, log, seq))),
+                    (Some(claims), seq) => {
+                        if claims.insert((origin, log, seq)) {
+                            Claim::NewLoading
+                        } else {
+                            Claim::Had
+                        }
+                    }
                 }
             })
             .collect()
@@ -574,7 +584,7 @@ mod tests {
             vec![
                 Claim::New,
                 Claim::Had,
-                Claim::New,
+                Claim::NewLoading,
                 Claim::NotHeld,
                 Claim::New
             ]
@@ -584,7 +594,7 @@ mod tests {
         assert_eq!(claim(&[(loading.as_str(), 3)]), vec![Claim::Had]);
         // a release (the append failed) frees it again
         h.release_loading(&[(7, 70, 3)]);
-        assert_eq!(claim(&[(loading.as_str(), 3)]), vec![Claim::New]);
+        assert_eq!(claim(&[(loading.as_str(), 3)]), vec![Claim::NewLoading]);
         assert_eq!(live_claims, vec![4, 5]);
         // loading ends: its claims go to the per-origin record
         let mut absorbed = Vec::new();

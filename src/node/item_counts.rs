@@ -220,19 +220,7 @@ impl Node {
     ) -> Result<ItemCountsResponse, ServiceError> {
         let my_log = self.event_log_id();
         let after = if req.from_mark || req.origin_log != my_log {
-            let mark = self
-                .inner
-                .host
-                .read_mark()
-                .filter(|m| m.model_version == req.model_version)
-                .ok_or_else(|| {
-                    ServiceError::failed_precondition(format!(
-                        "node {} does not serve model version {} (it serves {}), so it cannot tell where that version's item counts start in its event log; ask again once it does",
-                        self.inner.config.node.id,
-                        req.model_version,
-                        self.model_version().unwrap_or_else(|| "none".into())
-                    ))
-                })?;
+            let mark = self.mark_of(&req.model_version, "item counts start in its event log")?;
             mark.log_seq.saturating_sub(1)
         } else {
             req.after_seq

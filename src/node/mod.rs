@@ -590,6 +590,23 @@ impl Node {
         }
     }
 
+    /// This node's serving mark of `version`, for a peer that reads its
+    /// logs from there (`what` starts there); FailedPrecondition when it
+    /// does not serve that version.
+    fn mark_of(&self, version: &str, what: &str) -> Result<ServingMark, ServiceError> {
+        self.inner
+            .host
+            .read_mark()
+            .filter(|m| m.model_version == version)
+            .ok_or_else(|| {
+                ServiceError::failed_precondition(format!(
+                    "node {} does not serve model version {version} (it serves {}), so it cannot tell where that version's {what}; ask again once it does",
+                    self.inner.config.node.id,
+                    self.model_version().unwrap_or_else(|| "none".into())
+                ))
+            })
+    }
+
     /// The user partitions whose state is complete here, once a model is
     /// served (None before, or when no partition map is known).
     pub fn loaded_partitions(&self) -> Option<Vec<u32>> {

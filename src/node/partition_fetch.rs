@@ -161,19 +161,7 @@ impl Node {
     ) -> Result<Vec<ForwardEventsRequest>, ServiceError> {
         let parts = PartitionSet::new(req.partition_count, &req.partitions)
             .map_err(ServiceError::InvalidArgument)?;
-        let mark = self
-            .inner
-            .host
-            .read_mark()
-            .filter(|m| m.model_version == req.model_version)
-            .ok_or_else(|| {
-                ServiceError::failed_precondition(format!(
-                    "node {} does not serve model version {} (it serves {}), so it cannot tell where that version's events start in its logs; ask again once it does",
-                    self.inner.config.node.id,
-                    req.model_version,
-                    self.model_version().unwrap_or_else(|| "none".into())
-                ))
-            })?;
+        let mark = self.mark_of(&req.model_version, "events start in its logs")?;
         if req.forwarded {
             if let Some((count, _)) = self.inner.events.pull_set() {
                 if count != req.partition_count {
